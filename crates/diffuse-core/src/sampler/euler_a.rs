@@ -1,0 +1,47 @@
+//! Euler ancestral sampling in σ space (k-diffusion `sample_euler_ancestral`),
+//! diffusers `scheduling_euler_ancestral_discrete.py`.
+
+use super::{k_init_noise_sigma, k_x0, Extra, Plan, Sampler, StepOutput};
+use crate::config::SchedulerConfig;
+use crate::error::Result;
+use crate::rng::NoiseSource;
+use crate::schedule::{f32r, interp, NoiseSchedule};
+use candle_core::Tensor;
+
+pub(super) fn plan(config: &SchedulerConfig, schedule: &NoiseSchedule, n: usize) -> Result<Plan> {
+    let timesteps = super::euler::k_timesteps(config, n);
+    let train = schedule.sigmas();
+    let mut sigmas: Vec<f64> = timesteps.iter().map(|&t| f32r(interp(t, &train))).collect();
+    sigmas.push(0.0);
+    Ok(Plan {
+        init_noise_sigma: k_init_noise_sigma(config, &sigmas),
+        timesteps,
+        sigmas: Some(sigmas),
+        extra: Extra::None,
+    })
+}
+
+pub(super) fn step(
+    s: &Sampler,
+    i: usize,
+    model_output: &Tensor,
+    sample: &Tensor,
+    noise: &mut dyn NoiseSource,
+) -> Result<StepOutput> {
+    let sigmas = s.sigmas.as_ref().expect("planned");
+    let (from, to) = (sigmas[i], sigmas[i + 1]);
+    let x0 = k_x0(s.config.prediction_type, model_output, sample, from)?;
+    // Split the step into a deterministic part down to σ_down and fresh noise σ_up.
+    let (f, t) = (from as f32, to as f32);
+    let sigma_up = (t * t * (f * f - t * t) / (f * f)).sqrt();
+    let sigma_down = (t * t - sigma_up * sigma_up).sqrt();
+    let derivative = ((sample - &x0)? / from)?;
+    let dt = sigma_down as f64 - from;
+    let prev = (sample + (derivative * dt)?)?;
+    let z = noise.randn(sample.shape(), sample.dtype(), sample.device())?;
+    let prev = (prev + (z * sigma_up as f64)?)?;
+    Ok(StepOutput {
+        prev_sample: prev,
+        pred_original_sample: Some(x0),
+    })
+}

@@ -1,0 +1,74 @@
+//! Heun's second-order method in σ space (Karras et al. 2022, Alg. 1),
+//! diffusers `scheduling_heun_discrete.py`: every step but the first is taken in two model
+//! calls, so timesteps run [t0, t1, t1, …, t_{N-1}, t_{N-1}].
+
+use super::{k_init_noise_sigma, k_x0, Extra, Plan, Sampler, SamplerState, StepOutput};
+use crate::config::SchedulerConfig;
+use crate::error::Result;
+use crate::schedule::{f32r, NoiseSchedule};
+use candle_core::Tensor;
+
+pub(super) fn plan(config: &SchedulerConfig, schedule: &NoiseSchedule, n: usize) -> Result<Plan> {
+    let (ts, mut sig) = super::euler::k_sigmas(config, schedule, n);
+    sig.push(0.0);
+    let sig: Vec<f64> = sig.into_iter().map(f32r).collect();
+    let mut sigmas = vec![sig[0]];
+    for &s in &sig[1..sig.len() - 1] {
+        sigmas.extend([s, s]);
+    }
+    sigmas.push(0.0);
+    let mut timesteps = vec![f32r(ts[0])];
+    for &t in &ts[1..] {
+        timesteps.extend([f32r(t), f32r(t)]);
+    }
+    Ok(Plan {
+        init_noise_sigma: k_init_noise_sigma(config, &sigmas),
+        timesteps,
+        sigmas: Some(sigmas),
+        extra: Extra::None,
+    })
+}
+
+pub(super) fn step(
+    s: &Sampler,
+    st: &mut SamplerState,
+    i: usize,
+    model_output: &Tensor,
+    sample: &Tensor,
+) -> Result<StepOutput> {
+    let sigmas = s.sigmas.as_ref().expect("planned");
+    let first_order = st.dt.is_none();
+    let (sigma, sigma_next) = if first_order {
+        (sigmas[i], sigmas[i + 1])
+    } else {
+        (sigmas[i - 1], sigmas[i])
+    };
+    let sigma_input = if first_order { sigma } else { sigma_next };
+    let x0 = k_x0(s.config.prediction_type, model_output, sample, sigma_input)?;
+    let x0 = if s.config.clip_sample {
+        let r = s.config.clip_sample_range;
+        x0.clamp(-r, r)?
+    } else {
+        x0
+    };
+    let prev = if first_order {
+        let derivative = ((sample - &x0)? / sigma)?;
+        let dt = sigma_next - sigma;
+        let prev = (sample + (&derivative * dt)?)?;
+        st.saved_derivative = Some(derivative);
+        st.dt = Some(dt);
+        st.saved_sample = Some(sample.clone());
+        prev
+    } else {
+        let d2 = ((sample - &x0)? / sigma_next)?;
+        let d1 = st.saved_derivative.take().expect("first stage ran");
+        let derivative = ((d1 + d2)? * 0.5)?;
+        let dt = st.dt.take().expect("first stage ran");
+        let x = st.saved_sample.take().expect("first stage ran");
+        (x + (derivative * dt)?)?
+    };
+    Ok(StepOutput {
+        prev_sample: prev,
+        pred_original_sample: Some(x0),
+    })
+}

@@ -1,0 +1,517 @@
+//! Parity with Hugging Face diffusers, against the golden files of `tools/fixtures/gen_core.py`
+//! (versions in each file's `provenance`). Schedules: 1e-6 relative; trajectories: 1e-5
+//! relative (absolute below magnitude 1), every step, closed loop with an analytic denoiser.
+
+use candle_core::{Device, Tensor};
+use diffuse_core::config::{PredictionType, SchedulerClass, SchedulerConfig};
+use diffuse_core::denoiser::FnDenoiser;
+use diffuse_core::noising;
+use diffuse_core::rng::ReplayNoise;
+use diffuse_core::sampler::{Sampler, SamplerOptions};
+use diffuse_core::schedule::NoiseSchedule;
+use serde_json::Value;
+
+const SCHEDULE_RTOL: f64 = 1e-6;
+const TRAJECTORY_RTOL: f64 = 1e-5;
+/// Zero-terminal-SNR rescaling (`rescale_zero_terminal_snr`) takes sqrt(ᾱ) in float32, and
+/// torch's AVX-512 float32 sqrt is not correctly rounded (measured with the pinned torch:
+/// 177 of the 1000 values of `alphas_cumprod.sqrt()` differ by one ulp from IEEE sqrt, which
+/// numpy and Rust give). The rescale's subtraction and ratios amplify those ulps, so quantities
+/// of a rescaled schedule get this tolerance instead of 1e-6.
+const RESCALED_RTOL: f64 = 2e-5;
+/// 2⁻²³ / 1e-6: makes the β tolerance max(1e-6·|β|, 2⁻²³).
+const BETA_FLOOR: f64 = 0.119_209_289_550_781_25;
+
+fn load(name: &str) -> Value {
+    let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let v: Value = serde_json::from_str(&text).unwrap();
+    let prov = &v["provenance"];
+    assert!(
+        prov["diffusers"].is_string() && prov["torch"].is_string(),
+        "{name} lacks a provenance header"
+    );
+    v
+}
+
+fn floats(v: &Value) -> Vec<f64> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("not an array: {v}"))
+        .iter()
+        .map(|x| x.as_f64().unwrap_or(f64::NAN))
+        .collect()
+}
+
+/// Element-wise |a − b| ≤ rtol·|b| (rtol·max(|b|, floor) with a floor for values near zero).
+fn compare(
+    what: &str,
+    actual: &[f64],
+    expected: &[f64],
+    rtol: f64,
+    floor: f64,
+) -> Result<(), String> {
+    if actual.len() != expected.len() {
+        return Err(format!(
+            "{what}: length {} != expected {}",
+            actual.len(),
+            expected.len()
+        ));
+    }
+    for (i, (&a, &e)) in actual.iter().zip(expected).enumerate() {
+        if e.is_nan() && a.is_nan() {
+            continue;
+        }
+        let tol = rtol * e.abs().max(floor);
+        if !((a - e).abs() <= tol) {
+            return Err(format!(
+                "{what}[{i}]: got {a:e}, expected {e:e} (|diff| {:e} > tol {tol:e})",
+                (a - e).abs()
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn config_of(v: &Value) -> SchedulerConfig {
+    SchedulerConfig::from_json_map(v.as_object().expect("config object"))
+        .unwrap_or_else(|e| panic!("config {v}: {e}"))
+}
+
+#[test]
+fn betas_and_alphas_cumprod_match_diffusers() {
+    let f = load("schedules.json");
+    let cases = f["betas"].as_array().unwrap();
+    assert!(cases.len() >= 20);
+    for case in cases {
+        let cfg = config_of(&case["config"]);
+        let s = NoiseSchedule::from_config(&cfg).unwrap();
+        let name = format!(
+            "{} T={} rescale={}",
+            cfg.beta_schedule.name(),
+            cfg.num_train_timesteps,
+            cfg.rescale_betas_zero_snr
+        );
+        let rtol = if cfg.rescale_betas_zero_snr {
+            RESCALED_RTOL
+        } else {
+            SCHEDULE_RTOL
+        };
+        // β = 1 − α is formed from a float32 α near 1: one ulp of α is 2⁻²³ of β.
+        compare(
+            &format!("{name} betas"),
+            &s.betas,
+            &floats(&case["betas"]),
+            rtol,
+            BETA_FLOOR,
+        )
+        .unwrap();
+        compare(
+            &format!("{name} alphas_cumprod"),
+            &s.alphas_cumprod,
+            &floats(&case["alphas_cumprod"]),
+            rtol,
+            // Near the zero-SNR end ᾱ is a difference of nearly equal square roots: absolute 1e-11.
+            if cfg.rescale_betas_zero_snr {
+                1e-6
+            } else {
+                1e-30
+            },
+        )
+        .unwrap();
+    }
+}
+
+#[test]
+fn timesteps_and_sigmas_match_diffusers() {
+    let f = load("schedules.json");
+    let cases = f["timesteps"].as_array().unwrap();
+    assert!(cases.len() >= 200);
+    let mut failures = Vec::new();
+    for case in cases {
+        let cfg = config_of(&case["config"]);
+        let n = case["num_inference_steps"].as_u64().unwrap() as usize;
+        let name = format!(
+            "{} {:?} offset={} karras={} N={n}",
+            cfg.class.class_name(),
+            cfg.timestep_spacing,
+            cfg.steps_offset,
+            cfg.use_karras_sigmas
+        );
+        let rtol = if cfg.rescale_betas_zero_snr {
+            RESCALED_RTOL
+        } else {
+            SCHEDULE_RTOL
+        };
+        let s = match Sampler::new(&cfg, n) {
+            Ok(s) => s,
+            Err(e) => {
+                failures.push(format!("{name}: {e}"));
+                continue;
+            }
+        };
+        let mut check = |r: Result<(), String>| {
+            if let Err(e) = r {
+                failures.push(format!("{name}: {e}"));
+            }
+        };
+        check(compare(
+            "timesteps",
+            s.timesteps(),
+            &floats(&case["timesteps"]),
+            SCHEDULE_RTOL,
+            1e-30,
+        ));
+        if !case["sigmas"].is_null() {
+            let sig = s.sigmas().map(|x| x.to_vec()).unwrap_or_default();
+            check(compare(
+                "sigmas",
+                &sig,
+                &floats(&case["sigmas"]),
+                rtol,
+                1e-30,
+            ));
+        }
+        if let Some(init) = case["init_noise_sigma"].as_f64() {
+            check(compare(
+                "init_noise_sigma",
+                &[s.init_noise_sigma()],
+                &[init],
+                rtol,
+                1e-30,
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+/// The exact posterior mean E[x₀ | x_t] for x₀ ~ N(μ, s²) — the denoiser the fixtures used.
+fn analytic(
+    x_in: &[f64],
+    t: f64,
+    cfg: &SchedulerConfig,
+    schedule: &NoiseSchedule,
+    mu: &[f64],
+    std: f64,
+) -> Vec<f64> {
+    let (a, b) = if cfg.class == SchedulerClass::FlowMatchEuler {
+        let sigma = t / cfg.num_train_timesteps as f64;
+        (1.0 - sigma, sigma)
+    } else {
+        let abar = schedule.alpha_cumprod_at(t);
+        (abar.sqrt(), (1.0 - abar).sqrt())
+    };
+    let s2 = std * std;
+    x_in.iter()
+        .zip(mu)
+        .map(|(&x, &m)| {
+            let x0 = m + a * s2 / (a * a * s2 + b * b) * (x - a * m);
+            let eps = (x - a * x0) / b;
+            match cfg.prediction_type {
+                PredictionType::Epsilon => eps,
+                PredictionType::Sample => x0,
+                PredictionType::VPrediction => a * eps - b * x0,
+                PredictionType::Flow => eps - x0,
+            }
+        })
+        .collect()
+}
+
+fn tensor(v: &[f64], shape: &[usize]) -> Tensor {
+    let data: Vec<f32> = v.iter().map(|&x| x as f32).collect();
+    Tensor::from_vec(data, shape, &Device::Cpu).unwrap()
+}
+
+fn to_f64(t: &Tensor) -> Vec<f64> {
+    t.flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .into_iter()
+        .map(|x| x as f64)
+        .collect()
+}
+
+/// Runs one recorded trajectory; returns the first mismatch.
+fn run_trajectory(case: &Value, perturb: Option<(usize, usize)>) -> Result<(), String> {
+    let name = case["name"].as_str().unwrap();
+    let cfg = config_of(&case["config"]);
+    let n = case["num_inference_steps"].as_u64().unwrap() as usize;
+    let kw = &case["step_kwargs"];
+    let options = SamplerOptions {
+        eta: kw["eta"].as_f64().unwrap_or(0.0),
+        use_clipped_model_output: kw["use_clipped_model_output"].as_bool().unwrap_or(false),
+        ..Default::default()
+    };
+    let sampler = Sampler::with_options(&cfg, n, options).map_err(|e| format!("{name}: {e}"))?;
+    let shape: Vec<usize> = floats(&case["shape"]).iter().map(|&x| x as usize).collect();
+    let mu = floats(&case["data_mean"]);
+    let std = case["data_std"].as_f64().unwrap();
+    let steps = case["steps"].as_array().unwrap();
+    compare(
+        &format!("{name} timesteps"),
+        sampler.timesteps(),
+        &floats(&case["timesteps"]),
+        SCHEDULE_RTOL,
+        1e-30,
+    )?;
+    if steps.len() != sampler.len() {
+        return Err(format!(
+            "{name}: {} steps recorded, sampler plans {}",
+            steps.len(),
+            sampler.len()
+        ));
+    }
+    // The recorded initial sample is already scaled by init_noise_sigma.
+    let mut x = tensor(&floats(&case["initial_sample"]), &shape);
+    let mut noise = ReplayNoise::new(steps.iter().flat_map(|s| {
+        s["noises"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|z| tensor(&floats(z), &shape))
+            .collect::<Vec<_>>()
+    }));
+    let mut state = sampler.new_state();
+    let schedule = sampler.schedule().clone();
+    let model = FnDenoiser(|x_in: &Tensor, t: f64| {
+        let out = analytic(&to_f64(x_in), t, &cfg, &schedule, &mu, std);
+        Ok(tensor(&out, x_in.dims()))
+    });
+    for (i, step) in steps.iter().enumerate() {
+        let t = sampler.timesteps()[i];
+        let x_in = sampler.scale_model_input(&x, i).unwrap();
+        compare(
+            &format!("{name} step {i} model_input"),
+            &to_f64(&x_in),
+            &floats(&step["model_input"]),
+            TRAJECTORY_RTOL,
+            1.0,
+        )?;
+        let out = diffuse_core::denoiser::Denoiser::predict(&model, &x_in, t).unwrap();
+        x = sampler
+            .step(&mut state, &out, &x, &mut noise)
+            .map_err(|e| format!("{name} step {i}: {e}"))?
+            .prev_sample;
+        let mut expected = floats(&step["prev_sample"]);
+        if let Some((si, k)) = perturb {
+            if si == i {
+                expected[k] += 1e-4 * expected[k].abs().max(1.0);
+            }
+        }
+        compare(
+            &format!("{name} step {i} (t={t}) prev_sample"),
+            &to_f64(&x),
+            &expected,
+            TRAJECTORY_RTOL,
+            1.0,
+        )?;
+    }
+    if noise.remaining() != 0 {
+        return Err(format!(
+            "{name}: {} recorded noise tensors unused",
+            noise.remaining()
+        ));
+    }
+    Ok(())
+}
+
+#[test]
+fn trajectories_match_diffusers() {
+    let f = load("trajectories.json");
+    let cases = f["cases"].as_array().unwrap();
+    assert!(cases.len() >= 35);
+    let failures: Vec<String> = cases
+        .iter()
+        .filter_map(|c| run_trajectory(c, None).err())
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} trajectories differ:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn every_sampler_and_prediction_type_is_covered() {
+    let f = load("trajectories.json");
+    let mut seen = std::collections::BTreeSet::new();
+    for c in f["cases"].as_array().unwrap() {
+        let cfg = config_of(&c["config"]);
+        seen.insert((cfg.class.short_name(), cfg.prediction_type.name()));
+    }
+    for class in SchedulerClass::ALL {
+        let preds: &[&str] = match class {
+            SchedulerClass::Pndm | SchedulerClass::EulerAncestral => &["epsilon", "v_prediction"],
+            SchedulerClass::FlowMatchEuler => &["flow_prediction"],
+            _ => &["epsilon", "sample", "v_prediction"],
+        };
+        for p in preds {
+            assert!(
+                seen.contains(&(class.short_name(), *p)),
+                "no trajectory for {class:?} {p}"
+            );
+        }
+    }
+}
+
+/// The comparison can fail: a 1e-4 perturbation of one fixture value is caught.
+#[test]
+fn perturbed_fixtures_are_rejected() {
+    let f = load("trajectories.json");
+    let case = f["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "dpmpp2m_epsilon")
+        .unwrap();
+    run_trajectory(case, None).unwrap();
+    let err = run_trajectory(case, Some((3, 5))).unwrap_err();
+    assert!(err.contains("step 3"), "{err}");
+
+    let s = load("schedules.json");
+    let case = &s["betas"][0];
+    let sched = NoiseSchedule::from_config(&config_of(&case["config"])).unwrap();
+    let mut expected = floats(&case["alphas_cumprod"]);
+    compare("ac", &sched.alphas_cumprod, &expected, SCHEDULE_RTOL, 1e-30).unwrap();
+    expected[500] *= 1.0 + 1e-4;
+    assert!(compare("ac", &sched.alphas_cumprod, &expected, SCHEDULE_RTOL, 1e-30).is_err());
+}
+
+#[test]
+fn forward_process_and_weights_match_diffusers() {
+    let f = load("noising.json");
+    for case in f["cases"].as_array().unwrap() {
+        let cfg = config_of(&case["config"]);
+        let sched = NoiseSchedule::from_config(&cfg).unwrap();
+        let shape: Vec<usize> = floats(&case["shape"]).iter().map(|&x| x as usize).collect();
+        let ts: Vec<usize> = floats(&case["timesteps"])
+            .iter()
+            .map(|&x| x as usize)
+            .collect();
+        let x0 = tensor(&floats(&case["original"]), &shape);
+        let eps = tensor(&floats(&case["noise"]), &shape);
+        let name = format!(
+            "{} rescale={}",
+            cfg.beta_schedule.name(),
+            cfg.rescale_betas_zero_snr
+        );
+        let rtol = if cfg.rescale_betas_zero_snr {
+            RESCALED_RTOL
+        } else {
+            SCHEDULE_RTOL
+        };
+        let noisy = noising::add_noise(&sched, &x0, &eps, &ts).unwrap();
+        compare(
+            &format!("{name} add_noise"),
+            &to_f64(&noisy),
+            &floats(&case["noisy"]),
+            rtol,
+            1.0,
+        )
+        .unwrap();
+        let v = noising::get_velocity(&sched, &x0, &eps, &ts).unwrap();
+        compare(
+            &format!("{name} velocity"),
+            &to_f64(&v),
+            &floats(&case["velocity"]),
+            rtol,
+            1.0,
+        )
+        .unwrap();
+        let snr = noising::snr(&sched, &ts).unwrap();
+        let w = &case["min_snr_weights"];
+        let gamma = w["gamma"].as_f64().unwrap();
+        let weights = |p: PredictionType, snr: &[f64]| -> Vec<f64> {
+            snr.iter()
+                .map(|&s| {
+                    let m = s.min(gamma);
+                    match p {
+                        PredictionType::VPrediction => m / (s + 1.0),
+                        PredictionType::Sample => m,
+                        _ => m / s,
+                    }
+                })
+                .collect()
+        };
+        let preds = [
+            ("epsilon", PredictionType::Epsilon),
+            ("v_prediction", PredictionType::VPrediction),
+            ("sample", PredictionType::Sample),
+        ];
+        if !cfg.rescale_betas_zero_snr {
+            compare(
+                &format!("{name} snr"),
+                &snr,
+                &floats(&case["snr"]),
+                rtol,
+                1e-30,
+            )
+            .unwrap();
+            for (key, p) in preds {
+                let got = noising::min_snr_weights(&sched, &ts, gamma, p).unwrap();
+                compare(
+                    &format!("{name} min-snr {key}"),
+                    &got,
+                    &floats(&w[key]),
+                    rtol,
+                    1e-30,
+                )
+                .unwrap();
+            }
+        } else {
+            // SNR = ᾱ/(1 − ᾱ) near t = 0 turns one float32 ulp of ᾱ (see RESCALED_RTOL) into
+            // ~1e-5 of SNR, so check that diffusers' values are what an ᾱ within 4 ulps of ours
+            // gives: the interval of SNR (and of each weight) over ᾱ·(1 ± 4·2⁻²⁴).
+            let expected_snr = floats(&case["snr"]);
+            for (j, &t) in ts.iter().enumerate() {
+                let ac = sched.alphas_cumprod[t];
+                let u = 4.0 * 2f64.powi(-24);
+                let ends = [ac * (1.0 - u), (ac * (1.0 + u)).min(1.0)].map(|a| a / (1.0 - a));
+                let within = |what: &str, vals: [f64; 2], e: f64| {
+                    let (lo, hi) = (vals[0].min(vals[1]), vals[0].max(vals[1]));
+                    let slack = 1e-6 * e.abs();
+                    assert!(
+                        e.is_nan() || (e >= lo - slack && e <= hi + slack),
+                        "{name} {what}[{j}] t={t}: expected {e} outside [{lo}, {hi}]"
+                    );
+                };
+                within("snr", ends, expected_snr[j]);
+                for (key, p) in preds {
+                    let wv = weights(p, &ends);
+                    within(key, [wv[0], wv[1]], floats(&w[key])[j]);
+                }
+            }
+            let got =
+                noising::min_snr_weights(&sched, &ts, gamma, PredictionType::Epsilon).unwrap();
+            assert!(got.iter().zip(&snr).all(|(w, s)| (w - weights(
+                PredictionType::Epsilon,
+                &[*s]
+            )[0])
+                .abs()
+                < 1e-6
+                || w.is_nan()));
+        }
+    }
+}
+
+#[test]
+fn unknown_config_keys_from_real_diffusers_configs_are_tolerated() {
+    // Every config diffusers wrote in the fixtures parses without ignored keys except the
+    // ones diffuse really does not read.
+    let f = load("schedules.json");
+    for case in f["timesteps"].as_array().unwrap() {
+        let cfg = config_of(&case["config"]);
+        assert!(
+            cfg.ignored_keys.is_empty(),
+            "{:?}: {:?}",
+            cfg.class,
+            cfg.ignored_keys
+        );
+    }
+}
