@@ -1,1 +1,53 @@
-fn main() {}
+//! `diffuse`: the command-line face of the diffuse libraries.
+//!
+//! Thin by design (ripgrep `crates/core/main.rs` style): parse arguments, turn them into a
+//! validated plan, call a library, and map errors to a one-line message and an exit code.
+
+mod noise_cmd;
+mod schedule_cmd;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "diffuse",
+    version,
+    about = "Train, sample, evaluate and serve image diffusion models",
+    long_about = "diffuse: the whole life of an image diffusion model in one binary.\n\
+                  Reads and writes the Hugging Face diffusers format."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print a scheduler's timesteps, ᾱ and σ as diffusers computes them.
+    Schedule(schedule_cmd::Args),
+    /// Draw the forward process: an image noised at several timesteps, as one PNG strip.
+    Noise(noise_cmd::Args),
+}
+
+/// Exit codes: 0 ok, 1 error (one line on stderr), 2 usage error (clap).
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Schedule(args) => schedule_cmd::run(args),
+        Command::Noise(args) => noise_cmd::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the context chain joined, no backtrace.
+            let msg = e
+                .chain()
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>()
+                .join(": ");
+            eprintln!("error: {}", msg.replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}

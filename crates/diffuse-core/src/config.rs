@@ -177,12 +177,14 @@ impl PredictionType {
             "sample" | "original_sample" => PredictionType::Sample,
             "v_prediction" => PredictionType::VPrediction,
             "flow_prediction" => PredictionType::Flow,
-            _ => return Err(Error::config(
-                "prediction_type",
-                format!(
+            _ => {
+                return Err(Error::config(
+                    "prediction_type",
+                    format!(
                     "unknown value {s:?}; allowed: epsilon, sample, v_prediction, flow_prediction"
                 ),
-            )),
+                ))
+            }
         })
     }
 }

@@ -62,7 +62,9 @@ fn compare(
             continue;
         }
         let tol = rtol * e.abs().max(floor);
-        if !((a - e).abs() <= tol) {
+        // NaN fails too.
+        let within = (a - e).abs() <= tol;
+        if !within {
             return Err(format!(
                 "{what}[{i}]: got {a:e}, expected {e:e} (|diff| {:e} > tol {tol:e})",
                 (a - e).abs()

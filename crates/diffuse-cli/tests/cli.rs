@@ -1,0 +1,273 @@
+//! End-to-end tests of the `diffuse` binary: help, `schedule` against the diffusers fixtures,
+//! `noise` on gray and colour images, and one-line errors for bad input.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn diffuse(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_diffuse"))
+        .args(args)
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .expect("run diffuse")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../diffuse-core/tests/fixtures")
+}
+
+/// A failed run prints exactly one line, starting "error:", and never a panic or backtrace.
+fn assert_one_line_error(o: &Output, needle: &str) {
+    assert!(!o.status.success(), "expected failure");
+    let err = stderr(o);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "stderr: {err}");
+    assert!(lines[0].starts_with("error: "), "{err}");
+    assert!(lines[0].contains(needle), "{err} lacks {needle:?}");
+    assert!(
+        !err.contains("panicked") && !err.contains("backtrace"),
+        "{err}"
+    );
+}
+
+#[test]
+fn help_lists_subcommands_and_version_prints() {
+    let o = diffuse(&["--help"]);
+    assert!(o.status.success());
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("schedule") && out.contains("noise"), "{out}");
+    let o = diffuse(&["--version"]);
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with("diffuse "));
+}
+
+#[test]
+fn schedule_json_matches_diffusers_fixtures() {
+    let text = std::fs::read_to_string(fixtures().join("schedules.json")).unwrap();
+    let f: Value = serde_json::from_str(&text).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cases = f["timesteps"].as_array().unwrap();
+    // Every 7th case: all classes, spacings, offsets and step counts appear.
+    for (k, case) in cases.iter().enumerate().filter(|(k, _)| k % 7 == 0) {
+        let path = dir.path().join(format!("c{k}.json"));
+        std::fs::write(&path, case["config"].to_string()).unwrap();
+        let n = case["num_inference_steps"].to_string();
+        let o = diffuse(&[
+            "schedule",
+            "--config",
+            path.to_str().unwrap(),
+            "--steps",
+            &n,
+            "--json",
+        ]);
+        assert!(o.status.success(), "case {k}: {}", stderr(&o));
+        let out: Value = serde_json::from_slice(&o.stdout).expect("one JSON object on stdout");
+        let close = |a: &Value, b: &Value, what: &str| {
+            let (a, b) = (a.as_array().unwrap(), b.as_array().unwrap());
+            assert_eq!(a.len(), b.len(), "case {k} {what}");
+            for (x, y) in a.iter().zip(b) {
+                let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+                assert!(
+                    (x - y).abs() <= 2e-5 * y.abs(),
+                    "case {k} {what}: {x} vs {y}"
+                );
+            }
+        };
+        close(&out["timesteps"], &case["timesteps"], "timesteps");
+        if !case["sigmas"].is_null() {
+            close(&out["sigmas"], &case["sigmas"], "sigmas");
+        }
+        if case["config"]["_class_name"] != "FlowMatchEulerDiscreteScheduler" {
+            let t = case["config"]["num_train_timesteps"].as_u64().unwrap() as usize;
+            assert_eq!(out["alphas_cumprod"].as_array().unwrap().len(), t);
+        }
+    }
+}
+
+#[test]
+fn schedule_defaults_to_ddim_and_takes_overrides() {
+    let o = diffuse(&["schedule", "--steps", "10", "--json"]);
+    let out: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(out["_class_name"], "DDIMScheduler");
+    assert_eq!(out["timesteps"][0], 900);
+    let o = diffuse(&[
+        "schedule",
+        "--steps",
+        "7",
+        "--json",
+        "--timestep-spacing",
+        "trailing",
+    ]);
+    let out: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let ts: Vec<i64> = out["timesteps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect();
+    assert_eq!(ts, vec![999, 856, 713, 570, 428, 285, 142]);
+    // A table without --json.
+    let o = diffuse(&["schedule", "--steps", "3", "--class", "euler"]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("sigma"));
+}
+
+#[test]
+fn unknown_keys_are_noted_on_stderr() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("s.json");
+    std::fs::write(&p, r#"{"_class_name": "DDIMScheduler", "my_extra": 1}"#).unwrap();
+    let o = diffuse(&[
+        "schedule",
+        "--config",
+        p.to_str().unwrap(),
+        "--json",
+        "--steps",
+        "5",
+    ]);
+    assert!(o.status.success());
+    assert!(stderr(&o).contains("my_extra"));
+    serde_json::from_slice::<Value>(&o.stdout).unwrap();
+}
+
+#[test]
+fn bad_configs_fail_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (r#"{"beta_schedule": "cosine"}"#, "beta_schedule"),
+        (r#"{"beta_start": -0.0001}"#, "beta_start"),
+        (r#"{"_class_name": "KarrasVeScheduler"}"#, "_class_name"),
+        (r#"{"num_train_timesteps": 1000,"#, "malformed JSON"),
+        (r#"[1, 2]"#, "JSON object"),
+        (
+            r#"{"_class_name": "DDIMScheduler", "timestep_spacing": "uniform"}"#,
+            "timestep_spacing",
+        ),
+        (
+            r#"{"_class_name": "PNDMScheduler", "prediction_type": "sample"}"#,
+            "prediction_type",
+        ),
+    ];
+    for (i, (text, needle)) in cases.iter().enumerate() {
+        let p = dir.path().join(format!("bad{i}.json"));
+        std::fs::write(&p, text).unwrap();
+        let o = diffuse(&["schedule", "--config", p.to_str().unwrap(), "--steps", "10"]);
+        assert_one_line_error(&o, needle);
+    }
+    let o = diffuse(&["schedule", "--config", "/no/such/file.json"]);
+    assert_one_line_error(&o, "/no/such/file.json");
+    let o = diffuse(&["schedule", "--steps", "2000"]);
+    assert_one_line_error(&o, "2000");
+}
+
+fn png_info(path: &Path) -> (u32, u32, image::ColorType) {
+    let img = image::open(path).unwrap();
+    (img.width(), img.height(), img.color())
+}
+
+#[test]
+fn noise_strip_for_gray_and_rgb_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let gray = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/mnist-test-0.png");
+    let out = dir.path().join("gray.png");
+    let o = diffuse(&[
+        "noise",
+        "--image",
+        gray.to_str().unwrap(),
+        "--timesteps",
+        "0,500,999",
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(png_info(&out), (28 * 3 + 2 * 2, 28, image::ColorType::L8));
+
+    // t = 0 keeps the image: x = 0.99995·x₀ + 0.01·ε, so |Δ| ≤ 0.01·|ε|·127.5 < 6 levels.
+    let strip = image::open(&out).unwrap().to_luma8();
+    let src = image::open(&gray).unwrap().to_luma8();
+    let max_diff = (0..28)
+        .flat_map(|y| (0..28).map(move |x| (x, y)))
+        .map(|(x, y)| (strip.get_pixel(x, y)[0] as i32 - src.get_pixel(x, y)[0] as i32).abs())
+        .max()
+        .unwrap();
+    assert!(
+        max_diff <= 6,
+        "t=0 tile differs from the input by {max_diff}"
+    );
+
+    let rgb_in = dir.path().join("rgb.png");
+    let img =
+        image::RgbImage::from_fn(16, 12, |x, y| image::Rgb([x as u8 * 15, y as u8 * 20, 128]));
+    img.save(&rgb_in).unwrap();
+    let out = dir.path().join("rgb-strip.png");
+    let o = diffuse(&[
+        "noise",
+        "--image",
+        rgb_in.to_str().unwrap(),
+        "--timesteps",
+        "0,999",
+        "--output",
+        out.to_str().unwrap(),
+        "--seed",
+        "3",
+        "--scale",
+        "2",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(png_info(&out), (2 * 32 + 4, 24, image::ColorType::Rgb8));
+    // Same seed, same strip.
+    let again = dir.path().join("again.png");
+    diffuse(&[
+        "noise",
+        "--image",
+        rgb_in.to_str().unwrap(),
+        "--timesteps",
+        "0,999",
+        "--output",
+        again.to_str().unwrap(),
+        "--seed",
+        "3",
+        "--scale",
+        "2",
+    ]);
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&again).unwrap());
+}
+
+#[test]
+fn noise_bad_input_fails_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("o.png");
+    let o = diffuse(&[
+        "noise",
+        "--image",
+        "/no/such.png",
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert_one_line_error(&o, "/no/such.png");
+    let bad = dir.path().join("bad.png");
+    std::fs::write(&bad, b"not an image").unwrap();
+    let o = diffuse(&[
+        "noise",
+        "--image",
+        bad.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert_one_line_error(&o, "cannot decode");
+    let gray = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/mnist-test-0.png");
+    let o = diffuse(&[
+        "noise",
+        "--image",
+        gray.to_str().unwrap(),
+        "--timesteps",
+        "0,1000",
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert_one_line_error(&o, "1000");
+    assert!(!out.exists(), "nothing written on error");
+}

@@ -1,0 +1,26 @@
+//! diffuse-data: getting images into tensors and back out to files.
+//!
+//! - [`image_io`]: PNG/JPEG ↔ `[b, c, h, w]` tensors in [−1, 1], image grids and strips.
+//! - [`fs`]: atomic file writes (temp file + fsync + rename): a file is whole or absent.
+
+pub mod fs;
+pub mod image_io;
+
+/// Errors from reading and writing data.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: cannot decode image: {message}")]
+    Decode { path: String, message: String },
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
