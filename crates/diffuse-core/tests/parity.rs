@@ -22,8 +22,27 @@ const RESCALED_RTOL: f64 = 2e-5;
 /// 2⁻²³ / 1e-6: makes the β tolerance max(1e-6·|β|, 2⁻²³).
 const BETA_FLOOR: f64 = 0.119_209_289_550_781_25;
 
+/// The device the trajectories run on: `DIFFUSE_TEST_DEVICE=cuda` (a `--features cuda` build)
+/// runs them on GPU 0; default CPU.
+fn device() -> Device {
+    // One device for the whole run: candle refuses to mix tensors of two CUDA device handles.
+    static DEVICE: std::sync::OnceLock<Device> = std::sync::OnceLock::new();
+    DEVICE
+        .get_or_init(|| match std::env::var("DIFFUSE_TEST_DEVICE").as_deref() {
+            Ok("cuda") => {
+                Device::new_cuda(0).expect("DIFFUSE_TEST_DEVICE=cuda needs a CUDA build and a GPU")
+            }
+            _ => Device::Cpu,
+        })
+        .clone()
+}
+
 fn load(name: &str) -> Value {
-    let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    // The crate's folder, or (for a test binary moved to another machine) the working directory.
+    let mut path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    if !std::path::Path::new(&path).exists() {
+        path = format!("crates/diffuse-core/tests/fixtures/{name}");
+    }
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
     let v: Value = serde_json::from_str(&text).unwrap();
     let prov = &v["provenance"];
@@ -225,7 +244,7 @@ fn analytic(
 
 fn tensor(v: &[f64], shape: &[usize]) -> Tensor {
     let data: Vec<f32> = v.iter().map(|&x| x as f32).collect();
-    Tensor::from_vec(data, shape, &Device::Cpu).unwrap()
+    Tensor::from_vec(data, shape, &device()).unwrap()
 }
 
 fn to_f64(t: &Tensor) -> Vec<f64> {
