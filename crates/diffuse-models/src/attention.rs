@@ -1,0 +1,85 @@
+//! Spatial self-attention of the UNet (diffusers `Attention` with `AttnProcessor2_0`,
+//! `residual_connection=True`, as built by `AttnDownBlock2D` and friends).
+
+use crate::ops;
+use candle_core::{Result, Tensor};
+use candle_nn::VarBuilder;
+
+/// Multi-head self-attention over the h·w positions of a feature map.
+#[derive(Debug, Clone)]
+pub struct SpatialAttention {
+    group_norm: Option<candle_nn::GroupNorm>,
+    to_q: candle_nn::Linear,
+    to_k: candle_nn::Linear,
+    to_v: candle_nn::Linear,
+    to_out: candle_nn::Linear,
+    heads: usize,
+    head_dim: usize,
+    rescale_output_factor: f64,
+}
+
+impl SpatialAttention {
+    /// `heads = channels / head_dim` as diffusers computes it; `groups` None means no norm.
+    pub fn new(
+        channels: usize,
+        head_dim: usize,
+        groups: Option<usize>,
+        eps: f64,
+        rescale_output_factor: f64,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let heads = (channels / head_dim).max(1);
+        let inner = heads * head_dim;
+        let group_norm = match groups {
+            Some(g) => Some(candle_nn::group_norm(
+                g,
+                channels,
+                eps,
+                vb.pp("group_norm"),
+            )?),
+            None => None,
+        };
+        Ok(SpatialAttention {
+            group_norm,
+            to_q: candle_nn::linear(channels, inner, vb.pp("to_q"))?,
+            to_k: candle_nn::linear(channels, inner, vb.pp("to_k"))?,
+            to_v: candle_nn::linear(channels, inner, vb.pp("to_v"))?,
+            to_out: candle_nn::linear(inner, channels, vb.pp("to_out").pp("0"))?,
+            heads,
+            head_dim,
+            rescale_output_factor,
+        })
+    }
+
+    /// `x`: [b, c, h, w] → same shape, residual included.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, c, h, w) = x.dims4()?;
+        let l = h * w;
+        let normed = match &self.group_norm {
+            Some(n) => ops::group_norm(x, n, false)?,
+            None => x.clone(),
+        };
+        let seq = normed.reshape((b, c, l))?.transpose(1, 2)?; // [b, L, c]
+        let split = |t: Tensor| -> Result<Tensor> {
+            // [b, L, heads·d] → [b, heads, L, d]
+            t.reshape((b, l, self.heads, self.head_dim))?
+                .transpose(1, 2)
+        };
+        let q = split(ops::linear(&seq, &self.to_q)?)?;
+        let k = split(ops::linear(&seq, &self.to_k)?)?;
+        let v = split(ops::linear(&seq, &self.to_v)?)?;
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let o = ops::attention(&q, &k, &v, scale)?; // [b, heads, L, d]
+        let o = o
+            .transpose(1, 2)?
+            .reshape((b, l, self.heads * self.head_dim))?;
+        let o = ops::linear(&o, &self.to_out)?; // [b, L, c]
+        let o = o.transpose(1, 2)?.reshape((b, c, h, w))?;
+        let out = (o + x)?;
+        if self.rescale_output_factor == 1.0 {
+            Ok(out)
+        } else {
+            out / self.rescale_output_factor
+        }
+    }
+}

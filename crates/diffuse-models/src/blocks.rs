@@ -1,0 +1,274 @@
+//! UNet blocks, diffusers `models/unets/unet_2d_blocks.py`: `DownBlock2D`, `AttnDownBlock2D`,
+//! `ResnetDownsampleBlock2D`, their up twins, and `UNetMidBlock2D`. One struct per direction:
+//! the types differ only in whether attention follows each ResNet and how they resample.
+
+use crate::attention::SpatialAttention;
+use crate::resnet::{Downsample2D, Resample, ResnetBlock2D, ResnetOptions, Upsample2D};
+use candle_core::{Result, Tensor};
+use candle_nn::VarBuilder;
+
+#[derive(Debug, Clone)]
+enum Down {
+    Conv(Downsample2D),
+    Resnet(Box<ResnetBlock2D>),
+}
+
+#[derive(Debug, Clone)]
+enum Up {
+    Conv(Upsample2D),
+    Resnet(Box<ResnetBlock2D>),
+}
+
+/// Shape of one down or up block.
+pub struct BlockSpec<'a> {
+    pub block_type: &'a str,
+    pub num_layers: usize,
+    pub in_channels: usize,
+    pub out_channels: usize,
+    /// Up blocks: channels coming from the block below.
+    pub prev_output_channels: usize,
+    /// Whether this block changes resolution (all but the last down / last up block).
+    pub resample: bool,
+    /// `downsample_type` / `upsample_type` ("conv" | "resnet"), for the Attn blocks.
+    pub resample_type: &'a str,
+    pub downsample_padding: usize,
+    pub attention_head_dim: Option<usize>,
+}
+
+/// A down block: ResNets (each optionally followed by attention), then a downsampler.
+#[derive(Debug, Clone)]
+pub struct DownBlock {
+    resnets: Vec<ResnetBlock2D>,
+    attentions: Vec<SpatialAttention>,
+    down: Option<Down>,
+}
+
+impl DownBlock {
+    pub fn new(spec: &BlockSpec, opts: ResnetOptions, vb: VarBuilder) -> Result<Self> {
+        let attn = spec.block_type == "AttnDownBlock2D";
+        let mut resnets = Vec::new();
+        let mut attentions = Vec::new();
+        for i in 0..spec.num_layers {
+            let cin = if i == 0 {
+                spec.in_channels
+            } else {
+                spec.out_channels
+            };
+            resnets.push(ResnetBlock2D::new(
+                cin,
+                spec.out_channels,
+                opts,
+                Resample::None,
+                vb.pp("resnets").pp(i),
+            )?);
+            if attn {
+                attentions.push(SpatialAttention::new(
+                    spec.out_channels,
+                    spec.attention_head_dim.unwrap_or(spec.out_channels),
+                    Some(opts.groups),
+                    opts.eps,
+                    1.0,
+                    vb.pp("attentions").pp(i),
+                )?);
+            }
+        }
+        let use_resnet = match spec.block_type {
+            "ResnetDownsampleBlock2D" => true,
+            "AttnDownBlock2D" => spec.resample_type == "resnet",
+            _ => false,
+        };
+        let vbd = vb.pp("downsamplers").pp(0);
+        let down = match (spec.resample, use_resnet) {
+            (false, _) => None,
+            (true, true) => Some(Down::Resnet(Box::new(ResnetBlock2D::new(
+                spec.out_channels,
+                spec.out_channels,
+                opts,
+                Resample::Down,
+                vbd,
+            )?))),
+            (true, false) => Some(Down::Conv(Downsample2D::new(
+                spec.out_channels,
+                spec.downsample_padding,
+                vbd,
+            )?)),
+        };
+        Ok(DownBlock {
+            resnets,
+            attentions,
+            down,
+        })
+    }
+
+    /// Returns the output and the skip states it leaves for the up path.
+    pub fn forward(&self, x: &Tensor, temb: Option<&Tensor>) -> Result<(Tensor, Vec<Tensor>)> {
+        let mut h = x.clone();
+        let mut states = Vec::with_capacity(self.resnets.len() + 1);
+        for (i, r) in self.resnets.iter().enumerate() {
+            h = r.forward(&h, temb)?;
+            if let Some(a) = self.attentions.get(i) {
+                h = a.forward(&h)?;
+            }
+            states.push(h.clone());
+        }
+        if let Some(d) = &self.down {
+            h = match d {
+                Down::Conv(c) => c.forward(&h)?,
+                Down::Resnet(r) => r.forward(&h, temb)?,
+            };
+            states.push(h.clone());
+        }
+        Ok((h, states))
+    }
+
+    /// How many skip states this block leaves.
+    pub fn num_states(&self) -> usize {
+        self.resnets.len() + usize::from(self.down.is_some())
+    }
+}
+
+/// An up block: ResNets over [h, skip] (each optionally followed by attention), then an upsampler.
+#[derive(Debug, Clone)]
+pub struct UpBlock {
+    resnets: Vec<ResnetBlock2D>,
+    attentions: Vec<SpatialAttention>,
+    up: Option<Up>,
+}
+
+impl UpBlock {
+    pub fn new(spec: &BlockSpec, opts: ResnetOptions, vb: VarBuilder) -> Result<Self> {
+        let attn = spec.block_type == "AttnUpBlock2D";
+        let mut resnets = Vec::new();
+        let mut attentions = Vec::new();
+        for i in 0..spec.num_layers {
+            let skip = if i == spec.num_layers - 1 {
+                spec.in_channels
+            } else {
+                spec.out_channels
+            };
+            let cin = if i == 0 {
+                spec.prev_output_channels
+            } else {
+                spec.out_channels
+            };
+            resnets.push(ResnetBlock2D::new(
+                cin + skip,
+                spec.out_channels,
+                opts,
+                Resample::None,
+                vb.pp("resnets").pp(i),
+            )?);
+            if attn {
+                attentions.push(SpatialAttention::new(
+                    spec.out_channels,
+                    spec.attention_head_dim.unwrap_or(spec.out_channels),
+                    Some(opts.groups),
+                    opts.eps,
+                    1.0,
+                    vb.pp("attentions").pp(i),
+                )?);
+            }
+        }
+        let use_resnet = match spec.block_type {
+            "ResnetUpsampleBlock2D" => true,
+            "AttnUpBlock2D" => spec.resample_type == "resnet",
+            _ => false,
+        };
+        let vbu = vb.pp("upsamplers").pp(0);
+        let up = match (spec.resample, use_resnet) {
+            (false, _) => None,
+            (true, true) => Some(Up::Resnet(Box::new(ResnetBlock2D::new(
+                spec.out_channels,
+                spec.out_channels,
+                opts,
+                Resample::Up,
+                vbu,
+            )?))),
+            (true, false) => Some(Up::Conv(Upsample2D::new(spec.out_channels, vbu)?)),
+        };
+        Ok(UpBlock {
+            resnets,
+            attentions,
+            up,
+        })
+    }
+
+    /// Number of skip states this block consumes.
+    pub fn num_states(&self) -> usize {
+        self.resnets.len()
+    }
+
+    /// `skips`: this block's skip states, in the order they were produced (the last is used first).
+    pub fn forward(&self, x: &Tensor, skips: &[Tensor], temb: Option<&Tensor>) -> Result<Tensor> {
+        let mut h = x.clone();
+        for (i, r) in self.resnets.iter().enumerate() {
+            let skip = &skips[skips.len() - 1 - i];
+            h = Tensor::cat(&[&h, skip], 1)?; // [b, c + c_skip, h, w]
+            h = r.forward(&h, temb)?;
+            if let Some(a) = self.attentions.get(i) {
+                h = a.forward(&h)?;
+            }
+        }
+        if let Some(u) = &self.up {
+            h = match u {
+                Up::Conv(c) => c.forward(&h)?,
+                Up::Resnet(r) => r.forward(&h, temb)?,
+            };
+        }
+        Ok(h)
+    }
+}
+
+/// `UNetMidBlock2D` with one layer: ResNet → attention → ResNet.
+#[derive(Debug, Clone)]
+pub struct MidBlock {
+    resnets: Vec<ResnetBlock2D>,
+    attention: Option<SpatialAttention>,
+}
+
+impl MidBlock {
+    pub fn new(
+        channels: usize,
+        opts: ResnetOptions,
+        attention: Option<(usize, Option<usize>)>,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let r0 = ResnetBlock2D::new(
+            channels,
+            channels,
+            opts,
+            Resample::None,
+            vb.pp("resnets").pp(0),
+        )?;
+        let attention = match attention {
+            Some((head_dim, groups)) => Some(SpatialAttention::new(
+                channels,
+                head_dim,
+                groups,
+                opts.eps,
+                opts.output_scale_factor,
+                vb.pp("attentions").pp(0),
+            )?),
+            None => None,
+        };
+        let r1 = ResnetBlock2D::new(
+            channels,
+            channels,
+            opts,
+            Resample::None,
+            vb.pp("resnets").pp(1),
+        )?;
+        Ok(MidBlock {
+            resnets: vec![r0, r1],
+            attention,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor, temb: Option<&Tensor>) -> Result<Tensor> {
+        let mut h = self.resnets[0].forward(x, temb)?;
+        if let Some(a) = &self.attention {
+            h = a.forward(&h)?;
+        }
+        self.resnets[1].forward(&h, temb)
+    }
+}

@@ -1,0 +1,48 @@
+//! diffuse-models: networks with Hugging Face diffusers' config keys and weight names, on
+//! candle, so a model moves between diffusers and diffuse without conversion scripts.
+//!
+//! - [`unet_2d::UNet2DModel`] and its parts ([`blocks`], [`resnet`], [`attention`],
+//!   [`embeddings`]).
+//! - [`weights`]: `diffusion_pytorch_model.safetensors` in and out (f32/f16/bf16 on disk), and
+//!   diffusers pipeline folders.
+//! - [`ops`]: the one seam through which models reach the hot ops.
+//! - [`denoise`]: a loaded model as a `diffuse_core` denoiser.
+
+pub mod attention;
+pub mod blocks;
+pub mod config;
+pub mod denoise;
+pub mod embeddings;
+pub mod ops;
+pub mod resnet;
+pub mod unet_2d;
+pub mod weights;
+
+pub use config::UNet2DConfig;
+pub use unet_2d::UNet2DModel;
+
+/// Errors of model building, loading and running.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A config value diffuse cannot use (the message names the key).
+    #[error("{0}")]
+    Config(String),
+    /// Weights missing, mis-shaped or unreadable (the message names the tensor or file).
+    #[error("{0}")]
+    Weights(String),
+    /// Inputs that do not fit the model.
+    #[error("{0}")]
+    Input(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+    #[error(transparent)]
+    Core(#[from] diffuse_core::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

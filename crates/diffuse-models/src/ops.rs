@@ -1,0 +1,140 @@
+//! The one seam for speed (DESIGN.md): models call these, never candle's hot ops directly,
+//! so a faster kernel (CPU CustomOp with backward, cuDNN, f16) can be swapped in here,
+//! benchmarked and gradient-checked in one place. For now every op is candle's own.
+
+use candle_core::{Result, Tensor, D};
+use candle_nn::Module;
+
+/// 2-D convolution with the layer's padding/stride: `[b, c, h, w]` → `[b, c', h', w']`.
+pub fn conv2d(x: &Tensor, conv: &candle_nn::Conv2d) -> Result<Tensor> {
+    conv.forward(x)
+}
+
+/// Group normalization, optionally followed by SiLU (the pair every ResNet block runs).
+pub fn group_norm(x: &Tensor, norm: &candle_nn::GroupNorm, then_silu: bool) -> Result<Tensor> {
+    let y = norm.forward(x)?;
+    if then_silu {
+        y.silu()
+    } else {
+        Ok(y)
+    }
+}
+
+/// Affine layer over the last dimension. The input is made contiguous first: candle 0.11.1's
+/// `Linear` on a transposed 3-D input (its broadcast-weight matmul path) returns wrong values
+/// on the CPU (found by the UNet parity tests: attention over `[b, c, L]ᵀ`).
+pub fn linear(x: &Tensor, l: &candle_nn::Linear) -> Result<Tensor> {
+    if x.is_contiguous() {
+        l.forward(x)
+    } else {
+        l.forward(&x.contiguous()?)
+    }
+}
+
+/// Nearest-neighbour 2× upsampling: `[b, c, h, w]` → `[b, c, 2h, 2w]`.
+pub fn upsample_nearest2x(x: &Tensor) -> Result<Tensor> {
+    let (_, _, h, w) = x.dims4()?;
+    x.upsample_nearest2d(2 * h, 2 * w)
+}
+
+/// Bytes of attention scores computed at once before queries are split into chunks.
+const ATTENTION_CHUNK_BYTES: usize = 128 << 20;
+
+/// Scaled dot-product attention, softmax(q kᵀ · scale) v, over `[b, heads, L, d]` tensors.
+/// Queries are processed in chunks so the score matrix never exceeds ~128 MiB; the softmax is
+/// candle's composed one, which has a backward (`softmax_last_dim` has none).
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+    attention_with_budget(q, k, v, scale, ATTENTION_CHUNK_BYTES)
+}
+
+fn attention_with_budget(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    budget_bytes: usize,
+) -> Result<Tensor> {
+    let (b, h, l, _) = q.dims4()?;
+    let kt = k.transpose(2, 3)?.contiguous()?; // [b, h, d, Lk]
+    let lk = k.dim(2)?;
+    let per_query = b * h * lk * q.dtype().size_in_bytes();
+    let chunk = (budget_bytes / per_query.max(1)).clamp(1, l);
+    let one = |q: &Tensor| -> Result<Tensor> {
+        let scores = (q.contiguous()?.matmul(&kt)? * scale)?; // [b, h, Lq, Lk]
+        let p = candle_nn::ops::softmax(&scores, D::Minus1)?;
+        p.matmul(&v.contiguous()?)
+    };
+    if chunk >= l {
+        return one(q);
+    }
+    let parts = (0..l)
+        .step_by(chunk)
+        .map(|s| one(&q.narrow(2, s, chunk.min(l - s))?))
+        .collect::<Result<Vec<_>>>()?;
+    Tensor::cat(&parts, 2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn reference(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Tensor {
+        let s = (q.matmul(&k.transpose(2, 3).unwrap()).unwrap() * scale).unwrap();
+        candle_nn::ops::softmax_last_dim(&s)
+            .unwrap()
+            .matmul(v)
+            .unwrap()
+    }
+
+    #[test]
+    fn linear_on_transposed_input_is_correct() {
+        let dev = Device::Cpu;
+        let vb = candle_nn::VarBuilder::from_varmap(
+            &candle_nn::VarMap::new(),
+            candle_core::DType::F32,
+            &dev,
+        );
+        let l = candle_nn::linear(6, 5, vb).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (2, 6, 7), &dev)
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap(); // [2, 7, 6]
+        let want = l.forward(&x.contiguous().unwrap()).unwrap();
+        let got = linear(&x, &l).unwrap();
+        let d: f32 = (want - got)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert!(d < 1e-6, "{d}");
+    }
+
+    #[test]
+    fn chunked_attention_equals_plain_and_has_gradients() {
+        let dev = Device::Cpu;
+        let q = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 3, 17, 8), &dev).unwrap()).unwrap();
+        let k = Tensor::randn(0f32, 1.0, (2, 3, 17, 8), &dev).unwrap();
+        let v = Tensor::randn(0f32, 1.0, (2, 3, 17, 8), &dev).unwrap();
+        let want = reference(&q, &k, &v, 0.3);
+        let got = attention(&q, &k, &v, 0.3).unwrap();
+        // A budget of 5 query rows' scores: 4 chunks of 5, 5, 5 and 2 queries.
+        let chunked = attention_with_budget(&q, &k, &v, 0.3, 5 * 2 * 3 * 17 * 4).unwrap();
+        for t in [&got, &chunked] {
+            let d: f32 = (&want - t)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar()
+                .unwrap();
+            assert!(d < 1e-5, "{d}");
+        }
+        let grads = got.sum_all().unwrap().backward().unwrap();
+        assert!(grads.get(&q).is_some(), "attention must be differentiable");
+    }
+}

@@ -1,0 +1,241 @@
+//! Weights in and out, in diffusers' layout: a model folder holds `config.json` and
+//! `diffusion_pytorch_model.safetensors` (or a sharded `.safetensors.index.json`, or an `fp16`
+//! variant); a pipeline folder holds `model_index.json`, `unet/` and `scheduler/`.
+//! Tensors on disk may be f32, f16 or bf16; in memory the model is f32 unless asked otherwise.
+
+use crate::{Error, Result, UNet2DConfig, UNet2DModel};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+pub const WEIGHTS_NAME: &str = "diffusion_pytorch_model.safetensors";
+pub const CONFIG_NAME: &str = "config.json";
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// What a `--model` folder turned out to be.
+#[derive(Debug, Clone)]
+pub struct ModelFolder {
+    /// The folder holding the UNet's config.json and weights.
+    pub unet_dir: PathBuf,
+    /// `scheduler/scheduler_config.json` of a pipeline folder, if there is one.
+    pub scheduler_config: Option<PathBuf>,
+    /// The pipeline class (`DDPMPipeline`, …) when the folder is a pipeline.
+    pub pipeline_class: Option<String>,
+}
+
+/// Resolves a diffusers pipeline folder (`model_index.json`) or a bare UNet folder.
+pub fn resolve_model_folder(dir: &Path) -> Result<ModelFolder> {
+    if !dir.is_dir() {
+        return Err(Error::Weights(format!(
+            "{}: not a folder (expected a diffusers pipeline or UNet folder)",
+            dir.display()
+        )));
+    }
+    let index = dir.join("model_index.json");
+    if index.exists() {
+        let text = std::fs::read_to_string(&index).map_err(io_err(&index))?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| Error::Config(format!("{}: malformed JSON: {e}", index.display())))?;
+        let unet_dir = dir.join("unet");
+        if v.get("unet").is_none() || !unet_dir.is_dir() {
+            return Err(Error::Config(format!(
+                "{}: the pipeline has no `unet` component",
+                index.display()
+            )));
+        }
+        let sched = dir.join("scheduler").join("scheduler_config.json");
+        return Ok(ModelFolder {
+            unet_dir,
+            scheduler_config: sched.exists().then_some(sched),
+            pipeline_class: v
+                .get("_class_name")
+                .and_then(|c| c.as_str())
+                .map(String::from),
+        });
+    }
+    if dir.join(CONFIG_NAME).exists() {
+        return Ok(ModelFolder {
+            unet_dir: dir.to_path_buf(),
+            scheduler_config: None,
+            pipeline_class: None,
+        });
+    }
+    Err(Error::Weights(format!(
+        "{}: neither model_index.json (pipeline) nor config.json (model) found",
+        dir.display()
+    )))
+}
+
+/// Reads and validates `dir/config.json`.
+pub fn read_unet_config(dir: &Path) -> Result<UNet2DConfig> {
+    let path = dir.join(CONFIG_NAME);
+    let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
+    UNet2DConfig::from_json_str(&text)
+        .map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+}
+
+/// A freshly initialized model and the variables that hold its weights.
+pub fn build_unet(config: &UNet2DConfig, device: &Device) -> Result<(UNet2DModel, VarMap)> {
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
+    let model = UNet2DModel::new(config, vb)?;
+    Ok((model, varmap))
+}
+
+/// Loads a UNet folder (config + weights) as f32 on `device`.
+pub fn load_unet(dir: &Path, device: &Device) -> Result<(UNet2DModel, VarMap)> {
+    let config = read_unet_config(dir)?;
+    let (model, varmap) = build_unet(&config, device)?;
+    let files = weight_files(dir)?;
+    load_into(&varmap, &files)?;
+    Ok((model, varmap))
+}
+
+/// The safetensors file(s) of a model folder.
+pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let plain = dir.join(WEIGHTS_NAME);
+    if plain.exists() {
+        return Ok(vec![plain]);
+    }
+    let index = dir.join(format!("{WEIGHTS_NAME}.index.json"));
+    if index.exists() {
+        let text = std::fs::read_to_string(&index).map_err(io_err(&index))?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| Error::Weights(format!("{}: malformed JSON: {e}", index.display())))?;
+        let files: BTreeSet<String> = v["weight_map"]
+            .as_object()
+            .ok_or_else(|| Error::Weights(format!("{}: no weight_map", index.display())))?
+            .values()
+            .filter_map(|f| f.as_str().map(String::from))
+            .collect();
+        return Ok(files.into_iter().map(|f| dir.join(f)).collect());
+    }
+    for variant in ["fp16", "bf16"] {
+        let p = dir.join(format!("diffusion_pytorch_model.{variant}.safetensors"));
+        if p.exists() {
+            return Ok(vec![p]);
+        }
+    }
+    Err(Error::Weights(format!(
+        "{}: no {WEIGHTS_NAME} (nor a sharded index or fp16 variant)",
+        dir.display()
+    )))
+}
+
+/// Reads safetensors files into the model's variables: every variable must be present with
+/// its exact shape; values are converted to the variable's dtype. Returns the names of tensors
+/// in the files that the model does not use.
+pub fn load_into(varmap: &VarMap, files: &[PathBuf]) -> Result<Vec<String>> {
+    let mut tensors: HashMap<String, Tensor> = HashMap::new();
+    let device = {
+        let data = varmap.data().lock().expect("varmap lock");
+        data.values()
+            .next()
+            .map(|v| v.device().clone())
+            .unwrap_or(Device::Cpu)
+    };
+    for f in files {
+        let bytes = std::fs::read(f).map_err(io_err(f))?;
+        let map = candle_core::safetensors::load_buffer(&bytes, &device).map_err(|e| {
+            Error::Weights(format!(
+                "{}: not a valid safetensors file ({e})",
+                f.display()
+            ))
+        })?;
+        tensors.extend(map);
+    }
+    let data = varmap.data().lock().expect("varmap lock");
+    let mut names: Vec<&String> = data.keys().collect();
+    names.sort();
+    for name in names {
+        let var = &data[name];
+        let t = tensors.get(name).ok_or_else(|| {
+            Error::Weights(format!(
+                "missing tensor `{name}` (shape {:?}) in {}",
+                var.dims(),
+                files
+                    .iter()
+                    .map(|f| f.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })?;
+        if t.dims() != var.dims() {
+            return Err(Error::Weights(format!(
+                "tensor `{name}` has shape {:?} in the file, the model expects {:?}",
+                t.dims(),
+                var.dims()
+            )));
+        }
+        if !matches!(
+            t.dtype(),
+            DType::F32 | DType::F16 | DType::BF16 | DType::F64
+        ) {
+            return Err(Error::Weights(format!(
+                "tensor `{name}` has dtype {:?}; expected a float type",
+                t.dtype()
+            )));
+        }
+        var.set(&t.to_dtype(var.dtype())?)?;
+    }
+    let mut unexpected: Vec<String> = tensors
+        .keys()
+        .filter(|k| !data.contains_key(*k))
+        .cloned()
+        .collect();
+    unexpected.sort();
+    Ok(unexpected)
+}
+
+/// Writes `dir/config.json` and `dir/diffusion_pytorch_model.safetensors` (tensors converted to
+/// `dtype`), each atomically, creating `dir`.
+pub fn save_unet(config: &UNet2DConfig, varmap: &VarMap, dir: &Path, dtype: DType) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let bytes = serialize_vars(varmap, dtype)?;
+    diffuse_data::fs::write_atomic(&dir.join(WEIGHTS_NAME), &bytes)
+        .map_err(|e| Error::Weights(e.to_string()))?;
+    let mut cfg = serde_json::to_value(config).expect("serializable");
+    cfg["_diffusers_version"] = cfg
+        .get("_diffusers_version")
+        .cloned()
+        .unwrap_or_else(|| "0.42.1".into());
+    let text = serde_json::to_string_pretty(&cfg).expect("serializable");
+    diffuse_data::fs::write_atomic(&dir.join(CONFIG_NAME), text.as_bytes())
+        .map_err(|e| Error::Weights(e.to_string()))?;
+    Ok(())
+}
+
+/// The variables as a safetensors buffer (with `{"format": "pt"}` metadata, as diffusers writes).
+pub fn serialize_vars(varmap: &VarMap, dtype: DType) -> Result<Vec<u8>> {
+    let data = varmap.data().lock().expect("varmap lock");
+    let mut entries: Vec<(String, Tensor)> = Vec::with_capacity(data.len());
+    for (k, v) in data.iter() {
+        entries.push((
+            k.clone(),
+            v.as_tensor().to_dtype(dtype)?.to_device(&Device::Cpu)?,
+        ));
+    }
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+    safetensors::serialize(entries.iter().map(|(k, t)| (k.as_str(), t)), Some(meta))
+        .map_err(|e| Error::Weights(format!("cannot serialize weights: {e}")))
+}
+
+/// Parses `f32`, `f16`, `bf16`.
+pub fn parse_dtype(s: &str) -> Result<DType> {
+    match s {
+        "f32" | "float32" => Ok(DType::F32),
+        "f16" | "float16" | "fp16" => Ok(DType::F16),
+        "bf16" | "bfloat16" => Ok(DType::BF16),
+        _ => Err(Error::Config(format!(
+            "unknown dtype {s:?}; allowed: f32, f16, bf16"
+        ))),
+    }
+}
