@@ -3,7 +3,9 @@
 //! Thin by design (ripgrep `crates/core/main.rs` style): parse arguments, turn them into a
 //! validated plan, call a library, and map errors to a one-line message and an exit code.
 
+mod convert_cmd;
 mod noise_cmd;
+mod sample_cmd;
 mod schedule_cmd;
 
 use clap::{Parser, Subcommand};
@@ -28,6 +30,10 @@ enum Command {
     Schedule(schedule_cmd::Args),
     /// Draw the forward process: an image noised at several timesteps, as one PNG strip.
     Noise(noise_cmd::Args),
+    /// Generate images from a diffusers pipeline or UNet folder.
+    Sample(sample_cmd::Args),
+    /// Re-save a diffusers UNet or pipeline folder (e.g. as f16), in the diffusers layout.
+    Convert(convert_cmd::Args),
 }
 
 /// Exit codes: 0 ok, 1 error (one line on stderr), 2 usage error (clap).
@@ -36,6 +42,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Schedule(args) => schedule_cmd::run(args),
         Command::Noise(args) => noise_cmd::run(args),
+        Command::Sample(args) => sample_cmd::run(args),
+        Command::Convert(args) => convert_cmd::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

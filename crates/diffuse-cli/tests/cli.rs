@@ -271,3 +271,206 @@ fn noise_bad_input_fails_with_one_line() {
     assert_one_line_error(&o, "1000");
     assert!(!out.exists(), "nothing written on error");
 }
+
+fn model_fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../diffuse-models/tests/fixtures")
+}
+
+fn load_images(path: &Path) -> Vec<f32> {
+    let m = candle_core::safetensors::load(path, &candle_core::Device::Cpu).unwrap();
+    m["images"].flatten_all().unwrap().to_vec1().unwrap()
+}
+
+fn max_rel(a: &[f32], b: &[f32]) -> f32 {
+    let m = b.iter().fold(0f32, |m, x| m.max(x.abs()));
+    a.iter().zip(b).fold(0f32, |d, (x, y)| d.max((x - y).abs())) / m
+}
+
+#[test]
+fn sample_matches_a_diffusers_loop_on_recorded_noise() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipe = model_fixtures().join("pipeline_basic");
+    let rec = pipe.join("samples.safetensors");
+    let recorded = candle_core::safetensors::load(&rec, &candle_core::Device::Cpu).unwrap();
+    for (sampler, key) in [("ddim", "ddim_images"), ("dpmpp_2m", "dpmpp_images")] {
+        let out = dir.path().join(format!("{sampler}.safetensors"));
+        let o = diffuse(&[
+            "sample",
+            "--model",
+            pipe.to_str().unwrap(),
+            "--steps",
+            "5",
+            "--sampler",
+            sampler,
+            "--noise",
+            rec.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+            "--quiet",
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(stderr(&o).contains("images/s"));
+        let want: Vec<f32> = recorded[key].flatten_all().unwrap().to_vec1().unwrap();
+        let e = max_rel(&load_images(&out), &want);
+        assert!(e <= 1e-3, "{sampler}: {e}");
+    }
+}
+
+#[test]
+fn sample_is_batch_size_independent_and_writes_pngs() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = model_fixtures().join("unet_basic");
+    let run = |batch: &str, out: &Path| {
+        let o = diffuse(&[
+            "sample",
+            "--model",
+            model.to_str().unwrap(),
+            "--sampler",
+            "euler_a",
+            "--steps",
+            "4",
+            "--num-images",
+            "3",
+            "--batch-size",
+            batch,
+            "--seed",
+            "7",
+            "--output",
+            out.to_str().unwrap(),
+            "--quiet",
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    };
+    let (a, b) = (
+        dir.path().join("a.safetensors"),
+        dir.path().join("b.safetensors"),
+    );
+    run("1", &a);
+    run("3", &b);
+    assert!(max_rel(&load_images(&a), &load_images(&b)) <= 1e-5);
+    let folder = dir.path().join("pngs");
+    run("2", &folder);
+    for f in ["00000.png", "00001.png", "00002.png", "grid.png"] {
+        assert!(folder.join(f).exists(), "{f}");
+    }
+    let grid = dir.path().join("grid.png");
+    run("3", &grid);
+    assert_eq!(
+        png_info(&grid),
+        (16 * 2 + 2, 16 * 2 + 2, image::ColorType::Rgb8)
+    );
+}
+
+#[test]
+fn sample_and_convert_errors_are_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let fx = model_fixtures();
+    let cc = fx.join("unet_class_cond");
+    let out = dir.path().join("o.png");
+    let o = diffuse(&[
+        "sample",
+        "--model",
+        cc.to_str().unwrap(),
+        "--steps",
+        "2",
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert_one_line_error(&o, "class");
+    let o = diffuse(&[
+        "sample",
+        "--model",
+        cc.to_str().unwrap(),
+        "--class",
+        "3",
+        "--sampler",
+        "lms",
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert_one_line_error(&o, "_class_name");
+    let o = diffuse(&[
+        "sample",
+        "--model",
+        "/no/such/model",
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert_one_line_error(&o, "/no/such/model");
+    let broken = dir.path().join("broken");
+    std::fs::create_dir_all(&broken).unwrap();
+    std::fs::copy(cc.join("config.json"), broken.join("config.json")).unwrap();
+    std::fs::write(
+        broken.join("diffusion_pytorch_model.safetensors"),
+        b"garbage",
+    )
+    .unwrap();
+    let o = diffuse(&[
+        "convert",
+        "--model",
+        broken.to_str().unwrap(),
+        "--output",
+        dir.path().join("c").to_str().unwrap(),
+    ]);
+    assert_one_line_error(&o, "safetensors");
+    let o = diffuse(&[
+        "convert",
+        "--model",
+        cc.to_str().unwrap(),
+        "--output",
+        dir.path().join("d").to_str().unwrap(),
+        "--dtype",
+        "f8",
+    ]);
+    assert_one_line_error(&o, "dtype");
+}
+
+#[test]
+fn convert_round_trips_and_halves_with_f16() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = model_fixtures().join("pipeline_basic");
+    let out = dir.path().join("p16");
+    let o = diffuse(&[
+        "convert",
+        "--model",
+        src.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--dtype",
+        "f16",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        out.join("model_index.json").exists()
+            && out.join("scheduler/scheduler_config.json").exists()
+    );
+    let w = "unet/diffusion_pytorch_model.safetensors";
+    let (a, b) = (
+        std::fs::metadata(src.join(w)).unwrap().len(),
+        std::fs::metadata(out.join(w)).unwrap().len(),
+    );
+    assert!(b < a * 6 / 10, "{b} vs {a}");
+    // The f16 pipeline still samples close to the f32 one.
+    let rec = src.join("samples.safetensors");
+    let s = dir.path().join("s.safetensors");
+    let o = diffuse(&[
+        "sample",
+        "--model",
+        out.to_str().unwrap(),
+        "--steps",
+        "5",
+        "--noise",
+        rec.to_str().unwrap(),
+        "--output",
+        s.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let recorded = candle_core::safetensors::load(&rec, &candle_core::Device::Cpu).unwrap();
+    let want: Vec<f32> = recorded["ddim_images"]
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    assert!(max_rel(&load_images(&s), &want) <= 2e-2);
+}

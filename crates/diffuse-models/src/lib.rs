@@ -6,7 +6,7 @@
 //! - [`weights`]: `diffusion_pytorch_model.safetensors` in and out (f32/f16/bf16 on disk), and
 //!   diffusers pipeline folders.
 //! - [`ops`]: the one seam through which models reach the hot ops.
-//! - [`denoise`]: a loaded model as a `diffuse_core` denoiser.
+//! - [`denoise`]: a loaded model as a `diffuse_core` denoiser; [`pipeline`]: batched generation.
 
 pub mod attention;
 pub mod blocks;
@@ -14,6 +14,7 @@ pub mod config;
 pub mod denoise;
 pub mod embeddings;
 pub mod ops;
+pub mod pipeline;
 pub mod resnet;
 pub mod unet_2d;
 pub mod weights;

@@ -156,17 +156,20 @@ pub fn load_into(varmap: &VarMap, files: &[PathBuf]) -> Result<Vec<String>> {
     names.sort();
     for name in names {
         let var = &data[name];
-        let t = tensors.get(name).ok_or_else(|| {
-            Error::Weights(format!(
-                "missing tensor `{name}` (shape {:?}) in {}",
-                var.dims(),
-                files
-                    .iter()
-                    .map(|f| f.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))
-        })?;
+        let t = tensors
+            .get(name)
+            .or_else(|| tensors.get(&legacy_name(name)?))
+            .ok_or_else(|| {
+                Error::Weights(format!(
+                    "missing tensor `{name}` (shape {:?}) in {}",
+                    var.dims(),
+                    files
+                        .iter()
+                        .map(|f| f.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            })?;
         if t.dims() != var.dims() {
             return Err(Error::Weights(format!(
                 "tensor `{name}` has shape {:?} in the file, the model expects {:?}",
@@ -185,13 +188,34 @@ pub fn load_into(varmap: &VarMap, files: &[PathBuf]) -> Result<Vec<String>> {
         }
         var.set(&t.to_dtype(var.dtype())?)?;
     }
+    let used: BTreeSet<String> = data
+        .keys()
+        .flat_map(|k| [Some(k.clone()), legacy_name(k)])
+        .flatten()
+        .collect();
     let mut unexpected: Vec<String> = tensors
         .keys()
-        .filter(|k| !data.contains_key(*k))
+        .filter(|k| !used.contains(*k))
         .cloned()
         .collect();
     unexpected.sort();
     Ok(unexpected)
+}
+
+/// The attention weight names of diffusers < 0.14 checkpoints (`query`, `key`, `value`,
+/// `proj_attn`), which diffusers still renames on load.
+fn legacy_name(name: &str) -> Option<String> {
+    for (new, old) in [
+        (".to_q.", ".query."),
+        (".to_k.", ".key."),
+        (".to_v.", ".value."),
+        (".to_out.0.", ".proj_attn."),
+    ] {
+        if name.contains(new) {
+            return Some(name.replacen(new, old, 1));
+        }
+    }
+    None
 }
 
 /// Writes `dir/config.json` and `dir/diffusion_pytorch_model.safetensors` (tensors converted to

@@ -123,6 +123,31 @@ fn five_step_ddim_and_dpmpp_match_a_diffusers_loop() {
 }
 
 #[test]
+fn legacy_attention_names_load() {
+    // diffusers < 0.14 wrote query/key/value/proj_attn; rename them in a copy and load it.
+    let src = fixtures().join("unet_basic");
+    let tmp = tempfile::tempdir().unwrap();
+    let dst = tmp.path().join("old");
+    std::fs::create_dir_all(&dst).unwrap();
+    std::fs::copy(src.join("config.json"), dst.join("config.json")).unwrap();
+    let renamed: HashMap<String, Tensor> = load_st(&src.join(weights::WEIGHTS_NAME))
+        .into_iter()
+        .map(|(k, v)| {
+            let k = k
+                .replace(".to_q.", ".query.")
+                .replace(".to_k.", ".key.")
+                .replace(".to_v.", ".value.")
+                .replace(".to_out.0.", ".proj_attn.");
+            (k, v)
+        })
+        .collect();
+    assert!(renamed.keys().any(|k| k.contains(".proj_attn.")));
+    candle_core::safetensors::save(&renamed, dst.join(weights::WEIGHTS_NAME)).unwrap();
+    let (got, want) = run_io(&dst, &src.join("io.safetensors"));
+    assert!(rel_err(&got, &want) <= 1e-4);
+}
+
+#[test]
 fn save_then_load_round_trips() {
     let src = fixtures().join("unet_class_cond");
     let io = src.join("io.safetensors");

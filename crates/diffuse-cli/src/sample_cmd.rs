@@ -1,0 +1,210 @@
+//! `diffuse sample`: generate images from a diffusers pipeline or UNet folder.
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use diffuse_core::config::SchedulerConfig;
+use diffuse_core::sampler::{Sampler, SamplerOptions};
+use diffuse_data::image_io;
+use diffuse_models::pipeline::{generate, GenerateOptions};
+use diffuse_models::weights::{load_unet, resolve_model_folder};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{Map, Value};
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A diffusers pipeline folder (model_index.json, unet/, scheduler/) or a UNet folder.
+    #[arg(long)]
+    model: PathBuf,
+    /// Sampler: ddpm, ddim, plms, euler, euler_a, heun, dpmpp_2m, unipc (or a diffusers
+    /// scheduler class name). Default: the pipeline's scheduler.
+    #[arg(long)]
+    sampler: Option<String>,
+    /// A scheduler_config.json (default: the pipeline's, else DDIMScheduler's defaults).
+    #[arg(long)]
+    scheduler_config: Option<PathBuf>,
+    /// Number of denoising steps.
+    #[arg(long, default_value_t = 50)]
+    steps: usize,
+    /// DDIM η (0 = deterministic).
+    #[arg(long, default_value_t = 0.0)]
+    eta: f64,
+    /// Class label for class-conditional models.
+    #[arg(long = "class")]
+    class_label: Option<u32>,
+    /// Classifier-free guidance scale (1 = off); the null class is the model's last class.
+    #[arg(long, default_value_t = 1.0)]
+    guidance_scale: f64,
+    /// The null ("unconditional") class for guidance.
+    #[arg(long)]
+    null_class: Option<u32>,
+    #[arg(long, default_value_t = 16)]
+    num_images: usize,
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Image size (default: the model's sample_size).
+    #[arg(long)]
+    size: Option<usize>,
+    /// Initial noise x_T: a safetensors file with one tensor `noise` [K, C, H, W].
+    #[arg(long)]
+    noise: Option<PathBuf>,
+    /// Output: a folder (PNGs + grid.png), a .png (the grid), or a .safetensors (tensor
+    /// `images` [K, C, H, W], f32, unclipped).
+    #[arg(long, default_value = "samples")]
+    output: PathBuf,
+    /// cpu or cuda (a build with --features cuda).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+pub fn device(name: &str) -> Result<Device> {
+    match name {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => Device::new_cuda(0).context("--device cuda"),
+        other => bail!("--device: unknown device {other:?}; allowed: cpu, cuda"),
+    }
+}
+
+fn read_json_object(path: &Path) -> Result<Map<String, Value>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    match serde_json::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("{}: malformed JSON: {e}", path.display()))?
+    {
+        Value::Object(m) => Ok(m),
+        _ => bail!("{}: expected a JSON object", path.display()),
+    }
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let dev = device(&args.device)?;
+    let folder = resolve_model_folder(&args.model)?;
+    let (model, _) = load_unet(&folder.unet_dir, &dev)?;
+    let mut sched = match args
+        .scheduler_config
+        .as_ref()
+        .or(folder.scheduler_config.as_ref())
+    {
+        Some(p) => read_json_object(p)?,
+        None => Map::from_iter([("_class_name".into(), "DDIMScheduler".into())]),
+    };
+    if let Some(s) = &args.sampler {
+        sched.insert("_class_name".into(), s.clone().into());
+    }
+    let config = SchedulerConfig::from_json_map(&sched)?;
+    let sampler = Sampler::with_options(
+        &config,
+        args.steps,
+        SamplerOptions {
+            eta: args.eta,
+            ..Default::default()
+        },
+    )?;
+    let size = match (args.size, model.config().sample_hw()) {
+        (Some(s), _) => (s, s),
+        (None, Some(hw)) => hw,
+        (None, None) => bail!("the model config has no sample_size: give --size"),
+    };
+    let initial_noise = match &args.noise {
+        Some(p) => {
+            let mut m = candle_core::safetensors::load(p, &Device::Cpu)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+            let t = m
+                .remove("noise")
+                .with_context(|| format!("{}: no tensor named `noise`", p.display()))?;
+            Some(t)
+        }
+        None => None,
+    };
+    let num_images = initial_noise
+        .as_ref()
+        .map(|t| t.dim(0))
+        .transpose()?
+        .unwrap_or(args.num_images);
+    let size = match &initial_noise {
+        Some(t) => {
+            let (_, _, h, w) = t.dims4()?;
+            (h, w)
+        }
+        None => size,
+    };
+    let opts = GenerateOptions {
+        num_images,
+        batch_size: args.batch_size,
+        seed: args.seed,
+        size,
+        class_labels: args.class_label.map(|c| vec![c]),
+        guidance_scale: args.guidance_scale,
+        null_class: args.null_class,
+        initial_noise,
+    };
+    let bar = if args.quiet {
+        ProgressBar::hidden()
+    } else {
+        let b = ProgressBar::new(0);
+        b.set_style(
+            ProgressStyle::with_template(
+                "{spinner} sampling [{bar:30}] {pos}/{len} model calls · {per_sec} · eta {eta}",
+            )
+            .expect("template")
+            .progress_chars("=> "),
+        );
+        b
+    };
+    let start = Instant::now();
+    let images = generate(&model, &sampler, &opts, &dev, &mut |p| {
+        bar.set_length(p.total as u64);
+        bar.set_position(p.done as u64);
+        ControlFlow::Continue(())
+    })?;
+    bar.finish_and_clear();
+    let secs = start.elapsed().as_secs_f64();
+    write_output(&images, &args.output)?;
+    eprintln!(
+        "{num_images} images in {secs:.2} s ({:.2} images/s, {} × {} model calls) → {}",
+        num_images as f64 / secs,
+        num_images.div_ceil(args.batch_size),
+        sampler.len(),
+        args.output.display()
+    );
+    Ok(())
+}
+
+/// Writes `[K, C, H, W]` images as safetensors, a grid PNG, or a folder of PNGs and a grid.
+pub fn write_output(images: &Tensor, out: &Path) -> Result<()> {
+    let ext = out.extension().and_then(|e| e.to_str()).unwrap_or("");
+    let images = images.to_device(&Device::Cpu)?.to_dtype(DType::F32)?;
+    let k = images.dim(0)?;
+    let cols = (k as f64).sqrt().ceil() as usize;
+    match ext {
+        "safetensors" => {
+            let bytes = safetensors_bytes(&images)?;
+            diffuse_data::fs::write_atomic(out, &bytes)?;
+        }
+        "png" => image_io::save_png(&image_io::grid(&images, cols, 2, 1.0)?, out)?,
+        "" => {
+            std::fs::create_dir_all(out)
+                .with_context(|| format!("cannot create {}", out.display()))?;
+            for i in 0..k {
+                image_io::save_png(&images.narrow(0, i, 1)?, &out.join(format!("{i:05}.png")))?;
+            }
+            image_io::save_png(
+                &image_io::grid(&images, cols, 2, 1.0)?,
+                &out.join("grid.png"),
+            )?;
+        }
+        other => bail!("--output: unknown extension .{other}; use a folder, .png or .safetensors"),
+    }
+    Ok(())
+}
+
+fn safetensors_bytes(images: &Tensor) -> Result<Vec<u8>> {
+    Ok(safetensors::serialize([("images", images)], None)?)
+}
