@@ -7,6 +7,7 @@ mod convert_cmd;
 mod noise_cmd;
 mod sample_cmd;
 mod schedule_cmd;
+mod serve_cmd;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -34,6 +35,8 @@ enum Command {
     Sample(sample_cmd::Args),
     /// Re-save a diffusers UNet or pipeline folder (e.g. as f16), in the diffusers layout.
     Convert(convert_cmd::Args),
+    /// Serve models over HTTP: generation API with batching, web page, metrics.
+    Serve(serve_cmd::Args),
 }
 
 /// Exit codes: 0 ok, 1 error (one line on stderr), 2 usage error (clap).
@@ -44,6 +47,7 @@ fn main() -> ExitCode {
         Command::Noise(args) => noise_cmd::run(args),
         Command::Sample(args) => sample_cmd::run(args),
         Command::Convert(args) => convert_cmd::run(args),
+        Command::Serve(args) => serve_cmd::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,315 @@
+//! The batching queue: requests for one model that need the same number of model calls (and
+//! image size) are denoised together, up to `max_batch` images, waiting at most `max_wait`.
+//! Each request keeps its own sampler plan, sampler state, noise streams, labels and guidance
+//! scale; only the UNet call is shared (it takes a timestep per row). Inference runs on a
+//! plain thread per model, off the async runtime.
+
+use crate::metrics::Metrics;
+use candle_core::{DType, Device, Shape, Tensor};
+use diffuse_core::rng::{NoiseSource, SeededNoise};
+use diffuse_core::sampler::{Sampler, SamplerState};
+use diffuse_models::UNet2DModel;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+
+/// One generation request, planned and validated.
+pub struct Job {
+    pub n: usize,
+    pub seed: u64,
+    /// One label per image (class-conditional models).
+    pub labels: Option<Vec<u32>>,
+    pub guidance_scale: f64,
+    pub null_class: u32,
+    pub sampler: Sampler,
+    pub size: (usize, usize),
+    pub cancel: Arc<AtomicBool>,
+    pub progress: Option<mpsc::UnboundedSender<(usize, usize)>>,
+    pub reply: oneshot::Sender<Result<JobResult, String>>,
+    pub enqueued: Instant,
+}
+
+/// What a finished job returns.
+pub struct JobResult {
+    /// [n, c, h, w] in the model's range.
+    pub images: Tensor,
+    pub queue_ms: f64,
+    pub compute_ms: f64,
+    /// Images denoised in the batch this job ran in.
+    pub batch_images: usize,
+}
+
+/// Why a job was not queued.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SubmitError {
+    QueueFull,
+    ShuttingDown,
+}
+
+struct Shared {
+    queue: Mutex<VecDeque<Job>>,
+    ready: Condvar,
+    shutdown: AtomicBool,
+}
+
+/// Handle to one model's queue and worker thread.
+#[derive(Clone)]
+pub struct Batcher {
+    shared: Arc<Shared>,
+    capacity: usize,
+    metrics: Arc<Metrics>,
+}
+
+/// Batching limits.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchConfig {
+    pub max_batch: usize,
+    pub max_wait: Duration,
+    pub queue: usize,
+}
+
+impl Batcher {
+    /// Starts the worker thread for `model`.
+    pub fn start(
+        model: Arc<UNet2DModel>,
+        device: Device,
+        config: BatchConfig,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(VecDeque::new()),
+            ready: Condvar::new(),
+            shutdown: AtomicBool::new(false),
+        });
+        let b = Batcher {
+            shared: shared.clone(),
+            capacity: config.queue,
+            metrics: metrics.clone(),
+        };
+        std::thread::Builder::new()
+            .name("diffuse-batcher".into())
+            .spawn(move || worker(shared, model, device, config, metrics))
+            .expect("spawn batcher thread");
+        b
+    }
+
+    /// Queues a job, or says why not (the queue holds at most `queue` jobs).
+    pub fn submit(&self, job: Job) -> Result<(), SubmitError> {
+        if self.shared.shutdown.load(Ordering::SeqCst) {
+            return Err(SubmitError::ShuttingDown);
+        }
+        let mut q = self.shared.queue.lock().expect("queue lock");
+        if q.len() >= self.capacity {
+            return Err(SubmitError::QueueFull);
+        }
+        q.push_back(job);
+        self.metrics.queue_depth_add(1);
+        drop(q);
+        self.shared.ready.notify_one();
+        Ok(())
+    }
+
+    /// Jobs waiting (not yet running).
+    pub fn depth(&self) -> usize {
+        self.shared.queue.lock().expect("queue lock").len()
+    }
+
+    /// Stops taking jobs; the worker finishes what is queued and exits.
+    pub fn shutdown(&self) {
+        self.shared.shutdown.store(true, Ordering::SeqCst);
+        self.shared.ready.notify_all();
+    }
+}
+
+fn key(j: &Job) -> (usize, (usize, usize)) {
+    (j.sampler.len(), j.size)
+}
+
+fn worker(
+    shared: Arc<Shared>,
+    model: Arc<UNet2DModel>,
+    device: Device,
+    config: BatchConfig,
+    metrics: Arc<Metrics>,
+) {
+    loop {
+        let mut q = shared.queue.lock().expect("queue lock");
+        while q.is_empty() {
+            if shared.shutdown.load(Ordering::SeqCst) {
+                return;
+            }
+            q = shared
+                .ready
+                .wait_timeout(q, Duration::from_millis(200))
+                .expect("queue lock")
+                .0;
+        }
+        let first = q.pop_front().expect("non-empty");
+        let k = key(&first);
+        let mut images = first.n;
+        let mut batch = vec![first];
+        let deadline = Instant::now() + config.max_wait;
+        loop {
+            // Take every compatible job that fits.
+            let mut i = 0;
+            while i < q.len() && images < config.max_batch {
+                if key(&q[i]) == k && images + q[i].n <= config.max_batch {
+                    let j = q.remove(i).expect("index checked");
+                    images += j.n;
+                    batch.push(j);
+                } else {
+                    i += 1;
+                }
+            }
+            let now = Instant::now();
+            if images >= config.max_batch
+                || now >= deadline
+                || shared.shutdown.load(Ordering::SeqCst)
+            {
+                break;
+            }
+            q = shared
+                .ready
+                .wait_timeout(q, deadline - now)
+                .expect("queue lock")
+                .0;
+        }
+        metrics.queue_depth_add(-(batch.len() as i64));
+        drop(q);
+        run_batch(&model, &device, batch, &metrics);
+    }
+}
+
+struct Running {
+    job: Job,
+    state: SamplerState,
+    noise: SeededNoise,
+    x: Tensor,
+}
+
+fn run_batch(model: &UNet2DModel, device: &Device, jobs: Vec<Job>, metrics: &Metrics) {
+    let start = Instant::now();
+    let batch_images: usize = jobs.iter().map(|j| j.n).sum();
+    metrics.observe_batch(batch_images);
+    let mut running = Vec::with_capacity(jobs.len());
+    let c = model.config().in_channels;
+    for job in jobs {
+        if job.cancel.load(Ordering::SeqCst) {
+            metrics.cancelled();
+            continue;
+        }
+        let mut noise = SeededNoise::from_streams((0..job.n as u64).map(|i| (job.seed, i)));
+        let (h, w) = job.size;
+        let x = noise
+            .randn(&Shape::from((job.n, c, h, w)), DType::F32, device)
+            .and_then(|t| Ok((t * job.sampler.init_noise_sigma())?));
+        match x {
+            Ok(x) => running.push(Running {
+                state: job.sampler.new_state(),
+                job,
+                noise,
+                x,
+            }),
+            Err(e) => {
+                let _ = job.reply.send(Err(e.to_string()));
+            }
+        }
+    }
+    if running.is_empty() {
+        return;
+    }
+    let total = running[0].job.sampler.len();
+    for i in 0..total {
+        running.retain(|r| {
+            let c = r.job.cancel.load(Ordering::SeqCst);
+            if c {
+                metrics.cancelled();
+            }
+            !c
+        });
+        if running.is_empty() {
+            return;
+        }
+        if let Err(e) = step_all(model, &mut running, i) {
+            for r in running {
+                let _ = r.job.reply.send(Err(e.clone()));
+            }
+            return;
+        }
+        for r in &running {
+            if let Some(p) = &r.job.progress {
+                let _ = p.send((i + 1, total));
+            }
+        }
+    }
+    let compute_ms = start.elapsed().as_secs_f64() * 1e3;
+    metrics.observe_compute(batch_images, total, start.elapsed());
+    for r in running {
+        let queue_ms = (start - r.job.enqueued).as_secs_f64() * 1e3;
+        let _ = r.job.reply.send(Ok(JobResult {
+            images: r.x,
+            queue_ms,
+            compute_ms,
+            batch_images,
+        }));
+    }
+}
+
+/// One model call for every running job, then each job's own sampler step.
+fn step_all(model: &UNet2DModel, running: &mut [Running], i: usize) -> Result<(), String> {
+    let err = |e: &dyn std::fmt::Display| e.to_string();
+    let mut inputs = Vec::new();
+    let mut ts: Vec<f32> = Vec::new();
+    let mut labels: Vec<u32> = Vec::new();
+    let conditional = model.is_class_conditional();
+    for r in running.iter() {
+        let j = &r.job;
+        let x_in = j.sampler.scale_model_input(&r.x, i).map_err(|e| err(&e))?;
+        let t = j.sampler.timesteps()[i] as f32;
+        let guided = j.guidance_scale != 1.0;
+        let copies = if guided { 2 } else { 1 };
+        for copy in 0..copies {
+            inputs.push(x_in.clone());
+            ts.extend(std::iter::repeat_n(t, j.n));
+            if let Some(l) = &j.labels {
+                if copy == 0 {
+                    labels.extend(l);
+                } else {
+                    labels.extend(std::iter::repeat_n(j.null_class, j.n));
+                }
+            }
+        }
+    }
+    let x_all = Tensor::cat(&inputs, 0).map_err(|e| err(&e))?;
+    let label_tensor = if conditional {
+        Some(Tensor::from_vec(labels.clone(), labels.len(), x_all.device()).map_err(|e| err(&e))?)
+    } else {
+        None
+    };
+    let out = model
+        .forward(&x_all, &ts, label_tensor.as_ref())
+        .map_err(|e| err(&e))?;
+    let mut row = 0;
+    for r in running.iter_mut() {
+        let n = r.job.n;
+        let cond = out.narrow(0, row, n).map_err(|e| err(&e))?;
+        row += n;
+        let model_out = if r.job.guidance_scale != 1.0 {
+            let uncond = out.narrow(0, row, n).map_err(|e| err(&e))?;
+            row += n;
+            let diff = (&cond - &uncond).map_err(|e| err(&e))?;
+            (&uncond + (diff * r.job.guidance_scale).map_err(|e| err(&e))?).map_err(|e| err(&e))?
+        } else {
+            cond
+        };
+        let step = r
+            .job
+            .sampler
+            .step(&mut r.state, &model_out, &r.x, &mut r.noise)
+            .map_err(|e| err(&e))?;
+        r.x = step.prev_sample;
+    }
+    Ok(())
+}

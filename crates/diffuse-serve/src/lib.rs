@@ -1,0 +1,470 @@
+//! diffuse-serve: an HTTP image-generation service over diffusers UNet2DModel pipelines.
+//!
+//! `app(state)` is the whole service as an axum `Router` (tested without a socket, as in axum's
+//! `examples/testing`): `POST /v1/images/generations` (JSON or server-sent events),
+//! `GET /v1/models`, `/v1/images/{id}.png`, `/healthz`, `/readyz`, `/metrics`, and a web page
+//! at `/`. Requests go through a per-model [`batcher::Batcher`].
+
+pub mod batcher;
+pub mod metrics;
+mod request;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine;
+use batcher::{BatchConfig, Batcher, Job, JobResult, SubmitError};
+use candle_core::Device;
+use diffuse_core::config::SchedulerConfig;
+use metrics::Metrics;
+use serde_json::{json, Map, Value};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub use request::ApiError;
+
+/// Limits and batching settings.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub max_batch: usize,
+    pub max_wait: Duration,
+    pub queue: usize,
+    pub api_key: Option<String>,
+    pub max_n: usize,
+    pub max_steps: usize,
+    pub max_size: usize,
+    pub max_body_bytes: usize,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            max_batch: 16,
+            max_wait: Duration::from_millis(20),
+            queue: 64,
+            api_key: None,
+            max_n: 16,
+            max_steps: 200,
+            max_size: 256,
+            max_body_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// A loaded model and its queue.
+pub struct ModelEntry {
+    pub id: String,
+    pub model: Arc<diffuse_models::UNet2DModel>,
+    /// The pipeline's scheduler config (DDIM defaults for a bare UNet folder).
+    pub scheduler: Map<String, Value>,
+    pub size: (usize, usize),
+    pub batcher: Batcher,
+}
+
+impl ModelEntry {
+    fn num_classes(&self) -> Option<usize> {
+        match self.model.config().class_embedding() {
+            diffuse_models::config::ClassEmbedding::Table(n) => Some(n),
+            _ => None,
+        }
+    }
+}
+
+/// Everything the handlers share.
+pub struct AppState {
+    pub config: ServeConfig,
+    pub models: BTreeMap<String, ModelEntry>,
+    pub metrics: Arc<Metrics>,
+    images: Mutex<VecDeque<(String, Vec<u8>)>>,
+    next_id: AtomicU64,
+}
+
+/// How many generated PNGs are kept for `response_format: "url"`.
+const KEPT_IMAGES: usize = 512;
+
+impl AppState {
+    pub fn new(config: ServeConfig, metrics: Arc<Metrics>) -> Self {
+        AppState {
+            config,
+            models: BTreeMap::new(),
+            metrics,
+            images: Mutex::new(VecDeque::new()),
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    /// Loads a pipeline or UNet folder and starts its batcher; the id is the folder name.
+    pub fn add_model(&mut self, dir: &std::path::Path, device: &Device) -> Result<String, String> {
+        let folder =
+            diffuse_models::weights::resolve_model_folder(dir).map_err(|e| e.to_string())?;
+        let (model, _) = diffuse_models::weights::load_unet(&folder.unet_dir, device)
+            .map_err(|e| e.to_string())?;
+        let scheduler = match &folder.scheduler_config {
+            Some(p) => {
+                let text =
+                    std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
+                serde_json::from_str::<Map<String, Value>>(&text)
+                    .map_err(|e| format!("{}: malformed JSON: {e}", p.display()))?
+            }
+            None => Map::from_iter([("_class_name".into(), "DDIMScheduler".into())]),
+        };
+        SchedulerConfig::from_json_map(&scheduler).map_err(|e| e.to_string())?;
+        let size = model.config().sample_hw().unwrap_or((32, 32));
+        let id = dir
+            .canonicalize()
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "model".into());
+        if self.models.contains_key(&id) {
+            return Err(format!("two models named {id:?}"));
+        }
+        let model = Arc::new(model);
+        let batcher = Batcher::start(
+            model.clone(),
+            device.clone(),
+            BatchConfig {
+                max_batch: self.config.max_batch,
+                max_wait: self.config.max_wait,
+                queue: self.config.queue,
+            },
+            self.metrics.clone(),
+        );
+        self.models.insert(
+            id.clone(),
+            ModelEntry {
+                id: id.clone(),
+                model,
+                scheduler,
+                size,
+                batcher,
+            },
+        );
+        Ok(id)
+    }
+
+    /// Stops every batcher after its queue drains.
+    pub fn shutdown(&self) {
+        for m in self.models.values() {
+            m.batcher.shutdown();
+        }
+    }
+
+    fn keep_image(&self, png: Vec<u8>) -> String {
+        let id = format!("img-{}", self.next_id.fetch_add(1, Ordering::Relaxed));
+        let mut q = self.images.lock().expect("lock");
+        if q.len() >= KEPT_IMAGES {
+            q.pop_front();
+        }
+        q.push_back((id.clone(), png));
+        id
+    }
+}
+
+/// The service.
+pub fn app(state: Arc<AppState>) -> Router {
+    let limit = state.config.max_body_bytes;
+    Router::new()
+        .route("/", get(index))
+        .route("/v1/images/generations", post(generate))
+        .route("/v1/images/{file}", get(kept_image))
+        .route("/v1/models", get(list_models))
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+async fn index() -> Html<&'static str> {
+    Html(include_str!("../static/index.html"))
+}
+
+async fn readyz(State(s): State<Arc<AppState>>) -> Response {
+    if s.models.is_empty() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "no models loaded"})),
+        )
+            .into_response()
+    } else {
+        Json(json!({"status": "ready", "models": s.models.keys().collect::<Vec<_>>()}))
+            .into_response()
+    }
+}
+
+async fn metrics_text(State(s): State<Arc<AppState>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn list_models(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Err(e) = check_key(&s, &headers) {
+        return e.into_response();
+    }
+    let data: Vec<Value> = s
+        .models
+        .values()
+        .map(|m| {
+            let c = m.model.config();
+            json!({
+                "id": m.id,
+                "object": "model",
+                "sample_size": [m.size.0, m.size.1],
+                "in_channels": c.in_channels,
+                "class_conditional": m.model.is_class_conditional(),
+                "num_classes": m.num_classes(),
+                "scheduler": m.scheduler.get("_class_name"),
+                "prediction_type": m.scheduler.get("prediction_type"),
+            })
+        })
+        .collect();
+    Json(json!({"object": "list", "data": data})).into_response()
+}
+
+async fn kept_image(State(s): State<Arc<AppState>>, Path(file): Path<String>) -> Response {
+    let id = file.trim_end_matches(".png");
+    let q = s.images.lock().expect("lock");
+    match q.iter().find(|(k, _)| k == id) {
+        Some((_, png)) => ([(header::CONTENT_TYPE, "image/png")], png.clone()).into_response(),
+        None => {
+            ApiError::new(StatusCode::NOT_FOUND, None, format!("no image {file}")).into_response()
+        }
+    }
+}
+
+fn check_key(s: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(key) = &s.config.api_key else {
+        return Ok(());
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()));
+    match given {
+        Some(g) if constant_time_eq(g.as_bytes(), key.as_bytes()) => Ok(()),
+        Some(_) => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            None,
+            "wrong API key".into(),
+        )),
+        None => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            None,
+            "missing API key: send `Authorization: Bearer KEY`".into(),
+        )),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Sets the job's cancel flag if the request future is dropped before it finishes.
+struct CancelOnDrop {
+    flag: Arc<AtomicBool>,
+    armed: bool,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if self.armed {
+            self.flag.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+async fn generate(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let started = Instant::now();
+    let resp = generate_inner(&s, &headers, &body, started).await;
+    // Streams account for themselves when they end.
+    if resp.headers().get(header::CONTENT_TYPE)
+        != Some(&HeaderValue::from_static("text/event-stream"))
+    {
+        s.metrics.request(resp.status().as_u16(), started.elapsed());
+    }
+    resp
+}
+
+async fn generate_inner(
+    s: &Arc<AppState>,
+    headers: &HeaderMap,
+    body: &[u8],
+    started: Instant,
+) -> Response {
+    if let Err(e) = check_key(s, headers) {
+        return e.into_response();
+    }
+    let req = match request::parse(body, &s.config) {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
+    let model_id = if req.model.is_empty() && s.models.len() == 1 {
+        s.models.keys().next().cloned().unwrap_or_default()
+    } else {
+        req.model.clone()
+    };
+    let Some(entry) = s.models.get(&model_id) else {
+        return ApiError::new(
+            StatusCode::NOT_FOUND,
+            Some("model"),
+            format!(
+                "unknown model {:?}; available: {}",
+                req.model,
+                s.models.keys().cloned().collect::<Vec<_>>().join(", ")
+            ),
+        )
+        .into_response();
+    };
+    let planned = match request::plan(&req, entry, &s.config) {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    let cancel = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let (ptx, prx) = if req.stream {
+        let (a, b) = tokio::sync::mpsc::unbounded_channel();
+        (Some(a), Some(b))
+    } else {
+        (None, None)
+    };
+    let job = Job {
+        n: req.n,
+        seed: req.seed,
+        labels: planned.labels,
+        guidance_scale: req.guidance_scale,
+        null_class: planned.null_class,
+        sampler: planned.sampler,
+        size: planned.size,
+        cancel: cancel.clone(),
+        progress: ptx,
+        reply: tx,
+        enqueued: Instant::now(),
+    };
+    if let Err(why) = entry.batcher.submit(job) {
+        return match why {
+            SubmitError::QueueFull => {
+                let mut r = ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    None,
+                    "the queue is full; retry shortly".into(),
+                )
+                .into_response();
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                r
+            }
+            SubmitError::ShuttingDown => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                None,
+                "the server is shutting down".into(),
+            )
+            .into_response(),
+        };
+    }
+    let mut guard = CancelOnDrop {
+        flag: cancel,
+        armed: true,
+    };
+    let seed = req.seed;
+    let format = req.response_format.clone();
+    match prx {
+        None => {
+            let result = rx.await;
+            guard.armed = false;
+            match result {
+                Ok(Ok(r)) => Json(response_body(s, r, seed, &format)).into_response(),
+                Ok(Err(e)) => {
+                    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, None, e).into_response()
+                }
+                Err(_) => ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    None,
+                    "the job was dropped".into(),
+                )
+                .into_response(),
+            }
+        }
+        Some(mut progress) => {
+            let s = s.clone();
+            let (etx, erx) = tokio::sync::mpsc::channel::<Event>(16);
+            // The task owns the cancel guard: when the client goes away the stream is dropped,
+            // the task aborted, and the guard cancels the job.
+            let task = tokio::spawn(async move {
+                let mut guard = guard;
+                while let Some((i, n)) = progress.recv().await {
+                    let ev = Event::default()
+                        .event("progress")
+                        .data(json!({"step": i, "total": n}).to_string());
+                    let _ = etx.send(ev).await;
+                }
+                let (status, body) = match rx.await {
+                    Ok(Ok(r)) => (200u16, response_body(&s, r, seed, &format)),
+                    Ok(Err(e)) => (500, json!({"error": {"message": e}})),
+                    Err(_) => (500, json!({"error": {"message": "the job was dropped"}})),
+                };
+                guard.armed = false;
+                s.metrics.request(status, started.elapsed());
+                let name = if status == 200 { "result" } else { "error" };
+                let _ = etx
+                    .send(Event::default().event(name).data(body.to_string()))
+                    .await;
+            });
+            let stream = futures_util::stream::unfold(
+                (erx, AbortOnDrop(task)),
+                |(mut erx, abort)| async move {
+                    erx.recv()
+                        .await
+                        .map(|e| (Ok::<_, std::convert::Infallible>(e), (erx, abort)))
+                },
+            );
+            Sse::new(stream)
+                .keep_alive(KeepAlive::default())
+                .into_response()
+        }
+    }
+}
+
+/// Aborts the producing task when the SSE stream (the client) goes away.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn response_body(s: &AppState, r: JobResult, seed: u64, format: &str) -> Value {
+    let images = diffuse_data::image_io::tensor_to_images(&r.images).unwrap_or_default();
+    let data: Vec<Value> = images
+        .into_iter()
+        .map(|img| {
+            let mut png = Vec::new();
+            let _ = img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png);
+            if format == "url" {
+                json!({"url": format!("/v1/images/{}.png", s.keep_image(png))})
+            } else {
+                json!({"b64_json": base64::engine::general_purpose::STANDARD.encode(&png)})
+            }
+        })
+        .collect();
+    let created = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    json!({
+        "created": created,
+        "seed": seed,
+        "data": data,
+        "timings": {"queue_ms": r.queue_ms, "compute_ms": r.compute_ms, "batch_images": r.batch_images},
+    })
+}

@@ -1,0 +1,273 @@
+//! The generation request: parsed by hand from JSON so that every error names its field.
+
+use crate::{ModelEntry, ServeConfig};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use diffuse_core::config::SchedulerConfig;
+use diffuse_core::sampler::{Sampler, SamplerOptions};
+use serde_json::{json, Map, Value};
+
+/// An error answer: `{"error": {"message", "field", "code"}}`.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub field: Option<String>,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, field: Option<&str>, message: String) -> Self {
+        ApiError {
+            status,
+            field: field.map(String::from),
+            message,
+        }
+    }
+
+    fn bad(field: &str, message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, Some(field), message.into())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {
+            "message": self.message,
+            "field": self.field,
+            "code": self.status.as_u16(),
+        }});
+        (self.status, Json(body)).into_response()
+    }
+}
+
+/// A validated request (before the model-specific checks).
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub model: String,
+    pub n: usize,
+    pub class_label: Option<u32>,
+    pub guidance_scale: f64,
+    pub sampler: Option<String>,
+    pub steps: usize,
+    pub eta: f64,
+    pub seed: u64,
+    pub response_format: String,
+    pub stream: bool,
+    pub size: Option<usize>,
+}
+
+const FIELDS: [&str; 11] = [
+    "model",
+    "n",
+    "class_label",
+    "guidance_scale",
+    "sampler",
+    "steps",
+    "eta",
+    "seed",
+    "response_format",
+    "stream",
+    "size",
+];
+
+fn uint(m: &Map<String, Value>, k: &str, default: u64, lo: u64, hi: u64) -> Result<u64, ApiError> {
+    match m.get(k) {
+        None | Some(Value::Null) => Ok(default),
+        Some(v) => match v.as_u64() {
+            Some(x) if (lo..=hi).contains(&x) => Ok(x),
+            Some(x) => Err(ApiError::bad(
+                k,
+                format!("`{k}` must be in {lo}..={hi}, got {x}"),
+            )),
+            None => Err(ApiError::bad(
+                k,
+                format!("`{k}` must be a non-negative integer, got {v}"),
+            )),
+        },
+    }
+}
+
+fn number(
+    m: &Map<String, Value>,
+    k: &str,
+    default: f64,
+    lo: f64,
+    hi: f64,
+) -> Result<f64, ApiError> {
+    match m.get(k) {
+        None | Some(Value::Null) => Ok(default),
+        Some(v) => match v.as_f64() {
+            Some(x) if x.is_finite() && x >= lo && x <= hi => Ok(x),
+            _ => Err(ApiError::bad(
+                k,
+                format!("`{k}` must be a number in [{lo}, {hi}], got {v}"),
+            )),
+        },
+    }
+}
+
+fn string(m: &Map<String, Value>, k: &str) -> Result<Option<String>, ApiError> {
+    match m.get(k) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(v) => Err(ApiError::bad(k, format!("`{k}` must be a string, got {v}"))),
+    }
+}
+
+/// Parses and range-checks the body.
+pub fn parse(body: &[u8], cfg: &ServeConfig) -> Result<Request, ApiError> {
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad("body", format!("invalid JSON: {e}")))?;
+    let m = v
+        .as_object()
+        .ok_or_else(|| ApiError::bad("body", "the body must be a JSON object"))?;
+    if let Some(k) = m.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+        return Err(ApiError::bad(
+            k,
+            format!("unknown field `{k}`; allowed: {}", FIELDS.join(", ")),
+        ));
+    }
+    let response_format = string(m, "response_format")?.unwrap_or_else(|| "b64_json".into());
+    if !matches!(response_format.as_str(), "b64_json" | "url") {
+        return Err(ApiError::bad(
+            "response_format",
+            format!("`response_format` must be \"b64_json\" or \"url\", got {response_format:?}"),
+        ));
+    }
+    let stream = match m.get("stream") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(v) => {
+            return Err(ApiError::bad(
+                "stream",
+                format!("`stream` must be true or false, got {v}"),
+            ))
+        }
+    };
+    let seed = match m.get("seed") {
+        None | Some(Value::Null) => {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0);
+            nanos ^ 0x9E37_79B9_7F4A_7C15
+        }
+        Some(v) => v.as_u64().ok_or_else(|| {
+            ApiError::bad(
+                "seed",
+                format!("`seed` must be a non-negative integer, got {v}"),
+            )
+        })?,
+    };
+    Ok(Request {
+        model: string(m, "model")?.unwrap_or_default(),
+        n: uint(m, "n", 1, 1, cfg.max_n as u64)? as usize,
+        class_label: match m.get("class_label") {
+            None | Some(Value::Null) => None,
+            Some(_) => Some(uint(m, "class_label", 0, 0, u32::MAX as u64)? as u32),
+        },
+        guidance_scale: number(m, "guidance_scale", 1.0, 0.0, 100.0)?,
+        sampler: string(m, "sampler")?,
+        steps: uint(
+            m,
+            "steps",
+            50.min(cfg.max_steps as u64),
+            1,
+            cfg.max_steps as u64,
+        )? as usize,
+        eta: number(m, "eta", 0.0, 0.0, 10.0)?,
+        seed,
+        response_format,
+        stream,
+        size: match m.get("size") {
+            None | Some(Value::Null) => None,
+            Some(_) => Some(uint(m, "size", 0, 1, cfg.max_size as u64)? as usize),
+        },
+    })
+}
+
+/// The model-specific part: sampler plan, labels, size.
+pub struct Planned {
+    pub sampler: Sampler,
+    pub labels: Option<Vec<u32>>,
+    pub null_class: u32,
+    pub size: (usize, usize),
+}
+
+pub fn plan(req: &Request, entry: &ModelEntry, _cfg: &ServeConfig) -> Result<Planned, ApiError> {
+    let mut sched = entry.scheduler.clone();
+    if let Some(s) = &req.sampler {
+        sched.insert("_class_name".into(), s.clone().into());
+    }
+    let config = SchedulerConfig::from_json_map(&sched).map_err(|e| {
+        let field = if req.sampler.is_some() {
+            "sampler"
+        } else {
+            "model"
+        };
+        ApiError::bad(field, e.to_string())
+    })?;
+    let sampler = Sampler::with_options(
+        &config,
+        req.steps,
+        SamplerOptions {
+            eta: req.eta,
+            ..Default::default()
+        },
+    )
+    .map_err(|e| ApiError::bad("steps", e.to_string()))?;
+    let classes = entry.num_classes();
+    let conditional = entry.model.is_class_conditional();
+    let labels = match (req.class_label, conditional) {
+        (Some(l), true) => {
+            if let Some(k) = classes {
+                if l as usize >= k {
+                    return Err(ApiError::bad(
+                        "class_label",
+                        format!("`class_label` {l} out of range: the model has classes 0..{k}"),
+                    ));
+                }
+            }
+            Some(vec![l; req.n])
+        }
+        (None, true) => {
+            return Err(ApiError::bad(
+                "class_label",
+                "this model is class-conditional: `class_label` is required",
+            ))
+        }
+        (Some(_), false) => {
+            return Err(ApiError::bad(
+                "class_label",
+                "this model is not class-conditional: omit `class_label`",
+            ))
+        }
+        (None, false) => None,
+    };
+    if req.guidance_scale != 1.0 && classes.is_none() {
+        return Err(ApiError::bad(
+            "guidance_scale",
+            "classifier-free guidance needs a class-conditional model with a class table",
+        ));
+    }
+    let size = match req.size {
+        Some(s) => {
+            let m = entry.model.size_multiple();
+            if s % m != 0 {
+                return Err(ApiError::bad(
+                    "size",
+                    format!("`size` must be a multiple of {m} for this model, got {s}"),
+                ));
+            }
+            (s, s)
+        }
+        None => entry.size,
+    };
+    Ok(Planned {
+        sampler,
+        labels,
+        null_class: classes.map(|k| k as u32 - 1).unwrap_or(0),
+        size,
+    })
+}

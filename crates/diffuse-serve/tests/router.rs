@@ -1,0 +1,430 @@
+//! Router tests without a socket (axum `oneshot`), for every endpoint and error code.
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use axum::Router;
+use base64::Engine;
+use candle_core::Device;
+use diffuse_serve::{app, metrics::Metrics, AppState, ServeConfig};
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tower::ServiceExt;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../diffuse-models/tests/fixtures")
+}
+
+fn state(config: ServeConfig) -> Arc<AppState> {
+    let mut s = AppState::new(config, Arc::new(Metrics::default()));
+    s.add_model(&fixtures().join("pipeline_basic"), &Device::Cpu)
+        .unwrap();
+    s.add_model(&fixtures().join("unet_class_cond"), &Device::Cpu)
+        .unwrap();
+    Arc::new(s)
+}
+
+async fn call(app: &Router, req: Request<Body>) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes()
+        .to_vec();
+    (status, headers, body)
+}
+
+fn post(body: Value) -> Request<Body> {
+    post_raw(body.to_string())
+}
+
+fn post_raw(body: String) -> Request<Body> {
+    Request::post("/v1/images/generations")
+        .header("content-type", "application/json")
+        .body(Body::from(body))
+        .unwrap()
+}
+
+fn get(uri: &str) -> Request<Body> {
+    Request::get(uri).body(Body::empty()).unwrap()
+}
+
+fn json_of(b: &[u8]) -> Value {
+    serde_json::from_slice(b).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(b)))
+}
+
+fn decode_png(b64: &str) -> image::DynamicImage {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap();
+    image::load_from_memory(&bytes).unwrap()
+}
+
+#[tokio::test]
+async fn health_ready_models_metrics_and_page() {
+    let app = app(state(ServeConfig::default()));
+    let (s, _, b) = call(&app, get("/healthz")).await;
+    assert_eq!(
+        (s, json_of(&b)["status"].clone()),
+        (StatusCode::OK, json!("ok"))
+    );
+    let (s, _, _) = call(&app, get("/readyz")).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _, b) = call(&app, get("/v1/models")).await;
+    assert_eq!(s, StatusCode::OK);
+    let models = json_of(&b);
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec!["pipeline_basic", "unet_class_cond"]);
+    assert_eq!(models["data"][1]["num_classes"], 10);
+    let (s, _, b) = call(&app, get("/")).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(String::from_utf8_lossy(&b).contains("<form"));
+    let _ = call(
+        &app,
+        post(json!({"model": "pipeline_basic", "steps": 2, "seed": 1})),
+    )
+    .await;
+    let (s, h, b) = call(&app, get("/metrics")).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(h["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    let text = String::from_utf8_lossy(&b);
+    for m in [
+        "diffuse_requests_total{status=\"200\"} 1",
+        "diffuse_request_duration_seconds_bucket",
+        "diffuse_queue_depth",
+        "diffuse_batch_images_bucket",
+        "diffuse_images_generated_total 1",
+        "diffuse_denoiser_evaluations_per_second",
+    ] {
+        assert!(text.contains(m), "metrics lack {m}:\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn readyz_is_503_without_models() {
+    let app = app(Arc::new(AppState::new(
+        ServeConfig::default(),
+        Arc::new(Metrics::default()),
+    )));
+    let (s, _, _) = call(&app, get("/readyz")).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[tokio::test]
+async fn generates_pngs_and_urls() {
+    let app = app(state(ServeConfig::default()));
+    let (s, _, b) = call(
+        &app,
+        post(json!({"model": "pipeline_basic", "n": 2, "steps": 3, "seed": 5, "sampler": "euler"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    let r = json_of(&b);
+    assert_eq!(r["seed"], 5);
+    assert_eq!(r["data"].as_array().unwrap().len(), 2);
+    let img = decode_png(r["data"][0]["b64_json"].as_str().unwrap());
+    assert_eq!((img.width(), img.height()), (16, 16));
+    assert!(r["timings"]["compute_ms"].as_f64().unwrap() > 0.0);
+
+    let (s, _, b) = call(
+        &app,
+        post(json!({"model": "unet_class_cond", "class_label": 4, "guidance_scale": 3.0, "steps": 3, "seed": 1, "response_format": "url"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    let url = json_of(&b)["data"][0]["url"].as_str().unwrap().to_string();
+    let (s, h, png) = call(&app, get(&url)).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(h["content-type"], "image/png");
+    assert_eq!(image::load_from_memory(&png).unwrap().width(), 8);
+    let (s, _, _) = call(&app, get("/v1/images/img-999999.png")).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn same_seed_same_image_whatever_shares_the_batch() {
+    let app = app(state(ServeConfig {
+        max_wait: Duration::from_millis(300),
+        ..Default::default()
+    }));
+    let a = json!({"model": "unet_class_cond", "class_label": 2, "n": 2, "steps": 4, "seed": 11, "sampler": "euler_a"});
+    let (_, _, alone) = call(&app, post(a.clone())).await;
+    let alone = json_of(&alone);
+    // Now beside a request with another seed, class, guidance and sampler of the same length.
+    let b = json!({"model": "unet_class_cond", "class_label": 7, "n": 3, "steps": 4, "seed": 99, "sampler": "ddim", "guidance_scale": 2.5});
+    let (ra, rb) = tokio::join!(call(&app, post(a)), call(&app, post(b)));
+    let (together, other) = (json_of(&ra.2), json_of(&rb.2));
+    assert_eq!(
+        together["timings"]["batch_images"], 5,
+        "the two requests shared a batch"
+    );
+    assert_eq!(other["data"].as_array().unwrap().len(), 3);
+    for i in 0..2 {
+        let x = decode_png(alone["data"][i]["b64_json"].as_str().unwrap()).to_luma8();
+        let y = decode_png(together["data"][i]["b64_json"].as_str().unwrap()).to_luma8();
+        let d = x
+            .pixels()
+            .zip(y.pixels())
+            .map(|(p, q)| (p[0] as i32 - q[0] as i32).abs())
+            .max()
+            .unwrap();
+        assert!(d <= 1, "image {i} differs by {d} levels when batched");
+    }
+}
+
+async fn expect_error(
+    app: &Router,
+    req: Request<Body>,
+    status: StatusCode,
+    field: Option<&str>,
+) -> Value {
+    let (s, _, b) = call(app, req).await;
+    assert_eq!(s, status, "{}", String::from_utf8_lossy(&b));
+    let e = json_of(&b);
+    if let Some(f) = field {
+        assert_eq!(e["error"]["field"], f, "{e}");
+    }
+    assert!(e["error"]["message"].as_str().unwrap().len() > 5);
+    e
+}
+
+#[tokio::test]
+async fn bad_requests_name_the_field() {
+    let app = app(state(ServeConfig::default()));
+    let bad = StatusCode::BAD_REQUEST;
+    expect_error(&app, post_raw("{\"model\": ".into()), bad, Some("body")).await;
+    expect_error(&app, post_raw("[1]".into()), bad, Some("body")).await;
+    expect_error(
+        &app,
+        post(json!({"model": "pipeline_basic", "n": 0})),
+        bad,
+        Some("n"),
+    )
+    .await;
+    expect_error(
+        &app,
+        post(json!({"model": "pipeline_basic", "n": 17})),
+        bad,
+        Some("n"),
+    )
+    .await;
+    expect_error(
+        &app,
+        post(json!({"model": "pipeline_basic", "steps": 1000})),
+        bad,
+        Some("steps"),
+    )
+    .await;
+    expect_error(
+        &app,
+        post(json!({"model": "pipeline_basic", "steps": "ten"})),
+        bad,
+        Some("steps"),
+    )
+    .await;
+    expect_error(
+        &app,
+        post(json!({"model": "pipeline_basic", "eta": -1})),
+        bad,
+        Some("eta"),
+    )
+    .await;
+    expect_error(
+        &app,
+        post(json!({"model": "pipeline_basic", "seed": -3})),
+        bad,
+        Some("seed"),
+    )
+    .await;
+    expect_error(
+        &app,
+        post(json!({"model": "pipeline_basic", "sampler": "lms"})),
+        bad,
+        Some("sampler"),
+    )
+    .await;
+    expect_error(
+        &app,
+        post(json!({"model": "pipeline_basic", "response_format": "jpeg"})),
+        bad,
+        Some("response_format"),
+    )
+    .await;
+    expect_error(
+        &app,
+        post(json!({"model": "pipeline_basic", "prompt": "a cat"})),
+        bad,
+        Some("prompt"),
+    )
+    .await;
+    expect_error(
+        &app,
+        post(json!({"model": "pipeline_basic", "class_label": 1})),
+        bad,
+        Some("class_label"),
+    )
+    .await;
+    expect_error(
+        &app,
+        post(json!({"model": "pipeline_basic", "guidance_scale": 3})),
+        bad,
+        Some("guidance_scale"),
+    )
+    .await;
+    expect_error(
+        &app,
+        post(json!({"model": "pipeline_basic", "size": 21})),
+        bad,
+        Some("size"),
+    )
+    .await;
+    expect_error(
+        &app,
+        post(json!({"model": "pipeline_basic", "size": 1024})),
+        bad,
+        Some("size"),
+    )
+    .await;
+    expect_error(
+        &app,
+        post(json!({"model": "unet_class_cond"})),
+        bad,
+        Some("class_label"),
+    )
+    .await;
+    expect_error(
+        &app,
+        post(json!({"model": "unet_class_cond", "class_label": 10})),
+        bad,
+        Some("class_label"),
+    )
+    .await;
+    expect_error(
+        &app,
+        post(json!({"model": "nope"})),
+        StatusCode::NOT_FOUND,
+        Some("model"),
+    )
+    .await;
+    // Body size limit.
+    let big = json!({"model": "pipeline_basic", "sampler": "x".repeat(100_000)});
+    let (s, _, _) = call(&app, post(big)).await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
+}
+
+#[tokio::test]
+async fn api_key_is_enforced() {
+    let app = app(state(ServeConfig {
+        api_key: Some("s3cret".into()),
+        ..Default::default()
+    }));
+    let body = json!({"model": "pipeline_basic", "steps": 1, "seed": 0});
+    expect_error(&app, post(body.clone()), StatusCode::UNAUTHORIZED, None).await;
+    let mut wrong = post(body.clone());
+    wrong
+        .headers_mut()
+        .insert("authorization", "Bearer nope".parse().unwrap());
+    expect_error(&app, wrong, StatusCode::UNAUTHORIZED, None).await;
+    let (s, _, _) = call(&app, get("/v1/models")).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let mut right = post(body);
+    right
+        .headers_mut()
+        .insert("authorization", "Bearer s3cret".parse().unwrap());
+    let (s, _, _) = call(&app, right).await;
+    assert_eq!(s, StatusCode::OK);
+    // Health stays open for probes.
+    assert_eq!(call(&app, get("/healthz")).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn full_queue_answers_429_with_retry_after() {
+    let app = app(state(ServeConfig {
+        max_batch: 1,
+        queue: 1,
+        max_steps: 1000,
+        ..Default::default()
+    }));
+    let long = json!({"model": "pipeline_basic", "steps": 400, "seed": 1, "sampler": "euler"});
+    let a = tokio::spawn(call_owned(app.clone(), long.clone())); // runs
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let b = tokio::spawn(call_owned(app.clone(), long.clone())); // waits in the queue
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (s, h, body) = call(&app, post(long)).await; // no room
+    assert_eq!(
+        s,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    assert_eq!(h["retry-after"], "1");
+    assert_eq!(a.await.unwrap(), StatusCode::OK);
+    assert_eq!(b.await.unwrap(), StatusCode::OK);
+}
+
+async fn call_owned(app: Router, body: Value) -> StatusCode {
+    call(&app, post(body)).await.0
+}
+
+#[tokio::test]
+async fn streams_progress_then_the_result() {
+    let app = app(state(ServeConfig::default()));
+    let (s, h, b) = call(
+        &app,
+        post(json!({"model": "pipeline_basic", "steps": 5, "seed": 3, "stream": true})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(h["content-type"], "text/event-stream");
+    let text = String::from_utf8_lossy(&b);
+    assert_eq!(text.matches("event: progress").count(), 5, "{text}");
+    assert!(text.contains("data: {\"step\":5,\"total\":5}"));
+    let result = text
+        .split("event: result\ndata: ")
+        .nth(1)
+        .expect("a result event");
+    let r: Value = serde_json::from_str(result.lines().next().unwrap()).unwrap();
+    assert_eq!(r["data"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_client_that_goes_away_cancels_its_work() {
+    let s = state(ServeConfig {
+        max_steps: 1000,
+        ..Default::default()
+    });
+    let app = app(s.clone());
+    let req =
+        post(json!({"model": "pipeline_basic", "steps": 1000, "seed": 1, "sampler": "euler"}));
+    // Give up on the request after a moment: the future (the connection) is dropped.
+    let r = tokio::time::timeout(Duration::from_millis(200), app.clone().oneshot(req)).await;
+    assert!(r.is_err(), "the long request should still be running");
+    // The worker notices within a step and frees itself for the next request.
+    let start = std::time::Instant::now();
+    let (st, _, _) = call(
+        &app,
+        post(json!({"model": "pipeline_basic", "steps": 2, "seed": 2})),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "the cancelled job kept the worker busy"
+    );
+    let text = s.metrics.render();
+    assert!(text.contains("diffuse_cancelled_total 1"), "{text}");
+}
