@@ -474,3 +474,47 @@ fn convert_round_trips_and_halves_with_f16() {
         .unwrap();
     assert!(max_rel(&load_images(&s), &want) <= 2e-2);
 }
+
+/// `diffuse serve` on an ephemeral port: SIGTERM during a request lets it finish, then exit 0.
+#[test]
+fn serve_drains_in_flight_requests_on_sigterm() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let model = model_fixtures().join("pipeline_basic");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_diffuse"))
+        .args(["serve", "--model", model.to_str().unwrap(), "--port", "0", "--max-steps", "1000"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let addr = loop {
+        let line = rx.recv_timeout(std::time::Duration::from_secs(60)).expect("server started");
+        if let Some(rest) = line.split("serving on http://").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    let body = r#"{"steps": 600, "seed": 1, "sampler": "euler"}"#;
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    write!(
+        s,
+        "POST /v1/images/generations HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let kill = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{}", &resp[..resp.len().min(300)]);
+    assert!(resp.contains("b64_json"));
+    let status = child.wait().unwrap();
+    assert!(status.success(), "exit status {status:?}");
+    // New connections are refused after shutdown.
+    assert!(std::net::TcpStream::connect(&addr).is_err());
+}
