@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Drives the diffuse serve web page in headless Chromium: fill the form, generate, wait for the
+# images, save a screenshot to docs/web-page.png. Installs what it needs (Debian chromium and
+# chromium-driver; selenium into tools/webtest/.venv). Not part of CI (it needs apt).
+# Usage: bash tools/webtest/run.sh [MODEL_DIR]
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+HERE="$ROOT/tools/webtest"
+cd "$ROOT"
+MODEL="${1:-crates/diffuse-models/tests/fixtures/unet_class_cond}"
+
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+fi
+if [ ! -x "$HERE/.venv/bin/python" ]; then
+  python3 -m venv "$HERE/.venv"
+fi
+"$HERE/.venv/bin/pip" install -q -r "$HERE/requirements.txt"
+cargo build --release -q -p diffuse-cli
+
+LOG="$(mktemp)"
+./target/release/diffuse serve --model "$MODEL" --port 0 2>"$LOG" &
+PID=$!
+trap 'kill $PID 2>/dev/null || true; rm -f "$LOG"' EXIT
+for _ in $(seq 1 100); do
+  ADDR="$(sed -n 's/.*serving on http:\/\/\([^ ]*\).*/\1/p' "$LOG")"
+  [ -n "$ADDR" ] && break
+  sleep 0.2
+done
+[ -n "$ADDR" ] || { cat "$LOG"; echo "server did not start" >&2; exit 1; }
+"$HERE/.venv/bin/python" "$HERE/drive.py" "http://$ADDR/" "$ROOT/docs/web-page.png"
