@@ -89,13 +89,35 @@ pub fn build_unet(config: &UNet2DConfig, device: &Device) -> Result<(UNet2DModel
     Ok((model, varmap))
 }
 
-/// Loads a UNet folder (config + weights) as f32 on `device`.
+/// Loads a UNet folder (config + weights) as f32 on `device`, for inference: the model is
+/// built on plain (detached) tensors. Weights held as candle `Var`s make every op record the
+/// graph, so a sampling loop would keep every step's activations alive (measured: DDIM-50 of
+/// 256 images ran out of the H100's 80 GB). The `VarMap` with the same values is returned for
+/// saving or for training.
 pub fn load_unet(dir: &Path, device: &Device) -> Result<(UNet2DModel, VarMap)> {
     let config = read_unet_config(dir)?;
-    let (model, varmap) = build_unet(&config, device)?;
+    let (_, varmap) = build_unet(&config, device)?;
     let files = weight_files(dir)?;
     load_into(&varmap, &files)?;
+    let model = inference_model(&config, &varmap, device)?;
     Ok((model, varmap))
+}
+
+/// A model over detached copies of the variables' tensors (no graph recording).
+pub fn inference_model(
+    config: &UNet2DConfig,
+    varmap: &VarMap,
+    device: &Device,
+) -> Result<UNet2DModel> {
+    let tensors: HashMap<String, Tensor> = varmap
+        .data()
+        .lock()
+        .expect("varmap lock")
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
+        .collect();
+    let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
+    UNet2DModel::new(config, vb)
 }
 
 /// The safetensors file(s) of a model folder.

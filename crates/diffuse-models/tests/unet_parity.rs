@@ -240,3 +240,16 @@ fn broken_models_give_one_line_errors() {
     let e = load_err(&tmp.path().join("nowhere"));
     assert!(e.contains("nowhere"), "{e}");
 }
+
+#[test]
+fn loaded_models_do_not_record_the_graph() {
+    // Inference outputs must not hold on to the graph (else a sampling loop keeps every
+    // step's activations alive).
+    let dir = fixtures().join("unet_basic");
+    let (model, _) = load_unet(&dir, &Device::Cpu).unwrap();
+    let io = load_st(&dir.join("io.safetensors"));
+    let out = model
+        .forward(&io["sample"], &timesteps(&io["timestep"]), None)
+        .unwrap();
+    assert!(!out.track_op(), "inference output records a backprop graph");
+}
