@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Run ON the GPU machine from the repo root, with `.device/` carried (tools/cuda/build.sh, the
+# Run ON the GPU machine from the repo root, with `.device/` carried (tools/cuda/build.sh and
+# tools/cuda/prepare_bench.sh make it: the binaries, the
 # 6.5 M-parameter DDIM pipeline .device/unet6m, and .device/pylib.tar.xz = diffusers 0.42.1 and
 # its pure-Python deps for the torch already installed there):
 #   OUT=/some/dir bash tools/cuda/gpu_bench.sh
