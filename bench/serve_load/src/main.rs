@@ -79,8 +79,17 @@ async fn one_request(addr: &str, body: &str) -> Result<u16> {
 async fn run(o: &Opts, max_batch: usize) -> Result<Run> {
     let mut child = tokio::process::Command::new(&o.diffuse)
         .args([
-            "serve", "--model", &o.model, "--port", "0", "--max-batch", &max_batch.to_string(),
-            "--max-wait-ms", "10", "--queue", "256",
+            "serve",
+            "--model",
+            &o.model,
+            "--port",
+            "0",
+            "--max-batch",
+            &max_batch.to_string(),
+            "--max-wait-ms",
+            "10",
+            "--queue",
+            "256",
         ])
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
@@ -90,7 +99,11 @@ async fn run(o: &Opts, max_batch: usize) -> Result<Run> {
     let addr = tokio::time::timeout(Duration::from_secs(60), async {
         while let Some(l) = lines.next_line().await? {
             if let Some(rest) = l.split("serving on http://").nth(1) {
-                return Ok(rest.split_whitespace().next().unwrap_or_default().to_string());
+                return Ok(rest
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string());
             }
         }
         bail!("server exited")
@@ -104,9 +117,11 @@ async fn run(o: &Opts, max_batch: usize) -> Result<Run> {
         tasks.push(tokio::spawn(async move {
             let mut out = Vec::new();
             for r in 0..requests {
-                let body = json!({"steps": steps, "seed": c * 1000 + r, "sampler": "ddim"}).to_string();
+                let body =
+                    json!({"steps": steps, "seed": c * 1000 + r, "sampler": "ddim"}).to_string();
                 let t = Instant::now();
-                let code = tokio::time::timeout(Duration::from_secs(300), one_request(&addr, &body)).await;
+                let code =
+                    tokio::time::timeout(Duration::from_secs(300), one_request(&addr, &body)).await;
                 let code = match code {
                     Ok(Ok(c)) => c,
                     _ => 0,
@@ -139,7 +154,9 @@ async fn run(o: &Opts, max_batch: usize) -> Result<Run> {
     run.wall = start.elapsed().as_secs_f64();
     // SIGTERM: drain and exit.
     if let Some(pid) = child.id() {
-        let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
     }
     let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
     run.latencies.sort_by(|a, b| a.total_cmp(b));
@@ -161,7 +178,10 @@ async fn main() -> Result<()> {
     for mb in [1, o.max_batch] {
         let r = run(&o, mb).await?;
         if r.other > 0 || r.ok + r.too_many != total {
-            bail!("max-batch {mb}: {} requests neither got an image nor a 429", total - r.ok - r.too_many);
+            bail!(
+                "max-batch {mb}: {} requests neither got an image nor a 429",
+                total - r.ok - r.too_many
+            );
         }
         rows.push(r);
     }
@@ -172,7 +192,13 @@ async fn main() -> Result<()> {
         let ips = r.ok as f64 / r.wall;
         println!(
             "| {} | {total} | {} | {} | {:.2} | {:.1} | {:.3} | {:.3} |",
-            r.max_batch, r.ok, r.too_many, r.wall, ips, pct(&r.latencies, 0.5), pct(&r.latencies, 0.99)
+            r.max_batch,
+            r.ok,
+            r.too_many,
+            r.wall,
+            ips,
+            pct(&r.latencies, 0.5),
+            pct(&r.latencies, 0.99)
         );
         results.push(json!({
             "max_batch": r.max_batch, "requests": total, "ok": r.ok, "too_many_requests": r.too_many,
@@ -181,13 +207,19 @@ async fn main() -> Result<()> {
         }));
     }
     let speedup = (rows[1].ok as f64 / rows[1].wall) / (rows[0].ok as f64 / rows[0].wall);
-    println!("\nbatching speedup (images/s, max-batch {} vs 1, same run): {speedup:.2}×", o.max_batch);
+    println!(
+        "\nbatching speedup (images/s, max-batch {} vs 1, same run): {speedup:.2}×",
+        o.max_batch
+    );
     let report = json!({
         "model": o.model, "clients": o.clients, "requests_per_client": o.requests, "steps": o.steps,
         "runs": results, "batching_speedup": speedup,
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
     });
     std::fs::create_dir_all("bench/results")?;
-    std::fs::write("bench/results/serve_load.json", serde_json::to_string_pretty(&report)?)?;
+    std::fs::write(
+        "bench/results/serve_load.json",
+        serde_json::to_string_pretty(&report)?,
+    )?;
     Ok(())
 }

@@ -481,7 +481,15 @@ fn serve_drains_in_flight_requests_on_sigterm() {
     use std::io::{BufRead, BufReader, Read, Write};
     let model = model_fixtures().join("pipeline_basic");
     let mut child = Command::new(env!("CARGO_BIN_EXE_diffuse"))
-        .args(["serve", "--model", model.to_str().unwrap(), "--port", "0", "--max-steps", "1000"])
+        .args([
+            "serve",
+            "--model",
+            model.to_str().unwrap(),
+            "--port",
+            "0",
+            "--max-steps",
+            "1000",
+        ])
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -493,7 +501,9 @@ fn serve_drains_in_flight_requests_on_sigterm() {
         }
     });
     let addr = loop {
-        let line = rx.recv_timeout(std::time::Duration::from_secs(60)).expect("server started");
+        let line = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("server started");
         if let Some(rest) = line.split("serving on http://").nth(1) {
             break rest.split_whitespace().next().unwrap().to_string();
         }
@@ -507,11 +517,18 @@ fn serve_drains_in_flight_requests_on_sigterm() {
     )
     .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(300));
-    let kill = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(kill.success());
     let mut resp = String::new();
     s.read_to_string(&mut resp).unwrap();
-    assert!(resp.starts_with("HTTP/1.1 200"), "{}", &resp[..resp.len().min(300)]);
+    assert!(
+        resp.starts_with("HTTP/1.1 200"),
+        "{}",
+        &resp[..resp.len().min(300)]
+    );
     assert!(resp.contains("b64_json"));
     let status = child.wait().unwrap();
     assert!(status.success(), "exit status {status:?}");
