@@ -39,6 +39,24 @@ enum Command {
     Serve(serve_cmd::Args),
 }
 
+/// Reads a scheduler config (any JSON object file), with one-line errors naming the file.
+pub(crate) fn read_json_object(
+    path: &std::path::Path,
+) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
+    use anyhow::Context;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read scheduler config {}", path.display()))?;
+    match serde_json::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("{}: malformed JSON: {e}", path.display()))?
+    {
+        serde_json::Value::Object(m) => Ok(m),
+        _ => anyhow::bail!(
+            "{}: a scheduler config must be a JSON object",
+            path.display()
+        ),
+    }
+}
+
 /// Exit codes: 0 ok, 1 error (one line on stderr), 2 usage error (clap).
 fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -1,7 +1,7 @@
 //! `diffuse noise`: the forward-process picture — one image noised at several timesteps with
 //! the same ε, laid out left to right in one PNG.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use candle_core::{Device, Tensor};
 use diffuse_core::config::SchedulerConfig;
 use diffuse_core::noising::add_noise;
@@ -37,16 +37,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     let mut map = match &args.config {
-        Some(p) => {
-            let text = std::fs::read_to_string(p)
-                .with_context(|| format!("cannot read scheduler config {}", p.display()))?;
-            match serde_json::from_str::<serde_json::Value>(&text)
-                .map_err(|e| anyhow::anyhow!("{}: malformed JSON: {e}", p.display()))?
-            {
-                serde_json::Value::Object(m) => m,
-                _ => bail!("{}: a scheduler config must be a JSON object", p.display()),
-            }
-        }
+        Some(p) => crate::read_json_object(p)?,
         None => serde_json::Map::from_iter([("_class_name".into(), "DDPMScheduler".into())]),
     };
     if let Some(b) = &args.beta_schedule {

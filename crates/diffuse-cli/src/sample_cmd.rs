@@ -8,7 +8,7 @@ use diffuse_data::image_io;
 use diffuse_models::pipeline::{generate, GenerateOptions};
 use diffuse_models::weights::{load_unet, resolve_model_folder};
 use indicatif::{ProgressBar, ProgressStyle};
-use serde_json::{Map, Value};
+use serde_json::Map;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -72,17 +72,6 @@ pub fn device(name: &str) -> Result<Device> {
     }
 }
 
-fn read_json_object(path: &Path) -> Result<Map<String, Value>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    match serde_json::from_str(&text)
-        .map_err(|e| anyhow::anyhow!("{}: malformed JSON: {e}", path.display()))?
-    {
-        Value::Object(m) => Ok(m),
-        _ => bail!("{}: expected a JSON object", path.display()),
-    }
-}
-
 pub fn run(args: Args) -> Result<()> {
     let dev = device(&args.device)?;
     let folder = resolve_model_folder(&args.model)?;
@@ -92,7 +81,7 @@ pub fn run(args: Args) -> Result<()> {
         .as_ref()
         .or(folder.scheduler_config.as_ref())
     {
-        Some(p) => read_json_object(p)?,
+        Some(p) => crate::read_json_object(p)?,
         None => Map::from_iter([("_class_name".into(), "DDIMScheduler".into())]),
     };
     if let Some(s) = &args.sampler {

@@ -58,19 +58,7 @@ impl Args {
     /// The config object: the file as it is, then the flags on top.
     fn config_map(&self) -> Result<Map<String, Value>> {
         let mut map = match &self.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("cannot read scheduler config {}", path.display()))?;
-                let value: Value = serde_json::from_str(&text)
-                    .map_err(|e| anyhow::anyhow!("{}: malformed JSON: {e}", path.display()))?;
-                match value {
-                    Value::Object(m) => m,
-                    _ => anyhow::bail!(
-                        "{}: a scheduler config must be a JSON object",
-                        path.display()
-                    ),
-                }
-            }
+            Some(path) => crate::read_json_object(path)?,
             None => Map::new(),
         };
         let mut put = |k: &str, v: Option<Value>| {

@@ -35,6 +35,31 @@ pub struct BlockSpec<'a> {
     pub attention_head_dim: Option<usize>,
 }
 
+impl BlockSpec<'_> {
+    /// The self-attention after each ResNet of an Attn block (one head per `attention_head_dim`
+    /// channels, all channels when it is null).
+    fn attention(&self, opts: ResnetOptions, vb: VarBuilder) -> Result<SpatialAttention> {
+        SpatialAttention::new(
+            self.out_channels,
+            self.attention_head_dim.unwrap_or(self.out_channels),
+            Some(opts.groups),
+            opts.eps,
+            1.0,
+            vb,
+        )
+    }
+
+    /// Whether the block resamples with a ResNet (`Resnet*sampleBlock2D`, or an Attn block
+    /// with `downsample_type`/`upsample_type` "resnet") rather than a conv.
+    fn resamples_with_resnet(&self) -> bool {
+        match self.block_type {
+            "ResnetDownsampleBlock2D" | "ResnetUpsampleBlock2D" => true,
+            "AttnDownBlock2D" | "AttnUpBlock2D" => self.resample_type == "resnet",
+            _ => false,
+        }
+    }
+}
+
 /// A down block: ResNets (each optionally followed by attention), then a downsampler.
 #[derive(Debug, Clone)]
 pub struct DownBlock {
@@ -62,21 +87,10 @@ impl DownBlock {
                 vb.pp("resnets").pp(i),
             )?);
             if attn {
-                attentions.push(SpatialAttention::new(
-                    spec.out_channels,
-                    spec.attention_head_dim.unwrap_or(spec.out_channels),
-                    Some(opts.groups),
-                    opts.eps,
-                    1.0,
-                    vb.pp("attentions").pp(i),
-                )?);
+                attentions.push(spec.attention(opts, vb.pp("attentions").pp(i))?);
             }
         }
-        let use_resnet = match spec.block_type {
-            "ResnetDownsampleBlock2D" => true,
-            "AttnDownBlock2D" => spec.resample_type == "resnet",
-            _ => false,
-        };
+        let use_resnet = spec.resamples_with_resnet();
         let vbd = vb.pp("downsamplers").pp(0);
         let down = match (spec.resample, use_resnet) {
             (false, _) => None,
@@ -159,21 +173,10 @@ impl UpBlock {
                 vb.pp("resnets").pp(i),
             )?);
             if attn {
-                attentions.push(SpatialAttention::new(
-                    spec.out_channels,
-                    spec.attention_head_dim.unwrap_or(spec.out_channels),
-                    Some(opts.groups),
-                    opts.eps,
-                    1.0,
-                    vb.pp("attentions").pp(i),
-                )?);
+                attentions.push(spec.attention(opts, vb.pp("attentions").pp(i))?);
             }
         }
-        let use_resnet = match spec.block_type {
-            "ResnetUpsampleBlock2D" => true,
-            "AttnUpBlock2D" => spec.resample_type == "resnet",
-            _ => false,
-        };
+        let use_resnet = spec.resamples_with_resnet();
         let vbu = vb.pp("upsamplers").pp(0);
         let up = match (spec.resample, use_resnet) {
             (false, _) => None,
