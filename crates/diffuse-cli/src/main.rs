@@ -4,6 +4,7 @@
 //! validated plan, call a library, and map errors to a one-line message and an exit code.
 
 mod convert_cmd;
+mod data_cmd;
 mod noise_cmd;
 mod sample_cmd;
 mod schedule_cmd;
@@ -37,6 +38,9 @@ enum Command {
     Convert(convert_cmd::Args),
     /// Serve models over HTTP: generation API with batching, web page, metrics.
     Serve(serve_cmd::Args),
+    /// Data sets: list the known ones, preview what the loader gives.
+    #[command(subcommand)]
+    Data(data_cmd::Command),
 }
 
 /// Reads a scheduler config (any JSON object file), with one-line errors naming the file.
@@ -66,6 +70,7 @@ fn main() -> ExitCode {
         Command::Sample(args) => sample_cmd::run(args),
         Command::Convert(args) => convert_cmd::run(args),
         Command::Serve(args) => serve_cmd::run(args),
+        Command::Data(cmd) => data_cmd::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -535,3 +535,38 @@ fn serve_drains_in_flight_requests_on_sigterm() {
     // New connections are refused after shutdown.
     assert!(std::net::TcpStream::connect(&addr).is_err());
 }
+
+#[test]
+fn data_list_and_preview() {
+    let o = diffuse(&["data", "list"]);
+    assert!(o.status.success());
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("mnist") && out.contains("found at") && out.contains("cifar10"),
+        "{out}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let png = dir.path().join("p.png");
+    let o = diffuse(&[
+        "data",
+        "preview",
+        "--count",
+        "16",
+        "--output",
+        png.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        png_info(&png),
+        (4 * 32 + 3 * 2, 4 * 32 + 3 * 2, image::ColorType::L8)
+    );
+    let o = diffuse(&[
+        "data",
+        "preview",
+        "--data",
+        "/no/such/data",
+        "--output",
+        png.to_str().unwrap(),
+    ]);
+    assert_one_line_error(&o, "/no/such/data");
+}

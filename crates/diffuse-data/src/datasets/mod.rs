@@ -1,0 +1,153 @@
+//! Data sets: where images come from, one sample at a time.
+//!
+//! IDX files (MNIST, Fashion-MNIST; raw or gzip), CIFAR-10 binary batches, and image folders
+//! (class = subfolder name, or unconditional). In-memory formats copy a sample out; folders
+//! decode the file when the sample is asked for, on the loader's worker threads.
+
+mod cifar;
+mod folder;
+mod idx;
+
+pub use cifar::Cifar10;
+pub use folder::ImageFolder;
+pub use idx::{read_idx, IdxDataset};
+
+use crate::Result;
+use std::path::PathBuf;
+
+/// One decoded image: `pixels` in HWC order, u8.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub pixels: Vec<u8>,
+    pub width: usize,
+    pub height: usize,
+    pub channels: usize,
+    pub label: Option<u32>,
+}
+
+/// A data set the loader can draw from (shared by its worker threads).
+pub trait Dataset: Send + Sync {
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Decodes sample `i`; an unreadable sample is an error naming its file.
+    fn get(&self, i: usize) -> Result<Sample>;
+    /// Number of classes, for labelled sets.
+    fn num_classes(&self) -> Option<usize>;
+    /// Class names, in label order.
+    fn class_names(&self) -> Vec<String> {
+        (0..self.num_classes().unwrap_or(0))
+            .map(|c| c.to_string())
+            .collect()
+    }
+    /// Image channels (1 or 3).
+    fn channels(&self) -> usize;
+    /// A one-line description for logs.
+    fn describe(&self) -> String;
+}
+
+/// A data set diffuse knows by name.
+#[derive(Debug, Clone)]
+pub struct KnownDataset {
+    pub name: &'static str,
+    pub description: &'static str,
+    /// Folders searched, in order.
+    pub candidates: Vec<PathBuf>,
+    /// The first candidate that holds the files, if any.
+    pub found: Option<PathBuf>,
+}
+
+/// The project's root (where `data/` lives): `DIFFUSE_DATA_ROOT`, else the build's source tree.
+fn bundled_root() -> PathBuf {
+    let root = std::env::var_os("DIFFUSE_DATA_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data"));
+    root.canonicalize().unwrap_or(root)
+}
+
+/// MNIST (bundled), Fashion-MNIST (Debian package), CIFAR-10 (user's folder, via
+/// `DIFFUSE_CIFAR10`), with where each was looked for and found.
+pub fn known_datasets() -> Vec<KnownDataset> {
+    let idx_present = |d: &PathBuf| {
+        ["train-images-idx3-ubyte", "train-labels-idx1-ubyte"]
+            .iter()
+            .all(|f| d.join(f).exists() || d.join(format!("{f}.gz")).exists())
+    };
+    let cifar_present = |d: &PathBuf| d.join("data_batch_1.bin").exists();
+    let mut out = Vec::new();
+    let mnist = vec![bundled_root().join("mnist"), PathBuf::from("data/mnist")];
+    out.push(KnownDataset {
+        name: "mnist",
+        description: "MNIST handwritten digits, 60k/10k, 28×28 gray, 10 classes (bundled)",
+        found: mnist.iter().find(|d| idx_present(d)).cloned(),
+        candidates: mnist,
+    });
+    let mut fashion = vec![PathBuf::from("/usr/share/datasets/fashion-mnist")];
+    if let Some(p) = std::env::var_os("DIFFUSE_FASHION_MNIST") {
+        fashion.insert(0, PathBuf::from(p));
+    }
+    out.push(KnownDataset {
+        name: "fashion-mnist",
+        description:
+            "Fashion-MNIST, 60k/10k, 28×28 gray, 10 classes (apt install dataset-fashion-mnist)",
+        found: fashion.iter().find(|d| idx_present(d)).cloned(),
+        candidates: fashion,
+    });
+    let mut cifar = vec![bundled_root().join("cifar-10-batches-bin")];
+    if let Some(p) = std::env::var_os("DIFFUSE_CIFAR10") {
+        cifar.insert(0, PathBuf::from(p));
+    }
+    out.push(KnownDataset {
+        name: "cifar10",
+        description: "CIFAR-10 binary version, 50k/10k, 32×32 RGB, 10 classes (bring your own: DIFFUSE_CIFAR10=folder)",
+        found: cifar.iter().find(|d| cifar_present(d)).cloned(),
+        candidates: cifar,
+    });
+    out
+}
+
+/// Which split of a named data set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Split {
+    Train,
+    Test,
+}
+
+/// Opens a data set by name (`mnist`, `fashion-mnist`, `cifar10`) or by path (an IDX folder,
+/// a CIFAR-10 binary folder, or an image folder).
+pub fn open(spec: &str, split: Split) -> Result<Box<dyn Dataset>> {
+    let known = known_datasets();
+    let dir = match known.iter().find(|k| k.name == spec) {
+        Some(k) => k.found.clone().ok_or_else(|| {
+            crate::Error::Invalid(format!(
+                "data set {spec} not found; looked in {}",
+                k.candidates
+                    .iter()
+                    .map(|c| c.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })?,
+        None => PathBuf::from(spec),
+    };
+    if !dir.is_dir() {
+        return Err(crate::Error::Invalid(format!(
+            "{}: no such data set folder (known names: mnist, fashion-mnist, cifar10)",
+            dir.display()
+        )));
+    }
+    let prefix = match split {
+        Split::Train => "train",
+        Split::Test => "t10k",
+    };
+    if dir.join(format!("{prefix}-images-idx3-ubyte.gz")).exists()
+        || dir.join(format!("{prefix}-images-idx3-ubyte")).exists()
+    {
+        return Ok(Box::new(IdxDataset::open_dir(&dir, prefix)?));
+    }
+    if dir.join("data_batch_1.bin").exists() || dir.join("test_batch.bin").exists() {
+        return Ok(Box::new(Cifar10::open_dir(&dir, split)?));
+    }
+    Ok(Box::new(ImageFolder::open(&dir)?))
+}
