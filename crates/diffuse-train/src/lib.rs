@@ -1,0 +1,20 @@
+//! diffuse-train: the pieces of a training step, each equal to its PyTorch/diffusers twin.
+//!
+//! - [`optim`]: AdamW (`torch.optim.AdamW`) with named, checkpointable state, and global-norm
+//!   gradient clipping (`torch.nn.utils.clip_grad_norm_`).
+//! - [`lr`]: diffusers' `get_scheduler` curves (constant, warmup, linear, cosine).
+//! - [`ema`]: diffusers' `EMAModel` (decay warmup, `update_after_step`, min/max decay).
+
+pub mod ema;
+pub mod lr;
+pub mod optim;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
