@@ -4,9 +4,12 @@
 //!   gradient clipping (`torch.nn.utils.clip_grad_norm_`).
 //! - [`lr`]: diffusers' `get_scheduler` curves (constant, warmup, linear, cosine).
 //! - [`ema`]: diffusers' `EMAModel` (decay warmup, `update_after_step`, min/max decay).
+//! - [`objective`]: the loss of a batch (ε/x₀/v, Min-SNR-γ, flow matching, CFG label dropout)
+//!   with a checkpointable RNG.
 
 pub mod ema;
 pub mod lr;
+pub mod objective;
 pub mod optim;
 
 #[derive(Debug, thiserror::Error)]
@@ -15,6 +18,10 @@ pub enum Error {
     Invalid(String),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+    #[error(transparent)]
+    Core(#[from] diffuse_core::Error),
+    #[error(transparent)]
+    Model(#[from] diffuse_models::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
