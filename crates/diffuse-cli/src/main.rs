@@ -9,6 +9,7 @@ mod noise_cmd;
 mod sample_cmd;
 mod schedule_cmd;
 mod serve_cmd;
+mod train_cmd;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -38,6 +39,8 @@ enum Command {
     Convert(convert_cmd::Args),
     /// Serve models over HTTP: generation API with batching, web page, metrics.
     Serve(serve_cmd::Args),
+    /// Train a UNet from a TOML config into a diffusers pipeline folder.
+    Train(train_cmd::Args),
     /// Data sets: list the known ones, preview what the loader gives.
     #[command(subcommand)]
     Data(data_cmd::Command),
@@ -71,6 +74,7 @@ fn main() -> ExitCode {
         Command::Convert(args) => convert_cmd::run(args),
         Command::Serve(args) => serve_cmd::run(args),
         Command::Data(cmd) => data_cmd::run(cmd),
+        Command::Train(args) => train_cmd::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

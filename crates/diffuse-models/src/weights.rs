@@ -285,3 +285,46 @@ pub fn parse_dtype(s: &str) -> Result<DType> {
         ))),
     }
 }
+
+/// Re-initializes every variable from `seed`, as PyTorch initializes these layers (so a
+/// training run is reproducible; candle's own CPU random init cannot be seeded): conv and
+/// linear weights and biases U(−1/√fan_in, 1/√fan_in) (kaiming-uniform with a = √5), GroupNorm
+/// weight 1 and bias 0, embeddings N(0, 1), the Fourier projection N(0, 1)·16.
+pub fn seeded_init(varmap: &VarMap, seed: u64) -> Result<()> {
+    use rand::{Rng, SeedableRng};
+    let data = varmap.data().lock().expect("varmap lock");
+    let mut names: Vec<&String> = data.keys().collect();
+    names.sort();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x1A17_5EED);
+    for name in names {
+        let var = &data[name];
+        let n = var.elem_count();
+        let (stem, leaf) = name.rsplit_once('.').unwrap_or(("", name));
+        let layer = stem.rsplit('.').next().unwrap_or("");
+        let is_norm = layer.contains("norm");
+        let values: Vec<f32> = if is_norm {
+            vec![if leaf == "weight" { 1.0 } else { 0.0 }; n]
+        } else if layer == "class_embedding" || (layer == "time_proj" && var.rank() == 2) {
+            (0..n)
+                .map(|_| rng.sample(rand_distr::StandardNormal))
+                .collect()
+        } else if layer == "time_proj" {
+            (0..n)
+                .map(|_| 16.0 * rng.sample::<f32, _>(rand_distr::StandardNormal))
+                .collect()
+        } else {
+            let weight_dims = if leaf == "weight" {
+                var.dims().to_vec()
+            } else {
+                data.get(&format!("{stem}.weight"))
+                    .map(|w| w.dims().to_vec())
+                    .unwrap_or_else(|| var.dims().to_vec())
+            };
+            let fan_in: usize = weight_dims[1..].iter().product::<usize>().max(1);
+            let bound = 1.0 / (fan_in as f32).sqrt();
+            (0..n).map(|_| rng.random_range(-bound..bound)).collect()
+        };
+        var.set(&Tensor::from_vec(values, var.shape(), var.device())?.to_dtype(var.dtype())?)?;
+    }
+    Ok(())
+}
