@@ -655,3 +655,59 @@ fn train_survives_kill_9_and_resumes_exactly() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
 }
+
+#[test]
+fn train_stops_on_repeated_nan_and_rejects_bad_configs() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/tiny.toml");
+    let out = dir.path().join("nan");
+    let o = diffuse(&[
+        "train",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--max-steps",
+        "30",
+        "--set",
+        "train.learning_rate=1e30",
+        "--set",
+        "train.max_grad_norm=1e30",
+        "--quiet",
+    ]);
+    assert_one_line_error(&o, "non-finite losses in a row");
+    let log = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    assert!(
+        log.lines()
+            .filter(|l| l.contains("\"skipped\":true"))
+            .count()
+            >= 5
+    );
+    // Bad configs are one-line errors naming the problem.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace("max_steps = 40", "max_stepz = 40"),
+    )
+    .unwrap();
+    let o = diffuse(&[
+        "train",
+        "--config",
+        bad.to_str().unwrap(),
+        "--output",
+        dir.path().join("x").to_str().unwrap(),
+    ]);
+    assert_one_line_error(&o, "max_stepz");
+    let o = diffuse(&[
+        "train",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--output",
+        dir.path().join("y").to_str().unwrap(),
+        "--set",
+        "data.name=\"/no/such/folder\"",
+    ]);
+    assert_one_line_error(&o, "/no/such/folder");
+}

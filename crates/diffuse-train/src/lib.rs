@@ -6,12 +6,14 @@
 //! - [`ema`]: diffusers' `EMAModel` (decay warmup, `update_after_step`, min/max decay).
 //! - [`objective`]: the loss of a batch (ε/x₀/v, Min-SNR-γ, flow matching, CFG label dropout)
 //!   with a checkpointable RNG.
+//! - [`tensorboard`]: event files (scalars, sample grids) that `tensorboard` reads.
 //! - [`trainer`]: the loop of `diffuse train` (TOML config, atomic checkpoints, exact resume).
 
 pub mod ema;
 pub mod lr;
 pub mod objective;
 pub mod optim;
+pub mod tensorboard;
 pub mod trainer;
 
 #[derive(Debug, thiserror::Error)]

@@ -60,6 +60,12 @@ fn d_true() -> bool {
 fn d_dropout() -> f64 {
     0.1
 }
+fn d_sample_steps() -> usize {
+    25
+}
+fn d_guidance() -> f64 {
+    2.0
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -119,6 +125,16 @@ pub struct TrainSection {
     pub keep_checkpoints: usize,
     #[serde(default = "d_every")]
     pub log_every: u64,
+    /// Write a grid of EMA samples (fixed seed, every class) to `samples/step-N.png` every this
+    /// many steps and at the end; 0 disables.
+    #[serde(default)]
+    pub sample_every: u64,
+    /// Sampling steps for those grids.
+    #[serde(default = "d_sample_steps")]
+    pub sample_steps: usize,
+    /// Guidance scale for the grids of class-conditional models.
+    #[serde(default = "d_guidance")]
+    pub sample_guidance: f64,
     /// Stop after this many non-finite losses in a row.
     #[serde(default = "d_nan")]
     pub max_nonfinite: u32,
@@ -340,6 +356,11 @@ pub fn train(
 
     std::fs::create_dir_all(output).map_err(io_err(output))?;
     let mut checkpoints = Vec::new();
+    let mut tb =
+        crate::tensorboard::EventWriter::create(&output.join("logs")).map_err(io_err(output))?;
+    let started = std::time::Instant::now();
+    let mut seen_images = 0usize;
+    let mut smoothed: Option<f32> = None;
     let mut nonfinite = 0u32;
     let mut last_loss = f32::NAN;
     while step < t.max_steps {
@@ -397,6 +418,22 @@ pub fn train(
         ema.step(&plain)?;
         step += 1;
         last_loss = loss;
+        seen_images += report.images;
+        let sm = smoothed.map_or(loss, |s| 0.98 * s + 0.02 * loss);
+        smoothed = Some(sm);
+        let s = step as i64;
+        let tb_io = |e| Error::Invalid(format!("tensorboard log: {e}"));
+        tb.scalar("train/loss", s, loss).map_err(tb_io)?;
+        tb.scalar("train/loss_smoothed", s, sm).map_err(tb_io)?;
+        tb.scalar("train/lr", s, lr_now as f32).map_err(tb_io)?;
+        tb.scalar("train/grad_norm", s, report.grad_norm as f32)
+            .map_err(tb_io)?;
+        tb.scalar(
+            "train/images_per_s",
+            s,
+            (seen_images as f64 / started.elapsed().as_secs_f64().max(1e-9)) as f32,
+        )
+        .map_err(tb_io)?;
         on_step(&report);
         let stopping = stop.load(std::sync::atomic::Ordering::SeqCst);
         let last = step == t.max_steps || stopping;
@@ -418,6 +455,27 @@ pub fn train(
             )?;
             checkpoints.push(dir);
             prune_checkpoints(&ckpt_root, t.keep_checkpoints)?;
+        }
+        if t.sample_every > 0 && (step.is_multiple_of(t.sample_every) || last) {
+            let names: Vec<String> = vars.iter().map(|(k, _)| k.clone()).collect();
+            let png_path = output.join("samples").join(format!("step-{step}.png"));
+            sample_grid(
+                &unet_cfg, &sched_cfg, &names, &ema, classes, t, device, &png_path,
+            )?;
+            if let (Ok(bytes), Ok(img)) = (std::fs::read(&png_path), image::open(&png_path)) {
+                tb.image_png(
+                    "samples/ema",
+                    step as i64,
+                    &bytes,
+                    img.width(),
+                    img.height(),
+                    if img.color().has_color() { 3 } else { 1 },
+                )
+                .map_err(|e| Error::Invalid(format!("tensorboard log: {e}")))?;
+            }
+        }
+        if step.is_multiple_of(10) || last {
+            tb.flush().map_err(io_err(output))?;
         }
         if stopping {
             break;
@@ -647,4 +705,77 @@ fn copy_dir(src: &Path, dst: &Path) -> Result<()> {
         write(&dst.join(e.file_name()), &bytes)?;
     }
     Ok(())
+}
+
+/// A grid of samples from the EMA weights: one row per class (or 8×8 unconditional), fixed seed.
+#[allow(clippy::too_many_arguments)]
+fn sample_grid(
+    unet_cfg: &UNet2DConfig,
+    sched_cfg: &SchedulerConfig,
+    names: &[String],
+    ema: &Ema,
+    classes: Option<usize>,
+    t: &TrainSection,
+    device: &Device,
+    path: &Path,
+) -> Result<()> {
+    let tensors: HashMap<String, Tensor> = names
+        .iter()
+        .cloned()
+        .zip(ema.shadow().iter().map(|s| s.detach()))
+        .collect();
+    let vb = candle_nn::VarBuilder::from_tensors(tensors, DType::F32, device);
+    // The Fourier projection is not trained, so it is not among the EMA variables.
+    let model = diffuse_models::UNet2DModel::new(unet_cfg, vb)?;
+    let mut sched = sched_cfg.clone();
+    if sched.class != diffuse_core::config::SchedulerClass::FlowMatchEuler {
+        sched = SchedulerConfig::from_json_map(
+            &serde_json::from_value(json!({
+                "_class_name": "DDIMScheduler",
+                "num_train_timesteps": sched.num_train_timesteps,
+                "beta_start": sched.beta_start,
+                "beta_end": sched.beta_end,
+                "beta_schedule": sched.beta_schedule.name(),
+                "prediction_type": sched.prediction_type.name(),
+                "timestep_spacing": "trailing",
+                "clip_sample": false,
+            }))
+            .expect("object"),
+        )?;
+    }
+    let sampler = diffuse_core::sampler::Sampler::new(&sched, t.sample_steps)?;
+    let (labels, cols) = match classes {
+        Some(k) => (
+            (0..k as u32)
+                .flat_map(|c| std::iter::repeat_n(c, 8))
+                .collect::<Vec<_>>(),
+            8,
+        ),
+        None => (vec![], 8),
+    };
+    let n = if labels.is_empty() { 64 } else { labels.len() };
+    let size = unet_cfg.sample_hw().unwrap_or((32, 32));
+    let opts = diffuse_models::pipeline::GenerateOptions {
+        num_images: n,
+        batch_size: n.min(80),
+        seed: 1234,
+        size,
+        class_labels: (!labels.is_empty()).then_some(labels),
+        guidance_scale: if classes.is_some() {
+            t.sample_guidance
+        } else {
+            1.0
+        },
+        null_class: None,
+        initial_noise: None,
+    };
+    let images = diffuse_models::pipeline::generate(&model, &sampler, &opts, device, &mut |_| {
+        std::ops::ControlFlow::Continue(())
+    })?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    }
+    let grid = diffuse_data::image_io::grid(&images.to_device(&Device::Cpu)?, cols, 2, 1.0)
+        .map_err(|e| Error::Invalid(e.to_string()))?;
+    diffuse_data::image_io::save_png(&grid, path).map_err(|e| Error::Invalid(e.to_string()))
 }
