@@ -62,6 +62,9 @@ pub struct Args {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+    /// Use `unet/` even when the folder has EMA weights in `unet_ema/` (default: EMA).
+    #[arg(long)]
+    no_ema: bool,
 }
 
 pub fn device(name: &str) -> Result<Device> {
@@ -75,7 +78,19 @@ pub fn device(name: &str) -> Result<Device> {
 pub fn run(args: Args) -> Result<()> {
     let dev = device(&args.device)?;
     let folder = resolve_model_folder(&args.model)?;
-    let (model, _) = load_unet(&folder.unet_dir, &dev)?;
+    let unet_dir = match (&folder.ema_unet_dir, args.no_ema) {
+        (Some(ema), false) => {
+            if !args.quiet {
+                eprintln!(
+                    "using the EMA weights in {} (--no-ema for unet/)",
+                    ema.display()
+                );
+            }
+            ema.clone()
+        }
+        _ => folder.unet_dir.clone(),
+    };
+    let (model, _) = load_unet(&unet_dir, &dev)?;
     let mut sched = match args
         .scheduler_config
         .as_ref()

@@ -28,6 +28,8 @@ pub struct ModelFolder {
     pub scheduler_config: Option<PathBuf>,
     /// The pipeline class (`DDPMPipeline`, …) when the folder is a pipeline.
     pub pipeline_class: Option<String>,
+    /// `unet_ema/` beside `unet/`, as `diffuse train` writes it (EMA of the weights).
+    pub ema_unet_dir: Option<PathBuf>,
 }
 
 /// Resolves a diffusers pipeline folder (`model_index.json`) or a bare UNet folder.
@@ -51,8 +53,10 @@ pub fn resolve_model_folder(dir: &Path) -> Result<ModelFolder> {
             )));
         }
         let sched = dir.join("scheduler").join("scheduler_config.json");
+        let ema = dir.join("unet_ema");
         return Ok(ModelFolder {
             unet_dir,
+            ema_unet_dir: ema.join(CONFIG_NAME).exists().then_some(ema),
             scheduler_config: sched.exists().then_some(sched),
             pipeline_class: v
                 .get("_class_name")
@@ -65,6 +69,7 @@ pub fn resolve_model_folder(dir: &Path) -> Result<ModelFolder> {
             unet_dir: dir.to_path_buf(),
             scheduler_config: None,
             pipeline_class: None,
+            ema_unet_dir: None,
         });
     }
     Err(Error::Weights(format!(

@@ -103,8 +103,10 @@ impl AppState {
     pub fn add_model(&mut self, dir: &std::path::Path, device: &Device) -> Result<String, String> {
         let folder =
             diffuse_models::weights::resolve_model_folder(dir).map_err(|e| e.to_string())?;
-        let (model, _) = diffuse_models::weights::load_unet(&folder.unet_dir, device)
-            .map_err(|e| e.to_string())?;
+        // Prefer the EMA weights of a `diffuse train` output, as `diffuse sample` does.
+        let unet_dir = folder.ema_unet_dir.as_ref().unwrap_or(&folder.unet_dir);
+        let (model, _) =
+            diffuse_models::weights::load_unet(unet_dir, device).map_err(|e| e.to_string())?;
         let scheduler = match &folder.scheduler_config {
             Some(p) => {
                 let text =

@@ -74,7 +74,7 @@ impl Ema {
         self.last_decay = d;
         for (s, v) in self.shadow.iter_mut().zip(vars) {
             let p = v.as_tensor().detach();
-            *s = (&*s - ((&*s - &p)? * (1.0 - d))?)?;
+            *s = (&*s - ((&*s - &p)? * (1.0 - d))?)?.detach();
         }
         Ok(())
     }

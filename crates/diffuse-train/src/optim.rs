@@ -69,10 +69,12 @@ impl AdamW {
         let bc2_sqrt = (1.0 - c.beta2.powi(t)).sqrt();
         for (i, (_, var)) in self.vars.iter().enumerate() {
             let Some(g) = grads.get(var) else { continue };
-            let g = g.to_dtype(DType::F32)?;
+            // Gradients carry the backward graph; the moments must not (they would keep every
+            // step's activations alive).
+            let g = g.detach().to_dtype(DType::F32)?;
             // m ← m + (1 − β1)(g − m)  (torch's lerp); v ← β2 v + (1 − β2) g²
-            self.m[i] = (&self.m[i] + ((&g - &self.m[i])? * (1.0 - c.beta1))?)?;
-            self.v[i] = ((&self.v[i] * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
+            self.m[i] = (&self.m[i] + ((&g - &self.m[i])? * (1.0 - c.beta1))?)?.detach();
+            self.v[i] = ((&self.v[i] * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?.detach();
             let p = var.as_tensor().detach();
             let p = (p * (1.0 - lr * c.weight_decay))?;
             let denom = ((self.v[i].sqrt()? / bc2_sqrt)? + c.eps)?;
@@ -135,7 +137,7 @@ pub fn clip_grad_norm(grads: &mut GradStore, vars: &[(String, Var)], max_norm: f
     if coef < 1.0 {
         for (_, v) in vars {
             if let Some(g) = grads.get(v) {
-                let scaled = (g * coef)?;
+                let scaled = (g.detach() * coef)?;
                 grads.insert(v, scaled);
             }
         }

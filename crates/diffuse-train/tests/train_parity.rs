@@ -120,6 +120,9 @@ fn adamw_clipping_cosine_and_ema_match_torch() {
             1e-5,
         );
     }
+    // Moments and shadows hold no backward graph (else every step's activations stay alive).
+    assert!(opt.state().iter().all(|(_, t)| !t.track_op()));
+    assert!(ema.shadow().iter().all(|t| !t.track_op()));
     // Saved moments restore the same next update.
     let state: std::collections::HashMap<_, _> = opt.state().into_iter().collect();
     let mut again = AdamW::new(vars.clone(), opt.config).unwrap();
