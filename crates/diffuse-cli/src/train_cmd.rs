@@ -109,7 +109,8 @@ pub fn run(args: Args) -> Result<()> {
             log,
             "{}",
             serde_json::json!({"step": r.step, "loss": r.loss, "lr": r.lr, "grad_norm": r.grad_norm,
-                "images_per_s": images as f64 / secs, "skipped": r.skipped_nonfinite, "time_s": secs})
+                "images_per_s": images as f64 / secs, "skipped": r.skipped_nonfinite, "time_s": secs,
+                "data_wait_s": r.data_wait_s})
         );
     })?;
     bar.finish_and_clear();

@@ -711,3 +711,120 @@ fn train_stops_on_repeated_nan_and_rejects_bad_configs() {
     ]);
     assert_one_line_error(&o, "/no/such/folder");
 }
+
+/// The colour path end to end: CIFAR-10 binary files made here (the real ones are in no
+/// registry), a short RGB training run, and a sample from it.
+#[test]
+fn train_on_generated_cifar10_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("cifar-10-batches-bin");
+    std::fs::create_dir_all(&data).unwrap();
+    for b in 1..=5u8 {
+        let mut bytes = Vec::new();
+        for k in 0..20u32 {
+            let label = (k % 10) as u8;
+            bytes.push(label);
+            // Planar RGB: a colour per class, brighter to the right.
+            for c in 0..3u32 {
+                for p in 0..1024u32 {
+                    bytes
+                        .push(((label as u32 * 25 + c * 60 + (p % 32) * 3 + b as u32) % 256) as u8);
+                }
+            }
+        }
+        std::fs::write(data.join(format!("data_batch_{b}.bin")), bytes).unwrap();
+    }
+    let cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/tiny.toml");
+    let out = dir.path().join("run");
+    let data_set = format!("data.name=\"{}\"", data.display());
+    let o = diffuse(&[
+        "train",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--max-steps",
+        "4",
+        "--set",
+        &data_set,
+        "--set",
+        "data.hflip=true",
+        "--set",
+        "data.batch_size=8",
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("unet/config.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        (
+            config["in_channels"].as_u64(),
+            config["num_class_embeds"].as_u64()
+        ),
+        (Some(3), Some(11))
+    );
+    let png = dir.path().join("s.png");
+    let o = diffuse(&[
+        "sample",
+        "--model",
+        out.to_str().unwrap(),
+        "--class",
+        "2",
+        "--steps",
+        "3",
+        "--num-images",
+        "2",
+        "--output",
+        png.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(png_info(&png).2, image::ColorType::Rgb8);
+}
+
+/// Ctrl-C (SIGINT) saves a checkpoint after the current step and exits 0.
+#[test]
+fn train_ctrl_c_saves_and_exits_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/tiny.toml");
+    let out = dir.path().join("run");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_diffuse"))
+        .args([
+            "train",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+            "--max-steps",
+            "1000",
+            "--quiet",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = out.join("metrics.jsonl");
+    let t0 = std::time::Instant::now();
+    while std::fs::read_to_string(&log)
+        .map(|s| s.lines().count())
+        .unwrap_or(0)
+        < 3
+    {
+        assert!(t0.elapsed().as_secs() < 120, "training did not start");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "exit status {status:?}");
+    let ckpts: Vec<_> = std::fs::read_dir(out.join("checkpoints"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert_eq!(ckpts.len(), 1, "one checkpoint, written at the stop");
+    assert!(ckpts[0].path().join("training_state.json").exists());
+    assert!(out
+        .join("unet/diffusion_pytorch_model.safetensors")
+        .exists());
+}

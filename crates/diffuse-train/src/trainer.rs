@@ -197,6 +197,8 @@ pub struct StepReport {
     pub grad_norm: f64,
     pub images: usize,
     pub skipped_nonfinite: bool,
+    /// Seconds the step waited for its batch (the loader should keep this near 0).
+    pub data_wait_s: f64,
 }
 
 /// What a training run produced.
@@ -364,9 +366,11 @@ pub fn train(
     let mut nonfinite = 0u32;
     let mut last_loss = f32::NAN;
     while step < t.max_steps {
+        let waited = std::time::Instant::now();
         let batch = loader
             .next_batch()
             .map_err(|e| Error::Invalid(e.to_string()))?;
+        let data_wait_s = waited.elapsed().as_secs_f64();
         let x0 = batch
             .to_tensor(device)
             .map_err(|e| Error::Invalid(e.to_string()))?;
@@ -393,6 +397,7 @@ pub fn train(
             grad_norm: f64::NAN,
             images: x0.dim(0)?,
             skipped_nonfinite: false,
+            data_wait_s,
         };
         if !loss.is_finite() {
             nonfinite += 1;
@@ -427,6 +432,8 @@ pub fn train(
         tb.scalar("train/loss_smoothed", s, sm).map_err(tb_io)?;
         tb.scalar("train/lr", s, lr_now as f32).map_err(tb_io)?;
         tb.scalar("train/grad_norm", s, report.grad_norm as f32)
+            .map_err(tb_io)?;
+        tb.scalar("train/data_wait_s", s, data_wait_s as f32)
             .map_err(tb_io)?;
         tb.scalar(
             "train/images_per_s",
