@@ -268,10 +268,15 @@ pub fn serialize_vars(varmap: &VarMap, dtype: DType) -> Result<Vec<u8>> {
     let data = varmap.data().lock().expect("varmap lock");
     let mut entries: Vec<(String, Tensor)> = Vec::with_capacity(data.len());
     for (k, v) in data.iter() {
-        entries.push((
-            k.clone(),
-            v.as_tensor().to_dtype(dtype)?.to_device(&Device::Cpu)?,
-        ));
+        entries.push((k.clone(), v.as_tensor().to_dtype(dtype)?));
+    }
+    serialize_tensors(entries)
+}
+
+/// Named tensors as a safetensors buffer, sorted by name, with diffusers' `{"format": "pt"}`.
+pub fn serialize_tensors(mut entries: Vec<(String, Tensor)>) -> Result<Vec<u8>> {
+    for (_, t) in entries.iter_mut() {
+        *t = t.to_device(&Device::Cpu)?;
     }
     entries.sort_by(|a, b| a.0.cmp(&b.0));
     let meta = HashMap::from([("format".to_string(), "pt".to_string())]);

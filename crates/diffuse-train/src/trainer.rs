@@ -542,9 +542,7 @@ fn save_checkpoint(
     }
     let config_text = unet_cfg.to_json_string();
     let weights = |tensors: Vec<(String, Tensor)>| -> Result<Vec<u8>> {
-        let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
-        safetensors::serialize(tensors.iter().map(|(k, t)| (k.as_str(), t)), Some(meta))
-            .map_err(|e| Error::Invalid(format!("cannot serialize: {e}")))
+        Ok(diffuse_models::weights::serialize_tensors(tensors)?)
     };
     let model_tensors: Vec<(String, Tensor)> = vars
         .iter()
