@@ -60,6 +60,9 @@ fn d_true() -> bool {
 fn d_dropout() -> f64 {
     0.1
 }
+fn d_one() -> u64 {
+    1
+}
 fn d_sample_steps() -> usize {
     25
 }
@@ -111,6 +114,9 @@ pub struct TrainSection {
     pub adam_weight_decay: Option<f64>,
     #[serde(default = "d_norm")]
     pub max_grad_norm: f64,
+    /// Micro-batches per optimizer step (gradients averaged); 1 = none.
+    #[serde(default = "d_one")]
+    pub gradient_accumulation_steps: u64,
     /// epsilon, sample, v_prediction, flow
     #[serde(default = "d_pred")]
     pub prediction_type: String,
@@ -366,28 +372,61 @@ pub fn train(
     let mut nonfinite = 0u32;
     let mut last_loss = f32::NAN;
     while step < t.max_steps {
-        let waited = std::time::Instant::now();
-        let batch = loader
-            .next_batch()
-            .map_err(|e| Error::Invalid(e.to_string()))?;
-        let data_wait_s = waited.elapsed().as_secs_f64();
-        let x0 = batch
-            .to_tensor(device)
-            .map_err(|e| Error::Invalid(e.to_string()))?;
-        let labels = if classes.is_some() {
-            batch.labels.clone()
-        } else {
-            None
-        };
-        let parts = diffusion_loss(
-            &model,
-            &schedule,
-            &x0,
-            labels.as_deref(),
-            &objective,
-            &mut rng,
-        )?;
-        let loss = parts.loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+        // One optimizer step = `gradient_accumulation_steps` micro-batches, gradients averaged
+        // (each micro loss is scaled by 1/K and the detached gradients summed).
+        let k_acc = t.gradient_accumulation_steps.max(1);
+        let mut data_wait_s = 0.0;
+        let mut loss_sum = 0f32;
+        let mut images = 0usize;
+        let mut grads: Option<candle_core::backprop::GradStore> = None;
+        let mut finite = true;
+        for _ in 0..k_acc {
+            let waited = std::time::Instant::now();
+            let batch = loader
+                .next_batch()
+                .map_err(|e| Error::Invalid(e.to_string()))?;
+            data_wait_s += waited.elapsed().as_secs_f64();
+            let x0 = batch
+                .to_tensor(device)
+                .map_err(|e| Error::Invalid(e.to_string()))?;
+            images += x0.dim(0)?;
+            let labels = if classes.is_some() {
+                batch.labels.clone()
+            } else {
+                None
+            };
+            let parts = diffusion_loss(
+                &model,
+                &schedule,
+                &x0,
+                labels.as_deref(),
+                &objective,
+                &mut rng,
+            )?;
+            let micro = parts.loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+            loss_sum += micro;
+            if !micro.is_finite() {
+                finite = false;
+                continue;
+            }
+            let g = (parts.loss / k_acc as f64)?.backward()?;
+            grads = Some(match grads {
+                None => g,
+                Some(mut acc) => {
+                    for (_, v) in &vars {
+                        if let Some(new) = g.get(v) {
+                            let sum = match acc.get(v) {
+                                Some(old) => (old.detach() + new.detach())?,
+                                None => new.detach(),
+                            };
+                            acc.insert(v, sum);
+                        }
+                    }
+                    acc
+                }
+            });
+        }
+        let loss = loss_sum / k_acc as f32;
         let lr_now = t.learning_rate * lr.factor(step);
         let mut report = StepReport {
             step: step + 1,
@@ -395,11 +434,11 @@ pub fn train(
             loss,
             lr: lr_now,
             grad_norm: f64::NAN,
-            images: x0.dim(0)?,
+            images,
             skipped_nonfinite: false,
             data_wait_s,
         };
-        if !loss.is_finite() {
+        let Some(mut grads) = grads.filter(|_| finite) else {
             nonfinite += 1;
             report.skipped_nonfinite = true;
             on_step(&report);
@@ -410,9 +449,8 @@ pub fn train(
                 )));
             }
             continue;
-        }
+        };
         nonfinite = 0;
-        let mut grads = parts.loss.backward()?;
         report.grad_norm = clip_grad_norm(&mut grads, &vars, t.max_grad_norm)?;
         if !report.grad_norm.is_finite() {
             report.skipped_nonfinite = true;

@@ -6,6 +6,10 @@ use diffuse_train::trainer::{newest_checkpoint, train, TrainConfig};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 fn config() -> TrainConfig {
+    config_with(&[])
+}
+
+fn config_with(extra: &[&str]) -> TrainConfig {
     let text = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../examples/tiny.toml"
@@ -20,7 +24,34 @@ fn config() -> TrainConfig {
     ] {
         c.set(s).unwrap();
     }
+    for s in extra {
+        c.set(s).unwrap();
+    }
     c
+}
+
+#[test]
+fn gradient_accumulation_runs_and_resumes_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let cfg = config_with(&["train.gradient_accumulation_steps=2", "data.batch_size=4"]);
+    let never = AtomicBool::new(false);
+    let mut images = 0;
+    let full = train(&cfg, &a, false, &Device::Cpu, &never, &mut |r| {
+        images += r.images
+    })
+    .unwrap();
+    assert_eq!((full.steps, images), (6, 6 * 2 * 4));
+    let stop = AtomicBool::new(false);
+    train(&cfg, &b, false, &Device::Cpu, &stop, &mut |r| {
+        if r.step == 2 {
+            stop.store(true, Ordering::SeqCst);
+        }
+    })
+    .unwrap();
+    train(&cfg, &b, true, &Device::Cpu, &never, &mut |_| {}).unwrap();
+    let f = "unet/diffusion_pytorch_model.safetensors";
+    assert!(std::fs::read(a.join(f)).unwrap() == std::fs::read(b.join(f)).unwrap());
 }
 
 #[test]
