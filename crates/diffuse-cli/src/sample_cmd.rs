@@ -189,7 +189,8 @@ pub fn write_output(images: &Tensor, out: &Path) -> Result<()> {
     let cols = (k as f64).sqrt().ceil() as usize;
     match ext {
         "safetensors" => {
-            let bytes = safetensors_bytes(&images)?;
+            let bytes =
+                diffuse_models::weights::serialize_tensors(vec![("images".into(), images)])?;
             diffuse_data::fs::write_atomic(out, &bytes)?;
         }
         "png" => image_io::save_png(&image_io::grid(&images, cols, 2, 1.0)?, out)?,
@@ -207,8 +208,4 @@ pub fn write_output(images: &Tensor, out: &Path) -> Result<()> {
         other => bail!("--output: unknown extension .{other}; use a folder, .png or .safetensors"),
     }
     Ok(())
-}
-
-fn safetensors_bytes(images: &Tensor) -> Result<Vec<u8>> {
-    Ok(safetensors::serialize([("images", images)], None)?)
 }

@@ -114,13 +114,26 @@ pub fn inference_model(
     varmap: &VarMap,
     device: &Device,
 ) -> Result<UNet2DModel> {
-    let tensors: HashMap<String, Tensor> = varmap
+    model_from_tensors(config, detached_tensors(varmap), device)
+}
+
+/// Detached copies of the variables' tensors, by name.
+pub fn detached_tensors(varmap: &VarMap) -> HashMap<String, Tensor> {
+    varmap
         .data()
         .lock()
         .expect("varmap lock")
         .iter()
         .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
-        .collect();
+        .collect()
+}
+
+/// A model over the given named tensors (every weight the config needs must be there).
+pub fn model_from_tensors(
+    config: &UNet2DConfig,
+    tensors: HashMap<String, Tensor>,
+    device: &Device,
+) -> Result<UNet2DModel> {
     let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
     UNet2DModel::new(config, vb)
 }

@@ -327,7 +327,7 @@ async fn generate_inner(
         )
         .into_response();
     };
-    let planned = match request::plan(&req, entry, &s.config) {
+    let planned = match request::plan(&req, entry) {
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };

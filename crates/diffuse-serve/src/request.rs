@@ -195,7 +195,7 @@ pub struct Planned {
     pub size: (usize, usize),
 }
 
-pub fn plan(req: &Request, entry: &ModelEntry, _cfg: &ServeConfig) -> Result<Planned, ApiError> {
+pub fn plan(req: &Request, entry: &ModelEntry) -> Result<Planned, ApiError> {
     let mut sched = entry.scheduler.clone();
     if let Some(s) = &req.sampler {
         sched.insert("_class_name".into(), s.clone().into());

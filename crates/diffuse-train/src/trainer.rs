@@ -505,7 +505,7 @@ pub fn train(
             let names: Vec<String> = vars.iter().map(|(k, _)| k.clone()).collect();
             let png_path = output.join("samples").join(format!("step-{step}.png"));
             sample_grid(
-                &unet_cfg, &sched_cfg, &names, &ema, classes, t, device, &png_path,
+                &unet_cfg, &varmap, &sched_cfg, &names, &ema, classes, t, device, &png_path,
             )?;
             if let (Ok(bytes), Ok(img)) = (std::fs::read(&png_path), image::open(&png_path)) {
                 tb.image_png(
@@ -754,6 +754,7 @@ fn copy_dir(src: &Path, dst: &Path) -> Result<()> {
 #[allow(clippy::too_many_arguments)]
 fn sample_grid(
     unet_cfg: &UNet2DConfig,
+    varmap: &candle_nn::VarMap,
     sched_cfg: &SchedulerConfig,
     names: &[String],
     ema: &Ema,
@@ -762,14 +763,16 @@ fn sample_grid(
     device: &Device,
     path: &Path,
 ) -> Result<()> {
-    let tensors: HashMap<String, Tensor> = names
-        .iter()
-        .cloned()
-        .zip(ema.shadow().iter().map(|s| s.detach()))
-        .collect();
-    let vb = candle_nn::VarBuilder::from_tensors(tensors, DType::F32, device);
-    // The Fourier projection is not trained, so it is not among the EMA variables.
-    let model = diffuse_models::UNet2DModel::new(unet_cfg, vb)?;
+    // The EMA weights over the model's own: variables that are not trained (the Fourier
+    // projection) have no shadow and keep their values.
+    let mut tensors = diffuse_models::weights::detached_tensors(varmap);
+    tensors.extend(
+        names
+            .iter()
+            .cloned()
+            .zip(ema.shadow().iter().map(|s| s.detach())),
+    );
+    let model = diffuse_models::weights::model_from_tensors(unet_cfg, tensors, device)?;
     let mut sched = sched_cfg.clone();
     if sched.class != diffuse_core::config::SchedulerClass::FlowMatchEuler {
         sched = SchedulerConfig::from_json_map(
