@@ -8,7 +8,7 @@ use candle_nn::VarBuilder;
 /// Multi-head self-attention over the h·w positions of a feature map.
 #[derive(Debug, Clone)]
 pub struct SpatialAttention {
-    group_norm: Option<candle_nn::GroupNorm>,
+    group_norm: Option<ops::GroupNorm>,
     to_q: candle_nn::Linear,
     to_k: candle_nn::Linear,
     to_v: candle_nn::Linear,
@@ -31,12 +31,7 @@ impl SpatialAttention {
         let heads = (channels / head_dim).max(1);
         let inner = heads * head_dim;
         let group_norm = match groups {
-            Some(g) => Some(candle_nn::group_norm(
-                g,
-                channels,
-                eps,
-                vb.pp("group_norm"),
-            )?),
+            Some(g) => Some(ops::GroupNorm::new(g, channels, eps, vb.pp("group_norm"))?),
             None => None,
         };
         Ok(SpatialAttention {

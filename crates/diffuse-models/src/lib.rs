@@ -13,6 +13,7 @@ pub mod blocks;
 pub mod config;
 pub mod denoise;
 pub mod embeddings;
+pub mod kernels;
 pub mod ops;
 pub mod pipeline;
 pub mod resnet;

@@ -1,18 +1,73 @@
 //! The one seam for speed (DESIGN.md): models call these, never candle's hot ops directly,
 //! so a faster kernel (CPU CustomOp with backward, cuDNN, f16) can be swapped in here,
-//! benchmarked and gradient-checked in one place. For now every op is candle's own.
+//! benchmarked and gradient-checked in one place. On the CPU in f32 our kernels
+//! (`crate::kernels`) run conv2d and GroupNorm(+SiLU); elsewhere (CUDA, f16/bf16) and with
+//! `DIFFUSE_KERNELS=candle`, candle's own ops do.
 
-use candle_core::{Result, Tensor, D};
-use candle_nn::Module;
+use crate::kernels;
+use candle_core::{DType, Result, Tensor, D};
+use candle_nn::{Init, Module, VarBuilder};
+
+/// Whether `x` goes through our CPU kernels.
+fn use_kernels(x: &Tensor) -> bool {
+    x.device().is_cpu() && x.dtype() == DType::F32 && kernels::enabled()
+}
 
 /// 2-D convolution with the layer's padding/stride: `[b, c, h, w]` → `[b, c', h', w']`.
 pub fn conv2d(x: &Tensor, conv: &candle_nn::Conv2d) -> Result<Tensor> {
-    conv.forward(x)
+    let cfg = conv.config();
+    if use_kernels(x) && conv.weight().dtype() == DType::F32 && cfg.dilation == 1 && cfg.groups == 1
+    {
+        kernels::conv2d::conv2d(x, conv.weight(), conv.bias(), cfg.stride, cfg.padding)
+    } else {
+        conv.forward(x)
+    }
+}
+
+/// GroupNorm's parameters under diffusers' names (`weight` = γ, `bias` = β; torch's init).
+#[derive(Debug, Clone)]
+pub struct GroupNorm {
+    weight: Tensor,
+    bias: Tensor,
+    groups: usize,
+    eps: f64,
+}
+
+impl GroupNorm {
+    pub fn new(groups: usize, channels: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        if groups == 0 || !channels.is_multiple_of(groups) {
+            candle_core::bail!("GroupNorm: {channels} channels do not split into {groups} groups");
+        }
+        Ok(GroupNorm {
+            weight: vb.get_with_hints(channels, "weight", Init::Const(1.0))?,
+            bias: vb.get_with_hints(channels, "bias", Init::Const(0.0))?,
+            groups,
+            eps,
+        })
+    }
 }
 
 /// Group normalization, optionally followed by SiLU (the pair every ResNet block runs).
-pub fn group_norm(x: &Tensor, norm: &candle_nn::GroupNorm, then_silu: bool) -> Result<Tensor> {
-    let y = norm.forward(x)?;
+pub fn group_norm(x: &Tensor, norm: &GroupNorm, then_silu: bool) -> Result<Tensor> {
+    if use_kernels(x) && norm.weight.dtype() == DType::F32 {
+        return kernels::group_norm::group_norm(
+            x,
+            &norm.weight,
+            &norm.bias,
+            norm.groups,
+            norm.eps,
+            then_silu,
+        );
+    }
+    let c = x.dim(1)?;
+    let plain = candle_nn::GroupNorm::new(
+        norm.weight.clone(),
+        norm.bias.clone(),
+        c,
+        norm.groups,
+        norm.eps,
+    )?;
+    let y = plain.forward(x)?;
     if then_silu {
         y.silu()
     } else {

@@ -52,10 +52,10 @@ pub struct ResnetOptions {
 /// `ResnetBlock2D`: GN→SiLU→conv→(+t)→GN→SiLU→conv, plus a 1×1 shortcut when widths differ.
 #[derive(Debug, Clone)]
 pub struct ResnetBlock2D {
-    norm1: candle_nn::GroupNorm,
+    norm1: ops::GroupNorm,
     conv1: candle_nn::Conv2d,
     time_emb_proj: Option<candle_nn::Linear>,
-    norm2: candle_nn::GroupNorm,
+    norm2: ops::GroupNorm,
     conv2: candle_nn::Conv2d,
     conv_shortcut: Option<candle_nn::Conv2d>,
     resample: Resample,
@@ -70,7 +70,7 @@ impl ResnetBlock2D {
         resample: Resample,
         vb: VarBuilder,
     ) -> Result<Self> {
-        let norm1 = candle_nn::group_norm(opts.groups, cin, opts.eps, vb.pp("norm1"))?;
+        let norm1 = ops::GroupNorm::new(opts.groups, cin, opts.eps, vb.pp("norm1"))?;
         let conv1 = conv3(cin, cout, 1, 1, vb.pp("conv1"))?;
         let time_emb_proj = match opts.temb_channels {
             Some(t) => {
@@ -82,7 +82,7 @@ impl ResnetBlock2D {
             }
             None => None,
         };
-        let norm2 = candle_nn::group_norm(opts.groups, cout, opts.eps, vb.pp("norm2"))?;
+        let norm2 = ops::GroupNorm::new(opts.groups, cout, opts.eps, vb.pp("norm2"))?;
         let conv2 = conv3(cout, cout, 1, 1, vb.pp("conv2"))?;
         let conv_shortcut = if cin != cout {
             Some(candle_nn::conv2d(

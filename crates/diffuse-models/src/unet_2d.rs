@@ -29,7 +29,7 @@ pub struct UNet2DModel {
     down_blocks: Vec<DownBlock>,
     mid_block: Option<MidBlock>,
     up_blocks: Vec<UpBlock>,
-    conv_norm_out: candle_nn::GroupNorm,
+    conv_norm_out: ops::GroupNorm,
     conv_out: candle_nn::Conv2d,
 }
 
@@ -167,7 +167,7 @@ impl UNet2DModel {
             up_blocks.push(UpBlock::new(&spec, opts, vb.pp("up_blocks").pp(i))?);
         }
         let conv_norm_out =
-            candle_nn::group_norm(c.norm_num_groups, ch[0], c.norm_eps, vb.pp("conv_norm_out"))?;
+            ops::GroupNorm::new(c.norm_num_groups, ch[0], c.norm_eps, vb.pp("conv_norm_out"))?;
         let conv_out = candle_nn::conv2d(ch[0], c.out_channels, 3, conv3, vb.pp("conv_out"))?;
         Ok(UNet2DModel {
             config: c.clone(),

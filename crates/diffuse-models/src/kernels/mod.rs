@@ -1,0 +1,140 @@
+//! Our own CPU kernels (DESIGN.md "one seam for speed"): each is a candle CustomOp with a
+//! forward and a backward, checked against the plain candle op and by finite differences.
+//! `ops` decides when they run (CPU, f32, `DIFFUSE_KERNELS` not `candle`).
+
+pub mod conv2d;
+pub mod group_norm;
+
+use candle_core::{bail, CpuStorage, Layout, Result, Storage, Tensor};
+
+/// Whether our kernels are enabled: `DIFFUSE_KERNELS=candle` selects candle's plain ops
+/// (A/B comparisons, parity tests); anything else, or unset, selects ours.
+pub fn enabled() -> bool {
+    use std::sync::OnceLock;
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| !matches!(std::env::var("DIFFUSE_KERNELS").as_deref(), Ok("candle")))
+}
+
+/// The contiguous f32 data a CustomOp argument refers to.
+pub(crate) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+    let all = s.as_slice::<f32>()?;
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&all[a..b]),
+        None => bail!("diffuse kernel: argument is not contiguous"),
+    }
+}
+
+/// Runs `f` on the contiguous f32 data of a CPU tensor (made contiguous first if needed).
+pub(crate) fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+    let t = t.contiguous()?;
+    let (s, l) = t.storage_and_layout();
+    match &*s {
+        Storage::Cpu(c) => f(f32_slice(c, l)?),
+        _ => bail!("diffuse kernel: tensor is not on the CPU"),
+    }
+}
+
+/// A new CPU f32 tensor from `data` with `dims`.
+pub(crate) fn tensor_from(data: Vec<f32>, dims: &[usize]) -> Result<Tensor> {
+    Tensor::from_vec(data, dims, &candle_core::Device::Cpu)
+}
+
+/// Threads our kernels split work over (candle's own count: `RAYON_NUM_THREADS` or all cores).
+pub(crate) fn threads() -> usize {
+    candle_core::utils::get_num_threads().max(1)
+}
+
+/// A `Vec<f32>` of `n` elements whose contents the caller overwrites entirely.
+pub(crate) fn uninit_vec(n: usize) -> Vec<f32> {
+    let mut v = Vec::with_capacity(n);
+    // SAFETY: f32 has no invalid bit patterns; every caller writes all n elements before reading.
+    #[allow(clippy::uninit_vec)]
+    unsafe {
+        v.set_len(n)
+    };
+    v
+}
+
+/// Splits `0..n` into `parts` contiguous ranges of near-equal length.
+pub(crate) fn split_range(n: usize, parts: usize) -> Vec<std::ops::Range<usize>> {
+    let parts = parts.clamp(1, n.max(1));
+    (0..parts)
+        .map(|i| (i * n / parts)..((i + 1) * n / parts))
+        .collect()
+}
+
+#[cfg(test)]
+pub(crate) mod testutil {
+    use candle_core::{Device, Tensor};
+    use rand::{Rng, SeedableRng};
+
+    pub fn rand_tensor(dims: &[usize], seed: u64) -> Tensor {
+        let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let n: usize = dims.iter().product();
+        let v: Vec<f32> = (0..n).map(|_| r.random_range(-1.0f32..1.0)).collect();
+        Tensor::from_vec(v, dims, &Device::Cpu).unwrap()
+    }
+
+    pub fn max_rel(a: &Tensor, b: &Tensor) -> f32 {
+        let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(a.len(), b.len());
+        let scale = b.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-6);
+        a.iter()
+            .zip(&b)
+            .fold(0f32, |m, (x, y)| m.max((x - y).abs()))
+            / scale
+    }
+
+    /// Central finite differences of `sum(f(inputs) * proj)` in f64-accumulated f32 against
+    /// the analytic gradients from candle's backprop, at `probes` coordinates of each input.
+    pub fn gradcheck(f: &dyn Fn(&[Tensor]) -> Tensor, inputs: &[Tensor], probes: usize, tol: f32) {
+        let vars: Vec<candle_core::Var> = inputs
+            .iter()
+            .map(|t| candle_core::Var::from_tensor(t).unwrap())
+            .collect();
+        let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+        let out = f(&ts);
+        let proj = rand_tensor(out.dims(), 99);
+        let loss = (&out * &proj).unwrap().sum_all().unwrap();
+        let grads = loss.backward().unwrap();
+        let eval = |xs: &[Tensor]| -> f64 {
+            let o = f(xs);
+            let o = o.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let p = proj.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            o.iter().zip(&p).map(|(a, b)| *a as f64 * *b as f64).sum()
+        };
+        let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        for (i, v) in vars.iter().enumerate() {
+            let g = grads
+                .get(v.as_tensor())
+                .unwrap_or_else(|| panic!("no gradient for input {i}"))
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            let base = inputs[i].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let gscale = g.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-3);
+            for _ in 0..probes {
+                let j = r.random_range(0..base.len());
+                let h = 1e-2f32;
+                let mut plus = base.clone();
+                plus[j] += h;
+                let mut minus = base.clone();
+                minus[j] -= h;
+                let with = |vals: Vec<f32>| -> Vec<Tensor> {
+                    let mut xs: Vec<Tensor> = inputs.to_vec();
+                    xs[i] = Tensor::from_vec(vals, inputs[i].dims(), &Device::Cpu).unwrap();
+                    xs
+                };
+                let fd = ((eval(&with(plus)) - eval(&with(minus))) / (2.0 * h as f64)) as f32;
+                let err = (fd - g[j]).abs() / gscale;
+                assert!(
+                    err < tol,
+                    "input {i} coord {j}: finite difference {fd} vs analytic {} (rel {err})",
+                    g[j]
+                );
+            }
+        }
+    }
+}
