@@ -66,6 +66,7 @@ pub(crate) fn read_json_object(
 
 /// Exit codes: 0 ok, 1 error (one line on stderr), 2 usage error (clap).
 fn main() -> ExitCode {
+    diffuse_models::kernels::tune_allocator();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Schedule(args) => schedule_cmd::run(args),

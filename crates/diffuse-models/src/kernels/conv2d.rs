@@ -4,7 +4,7 @@
 //! candle's matmul uses). Batches split over threads image by image; a batch smaller than the
 //! thread count lets each GEMM use the threads instead. Scratch buffers are per thread and reused.
 
-use super::{f32_slice, split_range, tensor_from, threads, uninit_vec, with_f32};
+use super::{f32_slice, split_range, tensor_from, threads, uninit_vec, winograd, with_f32};
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -62,6 +62,17 @@ impl Geometry {
     }
     fn in_len(&self) -> usize {
         self.ci * self.h * self.w
+    }
+    /// A 3×3, stride-1, padding-1 conv: computed with Winograd F(2×2, 3×3) unless
+    /// `DIFFUSE_WINOGRAD=0`.
+    fn winograd(&self) -> bool {
+        use std::sync::OnceLock;
+        static ON: OnceLock<bool> = OnceLock::new();
+        self.kh == 3
+            && self.kw == 3
+            && self.stride == 1
+            && self.pad == 1
+            && *ON.get_or_init(|| std::env::var("DIFFUSE_WINOGRAD").as_deref() != Ok("0"))
     }
     /// A 1×1, stride-1, unpadded conv: the input image already is its im2col matrix.
     fn pointwise(&self) -> bool {
@@ -286,6 +297,10 @@ pub fn forward(x: &[f32], w: &[f32], bias: &[f32], g: &Geometry) -> Vec<f32> {
     assert_eq!(x.len(), g.b * g.in_len());
     assert_eq!(w.len(), g.co * g.k());
     assert_eq!(bias.len(), g.co);
+    if g.winograd() {
+        let u = winograd::transform_weights(w, g.co, g.ci);
+        return winograd::conv3x3(x, &u, Some(bias), g.b, g.ci, g.co, g.h, g.w, threads());
+    }
     let (p, k) = (g.p(), g.k());
     let mut out = uninit_vec(g.b * g.co * p);
     let one = |n: usize, y: &mut [f32], par: Parallelism| {
@@ -328,7 +343,14 @@ pub fn backward(x: &[f32], w: &[f32], dy: &[f32], g: &Geometry) -> (Vec<f32>, Ve
     let (p, k, inl) = (g.p(), g.k(), g.in_len());
     assert_eq!(x.len(), g.b * inl);
     assert_eq!(dy.len(), g.b * g.co * p);
-    let mut dx = uninit_vec(g.b * inl);
+    let wino = g.winograd();
+    let mut dx = if wino {
+        // dX = conv(dY, W rotated 180° with in/out swapped), also stride 1, padding 1.
+        let u = winograd::transform_weights(&winograd::flip_weights(w, g.co, g.ci), g.ci, g.co);
+        winograd::conv3x3(dy, &u, None, g.b, g.co, g.ci, g.h, g.w, threads())
+    } else {
+        uninit_vec(g.b * inl)
+    };
     let (parallel, par) = plan(g.b);
     let ranges = split_range(g.b, if parallel { threads() } else { 1 });
     // dx slices for each range of images.
@@ -375,6 +397,9 @@ pub fn backward(x: &[f32], w: &[f32], dy: &[f32], g: &Geometry) -> (Vec<f32>, Ve
                     im2col(xn, g, col);
                     dw_acc(&mut dwt, Mat::transposed(col, p));
                 });
+                if wino {
+                    continue;
+                }
                 with_scratch(&DCOL, k * p, |dcol| {
                     matmul(
                         dcol,
