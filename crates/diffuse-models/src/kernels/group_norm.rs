@@ -1,7 +1,7 @@
 //! Group normalization (Wu & He 2018; torch `F.group_norm` semantics: biased variance, per-channel
 //! affine) with an optional fused SiLU, forward and backward in one pass per (image, group).
 //! Statistics are summed per row in 8 f32 lanes and accumulated in f64; the inner loops are
-//! compiled twice, for AVX2+FMA (chosen at run time) and for the baseline target.
+//! compiled for AVX-512 or AVX2+FMA (chosen at run time) and for the baseline target.
 
 use super::{f32_slice, tensor_from, uninit_vec, with_f32};
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
@@ -188,45 +188,27 @@ fn bwd_group(
     }
 }
 
-/// Runs `$body` compiled for AVX2+FMA when the CPU has them, else for the baseline target.
-macro_rules! multiversion {
-    (fn $name:ident($($a:ident: $t:ty),* $(,)?) $body:block) => {
-        #[allow(clippy::too_many_arguments)]
-        fn $name($($a: $t),*) {
-            #[allow(clippy::too_many_arguments)]
-            #[inline(always)]
-            fn generic($($a: $t),*) $body
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[allow(clippy::too_many_arguments)]
-                #[target_feature(enable = "avx2,fma")]
-                unsafe fn avx2($($a: $t),*) { generic($($a),*) }
-                if std::arch::is_x86_feature_detected!("avx2")
-                    && std::arch::is_x86_feature_detected!("fma")
-                {
-                    // SAFETY: the CPU supports the features avx2() is compiled for.
-                    return unsafe { avx2($($a),*) };
-                }
-            }
-            generic($($a),*)
-        }
-    };
-}
-
-multiversion! {
-    fn fwd_group_mv(xg: &[f32], yg: &mut [f32], gamma: &[f32], beta: &[f32], l: usize, eps: f64, silu: bool) {
-        fwd_group(xg, yg, gamma, beta, l, eps, silu)
-    }
-}
-
-multiversion! {
-    fn bwd_group_mv(
-        xg: &[f32], dyg: &[f32], dxg: &mut [f32], dgamma: &mut [f32], dbeta: &mut [f32],
-        gamma: &[f32], beta: &[f32], l: usize, eps: f64, silu: bool,
-    ) {
-        bwd_group(xg, dyg, dxg, dgamma, dbeta, gamma, beta, l, eps, silu)
-    }
-}
+crate::kernels::multiversion!(
+    fwd_group,
+    fwd_group_mv,
+    fn(xg: &[f32], yg: &mut [f32], gamma: &[f32], beta: &[f32], l: usize, eps: f64, silu: bool)
+);
+crate::kernels::multiversion!(
+    bwd_group,
+    bwd_group_mv,
+    fn(
+        xg: &[f32],
+        dyg: &[f32],
+        dxg: &mut [f32],
+        dgamma: &mut [f32],
+        dbeta: &mut [f32],
+        gamma: &[f32],
+        beta: &[f32],
+        l: usize,
+        eps: f64,
+        silu: bool,
+    )
+);
 
 /// The shape of a GroupNorm input: `[b, c, …]` with `l` = product of the trailing dims.
 #[derive(Debug, Clone, Copy)]

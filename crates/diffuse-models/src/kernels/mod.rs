@@ -2,6 +2,37 @@
 //! forward and a backward, checked against the plain candle op and by finite differences.
 //! `ops` decides when they run (CPU, f32, `DIFFUSE_KERNELS` not `candle`).
 
+/// Defines `$fast`, which runs the `#[inline(always)]` function `$generic` compiled for
+/// AVX-512, else AVX2+FMA, when the CPU has them (checked at run time), else as built.
+macro_rules! multiversion {
+    ($generic:ident, $fast:ident, fn($($a:ident: $t:ty),* $(,)?)) => {
+        #[allow(clippy::too_many_arguments)]
+        fn $fast($($a: $t),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[allow(clippy::too_many_arguments)]
+                #[target_feature(enable = "avx512f,avx2,fma")]
+                unsafe fn wide($($a: $t),*) { $generic($($a),*) }
+                #[allow(clippy::too_many_arguments)]
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2($($a: $t),*) { $generic($($a),*) }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU has the features `wide` is compiled for.
+                    return unsafe { wide($($a),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: the CPU has the features `avx2` is compiled for.
+                    return unsafe { avx2($($a),*) };
+                }
+            }
+            $generic($($a),*)
+        }
+    };
+}
+pub(crate) use multiversion;
+
 pub mod conv2d;
 pub mod group_norm;
 pub mod winograd;

@@ -88,55 +88,63 @@ impl Dims {
 }
 
 /// V[ξ][c][col0 + t] = (Bᵀ d B)[ξ] for each 4×4 input patch d of image `x` (one image).
-/// Row by row of tiles: Bᵀ over the 4 input rows is done on whole (zero-padded) rows, then
-/// B over each tile's 4 columns, both as loops over the row that vectorize.
+/// Row by row of tiles: the 4 input rows are split into the padded row's even and odd
+/// columns (tile `tx` reads even[tx], odd[tx], even[tx+1], odd[tx+1]), Bᵀ runs over whole
+/// rows and B over tiles — every loop contiguous, so they vectorize.
 #[inline(always)]
 fn input_transform(x: &[f32], d: &Dims, v: &mut [f32], ld: usize, col0: usize) {
-    let wp = 2 * d.tw + 2; // padded row: index 1 + x holds x
-    let mut rows = vec![0f32; 4 * wp];
-    let mut q = vec![0f32; 4 * wp];
+    let tw = d.tw;
+    let n = tw + 1;
+    // [row 0..4][even | odd] of the zero-padded row (padded index j holds x[j − 1]).
+    let mut rows = vec![0f32; 8 * n];
+    let mut q = vec![0f32; 8 * n];
     for c in 0..d.ci {
         let xc = &x[c * d.h * d.w..(c + 1) * d.h * d.w];
         for ty in 0..d.th {
-            for (i, r) in rows.chunks_exact_mut(wp).enumerate() {
+            for (i, r) in rows.chunks_exact_mut(2 * n).enumerate() {
                 let yy = (2 * ty + i) as isize - 1;
+                r.fill(0.0);
                 if yy < 0 || yy >= d.h as isize {
-                    r.fill(0.0);
-                } else {
-                    r[0] = 0.0;
-                    r[1..1 + d.w].copy_from_slice(&xc[yy as usize * d.w..][..d.w]);
-                    r[1 + d.w..].fill(0.0);
+                    continue;
+                }
+                let xr = &xc[yy as usize * d.w..][..d.w];
+                let (even, odd) = r.split_at_mut(n);
+                // padded 2k + 1 = x[2k] → odd[k]; padded 2k + 2 = x[2k + 1] → even[k + 1]
+                for (o, v) in odd.iter_mut().zip(xr.iter().step_by(2)) {
+                    *o = *v;
+                }
+                for (e, v) in even[1..].iter_mut().zip(xr.iter().skip(1).step_by(2)) {
+                    *e = *v;
                 }
             }
-            let (r0, r1, r2, r3) = (
-                &rows[..wp],
-                &rows[wp..2 * wp],
-                &rows[2 * wp..3 * wp],
-                &rows[3 * wp..],
-            );
-            let (q0, rest) = q.split_at_mut(wp);
-            let (q1, rest) = rest.split_at_mut(wp);
-            let (q2, q3) = rest.split_at_mut(wp);
-            for k in 0..wp {
+            // Bᵀ over the 4 rows (both halves at once).
+            let (r0, rest) = rows.split_at(2 * n);
+            let (r1, rest) = rest.split_at(2 * n);
+            let (r2, r3) = rest.split_at(2 * n);
+            let (q0, rest) = q.split_at_mut(2 * n);
+            let (q1, rest) = rest.split_at_mut(2 * n);
+            let (q2, q3) = rest.split_at_mut(2 * n);
+            for k in 0..2 * n {
                 q0[k] = r0[k] - r2[k];
                 q1[k] = r1[k] + r2[k];
                 q2[k] = r2[k] - r1[k];
                 q3[k] = r1[k] - r3[k];
             }
-            let t0 = col0 + ty * d.tw;
+            let t0 = col0 + ty * tw;
+            let stride = d.ci * ld;
             for (i, qi) in [&*q0, &*q1, &*q2, &*q3].into_iter().enumerate() {
+                let (e, o) = qi.split_at(n);
+                let (a, b, cc, dd) = (&e[..tw], &o[..tw], &e[1..n], &o[1..n]);
                 let base = (i * 4 * d.ci + c) * ld + t0;
-                let stride = d.ci * ld;
                 let (v0, rest) = v[base..].split_at_mut(stride);
                 let (v1, rest) = rest.split_at_mut(stride);
                 let (v2, v3) = rest.split_at_mut(stride);
-                for tx in 0..d.tw {
-                    let (a, b, cc, dd) =
-                        (qi[2 * tx], qi[2 * tx + 1], qi[2 * tx + 2], qi[2 * tx + 3]);
-                    v0[tx] = a - cc;
-                    v1[tx] = b + cc;
-                    v2[tx] = cc - b;
-                    v3[tx] = b - dd;
+                let (v0, v1, v2, v3) = (&mut v0[..tw], &mut v1[..tw], &mut v2[..tw], &mut v3[..tw]);
+                for tx in 0..tw {
+                    v0[tx] = a[tx] - cc[tx];
+                    v1[tx] = b[tx] + cc[tx];
+                    v2[tx] = cc[tx] - b[tx];
+                    v3[tx] = b[tx] - dd[tx];
                 }
             }
         }
@@ -193,37 +201,19 @@ fn output_transform(
     }
 }
 
-macro_rules! avx512_or_generic {
-    ($generic:ident, $fast:ident, fn($($a:ident: $t:ty),*)) => {
-        #[allow(clippy::too_many_arguments)]
-        fn $fast($($a: $t),*) {
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[allow(clippy::too_many_arguments)]
-                #[target_feature(enable = "avx512f,avx2,fma")]
-                unsafe fn wide($($a: $t),*) { $generic($($a),*) }
-                if std::arch::is_x86_feature_detected!("avx512f") {
-                    // SAFETY: the CPU has the features `wide` is compiled for.
-                    return unsafe { wide($($a),*) };
-                }
-            }
-            $generic($($a),*)
-        }
-    };
-}
-avx512_or_generic!(
+crate::kernels::multiversion!(
     input_transform,
     input_transform_mv,
     fn(x: &[f32], d: &Dims, v: &mut [f32], ld: usize, col0: usize)
 );
-avx512_or_generic!(
+crate::kernels::multiversion!(
     output_transform,
     output_transform_mv,
     fn(m: &[f32], d: &Dims, ld: usize, col0: usize, bias: Option<&[f32]>, y: &mut [f32])
 );
 
 /// Columns each group's GEMMs aim for.
-const TARGET_COLS: usize = 512;
+const TARGET_COLS: usize = 256;
 
 /// 3×3, stride 1, padding 1 convolution of x `[b, ci, h, w]` with pre-transformed weights
 /// `u = transform_weights(w)`, plus `bias`: returns `[b, co, h, w]`.
