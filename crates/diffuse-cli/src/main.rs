@@ -3,12 +3,14 @@
 //! Thin by design (ripgrep `crates/core/main.rs` style): parse arguments, turn them into a
 //! validated plan, call a library, and map errors to a one-line message and an exit code.
 
+mod bench_cmd;
 mod convert_cmd;
 mod data_cmd;
 mod noise_cmd;
 mod sample_cmd;
 mod schedule_cmd;
 mod serve_cmd;
+mod threads;
 mod train_cmd;
 
 use clap::{Parser, Subcommand};
@@ -23,6 +25,9 @@ use std::process::ExitCode;
                   Reads and writes the Hugging Face diffusers format."
 )]
 struct Cli {
+    /// CPU threads for every command (default: all cores).
+    #[arg(long, global = true, env = "DIFFUSE_THREADS")]
+    threads: Option<usize>,
     #[command(subcommand)]
     command: Command,
 }
@@ -44,6 +49,8 @@ enum Command {
     /// Data sets: list the known ones, preview what the loader gives.
     #[command(subcommand)]
     Data(data_cmd::Command),
+    /// Time a UNet on this machine: forward, training step, DDIM sampling, FLOP/s, peak RSS.
+    Bench(bench_cmd::Args),
 }
 
 /// Reads a scheduler config (any JSON object file), with one-line errors naming the file.
@@ -68,6 +75,10 @@ pub(crate) fn read_json_object(
 fn main() -> ExitCode {
     diffuse_models::kernels::tune_allocator();
     let cli = Cli::parse();
+    if let Err(e) = threads::configure(cli.threads) {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     let result = match cli.command {
         Command::Schedule(args) => schedule_cmd::run(args),
         Command::Noise(args) => noise_cmd::run(args),
@@ -76,6 +87,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve_cmd::run(args),
         Command::Data(cmd) => data_cmd::run(cmd),
         Command::Train(args) => train_cmd::run(args),
+        Command::Bench(args) => bench_cmd::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

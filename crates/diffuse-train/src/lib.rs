@@ -8,7 +8,10 @@
 //!   with a checkpointable RNG.
 //! - [`tensorboard`]: event files (scalars, sample grids) that `tensorboard` reads.
 //! - [`trainer`]: the loop of `diffuse train` (TOML config, atomic checkpoints, exact resume).
+//! - [`bench`]: `diffuse bench` (forward, training step and DDIM sampling timings, FLOP count,
+//!   peak RSS), the diffuse side of `bench/run`.
 
+pub mod bench;
 pub mod ema;
 pub mod lr;
 pub mod objective;
