@@ -24,6 +24,23 @@ pub fn conv2d(x: &Tensor, conv: &candle_nn::Conv2d) -> Result<Tensor> {
     }
 }
 
+/// `conv2d(x) + shift` with a per-image, per-channel `shift` `[b, c']` (the ResNet block's
+/// time embedding), added through the conv's bias in our kernel: no extra pass over the output.
+pub fn conv2d_shifted(x: &Tensor, conv: &candle_nn::Conv2d, shift: &Tensor) -> Result<Tensor> {
+    let cfg = conv.config();
+    if use_kernels(x) && conv.weight().dtype() == DType::F32 && cfg.dilation == 1 && cfg.groups == 1
+    {
+        let bias = match conv.bias() {
+            Some(b) => shift.broadcast_add(&b.unsqueeze(0)?)?,
+            None => shift.clone(),
+        };
+        kernels::conv2d::conv2d(x, conv.weight(), Some(&bias), cfg.stride, cfg.padding)
+    } else {
+        conv.forward(x)?
+            .broadcast_add(&shift.unsqueeze(2)?.unsqueeze(3)?)
+    }
+}
+
 /// GroupNorm's parameters under diffusers' names (`weight` = γ, `bias` = β; torch's init).
 #[derive(Debug, Clone)]
 pub struct GroupNorm {

@@ -122,18 +122,18 @@ impl ResnetBlock2D {
             }
             Resample::None => {}
         }
-        h = ops::conv2d(&h, &self.conv1)?;
         let t = match (&self.time_emb_proj, temb) {
-            (Some(proj), Some(t)) => {
-                Some(ops::linear(&t.silu()?, proj)?.unsqueeze(2)?.unsqueeze(3)?)
-            } // [b, c', 1, 1]
+            (Some(proj), Some(t)) => Some(ops::linear(&t.silu()?, proj)?), // [b, c']
             _ => None,
         };
         h = match (self.opts.time_norm, t) {
             (TimeNorm::Default, Some(t)) => {
-                ops::group_norm(&h.broadcast_add(&t)?, &self.norm2, true)?
+                let h = ops::conv2d_shifted(&h, &self.conv1, &t)?;
+                ops::group_norm(&h, &self.norm2, true)?
             }
             (TimeNorm::ScaleShift, Some(t)) => {
+                let h = ops::conv2d(&h, &self.conv1)?;
+                let t = t.unsqueeze(2)?.unsqueeze(3)?; // [b, 2c', 1, 1]
                 let c = t.dim(1)? / 2;
                 let (scale, shift) = (t.narrow(1, 0, c)?, t.narrow(1, c, c)?);
                 let n = ops::group_norm(&h, &self.norm2, false)?;
@@ -141,7 +141,7 @@ impl ResnetBlock2D {
                     .broadcast_add(&shift)?
                     .silu()?
             }
-            (_, None) => ops::group_norm(&h, &self.norm2, true)?,
+            (_, None) => ops::group_norm(&ops::conv2d(&h, &self.conv1)?, &self.norm2, true)?,
         };
         h = ops::conv2d(&h, &self.conv2)?;
         let x = match &self.conv_shortcut {

@@ -216,7 +216,8 @@ crate::kernels::multiversion!(
 const TARGET_COLS: usize = 256;
 
 /// 3×3, stride 1, padding 1 convolution of x `[b, ci, h, w]` with pre-transformed weights
-/// `u = transform_weights(w)`, plus `bias`: returns `[b, co, h, w]`.
+/// `u = transform_weights(w)`, plus `bias` (`[co]` or per image `[b, co]`): returns
+/// `[b, co, h, w]`.
 #[allow(clippy::too_many_arguments)]
 pub fn conv3x3(
     x: &[f32],
@@ -280,6 +281,7 @@ pub fn conv3x3(
                     }
                 }
                 for i in 0..nb {
+                    let bias = bias.map(|b| super::conv2d::image_bias(b, n0 + i, co));
                     output_transform_mv(m, &d, ld, i * t, bias, &mut yg[i * outl..(i + 1) * outl]);
                 }
             });
