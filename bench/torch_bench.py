@@ -42,6 +42,7 @@ def parse_args():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--check", help="safetensors file of `diffuse bench --save-check`")
     p.add_argument("--json", help="write the report here")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (timings synchronize the GPU)")
     return p.parse_args()
 
 
@@ -78,14 +79,23 @@ def peak_rss_bytes():
     return None
 
 
+def sync():
+    if args.device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
 def measure(runs, warmup, fn):
     reset_peak_rss()
+    if args.device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(max(runs, 1)):
+        sync()
         t0 = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - t0)
     return times, peak_rss_bytes()
 
@@ -110,6 +120,9 @@ def main():
     gen = torch.Generator().manual_seed(args.seed)
     unet = UNet2DModel.from_pretrained(os.path.join(args.pipeline, "unet"), torch_dtype=torch.float32)
     unet.eval()
+    dev = torch.device(args.device)
+    unet.to(dev)
+    D = lambda t: t.to(dev)  # noqa: E731
     cfg = unet.config
     c = cfg.in_channels
     size = cfg.sample_size
@@ -120,7 +133,7 @@ def main():
         "side": "pytorch",
         "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__,
                      "python": platform.python_version()},
-        "device": "cpu",
+        "device": args.device,
         "threads": torch.get_num_threads(),
         "interop_threads": torch.get_num_interop_threads(),
         "model": {"params": sum(p.numel() for p in unet.parameters()), "sample_size": [h, w],
@@ -137,7 +150,7 @@ def main():
     try:
         from torch.utils.flop_counter import FlopCounterMode
         with torch.inference_mode(), FlopCounterMode(display=False) as fc:
-            unet(torch.zeros(1, c, h, w), torch.tensor([500])).sample
+            unet(D(torch.zeros(1, c, h, w)), D(torch.tensor([500]))).sample
         out["flops_forward_per_image_torch_counter"] = fc.get_total_flops()
     except Exception as e:  # the counter is a cross-check only
         out["flops_forward_per_image_torch_counter"] = None
@@ -145,14 +158,14 @@ def main():
 
     if "check_output" in check:
         with torch.inference_mode():
-            y = unet(check["check_sample"], check["check_timesteps"]).sample
+            y = unet(D(check["check_sample"]), D(check["check_timesteps"])).sample.cpu()
         out["checks"]["forward"] = errors(y, check["check_output"])
         print(f"forward check vs diffuse: {out['checks']['forward']}", file=sys.stderr)
 
     if "forward" in only:
         for b in [int(x) for x in args.batches.split(",") if x]:
-            x = torch.randn(b, c, h, w, generator=gen)
-            t = torch.tensor([(i * 997 + 500) % 1000 for i in range(b)])
+            x = D(torch.randn(b, c, h, w, generator=gen))
+            t = D(torch.tensor([(i * 997 + 500) % 1000 for i in range(b)]))
 
             def fwd():
                 with torch.inference_mode():
@@ -165,7 +178,7 @@ def main():
     if "sample" in only:
         k = args.sample_images
         sched = DDIMScheduler.from_pretrained(os.path.join(args.pipeline, "scheduler"))
-        noise = check["sample_noise"] if "sample_noise" in check else torch.randn(k, c, h, w, generator=gen)
+        noise = D(check["sample_noise"] if "sample_noise" in check else torch.randn(k, c, h, w, generator=gen))
         k = noise.shape[0]
         result = {}
 
@@ -186,7 +199,7 @@ def main():
         log(m)
         if "sample_images" in check:
             # Random weights make 50 DDIM steps chaotic: the short run is the real check.
-            out["checks"]["sample"] = errors(result["first"], check["sample_images"])
+            out["checks"]["sample"] = errors(result["first"].cpu(), check["sample_images"])
             out["checks"]["sample"]["informational"] = True
             short = [k for k in check if k.startswith("sample") and k.endswith("_images") and k != "sample_images"]
             for key in short:
@@ -196,17 +209,18 @@ def main():
                 with torch.inference_mode():
                     for t in sched.timesteps:
                         x = sched.step(unet(x, t).sample, t, x, eta=0.0).prev_sample
-                out["checks"][f"sample_ddim{n}"] = errors(x, check[key])
+                out["checks"][f"sample_ddim{n}"] = errors(x.cpu(), check[key])
             print(f"sampling checks vs diffuse: {out['checks']}", file=sys.stderr)
 
     if "train" in only:
         b = args.train_batch
         if "train_x" in check:
-            x, t, target = check["train_x"], check["train_timesteps"], check["train_target"]
+            x, t, target = D(check["train_x"]), D(check["train_timesteps"]), D(check["train_target"])
         else:
             x = torch.randn(b, c, h, w, generator=gen)
             t = torch.tensor([float((i * 997 + 500) % 1000) for i in range(b)])
             target = torch.randn(b, c, h, w, generator=gen)
+            x, t, target = D(x), D(t), D(target)
         b = x.shape[0]
         unet.train()
         params = [p for p in unet.parameters() if p.requires_grad]
@@ -224,6 +238,9 @@ def main():
         m = summary(f"train_b{b}", "train", b, None, args.warmup, times, rss, first_loss=losses[0])
         out["measurements"].append(m)
         log(m)
+    if args.device.startswith("cuda"):
+        out["cuda_peak_memory_bytes"] = torch.cuda.max_memory_allocated()
+        out["cuda_device"] = torch.cuda.get_device_name()
 
     if args.json:
         with open(args.json, "w") as f:
