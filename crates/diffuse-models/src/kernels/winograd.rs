@@ -110,11 +110,13 @@ fn input_transform(x: &[f32], d: &Dims, v: &mut [f32], ld: usize, col0: usize) {
                 let xr = &xc[yy as usize * d.w..][..d.w];
                 let (even, odd) = r.split_at_mut(n);
                 // padded 2k + 1 = x[2k] → odd[k]; padded 2k + 2 = x[2k + 1] → even[k + 1]
-                for (o, v) in odd.iter_mut().zip(xr.iter().step_by(2)) {
-                    *o = *v;
+                let pairs = xr.chunks_exact(2);
+                if let [last] = pairs.remainder() {
+                    odd[d.w / 2] = *last;
                 }
-                for (e, v) in even[1..].iter_mut().zip(xr.iter().skip(1).step_by(2)) {
-                    *e = *v;
+                for ((o, e), pair) in odd.iter_mut().zip(&mut even[1..]).zip(pairs) {
+                    *o = pair[0];
+                    *e = pair[1];
                 }
             }
             // Bᵀ over the 4 rows (both halves at once).
