@@ -443,7 +443,8 @@ pub struct Measurement {
     pub images_per_s: f64,
     pub flops: f64,
     pub gflops_per_s: f64,
-    pub peak_fraction: f64,
+    /// Of the CPU's peak (None on a GPU).
+    pub peak_fraction: Option<f64>,
     pub peak_rss_bytes: Option<u64>,
     /// The loss of the first training step (from the initial weights), to compare sides.
     pub first_loss: Option<f64>,
@@ -580,11 +581,8 @@ pub fn run(opts: &BenchOptions, device: &Device, log: &mut dyn FnMut(&str)) -> R
             images_per_s: batch as f64 / med,
             flops: work_flops,
             gflops_per_s: gf,
-            peak_fraction: if peak.gflops > 0.0 {
-                gf / peak.gflops
-            } else {
-                f64::NAN
-            },
+            // The CPU's peak says nothing about a GPU run.
+            peak_fraction: (peak.gflops > 0.0 && !device.is_cuda()).then(|| gf / peak.gflops),
             peak_rss_bytes: rss,
             first_loss,
         }
@@ -827,7 +825,7 @@ impl BenchReport {
         s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
         for x in &self.measurements {
             s.push_str(&format!(
-                "| {} | {:.4} | {:.4} | {:.4} | {} | {:.2} | {:.1} | {:.1} | {} |\n",
+                "| {} | {:.4} | {:.4} | {:.4} | {} | {:.2} | {:.1} | {} | {} |\n",
                 x.name,
                 x.median_s,
                 x.min_s,
@@ -835,7 +833,8 @@ impl BenchReport {
                 x.runs,
                 x.images_per_s,
                 x.gflops_per_s,
-                100.0 * x.peak_fraction,
+                x.peak_fraction
+                    .map_or("-".into(), |f| format!("{:.1}", 100.0 * f)),
                 fmt_bytes(x.peak_rss_bytes)
             ));
         }
