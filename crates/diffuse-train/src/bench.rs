@@ -296,9 +296,16 @@ pub fn machine_peak(threads: usize) -> MachinePeak {
     let fma_units = 2;
     let clock_ghz = mhz / 1000.0;
     let gflops = (cores * fma_units * lanes * 2) as f64 * clock_ghz;
-    let how = format!(
+    let mut how = format!(
         "{cores} cores × {fma_units} FMA units × {lanes} f32 lanes ({simd}) × 2 FLOPs × {clock_ghz:.3} GHz ({clock_source}) = {gflops:.1} GFLOP/s"
     );
+    if lanes == 16 {
+        // Zen 4 splits 512-bit FMAs in two; then AVX2's figure is the real one.
+        how.push_str(&format!(
+            " (AVX2's 8 lanes: {:.1} GFLOP/s; the true figure where 512-bit FMAs are split)",
+            gflops / 2.0
+        ));
+    }
     MachinePeak {
         cpu_model,
         cores,
