@@ -916,9 +916,11 @@ mod tests {
         // Convs grow 4×, attention (L²) 16×; the time MLP does not grow.
         assert_eq!(f64x64.conv, 4 * f32x32.conv);
         assert_eq!(f64x64.attention, 16 * f32x32.attention);
-        // torch.utils.flop_counter.FlopCounterMode on diffusers' UNet2DModel of this config
+        // torch.utils.flop_counter.FlopCounterMode on diffusers' UNet2DModel of these configs
         // (bench/torch_bench.py, `flops_forward_per_image_torch_counter`) counts the same.
         assert_eq!(f32x32.total(), 2_887_057_408);
+        let c = preset("cifar64").unwrap();
+        assert_eq!(forward_flops(&c, 64, 64).total(), 3_364_306_944);
     }
 
     #[test]
