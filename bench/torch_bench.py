@@ -10,7 +10,8 @@ Peak RSS per case is VmHWM, reset through /proc/self/clear_refs before the case'
 same method as diffuse); bench/run runs each kind in its own process, as on the diffuse side.
 With --check (the file `diffuse bench --save-check` wrote) it recomputes diffuse's forward on
 the same inputs, samples from the same x_T and trains on the same batch, and reports the
-differences. Output: one JSON object shaped like diffuse's report (--json).
+differences. Output: one JSON object shaped like diffuse's report (--json). --device cuda runs
+the same on a GPU (times synchronized; RSS is still host memory).
 """
 
 import argparse
@@ -42,6 +43,7 @@ def parse_args():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--check", help="safetensors file of `diffuse bench --save-check`")
     p.add_argument("--json", help="write the report here")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
     return p.parse_args()
 
 
@@ -78,14 +80,21 @@ def peak_rss_bytes():
     return None
 
 
+def sync():
+    if args.device == "cuda":
+        torch.cuda.synchronize()
+
+
 def measure(runs, warmup, fn):
     reset_peak_rss()
     for _ in range(warmup):
         fn()
+        sync()
     times = []
     for _ in range(max(runs, 1)):
         t0 = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - t0)
     return times, peak_rss_bytes()
 
@@ -108,19 +117,20 @@ def errors(a, b):
 
 def main():
     gen = torch.Generator().manual_seed(args.seed)
+    dev = torch.device(args.device)
     unet = UNet2DModel.from_pretrained(os.path.join(args.pipeline, "unet"), torch_dtype=torch.float32)
-    unet.eval()
+    unet.to(dev).eval()
     cfg = unet.config
     c = cfg.in_channels
     size = cfg.sample_size
     h, w = (size, size) if isinstance(size, int) else tuple(size)
-    check = load_file(args.check) if args.check else {}
+    check = {k: v.to(dev) for k, v in load_file(args.check).items()} if args.check else {}
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     out = {
         "side": "pytorch",
         "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__,
                      "python": platform.python_version()},
-        "device": "cpu",
+        "device": args.device,
         "threads": torch.get_num_threads(),
         "interop_threads": torch.get_num_interop_threads(),
         "model": {"params": sum(p.numel() for p in unet.parameters()), "sample_size": [h, w],
@@ -137,7 +147,7 @@ def main():
     try:
         from torch.utils.flop_counter import FlopCounterMode
         with torch.inference_mode(), FlopCounterMode(display=False) as fc:
-            unet(torch.zeros(1, c, h, w), torch.tensor([500])).sample
+            unet(torch.zeros(1, c, h, w, device=dev), torch.tensor([500], device=dev)).sample
         out["flops_forward_per_image_torch_counter"] = fc.get_total_flops()
     except Exception as e:  # the counter is a cross-check only
         out["flops_forward_per_image_torch_counter"] = None
@@ -151,8 +161,8 @@ def main():
 
     if "forward" in only:
         for b in [int(x) for x in args.batches.split(",") if x]:
-            x = torch.randn(b, c, h, w, generator=gen)
-            t = torch.tensor([(i * 997 + 500) % 1000 for i in range(b)])
+            x = torch.randn(b, c, h, w, generator=gen).to(dev)
+            t = torch.tensor([(i * 997 + 500) % 1000 for i in range(b)], device=dev)
 
             def fwd():
                 with torch.inference_mode():
@@ -165,7 +175,7 @@ def main():
     if "sample" in only:
         k = args.sample_images
         sched = DDIMScheduler.from_pretrained(os.path.join(args.pipeline, "scheduler"))
-        noise = check["sample_noise"] if "sample_noise" in check else torch.randn(k, c, h, w, generator=gen)
+        noise = check["sample_noise"] if "sample_noise" in check else torch.randn(k, c, h, w, generator=gen).to(dev)
         k = noise.shape[0]
         result = {}
 
@@ -204,9 +214,9 @@ def main():
         if "train_x" in check:
             x, t, target = check["train_x"], check["train_timesteps"], check["train_target"]
         else:
-            x = torch.randn(b, c, h, w, generator=gen)
-            t = torch.tensor([float((i * 997 + 500) % 1000) for i in range(b)])
-            target = torch.randn(b, c, h, w, generator=gen)
+            x = torch.randn(b, c, h, w, generator=gen).to(dev)
+            t = torch.tensor([float((i * 997 + 500) % 1000) for i in range(b)], device=dev)
+            target = torch.randn(b, c, h, w, generator=gen).to(dev)
         b = x.shape[0]
         unet.train()
         params = [p for p in unet.parameters() if p.requires_grad]
