@@ -129,7 +129,9 @@ def main():
     if peak:
         md.append(f"Peak: {peak['how']}.\n")
     if meta.get("note"):
-        md.append(f"Note: {meta['note']} (load average at the end: {meta.get('loadavg_at_end', '?').strip()}).\n")
+        md.append(f"Note: {meta['note']}.\n")
+    md.append(f"Load average (1/5/15 min) at the start: {meta.get('loadavg_at_start', '?').strip()}; "
+              f"at the end: {meta.get('loadavg_at_end', '?').strip()}.\n")
     md.append("Times are medians (s); ratio = diffuse / PyTorch (< 1: diffuse faster); GFLOP/s from the "
               "analytic FLOP count (train step = 3× forward); RSS = peak resident MB of the case.\n")
     md.append("| model | case | diffuse s | PyTorch s | ratio | diffuse img/s | PyTorch img/s "
@@ -152,7 +154,7 @@ def main():
         tc = m.get("flops_forward_per_image_torch_counter")
         tot = sum(f.get(k, 0) for k in ("conv", "linear", "attention"))
         md.append(f"- {m['name']}: {m.get('params_diffuse')} parameters (PyTorch counts {m.get('params_pytorch')}), "
-                  f"sample {m.get('in_channels')}×{m.get('sample_size')}, block_out_channels "
+                  f"sample {m.get('in_channels')}×{'×'.join(str(x) for x in m.get('sample_size') or [])}, block_out_channels "
                   f"{m.get('config', {}).get('block_out_channels')}; forward {tot / 1e9:.3f} GFLOP/image "
                   f"(torch FlopCounterMode: {'n/a' if tc is None else f'{tc / 1e9:.3f}'})")
         for k, v in m["checks"].items():

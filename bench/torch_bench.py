@@ -10,7 +10,8 @@ Peak RSS per case is VmHWM, reset through /proc/self/clear_refs before the case'
 same method as diffuse); bench/run runs each kind in its own process, as on the diffuse side.
 With --check (the file `diffuse bench --save-check` wrote) it recomputes diffuse's forward on
 the same inputs, samples from the same x_T and trains on the same batch, and reports the
-differences. Output: one JSON object shaped like diffuse's report (--json).
+differences. Output: one JSON object shaped like diffuse's report (--json). --device cuda runs
+the same on a GPU (times synchronized; RSS is still host memory).
 """
 
 import argparse
@@ -96,6 +97,7 @@ def measure(runs, warmup, fn):
         torch.cuda.reset_peak_memory_stats()
     for _ in range(warmup):
         fn()
+        sync()
     times = []
     for _ in range(max(runs, 1)):
         sync()
@@ -124,16 +126,16 @@ def errors(a, b):
 
 def main():
     gen = torch.Generator().manual_seed(args.seed)
+    dev = torch.device(args.device)
     unet = UNet2DModel.from_pretrained(os.path.join(args.pipeline, "unet"), torch_dtype=torch.float32)
     unet.eval()
-    dev = torch.device(args.device)
     unet.to(dev)
     D = lambda t: t.to(dev)  # noqa: E731
     cfg = unet.config
     c = cfg.in_channels
     size = cfg.sample_size
     h, w = (size, size) if isinstance(size, int) else tuple(size)
-    check = load_file(args.check) if args.check else {}
+    check = {k: v.to(dev) for k, v in load_file(args.check).items()} if args.check else {}
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     out = {
         "side": "pytorch",

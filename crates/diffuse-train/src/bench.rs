@@ -296,9 +296,16 @@ pub fn machine_peak(threads: usize) -> MachinePeak {
     let fma_units = 2;
     let clock_ghz = mhz / 1000.0;
     let gflops = (cores * fma_units * lanes * 2) as f64 * clock_ghz;
-    let how = format!(
+    let mut how = format!(
         "{cores} cores × {fma_units} FMA units × {lanes} f32 lanes ({simd}) × 2 FLOPs × {clock_ghz:.3} GHz ({clock_source}) = {gflops:.1} GFLOP/s"
     );
+    if lanes == 16 {
+        // Zen 4 splits 512-bit FMAs in two; then AVX2's figure is the real one.
+        how.push_str(&format!(
+            " (AVX2's 8 lanes: {:.1} GFLOP/s; the true figure where 512-bit FMAs are split)",
+            gflops / 2.0
+        ));
+    }
     MachinePeak {
         cpu_model,
         cores,
@@ -443,7 +450,8 @@ pub struct Measurement {
     pub images_per_s: f64,
     pub flops: f64,
     pub gflops_per_s: f64,
-    pub peak_fraction: f64,
+    /// Of the CPU's peak (None on a GPU).
+    pub peak_fraction: Option<f64>,
     pub peak_rss_bytes: Option<u64>,
     /// The loss of the first training step (from the initial weights), to compare sides.
     pub first_loss: Option<f64>,
@@ -580,11 +588,8 @@ pub fn run(opts: &BenchOptions, device: &Device, log: &mut dyn FnMut(&str)) -> R
             images_per_s: batch as f64 / med,
             flops: work_flops,
             gflops_per_s: gf,
-            peak_fraction: if peak.gflops > 0.0 {
-                gf / peak.gflops
-            } else {
-                f64::NAN
-            },
+            // The CPU's peak says nothing about a GPU run.
+            peak_fraction: (peak.gflops > 0.0 && !device.is_cuda()).then(|| gf / peak.gflops),
             peak_rss_bytes: rss,
             first_loss,
         }
@@ -827,7 +832,7 @@ impl BenchReport {
         s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
         for x in &self.measurements {
             s.push_str(&format!(
-                "| {} | {:.4} | {:.4} | {:.4} | {} | {:.2} | {:.1} | {:.1} | {} |\n",
+                "| {} | {:.4} | {:.4} | {:.4} | {} | {:.2} | {:.1} | {} | {} |\n",
                 x.name,
                 x.median_s,
                 x.min_s,
@@ -835,7 +840,8 @@ impl BenchReport {
                 x.runs,
                 x.images_per_s,
                 x.gflops_per_s,
-                100.0 * x.peak_fraction,
+                x.peak_fraction
+                    .map_or("-".into(), |f| format!("{:.1}", 100.0 * f)),
                 fmt_bytes(x.peak_rss_bytes)
             ));
         }
@@ -910,9 +916,11 @@ mod tests {
         // Convs grow 4×, attention (L²) 16×; the time MLP does not grow.
         assert_eq!(f64x64.conv, 4 * f32x32.conv);
         assert_eq!(f64x64.attention, 16 * f32x32.attention);
-        // torch.utils.flop_counter.FlopCounterMode on diffusers' UNet2DModel of this config
+        // torch.utils.flop_counter.FlopCounterMode on diffusers' UNet2DModel of these configs
         // (bench/torch_bench.py, `flops_forward_per_image_torch_counter`) counts the same.
         assert_eq!(f32x32.total(), 2_887_057_408);
+        let c = preset("cifar64").unwrap();
+        assert_eq!(forward_flops(&c, 64, 64).total(), 3_364_306_944);
     }
 
     #[test]
