@@ -120,6 +120,7 @@ def summary(name, kind, batch, steps, warmup, times, rss, first_loss=None):
 
 
 def errors(a, b):
+    a, b = a.detach().cpu(), b.detach().cpu()
     d = (a.double() - b.double()).abs().max().item()
     return {"max_abs": d, "max_rel": d / max(b.double().abs().max().item(), 1e-30)}
 
