@@ -56,6 +56,12 @@ torch.set_num_threads(args.threads)
 torch.set_num_interop_threads(args.threads)
 
 import diffusers  # noqa: E402
+import diffusers.utils.import_utils as _iu  # noqa: E402
+
+# A UNet2DModel needs neither transformers nor peft; a machine whose transformers wants another
+# huggingface_hub than diffusers 0.42.1 (the GPU machines) would otherwise fail the import.
+_iu._transformers_available = False
+_iu._peft_available = False
 from diffusers import DDIMScheduler, UNet2DModel  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
