@@ -72,7 +72,9 @@ def main():
                 t = dict(t)
                 t["flops"] = m["flops"]  # same model, same work
                 t["gflops_per_s"] = m["flops"] / t["median_s"] / 1e9
-                t["peak_fraction"] = t["gflops_per_s"] / peak["gflops"] if peak["gflops"] else None
+                # The CPU's peak means nothing for a GPU run.
+                cpu = ours.get("device", "cpu") == "cpu"
+                t["peak_fraction"] = t["gflops_per_s"] / peak["gflops"] if cpu and peak["gflops"] else None
                 rows.append({
                     "case": m["name"], "kind": m["kind"], "batch": m["batch"],
                     "diffuse": m, "pytorch": t,
@@ -121,12 +123,14 @@ def main():
         json.dump(result, f, indent=1)
 
     md = []
-    md.append(f"# diffuse vs PyTorch eager, {meta['date']}{' (quick)' if meta.get('mode') == 'quick' else ''}\n")
+    md.append(f"# diffuse vs PyTorch eager, {meta['date']} ({meta.get('mode', 'full')})\n")
     md.append(f"CPU: {meta['cpu_model']}, {meta['threads']} threads on both sides. "
               f"diffuse {meta['versions'].get('diffuse')} (candle {meta['versions'].get('candle')}, "
               f"{meta['versions'].get('rustc')}); torch {meta['versions'].get('torch')}, "
               f"diffusers {meta['versions'].get('diffusers')}.\n")
-    if peak:
+    if meta.get("gpu"):
+        md.append(f"GPU: {meta['gpu']} (diffuse --device cuda, PyTorch on cuda; the CPU peak does not apply).\n")
+    if peak and meta.get("device", "cpu") == "cpu":
         md.append(f"Peak: {peak['how']}.\n")
     if meta.get("note"):
         md.append(f"Note: {meta['note']}.\n")

@@ -43,7 +43,7 @@ def parse_args():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--check", help="safetensors file of `diffuse bench --save-check`")
     p.add_argument("--json", help="write the report here")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (timings synchronize the GPU)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
     return p.parse_args()
 
 
@@ -59,7 +59,7 @@ import diffusers  # noqa: E402
 import diffusers.utils.import_utils as _iu  # noqa: E402
 
 # A UNet2DModel needs neither transformers nor peft; a machine whose transformers wants another
-# huggingface_hub than diffusers 0.42.1's (the lent GPU machine) would fail importing them.
+# huggingface_hub than diffusers 0.42.1 (the GPU machines) would otherwise fail the import.
 _iu._transformers_available = False
 _iu._peft_available = False
 from diffusers import DDIMScheduler, UNet2DModel  # noqa: E402
@@ -87,20 +87,17 @@ def peak_rss_bytes():
 
 
 def sync():
-    if args.device.startswith("cuda"):
+    if args.device == "cuda":
         torch.cuda.synchronize()
 
 
 def measure(runs, warmup, fn):
     reset_peak_rss()
-    if args.device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
     for _ in range(warmup):
         fn()
         sync()
     times = []
     for _ in range(max(runs, 1)):
-        sync()
         t0 = time.perf_counter()
         fn()
         sync()
@@ -129,9 +126,7 @@ def main():
     gen = torch.Generator().manual_seed(args.seed)
     dev = torch.device(args.device)
     unet = UNet2DModel.from_pretrained(os.path.join(args.pipeline, "unet"), torch_dtype=torch.float32)
-    unet.eval()
-    unet.to(dev)
-    D = lambda t: t.to(dev)  # noqa: E731
+    unet.to(dev).eval()
     cfg = unet.config
     c = cfg.in_channels
     size = cfg.sample_size
@@ -159,7 +154,7 @@ def main():
     try:
         from torch.utils.flop_counter import FlopCounterMode
         with torch.inference_mode(), FlopCounterMode(display=False) as fc:
-            unet(D(torch.zeros(1, c, h, w)), D(torch.tensor([500]))).sample
+            unet(torch.zeros(1, c, h, w, device=dev), torch.tensor([500], device=dev)).sample
         out["flops_forward_per_image_torch_counter"] = fc.get_total_flops()
     except Exception as e:  # the counter is a cross-check only
         out["flops_forward_per_image_torch_counter"] = None
@@ -167,14 +162,14 @@ def main():
 
     if "check_output" in check:
         with torch.inference_mode():
-            y = unet(D(check["check_sample"]), D(check["check_timesteps"])).sample.cpu()
+            y = unet(check["check_sample"], check["check_timesteps"]).sample
         out["checks"]["forward"] = errors(y, check["check_output"])
         print(f"forward check vs diffuse: {out['checks']['forward']}", file=sys.stderr)
 
     if "forward" in only:
         for b in [int(x) for x in args.batches.split(",") if x]:
-            x = D(torch.randn(b, c, h, w, generator=gen))
-            t = D(torch.tensor([(i * 997 + 500) % 1000 for i in range(b)]))
+            x = torch.randn(b, c, h, w, generator=gen).to(dev)
+            t = torch.tensor([(i * 997 + 500) % 1000 for i in range(b)], device=dev)
 
             def fwd():
                 with torch.inference_mode():
@@ -187,7 +182,7 @@ def main():
     if "sample" in only:
         k = args.sample_images
         sched = DDIMScheduler.from_pretrained(os.path.join(args.pipeline, "scheduler"))
-        noise = D(check["sample_noise"] if "sample_noise" in check else torch.randn(k, c, h, w, generator=gen))
+        noise = check["sample_noise"] if "sample_noise" in check else torch.randn(k, c, h, w, generator=gen).to(dev)
         k = noise.shape[0]
         result = {}
 
@@ -208,7 +203,7 @@ def main():
         log(m)
         if "sample_images" in check:
             # Random weights make 50 DDIM steps chaotic: the short run is the real check.
-            out["checks"]["sample"] = errors(result["first"].cpu(), check["sample_images"])
+            out["checks"]["sample"] = errors(result["first"], check["sample_images"])
             out["checks"]["sample"]["informational"] = True
             short = [k for k in check if k.startswith("sample") and k.endswith("_images") and k != "sample_images"]
             for key in short:
@@ -218,18 +213,17 @@ def main():
                 with torch.inference_mode():
                     for t in sched.timesteps:
                         x = sched.step(unet(x, t).sample, t, x, eta=0.0).prev_sample
-                out["checks"][f"sample_ddim{n}"] = errors(x.cpu(), check[key])
+                out["checks"][f"sample_ddim{n}"] = errors(x, check[key])
             print(f"sampling checks vs diffuse: {out['checks']}", file=sys.stderr)
 
     if "train" in only:
         b = args.train_batch
         if "train_x" in check:
-            x, t, target = D(check["train_x"]), D(check["train_timesteps"]), D(check["train_target"])
+            x, t, target = check["train_x"], check["train_timesteps"], check["train_target"]
         else:
-            x = torch.randn(b, c, h, w, generator=gen)
-            t = torch.tensor([float((i * 997 + 500) % 1000) for i in range(b)])
-            target = torch.randn(b, c, h, w, generator=gen)
-            x, t, target = D(x), D(t), D(target)
+            x = torch.randn(b, c, h, w, generator=gen).to(dev)
+            t = torch.tensor([float((i * 997 + 500) % 1000) for i in range(b)], device=dev)
+            target = torch.randn(b, c, h, w, generator=gen).to(dev)
         b = x.shape[0]
         unet.train()
         params = [p for p in unet.parameters() if p.requires_grad]
@@ -247,9 +241,6 @@ def main():
         m = summary(f"train_b{b}", "train", b, None, args.warmup, times, rss, first_loss=losses[0])
         out["measurements"].append(m)
         log(m)
-    if args.device.startswith("cuda"):
-        out["cuda_peak_memory_bytes"] = torch.cuda.max_memory_allocated()
-        out["cuda_device"] = torch.cuda.get_device_name()
 
     if args.json:
         with open(args.json, "w") as f:
