@@ -43,6 +43,8 @@ def parse_args():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--check", help="safetensors file of `diffuse bench --save-check`")
     p.add_argument("--json", help="write the report here")
+    p.add_argument("--tf32", action="store_true",
+                   help="on CUDA, let cuDNN/cuBLAS use TF32 (PyTorch's conv default); off: true fp32 like diffuse")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     return p.parse_args()
 
@@ -54,6 +56,11 @@ import torch  # noqa: E402  (after the environment is set)
 # Threads first, before any parallel work.
 torch.set_num_threads(args.threads)
 torch.set_num_interop_threads(args.threads)
+
+if args.device.startswith("cuda"):
+    # PyTorch runs cuDNN convolutions in TF32 by default; diffuse computes in fp32.
+    torch.backends.cudnn.allow_tf32 = args.tf32
+    torch.backends.cuda.matmul.allow_tf32 = args.tf32
 
 import diffusers  # noqa: E402
 import diffusers.utils.import_utils as _iu  # noqa: E402
