@@ -1,7 +1,8 @@
 //! Weights in and out, in diffusers' layout (UNet2DModel and AutoencoderKL alike, through
 //! [`DiffusersModel`]): a model folder holds `config.json` and
 //! `diffusion_pytorch_model.safetensors` (or a sharded `.safetensors.index.json`, or an `fp16`
-//! variant); a pipeline folder holds `model_index.json`, `unet/` and `scheduler/`.
+//! variant); a pipeline folder holds `model_index.json`, `unet/` and `scheduler/`, and `vae/` for
+//! a latent pipeline ([`LATENT_PIPELINE_CLASS`]).
 //! Tensors on disk may be f32, f16 or bf16; in memory the model is f32 unless asked otherwise.
 
 use crate::{AutoencoderKL, AutoencoderKLConfig, Error, Result, UNet2DConfig, UNet2DModel};
@@ -12,6 +13,24 @@ use std::path::{Path, PathBuf};
 
 pub const WEIGHTS_NAME: &str = "diffusion_pytorch_model.safetensors";
 pub const CONFIG_NAME: &str = "config.json";
+/// `_class_name` of diffuse's latent diffusion pipeline (`vae/` + `unet/` + `scheduler/`):
+/// diffusers has no pipeline for an unconditional/class-conditional UNet2DModel on AutoencoderKL
+/// latents.
+pub const LATENT_PIPELINE_CLASS: &str = "DiffuseLatentPipeline";
+
+/// `model_index.json` of a pipeline folder: `DDPMPipeline`, or [`LATENT_PIPELINE_CLASS`] with a VAE.
+pub fn model_index(scheduler_class: &str, with_vae: bool) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "_class_name": if with_vae { LATENT_PIPELINE_CLASS } else { "DDPMPipeline" },
+        "_diffusers_version": "0.42.1",
+        "scheduler": ["diffusers", scheduler_class],
+        "unet": ["diffusers", "UNet2DModel"],
+    });
+    if with_vae {
+        v["vae"] = serde_json::json!(["diffusers", "AutoencoderKL"]);
+    }
+    v
+}
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |source| Error::Io {
@@ -31,6 +50,8 @@ pub struct ModelFolder {
     pub pipeline_class: Option<String>,
     /// `unet_ema/` beside `unet/`, as `diffuse train` writes it (EMA of the weights).
     pub ema_unet_dir: Option<PathBuf>,
+    /// `vae/` of a latent pipeline: the UNet denoises this AutoencoderKL's latents.
+    pub vae_dir: Option<PathBuf>,
 }
 
 /// Resolves a diffusers pipeline folder (`model_index.json`) or a bare UNet folder.
@@ -53,10 +74,22 @@ pub fn resolve_model_folder(dir: &Path) -> Result<ModelFolder> {
                 index.display()
             )));
         }
+        let vae_dir = match v.get("vae") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(_) if dir.join("vae").join(CONFIG_NAME).exists() => Some(dir.join("vae")),
+            Some(_) => {
+                return Err(Error::Config(format!(
+                    "{}: the pipeline names a `vae` component but {} has no config.json",
+                    index.display(),
+                    dir.join("vae").display()
+                )))
+            }
+        };
         let sched = dir.join("scheduler").join("scheduler_config.json");
         let ema = dir.join("unet_ema");
         return Ok(ModelFolder {
             unet_dir,
+            vae_dir,
             ema_unet_dir: ema.join(CONFIG_NAME).exists().then_some(ema),
             scheduler_config: sched.exists().then_some(sched),
             pipeline_class: v
@@ -71,6 +104,7 @@ pub fn resolve_model_folder(dir: &Path) -> Result<ModelFolder> {
             scheduler_config: None,
             pipeline_class: None,
             ema_unet_dir: None,
+            vae_dir: None,
         });
     }
     Err(Error::Weights(format!(
@@ -106,6 +140,48 @@ impl DiffusersModel for AutoencoderKL {
     fn build(config: &AutoencoderKLConfig, vb: VarBuilder) -> Result<Self> {
         AutoencoderKL::new(config, vb)
     }
+}
+
+/// Writes a latent pipeline folder `dir`: `unet/` and `vae/` copied from model folders (config
+/// and weight files as they are), `scheduler/scheduler_config.json` and `model_index.json`.
+/// Fails, writing nothing, when the UNet cannot denoise the VAE's latents.
+pub fn write_latent_pipeline(
+    dir: &Path,
+    unet_dir: &Path,
+    vae_dir: &Path,
+    scheduler: &serde_json::Map<String, serde_json::Value>,
+) -> Result<()> {
+    crate::pipeline::check_latent_pair(&read_unet_config(unet_dir)?, &read_vae_config(vae_dir)?)?;
+    let write = |path: &Path, bytes: &[u8]| -> Result<()> {
+        std::fs::create_dir_all(path.parent().expect("a file in a folder"))
+            .map_err(io_err(path))?;
+        diffuse_data::fs::write_atomic(path, bytes).map_err(|e| Error::Weights(e.to_string()))
+    };
+    for (src, name) in [(unet_dir, "unet"), (vae_dir, "vae")] {
+        let mut files = weight_files(src)?;
+        files.push(src.join(CONFIG_NAME));
+        let index = src.join(format!("{WEIGHTS_NAME}.index.json"));
+        if index.exists() {
+            files.push(index);
+        }
+        for f in files {
+            let bytes = std::fs::read(&f).map_err(io_err(&f))?;
+            write(&dir.join(name).join(f.file_name().expect("a file")), &bytes)?;
+        }
+    }
+    let class = scheduler
+        .get("_class_name")
+        .and_then(|c| c.as_str())
+        .unwrap_or("DDPMScheduler");
+    let text = |v: &serde_json::Value| serde_json::to_string_pretty(v).expect("json");
+    write(
+        &dir.join("scheduler").join("scheduler_config.json"),
+        text(&serde_json::Value::Object(scheduler.clone())).as_bytes(),
+    )?;
+    write(
+        &dir.join("model_index.json"),
+        text(&model_index(class, true)).as_bytes(),
+    )
 }
 
 /// Reads and validates `dir/config.json` as model `M`'s config.

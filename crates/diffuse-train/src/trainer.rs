@@ -607,12 +607,10 @@ fn save_checkpoint(
             .expect("json")
             .as_bytes(),
     )?;
-    let index = json!({
-        "_class_name": "DDPMPipeline",
-        "_diffusers_version": "0.42.1",
-        "scheduler": ["diffusers", sched["_class_name"].as_str().unwrap_or("DDPMScheduler")],
-        "unet": ["diffusers", "UNet2DModel"],
-    });
+    let index = diffuse_models::weights::model_index(
+        sched["_class_name"].as_str().unwrap_or("DDPMScheduler"),
+        false,
+    );
     write(
         &tmp.join("model_index.json"),
         serde_json::to_string_pretty(&index)
