@@ -597,6 +597,67 @@ fn sample_latent_pipeline_matches_diffusers_and_checks_the_vae() {
     assert!(max_rel(&load_images(&s), &want) <= 2e-2);
 }
 
+#[test]
+fn data_encode_writes_a_latent_cache_with_the_scaled_vae() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("latents");
+    let vae = model_fixtures().join("vae_gray_plain");
+    let o = diffuse(&[
+        "data",
+        "encode",
+        "--vae",
+        vae.to_str().unwrap(),
+        "--data",
+        "mnist",
+        "--limit",
+        "12",
+        "--shard-size",
+        "5",
+        "--batch-size",
+        "4",
+        "--size",
+        "16",
+        "--output",
+        out.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("scaling_factor"), "{}", stderr(&o));
+    let index: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("latents.json")).unwrap()).unwrap();
+    assert_eq!(index["count"], 12);
+    assert_eq!(index["latent_shape"], serde_json::json!([2, 4, 4]));
+    assert_eq!(index["shards"].as_array().unwrap().len(), 3);
+    let cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("vae/config.json")).unwrap())
+            .unwrap();
+    let std = index["latent_std"].as_f64().unwrap();
+    assert_eq!(cfg["scaling_factor"].as_f64().unwrap(), 1.0 / std);
+    let shard = candle_core::safetensors::load(
+        out.join("shard-00002.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    assert_eq!(shard["mean"].dims(), &[2, 2, 4, 4]);
+    assert_eq!(shard["labels"].dims(), &[2]);
+    // An RGB VAE cannot encode MNIST.
+    let rgb = model_fixtures().join("vae_rgb_attn");
+    let o = diffuse(&[
+        "data",
+        "encode",
+        "--vae",
+        rgb.to_str().unwrap(),
+        "--data",
+        "mnist",
+        "--limit",
+        "2",
+        "--output",
+        dir.path().join("x").to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert_one_line_error(&o, "in_channels 3");
+}
+
 /// `diffuse serve` on an ephemeral port: SIGTERM during a request lets it finish, then exit 0.
 #[test]
 fn serve_drains_in_flight_requests_on_sigterm() {

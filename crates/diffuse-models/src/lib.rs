@@ -6,13 +6,15 @@
 //! - [`weights`]: `diffusion_pytorch_model.safetensors` in and out (f32/f16/bf16 on disk), and
 //!   diffusers pipeline folders.
 //! - [`ops`]: the one seam through which models reach the hot ops.
-//! - [`denoise`]: a loaded model as a `diffuse_core` denoiser; [`pipeline`]: batched generation.
+//! - [`denoise`]: a loaded model as a `diffuse_core` denoiser; [`pipeline`]: batched generation
+//!   (pixel or latent); [`latent_cache`]: a data set encoded once into latent shards.
 
 pub mod attention;
 pub mod blocks;
 pub mod config;
 pub mod denoise;
 pub mod embeddings;
+pub mod latent_cache;
 pub mod ops;
 pub mod pipeline;
 pub mod resnet;

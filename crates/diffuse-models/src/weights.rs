@@ -157,18 +157,8 @@ pub fn write_latent_pipeline(
             .map_err(io_err(path))?;
         diffuse_data::fs::write_atomic(path, bytes).map_err(|e| Error::Weights(e.to_string()))
     };
-    for (src, name) in [(unet_dir, "unet"), (vae_dir, "vae")] {
-        let mut files = weight_files(src)?;
-        files.push(src.join(CONFIG_NAME));
-        let index = src.join(format!("{WEIGHTS_NAME}.index.json"));
-        if index.exists() {
-            files.push(index);
-        }
-        for f in files {
-            let bytes = std::fs::read(&f).map_err(io_err(&f))?;
-            write(&dir.join(name).join(f.file_name().expect("a file")), &bytes)?;
-        }
-    }
+    copy_model_folder(unet_dir, &dir.join("unet"))?;
+    copy_model_folder(vae_dir, &dir.join("vae"))?;
     let class = scheduler
         .get("_class_name")
         .and_then(|c| c.as_str())
@@ -182,6 +172,23 @@ pub fn write_latent_pipeline(
         &dir.join("model_index.json"),
         text(&model_index(class, true)).as_bytes(),
     )
+}
+
+/// Copies a model folder's `config.json` and weight files (sharded index included) as they are.
+pub fn copy_model_folder(src: &Path, dst: &Path) -> Result<()> {
+    let mut files = weight_files(src)?;
+    files.push(src.join(CONFIG_NAME));
+    let index = src.join(format!("{WEIGHTS_NAME}.index.json"));
+    if index.exists() {
+        files.push(index);
+    }
+    std::fs::create_dir_all(dst).map_err(io_err(dst))?;
+    for f in files {
+        let bytes = std::fs::read(&f).map_err(io_err(&f))?;
+        diffuse_data::fs::write_atomic(&dst.join(f.file_name().expect("a file")), &bytes)
+            .map_err(|e| Error::Weights(e.to_string()))?;
+    }
+    Ok(())
 }
 
 /// Reads and validates `dir/config.json` as model `M`'s config.
