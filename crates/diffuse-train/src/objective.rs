@@ -3,14 +3,16 @@
 //! target per prediction type (ε, x₀, v), MSE per sample, optional Min-SNR-γ weights; or
 //! rectified flow: σ ~ U(0, 1) (or logit-normal), x_σ = (1 − σ)x₀ + σε, target ε − x₀, model
 //! time 1000σ. Classifier-free guidance training replaces labels by the null class with
-//! probability p. All randomness comes from a [`TrainRng`] a checkpoint can save.
+//! probability p. The VAE objective ([`vae_loss`]) is diffusers' VAE fine-tuning script's:
+//! reconstruction (L1 or L2, mean) of a posterior sample + β·KL (per-sample sum, batch mean).
+//! All randomness comes from a [`TrainRng`] a checkpoint can save.
 
 use crate::Result;
 use candle_core::{DType, Tensor};
 use diffuse_core::config::PredictionType;
 use diffuse_core::noising;
 use diffuse_core::schedule::NoiseSchedule;
-use diffuse_models::UNet2DModel;
+use diffuse_models::{AutoencoderKL, UNet2DModel};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
@@ -43,6 +45,18 @@ impl TrainRng {
 
     fn normal(&mut self, n: usize) -> Vec<f32> {
         (0..n).map(|_| self.rng.sample(StandardNormal)).collect()
+    }
+}
+
+impl diffuse_core::rng::NoiseSource for TrainRng {
+    fn randn(
+        &mut self,
+        shape: &candle_core::Shape,
+        dtype: DType,
+        device: &candle_core::Device,
+    ) -> diffuse_core::Result<Tensor> {
+        let v = self.normal(shape.elem_count());
+        Ok(Tensor::from_vec(v, shape, device)?.to_dtype(dtype)?)
     }
 }
 
@@ -153,4 +167,85 @@ pub fn diffusion_loss(
         loss,
         timesteps: model_t,
     })
+}
+
+/// Reconstruction loss of the VAE objective.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reconstruction {
+    L1,
+    L2,
+}
+
+/// The VAE loss of a batch and its parts.
+pub struct VaeLossParts {
+    pub loss: Tensor,
+    pub reconstruction: f32,
+    /// KL(q(z|x) ‖ N(0, I)), summed per sample, mean over the batch.
+    pub kl: f32,
+}
+
+/// `x0` [b, c, h, w] in [−1, 1] → encode, sample z (noise from `rng`), decode;
+/// loss = rec(decoded, x0) + kl_weight · KL.
+pub fn vae_loss(
+    model: &AutoencoderKL,
+    x0: &Tensor,
+    rec: Reconstruction,
+    kl_weight: f64,
+    rng: &mut TrainRng,
+) -> Result<VaeLossParts> {
+    let post = model.encode(x0)?;
+    let z = post.sample(rng)?;
+    let diff = (model.decode(&z)? - x0)?;
+    let rec_loss = match rec {
+        Reconstruction::L1 => diff.abs()?.mean_all()?,
+        Reconstruction::L2 => diff.sqr()?.mean_all()?,
+    };
+    let kl = post.kl()?.mean_all()?;
+    let loss = (&rec_loss + (&kl * kl_weight)?)?;
+    Ok(VaeLossParts {
+        loss,
+        reconstruction: rec_loss.to_scalar::<f32>()?,
+        kl: kl.to_scalar::<f32>()?,
+    })
+}
+
+/// Mean over images of PSNR (dB) between `a` and `b` [n, c, h, w] in [−1, 1], taken as images
+/// in [0, 1] after clamping `a`: 10·log10(1 / MSE).
+pub fn psnr(a: &Tensor, b: &Tensor) -> Result<f64> {
+    let a = ((a.clamp(-1f32, 1f32)? + 1.0)? * 0.5)?;
+    let b = ((b + 1.0)? * 0.5)?;
+    let mse: Vec<f32> = (a - b)?.sqr()?.flatten_from(1)?.mean(1)?.to_vec1()?;
+    let n = mse.len() as f64;
+    Ok(mse
+        .iter()
+        .map(|&m| 10.0 * (1.0 / (m as f64).max(1e-10)).log10())
+        .sum::<f64>()
+        / n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn psnr_of_known_errors() {
+        let dev = Device::Cpu;
+        let b = Tensor::zeros((2, 1, 4, 4), DType::F32, &dev).unwrap();
+        // image 0 off by 0.2 in [−1, 1] = 0.1 in [0, 1]: MSE 0.01 → 20 dB; image 1 off by 0.02 → 40 dB
+        let a = Tensor::cat(
+            &[
+                (b.narrow(0, 0, 1).unwrap() + 0.2).unwrap(),
+                (b.narrow(0, 1, 1).unwrap() - 0.02).unwrap(),
+            ],
+            0,
+        )
+        .unwrap();
+        let p = psnr(&a, &b).unwrap();
+        assert!((p - 30.0).abs() < 1e-4, "{p}");
+        // values outside [−1, 1] are clamped first
+        let far = (Tensor::ones((1, 1, 2, 2), DType::F32, &dev).unwrap() * 5.0).unwrap();
+        let one = Tensor::ones((1, 1, 2, 2), DType::F32, &dev).unwrap();
+        assert!(psnr(&far, &one).unwrap() >= 99.0);
+    }
 }
