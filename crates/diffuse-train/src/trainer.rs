@@ -7,9 +7,10 @@
 use crate::ema::{Ema, EmaConfig};
 use crate::lr::LrSchedule;
 use crate::objective::{
-    diffusion_loss, psnr, vae_loss, ObjectiveConfig, Reconstruction, SigmaSampling, TrainRng,
+    diffusion_loss, vae_loss, ObjectiveConfig, Reconstruction, SigmaSampling, TrainRng,
 };
 use crate::optim::{clip_grad_norm, AdamW, AdamWConfig};
+use crate::quality::{psnr, ssim};
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use diffuse_core::config::{PredictionType, SchedulerConfig};
@@ -177,7 +178,7 @@ pub struct VaeSection {
     /// β rises linearly from 0 over this many steps.
     #[serde(default)]
     pub kl_warmup_steps: u64,
-    /// Held-out images (the data set's test split) for the PSNR logged with every
+    /// Held-out images (the data set's test split) for the PSNR and SSIM logged with every
     /// reconstruction grid (`train.sample_every`); 0 disables both.
     #[serde(default = "d_eval_images")]
     pub eval_images: usize,
@@ -768,7 +769,8 @@ impl Net {
     }
 
     /// With the EMA weights: a grid of samples (UNet) or of held-out images over their
-    /// reconstructions (VAE) at `path`; returns evaluation values (VAE: `eval/psnr`).
+    /// reconstructions (VAE) at `path`; returns evaluation values (VAE: `eval/psnr`,
+    /// `eval/ssim`).
     #[allow(clippy::too_many_arguments)]
     fn preview(
         &self,
@@ -799,10 +801,13 @@ impl Net {
                     .map(|s| model.forward(&x.narrow(0, s, 64.min(n - s))?, None))
                     .collect::<Result<Vec<_>, _>>()?;
                 let rec = Tensor::cat(&rec, 0)?;
-                let p = psnr(&rec, x)?;
+                let mut metrics = vec![("eval/psnr".to_string(), psnr(&rec, x)?)];
+                if x.dim(2)? >= 11 && x.dim(3)? >= 11 {
+                    metrics.push(("eval/ssim".to_string(), ssim(&rec, x)?));
+                }
                 let k = n.min(8);
                 let grid = Tensor::cat(&[x.narrow(0, 0, k)?, rec.narrow(0, 0, k)?], 0)?;
-                (grid, k, vec![("eval/psnr".to_string(), p)])
+                (grid, k, metrics)
             }
         };
         if let Some(dir) = path.parent() {

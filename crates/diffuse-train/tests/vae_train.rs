@@ -1,5 +1,5 @@
 //! VAE training through the one trainer (`[vae]`): a tiny AutoencoderKL on MNIST at 16×16 —
-//! losses and held-out PSNR reported, reconstruction grids written, the output loads as a
+//! losses and held-out PSNR/SSIM reported, reconstruction grids written, the output loads as a
 //! diffusers AutoencoderKL, and a stopped-and-resumed run ends bit-identical.
 
 use candle_core::Device;
@@ -74,13 +74,19 @@ fn vae_trains_evaluates_and_resumes_exactly() {
         rec(6) + rec(7) < rec(0) + rec(1),
         "the reconstruction loss falls"
     );
-    // Held-out PSNR with every grid (steps 4 and 8).
+    // Held-out PSNR and SSIM with every grid (steps 4 and 8).
     let psnr: Vec<f64> = full
         .iter()
         .filter_map(|(_, _, m)| m.get("eval/psnr").copied())
         .collect();
     assert_eq!(psnr.len(), 2);
     assert!(psnr.iter().all(|p| p.is_finite() && *p > 0.0), "{psnr:?}");
+    let ssim: Vec<f64> = full
+        .iter()
+        .filter_map(|(_, _, m)| m.get("eval/ssim").copied())
+        .collect();
+    assert_eq!(ssim.len(), 2);
+    assert!(ssim.iter().all(|s| *s > -1.0 && *s <= 1.0), "{ssim:?}");
     for f in ["samples/step-4.png", "samples/step-8.png"] {
         let img = image::open(a.join(f)).unwrap();
         // 8 held-out images over their 8 reconstructions, 16 px each, 2 px gaps.
