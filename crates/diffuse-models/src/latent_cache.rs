@@ -2,6 +2,8 @@
 //! safetensors shards of the posterior's mean and std, so latent-diffusion training reads
 //! latents, not images (the latent-caching step of diffusers' text-to-image examples).
 //!
+//! [`LatentBatches`] feeds a cache to training (`diffuse train` with `data.latents`).
+//!
 //! A cache folder holds `shard-NNNNN.safetensors` (`mean`, `std` [n, latent, h, w] f32;
 //! `labels` [n] u32 for labelled sets), `vae/` (the VAE with `scaling_factor` = 1 / std of the
 //! latents, computed from the data) and `latents.json`, written last: a folder without it is
@@ -12,8 +14,13 @@ use crate::weights::{
 };
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor};
+use diffuse_core::rng::NoiseSource;
 use diffuse_data::datasets::Dataset;
+use diffuse_data::loader::Position;
 use diffuse_data::transform::Transform;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -255,6 +262,95 @@ pub fn load_latents(dir: &Path, device: &Device) -> Result<LatentSet> {
         labels: index.num_classes.map(|_| labels),
         index,
     })
+}
+
+/// Training batches from a [`LatentSet`]: a seeded permutation per epoch (the last partial
+/// batch dropped, as the image loader does), z = mean + std·ε with ε from the caller's noise
+/// source, handed out as the diffusion model sees them: (z − shift_factor) · scaling_factor.
+/// The state is a [`Position`], so a run resumes exactly.
+pub struct LatentBatches {
+    set: LatentSet,
+    batch_size: usize,
+    seed: u64,
+    scaling_factor: f64,
+    shift_factor: f64,
+    next: Position,
+    perm: Option<(u64, Vec<u32>)>,
+}
+
+impl LatentBatches {
+    pub fn new(
+        set: LatentSet,
+        batch_size: usize,
+        seed: u64,
+        scaling_factor: f64,
+        shift_factor: f64,
+        start: Position,
+    ) -> Result<Self> {
+        if batch_size == 0 || set.index.count < batch_size {
+            return Err(Error::Input(format!(
+                "the latent cache holds {} samples, fewer than one batch of {batch_size}",
+                set.index.count
+            )));
+        }
+        Ok(LatentBatches {
+            set,
+            batch_size,
+            seed,
+            scaling_factor,
+            shift_factor,
+            next: start,
+            perm: None,
+        })
+    }
+
+    /// The position of the next batch.
+    pub fn position(&self) -> Position {
+        self.next
+    }
+
+    /// The next batch `[b, latent, h, w]` and its labels (for labelled caches).
+    pub fn next_batch(
+        &mut self,
+        noise: &mut dyn NoiseSource,
+    ) -> Result<(Tensor, Option<Vec<u32>>)> {
+        let n = self.set.index.count;
+        let per_epoch = (n / self.batch_size) as u64;
+        if self.next.batch >= per_epoch {
+            self.next = Position {
+                epoch: self.next.epoch + 1,
+                batch: 0,
+            };
+        }
+        let epoch = self.next.epoch;
+        if self.perm.as_ref().map(|p| p.0) != Some(epoch) {
+            let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
+            rng.set_stream(epoch);
+            let mut p: Vec<u32> = (0..n as u32).collect();
+            p.shuffle(&mut rng);
+            self.perm = Some((epoch, p));
+        }
+        let perm = &self.perm.as_ref().expect("set above").1;
+        let start = self.next.batch as usize * self.batch_size;
+        let idx: Vec<u32> = perm[start..start + self.batch_size].to_vec();
+        self.next.batch += 1;
+        let dev = self.set.mean.device().clone();
+        let it = Tensor::from_vec(idx.clone(), self.batch_size, &dev)?;
+        let mean = self.set.mean.index_select(&it, 0)?; // [b, latent, h, w]
+        let std = self.set.std.index_select(&it, 0)?;
+        let eps = noise.randn(mean.shape(), mean.dtype(), &dev)?;
+        let z = (mean + std.mul(&eps)?)?;
+        let x = z.affine(
+            self.scaling_factor,
+            -self.shift_factor * self.scaling_factor,
+        )?;
+        let labels = self
+            .set
+            .labels
+            .as_ref()
+            .map(|l| idx.iter().map(|&i| l[i as usize]).collect());
+        Ok((x, labels))
+    }
 }
 
 #[cfg(test)]

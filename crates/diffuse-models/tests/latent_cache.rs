@@ -170,3 +170,74 @@ fn channel_mismatch_is_a_clear_error() {
         "{e}"
     );
 }
+
+#[test]
+fn latent_batches_permute_scale_and_resume() {
+    use diffuse_core::rng::ReplayNoise;
+    use diffuse_data::loader::Position;
+    use diffuse_models::latent_cache::LatentBatches;
+    let ds = Gradients { n: 7, channels: 1 };
+    let opts = EncodeOptions {
+        batch_size: 7,
+        shard_size: 7,
+        limit: None,
+        transform: Transform {
+            size: 16,
+            fit: Fit::Pad,
+            hflip: false,
+        },
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let dev = Device::Cpu;
+    encode_dataset(
+        &vae_dir("gray_plain"),
+        &ds,
+        &opts,
+        tmp.path(),
+        &dev,
+        &mut |_, _| {},
+    )
+    .unwrap();
+    let set = load_latents(tmp.path(), &dev).unwrap();
+    let zeros = || {
+        ReplayNoise::new(
+            (0..4).map(|_| Tensor::zeros((2, 2, 4, 4), candle_core::DType::F32, &dev).unwrap()),
+        )
+    };
+    let mut noise = zeros();
+    let mut b = LatentBatches::new(set.clone(), 2, 5, 2.0, 0.5, Position::default()).unwrap();
+    // With ε = 0 a batch is (mean − 0.5)·2 of its rows: find them in the cache.
+    let mut seen = Vec::new();
+    let mut third = None;
+    for k in 0..3 {
+        let (x, labels) = b.next_batch(&mut noise).unwrap();
+        let mean = ((x / 2.0).unwrap() + 0.5).unwrap();
+        for r in 0..2 {
+            let row = mean.get(r).unwrap();
+            let j = (0..7)
+                .find(|&j| max_abs_diff(&set.mean.get(j).unwrap(), &row) < 1e-6)
+                .expect("a row of the cache");
+            assert_eq!(labels.as_ref().unwrap()[r], set.labels.as_ref().unwrap()[j]);
+            seen.push(j);
+        }
+        if k == 2 {
+            third = Some(mean);
+        }
+    }
+    seen.sort();
+    seen.dedup();
+    assert_eq!(
+        seen.len(),
+        6,
+        "one epoch: 3 batches of distinct samples (one dropped)"
+    );
+    assert_eq!(b.position(), Position { epoch: 0, batch: 3 });
+    b.next_batch(&mut noise).unwrap();
+    assert_eq!(b.position(), Position { epoch: 1, batch: 1 });
+    // Resuming at (0, 2) hands out the third batch again.
+    let mut again =
+        LatentBatches::new(set, 2, 5, 2.0, 0.5, Position { epoch: 0, batch: 2 }).unwrap();
+    let (x, _) = again.next_batch(&mut zeros()).unwrap();
+    let mean = ((x / 2.0).unwrap() + 0.5).unwrap();
+    assert_eq!(max_abs_diff(&mean, &third.unwrap()), 0.0);
+}

@@ -88,7 +88,13 @@ fn d_eval_images() -> usize {
 #[serde(deny_unknown_fields)]
 pub struct DataSection {
     /// `mnist`, `fashion-mnist`, `cifar10`, or a folder.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub name: String,
+    /// Instead of `name`: a latent cache (`diffuse data encode`); the UNet then trains on its
+    /// latents and the output is a latent pipeline with the cache's VAE (`size`, `fit`,
+    /// `hflip`, `workers` and `skip_bad` do not apply).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latents: Option<String>,
     #[serde(default = "d_size")]
     pub size: usize,
     #[serde(default = "d_fit")]
@@ -272,23 +278,51 @@ pub fn train(
 ) -> Result<TrainOutcome> {
     let t = &config.train;
     let d = &config.data;
-    let dataset: Arc<dyn Dataset> = Arc::from(
-        datasets::open(&d.name, Split::Train).map_err(|e| Error::Invalid(e.to_string()))?,
-    );
+    let source = match (&d.latents, d.name.is_empty()) {
+        (Some(_), _) if config.vae.is_some() => {
+            return Err(Error::Invalid(
+                "data.latents: a VAE trains on images; give data.name".into(),
+            ))
+        }
+        (Some(dir), true) => Source::Latents(
+            diffuse_models::latent_cache::load_latents(Path::new(dir), device)?,
+            PathBuf::from(dir).join("vae"),
+        ),
+        (None, false) => Source::Images(Arc::from(
+            datasets::open(&d.name, Split::Train).map_err(|e| Error::Invalid(e.to_string()))?,
+        )),
+        _ => {
+            return Err(Error::Invalid(
+                "data: give exactly one of `name` (images) and `latents` (a `diffuse data encode` cache)"
+                    .into(),
+            ))
+        }
+    };
+    let (ch, sample_size, num_classes) = match &source {
+        Source::Images(ds) => (ds.channels(), json!(d.size), ds.num_classes()),
+        Source::Latents(set, _) => {
+            let [c, h, w] = set.index.latent_shape;
+            let size = if h == w { json!(h) } else { json!([h, w]) };
+            (c, size, set.index.num_classes)
+        }
+    };
     let classes = if d.class_conditional && config.vae.is_none() {
-        dataset.num_classes()
+        num_classes
     } else {
         None
     };
 
     // Model config: sample size and channels from the data.
     let mut model_map = config.model.clone();
-    model_map.insert("sample_size".into(), d.size.into());
-    let ch = dataset.channels();
+    model_map.insert("sample_size".into(), sample_size);
     model_map.entry("in_channels").or_insert(ch.into());
     model_map.entry("out_channels").or_insert(ch.into());
+    let latent_vae = match &source {
+        Source::Latents(_, vae) => Some(vae.as_path()),
+        Source::Images(_) => None,
+    };
     let (net, varmap) = match &config.vae {
-        None => unet_task(config, model_map, classes, device)?,
+        None => unet_task(config, model_map, classes, latent_vae, device)?,
         Some(v) => vae_task(config, v, model_map, device)?,
     };
     diffuse_models::weights::seeded_init(&varmap, t.seed)?;
@@ -336,23 +370,38 @@ pub fn train(
             rng = TrainRng::from_state(st.rng_seed, st.rng_word_pos);
         }
     }
-    let mut loader = Loader::new(
-        dataset,
-        LoaderConfig {
-            batch_size: d.batch_size,
-            seed: t.seed,
-            workers: d.workers,
-            shuffle: true,
-            skip_bad: d.skip_bad,
-            transform: Transform {
-                size: d.size,
-                fit,
-                hflip: d.hflip,
-            },
-        },
-        position,
-    )
-    .map_err(|e| Error::Invalid(e.to_string()))?;
+    let mut batches = match source {
+        Source::Images(dataset) => Batches::Images(
+            Loader::new(
+                dataset,
+                LoaderConfig {
+                    batch_size: d.batch_size,
+                    seed: t.seed,
+                    workers: d.workers,
+                    shuffle: true,
+                    skip_bad: d.skip_bad,
+                    transform: Transform {
+                        size: d.size,
+                        fit,
+                        hflip: d.hflip,
+                    },
+                },
+                position,
+            )
+            .map_err(|e| Error::Invalid(e.to_string()))?,
+        ),
+        Source::Latents(set, vae_dir) => {
+            let v = diffuse_models::weights::read_vae_config(&vae_dir)?;
+            Batches::Latents(diffuse_models::latent_cache::LatentBatches::new(
+                set,
+                d.batch_size,
+                t.seed,
+                v.scaling_factor,
+                v.shift_factor.unwrap_or(0.0),
+                position,
+            )?)
+        }
+    };
 
     std::fs::create_dir_all(output).map_err(io_err(output))?;
     let mut checkpoints = Vec::new();
@@ -376,16 +425,23 @@ pub fn train(
         let mut parts_sum: Vec<(String, f64)> = Vec::new();
         for _ in 0..k_acc {
             let waited = std::time::Instant::now();
-            let batch = loader
-                .next_batch()
-                .map_err(|e| Error::Invalid(e.to_string()))?;
+            let (x0, batch_labels) = match &mut batches {
+                Batches::Images(loader) => {
+                    let batch = loader
+                        .next_batch()
+                        .map_err(|e| Error::Invalid(e.to_string()))?;
+                    let x0 = batch
+                        .to_tensor(device)
+                        .map_err(|e| Error::Invalid(e.to_string()))?;
+                    (x0, batch.labels)
+                }
+                // z = mean + std·ε draws ε from the run's own (checkpointed) stream.
+                Batches::Latents(lb) => lb.next_batch(&mut rng)?,
+            };
             data_wait_s += waited.elapsed().as_secs_f64();
-            let x0 = batch
-                .to_tensor(device)
-                .map_err(|e| Error::Invalid(e.to_string()))?;
             images += x0.dim(0)?;
             let labels = if classes.is_some() {
-                batch.labels.clone()
+                batch_labels
             } else {
                 None
             };
@@ -491,7 +547,10 @@ pub fn train(
         if (t.checkpoint_every > 0 && step.is_multiple_of(t.checkpoint_every)) || last {
             let state = TrainingState {
                 step,
-                position: loader.position(),
+                position: match &batches {
+                    Batches::Images(l) => l.position(),
+                    Batches::Latents(l) => l.position(),
+                },
                 rng_seed: rng.state().0,
                 rng_word_pos: rng.state().1,
             };
@@ -523,7 +582,12 @@ pub fn train(
     // checkpoint's parts).
     if let Some(last) = newest_checkpoint(&ckpt_root) {
         let c = net.component();
-        for part in [c.to_string(), format!("{c}_ema"), "scheduler".into()] {
+        for part in [
+            c.to_string(),
+            format!("{c}_ema"),
+            "scheduler".into(),
+            "vae".into(),
+        ] {
             if last.join(&part).is_dir() {
                 copy_dir(&last.join(&part), &output.join(&part))?;
             }
@@ -543,6 +607,21 @@ pub fn train(
     })
 }
 
+/// Files of a checkpoint as (path relative to it, bytes).
+type Files = Vec<(String, Vec<u8>)>;
+
+/// Where training data comes from.
+enum Source {
+    Images(Arc<dyn Dataset>),
+    /// A latent cache and its `vae/` folder.
+    Latents(diffuse_models::latent_cache::LatentSet, PathBuf),
+}
+
+enum Batches {
+    Images(Loader),
+    Latents(diffuse_models::latent_cache::LatentBatches),
+}
+
 /// What the loop trains: a diffusion UNet or an AutoencoderKL.
 enum Net {
     Unet(Box<UnetTask>),
@@ -556,6 +635,9 @@ struct UnetTask {
     objective: ObjectiveConfig,
     sched_map: Map<String, Value>,
     sched_cfg: SchedulerConfig,
+    /// For latent diffusion: the VAE (decodes the sample grids) and its folder's files, written
+    /// as `vae/` of every checkpoint and of the output pipeline.
+    vae: Option<(AutoencoderKL, Files)>,
 }
 
 struct VaeTask {
@@ -571,9 +653,22 @@ fn unet_task(
     config: &TrainConfig,
     mut model_map: Map<String, Value>,
     classes: Option<usize>,
+    latent_vae: Option<&Path>,
     device: &Device,
 ) -> Result<(Net, candle_nn::VarMap)> {
     let t = &config.train;
+    let vae = match latent_vae {
+        Some(dir) => {
+            let (vae, _) = diffuse_models::weights::load_vae(dir, device)?;
+            let mut files = Vec::new();
+            for f in std::fs::read_dir(dir).map_err(io_err(dir))?.flatten() {
+                let bytes = std::fs::read(f.path()).map_err(io_err(&f.path()))?;
+                files.push((format!("vae/{}", f.file_name().to_string_lossy()), bytes));
+            }
+            Some((vae, files))
+        }
+        None => None,
+    };
     // A class table with one extra null class.
     model_map
         .entry("_class_name")
@@ -619,6 +714,9 @@ fn unet_task(
             std: 1.0,
         },
     };
+    if let Some((v, _)) = &vae {
+        diffuse_models::pipeline::check_latent_pair(&unet_cfg, v.config())?;
+    }
     let task = UnetTask {
         model,
         cfg: unet_cfg,
@@ -626,6 +724,7 @@ fn unet_task(
         objective,
         sched_map,
         sched_cfg,
+        vae,
     };
     Ok((Net::Unet(Box::new(task)), varmap))
 }
@@ -705,7 +804,7 @@ impl Net {
 
     /// Files beside the weights in every checkpoint and the output: configs, and for a UNet
     /// the scheduler and `model_index.json` of a pipeline.
-    fn files(&self) -> Vec<(String, Vec<u8>)> {
+    fn files(&self) -> Files {
         let text = |v: &Value| serde_json::to_string_pretty(v).expect("json").into_bytes();
         let config = match self {
             Net::Unet(u) => u.cfg.to_json_string().into_bytes(),
@@ -719,9 +818,12 @@ impl Net {
         if let Net::Unet(u) = self {
             let sched = sched_cfg_json(&u.sched_map);
             let class = sched["_class_name"].as_str().unwrap_or("DDPMScheduler");
-            let index = diffuse_models::weights::model_index(class, false);
+            let index = diffuse_models::weights::model_index(class, u.vae.is_some());
             files.push(("scheduler/scheduler_config.json".into(), text(&sched)));
             files.push(("model_index.json".into(), text(&index)));
+            if let Some((_, vae_files)) = &u.vae {
+                files.extend(vae_files.iter().cloned());
+            }
         }
         files
     }
@@ -786,7 +888,10 @@ impl Net {
         let (grid, cols, metrics) = match self {
             Net::Unet(u) => {
                 let model = diffuse_models::weights::model_from_tensors(&u.cfg, tensors, device)?;
-                let (images, cols) = sample_grid(&model, &u.sched_cfg, classes, t, device)?;
+                let (mut images, cols) = sample_grid(&model, &u.sched_cfg, classes, t, device)?;
+                if let Some((vae, _)) = &u.vae {
+                    images = diffuse_models::pipeline::decode_latents(vae, &images, 16)?;
+                }
                 (images, cols, vec![])
             }
             Net::Vae(v) => {
