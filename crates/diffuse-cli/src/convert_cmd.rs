@@ -1,12 +1,15 @@
-//! `diffuse convert`: load a diffusers UNet (or pipeline) folder and write it back out in the
-//! diffusers layout, optionally in another dtype. Proves the round trip and halves sizes.
+//! `diffuse convert`: load a diffusers UNet (or pipeline, latent ones with their VAE) folder and
+//! write it back out in the diffusers layout, optionally in another dtype. Proves the round trip
+//! and halves sizes.
 
 use anyhow::{Context, Result};
-use candle_core::Device;
+use candle_core::{DType, Device};
 use diffuse_models::weights::{
-    load_into, parse_dtype, read_unet_config, resolve_model_folder, save_unet, weight_files,
+    build, load_into, parse_dtype, read_config, resolve_model_folder, save, weight_files,
+    DiffusersModel,
 };
-use std::path::PathBuf;
+use diffuse_models::{AutoencoderKL, UNet2DModel};
+use std::path::{Path, PathBuf};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -24,16 +27,6 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     let dtype = parse_dtype(&args.dtype)?;
     let folder = resolve_model_folder(&args.model)?;
-    let config = read_unet_config(&folder.unet_dir)?;
-    let (_, varmap) = diffuse_models::weights::build_unet(&config, &Device::Cpu)?;
-    let unexpected = load_into(&varmap, &weight_files(&folder.unet_dir)?)?;
-    if !unexpected.is_empty() {
-        eprintln!(
-            "note: {} tensors in the input are not used by UNet2DModel and are dropped: {}",
-            unexpected.len(),
-            unexpected.join(", ")
-        );
-    }
     let unet_out = if folder.pipeline_class.is_some() {
         // Copy the pipeline's other parts as they are.
         std::fs::create_dir_all(args.output.join("scheduler"))
@@ -49,12 +42,32 @@ pub fn run(args: Args) -> Result<()> {
     } else {
         args.output.clone()
     };
-    save_unet(&config, &varmap, &unet_out, dtype)?;
-    let n: usize = varmap.all_vars().iter().map(|v| v.elem_count()).sum();
+    let mut n = resave::<UNet2DModel>(&folder.unet_dir, &unet_out, dtype)?;
+    if let Some(vae) = &folder.vae_dir {
+        n += resave::<AutoencoderKL>(vae, &args.output.join("vae"), dtype)?;
+    }
     eprintln!(
         "wrote {} ({n} parameters, {})",
         args.output.display(),
         args.dtype
     );
     Ok(())
+}
+
+/// Loads model folder `src` (noting tensors the model does not use) and saves it to `dst`;
+/// returns the parameter count.
+fn resave<M: DiffusersModel>(src: &Path, dst: &Path, dtype: DType) -> Result<usize> {
+    let config = read_config::<M>(src)?;
+    let (_, varmap) = build::<M>(&config, &Device::Cpu)?;
+    let unexpected = load_into(&varmap, &weight_files(src)?)?;
+    if !unexpected.is_empty() {
+        eprintln!(
+            "note: {} tensors in {} are not used by the model and are dropped: {}",
+            unexpected.len(),
+            src.display(),
+            unexpected.join(", ")
+        );
+    }
+    save(&config, &varmap, dst, dtype)?;
+    Ok(varmap.all_vars().iter().map(|v| v.elem_count()).sum())
 }

@@ -1,9 +1,13 @@
-//! `diffuse data`: the data sets diffuse knows, and a preview grid of what the loader feeds.
+//! `diffuse data`: the data sets diffuse knows, a preview grid of what the loader feeds, and
+//! `encode`: a data set encoded once into a latent cache (`diffuse_models::latent_cache`).
 
 use anyhow::{bail, Result};
 use diffuse_data::datasets::{self, Split};
 use diffuse_data::loader::{Loader, LoaderConfig, Position};
 use diffuse_data::transform::{Fit, Transform};
+use diffuse_models::config::SampleSize;
+use diffuse_models::latent_cache::{encode_dataset, EncodeOptions};
+use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -32,6 +36,41 @@ pub enum Command {
         /// Skip unreadable samples (and count them) instead of stopping.
         #[arg(long)]
         skip_bad: bool,
+    },
+    /// Encode a data set with an AutoencoderKL into latent shards (mean, std) for latent
+    /// diffusion training; the VAE is copied beside them with scaling_factor = 1 / std of the
+    /// latents.
+    Encode {
+        /// An AutoencoderKL folder (config.json + weights), or a latent pipeline's `vae/`.
+        #[arg(long)]
+        vae: PathBuf,
+        /// A known name (mnist, fashion-mnist, cifar10) or a folder.
+        #[arg(long)]
+        data: String,
+        /// train or test
+        #[arg(long, default_value = "train")]
+        split: String,
+        #[arg(long)]
+        output: PathBuf,
+        /// Image size before encoding (default: the VAE's sample_size).
+        #[arg(long)]
+        size: Option<usize>,
+        /// pad, resize or center_crop
+        #[arg(long, default_value = "pad")]
+        fit: String,
+        #[arg(long, default_value_t = 64)]
+        batch_size: usize,
+        /// Images per shard file.
+        #[arg(long, default_value_t = 10000)]
+        shard_size: usize,
+        /// Encode only the first N samples.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// cpu or cuda
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        #[arg(long)]
+        quiet: bool,
     },
 }
 
@@ -109,6 +148,83 @@ pub fn run(cmd: Command) -> Result<()> {
                 eprintln!("labels: {l:?}");
             }
             eprintln!("wrote {}", output.display());
+            Ok(())
+        }
+        Command::Encode {
+            vae,
+            data,
+            split,
+            output,
+            size,
+            fit,
+            batch_size,
+            shard_size,
+            limit,
+            device,
+            quiet,
+        } => {
+            let Some(fit) = Fit::parse(&fit) else {
+                bail!("--fit: unknown value {fit:?}; allowed: pad, resize, center_crop");
+            };
+            let split = match split.as_str() {
+                "train" => Split::Train,
+                "test" => Split::Test,
+                other => bail!("--split: unknown value {other:?}; allowed: train, test"),
+            };
+            let size = match (
+                size,
+                diffuse_models::weights::read_vae_config(&vae)?.sample_size,
+            ) {
+                (Some(s), _) | (None, SampleSize::Square(s)) => s,
+                (None, SampleSize::Rect(_)) => {
+                    bail!("the VAE's sample_size is not square: give --size")
+                }
+            };
+            let ds = datasets::open(&data, split)?;
+            if !quiet {
+                eprintln!("{}", ds.describe());
+            }
+            let bar = if quiet {
+                ProgressBar::hidden()
+            } else {
+                ProgressBar::new(0).with_style(
+                    ProgressStyle::with_template(
+                        "encoding [{bar:30}] {pos}/{len} images · {per_sec} · eta {eta}",
+                    )
+                    .expect("template")
+                    .progress_chars("=> "),
+                )
+            };
+            let opts = EncodeOptions {
+                batch_size,
+                shard_size,
+                limit,
+                transform: Transform {
+                    size,
+                    fit,
+                    hflip: false,
+                },
+            };
+            let start = std::time::Instant::now();
+            let dev = crate::sample_cmd::device(&device)?;
+            let index = encode_dataset(&vae, &*ds, &opts, &output, &dev, &mut |done, total| {
+                bar.set_length(total as u64);
+                bar.set_position(done as u64);
+            })?;
+            bar.finish_and_clear();
+            eprintln!(
+                "{} images → latents [{}, {}, {}] in {} shards in {:.1} s; latent mean {:.4}, std {:.4}: scaling_factor {:.5} → {}",
+                index.count,
+                index.latent_shape[0],
+                index.latent_shape[1],
+                index.latent_shape[2],
+                index.shards.len(),
+                start.elapsed().as_secs_f64(),
+                index.latent_mean,
+                index.latent_std,
+                index.scaling_factor,
+                output.display()
+            );
             Ok(())
         }
     }

@@ -44,7 +44,7 @@ enum Command {
     Convert(convert_cmd::Args),
     /// Serve models over HTTP: generation API with batching, web page, metrics.
     Serve(serve_cmd::Args),
-    /// Train a UNet from a TOML config into a diffusers pipeline folder.
+    /// Train a UNet (or, with a [vae] section, an AutoencoderKL) from a TOML config.
     Train(train_cmd::Args),
     /// Data sets: list the known ones, preview what the loader gives.
     #[command(subcommand)]

@@ -1,12 +1,13 @@
-//! `diffuse sample`: generate images from a diffusers pipeline or UNet folder.
+//! `diffuse sample`: generate images from a diffusers pipeline or UNet folder; for a latent
+//! pipeline (`vae/` beside `unet/`) the UNet denoises latents and the VAE decodes them.
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use diffuse_core::config::SchedulerConfig;
 use diffuse_core::sampler::{Sampler, SamplerOptions};
 use diffuse_data::image_io;
-use diffuse_models::pipeline::{generate, GenerateOptions};
-use diffuse_models::weights::{load_unet, resolve_model_folder};
+use diffuse_models::pipeline::{check_latent_pair, decode_latents, generate, GenerateOptions};
+use diffuse_models::weights::{load_unet, load_vae, resolve_model_folder};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Map;
 use std::ops::ControlFlow;
@@ -15,7 +16,8 @@ use std::time::Instant;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// A diffusers pipeline folder (model_index.json, unet/, scheduler/) or a UNet folder.
+    /// A diffusers pipeline folder (model_index.json, unet/, scheduler/, and vae/ for latent
+    /// diffusion) or a UNet folder.
     #[arg(long)]
     model: PathBuf,
     /// Sampler: ddpm, ddim, plms, euler, euler_a, heun, dpmpp_2m, unipc (or a diffusers
@@ -46,10 +48,15 @@ pub struct Args {
     batch_size: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Image size (default: the model's sample_size).
+    /// Image size (default: the UNet's sample_size, times the VAE's downscale for latent
+    /// pipelines).
     #[arg(long)]
     size: Option<usize>,
-    /// Initial noise x_T: a safetensors file with one tensor `noise` [K, C, H, W].
+    /// Latent pipelines: decode this many latents at a time (0: each batch at once).
+    #[arg(long, default_value_t = 8)]
+    vae_slice: usize,
+    /// Initial noise x_T: a safetensors file with one tensor `noise` [K, C, H, W] (latent-sized
+    /// for latent pipelines).
     #[arg(long)]
     noise: Option<PathBuf>,
     /// Output: a folder (PNGs + grid.png), a .png (the grid), or a .safetensors (tensor
@@ -91,6 +98,16 @@ pub fn run(args: Args) -> Result<()> {
         _ => folder.unet_dir.clone(),
     };
     let (model, _) = load_unet(&unet_dir, &dev)?;
+    let vae = match &folder.vae_dir {
+        Some(dir) => {
+            let (vae, _) = load_vae(dir, &dev)?;
+            check_latent_pair(model.config(), vae.config())?;
+            Some(vae)
+        }
+        None => None,
+    };
+    // Images are `f` times larger than what the UNet denoises.
+    let f = vae.as_ref().map_or(1, |v| v.config().downscale());
     let mut sched = match args
         .scheduler_config
         .as_ref()
@@ -112,7 +129,10 @@ pub fn run(args: Args) -> Result<()> {
         },
     )?;
     let size = match (args.size, model.config().sample_hw()) {
-        (Some(s), _) => (s, s),
+        (Some(s), _) if s % f != 0 => {
+            bail!("--size {s}: must be a multiple of the VAE's downscale factor {f}")
+        }
+        (Some(s), _) => (s / f, s / f),
         (None, Some(hw)) => hw,
         (None, None) => bail!("the model config has no sample_size: give --size"),
     };
@@ -163,12 +183,22 @@ pub fn run(args: Args) -> Result<()> {
         b
     };
     let start = Instant::now();
-    let images = generate(&model, &sampler, &opts, &dev, &mut |p| {
+    let mut images = generate(&model, &sampler, &opts, &dev, &mut |p| {
         bar.set_length(p.total as u64);
         bar.set_position(p.done as u64);
         ControlFlow::Continue(())
     })?;
     bar.finish_and_clear();
+    if let Some(vae) = &vae {
+        let t = Instant::now();
+        images = decode_latents(vae, &images, args.vae_slice)?;
+        if !args.quiet {
+            eprintln!(
+                "decoded {num_images} latents in {:.2} s",
+                t.elapsed().as_secs_f64()
+            );
+        }
+    }
     let secs = start.elapsed().as_secs_f64();
     write_output(&images, &args.output)?;
     eprintln!(

@@ -1,5 +1,6 @@
-//! `diffuse train`: train a UNet from a TOML config into a diffusers pipeline folder, with
-//! checkpoints, exact resume, a progress bar and a JSONL metrics log. Ctrl-C saves and exits.
+//! `diffuse train`: train a UNet (or, with `[vae]`, an AutoencoderKL) from a TOML config into a
+//! diffusers folder, with checkpoints, exact resume, a progress bar and a JSONL metrics log.
+//! Ctrl-C saves and exits.
 
 use anyhow::{bail, Context, Result};
 use diffuse_train::trainer::{train, TrainConfig};
@@ -105,22 +106,32 @@ pub fn run(args: Args) -> Result<()> {
                 r.step
             ));
         }
-        let _ = writeln!(
-            log,
-            "{}",
-            serde_json::json!({"step": r.step, "loss": r.loss, "lr": r.lr, "grad_norm": r.grad_norm,
-                "images_per_s": images as f64 / secs, "skipped": r.skipped_nonfinite, "time_s": secs,
-                "data_wait_s": r.data_wait_s})
-        );
+        let mut line = serde_json::json!({"step": r.step, "loss": r.loss, "lr": r.lr,
+            "grad_norm": r.grad_norm, "images_per_s": images as f64 / secs,
+            "skipped": r.skipped_nonfinite, "time_s": secs, "data_wait_s": r.data_wait_s});
+        for (k, v) in &r.metrics {
+            line[k.as_str()] = (*v).into();
+            if k == "eval/psnr" {
+                bar.println(format!("step {}: held-out PSNR {v:.2} dB", r.step));
+            }
+        }
+        let _ = writeln!(log, "{line}");
     })?;
     bar.finish_and_clear();
+    let next = if config.vae.is_some() {
+        format!(
+            "encode a data set with it: diffuse data encode --vae {} --data …",
+            output.join("vae_ema").display()
+        )
+    } else {
+        format!("sample it: diffuse sample --model {}", output.display())
+    };
     eprintln!(
-        "trained to step {} (last loss {:.4}) in {:.1} s → {} (sample it: diffuse sample --model {})",
+        "trained to step {} (last loss {:.4}) in {:.1} s → {} ({next})",
         outcome.steps,
         outcome.last_loss,
         start.elapsed().as_secs_f64(),
         output.display(),
-        output.display()
     );
     Ok(())
 }

@@ -475,6 +475,189 @@ fn convert_round_trips_and_halves_with_f16() {
     assert!(max_rel(&load_images(&s), &want) <= 2e-2);
 }
 
+/// `pipeline_latent` assembled from its fixture UNet and VAE folders.
+fn latent_pipeline(dst: &Path, vae: &str) {
+    let fx = model_fixtures();
+    let text = std::fs::read_to_string(fx.join("pipeline_latent/scheduler/scheduler_config.json"));
+    let sched = serde_json::from_str(&text.unwrap()).unwrap();
+    let (unet, vae) = (fx.join("unet_timestep_class"), fx.join(vae));
+    diffuse_models::weights::write_latent_pipeline(dst, &unet, &vae, &sched).unwrap();
+}
+
+#[test]
+fn sample_latent_pipeline_matches_diffusers_and_checks_the_vae() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipe = dir.path().join("latent");
+    latent_pipeline(&pipe, "vae_gray_plain");
+    let rec = model_fixtures().join("pipeline_latent/samples.safetensors");
+    let recorded = candle_core::safetensors::load(&rec, &candle_core::Device::Cpu).unwrap();
+    let want: Vec<f32> = recorded["images"].flatten_all().unwrap().to_vec1().unwrap();
+    for slice in ["1", "0"] {
+        let out = dir.path().join(format!("s{slice}.safetensors"));
+        let o = diffuse(&[
+            "sample",
+            "--model",
+            pipe.to_str().unwrap(),
+            "--steps",
+            "4",
+            "--class",
+            "7",
+            "--noise",
+            rec.to_str().unwrap(),
+            "--vae-slice",
+            slice,
+            "--output",
+            out.to_str().unwrap(),
+            "--quiet",
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let got = load_images(&out);
+        assert_eq!(got.len(), 2 * 16 * 16, "images are decoded, not latents");
+        let e = max_rel(&got, &want);
+        assert!(e <= 1e-4, "--vae-slice {slice}: {e}");
+    }
+    // Default size: the UNet's sample_size (16) is the latent size; images are 4× larger.
+    let png = dir.path().join("grid.png");
+    let o = diffuse(&[
+        "sample",
+        "--model",
+        pipe.to_str().unwrap(),
+        "--steps",
+        "2",
+        "--class",
+        "7",
+        "--num-images",
+        "1",
+        "--output",
+        png.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(png_info(&png).0, 64);
+    let o = diffuse(&[
+        "sample",
+        "--model",
+        pipe.to_str().unwrap(),
+        "--size",
+        "30",
+        "--class",
+        "7",
+        "--output",
+        png.to_str().unwrap(),
+    ]);
+    assert_one_line_error(&o, "multiple of the VAE's downscale factor 4");
+    // A VAE whose latents the UNet cannot take.
+    let bad = dir.path().join("mismatch");
+    latent_pipeline(&bad, "vae_gray_plain");
+    for f in ["config.json", "diffusion_pytorch_model.safetensors"] {
+        std::fs::copy(
+            model_fixtures().join("vae_rgb_attn").join(f),
+            bad.join("vae").join(f),
+        )
+        .unwrap();
+    }
+    let o = diffuse(&[
+        "sample",
+        "--model",
+        bad.to_str().unwrap(),
+        "--class",
+        "7",
+        "--output",
+        png.to_str().unwrap(),
+    ]);
+    assert_one_line_error(&o, "latent_channels 4 but the UNet has in_channels 2");
+    // convert carries the VAE along.
+    let half = dir.path().join("half");
+    let o = diffuse(&[
+        "convert",
+        "--model",
+        pipe.to_str().unwrap(),
+        "--output",
+        half.to_str().unwrap(),
+        "--dtype",
+        "f16",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let s = dir.path().join("h.safetensors");
+    let o = diffuse(&[
+        "sample",
+        "--model",
+        half.to_str().unwrap(),
+        "--steps",
+        "4",
+        "--class",
+        "7",
+        "--noise",
+        rec.to_str().unwrap(),
+        "--output",
+        s.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(max_rel(&load_images(&s), &want) <= 2e-2);
+}
+
+#[test]
+fn data_encode_writes_a_latent_cache_with_the_scaled_vae() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("latents");
+    let vae = model_fixtures().join("vae_gray_plain");
+    let o = diffuse(&[
+        "data",
+        "encode",
+        "--vae",
+        vae.to_str().unwrap(),
+        "--data",
+        "mnist",
+        "--limit",
+        "12",
+        "--shard-size",
+        "5",
+        "--batch-size",
+        "4",
+        "--size",
+        "16",
+        "--output",
+        out.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("scaling_factor"), "{}", stderr(&o));
+    let index: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("latents.json")).unwrap()).unwrap();
+    assert_eq!(index["count"], 12);
+    assert_eq!(index["latent_shape"], serde_json::json!([2, 4, 4]));
+    assert_eq!(index["shards"].as_array().unwrap().len(), 3);
+    let cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("vae/config.json")).unwrap())
+            .unwrap();
+    let std = index["latent_std"].as_f64().unwrap();
+    assert_eq!(cfg["scaling_factor"].as_f64().unwrap(), 1.0 / std);
+    let shard = candle_core::safetensors::load(
+        out.join("shard-00002.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    assert_eq!(shard["mean"].dims(), &[2, 2, 4, 4]);
+    assert_eq!(shard["labels"].dims(), &[2]);
+    // An RGB VAE cannot encode MNIST.
+    let rgb = model_fixtures().join("vae_rgb_attn");
+    let o = diffuse(&[
+        "data",
+        "encode",
+        "--vae",
+        rgb.to_str().unwrap(),
+        "--data",
+        "mnist",
+        "--limit",
+        "2",
+        "--output",
+        dir.path().join("x").to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert_one_line_error(&o, "in_channels 3");
+}
+
 /// `diffuse serve` on an ephemeral port: SIGTERM during a request lets it finish, then exit 0.
 #[test]
 fn serve_drains_in_flight_requests_on_sigterm() {

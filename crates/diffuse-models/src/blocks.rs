@@ -1,6 +1,8 @@
 //! UNet blocks, diffusers `models/unets/unet_2d_blocks.py`: `DownBlock2D`, `AttnDownBlock2D`,
-//! `ResnetDownsampleBlock2D`, their up twins, and `UNetMidBlock2D`. One struct per direction:
-//! the types differ only in whether attention follows each ResNet and how they resample.
+//! `ResnetDownsampleBlock2D`, their up twins, `UNetMidBlock2D`, and the VAE's
+//! `DownEncoderBlock2D` / `UpDecoderBlock2D` (no time embedding, no skip connections). One
+//! struct per direction: the types differ only in whether attention follows each ResNet, how
+//! they resample and whether up blocks take skips.
 
 use crate::attention::SpatialAttention;
 use crate::resnet::{Downsample2D, Resample, ResnetBlock2D, ResnetOptions, Upsample2D};
@@ -142,20 +144,25 @@ impl DownBlock {
 }
 
 /// An up block: ResNets over [h, skip] (each optionally followed by attention), then an upsampler.
+/// `UpDecoderBlock2D` takes no skips: its ResNets see h alone.
 #[derive(Debug, Clone)]
 pub struct UpBlock {
     resnets: Vec<ResnetBlock2D>,
     attentions: Vec<SpatialAttention>,
     up: Option<Up>,
+    takes_skips: bool,
 }
 
 impl UpBlock {
     pub fn new(spec: &BlockSpec, opts: ResnetOptions, vb: VarBuilder) -> Result<Self> {
         let attn = spec.block_type == "AttnUpBlock2D";
+        let takes_skips = spec.block_type != "UpDecoderBlock2D";
         let mut resnets = Vec::new();
         let mut attentions = Vec::new();
         for i in 0..spec.num_layers {
-            let skip = if i == spec.num_layers - 1 {
+            let skip = if !takes_skips {
+                0
+            } else if i == spec.num_layers - 1 {
                 spec.in_channels
             } else {
                 spec.out_channels
@@ -193,20 +200,27 @@ impl UpBlock {
             resnets,
             attentions,
             up,
+            takes_skips,
         })
     }
 
     /// Number of skip states this block consumes.
     pub fn num_states(&self) -> usize {
-        self.resnets.len()
+        if self.takes_skips {
+            self.resnets.len()
+        } else {
+            0
+        }
     }
 
     /// `skips`: this block's skip states, in the order they were produced (the last is used first).
     pub fn forward(&self, x: &Tensor, skips: &[Tensor], temb: Option<&Tensor>) -> Result<Tensor> {
         let mut h = x.clone();
         for (i, r) in self.resnets.iter().enumerate() {
-            let skip = &skips[skips.len() - 1 - i];
-            h = Tensor::cat(&[&h, skip], 1)?; // [b, c + c_skip, h, w]
+            if self.takes_skips {
+                let skip = &skips[skips.len() - 1 - i];
+                h = Tensor::cat(&[&h, skip], 1)?; // [b, c + c_skip, h, w]
+            }
             h = r.forward(&h, temb)?;
             if let Some(a) = self.attentions.get(i) {
                 h = a.forward(&h)?;

@@ -2,11 +2,12 @@
 //! candle, so a model moves between diffusers and diffuse without conversion scripts.
 //!
 //! - [`unet_2d::UNet2DModel`] and its parts ([`blocks`], [`resnet`], [`attention`],
-//!   [`embeddings`]).
+//!   [`embeddings`]); [`vae::AutoencoderKL`] (latent diffusion's VAE) from the same parts.
 //! - [`weights`]: `diffusion_pytorch_model.safetensors` in and out (f32/f16/bf16 on disk), and
 //!   diffusers pipeline folders.
 //! - [`ops`]: the one seam through which models reach the hot ops.
-//! - [`denoise`]: a loaded model as a `diffuse_core` denoiser; [`pipeline`]: batched generation.
+//! - [`denoise`]: a loaded model as a `diffuse_core` denoiser; [`pipeline`]: batched generation
+//!   (pixel or latent); [`latent_cache`]: a data set encoded once into latent shards.
 
 pub mod attention;
 pub mod blocks;
@@ -14,14 +15,17 @@ pub mod config;
 pub mod denoise;
 pub mod embeddings;
 pub mod kernels;
+pub mod latent_cache;
 pub mod ops;
 pub mod pipeline;
 pub mod resnet;
 pub mod unet_2d;
+pub mod vae;
 pub mod weights;
 
-pub use config::UNet2DConfig;
+pub use config::{AutoencoderKLConfig, UNet2DConfig};
 pub use unet_2d::UNet2DModel;
+pub use vae::AutoencoderKL;
 
 /// Errors of model building, loading and running.
 #[derive(Debug, thiserror::Error)]

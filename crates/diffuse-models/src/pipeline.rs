@@ -1,9 +1,10 @@
 //! Image generation with a UNet, as diffusers' `DDPMPipeline` does it, plus what a service
 //! needs: batching of K images in chunks, one noise stream per image (the same seed gives the
-//! same image at any batch size), class labels and classifier-free guidance.
+//! same image at any batch size), class labels and classifier-free guidance. Latent diffusion:
+//! the same loop over an AutoencoderKL's latents, then [`decode_latents`].
 
 use crate::denoise::UNetDenoiser;
-use crate::{Error, Result, UNet2DModel};
+use crate::{AutoencoderKL, AutoencoderKLConfig, Error, Result, UNet2DConfig, UNet2DModel};
 use candle_core::{DType, Device, Shape, Tensor};
 use diffuse_core::denoiser::{ClassifierFreeGuidance, Denoiser};
 use diffuse_core::rng::{NoiseSource, SeededNoise};
@@ -171,4 +172,23 @@ pub fn generate(
         outputs.push(out?);
     }
     Ok(Tensor::cat(&outputs, 0)?)
+}
+
+/// A UNet can denoise a VAE's latents only if both sides have `latent_channels` channels.
+pub fn check_latent_pair(unet: &UNet2DConfig, vae: &AutoencoderKLConfig) -> Result<()> {
+    let l = vae.latent_channels;
+    if unet.in_channels != l || unet.out_channels != l {
+        return Err(Error::Config(format!(
+            "the VAE has latent_channels {l} but the UNet has in_channels {} and out_channels {}: \
+             the UNet must take and predict the VAE's latents (vae/config.json, unet/config.json)",
+            unet.in_channels, unet.out_channels
+        )));
+    }
+    Ok(())
+}
+
+/// Latents as the diffusion model produced them (scaled) → images `[K, C, H·f, W·f]`:
+/// decode(z / scaling_factor + shift_factor), `slice` latents at a time (0: all at once).
+pub fn decode_latents(vae: &AutoencoderKL, latents: &Tensor, slice: usize) -> Result<Tensor> {
+    vae.decode_sliced(&vae.unscale_latents(latents)?, slice)
 }

@@ -1,9 +1,11 @@
-//! Weights in and out, in diffusers' layout: a model folder holds `config.json` and
+//! Weights in and out, in diffusers' layout (UNet2DModel and AutoencoderKL alike, through
+//! [`DiffusersModel`]): a model folder holds `config.json` and
 //! `diffusion_pytorch_model.safetensors` (or a sharded `.safetensors.index.json`, or an `fp16`
-//! variant); a pipeline folder holds `model_index.json`, `unet/` and `scheduler/`.
+//! variant); a pipeline folder holds `model_index.json`, `unet/` and `scheduler/`, and `vae/` for
+//! a latent pipeline ([`LATENT_PIPELINE_CLASS`]).
 //! Tensors on disk may be f32, f16 or bf16; in memory the model is f32 unless asked otherwise.
 
-use crate::{Error, Result, UNet2DConfig, UNet2DModel};
+use crate::{AutoencoderKL, AutoencoderKLConfig, Error, Result, UNet2DConfig, UNet2DModel};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use std::collections::{BTreeSet, HashMap};
@@ -11,6 +13,24 @@ use std::path::{Path, PathBuf};
 
 pub const WEIGHTS_NAME: &str = "diffusion_pytorch_model.safetensors";
 pub const CONFIG_NAME: &str = "config.json";
+/// `_class_name` of diffuse's latent diffusion pipeline (`vae/` + `unet/` + `scheduler/`):
+/// diffusers has no pipeline for an unconditional/class-conditional UNet2DModel on AutoencoderKL
+/// latents.
+pub const LATENT_PIPELINE_CLASS: &str = "DiffuseLatentPipeline";
+
+/// `model_index.json` of a pipeline folder: `DDPMPipeline`, or [`LATENT_PIPELINE_CLASS`] with a VAE.
+pub fn model_index(scheduler_class: &str, with_vae: bool) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "_class_name": if with_vae { LATENT_PIPELINE_CLASS } else { "DDPMPipeline" },
+        "_diffusers_version": "0.42.1",
+        "scheduler": ["diffusers", scheduler_class],
+        "unet": ["diffusers", "UNet2DModel"],
+    });
+    if with_vae {
+        v["vae"] = serde_json::json!(["diffusers", "AutoencoderKL"]);
+    }
+    v
+}
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |source| Error::Io {
@@ -30,6 +50,8 @@ pub struct ModelFolder {
     pub pipeline_class: Option<String>,
     /// `unet_ema/` beside `unet/`, as `diffuse train` writes it (EMA of the weights).
     pub ema_unet_dir: Option<PathBuf>,
+    /// `vae/` of a latent pipeline: the UNet denoises this AutoencoderKL's latents.
+    pub vae_dir: Option<PathBuf>,
 }
 
 /// Resolves a diffusers pipeline folder (`model_index.json`) or a bare UNet folder.
@@ -52,10 +74,22 @@ pub fn resolve_model_folder(dir: &Path) -> Result<ModelFolder> {
                 index.display()
             )));
         }
+        let vae_dir = match v.get("vae") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(_) if dir.join("vae").join(CONFIG_NAME).exists() => Some(dir.join("vae")),
+            Some(_) => {
+                return Err(Error::Config(format!(
+                    "{}: the pipeline names a `vae` component but {} has no config.json",
+                    index.display(),
+                    dir.join("vae").display()
+                )))
+            }
+        };
         let sched = dir.join("scheduler").join("scheduler_config.json");
         let ema = dir.join("unet_ema");
         return Ok(ModelFolder {
             unet_dir,
+            vae_dir,
             ema_unet_dir: ema.join(CONFIG_NAME).exists().then_some(ema),
             scheduler_config: sched.exists().then_some(sched),
             pipeline_class: v
@@ -70,6 +104,7 @@ pub fn resolve_model_folder(dir: &Path) -> Result<ModelFolder> {
             scheduler_config: None,
             pipeline_class: None,
             ema_unet_dir: None,
+            vae_dir: None,
         });
     }
     Err(Error::Weights(format!(
@@ -78,43 +113,160 @@ pub fn resolve_model_folder(dir: &Path) -> Result<ModelFolder> {
     )))
 }
 
-/// Reads and validates `dir/config.json`.
-pub fn read_unet_config(dir: &Path) -> Result<UNet2DConfig> {
+/// A diffusers model type: its `config.json` and how it is built from weights under
+/// diffusers' names. The folder functions below are generic over it.
+pub trait DiffusersModel: Sized {
+    type Config: serde::Serialize;
+    /// Parses and validates `config.json` text.
+    fn parse_config(text: &str) -> Result<Self::Config>;
+    fn build(config: &Self::Config, vb: VarBuilder) -> Result<Self>;
+}
+
+impl DiffusersModel for UNet2DModel {
+    type Config = UNet2DConfig;
+    fn parse_config(text: &str) -> Result<UNet2DConfig> {
+        UNet2DConfig::from_json_str(text)
+    }
+    fn build(config: &UNet2DConfig, vb: VarBuilder) -> Result<Self> {
+        UNet2DModel::new(config, vb)
+    }
+}
+
+impl DiffusersModel for AutoencoderKL {
+    type Config = AutoencoderKLConfig;
+    fn parse_config(text: &str) -> Result<AutoencoderKLConfig> {
+        AutoencoderKLConfig::from_json_str(text)
+    }
+    fn build(config: &AutoencoderKLConfig, vb: VarBuilder) -> Result<Self> {
+        AutoencoderKL::new(config, vb)
+    }
+}
+
+/// Writes a latent pipeline folder `dir`: `unet/` and `vae/` copied from model folders (config
+/// and weight files as they are), `scheduler/scheduler_config.json` and `model_index.json`.
+/// Fails, writing nothing, when the UNet cannot denoise the VAE's latents.
+pub fn write_latent_pipeline(
+    dir: &Path,
+    unet_dir: &Path,
+    vae_dir: &Path,
+    scheduler: &serde_json::Map<String, serde_json::Value>,
+) -> Result<()> {
+    crate::pipeline::check_latent_pair(&read_unet_config(unet_dir)?, &read_vae_config(vae_dir)?)?;
+    let write = |path: &Path, bytes: &[u8]| -> Result<()> {
+        std::fs::create_dir_all(path.parent().expect("a file in a folder"))
+            .map_err(io_err(path))?;
+        diffuse_data::fs::write_atomic(path, bytes).map_err(|e| Error::Weights(e.to_string()))
+    };
+    copy_model_folder(unet_dir, &dir.join("unet"))?;
+    copy_model_folder(vae_dir, &dir.join("vae"))?;
+    let class = scheduler
+        .get("_class_name")
+        .and_then(|c| c.as_str())
+        .unwrap_or("DDPMScheduler");
+    let text = |v: &serde_json::Value| serde_json::to_string_pretty(v).expect("json");
+    write(
+        &dir.join("scheduler").join("scheduler_config.json"),
+        text(&serde_json::Value::Object(scheduler.clone())).as_bytes(),
+    )?;
+    write(
+        &dir.join("model_index.json"),
+        text(&model_index(class, true)).as_bytes(),
+    )
+}
+
+/// Copies a model folder's `config.json` and weight files (sharded index included) as they are.
+pub fn copy_model_folder(src: &Path, dst: &Path) -> Result<()> {
+    let mut files = weight_files(src)?;
+    files.push(src.join(CONFIG_NAME));
+    let index = src.join(format!("{WEIGHTS_NAME}.index.json"));
+    if index.exists() {
+        files.push(index);
+    }
+    std::fs::create_dir_all(dst).map_err(io_err(dst))?;
+    for f in files {
+        let bytes = std::fs::read(&f).map_err(io_err(&f))?;
+        diffuse_data::fs::write_atomic(&dst.join(f.file_name().expect("a file")), &bytes)
+            .map_err(|e| Error::Weights(e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// Reads and validates `dir/config.json` as model `M`'s config.
+pub fn read_config<M: DiffusersModel>(dir: &Path) -> Result<M::Config> {
     let path = dir.join(CONFIG_NAME);
     let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
-    UNet2DConfig::from_json_str(&text)
-        .map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+    M::parse_config(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
 }
 
 /// A freshly initialized model and the variables that hold its weights.
-pub fn build_unet(config: &UNet2DConfig, device: &Device) -> Result<(UNet2DModel, VarMap)> {
+pub fn build<M: DiffusersModel>(config: &M::Config, device: &Device) -> Result<(M, VarMap)> {
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
-    let model = UNet2DModel::new(config, vb)?;
+    let model = M::build(config, vb)?;
     Ok((model, varmap))
 }
 
-/// Loads a UNet folder (config + weights) as f32 on `device`, for inference: the model is
+/// Loads a model folder (config + weights) as f32 on `device`, for inference: the model is
 /// built on plain (detached) tensors. Weights held as candle `Var`s make every op record the
 /// graph, so a sampling loop would keep every step's activations alive (measured: DDIM-50 of
 /// 256 images ran out of the H100's 80 GB). The `VarMap` with the same values is returned for
 /// saving or for training.
-pub fn load_unet(dir: &Path, device: &Device) -> Result<(UNet2DModel, VarMap)> {
-    let config = read_unet_config(dir)?;
-    let (_, varmap) = build_unet(&config, device)?;
+pub fn load<M: DiffusersModel>(dir: &Path, device: &Device) -> Result<(M, VarMap)> {
+    let config = read_config::<M>(dir)?;
+    let (_, varmap) = build::<M>(&config, device)?;
     let files = weight_files(dir)?;
     load_into(&varmap, &files)?;
-    let model = inference_model(&config, &varmap, device)?;
+    let model = from_tensors::<M>(&config, detached_tensors(&varmap), device)?;
     Ok((model, varmap))
 }
 
-/// A model over detached copies of the variables' tensors (no graph recording).
+/// A model over the given named tensors (every weight the config needs must be there).
+pub fn from_tensors<M: DiffusersModel>(
+    config: &M::Config,
+    tensors: HashMap<String, Tensor>,
+    device: &Device,
+) -> Result<M> {
+    let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
+    M::build(config, vb)
+}
+
+/// Reads and validates a UNet folder's `config.json`.
+pub fn read_unet_config(dir: &Path) -> Result<UNet2DConfig> {
+    read_config::<UNet2DModel>(dir)
+}
+
+/// A freshly initialized UNet and its variables.
+pub fn build_unet(config: &UNet2DConfig, device: &Device) -> Result<(UNet2DModel, VarMap)> {
+    build(config, device)
+}
+
+/// Loads a UNet folder for inference (see [`load`]).
+pub fn load_unet(dir: &Path, device: &Device) -> Result<(UNet2DModel, VarMap)> {
+    load(dir, device)
+}
+
+/// Reads and validates a VAE folder's `config.json`.
+pub fn read_vae_config(dir: &Path) -> Result<AutoencoderKLConfig> {
+    read_config::<AutoencoderKL>(dir)
+}
+
+/// A freshly initialized AutoencoderKL and its variables.
+pub fn build_vae(config: &AutoencoderKLConfig, device: &Device) -> Result<(AutoencoderKL, VarMap)> {
+    build(config, device)
+}
+
+/// Loads an AutoencoderKL folder for inference (see [`load`]).
+pub fn load_vae(dir: &Path, device: &Device) -> Result<(AutoencoderKL, VarMap)> {
+    load(dir, device)
+}
+
+/// A UNet over detached copies of the variables' tensors (no graph recording).
 pub fn inference_model(
     config: &UNet2DConfig,
     varmap: &VarMap,
     device: &Device,
 ) -> Result<UNet2DModel> {
-    model_from_tensors(config, detached_tensors(varmap), device)
+    from_tensors(config, detached_tensors(varmap), device)
 }
 
 /// Detached copies of the variables' tensors, by name.
@@ -128,14 +280,13 @@ pub fn detached_tensors(varmap: &VarMap) -> HashMap<String, Tensor> {
         .collect()
 }
 
-/// A model over the given named tensors (every weight the config needs must be there).
+/// A UNet over the given named tensors.
 pub fn model_from_tensors(
     config: &UNet2DConfig,
     tensors: HashMap<String, Tensor>,
     device: &Device,
 ) -> Result<UNet2DModel> {
-    let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
-    UNet2DModel::new(config, vb)
+    from_tensors(config, tensors, device)
 }
 
 /// The safetensors file(s) of a model folder.
@@ -260,7 +411,12 @@ fn legacy_name(name: &str) -> Option<String> {
 
 /// Writes `dir/config.json` and `dir/diffusion_pytorch_model.safetensors` (tensors converted to
 /// `dtype`), each atomically, creating `dir`.
-pub fn save_unet(config: &UNet2DConfig, varmap: &VarMap, dir: &Path, dtype: DType) -> Result<()> {
+pub fn save(
+    config: &impl serde::Serialize,
+    varmap: &VarMap,
+    dir: &Path,
+    dtype: DType,
+) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     let bytes = serialize_vars(varmap, dtype)?;
     diffuse_data::fs::write_atomic(&dir.join(WEIGHTS_NAME), &bytes)
@@ -274,6 +430,21 @@ pub fn save_unet(config: &UNet2DConfig, varmap: &VarMap, dir: &Path, dtype: DTyp
     diffuse_data::fs::write_atomic(&dir.join(CONFIG_NAME), text.as_bytes())
         .map_err(|e| Error::Weights(e.to_string()))?;
     Ok(())
+}
+
+/// Saves a UNet folder (see [`save`]).
+pub fn save_unet(config: &UNet2DConfig, varmap: &VarMap, dir: &Path, dtype: DType) -> Result<()> {
+    save(config, varmap, dir, dtype)
+}
+
+/// Saves an AutoencoderKL folder (see [`save`]).
+pub fn save_vae(
+    config: &AutoencoderKLConfig,
+    varmap: &VarMap,
+    dir: &Path,
+    dtype: DType,
+) -> Result<()> {
+    save(config, varmap, dir, dtype)
 }
 
 /// The variables as a safetensors buffer (with `{"format": "pt"}` metadata, as diffusers writes).

@@ -2,13 +2,14 @@
 //! image size) are denoised together, up to `max_batch` images, waiting at most `max_wait`.
 //! Each request keeps its own sampler plan, sampler state, noise streams, labels and guidance
 //! scale; only the UNet call is shared (it takes a timestep per row). Inference runs on a
-//! plain thread per model, off the async runtime.
+//! plain thread per model, off the async runtime. A latent pipeline's VAE decodes each job's
+//! latents after the loop.
 
 use crate::metrics::Metrics;
 use candle_core::{DType, Device, Shape, Tensor};
 use diffuse_core::rng::{NoiseSource, SeededNoise};
 use diffuse_core::sampler::{Sampler, SamplerState};
-use diffuse_models::UNet2DModel;
+use diffuse_models::{AutoencoderKL, UNet2DModel};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -71,9 +72,10 @@ pub struct BatchConfig {
 }
 
 impl Batcher {
-    /// Starts the worker thread for `model`.
+    /// Starts the worker thread for `model` (and `vae`, for a latent pipeline).
     pub fn start(
         model: Arc<UNet2DModel>,
+        vae: Option<Arc<AutoencoderKL>>,
         device: Device,
         config: BatchConfig,
         metrics: Arc<Metrics>,
@@ -90,7 +92,7 @@ impl Batcher {
         };
         std::thread::Builder::new()
             .name("diffuse-batcher".into())
-            .spawn(move || worker(shared, model, device, config, metrics))
+            .spawn(move || worker(shared, model, vae, device, config, metrics))
             .expect("spawn batcher thread");
         b
     }
@@ -130,6 +132,7 @@ fn key(j: &Job) -> (usize, (usize, usize)) {
 fn worker(
     shared: Arc<Shared>,
     model: Arc<UNet2DModel>,
+    vae: Option<Arc<AutoencoderKL>>,
     device: Device,
     config: BatchConfig,
     metrics: Arc<Metrics>,
@@ -178,7 +181,7 @@ fn worker(
         }
         metrics.queue_depth_add(-(batch.len() as i64));
         drop(q);
-        run_batch(&model, &device, batch, &metrics);
+        run_batch(&model, vae.as_deref(), &device, batch, &metrics);
     }
 }
 
@@ -189,7 +192,16 @@ struct Running {
     x: Tensor,
 }
 
-fn run_batch(model: &UNet2DModel, device: &Device, jobs: Vec<Job>, metrics: &Metrics) {
+/// Latents decoded at a time by a latent pipeline's VAE.
+const VAE_SLICE: usize = 8;
+
+fn run_batch(
+    model: &UNet2DModel,
+    vae: Option<&AutoencoderKL>,
+    device: &Device,
+    jobs: Vec<Job>,
+    metrics: &Metrics,
+) {
     let start = Instant::now();
     let batch_images: usize = jobs.iter().map(|j| j.n).sum();
     metrics.observe_batch(batch_images);
@@ -244,12 +256,20 @@ fn run_batch(model: &UNet2DModel, device: &Device, jobs: Vec<Job>, metrics: &Met
             }
         }
     }
+    let decoded: Vec<Result<Tensor, String>> = running
+        .iter()
+        .map(|r| match vae {
+            Some(v) => diffuse_models::pipeline::decode_latents(v, &r.x, VAE_SLICE)
+                .map_err(|e| e.to_string()),
+            None => Ok(r.x.clone()),
+        })
+        .collect();
     let compute_ms = start.elapsed().as_secs_f64() * 1e3;
     metrics.observe_compute(batch_images, total, start.elapsed());
-    for r in running {
+    for (r, images) in running.into_iter().zip(decoded) {
         let queue_ms = (start - r.job.enqueued).as_secs_f64() * 1e3;
-        let _ = r.job.reply.send(Ok(JobResult {
-            images: r.x,
+        let _ = r.job.reply.send(images.map(|images| JobResult {
+            images,
             queue_ms,
             compute_ms,
             batch_images,

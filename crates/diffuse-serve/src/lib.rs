@@ -63,7 +63,10 @@ pub struct ModelEntry {
     pub model: Arc<diffuse_models::UNet2DModel>,
     /// The pipeline's scheduler config (DDIM defaults for a bare UNet folder).
     pub scheduler: Map<String, Value>,
+    /// Default image size (for a latent pipeline: the UNet's sample_size times the VAE's downscale).
     pub size: (usize, usize),
+    /// The VAE of a latent pipeline: the UNet denoises its latents, the batcher decodes them.
+    pub vae: Option<Arc<diffuse_models::AutoencoderKL>>,
     pub batcher: Batcher,
 }
 
@@ -107,6 +110,17 @@ impl AppState {
         let unet_dir = folder.ema_unet_dir.as_ref().unwrap_or(&folder.unet_dir);
         let (model, _) =
             diffuse_models::weights::load_unet(unet_dir, device).map_err(|e| e.to_string())?;
+        let vae = match &folder.vae_dir {
+            Some(d) => {
+                let (vae, _) =
+                    diffuse_models::weights::load_vae(d, device).map_err(|e| e.to_string())?;
+                diffuse_models::pipeline::check_latent_pair(model.config(), vae.config())
+                    .map_err(|e| e.to_string())?;
+                Some(Arc::new(vae))
+            }
+            None => None,
+        };
+        let f = vae.as_ref().map_or(1, |v| v.config().downscale());
         let scheduler = match &folder.scheduler_config {
             Some(p) => {
                 let text =
@@ -117,7 +131,8 @@ impl AppState {
             None => Map::from_iter([("_class_name".into(), "DDIMScheduler".into())]),
         };
         SchedulerConfig::from_json_map(&scheduler).map_err(|e| e.to_string())?;
-        let size = model.config().sample_hw().unwrap_or((32, 32));
+        let (h, w) = model.config().sample_hw().unwrap_or((32 / f, 32 / f));
+        let size = (h * f, w * f);
         let id = dir
             .canonicalize()
             .ok()
@@ -129,6 +144,7 @@ impl AppState {
         let model = Arc::new(model);
         let batcher = Batcher::start(
             model.clone(),
+            vae.clone(),
             device.clone(),
             BatchConfig {
                 max_batch: self.config.max_batch,
@@ -144,6 +160,7 @@ impl AppState {
                 model,
                 scheduler,
                 size,
+                vae,
                 batcher,
             },
         );
@@ -222,6 +239,7 @@ async fn list_models(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Resp
                 "object": "model",
                 "sample_size": [m.size.0, m.size.1],
                 "in_channels": c.in_channels,
+                "latent": m.vae.is_some(),
                 "class_conditional": m.model.is_class_conditional(),
                 "num_classes": m.num_classes(),
                 "scheduler": m.scheduler.get("_class_name"),

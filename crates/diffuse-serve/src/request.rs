@@ -187,7 +187,7 @@ pub fn parse(body: &[u8], cfg: &ServeConfig) -> Result<Request, ApiError> {
     })
 }
 
-/// The model-specific part: sampler plan, labels, size.
+/// The model-specific part: sampler plan, labels, size (of what the UNet denoises).
 pub struct Planned {
     pub sampler: Sampler,
     pub labels: Option<Vec<u32>>,
@@ -251,9 +251,11 @@ pub fn plan(req: &Request, entry: &ModelEntry) -> Result<Planned, ApiError> {
             "classifier-free guidance needs a class-conditional model with a class table",
         ));
     }
-    let size = match req.size {
+    // Image size; the batcher denoises at latent size (image / f) for a latent pipeline.
+    let f = entry.vae.as_ref().map_or(1, |v| v.config().downscale());
+    let (h, w) = match req.size {
         Some(s) => {
-            let m = entry.model.size_multiple();
+            let m = entry.model.size_multiple() * f;
             if s % m != 0 {
                 return Err(ApiError::bad(
                     "size",
@@ -264,6 +266,7 @@ pub fn plan(req: &Request, entry: &ModelEntry) -> Result<Planned, ApiError> {
         }
         None => entry.size,
     };
+    let size = (h / f, w / f);
     Ok(Planned {
         sampler,
         labels,

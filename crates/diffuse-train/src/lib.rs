@@ -6,6 +6,7 @@
 //! - [`ema`]: diffusers' `EMAModel` (decay warmup, `update_after_step`, min/max decay).
 //! - [`objective`]: the loss of a batch (ε/x₀/v, Min-SNR-γ, flow matching, CFG label dropout)
 //!   with a checkpointable RNG.
+//! - [`quality`]: PSNR and SSIM of reconstructions (VAE evaluation).
 //! - [`tensorboard`]: event files (scalars, sample grids) that `tensorboard` reads.
 //! - [`trainer`]: the loop of `diffuse train` (TOML config, atomic checkpoints, exact resume).
 //! - [`bench`]: `diffuse bench` (forward, training step and DDIM sampling timings, FLOP count,
@@ -16,6 +17,7 @@ pub mod ema;
 pub mod lr;
 pub mod objective;
 pub mod optim;
+pub mod quality;
 pub mod tensorboard;
 pub mod trainer;
 

@@ -3,14 +3,16 @@
 //! target per prediction type (ε, x₀, v), MSE per sample, optional Min-SNR-γ weights; or
 //! rectified flow: σ ~ U(0, 1) (or logit-normal), x_σ = (1 − σ)x₀ + σε, target ε − x₀, model
 //! time 1000σ. Classifier-free guidance training replaces labels by the null class with
-//! probability p. All randomness comes from a [`TrainRng`] a checkpoint can save.
+//! probability p. The VAE objective ([`vae_loss`]) is diffusers' VAE fine-tuning script's:
+//! reconstruction (L1 or L2, mean) of a posterior sample + β·KL (per-sample sum, batch mean).
+//! All randomness comes from a [`TrainRng`] a checkpoint can save.
 
 use crate::Result;
 use candle_core::{DType, Tensor};
 use diffuse_core::config::PredictionType;
 use diffuse_core::noising;
 use diffuse_core::schedule::NoiseSchedule;
-use diffuse_models::UNet2DModel;
+use diffuse_models::{AutoencoderKL, UNet2DModel};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
@@ -43,6 +45,18 @@ impl TrainRng {
 
     fn normal(&mut self, n: usize) -> Vec<f32> {
         (0..n).map(|_| self.rng.sample(StandardNormal)).collect()
+    }
+}
+
+impl diffuse_core::rng::NoiseSource for TrainRng {
+    fn randn(
+        &mut self,
+        shape: &candle_core::Shape,
+        dtype: DType,
+        device: &candle_core::Device,
+    ) -> diffuse_core::Result<Tensor> {
+        let v = self.normal(shape.elem_count());
+        Ok(Tensor::from_vec(v, shape, device)?.to_dtype(dtype)?)
     }
 }
 
@@ -152,5 +166,45 @@ pub fn diffusion_loss(
     Ok(LossParts {
         loss,
         timesteps: model_t,
+    })
+}
+
+/// Reconstruction loss of the VAE objective.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reconstruction {
+    L1,
+    L2,
+}
+
+/// The VAE loss of a batch and its parts.
+pub struct VaeLossParts {
+    pub loss: Tensor,
+    pub reconstruction: f32,
+    /// KL(q(z|x) ‖ N(0, I)), summed per sample, mean over the batch.
+    pub kl: f32,
+}
+
+/// `x0` [b, c, h, w] in [−1, 1] → encode, sample z (noise from `rng`), decode;
+/// loss = rec(decoded, x0) + kl_weight · KL.
+pub fn vae_loss(
+    model: &AutoencoderKL,
+    x0: &Tensor,
+    rec: Reconstruction,
+    kl_weight: f64,
+    rng: &mut TrainRng,
+) -> Result<VaeLossParts> {
+    let post = model.encode(x0)?;
+    let z = post.sample(rng)?;
+    let diff = (model.decode(&z)? - x0)?;
+    let rec_loss = match rec {
+        Reconstruction::L1 => diff.abs()?.mean_all()?,
+        Reconstruction::L2 => diff.sqr()?.mean_all()?,
+    };
+    let kl = post.kl()?.mean_all()?;
+    let loss = (&rec_loss + (&kl * kl_weight)?)?;
+    Ok(VaeLossParts {
+        loss,
+        reconstruction: rec_loss.to_scalar::<f32>()?,
+        kl: kl.to_scalar::<f32>()?,
     })
 }

@@ -1,11 +1,16 @@
 //! The training loop of `diffuse train`: one TOML file configures model, data, objective,
 //! optimizer and EMA; checkpoints are diffusers pipeline folders plus a training state, written
 //! atomically (a temporary folder renamed into place), and `resume` continues bit for bit.
+//! The same loop trains a diffusion UNet or, with a `[vae]` section, an AutoencoderKL
+//! (reconstruction + β-KL with warm-up, PSNR of reconstructions on held-out images).
 
 use crate::ema::{Ema, EmaConfig};
 use crate::lr::LrSchedule;
-use crate::objective::{diffusion_loss, ObjectiveConfig, SigmaSampling, TrainRng};
+use crate::objective::{
+    diffusion_loss, vae_loss, ObjectiveConfig, Reconstruction, SigmaSampling, TrainRng,
+};
 use crate::optim::{clip_grad_norm, AdamW, AdamWConfig};
+use crate::quality::{psnr, ssim};
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use diffuse_core::config::{PredictionType, SchedulerConfig};
@@ -13,8 +18,8 @@ use diffuse_core::schedule::NoiseSchedule;
 use diffuse_data::datasets::{self, Dataset, Split};
 use diffuse_data::loader::{Loader, LoaderConfig, Position};
 use diffuse_data::transform::{Fit, Transform};
-use diffuse_models::weights::build_unet;
-use diffuse_models::UNet2DConfig;
+use diffuse_models::weights::{build_unet, build_vae};
+use diffuse_models::{AutoencoderKL, AutoencoderKLConfig, UNet2DConfig, UNet2DModel};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
@@ -69,12 +74,27 @@ fn d_sample_steps() -> usize {
 fn d_guidance() -> f64 {
     2.0
 }
+fn d_rec() -> String {
+    "l1".into()
+}
+fn d_kl() -> f64 {
+    1e-6
+}
+fn d_eval_images() -> usize {
+    256
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataSection {
     /// `mnist`, `fashion-mnist`, `cifar10`, or a folder.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub name: String,
+    /// Instead of `name`: a latent cache (`diffuse data encode`); the UNet then trains on its
+    /// latents and the output is a latent pipeline with the cache's VAE (`size`, `fit`,
+    /// `hflip`, `workers` and `skip_bad` do not apply).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latents: Option<String>,
     #[serde(default = "d_size")]
     pub size: usize,
     #[serde(default = "d_fit")]
@@ -150,17 +170,40 @@ pub struct TrainSection {
     pub ema_power: Option<f64>,
 }
 
+/// VAE training (`[vae]`): `[model]` is then an AutoencoderKL config. Labels, `[scheduler]`
+/// and the diffusion keys of `[train]` are not used.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaeSection {
+    /// Reconstruction loss: l1 or l2 (mean over pixels).
+    #[serde(default = "d_rec")]
+    pub loss: String,
+    /// β: weight of KL(q(z|x) ‖ N(0, I)) (per-sample sum, batch mean); diffusers' script uses 1e-6.
+    #[serde(default = "d_kl")]
+    pub kl_weight: f64,
+    /// β rises linearly from 0 over this many steps.
+    #[serde(default)]
+    pub kl_warmup_steps: u64,
+    /// Held-out images (the data set's test split) for the PSNR and SSIM logged with every
+    /// reconstruction grid (`train.sample_every`); 0 disables both.
+    #[serde(default = "d_eval_images")]
+    pub eval_images: usize,
+}
+
 /// The whole `diffuse train` configuration (`examples/*.toml`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainConfig {
-    /// A diffusers UNet2DModel config (class labels get one extra "null" class when needed).
+    /// A diffusers UNet2DModel config (class labels get one extra "null" class when needed),
+    /// or an AutoencoderKL config with `[vae]`.
     pub model: Map<String, Value>,
     /// A diffusers scheduler config (default: DDPMScheduler's).
     #[serde(default)]
     pub scheduler: Map<String, Value>,
     pub data: DataSection,
     pub train: TrainSection,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vae: Option<VaeSection>,
 }
 
 impl TrainConfig {
@@ -205,6 +248,9 @@ pub struct StepReport {
     pub skipped_nonfinite: bool,
     /// Seconds the step waited for its batch (the loader should keep this near 0).
     pub data_wait_s: f64,
+    /// Further named values of this step (VAE: reconstruction, kl, kl_weight; eval/psnr when
+    /// evaluated).
+    pub metrics: Vec<(String, f64)>,
 }
 
 /// What a training run produced.
@@ -232,65 +278,60 @@ pub fn train(
 ) -> Result<TrainOutcome> {
     let t = &config.train;
     let d = &config.data;
-    let dataset: Arc<dyn Dataset> = Arc::from(
-        datasets::open(&d.name, Split::Train).map_err(|e| Error::Invalid(e.to_string()))?,
-    );
-    let classes = if d.class_conditional {
-        dataset.num_classes()
+    let source = match (&d.latents, d.name.is_empty()) {
+        (Some(_), _) if config.vae.is_some() => {
+            return Err(Error::Invalid(
+                "data.latents: a VAE trains on images; give data.name".into(),
+            ))
+        }
+        (Some(dir), true) => Source::Latents(
+            diffuse_models::latent_cache::load_latents(Path::new(dir), device)?,
+            PathBuf::from(dir).join("vae"),
+        ),
+        (None, false) => Source::Images(Arc::from(
+            datasets::open(&d.name, Split::Train).map_err(|e| Error::Invalid(e.to_string()))?,
+        )),
+        _ => {
+            return Err(Error::Invalid(
+                "data: give exactly one of `name` (images) and `latents` (a `diffuse data encode` cache)"
+                    .into(),
+            ))
+        }
+    };
+    let (ch, sample_size, num_classes) = match &source {
+        Source::Images(ds) => (ds.channels(), json!(d.size), ds.num_classes()),
+        Source::Latents(set, _) => {
+            let [c, h, w] = set.index.latent_shape;
+            let size = if h == w { json!(h) } else { json!([h, w]) };
+            (c, size, set.index.num_classes)
+        }
+    };
+    let classes = if d.class_conditional && config.vae.is_none() {
+        num_classes
     } else {
         None
     };
 
-    // Model config: channels from the data, a class table with one extra null class.
+    // Model config: sample size and channels from the data.
     let mut model_map = config.model.clone();
-    model_map
-        .entry("_class_name")
-        .or_insert("UNet2DModel".into());
-    model_map.insert("sample_size".into(), d.size.into());
-    let ch = dataset.channels();
+    model_map.insert("sample_size".into(), sample_size);
     model_map.entry("in_channels").or_insert(ch.into());
     model_map.entry("out_channels").or_insert(ch.into());
-    if let Some(k) = classes {
-        model_map.insert("num_class_embeds".into(), (k + 1).into());
-    }
-    let unet_cfg = UNet2DConfig::from_json_str(&Value::Object(model_map).to_string())?;
-    let mut sched_map = config.scheduler.clone();
-    sched_map
-        .entry("_class_name")
-        .or_insert("DDPMScheduler".into());
-    let prediction = match t.prediction_type.as_str() {
-        "flow" | "flow_prediction" => PredictionType::Flow,
-        p => {
-            sched_map.insert("prediction_type".into(), p.into());
-            PredictionType::parse(p)?
-        }
+    let latent_vae = match &source {
+        Source::Latents(_, vae) => Some(vae.as_path()),
+        Source::Images(_) => None,
     };
-    if prediction == PredictionType::Flow {
-        sched_map.insert(
-            "_class_name".into(),
-            "FlowMatchEulerDiscreteScheduler".into(),
-        );
-    }
-    let sched_cfg = SchedulerConfig::from_json_map(&sched_map)?;
-    let schedule = if prediction == PredictionType::Flow {
-        NoiseSchedule::from_config(&SchedulerConfig::default_for(
-            diffuse_core::config::SchedulerClass::Ddpm,
-        ))?
-    } else {
-        NoiseSchedule::from_config(&sched_cfg)?
+    let (net, varmap) = match &config.vae {
+        None => unet_task(config, model_map, classes, latent_vae, device)?,
+        Some(v) => vae_task(config, v, model_map, device)?,
     };
-
-    let (model, varmap) = build_unet(&unet_cfg, device)?;
     diffuse_models::weights::seeded_init(&varmap, t.seed)?;
     let mut vars: Vec<(String, Var)> = varmap
         .data()
         .lock()
         .expect("varmap lock")
         .iter()
-        // The Fourier projection is fixed in diffusers (requires_grad=False).
-        .filter(|(k, _)| {
-            k.as_str() != "time_proj.weight" || unet_cfg.time_embedding_type != "fourier"
-        })
+        .filter(|(k, _)| net.trainable(k))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     vars.sort_by(|a, b| a.0.cmp(&b.0));
@@ -315,22 +356,7 @@ pub fn train(
         },
     )?;
     let lr = LrSchedule::parse(&t.lr_scheduler, t.lr_warmup_steps, t.max_steps)?;
-    let objective = ObjectiveConfig {
-        prediction,
-        min_snr_gamma: t.snr_gamma,
-        cond_dropout: t.cond_dropout,
-        null_class: classes.map(|k| k as u32),
-        sigma_sampling: SigmaSampling::LogitNormal {
-            mean: 0.0,
-            std: 1.0,
-        },
-    };
-    let fit = Fit::parse(&d.fit).ok_or_else(|| {
-        Error::Invalid(format!(
-            "data.fit: unknown value {:?}; allowed: pad, resize, center_crop",
-            d.fit
-        ))
-    })?;
+    let fit = parse_fit(&d.fit)?;
 
     let ckpt_root = output.join("checkpoints");
     let mut step = 0u64;
@@ -338,29 +364,44 @@ pub fn train(
     let mut rng = TrainRng::new(t.seed);
     if resume {
         if let Some(dir) = newest_checkpoint(&ckpt_root) {
-            let st = load_checkpoint(&dir, &vars, &mut opt, &mut ema)?;
+            let st = load_checkpoint(&dir, net.component(), &vars, &mut opt, &mut ema)?;
             step = st.step;
             position = st.position;
             rng = TrainRng::from_state(st.rng_seed, st.rng_word_pos);
         }
     }
-    let mut loader = Loader::new(
-        dataset,
-        LoaderConfig {
-            batch_size: d.batch_size,
-            seed: t.seed,
-            workers: d.workers,
-            shuffle: true,
-            skip_bad: d.skip_bad,
-            transform: Transform {
-                size: d.size,
-                fit,
-                hflip: d.hflip,
-            },
-        },
-        position,
-    )
-    .map_err(|e| Error::Invalid(e.to_string()))?;
+    let mut batches = match source {
+        Source::Images(dataset) => Batches::Images(
+            Loader::new(
+                dataset,
+                LoaderConfig {
+                    batch_size: d.batch_size,
+                    seed: t.seed,
+                    workers: d.workers,
+                    shuffle: true,
+                    skip_bad: d.skip_bad,
+                    transform: Transform {
+                        size: d.size,
+                        fit,
+                        hflip: d.hflip,
+                    },
+                },
+                position,
+            )
+            .map_err(|e| Error::Invalid(e.to_string()))?,
+        ),
+        Source::Latents(set, vae_dir) => {
+            let v = diffuse_models::weights::read_vae_config(&vae_dir)?;
+            Batches::Latents(diffuse_models::latent_cache::LatentBatches::new(
+                set,
+                d.batch_size,
+                t.seed,
+                v.scaling_factor,
+                v.shift_factor.unwrap_or(0.0),
+                position,
+            )?)
+        }
+    };
 
     std::fs::create_dir_all(output).map_err(io_err(output))?;
     let mut checkpoints = Vec::new();
@@ -380,36 +421,44 @@ pub fn train(
         let mut images = 0usize;
         let mut grads: Option<candle_core::backprop::GradStore> = None;
         let mut finite = true;
+        // Named loss parts, averaged over the micro-batches.
+        let mut parts_sum: Vec<(String, f64)> = Vec::new();
         for _ in 0..k_acc {
             let waited = std::time::Instant::now();
-            let batch = loader
-                .next_batch()
-                .map_err(|e| Error::Invalid(e.to_string()))?;
+            let (x0, batch_labels) = match &mut batches {
+                Batches::Images(loader) => {
+                    let batch = loader
+                        .next_batch()
+                        .map_err(|e| Error::Invalid(e.to_string()))?;
+                    let x0 = batch
+                        .to_tensor(device)
+                        .map_err(|e| Error::Invalid(e.to_string()))?;
+                    (x0, batch.labels)
+                }
+                // z = mean + std·ε draws ε from the run's own (checkpointed) stream.
+                Batches::Latents(lb) => lb.next_batch(&mut rng)?,
+            };
             data_wait_s += waited.elapsed().as_secs_f64();
-            let x0 = batch
-                .to_tensor(device)
-                .map_err(|e| Error::Invalid(e.to_string()))?;
             images += x0.dim(0)?;
             let labels = if classes.is_some() {
-                batch.labels.clone()
+                batch_labels
             } else {
                 None
             };
-            let parts = diffusion_loss(
-                &model,
-                &schedule,
-                &x0,
-                labels.as_deref(),
-                &objective,
-                &mut rng,
-            )?;
-            let micro = parts.loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+            let (micro_loss, parts) = net.loss(&x0, labels.as_deref(), &mut rng, step)?;
+            for (k, v) in parts {
+                match parts_sum.iter_mut().find(|(n, _)| *n == k) {
+                    Some((_, s)) => *s += v / k_acc as f64,
+                    None => parts_sum.push((k, v / k_acc as f64)),
+                }
+            }
+            let micro = micro_loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
             loss_sum += micro;
             if !micro.is_finite() {
                 finite = false;
                 continue;
             }
-            let g = (parts.loss / k_acc as f64)?.backward()?;
+            let g = (micro_loss / k_acc as f64)?.backward()?;
             grads = Some(match grads {
                 None => g,
                 Some(mut acc) => {
@@ -437,6 +486,7 @@ pub fn train(
             images,
             skipped_nonfinite: false,
             data_wait_s,
+            metrics: parts_sum,
         };
         let Some(mut grads) = grads.filter(|_| finite) else {
             nonfinite += 1;
@@ -479,20 +529,35 @@ pub fn train(
             (seen_images as f64 / started.elapsed().as_secs_f64().max(1e-9)) as f32,
         )
         .map_err(tb_io)?;
+        for (k, v) in &report.metrics {
+            tb.scalar(&format!("train/{k}"), s, *v as f32)
+                .map_err(tb_io)?;
+        }
+        // Sample / reconstruction grids (and evaluation values, reported with this step).
+        let preview_due = t.sample_every > 0 && step.is_multiple_of(t.sample_every);
+        if preview_due || (t.sample_every > 0 && step == t.max_steps) {
+            let m = preview_and_log(
+                &net, &varmap, &vars, &ema, classes, t, device, output, step, &mut tb,
+            )?;
+            report.metrics.extend(m);
+        }
         on_step(&report);
         let stopping = stop.load(std::sync::atomic::Ordering::SeqCst);
         let last = step == t.max_steps || stopping;
         if (t.checkpoint_every > 0 && step.is_multiple_of(t.checkpoint_every)) || last {
             let state = TrainingState {
                 step,
-                position: loader.position(),
+                position: match &batches {
+                    Batches::Images(l) => l.position(),
+                    Batches::Latents(l) => l.position(),
+                },
                 rng_seed: rng.state().0,
                 rng_word_pos: rng.state().1,
             };
             let dir = save_checkpoint(
                 &ckpt_root,
-                &unet_cfg,
-                &sched_cfg_json(&sched_map),
+                net.component(),
+                &net.files(),
                 &vars,
                 &opt,
                 &ema,
@@ -501,23 +566,10 @@ pub fn train(
             checkpoints.push(dir);
             prune_checkpoints(&ckpt_root, t.keep_checkpoints)?;
         }
-        if t.sample_every > 0 && (step.is_multiple_of(t.sample_every) || last) {
-            let names: Vec<String> = vars.iter().map(|(k, _)| k.clone()).collect();
-            let png_path = output.join("samples").join(format!("step-{step}.png"));
-            sample_grid(
-                &unet_cfg, &varmap, &sched_cfg, &names, &ema, classes, t, device, &png_path,
+        if t.sample_every > 0 && stopping && !preview_due && step != t.max_steps {
+            preview_and_log(
+                &net, &varmap, &vars, &ema, classes, t, device, output, step, &mut tb,
             )?;
-            if let (Ok(bytes), Ok(img)) = (std::fs::read(&png_path), image::open(&png_path)) {
-                tb.image_png(
-                    "samples/ema",
-                    step as i64,
-                    &bytes,
-                    img.width(),
-                    img.height(),
-                    if img.color().has_color() { 3 } else { 1 },
-                )
-                .map_err(|e| Error::Invalid(format!("tensorboard log: {e}")))?;
-            }
         }
         if step.is_multiple_of(10) || last {
             tb.flush().map_err(io_err(output))?;
@@ -526,22 +578,403 @@ pub fn train(
             break;
         }
     }
-    // The output folder itself becomes the final pipeline (copy of the last checkpoint's parts).
+    // The output folder itself becomes the final pipeline or model folders (copy of the last
+    // checkpoint's parts).
     if let Some(last) = newest_checkpoint(&ckpt_root) {
-        for part in ["unet", "unet_ema", "scheduler"] {
-            copy_dir(&last.join(part), &output.join(part))?;
+        let c = net.component();
+        for part in [
+            c.to_string(),
+            format!("{c}_ema"),
+            "scheduler".into(),
+            "vae".into(),
+        ] {
+            if last.join(&part).is_dir() {
+                copy_dir(&last.join(&part), &output.join(&part))?;
+            }
         }
-        std::fs::copy(
-            last.join("model_index.json"),
-            output.join("model_index.json"),
-        )
-        .map_err(io_err(output))?;
+        if last.join("model_index.json").exists() {
+            std::fs::copy(
+                last.join("model_index.json"),
+                output.join("model_index.json"),
+            )
+            .map_err(io_err(output))?;
+        }
     }
     Ok(TrainOutcome {
         steps: step,
         last_loss,
         checkpoints,
     })
+}
+
+/// Files of a checkpoint as (path relative to it, bytes).
+type Files = Vec<(String, Vec<u8>)>;
+
+/// Where training data comes from.
+enum Source {
+    Images(Arc<dyn Dataset>),
+    /// A latent cache and its `vae/` folder.
+    Latents(diffuse_models::latent_cache::LatentSet, PathBuf),
+}
+
+enum Batches {
+    Images(Loader),
+    Latents(diffuse_models::latent_cache::LatentBatches),
+}
+
+/// What the loop trains: a diffusion UNet or an AutoencoderKL.
+enum Net {
+    Unet(Box<UnetTask>),
+    Vae(Box<VaeTask>),
+}
+
+struct UnetTask {
+    model: UNet2DModel,
+    cfg: UNet2DConfig,
+    schedule: NoiseSchedule,
+    objective: ObjectiveConfig,
+    sched_map: Map<String, Value>,
+    sched_cfg: SchedulerConfig,
+    /// For latent diffusion: the VAE (decodes the sample grids) and its folder's files, written
+    /// as `vae/` of every checkpoint and of the output pipeline.
+    vae: Option<(AutoencoderKL, Files)>,
+}
+
+struct VaeTask {
+    model: AutoencoderKL,
+    cfg: AutoencoderKLConfig,
+    rec: Reconstruction,
+    section: VaeSection,
+    /// [n, c, size, size] held-out images for PSNR and the reconstruction grids.
+    holdout: Option<Tensor>,
+}
+
+fn unet_task(
+    config: &TrainConfig,
+    mut model_map: Map<String, Value>,
+    classes: Option<usize>,
+    latent_vae: Option<&Path>,
+    device: &Device,
+) -> Result<(Net, candle_nn::VarMap)> {
+    let t = &config.train;
+    let vae = match latent_vae {
+        Some(dir) => {
+            let (vae, _) = diffuse_models::weights::load_vae(dir, device)?;
+            let mut files = Vec::new();
+            for f in std::fs::read_dir(dir).map_err(io_err(dir))?.flatten() {
+                let bytes = std::fs::read(f.path()).map_err(io_err(&f.path()))?;
+                files.push((format!("vae/{}", f.file_name().to_string_lossy()), bytes));
+            }
+            Some((vae, files))
+        }
+        None => None,
+    };
+    // A class table with one extra null class.
+    model_map
+        .entry("_class_name")
+        .or_insert("UNet2DModel".into());
+    if let Some(k) = classes {
+        model_map.insert("num_class_embeds".into(), (k + 1).into());
+    }
+    let unet_cfg = UNet2DConfig::from_json_str(&Value::Object(model_map).to_string())?;
+    let mut sched_map = config.scheduler.clone();
+    sched_map
+        .entry("_class_name")
+        .or_insert("DDPMScheduler".into());
+    let prediction = match t.prediction_type.as_str() {
+        "flow" | "flow_prediction" => PredictionType::Flow,
+        p => {
+            sched_map.insert("prediction_type".into(), p.into());
+            PredictionType::parse(p)?
+        }
+    };
+    if prediction == PredictionType::Flow {
+        sched_map.insert(
+            "_class_name".into(),
+            "FlowMatchEulerDiscreteScheduler".into(),
+        );
+    }
+    let sched_cfg = SchedulerConfig::from_json_map(&sched_map)?;
+    let schedule = if prediction == PredictionType::Flow {
+        NoiseSchedule::from_config(&SchedulerConfig::default_for(
+            diffuse_core::config::SchedulerClass::Ddpm,
+        ))?
+    } else {
+        NoiseSchedule::from_config(&sched_cfg)?
+    };
+
+    let (model, varmap) = build_unet(&unet_cfg, device)?;
+    let objective = ObjectiveConfig {
+        prediction,
+        min_snr_gamma: t.snr_gamma,
+        cond_dropout: t.cond_dropout,
+        null_class: classes.map(|k| k as u32),
+        sigma_sampling: SigmaSampling::LogitNormal {
+            mean: 0.0,
+            std: 1.0,
+        },
+    };
+    if let Some((v, _)) = &vae {
+        diffuse_models::pipeline::check_latent_pair(&unet_cfg, v.config())?;
+    }
+    let task = UnetTask {
+        model,
+        cfg: unet_cfg,
+        schedule,
+        objective,
+        sched_map,
+        sched_cfg,
+        vae,
+    };
+    Ok((Net::Unet(Box::new(task)), varmap))
+}
+
+fn vae_task(
+    config: &TrainConfig,
+    section: &VaeSection,
+    mut model_map: Map<String, Value>,
+    device: &Device,
+) -> Result<(Net, candle_nn::VarMap)> {
+    model_map
+        .entry("_class_name")
+        .or_insert("AutoencoderKL".into());
+    let cfg = AutoencoderKLConfig::from_json_str(&Value::Object(model_map).to_string())?;
+    let rec = match section.loss.as_str() {
+        "l1" => Reconstruction::L1,
+        "l2" => Reconstruction::L2,
+        other => {
+            return Err(Error::Invalid(format!(
+                "vae.loss: unknown value {other:?}; allowed: l1, l2"
+            )))
+        }
+    };
+    let d = &config.data;
+    let holdout = if section.eval_images > 0 {
+        let test = datasets::open(&d.name, Split::Test).map_err(|e| {
+            Error::Invalid(format!(
+                "vae.eval_images: the held-out images come from the test split ({e}); set vae.eval_images = 0 to train without them"
+            ))
+        })?;
+        let n = section.eval_images.min(test.len());
+        let tf = Transform {
+            size: d.size,
+            fit: parse_fit(&d.fit)?,
+            hflip: false,
+        };
+        let mut pixels = Vec::with_capacity(n * test.channels() * d.size * d.size);
+        for i in 0..n {
+            let s = test.get(i).map_err(|e| Error::Invalid(e.to_string()))?;
+            pixels.extend(tf.apply(&s, false));
+        }
+        Some(Tensor::from_vec(
+            pixels,
+            (n, test.channels(), d.size, d.size),
+            device,
+        )?)
+    } else {
+        None
+    };
+    let (model, varmap) = build_vae(&cfg, device)?;
+    let task = VaeTask {
+        model,
+        cfg,
+        rec,
+        section: section.clone(),
+        holdout,
+    };
+    Ok((Net::Vae(Box::new(task)), varmap))
+}
+
+fn parse_fit(fit: &str) -> Result<Fit> {
+    Fit::parse(fit).ok_or_else(|| {
+        Error::Invalid(format!(
+            "data.fit: unknown value {fit:?}; allowed: pad, resize, center_crop"
+        ))
+    })
+}
+
+impl Net {
+    /// The model's folder name in checkpoints and the output (`unet`, `vae`; EMA in `*_ema`).
+    fn component(&self) -> &'static str {
+        match self {
+            Net::Unet(_) => "unet",
+            Net::Vae(_) => "vae",
+        }
+    }
+
+    /// Files beside the weights in every checkpoint and the output: configs, and for a UNet
+    /// the scheduler and `model_index.json` of a pipeline.
+    fn files(&self) -> Files {
+        let text = |v: &Value| serde_json::to_string_pretty(v).expect("json").into_bytes();
+        let config = match self {
+            Net::Unet(u) => u.cfg.to_json_string().into_bytes(),
+            Net::Vae(v) => text(&serde_json::to_value(&v.cfg).expect("json")),
+        };
+        let c = self.component();
+        let mut files = vec![
+            (format!("{c}/config.json"), config.clone()),
+            (format!("{c}_ema/config.json"), config),
+        ];
+        if let Net::Unet(u) = self {
+            let sched = sched_cfg_json(&u.sched_map);
+            let class = sched["_class_name"].as_str().unwrap_or("DDPMScheduler");
+            let index = diffuse_models::weights::model_index(class, u.vae.is_some());
+            files.push(("scheduler/scheduler_config.json".into(), text(&sched)));
+            files.push(("model_index.json".into(), text(&index)));
+            if let Some((_, vae_files)) = &u.vae {
+                files.extend(vae_files.iter().cloned());
+            }
+        }
+        files
+    }
+
+    /// Whether a variable is trained (diffusers keeps the Fourier projection fixed).
+    fn trainable(&self, name: &str) -> bool {
+        match self {
+            Net::Unet(u) => name != "time_proj.weight" || u.cfg.time_embedding_type != "fourier",
+            Net::Vae(_) => true,
+        }
+    }
+
+    /// The loss of one batch at optimizer step `step`, and named parts of it.
+    fn loss(
+        &self,
+        x0: &Tensor,
+        labels: Option<&[u32]>,
+        rng: &mut TrainRng,
+        step: u64,
+    ) -> Result<(Tensor, Vec<(String, f64)>)> {
+        match self {
+            Net::Unet(u) => {
+                let parts = diffusion_loss(&u.model, &u.schedule, x0, labels, &u.objective, rng)?;
+                Ok((parts.loss, vec![]))
+            }
+            Net::Vae(v) => {
+                let warm = v.section.kl_warmup_steps;
+                let ramp = if warm == 0 {
+                    1.0
+                } else {
+                    ((step + 1) as f64 / warm as f64).min(1.0)
+                };
+                let beta = v.section.kl_weight * ramp;
+                let parts = vae_loss(&v.model, x0, v.rec, beta, rng)?;
+                Ok((
+                    parts.loss,
+                    vec![
+                        ("reconstruction".into(), parts.reconstruction as f64),
+                        ("kl".into(), parts.kl as f64),
+                        ("kl_weight".into(), beta),
+                    ],
+                ))
+            }
+        }
+    }
+
+    /// With the EMA weights: a grid of samples (UNet) or of held-out images over their
+    /// reconstructions (VAE) at `path`; returns evaluation values (VAE: `eval/psnr`,
+    /// `eval/ssim`).
+    #[allow(clippy::too_many_arguments)]
+    fn preview(
+        &self,
+        varmap: &candle_nn::VarMap,
+        names: &[String],
+        ema: &Ema,
+        classes: Option<usize>,
+        t: &TrainSection,
+        device: &Device,
+        path: &Path,
+    ) -> Result<Vec<(String, f64)>> {
+        let tensors = ema_tensors(varmap, names, ema);
+        let (grid, cols, metrics) = match self {
+            Net::Unet(u) => {
+                let model = diffuse_models::weights::model_from_tensors(&u.cfg, tensors, device)?;
+                let (mut images, cols) = sample_grid(&model, &u.sched_cfg, classes, t, device)?;
+                if let Some((vae, _)) = &u.vae {
+                    images = diffuse_models::pipeline::decode_latents(vae, &images, 16)?;
+                }
+                (images, cols, vec![])
+            }
+            Net::Vae(v) => {
+                let Some(x) = &v.holdout else {
+                    return Ok(vec![]);
+                };
+                let model: AutoencoderKL =
+                    diffuse_models::weights::from_tensors(&v.cfg, tensors, device)?;
+                let n = x.dim(0)?;
+                let rec = (0..n)
+                    .step_by(64)
+                    .map(|s| model.forward(&x.narrow(0, s, 64.min(n - s))?, None))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let rec = Tensor::cat(&rec, 0)?;
+                let mut metrics = vec![("eval/psnr".to_string(), psnr(&rec, x)?)];
+                if x.dim(2)? >= 11 && x.dim(3)? >= 11 {
+                    metrics.push(("eval/ssim".to_string(), ssim(&rec, x)?));
+                }
+                let k = n.min(8);
+                let grid = Tensor::cat(&[x.narrow(0, 0, k)?, rec.narrow(0, 0, k)?], 0)?;
+                (grid, k, metrics)
+            }
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        }
+        let grid = diffuse_data::image_io::grid(&grid.to_device(&Device::Cpu)?, cols, 2, 1.0)
+            .map_err(|e| Error::Invalid(e.to_string()))?;
+        diffuse_data::image_io::save_png(&grid, path).map_err(|e| Error::Invalid(e.to_string()))?;
+        Ok(metrics)
+    }
+}
+
+/// Writes `samples/step-N.png` with [`Net::preview`], logs it and its values to TensorBoard.
+#[allow(clippy::too_many_arguments)]
+fn preview_and_log(
+    net: &Net,
+    varmap: &candle_nn::VarMap,
+    vars: &[(String, Var)],
+    ema: &Ema,
+    classes: Option<usize>,
+    t: &TrainSection,
+    device: &Device,
+    output: &Path,
+    step: u64,
+    tb: &mut crate::tensorboard::EventWriter,
+) -> Result<Vec<(String, f64)>> {
+    let names: Vec<String> = vars.iter().map(|(k, _)| k.clone()).collect();
+    let png_path = output.join("samples").join(format!("step-{step}.png"));
+    let metrics = net.preview(varmap, &names, ema, classes, t, device, &png_path)?;
+    let tb_io = |e| Error::Invalid(format!("tensorboard log: {e}"));
+    for (k, v) in &metrics {
+        tb.scalar(k, step as i64, *v as f32).map_err(tb_io)?;
+    }
+    if let (Ok(bytes), Ok(img)) = (std::fs::read(&png_path), image::open(&png_path)) {
+        let tag = match net {
+            Net::Unet(_) => "samples/ema",
+            Net::Vae(_) => "reconstructions/ema",
+        };
+        tb.image_png(
+            tag,
+            step as i64,
+            &bytes,
+            img.width(),
+            img.height(),
+            if img.color().has_color() { 3 } else { 1 },
+        )
+        .map_err(tb_io)?;
+    }
+    Ok(metrics)
+}
+
+/// The EMA weights over the model's own: variables that are not trained (the Fourier
+/// projection) have no shadow and keep their values.
+fn ema_tensors(varmap: &candle_nn::VarMap, names: &[String], ema: &Ema) -> HashMap<String, Tensor> {
+    let mut tensors = diffuse_models::weights::detached_tensors(varmap);
+    tensors.extend(
+        names
+            .iter()
+            .cloned()
+            .zip(ema.shadow().iter().map(|s| s.detach())),
+    );
+    tensors
 }
 
 fn sched_cfg_json(map: &Map<String, Value>) -> Value {
@@ -564,8 +997,8 @@ fn write(path: &Path, bytes: &[u8]) -> Result<()> {
 /// Writes `root/step-N/` via `root/.step-N.tmp/` and a rename: valid or absent, never half.
 fn save_checkpoint(
     root: &Path,
-    unet_cfg: &UNet2DConfig,
-    sched: &Value,
+    component: &str,
+    files: &[(String, Vec<u8>)],
     vars: &[(String, Var)],
     opt: &AdamW,
     ema: &Ema,
@@ -575,10 +1008,6 @@ fn save_checkpoint(
     let tmp = root.join(format!(".{name}.tmp"));
     let dst = root.join(&name);
     let _ = std::fs::remove_dir_all(&tmp);
-    for sub in ["unet", "unet_ema", "scheduler"] {
-        std::fs::create_dir_all(tmp.join(sub)).map_err(io_err(&tmp))?;
-    }
-    let config_text = unet_cfg.to_json_string();
     let weights = |tensors: Vec<(String, Tensor)>| -> Result<Vec<u8>> {
         Ok(diffuse_models::weights::serialize_tensors(tensors)?)
     };
@@ -586,39 +1015,29 @@ fn save_checkpoint(
         .iter()
         .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
         .collect();
-    write(
-        &tmp.join("unet/diffusion_pytorch_model.safetensors"),
-        &weights(model_tensors)?,
-    )?;
-    write(&tmp.join("unet/config.json"), config_text.as_bytes())?;
     let ema_tensors: Vec<(String, Tensor)> = vars
         .iter()
         .zip(ema.shadow())
         .map(|((k, _), t)| (k.clone(), t.clone()))
         .collect();
-    write(
-        &tmp.join("unet_ema/diffusion_pytorch_model.safetensors"),
-        &weights(ema_tensors)?,
-    )?;
-    write(&tmp.join("unet_ema/config.json"), config_text.as_bytes())?;
-    write(
-        &tmp.join("scheduler/scheduler_config.json"),
-        serde_json::to_string_pretty(sched)
-            .expect("json")
-            .as_bytes(),
-    )?;
-    let index = json!({
-        "_class_name": "DDPMPipeline",
-        "_diffusers_version": "0.42.1",
-        "scheduler": ["diffusers", sched["_class_name"].as_str().unwrap_or("DDPMScheduler")],
-        "unet": ["diffusers", "UNet2DModel"],
-    });
-    write(
-        &tmp.join("model_index.json"),
-        serde_json::to_string_pretty(&index)
-            .expect("json")
-            .as_bytes(),
-    )?;
+    let mut all = vec![
+        (
+            format!("{component}/diffusion_pytorch_model.safetensors"),
+            weights(model_tensors)?,
+        ),
+        (
+            format!("{component}_ema/diffusion_pytorch_model.safetensors"),
+            weights(ema_tensors)?,
+        ),
+    ];
+    all.extend(files.iter().cloned());
+    for (rel, bytes) in &all {
+        let path = tmp.join(rel);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        }
+        write(&path, bytes)?;
+    }
     write(&tmp.join("optimizer.safetensors"), &weights(opt.state())?)?;
     let meta = json!({
         "step": st.step,
@@ -684,6 +1103,7 @@ fn prune_checkpoints(root: &Path, keep: usize) -> Result<()> {
 
 fn load_checkpoint(
     dir: &Path,
+    component: &str,
     vars: &[(String, Var)],
     opt: &mut AdamW,
     ema: &mut Ema,
@@ -697,8 +1117,9 @@ fn load_checkpoint(
             ))
         })
     };
-    let unet = read(dir.join("unet/diffusion_pytorch_model.safetensors"))?;
-    let shadow_map = read(dir.join("unet_ema/diffusion_pytorch_model.safetensors"))?;
+    let weights = "diffusion_pytorch_model.safetensors";
+    let model = read(dir.join(component).join(weights))?;
+    let shadow_map = read(dir.join(format!("{component}_ema")).join(weights))?;
     let mut shadow = Vec::with_capacity(vars.len());
     for (k, v) in vars {
         let get = |m: &HashMap<String, Tensor>, what: &str| -> Result<Tensor> {
@@ -706,8 +1127,8 @@ fn load_checkpoint(
                 .cloned()
                 .ok_or_else(|| Error::Invalid(format!("{}: {what} lacks `{k}`", dir.display())))
         };
-        v.set(&get(&unet, "unet")?.to_device(v.device())?)?;
-        shadow.push(get(&shadow_map, "unet_ema")?.to_device(v.device())?);
+        v.set(&get(&model, component)?.to_device(v.device())?)?;
+        shadow.push(get(&shadow_map, &format!("{component}_ema"))?.to_device(v.device())?);
     }
     let meta_path = dir.join("training_state.json");
     let meta: Value =
@@ -750,29 +1171,16 @@ fn copy_dir(src: &Path, dst: &Path) -> Result<()> {
     Ok(())
 }
 
-/// A grid of samples from the EMA weights: one row per class (or 8×8 unconditional), fixed seed.
-#[allow(clippy::too_many_arguments)]
+/// Samples for a grid from `model` (the EMA weights): one row per class (or 8×8
+/// unconditional), fixed seed. Returns the images and the grid's column count.
 fn sample_grid(
-    unet_cfg: &UNet2DConfig,
-    varmap: &candle_nn::VarMap,
+    model: &UNet2DModel,
     sched_cfg: &SchedulerConfig,
-    names: &[String],
-    ema: &Ema,
     classes: Option<usize>,
     t: &TrainSection,
     device: &Device,
-    path: &Path,
-) -> Result<()> {
-    // The EMA weights over the model's own: variables that are not trained (the Fourier
-    // projection) have no shadow and keep their values.
-    let mut tensors = diffuse_models::weights::detached_tensors(varmap);
-    tensors.extend(
-        names
-            .iter()
-            .cloned()
-            .zip(ema.shadow().iter().map(|s| s.detach())),
-    );
-    let model = diffuse_models::weights::model_from_tensors(unet_cfg, tensors, device)?;
+) -> Result<(Tensor, usize)> {
+    let unet_cfg = model.config();
     let mut sched = sched_cfg.clone();
     if sched.class != diffuse_core::config::SchedulerClass::FlowMatchEuler {
         sched = SchedulerConfig::from_json_map(
@@ -815,13 +1223,8 @@ fn sample_grid(
         null_class: None,
         initial_noise: None,
     };
-    let images = diffuse_models::pipeline::generate(&model, &sampler, &opts, device, &mut |_| {
+    let images = diffuse_models::pipeline::generate(model, &sampler, &opts, device, &mut |_| {
         std::ops::ControlFlow::Continue(())
     })?;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-    }
-    let grid = diffuse_data::image_io::grid(&images.to_device(&Device::Cpu)?, cols, 2, 1.0)
-        .map_err(|e| Error::Invalid(e.to_string()))?;
-    diffuse_data::image_io::save_png(&grid, path).map_err(|e| Error::Invalid(e.to_string()))
+    Ok((images, cols))
 }
