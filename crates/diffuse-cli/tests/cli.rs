@@ -1011,3 +1011,104 @@ fn train_ctrl_c_saves_and_exits_cleanly() {
         .join("unet/diffusion_pytorch_model.safetensors")
         .exists());
 }
+
+/// A checkpoint write that fails for lack of space (here: the file-size limit, `ulimit -f`,
+/// with SIGXFSZ ignored, so writes fail with EFBIG the way a full disk fails them with ENOSPC)
+/// stops the run with one clear message, leaves no partial folder, keeps the previous
+/// checkpoint intact, and `--resume` from it later ends exactly where an uninterrupted run does.
+#[test]
+fn train_out_of_space_at_save_keeps_the_previous_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/tiny.toml");
+    let bin = env!("CARGO_BIN_EXE_diffuse");
+    let train = |out: &Path, steps: &str| -> Output {
+        let args = [
+            "train",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+            "--max-steps",
+            steps,
+            "--set",
+            "train.checkpoint_every=10",
+            "--set",
+            "train.sample_every=0",
+            // A learning rate that does not depend on max_steps: 10 steps then 10 more equal 20.
+            "--set",
+            "train.lr_scheduler=constant",
+            "--set",
+            "train.lr_warmup_steps=0",
+            "--quiet",
+        ];
+        Command::new(bin).args(args).output().unwrap()
+    };
+    let resume = |out: &Path, limit_kb: Option<u32>| -> Output {
+        let args = [
+            "train",
+            "--resume",
+            out.to_str().unwrap(),
+            "--max-steps",
+            "20",
+            "--quiet",
+        ];
+        match limit_kb {
+            None => Command::new(bin).args(args).output().unwrap(),
+            Some(kb) => Command::new("bash")
+                .arg("-c")
+                .arg(format!("trap '' XFSZ; ulimit -f {kb}; exec \"$0\" \"$@\""))
+                .arg(bin)
+                .args(args)
+                .output()
+                .unwrap(),
+        }
+    };
+    let full = dir.path().join("full");
+    let o = train(&full, "20");
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    let run = dir.path().join("run");
+    let o = train(&run, "10");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ckpts = run.join("checkpoints");
+    let step10 =
+        std::fs::read(ckpts.join("step-10/unet/diffusion_pytorch_model.safetensors")).unwrap();
+    assert!(
+        step10.len() > 64 * 1024,
+        "the limit below must be smaller than the weights"
+    );
+
+    // Continue to step 20 with at most 64 KiB per file: the step-20 save cannot be written.
+    let o = resume(&run, Some(64));
+    assert!(!o.status.success(), "the save was supposed to fail");
+    let err = stderr(&o);
+    assert!(
+        err.contains("could not write checkpoint step-20") && err.contains("step-10 is intact"),
+        "{err}"
+    );
+    let names: Vec<String> = std::fs::read_dir(&ckpts)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, vec!["step-10".to_string()], "leftovers: {names:?}");
+    assert_eq!(
+        std::fs::read(ckpts.join("step-10/unet/diffusion_pytorch_model.safetensors")).unwrap(),
+        step10
+    );
+
+    // Space again: resume from step 10 and end bit-identical to the uninterrupted run.
+    let o = Command::new(bin)
+        .args([
+            "train",
+            "--resume",
+            run.to_str().unwrap(),
+            "--max-steps",
+            "20",
+            "--quiet",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let f = "unet/diffusion_pytorch_model.safetensors";
+    assert!(std::fs::read(full.join(f)).unwrap() == std::fs::read(run.join(f)).unwrap());
+}

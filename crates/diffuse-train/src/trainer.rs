@@ -995,7 +995,34 @@ fn write(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// Writes `root/step-N/` via `root/.step-N.tmp/` and a rename: valid or absent, never half.
+/// A failed write (a full disk, a file-size limit) removes the partial folder and says which
+/// earlier checkpoint is still intact.
 fn save_checkpoint(
+    root: &Path,
+    component: &str,
+    files: &[(String, Vec<u8>)],
+    vars: &[(String, Var)],
+    opt: &AdamW,
+    ema: &Ema,
+    st: &TrainingState,
+) -> Result<PathBuf> {
+    write_checkpoint(root, component, files, vars, opt, ema, st).map_err(|e| {
+        let _ = std::fs::remove_dir_all(root.join(format!(".step-{}.tmp", st.step)));
+        let kept = match newest_checkpoint(root) {
+            Some(p) => format!(
+                "the previous checkpoint {} is intact (continue with --resume)",
+                p.display()
+            ),
+            None => "no earlier checkpoint exists".to_string(),
+        };
+        Error::Invalid(format!(
+            "could not write checkpoint step-{}: {e}; {kept}",
+            st.step
+        ))
+    })
+}
+
+fn write_checkpoint(
     root: &Path,
     component: &str,
     files: &[(String, Vec<u8>)],
