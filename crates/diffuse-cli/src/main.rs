@@ -5,6 +5,7 @@
 
 mod convert_cmd;
 mod data_cmd;
+mod eval_cmd;
 mod noise_cmd;
 mod sample_cmd;
 mod schedule_cmd;
@@ -41,6 +42,8 @@ enum Command {
     Serve(serve_cmd::Args),
     /// Train a UNet from a TOML config into a diffusers pipeline folder.
     Train(train_cmd::Args),
+    /// Evaluate generated images: FID, KID, precision/recall, class accuracy, IS.
+    Eval(eval_cmd::Args),
     /// Data sets: list the known ones, preview what the loader gives.
     #[command(subcommand)]
     Data(data_cmd::Command),
@@ -75,6 +78,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve_cmd::run(args),
         Command::Data(cmd) => data_cmd::run(cmd),
         Command::Train(args) => train_cmd::run(args),
+        Command::Eval(args) => eval_cmd::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
