@@ -43,7 +43,7 @@ enum Command {
     /// Train a UNet from a TOML config into a diffusers pipeline folder.
     Train(train_cmd::Args),
     /// Evaluate generated images: FID, KID, precision/recall, class accuracy, IS.
-    Eval(eval_cmd::Args),
+    Eval(Box<eval_cmd::Args>),
     /// Data sets: list the known ones, preview what the loader gives.
     #[command(subcommand)]
     Data(data_cmd::Command),
@@ -78,7 +78,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve_cmd::run(args),
         Command::Data(cmd) => data_cmd::run(cmd),
         Command::Train(args) => train_cmd::run(args),
-        Command::Eval(args) => eval_cmd::run(args),
+        Command::Eval(args) => eval_cmd::run(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -387,6 +387,9 @@ pub fn train(
     Ok((bytes, record))
 }
 
+/// Per image: features, class probabilities, predicted class.
+pub type Classified = (Vec<Vec<f32>>, Vec<Vec<f32>>, Vec<u32>);
+
 /// Per-image (features, class probabilities, predicted class) of an image source.
 pub fn classify(
     net: &MnistClassifier,
@@ -394,7 +397,7 @@ pub fn classify(
     batch_size: usize,
     device: &Device,
     on_progress: &mut dyn FnMut(usize, usize),
-) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>, Vec<u32>)> {
+) -> Result<Classified> {
     let (mut feats, mut probs, mut preds) = (Vec::new(), Vec::new(), Vec::new());
     for s in (0..images.len()).step_by(batch_size) {
         let n = batch_size.min(images.len() - s);

@@ -255,7 +255,8 @@ pub fn evaluate(
             report.class_accuracy = Some(right as f64 / preds.len() as f64);
         }
         if want(Metric::Is) {
-            let (m, s) = metrics::inception_score(&probs, opts.is_splits.min(probs.nrows()))?;
+            let splits = opts.is_splits.min(probs.nrows());
+            let (m, s) = metrics::inception_score_shuffled(&probs, splits, 2020)?;
             report.is_mean = Some(m);
             report.is_std = Some(s);
         }

@@ -295,7 +295,10 @@ impl DatasetImages {
             Some(s) => (first.channels, s, s),
             None => (first.channels, first.height, first.width),
         };
-        let name = format!("{} ({len} images)", dataset.describe());
+        let fitted = size
+            .map(|s| format!(", fitted to {s}×{s}"))
+            .unwrap_or_default();
+        let name = format!("{}: first {len} images{fitted}", dataset.describe());
         Ok(DatasetImages {
             dataset,
             len,

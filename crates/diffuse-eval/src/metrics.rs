@@ -206,6 +206,19 @@ pub fn precision_recall(real: &Features, fake: &Features, k: usize) -> Result<(f
     Ok((coverage(real, &rr, fake), coverage(fake, &rf, real)))
 }
 
+/// [`inception_score`] after a seeded shuffle of the rows, as torch-fidelity shuffles
+/// (`shuffle=True`) so that no split holds one class only (its permutation is numpy's; this
+/// one is ChaCha8's).
+pub fn inception_score_shuffled(probs: &Features, splits: usize, seed: u64) -> Result<(f64, f64)> {
+    let n = probs.nrows();
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    for i in (1..n).rev() {
+        order.swap(i, rand::Rng::random_range(&mut rng, 0..=i));
+    }
+    inception_score(&probs.select_rows(&order), splits)
+}
+
 /// Inception-Score-style score exp(E KL(p(y|x) ‖ p(y))) of class probabilities `[n, classes]`,
 /// mean and std over `splits` contiguous parts (Salimans et al.; torch-fidelity's splits = 10).
 pub fn inception_score(probs: &Features, splits: usize) -> Result<(f64, f64)> {
@@ -295,6 +308,11 @@ mod tests {
         let onehot = DMatrix::from_fn(100, 10, |i, j| (i % 10 == j) as u8 as f64);
         let (m, _) = inception_score(&onehot, 10).unwrap();
         assert!((m - 10.0).abs() < 1e-9, "{m}");
+        // Sorted by class, contiguous splits see one class each (IS 1); shuffled, about 10.
+        let sorted = DMatrix::from_fn(100, 10, |i, j| (i / 10 == j) as u8 as f64);
+        assert!((inception_score(&sorted, 10).unwrap().0 - 1.0).abs() < 1e-9);
+        let (m, _) = inception_score_shuffled(&sorted, 10, 2020).unwrap();
+        assert!(m > 4.0, "{m}");
         let uniform = DMatrix::from_element(100, 10, 0.1);
         assert!((inception_score(&uniform, 10).unwrap().0 - 1.0).abs() < 1e-12);
     }
