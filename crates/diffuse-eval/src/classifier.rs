@@ -2,7 +2,7 @@
 //! classifier-FID (the common practice for MNIST-scale models, where Inception features say
 //! little), of class accuracy for class-conditional samples, and of an IS-style score.
 //!
-//! conv 3×3 (16) → pool → conv 3×3 (32) → pool → conv 3×3 (64) → pool → fc 128 (features) →
+//! conv 3×3 (16) → pool → conv 3×3 (32) → pool → conv 3×3 (64) → pool → fc 128 (features, before its ReLU) →
 //! fc 10. Input: one 28×28 channel in [−1, 1]; other sizes are resized bilinearly to 28 first
 //! (16-px samples), colour is turned to luma. Half the training images go through the same
 //! 28 → 16 → 28 round trip, so 16-px models are judged by a classifier that has seen such images.
@@ -126,7 +126,7 @@ impl MnistClassifier {
         let t = candle_core::safetensors::load_buffer(bytes, device)
             .map_err(|e| Error::File(format!("classifier weights: {e}")))?;
         let sum = crate::torchscript::sha1_hex(bytes);
-        Self::from_map(&t, format!("diffuse-mnist-cnn-{}-fc1", &sum[..12]))
+        Self::from_map(&t, format!("diffuse-mnist-cnn-{}-fc1-preact", &sum[..12]))
     }
 
     /// Names this net (and these weights) in statistics files.
@@ -134,14 +134,16 @@ impl MnistClassifier {
         &self.tag
     }
 
-    /// (features `[b, 128]`, logits `[b, 10]`) of `[b, 1, 28, 28]` inputs in [−1, 1].
+    /// (features `[b, 128]`: fc1 before its ReLU, logits `[b, 10]`) of `[b, 1, 28, 28]` inputs in
+    /// [−1, 1].
     pub fn forward(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
         let mut h = x.clone();
         for c in &self.convs {
             h = ops::conv2d(&h, c)?.relu()?.max_pool2d(2)?;
         }
-        let f = ops::linear(&h.flatten_from(1)?, &self.fc1)?.relu()?;
-        let logits = ops::linear(&f, &self.fc2)?;
+        // Features before the ReLU: units that never fire still carry a (random) projection.
+        let f = ops::linear(&h.flatten_from(1)?, &self.fc1)?;
+        let logits = ops::linear(&f.relu()?, &self.fc2)?;
         Ok((f, logits))
     }
 }
@@ -370,7 +372,7 @@ pub fn train(
     let record = ClassifierRecord {
         architecture: format!(
             "conv3x3({a})-relu-maxpool2, conv3x3({b})-relu-maxpool2, conv3x3({c})-relu-maxpool2, \
-             fc({FEATURE_DIM})-relu [features], fc({NUM_CLASSES})"
+             fc({FEATURE_DIM}) [features, before the relu]-relu, fc({NUM_CLASSES})"
         ),
         input: "1x28x28, x/127.5 - 1; other sizes resized bilinearly to 28".into(),
         feature_dim: FEATURE_DIM,

@@ -51,11 +51,14 @@ impl GaussianStats {
     }
 }
 
-/// √A of a symmetric positive semi-definite matrix (negative rounding-noise eigenvalues → 0).
+/// √A of a symmetric positive semi-definite matrix, as U diag(√s) Uᵀ from its SVD (for a PSD
+/// matrix the singular values are the eigenvalues). nalgebra's `symmetric_eigen` returns −∞/NaN
+/// on covariances with zero-variance features (dead ReLU units); the SVD does not.
 fn sqrt_psd(a: &DMatrix<f64>) -> DMatrix<f64> {
-    let eig = a.clone().symmetric_eigen();
-    let d = DMatrix::from_diagonal(&eig.eigenvalues.map(|l| l.max(0.0).sqrt()));
-    &eig.eigenvectors * d * eig.eigenvectors.transpose()
+    let svd = a.clone().svd(true, false);
+    let u = svd.u.expect("computed");
+    let d = DMatrix::from_diagonal(&svd.singular_values.map(f64::sqrt));
+    &u * d * u.transpose()
 }
 
 /// Fréchet distance between two Gaussians.
@@ -71,12 +74,15 @@ pub fn fid(a: &GaussianStats, b: &GaussianStats) -> Result<f64> {
     let s1 = sqrt_psd(&a.sigma);
     let mut m = &s1 * &b.sigma * &s1;
     m = (&m + m.transpose()) * 0.5; // symmetric up to rounding; make it exactly so
-    let tr_covmean: f64 = m
-        .symmetric_eigenvalues()
-        .iter()
-        .map(|l| l.max(0.0).sqrt())
-        .sum();
-    Ok(diff.dot(&diff) + a.sigma.trace() + b.sigma.trace() - 2.0 * tr_covmean)
+                                    // tr √M: M is PSD, so its singular values are its eigenvalues.
+    let tr_covmean: f64 = m.singular_values().iter().map(|l| l.sqrt()).sum();
+    let v = diff.dot(&diff) + a.sigma.trace() + b.sigma.trace() - 2.0 * tr_covmean;
+    if !v.is_finite() {
+        return Err(Error::Input(format!(
+            "FID is not finite ({v}): non-finite features or statistics"
+        )));
+    }
+    Ok(v)
 }
 
 /// KID settings (torch-fidelity's defaults).
@@ -273,6 +279,24 @@ mod tests {
         };
         let v = fid(&g(1.0, 4.0), &g(3.0, 9.0)).unwrap();
         assert!((v - (4.0 + 4.0 + 9.0 - 12.0)).abs() < 1e-12, "{v}");
+    }
+
+    #[test]
+    fn fid_survives_zero_variance_features_and_rank_deficiency() {
+        // 20 images, 30 features, 10 of them always 0 (dead ReLU units): Σ is singular.
+        let mut a = random(20, 30, 0.0, 7);
+        let mut b = random(20, 30, 0.3, 8);
+        for j in 0..10 {
+            a.column_mut(j).fill(0.0);
+            b.column_mut(j).fill(0.0);
+        }
+        let (sa, sb) = (
+            GaussianStats::from_features(&a).unwrap(),
+            GaussianStats::from_features(&b).unwrap(),
+        );
+        let (ab, ba) = (fid(&sa, &sb).unwrap(), fid(&sb, &sa).unwrap());
+        assert!(ab > 0.0 && (ab - ba).abs() < 1e-8 * ab, "{ab} {ba}");
+        assert!(fid(&sa, &sa).unwrap().abs() < 1e-8);
     }
 
     #[test]
