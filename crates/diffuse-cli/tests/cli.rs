@@ -1097,20 +1097,12 @@ fn train_out_of_space_at_save_keeps_the_previous_checkpoint() {
     );
 
     // Space again: resume from step 10 and end bit-identical to the uninterrupted run.
-    let o = Command::new(bin)
-        .args([
-            "train",
-            "--resume",
-            run.to_str().unwrap(),
-            "--max-steps",
-            "20",
-            "--quiet",
-        ])
-        .output()
-        .unwrap();
+    let o = resume(&run, None);
     assert!(o.status.success(), "{}", stderr(&o));
     let f = "unet/diffusion_pytorch_model.safetensors";
     assert!(std::fs::read(full.join(f)).unwrap() == std::fs::read(run.join(f)).unwrap());
+}
+
 fn eval_json(o: &Output) -> Value {
     assert!(o.status.success(), "stderr: {}", stderr(o));
     serde_json::from_slice(&o.stdout).expect("one JSON object")
