@@ -4,7 +4,9 @@
 //! candle's matmul uses). Batches split over threads image by image; a batch smaller than the
 //! thread count lets each GEMM use the threads instead. Scratch buffers are per thread and reused.
 
-use super::{f32_slice, split_range, tensor_from, threads, uninit_vec, winograd, with_f32};
+use super::{
+    f32_slice, split_range, tensor_from, threads, uninit_vec, winograd, with_f32, with_scratch,
+};
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -88,21 +90,6 @@ thread_local! {
     static COL: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     static DCOL: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     static DYT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Borrows this thread's scratch buffer grown to `n` elements (contents unspecified).
-fn with_scratch<R>(
-    key: &'static std::thread::LocalKey<RefCell<Vec<f32>>>,
-    n: usize,
-    f: impl FnOnce(&mut [f32]) -> R,
-) -> R {
-    key.with(|c| {
-        let mut v = c.borrow_mut();
-        if v.len() < n {
-            *v = uninit_vec(n);
-        }
-        f(&mut v[..n])
-    })
 }
 
 /// `col[(c·kh + i)·kw + j, oy·wo + ox] = x[c, oy·s + i − pad, ox·s + j − pad]` (0 outside).

@@ -79,6 +79,22 @@ pub(crate) fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Re
     }
 }
 
+/// Borrows this thread's scratch buffer `key`, grown to `n` elements (contents unspecified):
+/// kernels reuse their im2col / Winograd buffers across calls instead of allocating them.
+pub(crate) fn with_scratch<R>(
+    key: &'static std::thread::LocalKey<std::cell::RefCell<Vec<f32>>>,
+    n: usize,
+    f: impl FnOnce(&mut [f32]) -> R,
+) -> R {
+    key.with(|c| {
+        let mut v = c.borrow_mut();
+        if v.len() < n {
+            *v = uninit_vec(n);
+        }
+        f(&mut v[..n])
+    })
+}
+
 /// A new CPU f32 tensor from `data` with `dims`.
 pub(crate) fn tensor_from(data: Vec<f32>, dims: &[usize]) -> Result<Tensor> {
     Tensor::from_vec(data, dims, &candle_core::Device::Cpu)

@@ -16,20 +16,6 @@ thread_local! {
     static M: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-fn with_buf<R>(
-    key: &'static std::thread::LocalKey<RefCell<Vec<f32>>>,
-    n: usize,
-    f: impl FnOnce(&mut [f32]) -> R,
-) -> R {
-    key.with(|c| {
-        let mut v = c.borrow_mut();
-        if v.len() < n {
-            *v = uninit_vec(n);
-        }
-        f(&mut v[..n])
-    })
-}
-
 /// U[ξ][o][c] = (G g Gᵀ)[ξ] for w `[co, ci, 3, 3]`.
 pub fn transform_weights(w: &[f32], co: usize, ci: usize) -> Vec<f32> {
     let mut u = vec![0f32; 16 * co * ci];
@@ -251,11 +237,11 @@ pub fn conv3x3(
         let n0 = g * per_group;
         let nb = yg.len() / outl;
         let ld = nb * t;
-        with_buf(&V, 16 * ci * ld, |v| {
+        super::with_scratch(&V, 16 * ci * ld, |v| {
             for i in 0..nb {
                 input_transform_mv(&x[(n0 + i) * inl..(n0 + i + 1) * inl], &d, v, ld, i * t);
             }
-            with_buf(&M, 16 * co * ld, |m| {
+            super::with_scratch(&M, 16 * co * ld, |m| {
                 for xi in 0..16 {
                     // SAFETY: u[ξ] is co×ci, v[ξ] ci×ld and m[ξ] co×ld, all row-major in bounds.
                     unsafe {
