@@ -13,11 +13,16 @@ fn use_kernels(x: &Tensor) -> bool {
     x.device().is_cpu() && x.dtype() == DType::F32 && kernels::enabled()
 }
 
+/// Whether `conv` on `x` goes through our conv kernel (f32 weights, no dilation or groups).
+fn conv_kernel_applies(x: &Tensor, conv: &candle_nn::Conv2d) -> bool {
+    let cfg = conv.config();
+    use_kernels(x) && conv.weight().dtype() == DType::F32 && cfg.dilation == 1 && cfg.groups == 1
+}
+
 /// 2-D convolution with the layer's padding/stride: `[b, c, h, w]` → `[b, c', h', w']`.
 pub fn conv2d(x: &Tensor, conv: &candle_nn::Conv2d) -> Result<Tensor> {
     let cfg = conv.config();
-    if use_kernels(x) && conv.weight().dtype() == DType::F32 && cfg.dilation == 1 && cfg.groups == 1
-    {
+    if conv_kernel_applies(x, conv) {
         kernels::conv2d::conv2d(x, conv.weight(), conv.bias(), cfg.stride, cfg.padding)
     } else {
         conv.forward(x)
@@ -28,8 +33,7 @@ pub fn conv2d(x: &Tensor, conv: &candle_nn::Conv2d) -> Result<Tensor> {
 /// time embedding), added through the conv's bias in our kernel: no extra pass over the output.
 pub fn conv2d_shifted(x: &Tensor, conv: &candle_nn::Conv2d, shift: &Tensor) -> Result<Tensor> {
     let cfg = conv.config();
-    if use_kernels(x) && conv.weight().dtype() == DType::F32 && cfg.dilation == 1 && cfg.groups == 1
-    {
+    if conv_kernel_applies(x, conv) {
         let bias = match conv.bias() {
             Some(b) => shift.broadcast_add(&b.unsqueeze(0)?)?,
             None => shift.clone(),

@@ -76,6 +76,18 @@ impl Geometry {
             && self.pad == 1
             && *ON.get_or_init(|| std::env::var("DIFFUSE_WINOGRAD").as_deref() != Ok("0"))
     }
+    /// The output columns `ox_lo..ox_hi` whose input column `ox·s + j − pad` (kernel column
+    /// `j`) lies inside the image; the others read padding.
+    fn valid_cols(&self, j: usize) -> (usize, usize) {
+        let s = self.stride;
+        let lo = self.pad.saturating_sub(j).div_ceil(s).min(self.wo);
+        let hi = if self.w + self.pad > j {
+            ((self.w + self.pad - j - 1) / s + 1).min(self.wo)
+        } else {
+            0
+        };
+        (lo, hi.max(lo))
+    }
     /// A 1×1, stride-1, unpadded conv: the input image already is its im2col matrix.
     fn pointwise(&self) -> bool {
         self.kh == 1 && self.kw == 1 && self.stride == 1 && self.pad == 0
@@ -100,14 +112,7 @@ fn im2col(x: &[f32], g: &Geometry, col: &mut [f32]) {
         for i in 0..g.kh {
             for j in 0..g.kw {
                 let row = &mut col[((c * g.kh + i) * g.kw + j) * p..][..p];
-                // ox with 0 ≤ ox·s + j − pad < w
-                let ox_lo = (g.pad.saturating_sub(j)).div_ceil(s).min(g.wo);
-                let ox_hi = if g.w + g.pad > j {
-                    ((g.w + g.pad - j - 1) / s + 1).min(g.wo)
-                } else {
-                    0
-                }
-                .max(ox_lo);
+                let (ox_lo, ox_hi) = g.valid_cols(j);
                 for oy in 0..g.ho {
                     let out = &mut row[oy * g.wo..(oy + 1) * g.wo];
                     let iy = (oy * s + i) as isize - g.pad as isize;
@@ -140,13 +145,7 @@ fn col2im_add(col: &[f32], g: &Geometry, x: &mut [f32]) {
         for i in 0..g.kh {
             for j in 0..g.kw {
                 let row = &col[((c * g.kh + i) * g.kw + j) * p..][..p];
-                let ox_lo = (g.pad.saturating_sub(j)).div_ceil(s).min(g.wo);
-                let ox_hi = if g.w + g.pad > j {
-                    ((g.w + g.pad - j - 1) / s + 1).min(g.wo)
-                } else {
-                    0
-                }
-                .max(ox_lo);
+                let (ox_lo, ox_hi) = g.valid_cols(j);
                 for oy in 0..g.ho {
                     let iy = (oy * s + i) as isize - g.pad as isize;
                     if iy < 0 || iy >= g.h as isize {

@@ -101,6 +101,18 @@ fn fwd_group(
     }
 }
 
+/// dz = ∂L/∂(γ x̂ + β): dy, or dy·silu'(z) with silu'(z) = σ(z)(1 + z(1 − σ(z))).
+#[inline(always)]
+fn dz_of(dy: f32, xh: f32, gamma: f32, beta: f32, silu: bool) -> f32 {
+    if silu {
+        let z = xh * gamma + beta;
+        let s = sigmoid(z);
+        dy * s * (1.0 + z * (1.0 - s))
+    } else {
+        dy
+    }
+}
+
 /// One group's backward: writes dx and this image's dγ, dβ for the group's channels.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
@@ -132,13 +144,7 @@ fn bwd_group(
         {
             for i in 0..8 {
                 let xh = (x8[i] - mean) * rstd;
-                let dz = if silu {
-                    let z = xh * g + bt;
-                    let s = sigmoid(z);
-                    dy8[i] * s * (1.0 + z * (1.0 - s))
-                } else {
-                    dy8[i]
-                };
+                let dz = dz_of(dy8[i], xh, g, bt, silu);
                 dz8[i] = dz;
                 acc_g[i] += dz * xh;
                 acc_b[i] += dz;
@@ -148,13 +154,7 @@ fn bwd_group(
         let (mut sg, mut sb) = (acc_g.iter().sum::<f32>(), acc_b.iter().sum::<f32>());
         for i in k..l {
             let xh = (xr[i] - mean) * rstd;
-            let dz = if silu {
-                let z = xh * g + bt;
-                let s = sigmoid(z);
-                dyr[i] * s * (1.0 + z * (1.0 - s))
-            } else {
-                dyr[i]
-            };
+            let dz = dz_of(dyr[i], xh, g, bt, silu);
             dzr[i] = dz;
             sg += dz * xh;
             sb += dz;
