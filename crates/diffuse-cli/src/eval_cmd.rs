@@ -14,8 +14,8 @@ use diffuse_eval::images::{DatasetImages, FolderImages, ImageBatch, ImageSource,
 use diffuse_eval::inception::{self, InceptionV3};
 use diffuse_eval::metrics::{GaussianStats, KidOptions};
 use diffuse_eval::resize::ResizeMode;
-use diffuse_models::pipeline::{generate, GenerateOptions};
-use diffuse_models::weights::{load_unet, resolve_model_folder};
+use diffuse_models::pipeline::{check_latent_pair, decode_latents, generate, GenerateOptions};
+use diffuse_models::weights::{load_unet, load_vae, resolve_model_folder};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Map;
 use std::ops::ControlFlow;
@@ -61,15 +61,32 @@ enum Sub {
         #[arg(long)]
         quiet: bool,
     },
+    /// Sample one model with several samplers and step counts and measure each row: table.jsonl,
+    /// table.md, per-class grids and metric-vs-steps plots.
+    Sweep(Box<crate::eval_sweep::SweepArgs>),
+    /// Plots: a run's loss curve and `[eval]` metrics (--run), or a sweep's metrics against
+    /// sampling steps (--sweep).
+    Plot(crate::eval_sweep::PlotArgs),
     /// Train the MNIST classifier (features for classifier-FID, class accuracy, IS) and write
     /// its weights and record where the build embeds them (rebuild afterwards).
     TrainClassifier {
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 15)]
         epochs: usize,
-        #[arg(long, default_value_t = 64)]
+        #[arg(long, default_value_t = 128)]
         batch_size: usize,
-        #[arg(long, default_value_t = 2e-3)]
+        #[arg(long, default_value_t = 3e-3)]
         learning_rate: f64,
+        /// Random translation of training images by up to N pixels per axis.
+        #[arg(long, default_value_t = 2)]
+        max_shift: usize,
+        /// Dropout on the 128 fc1 activations.
+        #[arg(long, default_value_t = 0.25)]
+        dropout: f64,
+        #[arg(long, default_value_t = 1e-4)]
+        weight_decay: f64,
+        /// Channels of the three convolutions.
+        #[arg(long, value_delimiter = ',', num_args = 3, default_values_t = classifier::CHANNELS)]
+        channels: Vec<usize>,
         #[arg(long, default_value_t = 0)]
         seed: u64,
         /// Train on the first N training images only.
@@ -84,21 +101,21 @@ enum Sub {
 }
 
 #[derive(clap::Args)]
-struct FeatureArgs {
+pub(crate) struct FeatureArgs {
     /// Feature net for fid/kid/pr: inception (FID's TF Inception, pool3) or mnist (the
     /// classifier's penultimate layer).
     #[arg(long, default_value = "inception")]
-    features: String,
+    pub(crate) features: String,
     /// Resize to 299 for Inception: bilinear (pytorch-fid, F.interpolate) or bicubic
     /// (clean-fid, PIL). Images already 299×299 are not resized.
     #[arg(long, default_value = "bilinear")]
-    resize: String,
+    pub(crate) resize: String,
     /// Images per feature-net batch (default: sized to memory per net).
     #[arg(long)]
-    eval_batch_size: Option<usize>,
+    pub(crate) eval_batch_size: Option<usize>,
     /// cpu or cuda (a build with --features cuda).
     #[arg(long, default_value = "cpu")]
-    device: String,
+    pub(crate) device: String,
 }
 
 #[derive(clap::Args)]
@@ -156,7 +173,7 @@ struct RunArgs {
     quiet: bool,
 }
 
-fn bar(quiet: bool) -> ProgressBar {
+pub(crate) fn bar(quiet: bool) -> ProgressBar {
     if quiet {
         return ProgressBar::hidden();
     }
@@ -169,7 +186,7 @@ fn bar(quiet: bool) -> ProgressBar {
     b
 }
 
-fn feature_net(a: &FeatureArgs, dev: &Device) -> Result<FeatureNet> {
+pub(crate) fn feature_net(a: &FeatureArgs, dev: &Device) -> Result<FeatureNet> {
     let resize = ResizeMode::parse(&a.resize).with_context(|| {
         format!(
             "--resize: unknown mode {:?}; allowed: bilinear, bicubic",
@@ -186,7 +203,7 @@ fn feature_net(a: &FeatureArgs, dev: &Device) -> Result<FeatureNet> {
     }
 }
 
-fn split(s: &str) -> Result<Split> {
+pub(crate) fn split(s: &str) -> Result<Split> {
     match s {
         "train" => Ok(Split::Train),
         "test" => Ok(Split::Test),
@@ -195,7 +212,7 @@ fn split(s: &str) -> Result<Split> {
 }
 
 /// A data set name, an IDX/CIFAR folder, or a folder of images.
-fn open_images(
+pub(crate) fn open_images(
     spec: &str,
     split: Split,
     limit: Option<usize>,
@@ -265,6 +282,10 @@ pub fn run(args: Args) -> Result<()> {
             epochs,
             batch_size,
             learning_rate,
+            max_shift,
+            dropout,
+            weight_decay,
+            channels,
             seed,
             limit,
             output_dir,
@@ -275,6 +296,10 @@ pub fn run(args: Args) -> Result<()> {
                 batch_size,
                 learning_rate,
                 seed,
+                max_shift,
+                dropout,
+                weight_decay,
+                channels: [channels[0], channels[1], channels[2]],
                 ..Default::default()
             };
             let train = datasets::open("mnist", Split::Train)?;
@@ -315,6 +340,8 @@ pub fn run(args: Args) -> Result<()> {
             );
             Ok(())
         }
+        Some(Sub::Sweep(a)) => crate::eval_sweep::run_sweep(*a),
+        Some(Sub::Plot(a)) => crate::eval_sweep::run_plot(a),
         None => run_eval(args.run),
     }
 }
@@ -368,72 +395,163 @@ fn fetch_inception(from: Option<PathBuf>) -> Result<()> {
 
 /// Generates `num_samples` images from a pipeline folder (as `diffuse sample` does), with
 /// classes 0..k−1 in turn for class-conditional models.
+/// A pipeline folder loaded once for sampling many times (`--model`, `eval sweep`): the UNet
+/// (EMA weights unless `no_ema`), the VAE of latent pipelines, the scheduler config.
+pub(crate) struct ModelSampler {
+    model: diffuse_models::UNet2DModel,
+    vae: Option<diffuse_models::AutoencoderKL>,
+    sched: Map<String, serde_json::Value>,
+    size: (usize, usize),
+    /// Classes of a class-conditional model (its table minus the null class).
+    pub classes: Option<usize>,
+    pub name: String,
+}
+
+/// Generated images with the classes asked for and the seconds sampling took.
+pub(crate) struct Generated {
+    pub images: MemoryImages,
+    pub labels: Option<Vec<u32>>,
+    pub seconds: f64,
+}
+
+impl ModelSampler {
+    pub fn load(dir: &Path, no_ema: bool, dev: &Device) -> Result<Self> {
+        let folder = resolve_model_folder(dir)?;
+        let unet_dir = match (&folder.ema_unet_dir, no_ema) {
+            (Some(ema), false) => ema.clone(),
+            _ => folder.unet_dir.clone(),
+        };
+        let (model, _) = load_unet(&unet_dir, dev)?;
+        let vae = match &folder.vae_dir {
+            Some(d) => {
+                let (vae, _) = load_vae(d, dev)?;
+                check_latent_pair(model.config(), vae.config())?;
+                Some(vae)
+            }
+            None => None,
+        };
+        let sched = match folder.scheduler_config.as_ref() {
+            Some(p) => crate::read_json_object(p)?,
+            None => Map::from_iter([("_class_name".into(), "DDIMScheduler".into())]),
+        };
+        let size = model
+            .config()
+            .sample_hw()
+            .context("the model config has no sample_size")?;
+        let classes = if model.is_class_conditional() {
+            match model.config().class_embedding() {
+                diffuse_models::config::ClassEmbedding::Table(n) => {
+                    Some(n.saturating_sub(1).max(1))
+                }
+                _ => bail!("--model: class conditioning without a class table is not supported"),
+            }
+        } else {
+            None
+        };
+        Ok(ModelSampler {
+            model,
+            vae,
+            sched,
+            size,
+            classes,
+            name: dir.display().to_string(),
+        })
+    }
+
+    /// (height, width) of the generated images (latents times the VAE's downsampling).
+    pub fn image_size(&self) -> (usize, usize) {
+        let f = self.vae.as_ref().map_or(1, |v| {
+            1 << v.config().block_out_channels.len().saturating_sub(1)
+        });
+        (self.size.0 * f, self.size.1 * f)
+    }
+
+    /// The scheduler config with `sampler` (a class name or alias) swapped in.
+    pub fn scheduler(&self, sampler: Option<&str>) -> Result<SchedulerConfig> {
+        let mut sched = self.sched.clone();
+        if let Some(s) = sampler {
+            sched.insert("_class_name".into(), s.into());
+        }
+        Ok(SchedulerConfig::from_json_map(&sched)?)
+    }
+
+    /// `n` images (classes 0…k−1 in turn unless `class_label`), decoded when latent, quantized
+    /// as PNGs would be; `bar` shows model calls.
+    #[allow(clippy::too_many_arguments)]
+    pub fn generate(
+        &self,
+        sampler: Option<&str>,
+        steps: usize,
+        n: usize,
+        guidance_scale: f64,
+        class_label: Option<u32>,
+        seed: u64,
+        batch_size: usize,
+        dev: &Device,
+        bar: &ProgressBar,
+    ) -> Result<Generated> {
+        let config = self.scheduler(sampler)?;
+        let sampler = Sampler::with_options(&config, steps, SamplerOptions::default())?;
+        let labels = self.classes.map(|k| match class_label {
+            Some(c) => vec![c; n],
+            None => (0..n).map(|i| (i % k) as u32).collect(),
+        });
+        let opts = GenerateOptions {
+            num_images: n,
+            batch_size,
+            seed,
+            size: self.size,
+            class_labels: labels.clone(),
+            guidance_scale,
+            null_class: None,
+            initial_noise: None,
+        };
+        let started = std::time::Instant::now();
+        let mut images = generate(&self.model, &sampler, &opts, dev, &mut |p| {
+            bar.set_length(p.total as u64);
+            bar.set_position(p.done as u64);
+            ControlFlow::Continue(())
+        })?;
+        if let Some(vae) = &self.vae {
+            images = decode_latents(vae, &images, 16)?;
+        }
+        let images = images.to_device(&Device::Cpu)?;
+        let seconds = started.elapsed().as_secs_f64();
+        let name = format!(
+            "{n} samples of {} ({steps} steps of {})",
+            self.name,
+            config.class.class_name()
+        );
+        Ok(Generated {
+            images: MemoryImages {
+                images: ImageBatch::from_unit_tensor(&images)?,
+                labels: labels.clone(),
+                name,
+            },
+            labels,
+            seconds,
+        })
+    }
+}
+
 fn generate_from_model(a: &RunArgs, dev: &Device) -> Result<(MemoryImages, Option<Vec<u32>>)> {
     let model_dir = a.model.as_ref().expect("checked");
-    let folder = resolve_model_folder(model_dir)?;
-    let unet_dir = match (&folder.ema_unet_dir, a.no_ema) {
-        (Some(ema), false) => ema.clone(),
-        _ => folder.unet_dir.clone(),
-    };
-    let (model, _) = load_unet(&unet_dir, dev)?;
-    let mut sched = match folder.scheduler_config.as_ref() {
-        Some(p) => crate::read_json_object(p)?,
-        None => Map::from_iter([("_class_name".into(), "DDIMScheduler".into())]),
-    };
-    if let Some(s) = &a.sampler {
-        sched.insert("_class_name".into(), s.clone().into());
-    }
-    let config = SchedulerConfig::from_json_map(&sched)?;
-    let sampler = Sampler::with_options(&config, a.steps, SamplerOptions::default())?;
-    let size = model
-        .config()
-        .sample_hw()
-        .context("the model config has no sample_size")?;
-    let labels = if model.is_class_conditional() {
-        let k = match model.config().class_embedding() {
-            diffuse_models::config::ClassEmbedding::Table(n) => n.saturating_sub(1).max(1),
-            _ => bail!("--model: class conditioning without a class table is not supported"),
-        };
-        Some(match a.class_label {
-            Some(c) => vec![c; a.num_samples],
-            None => (0..a.num_samples).map(|i| (i % k) as u32).collect(),
-        })
-    } else {
-        None
-    };
-    let opts = GenerateOptions {
-        num_images: a.num_samples,
-        batch_size: a.batch_size,
-        seed: a.seed,
-        size,
-        class_labels: labels.clone(),
-        guidance_scale: a.guidance_scale,
-        null_class: None,
-        initial_noise: None,
-    };
+    let ms = ModelSampler::load(model_dir, a.no_ema, dev)?;
     let b = bar(a.quiet);
     b.set_message("sampling");
-    let images = generate(&model, &sampler, &opts, dev, &mut |p| {
-        b.set_length(p.total as u64);
-        b.set_position(p.done as u64);
-        ControlFlow::Continue(())
-    })?;
-    b.finish_and_clear();
-    let name = format!(
-        "{} samples of {} ({} steps of {})",
-        a.num_samples,
-        model_dir.display(),
+    let g = ms.generate(
+        a.sampler.as_deref(),
         a.steps,
-        config.class.class_name()
-    );
-    Ok((
-        MemoryImages {
-            images: ImageBatch::from_unit_tensor(&images)?,
-            labels: labels.clone(),
-            name,
-        },
-        labels,
-    ))
+        a.num_samples,
+        a.guidance_scale,
+        a.class_label,
+        a.seed,
+        a.batch_size,
+        dev,
+        &b,
+    )?;
+    b.finish_and_clear();
+    Ok((g.images, g.labels))
 }
 
 fn run_eval(a: RunArgs) -> Result<()> {

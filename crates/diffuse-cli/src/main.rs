@@ -7,6 +7,7 @@ mod bench_cmd;
 mod convert_cmd;
 mod data_cmd;
 mod eval_cmd;
+mod eval_sweep;
 mod noise_cmd;
 mod sample_cmd;
 mod schedule_cmd;

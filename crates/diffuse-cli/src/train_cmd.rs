@@ -115,6 +115,15 @@ pub fn run(args: Args) -> Result<()> {
                 bar.println(format!("step {}: held-out PSNR {v:.2} dB", r.step));
             }
         }
+        let evals: Vec<String> = r
+            .metrics
+            .iter()
+            .filter(|(k, _)| k.starts_with("eval/") && k != "eval/psnr" && k != "eval/ssim")
+            .map(|(k, v)| format!("{} {v:.4}", &k["eval/".len()..]))
+            .collect();
+        if !evals.is_empty() {
+            bar.println(format!("step {}: {}", r.step, evals.join(" · ")));
+        }
         let _ = writeln!(log, "{line}");
     })?;
     bar.finish_and_clear();

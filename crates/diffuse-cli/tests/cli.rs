@@ -1346,3 +1346,150 @@ fn eval_bad_inputs_are_one_line_errors() {
     let o = run(&["fetch-inception", "--from", bogus.to_str().unwrap()]);
     assert_one_line_error(&o, "not a readable zip archive");
 }
+
+/// `[eval]` during training: classifier metrics of EMA samples at the chosen steps, in the
+/// metrics log and TensorBoard; `eval plot` draws them; `eval sweep` measures a sampler table
+/// (resumable) with plots; bad settings are one-line errors.
+#[test]
+fn train_eval_hook_plots_and_sampler_sweep() {
+    let dir = tempfile::tempdir().unwrap();
+    let tiny = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/tiny.toml");
+    let base = std::fs::read_to_string(&tiny)
+        .unwrap()
+        .replace("max_steps = 40", "max_steps = 8");
+    let cfg = dir.path().join("eval.toml");
+    std::fs::write(
+        &cfg,
+        format!("{base}\n[eval]\nevery = 5\nnum_samples = 20\nnum_real = 200\nsteps = 2\n"),
+    )
+    .unwrap();
+    let run = dir.path().join("run");
+    let o = diffuse(&[
+        "train",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--output",
+        run.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let log = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let evals: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v.get("eval/fid").is_some())
+        .collect();
+    // Every 5 steps and at the last (8).
+    let steps: Vec<u64> = evals.iter().map(|v| v["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, vec![5, 8], "{log}");
+    for v in &evals {
+        assert!(v["eval/fid"].as_f64().unwrap() > 0.0, "{v}");
+        let acc = v["eval/class_accuracy"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&acc), "{v}");
+        assert!(v["eval/is_mean"].as_f64().unwrap() >= 1.0, "{v}");
+    }
+    let events: Vec<u8> = std::fs::read_dir(run.join("logs"))
+        .unwrap()
+        .flat_map(|e| std::fs::read(e.unwrap().path()).unwrap())
+        .collect();
+    assert!(
+        events.windows(8).any(|w| w == b"eval/fid"),
+        "eval/fid in TensorBoard"
+    );
+    let o = diffuse(&["eval", "plot", "--run", run.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for f in ["loss.png", "eval-fid.png", "eval-class-accuracy.png"] {
+        let (w, h, _) = png_info(&run.join(f));
+        assert_eq!((w, h), (900, 520), "{f}");
+    }
+
+    // A sampler table over the trained model: a real-data row plus one row per sampler.
+    let sweep = dir.path().join("sweep");
+    let args = [
+        "eval",
+        "sweep",
+        "--model",
+        run.to_str().unwrap(),
+        "--runs",
+        "ddim:2,euler:2",
+        "--real",
+        "mnist",
+        "--num-real",
+        "100",
+        "--num-samples",
+        "20",
+        "--features",
+        "mnist",
+        "--guidance-scale",
+        "2",
+        "--output",
+        sweep.to_str().unwrap(),
+        "--quiet",
+    ];
+    let o = diffuse(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let md = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        md.contains("| ddim | 2 | 2 |") && md.contains("| euler | 2 | 2 |"),
+        "{md}"
+    );
+    let rows = std::fs::read_to_string(sweep.join("table.jsonl")).unwrap();
+    assert_eq!(rows.lines().count(), 3, "{rows}");
+    for f in [
+        "fid-vs-steps.png",
+        "class-accuracy-vs-steps.png",
+        "grid-ddim-2.png",
+        "table.md",
+    ] {
+        assert!(sweep.join(f).exists(), "{f}");
+    }
+    // One row per class (10), as many columns as every class has samples (2 of 20).
+    let (w, h, _) = png_info(&sweep.join("grid-ddim-2.png"));
+    assert_eq!((w, h), (2 * 16 + 2, 10 * 16 + 9 * 2));
+    // Run again: every row is already measured, nothing is added.
+    let o = diffuse(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let again = std::fs::read_to_string(sweep.join("table.jsonl")).unwrap();
+    assert_eq!(again, rows);
+
+    // Bad input.
+    let mut bad_runs = args.to_vec();
+    bad_runs[5] = "ddim";
+    assert_one_line_error(&diffuse(&bad_runs), "sampler:steps");
+    let mut bad_sampler = args.to_vec();
+    bad_sampler[5] = "nosuch:3";
+    assert_one_line_error(&diffuse(&bad_sampler), "unknown scheduler class");
+    let o = diffuse(&["eval", "plot", "--run", dir.path().to_str().unwrap()]);
+    assert_one_line_error(&o, "metrics.jsonl");
+    let uncond = dir.path().join("uncond.toml");
+    std::fs::write(
+        &uncond,
+        format!(
+            "{}\n[eval]\nevery = 5\nmetrics = \"fid,cls\"\n",
+            base.replace("[data]\n", "[data]\nclass_conditional = false\n")
+        ),
+    )
+    .unwrap();
+    let o = diffuse(&[
+        "train",
+        "--config",
+        uncond.to_str().unwrap(),
+        "--output",
+        dir.path().join("u").to_str().unwrap(),
+    ]);
+    assert_one_line_error(&o, "needs a class-conditional model");
+    let badnet = dir.path().join("badnet.toml");
+    std::fs::write(
+        &badnet,
+        format!("{base}\n[eval]\nevery = 5\nfeatures = \"vgg\"\n"),
+    )
+    .unwrap();
+    let o = diffuse(&[
+        "train",
+        "--config",
+        badnet.to_str().unwrap(),
+        "--output",
+        dir.path().join("b").to_str().unwrap(),
+    ]);
+    assert_one_line_error(&o, "unknown feature net \"vgg\"");
+}

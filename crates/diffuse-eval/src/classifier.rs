@@ -27,7 +27,8 @@ pub const EMBEDDED_CONFIG: &str = include_str!("../assets/mnist-classifier.json"
 pub const INPUT_SIZE: usize = 28;
 pub const NUM_CLASSES: usize = 10;
 pub const FEATURE_DIM: usize = 128;
-const CHANNELS: [usize; 3] = [16, 32, 64];
+/// Channels of the three convolutions of a new training (loading reads them from the weights).
+pub const CHANNELS: [usize; 3] = [32, 64, 64];
 
 /// The record written next to the weights.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -40,6 +41,14 @@ pub struct ClassifierRecord {
     pub learning_rate: f64,
     pub seed: u64,
     pub degrade_prob: f64,
+    /// Random translation of training images by up to this many pixels per axis.
+    #[serde(default)]
+    pub max_shift: usize,
+    /// Dropout on the fc1 activations during training.
+    #[serde(default)]
+    pub dropout: f64,
+    #[serde(default)]
+    pub weight_decay: f64,
     /// MNIST test accuracy on the 28-px images.
     pub test_accuracy: f64,
     /// MNIST test accuracy after the 28 → 16 → 28 round trip.
@@ -60,8 +69,7 @@ fn names() -> [&'static str; 5] {
 }
 
 /// Shapes of (weight, bias) per layer.
-fn shapes() -> Vec<(Vec<usize>, usize)> {
-    let [a, b, c] = CHANNELS;
+fn shapes([a, b, c]: [usize; 3]) -> Vec<(Vec<usize>, usize)> {
     vec![
         (vec![a, 1, 3, 3], a),
         (vec![b, a, 3, 3], b),
@@ -86,7 +94,10 @@ impl MnistClassifier {
             Ok(v.to_dtype(DType::F32)?)
         };
         let mut layers = Vec::new();
-        for (name, (ws, bs)) in names().iter().zip(shapes()) {
+        // Channel counts from the convolutions' weights (earlier trainings were narrower).
+        let out_ch = |n: &str| t.get(&format!("{n}.weight")).map_or(0, |w| w.dims()[0]);
+        let channels = [out_ch("conv1"), out_ch("conv2"), out_ch("conv3")];
+        for (name, (ws, bs)) in names().iter().zip(shapes(channels)) {
             layers.push((
                 get(format!("{name}.weight"), &ws)?,
                 get(format!("{name}.bias"), &[bs])?,
@@ -137,13 +148,22 @@ impl MnistClassifier {
     /// (features `[b, 128]`: fc1 before its ReLU, logits `[b, 10]`) of `[b, 1, 28, 28]` inputs in
     /// [−1, 1].
     pub fn forward(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+        self.forward_with_mask(x, None)
+    }
+
+    /// `fc1_mask`: the inverted-dropout mask `[b, 128]` of training (kept / (1 − p), or 0).
+    fn forward_with_mask(&self, x: &Tensor, fc1_mask: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
         let mut h = x.clone();
         for c in &self.convs {
             h = ops::conv2d(&h, c)?.relu()?.max_pool2d(2)?;
         }
         // Features before the ReLU: units that never fire still carry a (random) projection.
         let f = ops::linear(&h.flatten_from(1)?, &self.fc1)?;
-        let logits = ops::linear(&f.relu()?, &self.fc2)?;
+        let mut a = f.relu()?;
+        if let Some(m) = fc1_mask {
+            a = a.mul(m)?;
+        }
+        let logits = ops::linear(&a, &self.fc2)?;
         Ok((f, logits))
     }
 }
@@ -173,6 +193,16 @@ pub struct TrainOptions {
     pub seed: u64,
     /// Probability that a training image goes through 28 → 16 → 28 first.
     pub degrade_prob: f64,
+    /// Random translation by up to this many pixels per axis (background fill).
+    pub max_shift: usize,
+    /// Dropout probability on the fc1 activations.
+    pub dropout: f64,
+    /// AdamW's decoupled weight decay.
+    pub weight_decay: f64,
+    /// Linear warm-up of the learning rate over this fraction of the steps, then cosine to 0.
+    pub warmup_fraction: f64,
+    /// Channels of the three convolutions.
+    pub channels: [usize; 3],
 }
 
 impl Default for TrainOptions {
@@ -183,6 +213,11 @@ impl Default for TrainOptions {
             learning_rate: 2e-3,
             seed: 0,
             degrade_prob: 0.5,
+            max_shift: 2,
+            dropout: 0.25,
+            weight_decay: 1e-4,
+            warmup_fraction: 0.03,
+            channels: CHANNELS,
         }
     }
 }
@@ -265,10 +300,10 @@ fn accuracy(net: &MnistClassifier, pixels: &[u8], labels: &[u32], dev: &Device) 
 }
 
 /// Seeded PyTorch-default init (kaiming-uniform a = √5: U(±1/√fan_in) for weights and biases).
-fn init(seed: u64, dev: &Device) -> Result<Vec<(String, Var)>> {
+fn init(seed: u64, channels: [usize; 3], dev: &Device) -> Result<Vec<(String, Var)>> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut out = Vec::new();
-    for (name, (ws, bs)) in names().iter().zip(shapes()) {
+    for (name, (ws, bs)) in names().iter().zip(shapes(channels)) {
         let fan_in: usize = ws[1..].iter().product();
         let bound = 1.0 / (fan_in as f64).sqrt();
         let mut u = |n: usize| -> Vec<f32> {
@@ -282,6 +317,29 @@ fn init(seed: u64, dev: &Device) -> Result<Vec<(String, Var)>> {
         out.push((format!("{name}.bias"), Var::from_tensor(&b)?));
     }
     Ok(out)
+}
+
+/// A 28×28 u8 image translated by (dy, dx) pixels, background (0) shifted in.
+fn shifted(img: &[u8], dy: i64, dx: i64) -> impl Iterator<Item = u8> + '_ {
+    let n = INPUT_SIZE as i64;
+    (0..n * n).map(move |p| {
+        let (y, x) = (p / n - dy, p % n - dx);
+        if (0..n).contains(&y) && (0..n).contains(&x) {
+            img[(y * n + x) as usize]
+        } else {
+            0
+        }
+    })
+}
+
+/// Linear warm-up to `learning_rate`, then cosine decay to zero.
+fn lr_at(opts: &TrainOptions, step: usize, total: usize) -> f64 {
+    let warm = ((total as f64 * opts.warmup_fraction) as usize).max(1);
+    if step < warm {
+        return opts.learning_rate * (step + 1) as f64 / warm as f64;
+    }
+    let p = (step - warm) as f64 / (total - warm).max(1) as f64;
+    opts.learning_rate * 0.5 * (1.0 + (std::f64::consts::PI * p).cos())
 }
 
 /// Progress of training: steps done, steps in all, last loss.
@@ -305,7 +363,7 @@ pub fn train(
     let start = std::time::Instant::now();
     let tr = load_split(train_set, limit.unwrap_or(usize::MAX))?;
     let te = load_split(test_set, usize::MAX)?;
-    let vars = init(opts.seed, &dev)?;
+    let vars = init(opts.seed, opts.channels, &dev)?;
     let map: HashMap<String, Tensor> = vars
         .iter()
         .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
@@ -315,7 +373,7 @@ pub fn train(
         vars.iter().map(|(_, v)| v.clone()).collect(),
         candle_nn::ParamsAdamW {
             lr: opts.learning_rate,
-            weight_decay: 0.0,
+            weight_decay: opts.weight_decay,
             ..Default::default()
         },
     )?;
@@ -339,17 +397,30 @@ pub fn train(
                 } else {
                     &tr.clean
                 };
-                pixels.extend_from_slice(&src[i * px..(i + 1) * px]);
+                let s = opts.max_shift as i64;
+                let (dy, dx) = (rng.random_range(-s..=s), rng.random_range(-s..=s));
+                pixels.extend(shifted(&src[i * px..(i + 1) * px], dy, dx));
             }
             let labels: Vec<u32> = idx.iter().map(|&i| tr.labels[i]).collect();
             let x = to_input(&pixels, idx.len(), &dev)?;
             let y = Tensor::from_vec(labels, idx.len(), &dev)?;
-            // Cosine decay of the learning rate to zero.
-            let lr = opts.learning_rate
-                * 0.5
-                * (1.0 + (std::f64::consts::PI * step as f64 / total as f64).cos());
-            adam.set_learning_rate(lr);
-            let (_, logits) = net.forward(&x)?;
+            adam.set_learning_rate(lr_at(opts, step, total));
+            let mask = if opts.dropout > 0.0 {
+                let keep = 1.0 - opts.dropout;
+                let m: Vec<f32> = (0..idx.len() * FEATURE_DIM)
+                    .map(|_| {
+                        if rng.random::<f64>() < keep {
+                            (1.0 / keep) as f32
+                        } else {
+                            0.0
+                        }
+                    })
+                    .collect();
+                Some(Tensor::from_vec(m, (idx.len(), FEATURE_DIM), &dev)?)
+            } else {
+                None
+            };
+            let (_, logits) = net.forward_with_mask(&x, mask.as_ref())?;
             let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
             adam.backward_step(&loss)?;
             step += 1;
@@ -368,7 +439,7 @@ pub fn train(
         .collect();
     let bytes = diffuse_models::weights::serialize_tensors(tensors)
         .map_err(|e| Error::File(e.to_string()))?;
-    let [a, b, c] = CHANNELS;
+    let [a, b, c] = opts.channels;
     let record = ClassifierRecord {
         architecture: format!(
             "conv3x3({a})-relu-maxpool2, conv3x3({b})-relu-maxpool2, conv3x3({c})-relu-maxpool2, \
@@ -381,6 +452,9 @@ pub fn train(
         learning_rate: opts.learning_rate,
         seed: opts.seed,
         degrade_prob: opts.degrade_prob,
+        max_shift: opts.max_shift,
+        dropout: opts.dropout,
+        weight_decay: opts.weight_decay,
         test_accuracy,
         test_accuracy_16px,
         train_seconds: start.elapsed().as_secs_f64(),
@@ -411,4 +485,39 @@ pub fn classify(
         on_progress(s + n, images.len());
     }
     Ok((feats, probs, preds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shift_moves_pixels_and_fills_background() {
+        let mut img = vec![0u8; INPUT_SIZE * INPUT_SIZE];
+        img[5 * INPUT_SIZE + 7] = 200;
+        img[0] = 9;
+        let out: Vec<u8> = shifted(&img, 2, -3).collect();
+        assert_eq!(out[7 * INPUT_SIZE + 4], 200);
+        assert_eq!(
+            out.iter().filter(|&&v| v != 0).count(),
+            1,
+            "pixel (0,0) left the frame"
+        );
+        let same: Vec<u8> = shifted(&img, 0, 0).collect();
+        assert_eq!(same, img);
+    }
+
+    #[test]
+    fn learning_rate_warms_up_then_decays_to_zero() {
+        let opts = TrainOptions {
+            learning_rate: 1.0,
+            warmup_fraction: 0.1,
+            ..Default::default()
+        };
+        assert!((lr_at(&opts, 0, 100) - 0.1).abs() < 1e-12);
+        assert!((lr_at(&opts, 9, 100) - 1.0).abs() < 1e-12);
+        assert!((lr_at(&opts, 10, 100) - 1.0).abs() < 1e-12);
+        assert!(lr_at(&opts, 55, 100) < 0.6 && lr_at(&opts, 55, 100) > 0.4);
+        assert!(lr_at(&opts, 99, 100) < 1e-3);
+    }
 }

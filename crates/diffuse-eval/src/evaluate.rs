@@ -9,6 +9,7 @@ use crate::{Error, Result};
 use candle_core::Device;
 use nalgebra::DMatrix;
 use serde::Serialize;
+use std::borrow::Cow;
 
 /// A metric `diffuse eval --metrics` knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +66,9 @@ pub enum Reference<'a> {
     Images(&'a dyn ImageSource),
     /// Precomputed statistics (FID only).
     Stats(GaussianStats),
+    /// Precomputed features of real images (by the same feature net), e.g. kept by the trainer
+    /// across evaluations.
+    Features(&'a crate::metrics::Features),
 }
 
 #[derive(Debug, Clone)]
@@ -181,10 +185,21 @@ pub fn evaluate(
             }
             Reference::Images(real) => {
                 report.num_real = Some(real.len());
-                Some(
+                Some(Cow::Owned(
                     net.extract(*real, bs, device, &mut |d, t| on_progress("real", d, t))?
                         .features,
-                )
+                ))
+            }
+            Reference::Features(f) => {
+                if f.ncols() != net.dim() {
+                    return Err(Error::Input(format!(
+                        "the real features have {} dimensions, the feature net {}",
+                        f.ncols(),
+                        net.dim()
+                    )));
+                }
+                report.num_real = Some(f.nrows());
+                Some(Cow::Borrowed(*f))
             }
         };
         if want(Metric::Fid) {

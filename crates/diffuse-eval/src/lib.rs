@@ -10,6 +10,7 @@
 //! - [`images`]: image sets (folders, data sets, generated tensors) as u8 batches;
 //!   [`features`]: a feature net over an image set, batched, with progress.
 //! - [`evaluate`]: the metrics asked for, from a reference and a generated set, as one report.
+//! - [`plot`]: PNG line charts (loss curves, metrics against training or sampling steps).
 
 pub mod classifier;
 pub mod evaluate;
@@ -17,6 +18,7 @@ pub mod features;
 pub mod images;
 pub mod inception;
 pub mod metrics;
+pub mod plot;
 pub mod resize;
 pub mod stats;
 pub mod torchscript;

@@ -7,6 +7,7 @@
 //! - [`objective`]: the loss of a batch (ε/x₀/v, Min-SNR-γ, flow matching, CFG label dropout)
 //!   with a checkpointable RNG.
 //! - [`quality`]: PSNR and SSIM of reconstructions (VAE evaluation).
+//! - [`eval_hook`]: `[eval]`, classifier/Inception metrics of EMA samples every N steps.
 //! - [`tensorboard`]: event files (scalars, sample grids) that `tensorboard` reads.
 //! - [`trainer`]: the loop of `diffuse train` (TOML config, atomic checkpoints, exact resume).
 //! - [`bench`]: `diffuse bench` (forward, training step and DDIM sampling timings, FLOP count,
@@ -14,6 +15,7 @@
 
 pub mod bench;
 pub mod ema;
+pub mod eval_hook;
 pub mod lr;
 pub mod objective;
 pub mod optim;

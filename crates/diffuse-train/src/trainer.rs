@@ -204,6 +204,9 @@ pub struct TrainConfig {
     pub train: TrainSection,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vae: Option<VaeSection>,
+    /// Metrics of EMA samples every N steps (diffusion models).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval: Option<crate::eval_hook::EvalSection>,
 }
 
 impl TrainConfig {
@@ -326,6 +329,30 @@ pub fn train(
         Some(v) => vae_task(config, v, model_map, device)?,
     };
     diffuse_models::weights::seeded_init(&varmap, t.seed)?;
+    let eval_hook = match (&config.eval, &net) {
+        (Some(e), Net::Unet(u)) if e.every > 0 => {
+            let (h, _) = u.cfg.sample_hw().unwrap_or((d.size, d.size));
+            let size = match &u.vae {
+                Some((v, _)) => h << v.config().block_out_channels.len().saturating_sub(1),
+                None => h,
+            };
+            Some(crate::eval_hook::EvalHook::new(
+                e,
+                (!d.name.is_empty()).then_some(d.name.as_str()),
+                classes,
+                size,
+                &u.sched_cfg,
+                t.sample_guidance,
+                device,
+            )?)
+        }
+        (Some(e), Net::Vae(_)) if e.every > 0 => {
+            return Err(Error::Invalid(
+                "[eval] applies to diffusion models; VAE training logs held-out PSNR/SSIM (vae.eval_images)".into(),
+            ))
+        }
+        _ => None,
+    };
     let mut vars: Vec<(String, Var)> = varmap
         .data()
         .lock()
@@ -540,6 +567,23 @@ pub fn train(
                 &net, &varmap, &vars, &ema, classes, t, device, output, step, &mut tb,
             )?;
             report.metrics.extend(m);
+        }
+        if let (Some(hook), Net::Unet(u)) = (&eval_hook, &net) {
+            if hook.due(step, step == t.max_steps) {
+                let names: Vec<String> = vars.iter().map(|(k, _)| k.clone()).collect();
+                let model = diffuse_models::weights::model_from_tensors(
+                    &u.cfg,
+                    ema_tensors(&varmap, &names, &ema),
+                    device,
+                )?;
+                let size = u.cfg.sample_hw().unwrap_or((d.size, d.size));
+                let m = hook.run(&model, u.vae.as_ref().map(|v| &v.0), classes, size, device)?;
+                let tb_io = |e| Error::Invalid(format!("tensorboard log: {e}"));
+                for (k, v) in &m {
+                    tb.scalar(k, s, *v as f32).map_err(tb_io)?;
+                }
+                report.metrics.extend(m);
+            }
         }
         on_step(&report);
         let stopping = stop.load(std::sync::atomic::Ordering::SeqCst);
@@ -1198,6 +1242,33 @@ fn copy_dir(src: &Path, dst: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The sampler of grids and evaluations: `name` (a scheduler class or alias) over the training
+/// schedule, else DDIM with trailing spacing — or flow-matching Euler for flow models.
+pub(crate) fn preview_scheduler(
+    sched_cfg: &SchedulerConfig,
+    name: Option<&str>,
+) -> Result<SchedulerConfig> {
+    let flow = sched_cfg.class == diffuse_core::config::SchedulerClass::FlowMatchEuler;
+    if flow && name.is_none() {
+        return Ok(sched_cfg.clone());
+    }
+    let mut map: Map<String, Value> = serde_json::from_value(json!({
+        "_class_name": name.unwrap_or("DDIMScheduler"),
+        "num_train_timesteps": sched_cfg.num_train_timesteps,
+        "beta_start": sched_cfg.beta_start,
+        "beta_end": sched_cfg.beta_end,
+        "beta_schedule": sched_cfg.beta_schedule.name(),
+        "prediction_type": sched_cfg.prediction_type.name(),
+        "timestep_spacing": "trailing",
+        "clip_sample": false,
+    }))
+    .expect("object");
+    if flow {
+        map.insert("shift".into(), sched_cfg.shift.into());
+    }
+    Ok(SchedulerConfig::from_json_map(&map)?)
+}
+
 /// Samples for a grid from `model` (the EMA weights): one row per class (or 8×8
 /// unconditional), fixed seed. Returns the images and the grid's column count.
 fn sample_grid(
@@ -1208,22 +1279,7 @@ fn sample_grid(
     device: &Device,
 ) -> Result<(Tensor, usize)> {
     let unet_cfg = model.config();
-    let mut sched = sched_cfg.clone();
-    if sched.class != diffuse_core::config::SchedulerClass::FlowMatchEuler {
-        sched = SchedulerConfig::from_json_map(
-            &serde_json::from_value(json!({
-                "_class_name": "DDIMScheduler",
-                "num_train_timesteps": sched.num_train_timesteps,
-                "beta_start": sched.beta_start,
-                "beta_end": sched.beta_end,
-                "beta_schedule": sched.beta_schedule.name(),
-                "prediction_type": sched.prediction_type.name(),
-                "timestep_spacing": "trailing",
-                "clip_sample": false,
-            }))
-            .expect("object"),
-        )?;
-    }
+    let sched = preview_scheduler(sched_cfg, None)?;
     let sampler = diffuse_core::sampler::Sampler::new(&sched, t.sample_steps)?;
     let (labels, cols) = match classes {
         Some(k) => (
