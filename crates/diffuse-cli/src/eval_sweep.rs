@@ -359,27 +359,28 @@ fn table_md(rows: &[Value], model: &Path, real: &str, num_real: usize) -> String
         .filter(|(k, _, _)| rows.iter().any(|r| r[*k].is_number()))
         .collect();
     let mut s = format!(
-        "Model `{}`; reference: the first {num_real} `{real}` training images.\n\n| sampler | steps | NFE |",
+        "Model `{}`; reference: the first {num_real} `{real}` training images.\n\n| sampler | steps | NFE | samples |",
         model.display()
     );
     for (_, h, _) in &cols {
         s += &format!(" {h} |");
     }
-    s += "\n|---|---:|---:|";
+    s += "\n|---|---:|---:|---:|";
     s += &"---:|".repeat(cols.len());
     s += "\n";
     for r in rows {
         let real = r["sampler"] == "real";
         let name = if real {
-            format!("*real test images ({})*", r["num_samples"])
+            "*real test images*".to_string()
         } else {
             r["sampler"].as_str().unwrap_or("?").to_string()
         };
         let num = |k: &str| r[k].as_u64().map_or("–".into(), |v| v.to_string());
         s += &format!(
-            "| {name} | {} | {} |",
+            "| {name} | {} | {} | {} |",
             if real { "–".into() } else { num("steps") },
-            if real { "–".into() } else { num("nfe") }
+            if real { "–".into() } else { num("nfe") },
+            num("num_samples")
         );
         for (k, _, d) in &cols {
             s += &match r[*k].as_f64() {

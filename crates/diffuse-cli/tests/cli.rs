@@ -1430,7 +1430,7 @@ fn train_eval_hook_plots_and_sampler_sweep() {
     assert!(o.status.success(), "{}", stderr(&o));
     let md = String::from_utf8_lossy(&o.stdout).to_string();
     assert!(
-        md.contains("| ddim | 2 | 2 |") && md.contains("| euler | 2 | 2 |"),
+        md.contains("| ddim | 2 | 2 | 20 |") && md.contains("| euler | 2 | 2 | 20 |"),
         "{md}"
     );
     let rows = std::fs::read_to_string(sweep.join("table.jsonl")).unwrap();
@@ -1492,4 +1492,32 @@ fn train_eval_hook_plots_and_sampler_sweep() {
         dir.path().join("b").to_str().unwrap(),
     ]);
     assert_one_line_error(&o, "unknown feature net \"vgg\"");
+}
+
+/// `train.max_minutes`: the run stops on its wall-clock budget with a checkpoint and a
+/// complete output pipeline, as after Ctrl-C.
+#[test]
+fn train_stops_at_its_time_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/tiny.toml");
+    let out = dir.path().join("budget");
+    let o = diffuse(&[
+        "train",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--max-steps",
+        "100000",
+        "--set",
+        "train.max_minutes=0.02",
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let log = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    let last: Value = serde_json::from_str(log.lines().last().unwrap()).unwrap();
+    let steps = last["step"].as_u64().unwrap();
+    assert!((1..100000).contains(&steps), "{steps}");
+    assert!(out.join(format!("checkpoints/step-{steps}")).is_dir());
+    assert!(out.join("unet_ema/diffusion_pytorch_model.safetensors").exists());
 }

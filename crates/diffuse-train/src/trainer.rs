@@ -116,6 +116,10 @@ pub struct DataSection {
 #[serde(deny_unknown_fields)]
 pub struct TrainSection {
     pub max_steps: u64,
+    /// Stop (with a checkpoint and the output pipeline) after this many minutes of this
+    /// invocation, for comparisons at the same wall-clock budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_minutes: Option<f64>,
     #[serde(default)]
     pub seed: u64,
     #[serde(default = "d_lr")]
@@ -537,6 +541,10 @@ pub fn train(
         opt.update(&grads, lr_now)?;
         ema.step(&plain)?;
         step += 1;
+        // A wall-clock budget ends the run like Ctrl-C: last evaluation, checkpoint, stop.
+        let out_of_time = t
+            .max_minutes
+            .is_some_and(|m| started.elapsed().as_secs_f64() >= m * 60.0);
         last_loss = loss;
         seen_images += report.images;
         let sm = smoothed.map_or(loss, |s| 0.98 * s + 0.02 * loss);
@@ -569,7 +577,7 @@ pub fn train(
             report.metrics.extend(m);
         }
         if let (Some(hook), Net::Unet(u)) = (&eval_hook, &net) {
-            if hook.due(step, step == t.max_steps) {
+            if hook.due(step, step == t.max_steps || out_of_time) {
                 let names: Vec<String> = vars.iter().map(|(k, _)| k.clone()).collect();
                 let model = diffuse_models::weights::model_from_tensors(
                     &u.cfg,
@@ -586,7 +594,7 @@ pub fn train(
             }
         }
         on_step(&report);
-        let stopping = stop.load(std::sync::atomic::Ordering::SeqCst);
+        let stopping = stop.load(std::sync::atomic::Ordering::SeqCst) || out_of_time;
         let last = step == t.max_steps || stopping;
         if (t.checkpoint_every > 0 && step.is_multiple_of(t.checkpoint_every)) || last {
             let state = TrainingState {
