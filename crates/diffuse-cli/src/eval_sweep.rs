@@ -22,7 +22,7 @@ pub struct SweepArgs {
     #[arg(long)]
     model: PathBuf,
     /// Comma-separated sampler:steps rows (ddpm:1000, ddim:50, dpmpp_2m:20, euler:20, heun:10,
-    /// unipc:10, pndm:50, euler_a:20, flow_euler:4, …).
+    /// unipc:10, pndm:50, euler_a:20, flow_euler:4, flow_heun:4, …).
     #[arg(
         long,
         default_value = "ddim:10,ddim:20,ddim:50,dpmpp_2m:10,dpmpp_2m:20,euler:20,unipc:10"

@@ -20,7 +20,7 @@ pub struct Args {
     #[arg(long)]
     json: bool,
     /// Scheduler class: a diffusers class name or ddpm, ddim, plms, euler, euler_a, heun,
-    /// dpmpp_2m, unipc, flow_euler.
+    /// dpmpp_2m, unipc, flow_euler, flow_heun.
     #[arg(long = "class")]
     class_name: Option<String>,
     #[arg(long)]
@@ -141,7 +141,7 @@ pub fn run(args: Args) -> Result<()> {
             "timesteps": timesteps,
             "init_noise_sigma": sampler.init_noise_sigma(),
         });
-        if config.class != SchedulerClass::FlowMatchEuler {
+        if !config.class.is_flow() {
             out["alphas_cumprod"] = json!(sampler.schedule().alphas_cumprod);
         }
         if let Some(s) = sampler.sigmas() {
@@ -165,7 +165,7 @@ fn print_table(config: &SchedulerConfig, sampler: &Sampler, integer_timesteps: b
         config.timestep_spacing,
         sampler.init_noise_sigma()
     );
-    let vp = config.class != SchedulerClass::FlowMatchEuler;
+    let vp = !config.class.is_flow();
     print!("{:>5}  {:>12}", "step", "timestep");
     if sampler.sigmas().is_some() {
         print!("  {:>14}", "sigma");

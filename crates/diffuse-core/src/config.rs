@@ -21,10 +21,11 @@ pub enum SchedulerClass {
     DpmSolverMultistep,
     UniPcMultistep,
     FlowMatchEuler,
+    FlowMatchHeun,
 }
 
 impl SchedulerClass {
-    pub const ALL: [SchedulerClass; 9] = [
+    pub const ALL: [SchedulerClass; 10] = [
         SchedulerClass::Ddpm,
         SchedulerClass::Ddim,
         SchedulerClass::Pndm,
@@ -34,6 +35,7 @@ impl SchedulerClass {
         SchedulerClass::DpmSolverMultistep,
         SchedulerClass::UniPcMultistep,
         SchedulerClass::FlowMatchEuler,
+        SchedulerClass::FlowMatchHeun,
     ];
 
     /// The diffusers class name.
@@ -48,6 +50,7 @@ impl SchedulerClass {
             SchedulerClass::DpmSolverMultistep => "DPMSolverMultistepScheduler",
             SchedulerClass::UniPcMultistep => "UniPCMultistepScheduler",
             SchedulerClass::FlowMatchEuler => "FlowMatchEulerDiscreteScheduler",
+            SchedulerClass::FlowMatchHeun => "FlowMatchHeunDiscreteScheduler",
         }
     }
 
@@ -63,6 +66,7 @@ impl SchedulerClass {
             SchedulerClass::DpmSolverMultistep => "dpmpp_2m",
             SchedulerClass::UniPcMultistep => "unipc",
             SchedulerClass::FlowMatchEuler => "flow_euler",
+            SchedulerClass::FlowMatchHeun => "flow_heun",
         }
     }
 
@@ -93,6 +97,16 @@ impl SchedulerClass {
                 | SchedulerClass::DpmSolverMultistep
                 | SchedulerClass::UniPcMultistep
                 | SchedulerClass::FlowMatchEuler
+                | SchedulerClass::FlowMatchHeun
+        )
+    }
+
+    /// Whether the class is a flow-matching (rectified flow) sampler: x_σ = (1 − σ)x₀ + σε,
+    /// the model predicts the velocity ε − x₀, no β schedule.
+    pub fn is_flow(self) -> bool {
+        matches!(
+            self,
+            SchedulerClass::FlowMatchEuler | SchedulerClass::FlowMatchHeun
         )
     }
 }
@@ -265,6 +279,10 @@ pub struct SchedulerConfig {
     pub disable_corrector: Vec<usize>,
     pub shift: f64,
     pub stochastic_sampling: bool,
+    /// diffuse's own key: the step count the model was made for (a reflowed or distilled
+    /// student); `diffuse sample` uses it as its default `--steps`. Not a diffusers key:
+    /// diffusers ignores it when it loads the config.
+    pub num_inference_steps: Option<usize>,
     /// Keys we do not know, kept as they were (written back when the config is saved).
     pub extra: Map<String, Value>,
     /// Names of the keys in `extra`, for a note to the user.
@@ -324,7 +342,7 @@ impl SchedulerConfig {
             BetaSchedule::from_name(&s).expect("checked")
         };
         let trained_betas = r.opt_f64_list("trained_betas")?;
-        if trained_betas.is_none() && class != C::FlowMatchEuler {
+        if trained_betas.is_none() && !class.is_flow() {
             if !(beta_start > 0.0 && beta_start < 1.0) {
                 return Err(Error::config(
                     "beta_start",
@@ -379,13 +397,13 @@ impl SchedulerConfig {
         let allowed_preds: &[&str] = match class {
             C::Pndm => &["epsilon", "v_prediction"],
             C::EulerAncestral => &["epsilon", "v_prediction"],
-            C::FlowMatchEuler => &["flow_prediction"],
+            C::FlowMatchEuler | C::FlowMatchHeun => &["flow_prediction"],
             C::DpmSolverMultistep | C::UniPcMultistep | C::Euler | C::Heun | C::Ddpm | C::Ddim => {
                 &["epsilon", "sample", "v_prediction"]
             }
         };
-        let prediction_type = if class == C::FlowMatchEuler {
-            // FlowMatchEulerDiscreteScheduler has no prediction_type key: it is always the velocity.
+        let prediction_type = if class.is_flow() {
+            // The FlowMatch schedulers have no prediction_type key: it is always the velocity.
             r.used.insert("prediction_type");
             PredictionType::Flow
         } else {
@@ -495,6 +513,18 @@ impl SchedulerConfig {
             return Err(Error::config("shift", format!("must be > 0, got {shift}")));
         }
         let stochastic_sampling = r.bool("stochastic_sampling", false)?;
+        let num_inference_steps = match r.get("num_inference_steps") {
+            None => None,
+            Some(_) => match r.usize("num_inference_steps", 0)? {
+                0 => {
+                    return Err(Error::config(
+                        "num_inference_steps",
+                        "must be at least 1 (or absent)",
+                    ))
+                }
+                n => Some(n),
+            },
+        };
         if class == C::DpmSolverMultistep
             && algorithm_type == DpmAlgorithm::DpmSolver
             && final_sigmas_type == FinalSigmas::Zero
@@ -575,6 +605,7 @@ impl SchedulerConfig {
             disable_corrector,
             shift,
             stochastic_sampling,
+            num_inference_steps,
             extra,
             ignored_keys,
         })
@@ -755,6 +786,26 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("prediction_type"));
+    }
+
+    #[test]
+    fn flow_classes_and_the_recommended_step_count() {
+        let c = SchedulerConfig::from_json_str(
+            r#"{"_class_name": "flow_heun", "shift": 3.0, "num_inference_steps": 2}"#,
+        )
+        .unwrap();
+        assert_eq!(c.class, SchedulerClass::FlowMatchHeun);
+        assert!(c.class.is_flow() && SchedulerClass::FlowMatchEuler.is_flow());
+        assert!(!SchedulerClass::Heun.is_flow());
+        assert_eq!(c.prediction_type, PredictionType::Flow);
+        assert_eq!(c.num_inference_steps, Some(2));
+        assert!(c.ignored_keys.is_empty(), "{:?}", c.ignored_keys);
+        assert_eq!(
+            SchedulerConfig::default_for(SchedulerClass::Ddim).num_inference_steps,
+            None
+        );
+        let e = SchedulerConfig::from_json_str(r#"{"num_inference_steps": 0}"#).unwrap_err();
+        assert!(e.to_string().contains("num_inference_steps"), "{e}");
     }
 
     #[test]

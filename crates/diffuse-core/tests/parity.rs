@@ -219,7 +219,7 @@ fn analytic(
     mu: &[f64],
     std: f64,
 ) -> Vec<f64> {
-    let (a, b) = if cfg.class == SchedulerClass::FlowMatchEuler {
+    let (a, b) = if cfg.class.is_flow() {
         let sigma = t / cfg.num_train_timesteps as f64;
         (1.0 - sigma, sigma)
     } else {
@@ -266,6 +266,7 @@ fn run_trajectory(case: &Value, perturb: Option<(usize, usize)>) -> Result<(), S
     let options = SamplerOptions {
         eta: kw["eta"].as_f64().unwrap_or(0.0),
         use_clipped_model_output: kw["use_clipped_model_output"].as_bool().unwrap_or(false),
+        s_churn: kw["s_churn"].as_f64().unwrap_or(0.0),
         ..Default::default()
     };
     let sampler = Sampler::with_options(&cfg, n, options).map_err(|e| format!("{name}: {e}"))?;
@@ -358,18 +359,60 @@ fn trajectories_match_diffusers() {
     );
 }
 
+/// FlowMatchHeunDiscreteScheduler (`tools/fixtures/gen_flow.py`): σ and timesteps of
+/// `set_timesteps` to 1e-6, closed-loop trajectories (shift 1 and 3, N = 1, 4, 10, and churn
+/// with recorded noise) to 1e-5.
+#[test]
+fn flow_heun_matches_diffusers() {
+    let f = load("flow_heun.json");
+    let mut failures = Vec::new();
+    let cases = f["timesteps"].as_array().unwrap();
+    assert!(cases.len() >= 9);
+    for case in cases {
+        let cfg = config_of(&case["config"]);
+        assert_eq!(cfg.class, SchedulerClass::FlowMatchHeun);
+        let n = case["num_inference_steps"].as_u64().unwrap() as usize;
+        let name = format!("flow_heun shift={} T={} N={n}", cfg.shift, cfg.num_train_timesteps);
+        let s = Sampler::new(&cfg, n).unwrap();
+        assert_eq!(s.len(), 2 * n - 1, "{name}: model calls");
+        for (what, got, want) in [
+            ("timesteps", s.timesteps().to_vec(), floats(&case["timesteps"])),
+            ("sigmas", s.sigmas().unwrap().to_vec(), floats(&case["sigmas"])),
+        ] {
+            if let Err(e) = compare(what, &got, &want, SCHEDULE_RTOL, 1e-30) {
+                failures.push(format!("{name}: {e}"));
+            }
+        }
+    }
+    let cases = f["cases"].as_array().unwrap();
+    assert!(cases.len() >= 5);
+    failures.extend(cases.iter().filter_map(|c| run_trajectory(c, None).err()));
+    assert!(
+        failures.is_empty(),
+        "{} mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    // The churn case draws noise in both stages of every step, and the check can fail.
+    let churn = cases.iter().find(|c| c["name"] == "flow_heun_shift1_churn1").unwrap();
+    assert!(churn["steps"][1]["noises"].as_array().unwrap().len() == 1);
+    let err = run_trajectory(churn, Some((4, 7))).unwrap_err();
+    assert!(err.contains("step 4"), "{err}");
+}
+
 #[test]
 fn every_sampler_and_prediction_type_is_covered() {
     let f = load("trajectories.json");
+    let heun = load("flow_heun.json");
     let mut seen = std::collections::BTreeSet::new();
-    for c in f["cases"].as_array().unwrap() {
+    for c in f["cases"].as_array().unwrap().iter().chain(heun["cases"].as_array().unwrap()) {
         let cfg = config_of(&c["config"]);
         seen.insert((cfg.class.short_name(), cfg.prediction_type.name()));
     }
     for class in SchedulerClass::ALL {
         let preds: &[&str] = match class {
             SchedulerClass::Pndm | SchedulerClass::EulerAncestral => &["epsilon", "v_prediction"],
-            SchedulerClass::FlowMatchEuler => &["flow_prediction"],
+            SchedulerClass::FlowMatchEuler | SchedulerClass::FlowMatchHeun => &["flow_prediction"],
             _ => &["epsilon", "sample", "v_prediction"],
         };
         for p in preds {

@@ -14,7 +14,9 @@ pub fn shift_sigma(sigma: f64, shift: f64) -> f64 {
     shift * sigma / (1.0 + (shift - 1.0) * sigma)
 }
 
-pub(super) fn plan(config: &SchedulerConfig, n: usize) -> Result<Plan> {
+/// The σ of `n` steps (without the final 0), as diffusers' FlowMatch `set_timesteps` makes
+/// them: a linspace between the constructor's shifted end points, shifted again, in float32.
+pub(super) fn sigmas(config: &SchedulerConfig, n: usize) -> Vec<f64> {
     let t = config.num_train_timesteps as f64;
     // At construction diffusers shifts σ = (1..=T)/T in float32; its end points bound the plan.
     let shift32 = |s: f32| {
@@ -23,14 +25,20 @@ pub(super) fn plan(config: &SchedulerConfig, n: usize) -> Result<Plan> {
     };
     let sigma_max = shift32(1.0) as f64;
     let sigma_min = shift32(1.0 / t as f32) as f64;
-    let mut sigmas: Vec<f64> = linspace(sigma_max * t, sigma_min * t, n)
+    linspace(sigma_max * t, sigma_min * t, n)
         .into_iter()
         .map(|ts| f32r(shift_sigma(ts / t, config.shift)))
-        .collect();
-    let timesteps = sigmas
-        .iter()
-        .map(|&s| f32r((s as f32 * t as f32) as f64))
-        .collect();
+        .collect()
+}
+
+/// Model time of a σ: σ·T in float32 (diffusers' `sigmas * num_train_timesteps`).
+pub(super) fn sigma_to_t(config: &SchedulerConfig, sigma: f64) -> f64 {
+    f32r((sigma as f32 * config.num_train_timesteps as f32) as f64)
+}
+
+pub(super) fn plan(config: &SchedulerConfig, n: usize) -> Result<Plan> {
+    let mut sigmas = sigmas(config, n);
+    let timesteps = sigmas.iter().map(|&s| sigma_to_t(config, s)).collect();
     sigmas.push(0.0);
     Ok(Plan {
         timesteps,

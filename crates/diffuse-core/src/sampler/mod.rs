@@ -12,6 +12,7 @@ mod dpmpp_2m;
 mod euler;
 mod euler_a;
 mod flow;
+mod flow_heun;
 mod heun;
 mod plms;
 mod unipc;
@@ -148,7 +149,7 @@ impl Sampler {
                 options.eta
             )));
         }
-        let schedule = if config.class == SchedulerClass::FlowMatchEuler {
+        let schedule = if config.class.is_flow() {
             NoiseSchedule {
                 betas: vec![],
                 alphas_cumprod: vec![],
@@ -167,6 +168,7 @@ impl Sampler {
             SchedulerClass::DpmSolverMultistep => dpmpp_2m::plan(config, &schedule, n),
             SchedulerClass::UniPcMultistep => unipc::plan(config, &schedule, n),
             SchedulerClass::FlowMatchEuler => flow::plan(config, n),
+            SchedulerClass::FlowMatchHeun => flow_heun::plan(config, n),
         }?;
         Ok(Sampler {
             config: config.clone(),
@@ -271,6 +273,9 @@ impl Sampler {
             }
             SchedulerClass::UniPcMultistep => unipc::step(self, state, i, model_output, sample),
             SchedulerClass::FlowMatchEuler => flow::step(self, i, model_output, sample, noise),
+            SchedulerClass::FlowMatchHeun => {
+                flow_heun::step(self, state, i, model_output, sample, noise)
+            }
         }?;
         state.index += 1;
         Ok(out)
@@ -415,7 +420,7 @@ pub(crate) fn vp_x0(
         P::Sample => Ok(model_output.clone()),
         P::VPrediction => lin(a, sample, -s, model_output),
         P::Flow => Err(Error::Sampler(
-            "flow_prediction needs FlowMatchEulerDiscreteScheduler".into(),
+            "flow_prediction needs a FlowMatch scheduler (flow_euler, flow_heun)".into(),
         )),
     }
 }
@@ -445,7 +450,7 @@ pub(crate) fn k_x0(
             lin(c_out, model_output, c_skip, sample)
         }
         P::Flow => Err(Error::Sampler(
-            "flow_prediction needs FlowMatchEulerDiscreteScheduler".into(),
+            "flow_prediction needs a FlowMatch scheduler (flow_euler, flow_heun)".into(),
         )),
     }
 }

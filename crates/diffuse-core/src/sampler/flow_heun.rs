@@ -1,0 +1,84 @@
+//! Heun's second-order method for flow matching, diffusers
+//! `scheduling_flow_match_heun_discrete.py`: the σ of [`super::flow`] (with `shift`), each step
+//! but the first taken in two model calls, so timesteps run [t0, t1, t1, …, t_{N−1}, t_{N−1}]
+//! (2N − 1 calls) and the last step, to σ = 0, is an Euler step. Optional Karras "churn"
+//! (`s_churn`, `s_tmin`, `s_tmax`, `s_noise`) as diffusers has it.
+
+use super::{lin, Extra, Plan, Sampler, SamplerState, StepOutput};
+use crate::config::SchedulerConfig;
+use crate::error::Result;
+use crate::rng::NoiseSource;
+use candle_core::Tensor;
+
+pub(super) fn plan(config: &SchedulerConfig, n: usize) -> Result<Plan> {
+    let sig = super::flow::sigmas(config, n);
+    let mut timesteps = vec![super::flow::sigma_to_t(config, sig[0])];
+    let mut sigmas = vec![sig[0]];
+    for &s in &sig[1..] {
+        let t = super::flow::sigma_to_t(config, s);
+        timesteps.extend([t, t]);
+        sigmas.extend([s, s]);
+    }
+    sigmas.push(0.0);
+    Ok(Plan {
+        timesteps,
+        sigmas: Some(sigmas),
+        init_noise_sigma: 1.0,
+        extra: Extra::None,
+    })
+}
+
+pub(super) fn step(
+    s: &Sampler,
+    st: &mut SamplerState,
+    i: usize,
+    model_output: &Tensor,
+    sample: &Tensor,
+    noise: &mut dyn NoiseSource,
+) -> Result<StepOutput> {
+    let sigmas = s.sigmas.as_ref().expect("planned");
+    let first_order = st.dt.is_none();
+    let (sigma, sigma_next) = if first_order {
+        (sigmas[i], sigmas[i + 1])
+    } else {
+        (sigmas[i - 1], sigmas[i])
+    };
+    // Churn, in float32 as diffusers computes it on 0-dim tensors.
+    let o = &s.options;
+    let gamma = if o.s_tmin <= sigma && sigma <= o.s_tmax {
+        (o.s_churn / (sigmas.len() - 1) as f64).min(2f64.sqrt() - 1.0)
+    } else {
+        0.0
+    };
+    let sigma_hat = (sigma as f32 * (gamma + 1.0) as f32) as f64;
+    let sample = if gamma > 0.0 {
+        let z = noise.randn(sample.shape(), sample.dtype(), sample.device())?;
+        let (h, s32) = (sigma_hat as f32, sigma as f32);
+        let scale = (h * h - s32 * s32).sqrt() as f64;
+        lin(1.0, sample, scale * o.s_noise, &z)?
+    } else {
+        sample.clone()
+    };
+    let (x0, prev) = if first_order {
+        let x0 = lin(1.0, &sample, -sigma, model_output)?;
+        let derivative = ((&sample - &x0)? / sigma_hat)?;
+        let dt = (sigma_next as f32 - sigma_hat as f32) as f64;
+        let prev = (&sample + (&derivative * dt)?)?;
+        st.saved_derivative = Some(derivative);
+        st.dt = Some(dt);
+        st.saved_sample = Some(sample);
+        (x0, prev)
+    } else {
+        let x0 = lin(1.0, &sample, -sigma_next, model_output)?;
+        let d2 = ((&sample - &x0)? / sigma_next)?;
+        let d1 = st.saved_derivative.take().expect("first stage ran");
+        let derivative = ((d1 + d2)? * 0.5)?;
+        let dt = st.dt.take().expect("first stage ran");
+        let x = st.saved_sample.take().expect("first stage ran");
+        (x0, (x + (derivative * dt)?)?)
+    };
+    Ok(StepOutput {
+        prev_sample: prev,
+        pred_original_sample: Some(x0),
+    })
+}
