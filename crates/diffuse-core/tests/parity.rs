@@ -372,12 +372,23 @@ fn flow_heun_matches_diffusers() {
         let cfg = config_of(&case["config"]);
         assert_eq!(cfg.class, SchedulerClass::FlowMatchHeun);
         let n = case["num_inference_steps"].as_u64().unwrap() as usize;
-        let name = format!("flow_heun shift={} T={} N={n}", cfg.shift, cfg.num_train_timesteps);
+        let name = format!(
+            "flow_heun shift={} T={} N={n}",
+            cfg.shift, cfg.num_train_timesteps
+        );
         let s = Sampler::new(&cfg, n).unwrap();
         assert_eq!(s.len(), 2 * n - 1, "{name}: model calls");
         for (what, got, want) in [
-            ("timesteps", s.timesteps().to_vec(), floats(&case["timesteps"])),
-            ("sigmas", s.sigmas().unwrap().to_vec(), floats(&case["sigmas"])),
+            (
+                "timesteps",
+                s.timesteps().to_vec(),
+                floats(&case["timesteps"]),
+            ),
+            (
+                "sigmas",
+                s.sigmas().unwrap().to_vec(),
+                floats(&case["sigmas"]),
+            ),
         ] {
             if let Err(e) = compare(what, &got, &want, SCHEDULE_RTOL, 1e-30) {
                 failures.push(format!("{name}: {e}"));
@@ -394,7 +405,10 @@ fn flow_heun_matches_diffusers() {
         failures.join("\n")
     );
     // The churn case draws noise in both stages of every step, and the check can fail.
-    let churn = cases.iter().find(|c| c["name"] == "flow_heun_shift1_churn1").unwrap();
+    let churn = cases
+        .iter()
+        .find(|c| c["name"] == "flow_heun_shift1_churn1")
+        .unwrap();
     assert!(churn["steps"][1]["noises"].as_array().unwrap().len() == 1);
     let err = run_trajectory(churn, Some((4, 7))).unwrap_err();
     assert!(err.contains("step 4"), "{err}");
@@ -405,7 +419,12 @@ fn every_sampler_and_prediction_type_is_covered() {
     let f = load("trajectories.json");
     let heun = load("flow_heun.json");
     let mut seen = std::collections::BTreeSet::new();
-    for c in f["cases"].as_array().unwrap().iter().chain(heun["cases"].as_array().unwrap()) {
+    for c in f["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(heun["cases"].as_array().unwrap())
+    {
         let cfg = config_of(&c["config"]);
         seen.insert((cfg.class.short_name(), cfg.prediction_type.name()));
     }

@@ -20,6 +20,7 @@ pub mod lr;
 pub mod objective;
 pub mod optim;
 pub mod quality;
+pub mod reflow;
 pub mod tensorboard;
 pub mod trainer;
 

@@ -1,8 +1,10 @@
 //! The training objective of one batch, as diffusers' `train_unconditional.py` /
 //! `train_text_to_image.py` compute it: t ~ U{0..T−1}, ε ~ N(0, I), x_t = q(x_t|x₀), the
 //! target per prediction type (ε, x₀, v), MSE per sample, optional Min-SNR-γ weights; or
-//! rectified flow: σ ~ U(0, 1) (or logit-normal), x_σ = (1 − σ)x₀ + σε, target ε − x₀, model
-//! time 1000σ. Classifier-free guidance training replaces labels by the null class with
+//! rectified flow: σ ~ U(0, 1) or logit-normal (Esser et al. 2024), warped by the scheduler's
+//! `shift` (σ' = shift·σ / (1 + (shift − 1)·σ), as SD3 trains and samples), x_σ = (1 − σ)x₀ + σε,
+//! target ε − x₀, model time T·σ. The noise ε may be given (reflow: the noise that the teacher
+//! turned into x₀). Classifier-free guidance training replaces labels by the null class with
 //! probability p. The VAE objective ([`vae_loss`]) is diffusers' VAE fine-tuning script's:
 //! reconstruction (L1 or L2, mean) of a posterior sample + β·KL (per-sample sum, batch mean).
 //! All randomness comes from a [`TrainRng`] a checkpoint can save.
@@ -60,15 +62,32 @@ impl diffuse_core::rng::NoiseSource for TrainRng {
     }
 }
 
-/// How σ is drawn for flow matching.
+/// How σ is drawn for flow matching (before the shift).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum SigmaSampling {
+    /// σ ~ U[0, 1) (Liu et al. 2022).
     Uniform,
-    /// σ = sigmoid(m + s·z), z ~ N(0, 1) (Esser et al. 2024).
-    LogitNormal {
-        mean: f64,
-        std: f64,
-    },
+    /// σ = sigmoid(m + s·z), z ~ N(0, 1) (Esser et al. 2024): a positive mean puts more
+    /// weight on noisy σ.
+    LogitNormal { mean: f64, std: f64 },
+}
+
+impl SigmaSampling {
+    /// Parses the `train.flow_sigma_sampling` value with its two logit-normal parameters.
+    pub fn parse(name: &str, mean: f64, std: f64) -> Result<Self> {
+        match name {
+            "uniform" => Ok(SigmaSampling::Uniform),
+            "logit_normal" if std > 0.0 && std.is_finite() && mean.is_finite() => {
+                Ok(SigmaSampling::LogitNormal { mean, std })
+            }
+            "logit_normal" => Err(crate::Error::Invalid(format!(
+                "train.flow_logit_std must be > 0 and flow_logit_mean finite, got mean {mean}, std {std}"
+            ))),
+            other => Err(crate::Error::Invalid(format!(
+                "train.flow_sigma_sampling: unknown value {other:?}; allowed: logit_normal, uniform"
+            ))),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -80,6 +99,53 @@ pub struct ObjectiveConfig {
     pub cond_dropout: f64,
     pub null_class: Option<u32>,
     pub sigma_sampling: SigmaSampling,
+    /// Flow matching: the scheduler's `shift`, applied to every drawn σ (1 = none).
+    pub flow_shift: f64,
+    /// Flow matching: model time is σ·T with this T (the scheduler's `num_train_timesteps`).
+    pub flow_num_train_timesteps: usize,
+}
+
+impl Default for ObjectiveConfig {
+    fn default() -> Self {
+        ObjectiveConfig {
+            prediction: PredictionType::Epsilon,
+            min_snr_gamma: None,
+            cond_dropout: 0.0,
+            null_class: None,
+            sigma_sampling: SigmaSampling::LogitNormal {
+                mean: 0.0,
+                std: 1.0,
+            },
+            flow_shift: 1.0,
+            flow_num_train_timesteps: 1000,
+        }
+    }
+}
+
+/// `n` flow-matching σ as training draws them: from `sampling`, then warped by `shift`
+/// (`diffuse_core`'s `shift_sigma`, the FlowMatch schedulers' formula), in float32.
+pub fn draw_flow_sigmas(
+    sampling: SigmaSampling,
+    shift: f64,
+    n: usize,
+    rng: &mut TrainRng,
+) -> Vec<f32> {
+    (0..n)
+        .map(|_| {
+            let s = match sampling {
+                SigmaSampling::Uniform => rng.rng.random::<f32>(),
+                SigmaSampling::LogitNormal { mean, std } => {
+                    let z: f64 = rng.rng.sample(StandardNormal);
+                    (1.0 / (1.0 + (-(mean + std * z)).exp())) as f32
+                }
+            };
+            if shift == 1.0 {
+                s
+            } else {
+                diffuse_core::sampler::shift_sigma(s as f64, shift) as f32
+            }
+        })
+        .collect()
 }
 
 /// What one batch's loss was made of.
@@ -99,9 +165,33 @@ pub fn diffusion_loss(
     cfg: &ObjectiveConfig,
     rng: &mut TrainRng,
 ) -> Result<LossParts> {
+    diffusion_loss_with_noise(model, schedule, x0, None, labels, cfg, rng)
+}
+
+/// [`diffusion_loss`] with the noise ε given (reflow: x₀ paired with the noise it came from);
+/// `None` draws it from `rng`.
+pub fn diffusion_loss_with_noise(
+    model: &UNet2DModel,
+    schedule: &NoiseSchedule,
+    x0: &Tensor,
+    noise: Option<&Tensor>,
+    labels: Option<&[u32]>,
+    cfg: &ObjectiveConfig,
+    rng: &mut TrainRng,
+) -> Result<LossParts> {
     let b = x0.dim(0)?;
     let dev = x0.device();
-    let noise = Tensor::from_vec(rng.normal(x0.elem_count()), x0.shape(), dev)?;
+    let noise = match noise {
+        Some(n) if n.dims() != x0.dims() => {
+            return Err(crate::Error::Invalid(format!(
+                "paired noise has shape {:?}, the samples {:?}",
+                n.dims(),
+                x0.dims()
+            )))
+        }
+        Some(n) => n.to_dtype(x0.dtype())?,
+        None => Tensor::from_vec(rng.normal(x0.elem_count()), x0.shape(), dev)?,
+    };
     let labels: Option<Vec<u32>> = match (labels, cfg.null_class) {
         (Some(l), Some(null)) if cfg.cond_dropout > 0.0 => Some(
             l.iter()
@@ -125,20 +215,13 @@ pub fn diffusion_loss(
         Ok(Tensor::from_vec(v.to_vec(), (b, 1, 1, 1), dev)?.to_dtype(x0.dtype())?)
     };
     let (x_t, target, model_t, weights) = if cfg.prediction == PredictionType::Flow {
-        let sigmas: Vec<f32> = (0..b)
-            .map(|_| match cfg.sigma_sampling {
-                SigmaSampling::Uniform => rng.rng.random::<f32>(),
-                SigmaSampling::LogitNormal { mean, std } => {
-                    let z: f64 = rng.rng.sample(StandardNormal);
-                    (1.0 / (1.0 + (-(mean + std * z)).exp())) as f32
-                }
-            })
-            .collect();
+        let sigmas = draw_flow_sigmas(cfg.sigma_sampling, cfg.flow_shift, b, rng);
         let s = per_row(&sigmas)?;
         let one_minus = per_row(&sigmas.iter().map(|s| 1.0 - s).collect::<Vec<_>>())?;
         let x_t = (x0.broadcast_mul(&one_minus)? + noise.broadcast_mul(&s)?)?;
         let target = (&noise - x0)?;
-        let t: Vec<f32> = sigmas.iter().map(|s| s * 1000.0).collect();
+        let big_t = cfg.flow_num_train_timesteps as f32;
+        let t: Vec<f32> = sigmas.iter().map(|s| s * big_t).collect();
         (x_t, target, t, None)
     } else {
         let n = schedule.len();
@@ -207,4 +290,146 @@ pub fn vae_loss(
         reconstruction: rec_loss.to_scalar::<f32>()?,
         kl: kl.to_scalar::<f32>()?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const N: usize = 200_000;
+
+    fn quantile(sorted: &[f32], p: f64) -> f64 {
+        sorted[((sorted.len() - 1) as f64 * p).round() as usize] as f64
+    }
+
+    fn sorted(mut v: Vec<f32>) -> Vec<f32> {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v
+    }
+
+    fn sigmoid(x: f64) -> f64 {
+        1.0 / (1.0 + (-x).exp())
+    }
+
+    /// Φ⁻¹ at the quantiles the tests check.
+    const PROBIT: [(f64, f64); 5] = [
+        (0.05, -1.644_853_626_951_472_2),
+        (0.25, -0.674_489_750_196_081_7),
+        (0.5, 0.0),
+        (0.75, 0.674_489_750_196_081_7),
+        (0.95, 1.644_853_626_951_472_2),
+    ];
+
+    #[test]
+    fn uniform_sigmas_have_uniform_quantiles() {
+        let s = draw_flow_sigmas(SigmaSampling::Uniform, 1.0, N, &mut TrainRng::new(1));
+        assert!(s.iter().all(|&x| (0.0..1.0).contains(&x)));
+        let mean = s.iter().map(|&x| x as f64).sum::<f64>() / N as f64;
+        assert!((mean - 0.5).abs() < 3e-3, "{mean}");
+        let s = sorted(s);
+        for (p, _) in PROBIT {
+            assert!((quantile(&s, p) - p).abs() < 5e-3, "q{p}");
+        }
+    }
+
+    #[test]
+    fn logit_normal_sigmas_match_their_distribution() {
+        for (mean, std) in [(0.0, 1.0), (0.5, 0.8), (-1.0, 1.5)] {
+            let s = draw_flow_sigmas(
+                SigmaSampling::LogitNormal { mean, std },
+                1.0,
+                N,
+                &mut TrainRng::new(2),
+            );
+            assert!(s.iter().all(|&x| x > 0.0 && x < 1.0));
+            // logit(σ) ~ N(mean, std²)
+            let logits: Vec<f64> = s
+                .iter()
+                .map(|&x| (x as f64 / (1.0 - x as f64)).ln())
+                .collect();
+            let m = logits.iter().sum::<f64>() / N as f64;
+            let sd = (logits.iter().map(|l| (l - m).powi(2)).sum::<f64>() / N as f64).sqrt();
+            assert!((m - mean).abs() < 0.01 * std.max(1.0), "mean {m} vs {mean}");
+            assert!((sd - std).abs() < 0.01 * std, "std {sd} vs {std}");
+            let s = sorted(s);
+            for (p, z) in PROBIT {
+                let want = sigmoid(mean + std * z);
+                assert!(
+                    (quantile(&s, p) - want).abs() < 5e-3,
+                    "({mean}, {std}) q{p}: {} vs {want}",
+                    quantile(&s, p)
+                );
+            }
+        }
+        // The uniform sampler's mean of 0.5 is also the logit-normal(0, s) median.
+        let s = sorted(draw_flow_sigmas(
+            SigmaSampling::LogitNormal {
+                mean: 0.0,
+                std: 1.0,
+            },
+            1.0,
+            N,
+            &mut TrainRng::new(3),
+        ));
+        assert!((quantile(&s, 0.5) - 0.5).abs() < 5e-3);
+    }
+
+    #[test]
+    fn shift_maps_every_draw_exactly() {
+        // SD3's σ' = shift·σ / (1 + (shift − 1)·σ): fixed ends, σ = 0.5 → shift / (1 + shift).
+        let f = diffuse_core::sampler::shift_sigma;
+        assert_eq!(f(0.0, 3.0), 0.0);
+        assert_eq!(f(1.0, 3.0), 1.0);
+        assert_eq!(f(0.5, 3.0), 0.75);
+        assert_eq!(f(0.25, 1.0), 0.25);
+        for sampling in [
+            SigmaSampling::Uniform,
+            SigmaSampling::LogitNormal {
+                mean: 0.3,
+                std: 1.2,
+            },
+        ] {
+            let plain = draw_flow_sigmas(sampling, 1.0, 1000, &mut TrainRng::new(4));
+            let mut rng = TrainRng::new(4);
+            let shifted = draw_flow_sigmas(sampling, 3.0, 1000, &mut rng);
+            // Same draws, same stream position: the shift only maps them.
+            assert_eq!(rng.state(), {
+                let mut r = TrainRng::new(4);
+                draw_flow_sigmas(sampling, 1.0, 1000, &mut r);
+                r.state()
+            });
+            for (p, s) in plain.iter().zip(&shifted) {
+                let want = 3.0 * *p as f64 / (1.0 + 2.0 * *p as f64);
+                assert_eq!(*s, want as f32);
+                assert!(*s >= *p);
+            }
+        }
+        // Quantiles move through the (monotone) map: the median of U(0,1) becomes 0.75.
+        let s = sorted(draw_flow_sigmas(
+            SigmaSampling::Uniform,
+            3.0,
+            N,
+            &mut TrainRng::new(5),
+        ));
+        assert!((quantile(&s, 0.5) - 0.75).abs() < 5e-3);
+    }
+
+    #[test]
+    fn sigma_sampling_names_and_bad_values() {
+        assert_eq!(
+            SigmaSampling::parse("uniform", 0.0, 1.0).unwrap(),
+            SigmaSampling::Uniform
+        );
+        assert_eq!(
+            SigmaSampling::parse("logit_normal", 0.5, 2.0).unwrap(),
+            SigmaSampling::LogitNormal {
+                mean: 0.5,
+                std: 2.0
+            }
+        );
+        let e = SigmaSampling::parse("cosmap", 0.0, 1.0).unwrap_err();
+        assert!(e.to_string().contains("flow_sigma_sampling"), "{e}");
+        let e = SigmaSampling::parse("logit_normal", 0.0, 0.0).unwrap_err();
+        assert!(e.to_string().contains("flow_logit_std"), "{e}");
+    }
 }

@@ -7,7 +7,7 @@
 use crate::ema::{Ema, EmaConfig};
 use crate::lr::LrSchedule;
 use crate::objective::{
-    diffusion_loss, vae_loss, ObjectiveConfig, Reconstruction, SigmaSampling, TrainRng,
+    diffusion_loss_with_noise, vae_loss, ObjectiveConfig, Reconstruction, SigmaSampling, TrainRng,
 };
 use crate::optim::{clip_grad_norm, AdamW, AdamWConfig};
 use crate::quality::{psnr, ssim};
@@ -83,6 +83,12 @@ fn d_kl() -> f64 {
 fn d_eval_images() -> usize {
     256
 }
+fn d_logit_normal() -> String {
+    "logit_normal".into()
+}
+fn d_unit() -> f64 {
+    1.0
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -95,6 +101,11 @@ pub struct DataSection {
     /// `hflip`, `workers` and `skip_bad` do not apply).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latents: Option<String>,
+    /// Instead of `name`: reflow pairs (`diffuse distill reflow`, `OUTPUT/pairs`): (noise, x₀,
+    /// label) triples from a teacher's ODE; the flow loss then uses each x₀'s own noise (latent
+    /// pairs carry their VAE; `size`, `fit`, `hflip`, `workers` and `skip_bad` do not apply).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pairs: Option<String>,
     #[serde(default = "d_size")]
     pub size: usize,
     #[serde(default = "d_fit")]
@@ -146,6 +157,19 @@ pub struct TrainSection {
     pub prediction_type: String,
     #[serde(default)]
     pub snr_gamma: Option<f64>,
+    /// Flow matching: how σ is drawn, `logit_normal` (SD3) or `uniform` (rectified flow); it
+    /// is then warped by the scheduler's `shift`, as the FlowMatch samplers warp theirs.
+    #[serde(default = "d_logit_normal")]
+    pub flow_sigma_sampling: String,
+    /// Mean and std of the logit-normal σ (a positive mean trains more at high noise).
+    #[serde(default)]
+    pub flow_logit_mean: f64,
+    #[serde(default = "d_unit")]
+    pub flow_logit_std: f64,
+    /// Start from these weights instead of a random init: a pipeline folder (its EMA UNet when
+    /// it has `unet_ema/`) or a UNet folder; every tensor must match `[model]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<String>,
     /// Probability of training on the null class (classifier-free guidance).
     #[serde(default = "d_dropout")]
     pub cond_dropout: f64,
@@ -285,32 +309,45 @@ pub fn train(
 ) -> Result<TrainOutcome> {
     let t = &config.train;
     let d = &config.data;
-    let source = match (&d.latents, d.name.is_empty()) {
-        (Some(_), _) if config.vae.is_some() => {
+    let source = match (&d.latents, &d.pairs, d.name.is_empty()) {
+        (Some(_), _, _) | (_, Some(_), _) if config.vae.is_some() => {
             return Err(Error::Invalid(
-                "data.latents: a VAE trains on images; give data.name".into(),
+                "data.latents / data.pairs: a VAE trains on images; give data.name".into(),
             ))
         }
-        (Some(dir), true) => Source::Latents(
+        (Some(dir), None, true) => Source::Latents(
             diffuse_models::latent_cache::load_latents(Path::new(dir), device)?,
             PathBuf::from(dir).join("vae"),
         ),
-        (None, false) => Source::Images(Arc::from(
+        (None, Some(dir), true) => {
+            if !matches!(t.prediction_type.as_str(), "flow" | "flow_prediction") {
+                return Err(Error::Invalid(format!(
+                    "data.pairs: reflow trains a flow-matching student; set train.prediction_type = \"flow\" (got {:?})",
+                    t.prediction_type
+                )));
+            }
+            Source::Pairs(crate::reflow::load_pairs(Path::new(dir), device)?)
+        }
+        (None, None, false) => Source::Images(Arc::from(
             datasets::open(&d.name, Split::Train).map_err(|e| Error::Invalid(e.to_string()))?,
         )),
         _ => {
             return Err(Error::Invalid(
-                "data: give exactly one of `name` (images) and `latents` (a `diffuse data encode` cache)"
+                "data: give exactly one of `name` (images), `latents` (a `diffuse data encode` cache) and `pairs` (`diffuse distill reflow` pairs)"
                     .into(),
             ))
         }
     };
+    let shape_of = |[c, h, w]: [usize; 3]| (c, if h == w { json!(h) } else { json!([h, w]) });
     let (ch, sample_size, num_classes) = match &source {
         Source::Images(ds) => (ds.channels(), json!(d.size), ds.num_classes()),
         Source::Latents(set, _) => {
-            let [c, h, w] = set.index.latent_shape;
-            let size = if h == w { json!(h) } else { json!([h, w]) };
+            let (c, size) = shape_of(set.index.latent_shape);
             (c, size, set.index.num_classes)
+        }
+        Source::Pairs(set) => {
+            let (c, size) = shape_of(set.index.spec.shape);
+            (c, size, set.index.spec.num_classes)
         }
     };
     let classes = if d.class_conditional && config.vae.is_none() {
@@ -319,13 +356,42 @@ pub fn train(
         None
     };
 
-    // Model config: sample size and channels from the data.
-    let mut model_map = config.model.clone();
+    // Model config: sample size and channels from the data; an empty [model] with
+    // `train.init_from` takes the architecture of those weights.
+    let mut model_map = match (&t.init_from, &config.vae) {
+        (Some(_), Some(_)) => {
+            return Err(Error::Invalid(
+                "train.init_from applies to diffusion models, not to [vae] training".into(),
+            ))
+        }
+        (Some(dir), None) if config.model.is_empty() => init_config(Path::new(dir))?,
+        (None, _) if config.model.is_empty() => {
+            return Err(Error::Invalid(
+                "[model] is empty: give the network's config, or train.init_from = a pipeline folder to take its architecture and weights".into(),
+            ))
+        }
+        _ => config.model.clone(),
+    };
     model_map.insert("sample_size".into(), sample_size);
     model_map.entry("in_channels").or_insert(ch.into());
     model_map.entry("out_channels").or_insert(ch.into());
+    if let (Some(p), None) = (&d.pairs, &config.vae) {
+        for key in ["in_channels", "out_channels"] {
+            if model_map[key].as_u64() != Some(ch as u64) {
+                return Err(Error::Invalid(format!(
+                    "data.pairs: {p} holds samples of shape {:?} but [model] has {key} = {}: the student must take and predict the teacher's samples",
+                    match &source {
+                        Source::Pairs(set) => set.index.spec.shape,
+                        _ => unreachable!("pairs"),
+                    },
+                    model_map[key]
+                )));
+            }
+        }
+    }
     let latent_vae = match &source {
         Source::Latents(_, vae) => Some(vae.as_path()),
+        Source::Pairs(set) => set.vae_dir.as_deref(),
         Source::Images(_) => None,
     };
     let (net, varmap) = match &config.vae {
@@ -333,6 +399,9 @@ pub fn train(
         Some(v) => vae_task(config, v, model_map, device)?,
     };
     diffuse_models::weights::seeded_init(&varmap, t.seed)?;
+    if let Some(dir) = &t.init_from {
+        init_from(&varmap, Path::new(dir))?;
+    }
     let eval_hook = match (&config.eval, &net) {
         (Some(e), Net::Unet(u)) if e.every > 0 => {
             let (h, _) = u.cfg.sample_hw().unwrap_or((d.size, d.size));
@@ -432,6 +501,12 @@ pub fn train(
                 position,
             )?)
         }
+        Source::Pairs(set) => Batches::Pairs(crate::reflow::PairBatches::new(
+            set,
+            d.batch_size,
+            t.seed,
+            position,
+        )?),
     };
 
     std::fs::create_dir_all(output).map_err(io_err(output))?;
@@ -456,7 +531,7 @@ pub fn train(
         let mut parts_sum: Vec<(String, f64)> = Vec::new();
         for _ in 0..k_acc {
             let waited = std::time::Instant::now();
-            let (x0, batch_labels) = match &mut batches {
+            let (x0, noise, batch_labels) = match &mut batches {
                 Batches::Images(loader) => {
                     let batch = loader
                         .next_batch()
@@ -464,10 +539,18 @@ pub fn train(
                     let x0 = batch
                         .to_tensor(device)
                         .map_err(|e| Error::Invalid(e.to_string()))?;
-                    (x0, batch.labels)
+                    (x0, None, batch.labels)
                 }
                 // z = mean + std·ε draws ε from the run's own (checkpointed) stream.
-                Batches::Latents(lb) => lb.next_batch(&mut rng)?,
+                Batches::Latents(lb) => {
+                    let (x0, labels) = lb.next_batch(&mut rng)?;
+                    (x0, None, labels)
+                }
+                // Reflow: each x₀ with the noise the teacher turned into it.
+                Batches::Pairs(pb) => {
+                    let (x0, z, labels) = pb.next_batch()?;
+                    (x0, Some(z), labels)
+                }
             };
             data_wait_s += waited.elapsed().as_secs_f64();
             images += x0.dim(0)?;
@@ -476,7 +559,8 @@ pub fn train(
             } else {
                 None
             };
-            let (micro_loss, parts) = net.loss(&x0, labels.as_deref(), &mut rng, step)?;
+            let (micro_loss, parts) =
+                net.loss(&x0, noise.as_ref(), labels.as_deref(), &mut rng, step)?;
             for (k, v) in parts {
                 match parts_sum.iter_mut().find(|(n, _)| *n == k) {
                     Some((_, s)) => *s += v / k_acc as f64,
@@ -602,6 +686,7 @@ pub fn train(
                 position: match &batches {
                     Batches::Images(l) => l.position(),
                     Batches::Latents(l) => l.position(),
+                    Batches::Pairs(l) => l.position(),
                 },
                 rng_seed: rng.state().0,
                 rng_word_pos: rng.state().1,
@@ -667,11 +752,14 @@ enum Source {
     Images(Arc<dyn Dataset>),
     /// A latent cache and its `vae/` folder.
     Latents(diffuse_models::latent_cache::LatentSet, PathBuf),
+    /// Reflow pairs (their `vae/` for latent pairs).
+    Pairs(crate::reflow::PairSet),
 }
 
 enum Batches {
     Images(Loader),
     Latents(diffuse_models::latent_cache::LatentBatches),
+    Pairs(crate::reflow::PairBatches),
 }
 
 /// What the loop trains: a diffusion UNet or an AutoencoderKL.
@@ -740,11 +828,17 @@ fn unet_task(
             PredictionType::parse(p)?
         }
     };
-    if prediction == PredictionType::Flow {
+    let flow_class = SchedulerConfig::from_json_map(&sched_map).is_ok_and(|c| c.class.is_flow());
+    if prediction == PredictionType::Flow && !flow_class {
         sched_map.insert(
             "_class_name".into(),
             "FlowMatchEulerDiscreteScheduler".into(),
         );
+    } else if prediction != PredictionType::Flow && flow_class {
+        return Err(Error::Invalid(format!(
+            "[scheduler] is a flow-matching scheduler but train.prediction_type is {:?}; set prediction_type = \"flow\" or use a diffusion scheduler",
+            t.prediction_type
+        )));
     }
     let sched_cfg = SchedulerConfig::from_json_map(&sched_map)?;
     let schedule = if prediction == PredictionType::Flow {
@@ -761,10 +855,14 @@ fn unet_task(
         min_snr_gamma: t.snr_gamma,
         cond_dropout: t.cond_dropout,
         null_class: classes.map(|k| k as u32),
-        sigma_sampling: SigmaSampling::LogitNormal {
-            mean: 0.0,
-            std: 1.0,
-        },
+        sigma_sampling: SigmaSampling::parse(
+            &t.flow_sigma_sampling,
+            t.flow_logit_mean,
+            t.flow_logit_std,
+        )?,
+        // SD3 trains and samples with the same shift (FlowMatchEulerDiscreteScheduler's).
+        flow_shift: sched_cfg.shift,
+        flow_num_train_timesteps: sched_cfg.num_train_timesteps,
     };
     if let Some((v, _)) = &vae {
         diffuse_models::pipeline::check_latent_pair(&unet_cfg, v.config())?;
@@ -892,13 +990,22 @@ impl Net {
     fn loss(
         &self,
         x0: &Tensor,
+        noise: Option<&Tensor>,
         labels: Option<&[u32]>,
         rng: &mut TrainRng,
         step: u64,
     ) -> Result<(Tensor, Vec<(String, f64)>)> {
         match self {
             Net::Unet(u) => {
-                let parts = diffusion_loss(&u.model, &u.schedule, x0, labels, &u.objective, rng)?;
+                let parts = diffusion_loss_with_noise(
+                    &u.model,
+                    &u.schedule,
+                    x0,
+                    noise,
+                    labels,
+                    &u.objective,
+                    rng,
+                )?;
                 Ok((parts.loss, vec![]))
             }
             Net::Vae(v) => {
@@ -1241,6 +1348,41 @@ fn load_checkpoint(
     })
 }
 
+/// The UNet `config.json` of a pipeline or UNet folder (`train.init_from` with an empty
+/// `[model]`).
+fn init_config(dir: &Path) -> Result<Map<String, Value>> {
+    let err = |e: &dyn std::fmt::Display| {
+        Error::Invalid(format!("train.init_from {}: {e}", dir.display()))
+    };
+    let folder = diffuse_models::weights::resolve_model_folder(dir).map_err(|e| err(&e))?;
+    let path = folder
+        .ema_unet_dir
+        .unwrap_or(folder.unet_dir)
+        .join(diffuse_models::weights::CONFIG_NAME);
+    let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
+    serde_json::from_str(&text).map_err(|e| err(&format!("{}: {e}", path.display())))
+}
+
+/// Overwrites the fresh weights with those of a pipeline folder (its EMA UNet when there is
+/// one) or a UNet folder (`train.init_from`).
+fn init_from(varmap: &candle_nn::VarMap, dir: &Path) -> Result<()> {
+    let err = |e: &dyn std::fmt::Display| {
+        Error::Invalid(format!("train.init_from {}: {e}", dir.display()))
+    };
+    let folder = diffuse_models::weights::resolve_model_folder(dir).map_err(|e| err(&e))?;
+    let unet = folder.ema_unet_dir.unwrap_or(folder.unet_dir);
+    let files = diffuse_models::weights::weight_files(&unet).map_err(|e| err(&e))?;
+    let unused = diffuse_models::weights::load_into(varmap, &files).map_err(|e| err(&e))?;
+    if !unused.is_empty() {
+        return Err(err(&format!(
+            "{} tensors the model does not have (e.g. `{}`): [model] differs from the weights' config",
+            unused.len(),
+            unused[0]
+        )));
+    }
+    Ok(())
+}
+
 fn copy_dir(src: &Path, dst: &Path) -> Result<()> {
     std::fs::create_dir_all(dst).map_err(io_err(dst))?;
     for e in std::fs::read_dir(src).map_err(io_err(src))?.flatten() {
@@ -1256,7 +1398,7 @@ pub(crate) fn preview_scheduler(
     sched_cfg: &SchedulerConfig,
     name: Option<&str>,
 ) -> Result<SchedulerConfig> {
-    let flow = sched_cfg.class == diffuse_core::config::SchedulerClass::FlowMatchEuler;
+    let flow = sched_cfg.class.is_flow();
     if flow && name.is_none() {
         return Ok(sched_cfg.clone());
     }

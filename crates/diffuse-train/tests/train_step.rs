@@ -8,7 +8,10 @@ use diffuse_data::datasets::{Dataset, IdxDataset};
 use diffuse_data::transform::{Fit, Transform};
 use diffuse_models::weights::build_unet;
 use diffuse_models::UNet2DConfig;
-use diffuse_train::objective::{diffusion_loss, ObjectiveConfig, SigmaSampling, TrainRng};
+use diffuse_train::objective::{
+    diffusion_loss, diffusion_loss_with_noise, draw_flow_sigmas, ObjectiveConfig, SigmaSampling,
+    TrainRng,
+};
 use diffuse_train::optim::{clip_grad_norm, AdamW, AdamWConfig};
 
 fn tiny_config() -> UNet2DConfig {
@@ -76,6 +79,7 @@ fn train(prediction: PredictionType, steps: usize, seed: u64) -> Vec<f32> {
             mean: 0.0,
             std: 1.0,
         },
+        ..Default::default()
     };
     let (x0, labels) = batch();
     let mut rng = TrainRng::new(seed);
@@ -138,6 +142,7 @@ fn rng_state_resumes_the_stream() {
         cond_dropout: 0.5,
         null_class: Some(10),
         sigma_sampling: SigmaSampling::Uniform,
+        ..Default::default()
     };
     diffusion_loss(&model, &schedule, &x0, Some(&labels), &cfg, &mut a).unwrap();
     let (seed, pos) = a.state();
@@ -149,4 +154,60 @@ fn rng_state_resumes_the_stream() {
         la.loss.to_scalar::<f32>().unwrap(),
         lb.loss.to_scalar::<f32>().unwrap()
     );
+}
+
+/// Reflow's loss: with the noise z given, ‖v_θ(x_σ, T·σ) − (z − x₀)‖² at x_σ = (1 − σ)x₀ + σz,
+/// σ drawn (and shifted) as configured; the stream is not used for noise.
+#[test]
+fn paired_noise_flow_loss_is_the_reflow_objective() {
+    let (x0, labels) = batch();
+    let (model, _) = build_unet(&tiny_config(), &Device::Cpu).unwrap();
+    let schedule =
+        NoiseSchedule::from_config(&SchedulerConfig::default_for(SchedulerClass::Ddpm)).unwrap();
+    let z = Tensor::randn(0f32, 1.0, x0.shape(), &Device::Cpu).unwrap();
+    let cfg = ObjectiveConfig {
+        prediction: PredictionType::Flow,
+        sigma_sampling: SigmaSampling::Uniform,
+        flow_shift: 3.0,
+        flow_num_train_timesteps: 1000,
+        ..Default::default()
+    };
+    let mut rng = TrainRng::new(7);
+    let parts = diffusion_loss_with_noise(
+        &model,
+        &schedule,
+        &x0,
+        Some(&z),
+        Some(&labels),
+        &cfg,
+        &mut rng,
+    )
+    .unwrap();
+    // By hand, from the same stream: only the σ draws are consumed.
+    let mut r = TrainRng::new(7);
+    let sigmas = draw_flow_sigmas(SigmaSampling::Uniform, 3.0, 8, &mut r);
+    assert_eq!(r.state(), rng.state());
+    let t: Vec<f32> = sigmas.iter().map(|s| s * 1000.0).collect();
+    assert_eq!(parts.timesteps, t);
+    let s = Tensor::from_vec(sigmas.clone(), (8, 1, 1, 1), &Device::Cpu).unwrap();
+    let x_t =
+        (x0.broadcast_mul(&(1.0 - &s).unwrap()).unwrap() + z.broadcast_mul(&s).unwrap()).unwrap();
+    let label_t = Tensor::from_vec(labels.clone(), 8, &Device::Cpu).unwrap();
+    let pred = model.forward(&x_t, &t, Some(&label_t)).unwrap();
+    let want = (pred - (&z - &x0).unwrap())
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .mean_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let got = parts.loss.to_scalar::<f32>().unwrap();
+    assert!((got - want).abs() <= 1e-5 * want.abs(), "{got} vs {want}");
+    // A noise tensor of the wrong shape is refused.
+    let bad = z.narrow(0, 0, 4).unwrap();
+    let e = diffusion_loss_with_noise(&model, &schedule, &x0, Some(&bad), None, &cfg, &mut rng)
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("paired noise"), "{e}");
 }

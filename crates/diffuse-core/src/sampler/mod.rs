@@ -13,6 +13,8 @@ mod euler;
 mod euler_a;
 mod flow;
 mod flow_heun;
+
+pub use flow::shift_sigma;
 mod heun;
 mod plms;
 mod unipc;
