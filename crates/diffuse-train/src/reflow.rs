@@ -136,6 +136,8 @@ pub struct Teacher {
     pub classes: Option<usize>,
     /// [channels, height, width] the UNet denoises.
     pub shape: [usize; 3],
+    /// The weights in use are `unet/` although the folder has `unet_ema/`.
+    pub no_ema: bool,
     fingerprint: u64,
 }
 
@@ -215,6 +217,7 @@ pub fn open_teacher(dir: &Path, no_ema: bool, device: &Device) -> Result<Teacher
     Ok(Teacher {
         dir: dir.to_path_buf(),
         shape: [cfg.in_channels, h, w],
+        no_ema: no_ema && folder.ema_unet_dir.is_some(),
         folder,
         model,
         vae,
@@ -646,6 +649,8 @@ ema_decay = 0.999
 checkpoint_every = 500
 keep_checkpoints = 2
 log_every = 50
+# The teacher's guidance is in the pairs: grids and evaluations sample the student without.
+sample_guidance = 1.0
 "#;
 
 fn merge(base: &mut toml::Table, over: toml::Table) {
@@ -662,7 +667,8 @@ fn merge(base: &mut toml::Table, over: toml::Table) {
 /// The student's training config: [`STUDENT_DEFAULTS`] overridden by `user_toml` (a
 /// `--train-config` file: `[data]`, `[train]`, `[scheduler]`, `[eval]`; no data source),
 /// then `data.pairs = pairs`. Without a `[model]` the student is the teacher's architecture and
-/// starts from its weights (`train.init_from` = the teacher, EMA when present). `[scheduler]`
+/// starts from its weights (`train.init_from` = the teacher, EMA when present and not
+/// `no_ema`). `[scheduler]`
 /// is the teacher's (flow teachers) or FlowMatchEuler over the teacher's T, with
 /// `num_inference_steps = student_steps` unless the file sets it; `train.sample_steps`
 /// defaults to it too.
@@ -699,6 +705,20 @@ pub fn student_config(
         }
     }
     let own_model = section("model").is_some_and(|m| !m.is_empty());
+    // A student of another architecture must still take and predict the teacher's samples.
+    for key in ["in_channels", "out_channels"] {
+        if let Some(c) = section("model")
+            .and_then(|m| m.get(key))
+            .and_then(|v| v.as_integer())
+        {
+            if c != teacher.shape[0] as i64 {
+                return Err(Error::Invalid(format!(
+                    "model.{key} = {c}: the teacher's samples (the pairs) have shape {:?}",
+                    teacher.shape
+                )));
+            }
+        }
+    }
     let user_sample_steps = section("train").is_some_and(|t| t.contains_key("sample_steps"));
     let user_init = section("train").is_some_and(|t| t.contains_key("init_from"));
     let user_scheduler: Map<String, Value> = match section("scheduler") {
@@ -745,7 +765,13 @@ pub fn student_config(
     config.data.pairs = Some(pairs.display().to_string());
     config.train.prediction_type = "flow".into();
     if !own_model && !user_init {
-        config.train.init_from = Some(teacher.dir.display().to_string());
+        // The weights that made the pairs: the EMA UNet unless the teacher ran with `no_ema`.
+        let init = if teacher.no_ema {
+            teacher.folder.unet_dir.clone()
+        } else {
+            teacher.dir.clone()
+        };
+        config.train.init_from = Some(init.display().to_string());
     }
     if !user_sample_steps {
         config.train.sample_steps = student_steps;

@@ -277,6 +277,13 @@ fn the_student_trains_on_pairs_from_the_teachers_weights() {
     assert_eq!(cfg.train.flow_sigma_sampling, "uniform");
     assert_eq!(cfg.scheduler["num_inference_steps"], 2);
     assert_eq!(cfg.scheduler["shift"], 2.0);
+    // Pairs from the teacher's unet/ (no_ema): the student starts from those weights.
+    let raw = open_teacher(&tdir, true, &Device::Cpu).unwrap();
+    let c = student_config(&raw, &pairs_dir, None, 2).unwrap();
+    assert_eq!(
+        c.train.init_from,
+        Some(tdir.join("unet").display().to_string())
+    );
     // It survives the round trip through train.toml (for `diffuse train --resume`).
     let text = toml::to_string(&cfg).unwrap();
     diffuse_train::trainer::TrainConfig::from_toml(&text).unwrap();
@@ -318,6 +325,17 @@ fn the_student_trains_on_pairs_from_the_teachers_weights() {
     let s = open_teacher(&out, false, &Device::Cpu).unwrap();
     assert_eq!(s.classes, Some(3));
 
+    // The example recipe is a valid student config.
+    let example = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/reflow-mnist.toml"
+    ))
+    .unwrap();
+    let ex = student_config(&t, &pairs_dir, Some(&example), 2).unwrap();
+    assert_eq!(ex.scheduler["num_inference_steps"], 2);
+    assert_eq!((ex.train.sample_steps, ex.train.sample_guidance), (2, 1.0));
+    assert!(ex.eval.is_some() && ex.train.init_from.is_some());
+
     // Bad configs: a data source of its own, another objective, pairs the student cannot take.
     let e = student_config(&t, &pairs_dir, Some("[data]\nname = \"mnist\"\n"), 2)
         .unwrap_err()
@@ -349,4 +367,53 @@ fn the_student_trains_on_pairs_from_the_teachers_weights() {
         e.contains("data.pairs") && e.contains("[1, 8, 8]") && e.contains("in_channels = 3"),
         "{e}"
     );
+}
+
+/// A latent flow teacher (UNet over the `vae_gray_plain` fixture's latents): latent pairs with
+/// a copy of the VAE, and the student becomes a latent pipeline.
+#[test]
+fn a_latent_teacher_gives_a_latent_student() {
+    let dir = tempfile::tempdir().unwrap();
+    let unet = teacher_folder(&dir.path().join("unet_src"), FLOW);
+    // The same tiny UNet with the VAE's 2 latent channels at 4×4 (images 16×16).
+    let cfg = UNet2DConfig::from_json_str(
+        r#"{"sample_size": 4, "in_channels": 2, "out_channels": 2, "block_out_channels": [8, 16],
+            "layers_per_block": 1, "down_block_types": ["DownBlock2D", "DownBlock2D"],
+            "up_block_types": ["UpBlock2D", "UpBlock2D"], "norm_num_groups": 4}"#,
+    )
+    .unwrap();
+    let (_, varmap) = build_unet(&cfg, &Device::Cpu).unwrap();
+    seeded_init(&varmap, 4).unwrap();
+    save_unet(&cfg, &varmap, &unet.join("latent_unet"), DType::F32).unwrap();
+    let vae = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../diffuse-models/tests/fixtures/vae_gray_plain");
+    let tdir = dir.path().join("teacher");
+    let sched: serde_json::Value = serde_json::from_str(FLOW).unwrap();
+    diffuse_models::weights::write_latent_pipeline(
+        &tdir,
+        &unet.join("latent_unet"),
+        &vae,
+        sched.as_object().unwrap(),
+    )
+    .unwrap();
+    let t = open_teacher(&tdir, false, &Device::Cpu).unwrap();
+    assert_eq!((t.shape, t.classes), ([2, 4, 4], None));
+    let out = dir.path().join("student");
+    let o = PairOptions {
+        guidance_scale: 1.0,
+        sampler: Some("flow_euler".into()),
+        ..opts()
+    };
+    pairs(&t, &out.join("pairs"), &o).unwrap();
+    let set = load_pairs(&out.join("pairs"), &Device::Cpu).unwrap();
+    assert!(set.index.spec.latent && set.vae_dir.is_some() && set.labels.is_none());
+    let user = "[data]\nbatch_size = 3\n[train]\nmax_steps = 1\n";
+    let cfg = student_config(&t, &out.join("pairs"), Some(user), 1).unwrap();
+    let never = AtomicBool::new(false);
+    train(&cfg, &out, false, &Device::Cpu, &never, &mut |_| {}).unwrap();
+    let index = std::fs::read_to_string(out.join("model_index.json")).unwrap();
+    assert!(index.contains("DiffuseLatentPipeline"), "{index}");
+    assert!(out.join("vae/config.json").exists());
+    let s = open_teacher(&out, false, &Device::Cpu).unwrap();
+    assert!(s.vae.is_some());
 }
