@@ -6,6 +6,7 @@
 mod bench_cmd;
 mod convert_cmd;
 mod data_cmd;
+mod distill_cmd;
 mod eval_cmd;
 mod eval_sweep;
 mod noise_cmd;
@@ -48,6 +49,9 @@ enum Command {
     Serve(serve_cmd::Args),
     /// Train a UNet (or, with a [vae] section, an AutoencoderKL) from a TOML config.
     Train(train_cmd::Args),
+    /// Few-step students of a teacher pipeline: `reflow` (2-rectified flow).
+    #[command(subcommand)]
+    Distill(distill_cmd::Command),
     /// Evaluate generated images: FID, KID, precision/recall, class accuracy, IS.
     Eval(Box<eval_cmd::Args>),
     /// Data sets: list the known ones, preview what the loader gives.
@@ -91,6 +95,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve_cmd::run(args),
         Command::Data(cmd) => data_cmd::run(cmd),
         Command::Train(args) => train_cmd::run(args),
+        Command::Distill(cmd) => distill_cmd::run(cmd),
         Command::Bench(args) => bench_cmd::run(args),
         Command::Eval(args) => eval_cmd::run(*args),
     };

@@ -20,16 +20,17 @@ pub struct Args {
     /// diffusion) or a UNet folder.
     #[arg(long)]
     model: PathBuf,
-    /// Sampler: ddpm, ddim, plms, euler, euler_a, heun, dpmpp_2m, unipc (or a diffusers
-    /// scheduler class name). Default: the pipeline's scheduler.
+    /// Sampler: ddpm, ddim, plms, euler, euler_a, heun, dpmpp_2m, unipc, flow_euler, flow_heun
+    /// (or a diffusers scheduler class name). Default: the pipeline's scheduler.
     #[arg(long)]
     sampler: Option<String>,
     /// A scheduler_config.json (default: the pipeline's, else DDIMScheduler's defaults).
     #[arg(long)]
     scheduler_config: Option<PathBuf>,
-    /// Number of denoising steps.
-    #[arg(long, default_value_t = 50)]
-    steps: usize,
+    /// Number of denoising steps (default: the scheduler config's `num_inference_steps`, which
+    /// a distilled student records, else 50).
+    #[arg(long)]
+    steps: Option<usize>,
     /// DDIM η (0 = deterministic).
     #[arg(long, default_value_t = 0.0)]
     eta: f64,
@@ -122,7 +123,7 @@ pub fn run(args: Args) -> Result<()> {
     let config = SchedulerConfig::from_json_map(&sched)?;
     let sampler = Sampler::with_options(
         &config,
-        args.steps,
+        args.steps.or(config.num_inference_steps).unwrap_or(50),
         SamplerOptions {
             eta: args.eta,
             ..Default::default()

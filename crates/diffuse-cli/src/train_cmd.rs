@@ -3,7 +3,7 @@
 //! Ctrl-C saves and exits.
 
 use anyhow::{bail, Context, Result};
-use diffuse_train::trainer::{train, TrainConfig};
+use diffuse_train::trainer::{train, TrainConfig, TrainOutcome};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::Write;
 use std::path::PathBuf;
@@ -58,21 +58,57 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(s) = args.seed {
         config.train.seed = s;
     }
-    std::fs::create_dir_all(&output)
-        .with_context(|| format!("cannot create {}", output.display()))?;
-    let saved = toml::to_string(&config).context("config")?;
-    diffuse_data::fs::write_atomic(&output.join("train.toml"), saved.as_bytes())?;
     let device = crate::sample_cmd::device(&args.device)?;
+    let stop = ctrl_c_flag("saving a checkpoint after this step");
+    let start = Instant::now();
+    let outcome = run_training(&config, &output, resume, &device, args.quiet, &stop)?;
+    let next = if config.vae.is_some() {
+        format!(
+            "encode a data set with it: diffuse data encode --vae {} --data …",
+            output.join("vae_ema").display()
+        )
+    } else {
+        format!("sample it: diffuse sample --model {}", output.display())
+    };
+    eprintln!(
+        "trained to step {} (last loss {:.4}) in {:.1} s → {} ({next})",
+        outcome.steps,
+        outcome.last_loss,
+        start.elapsed().as_secs_f64(),
+        output.display(),
+    );
+    Ok(())
+}
 
+/// A flag that the first Ctrl-C sets (the command finishes its current unit of work — `what` —
+/// and stops cleanly); a second Ctrl-C exits at once.
+pub(crate) fn ctrl_c_flag(what: &'static str) -> Arc<AtomicBool> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     let _ = ctrlc::set_handler(move || {
         if flag.swap(true, Ordering::SeqCst) {
             std::process::exit(130);
         }
-        eprintln!("\nstopping: saving a checkpoint after this step (Ctrl-C again to abort)");
+        eprintln!("\nstopping: {what} (Ctrl-C again to abort)");
     });
-    let bar = if args.quiet {
+    stop
+}
+
+/// Saves `config` as `output/train.toml` and trains into `output` with a progress bar and the
+/// `metrics.jsonl` log (`diffuse train`, and the student of `diffuse distill reflow`).
+pub(crate) fn run_training(
+    config: &TrainConfig,
+    output: &std::path::Path,
+    resume: bool,
+    device: &candle_core::Device,
+    quiet: bool,
+    stop: &AtomicBool,
+) -> Result<TrainOutcome> {
+    std::fs::create_dir_all(output)
+        .with_context(|| format!("cannot create {}", output.display()))?;
+    let saved = toml::to_string(config).context("config")?;
+    diffuse_data::fs::write_atomic(&output.join("train.toml"), saved.as_bytes())?;
+    let bar = if quiet {
         ProgressBar::hidden()
     } else {
         let b = ProgressBar::new(config.train.max_steps);
@@ -90,7 +126,7 @@ pub fn run(args: Args) -> Result<()> {
         .with_context(|| format!("cannot write {}", output.join("metrics.jsonl").display()))?;
     let start = Instant::now();
     let mut images = 0usize;
-    let outcome = train(&config, &output, resume, &device, &stop, &mut |r| {
+    let outcome = train(config, output, resume, device, stop, &mut |r| {
         images += r.images;
         let secs = start.elapsed().as_secs_f64().max(1e-9);
         bar.set_position(r.step);
@@ -127,20 +163,5 @@ pub fn run(args: Args) -> Result<()> {
         let _ = writeln!(log, "{line}");
     })?;
     bar.finish_and_clear();
-    let next = if config.vae.is_some() {
-        format!(
-            "encode a data set with it: diffuse data encode --vae {} --data …",
-            output.join("vae_ema").display()
-        )
-    } else {
-        format!("sample it: diffuse sample --model {}", output.display())
-    };
-    eprintln!(
-        "trained to step {} (last loss {:.4}) in {:.1} s → {} ({next})",
-        outcome.steps,
-        outcome.last_loss,
-        start.elapsed().as_secs_f64(),
-        output.display(),
-    );
-    Ok(())
+    Ok(outcome)
 }

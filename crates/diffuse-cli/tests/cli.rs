@@ -1519,5 +1519,242 @@ fn train_stops_at_its_time_budget() {
     let steps = last["step"].as_u64().unwrap();
     assert!((1..100000).contains(&steps), "{steps}");
     assert!(out.join(format!("checkpoints/step-{steps}")).is_dir());
-    assert!(out.join("unet_ema/diffusion_pytorch_model.safetensors").exists());
+    assert!(out
+        .join("unet_ema/diffusion_pytorch_model.safetensors")
+        .exists());
+}
+
+/// `diffuse distill reflow` end to end: a tiny flow-matching teacher, pairs from its ODE, a
+/// student trained on them that samples in 1 and 2 steps (its recorded default) and sweeps
+/// with flow_euler and flow_heun; a rerun continues (nothing left to do); one-line errors for
+/// a missing teacher, a solver that does not fit the teacher and pairs the student cannot take.
+#[test]
+fn reflow_makes_a_few_step_student() {
+    let dir = tempfile::tempdir().unwrap();
+    let tiny = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/tiny.toml");
+    let teacher = dir.path().join("teacher");
+    let o = diffuse(&[
+        "train",
+        "--config",
+        tiny.to_str().unwrap(),
+        "--output",
+        teacher.to_str().unwrap(),
+        "--max-steps",
+        "6",
+        "--set",
+        "train.prediction_type=\"flow\"",
+        "--set",
+        "train.flow_sigma_sampling=\"uniform\"",
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let sched = std::fs::read_to_string(teacher.join("scheduler/scheduler_config.json")).unwrap();
+    assert!(sched.contains("FlowMatchEulerDiscreteScheduler"), "{sched}");
+
+    let student = dir.path().join("student");
+    let reflow = |out: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "distill",
+            "reflow",
+            "--teacher",
+            teacher.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+            "--num-pairs",
+            "12",
+            "--steps",
+            "3",
+            "--batch-size",
+            "6",
+            "--shard-size",
+            "6",
+            "--max-steps",
+            "4",
+            "--set",
+            "data.batch_size=4",
+            "--quiet",
+        ];
+        args.extend_from_slice(extra);
+        diffuse(&args)
+    };
+    let o = reflow(&student, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let index: Value =
+        serde_json::from_str(&std::fs::read_to_string(student.join("pairs/index.json")).unwrap())
+            .unwrap();
+    assert_eq!(index["count"], 12);
+    assert_eq!(index["shards"].as_array().unwrap().len(), 2);
+    assert_eq!(index["spec"]["sampler"], "FlowMatchHeunDiscreteScheduler");
+    // Class-conditional teacher: its training preview guidance (tiny.toml: the default 2).
+    assert_eq!(index["spec"]["guidance_scale"], 2.0);
+    let sched: Value = serde_json::from_str(
+        &std::fs::read_to_string(student.join("scheduler/scheduler_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(sched["num_inference_steps"], 2, "{sched}");
+    let train_toml = std::fs::read_to_string(student.join("train.toml")).unwrap();
+    assert!(train_toml.contains("init_from"), "{train_toml}");
+    let metrics = std::fs::read_to_string(student.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), 4);
+    let weights = std::fs::read(student.join("unet_ema/diffusion_pytorch_model.safetensors"));
+
+    // Run again: the pairs and the training are complete; nothing changes.
+    let o = reflow(&student, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read(student.join("unet_ema/diffusion_pytorch_model.safetensors")).unwrap(),
+        weights.unwrap()
+    );
+
+    // The student samples in its recorded 2 steps by default, in 1 when asked, and with Heun.
+    for (extra, calls) in [
+        (vec![], "2 model calls"),
+        (vec!["--steps", "1"], "1 model calls"),
+        (
+            vec!["--sampler", "flow_heun", "--steps", "2"],
+            "3 model calls",
+        ),
+    ] {
+        let png = dir.path().join("s.png");
+        let mut args = vec![
+            "sample",
+            "--model",
+            student.to_str().unwrap(),
+            "--class",
+            "3",
+            "--num-images",
+            "4",
+            "--output",
+            png.to_str().unwrap(),
+            "--quiet",
+        ];
+        args.extend_from_slice(&extra);
+        let o = diffuse(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(
+            stderr(&o).contains(&format!("1 × {calls}")),
+            "{}",
+            stderr(&o)
+        );
+        assert_eq!(png_info(&png).0, 2 * 16 + 2);
+    }
+    let sweep = dir.path().join("sweep");
+    let o = diffuse(&[
+        "eval",
+        "sweep",
+        "--model",
+        student.to_str().unwrap(),
+        "--runs",
+        "flow_euler:1,flow_heun:2",
+        "--real",
+        "mnist",
+        "--num-real",
+        "100",
+        "--num-samples",
+        "20",
+        "--features",
+        "mnist",
+        "--output",
+        sweep.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let md = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        md.contains("| flow_euler | 1 | 1 | 20 |") && md.contains("| flow_heun | 2 | 3 | 20 |"),
+        "{md}"
+    );
+
+    // Errors, each one line.
+    let o = diffuse(&[
+        "distill",
+        "reflow",
+        "--teacher",
+        dir.path().join("nope").to_str().unwrap(),
+        "--output",
+        dir.path().join("x").to_str().unwrap(),
+        "--num-pairs",
+        "4",
+    ]);
+    assert_one_line_error(&o, "teacher: ");
+    assert_one_line_error(&o, "not a folder");
+    let o = reflow(&dir.path().join("x"), &["--sampler", "ddim"]);
+    assert_one_line_error(&o, "the teacher is a flow-matching model");
+    // An ε-prediction teacher (same weights, a DDPM scheduler): solved with its own ODE, not
+    // with a flow sampler, and never with an ancestral one.
+    let eps = dir.path().join("eps");
+    for part in ["unet", "unet_ema", "scheduler"] {
+        std::fs::create_dir_all(eps.join(part)).unwrap();
+        for f in std::fs::read_dir(teacher.join(part)).unwrap() {
+            let f = f.unwrap().path();
+            std::fs::copy(&f, eps.join(part).join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    std::fs::copy(
+        teacher.join("model_index.json"),
+        eps.join("model_index.json"),
+    )
+    .unwrap();
+    std::fs::write(
+        eps.join("scheduler/scheduler_config.json"),
+        r#"{"_class_name": "DDPMScheduler", "prediction_type": "epsilon"}"#,
+    )
+    .unwrap();
+    let eps_out = dir.path().join("y");
+    let eps_reflow = |extra: &[&str]| {
+        let mut args = vec![
+            "distill",
+            "reflow",
+            "--teacher",
+            eps.to_str().unwrap(),
+            "--output",
+            eps_out.to_str().unwrap(),
+            "--num-pairs",
+            "4",
+            "--pairs-only",
+            "--quiet",
+        ];
+        args.extend_from_slice(extra);
+        diffuse(&args)
+    };
+    assert_one_line_error(
+        &eps_reflow(&["--sampler", "flow_heun"]),
+        "flow_heun needs a flow-matching teacher",
+    );
+    assert_one_line_error(&eps_reflow(&["--sampler", "euler_a"]), "deterministic");
+    let o = eps_reflow(&["--steps", "2"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Pairs of 1×16×16 samples for a 3-channel student: refused before any pair is made by
+    // reflow, and by `diffuse train` on existing pairs.
+    let rgb = dir.path().join("rgb.toml");
+    std::fs::write(&rgb, "[model]\nin_channels = 3\n").unwrap();
+    let o = reflow(
+        &dir.path().join("z"),
+        &["--train-config", rgb.to_str().unwrap()],
+    );
+    assert_one_line_error(
+        &o,
+        "model.in_channels = 3: the teacher's samples (the pairs) have shape [1, 16, 16]",
+    );
+    assert!(!dir.path().join("z/pairs").exists());
+    let cfg = dir.path().join("pairs.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[model]\nin_channels = 3\n[data]\npairs = {:?}\nbatch_size = 4\n[train]\nmax_steps = 1\nprediction_type = \"flow\"\n",
+            student.join("pairs").to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let o = diffuse(&[
+        "train",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--output",
+        dir.path().join("w").to_str().unwrap(),
+    ]);
+    assert_one_line_error(
+        &o,
+        "holds samples of shape [1, 16, 16] but [model] has in_channels = 3",
+    );
 }
