@@ -49,7 +49,11 @@ pub struct Request {
     pub class_label: Option<u32>,
     pub guidance_scale: f64,
     pub sampler: Option<String>,
-    pub steps: usize,
+    /// Given steps; default: the model's scheduler config's `num_inference_steps` (a distilled
+    /// student's), else 50, at most `max_steps`.
+    pub steps: Option<usize>,
+    /// The server's step limit (caps the default).
+    pub max_steps: usize,
     pub eta: f64,
     pub seed: u64,
     pub response_format: String,
@@ -169,13 +173,11 @@ pub fn parse(body: &[u8], cfg: &ServeConfig) -> Result<Request, ApiError> {
         },
         guidance_scale: number(m, "guidance_scale", 1.0, 0.0, 100.0)?,
         sampler: string(m, "sampler")?,
-        steps: uint(
-            m,
-            "steps",
-            50.min(cfg.max_steps as u64),
-            1,
-            cfg.max_steps as u64,
-        )? as usize,
+        steps: match m.get("steps") {
+            None | Some(Value::Null) => None,
+            Some(_) => Some(uint(m, "steps", 1, 1, cfg.max_steps as u64)? as usize),
+        },
+        max_steps: cfg.max_steps,
         eta: number(m, "eta", 0.0, 0.0, 10.0)?,
         seed,
         response_format,
@@ -208,9 +210,16 @@ pub fn plan(req: &Request, entry: &ModelEntry) -> Result<Planned, ApiError> {
         };
         ApiError::bad(field, e.to_string())
     })?;
+    let steps = req.steps.unwrap_or_else(|| {
+        config
+            .num_inference_steps
+            .unwrap_or(50)
+            .min(req.max_steps)
+            .max(1)
+    });
     let sampler = Sampler::with_options(
         &config,
-        req.steps,
+        steps,
         SamplerOptions {
             eta: req.eta,
             ..Default::default()

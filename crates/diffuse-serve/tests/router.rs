@@ -504,3 +504,40 @@ async fn serves_a_latent_pipeline_decoding_with_its_vae() {
         "{e}"
     );
 }
+
+/// A model whose scheduler config records `num_inference_steps` (a distilled student) is
+/// sampled in that many steps when a request gives none; given steps still win.
+#[tokio::test]
+async fn default_steps_come_from_the_scheduler_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("student");
+    for part in ["unet", "scheduler"] {
+        std::fs::create_dir_all(m.join(part)).unwrap();
+        for f in std::fs::read_dir(fixtures().join("pipeline_basic").join(part)).unwrap() {
+            let f = f.unwrap().path();
+            std::fs::copy(&f, m.join(part).join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    std::fs::copy(
+        fixtures().join("pipeline_basic/model_index.json"),
+        m.join("model_index.json"),
+    )
+    .unwrap();
+    let p = m.join("scheduler/scheduler_config.json");
+    let mut sched: Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    sched["num_inference_steps"] = json!(3);
+    std::fs::write(&p, sched.to_string()).unwrap();
+    let mut s = AppState::new(ServeConfig::default(), Arc::new(Metrics::default()));
+    let id = s.add_model(&m, &Device::Cpu).unwrap();
+    let app = app(Arc::new(s));
+    for (steps, total) in [(None, 3), (Some(2), 2)] {
+        let mut body = json!({"model": id, "seed": 3, "stream": true});
+        if let Some(n) = steps {
+            body["steps"] = json!(n);
+        }
+        let (s, _, b) = call(&app, post(body)).await;
+        assert_eq!(s, StatusCode::OK);
+        let text = String::from_utf8_lossy(&b);
+        assert_eq!(text.matches("event: progress").count(), total, "{text}");
+    }
+}
