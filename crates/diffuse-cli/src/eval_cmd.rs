@@ -15,7 +15,7 @@ use diffuse_eval::inception::{self, InceptionV3};
 use diffuse_eval::metrics::{GaussianStats, KidOptions};
 use diffuse_eval::resize::ResizeMode;
 use diffuse_models::pipeline::{generate, GenerateOptions};
-use diffuse_models::weights::{load_unet, resolve_model_folder};
+use diffuse_models::weights::{load_net, resolve_model_folder};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Map;
 use std::ops::ControlFlow;
@@ -375,7 +375,7 @@ fn generate_from_model(a: &RunArgs, dev: &Device) -> Result<(MemoryImages, Optio
         (Some(ema), false) => ema.clone(),
         _ => folder.unet_dir.clone(),
     };
-    let (model, _) = load_unet(&unet_dir, dev)?;
+    let (model, _) = load_net(&unet_dir, dev)?;
     let mut sched = match folder.scheduler_config.as_ref() {
         Some(p) => crate::read_json_object(p)?,
         None => Map::from_iter([("_class_name".into(), "DDIMScheduler".into())]),
@@ -386,13 +386,12 @@ fn generate_from_model(a: &RunArgs, dev: &Device) -> Result<(MemoryImages, Optio
     let config = SchedulerConfig::from_json_map(&sched)?;
     let sampler = Sampler::with_options(&config, a.steps, SamplerOptions::default())?;
     let size = model
-        .config()
         .sample_hw()
         .context("the model config has no sample_size")?;
     let labels = if model.is_class_conditional() {
-        let k = match model.config().class_embedding() {
-            diffuse_models::config::ClassEmbedding::Table(n) => n.saturating_sub(1).max(1),
-            _ => bail!("--model: class conditioning without a class table is not supported"),
+        let k = match model.num_classes() {
+            Some(n) => n.saturating_sub(1).max(1),
+            None => bail!("--model: class conditioning without a class table is not supported"),
         };
         Some(match a.class_label {
             Some(c) => vec![c; a.num_samples],
