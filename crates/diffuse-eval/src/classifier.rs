@@ -138,7 +138,8 @@ impl MnistClassifier {
     pub fn embedded(device: &Device) -> Result<Self> {
         let record: ClassifierRecord = serde_json::from_str(EMBEDDED_CONFIG)
             .map_err(|e| Error::File(format!("embedded classifier record: {e}")))?;
-        Ok(Self::from_safetensors(EMBEDDED_WEIGHTS, device)?.with_feature_scale(record.feature_scale))
+        Ok(Self::from_safetensors(EMBEDDED_WEIGHTS, device)?
+            .with_feature_scale(record.feature_scale))
     }
 
     /// Divides the features by `scale` (named in [`Self::feature_net`]).

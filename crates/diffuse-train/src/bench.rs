@@ -629,10 +629,11 @@ pub fn run(opts: &BenchOptions, device: &Device, log: &mut dyn FnMut(&str)) -> R
             initial_noise: Some(x_t.clone()),
             ..Default::default()
         };
+        let net = diffuse_models::DenoiserNet::from(model.clone());
         let warm = opts.sample_warmup;
         let mut first: Option<Tensor> = None;
         let r = measure(opts.sample_runs, warm, device, || {
-            let images = generate(&model, &sampler, &gen, device, &mut |_| {
+            let images = generate(&net, &sampler, &gen, device, &mut |_| {
                 ControlFlow::Continue(())
             })?;
             first.get_or_insert(images);
@@ -642,7 +643,7 @@ pub fn run(opts: &BenchOptions, device: &Device, log: &mut dyn FnMut(&str)) -> R
             // With random weights the 50-step trajectory is chaotic (a 1e-7 difference after
             // one step grows to ~0.2), so a short DDIM run from the same x_T is checked too.
             let short = Sampler::with_options(&sched, CHECK_STEPS, SamplerOptions::default())?;
-            let images = generate(&model, &short, &gen, device, &mut |_| {
+            let images = generate(&net, &short, &gen, device, &mut |_| {
                 ControlFlow::Continue(())
             })?;
             check.push(("sample_noise".into(), x_t.clone()));

@@ -7,7 +7,7 @@ use diffuse_core::schedule::NoiseSchedule;
 use diffuse_data::datasets::{Dataset, IdxDataset};
 use diffuse_data::transform::{Fit, Transform};
 use diffuse_models::weights::build_unet;
-use diffuse_models::UNet2DConfig;
+use diffuse_models::{DenoiserNet, UNet2DConfig};
 use diffuse_train::objective::{diffusion_loss, ObjectiveConfig, SigmaSampling, TrainRng};
 use diffuse_train::optim::{clip_grad_norm, AdamW, AdamWConfig};
 
@@ -45,6 +45,7 @@ fn batch() -> (Tensor, Vec<u32>) {
 fn train(prediction: PredictionType, steps: usize, seed: u64) -> Vec<f32> {
     let dev = Device::Cpu;
     let (model, varmap) = build_unet(&tiny_config(), &dev).unwrap();
+    let model = DenoiserNet::from(model);
     let mut vars: Vec<(String, Var)> = varmap
         .data()
         .lock()
@@ -130,6 +131,7 @@ fn rng_state_resumes_the_stream() {
     let mut a = TrainRng::new(9);
     let (x0, labels) = batch();
     let (model, _) = build_unet(&tiny_config(), &Device::Cpu).unwrap();
+    let model = DenoiserNet::from(model);
     let schedule =
         NoiseSchedule::from_config(&SchedulerConfig::default_for(SchedulerClass::Ddpm)).unwrap();
     let cfg = ObjectiveConfig {
