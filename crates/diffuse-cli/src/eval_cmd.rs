@@ -457,6 +457,12 @@ impl ModelSampler {
         })
     }
 
+    /// Forward GFLOPs of the network for one image (at its input size; VAE decoding excluded).
+    pub fn gflops(&self) -> f64 {
+        let (h, w) = self.size;
+        diffuse_train::bench::net_forward_flops(&self.model.config(), h, w).total() as f64 / 1e9
+    }
+
     /// (height, width) of the generated images (latents times the VAE's downsampling).
     pub fn image_size(&self) -> (usize, usize) {
         let f = self.vae.as_ref().map_or(1, |v| {
