@@ -28,5 +28,5 @@ for m in latent pixel; do
   "$BIN" eval sweep --model "$OUT/$m" --runs flow_euler:10,flow_euler:25 --real mnist \
     --features mnist --metrics fid,cls,is --num-samples 1000 --guidance-scale 2 \
     --output "$OUT/$m/sweep" --quiet
-  tail -1 "$OUT/$m/metrics.jsonl" | python3 -c 'import json,sys; r=json.load(sys.stdin); print(f"'$m': {r[\"step\"]} steps, {r[\"images_per_s\"]:.1f} train images/s")'
+  tail -1 "$OUT/$m/metrics.jsonl" | python3 -c 'import json, sys; r = json.load(sys.stdin); print(sys.argv[1], r["step"], "steps,", round(r["images_per_s"], 1), "train images/s")' "$m"
 done

@@ -1,6 +1,6 @@
-//! `diffuse convert`: load a diffusers UNet (or pipeline, latent ones with their VAE) folder and
-//! write it back out in the diffusers layout, optionally in another dtype. Proves the round trip
-//! and halves sizes.
+//! `diffuse convert`: load a diffusers UNet or DiT (or pipeline, latent ones with their VAE)
+//! folder and write it back out in the diffusers layout, optionally in another dtype. Proves the
+//! round trip and halves sizes.
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Device};
@@ -8,15 +8,15 @@ use diffuse_models::weights::{
     build, load_into, parse_dtype, read_config, resolve_model_folder, save, weight_files,
     DiffusersModel,
 };
-use diffuse_models::{AutoencoderKL, UNet2DModel};
+use diffuse_models::{AutoencoderKL, DenoiserNet};
 use std::path::{Path, PathBuf};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// A diffusers pipeline folder or UNet folder.
+    /// A diffusers pipeline folder or model (UNet, DiT) folder.
     #[arg(long)]
     model: PathBuf,
-    /// Where to write (same layout as the input: a pipeline folder or a UNet folder).
+    /// Where to write (same layout as the input: a pipeline folder or a model folder).
     #[arg(long)]
     output: PathBuf,
     /// Tensor dtype on disk: f32, f16 or bf16.
@@ -38,11 +38,16 @@ pub fn run(args: Args) -> Result<()> {
                 diffuse_data::fs::write_atomic(&args.output.join(rel), &bytes)?;
             }
         }
-        args.output.join("unet")
+        args.output.join(
+            folder
+                .unet_dir
+                .file_name()
+                .context("a pipeline component")?,
+        )
     } else {
         args.output.clone()
     };
-    let mut n = resave::<UNet2DModel>(&folder.unet_dir, &unet_out, dtype)?;
+    let mut n = resave::<DenoiserNet>(&folder.unet_dir, &unet_out, dtype)?;
     if let Some(vae) = &folder.vae_dir {
         n += resave::<AutoencoderKL>(vae, &args.output.join("vae"), dtype)?;
     }

@@ -14,8 +14,9 @@ use diffuse_eval::images::{DatasetImages, FolderImages, ImageBatch, ImageSource,
 use diffuse_eval::inception::{self, InceptionV3};
 use diffuse_eval::metrics::{GaussianStats, KidOptions};
 use diffuse_eval::resize::ResizeMode;
-use diffuse_models::pipeline::{check_latent_pair, decode_latents, generate, GenerateOptions};
-use diffuse_models::weights::{load_unet, load_vae, resolve_model_folder};
+use diffuse_models::net::DenoiserNet;
+use diffuse_models::pipeline::{check_latent_channels, decode_latents, generate, GenerateOptions};
+use diffuse_models::weights::{load_net, load_vae, resolve_model_folder};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Map;
 use std::ops::ControlFlow;
@@ -398,7 +399,7 @@ fn fetch_inception(from: Option<PathBuf>) -> Result<()> {
 /// A pipeline folder loaded once for sampling many times (`--model`, `eval sweep`): the UNet
 /// (EMA weights unless `no_ema`), the VAE of latent pipelines, the scheduler config.
 pub(crate) struct ModelSampler {
-    model: diffuse_models::UNet2DModel,
+    model: DenoiserNet,
     vae: Option<diffuse_models::AutoencoderKL>,
     sched: Map<String, serde_json::Value>,
     size: (usize, usize),
@@ -421,11 +422,11 @@ impl ModelSampler {
             (Some(ema), false) => ema.clone(),
             _ => folder.unet_dir.clone(),
         };
-        let (model, _) = load_unet(&unet_dir, dev)?;
+        let (model, _) = load_net(&unet_dir, dev)?;
         let vae = match &folder.vae_dir {
             Some(d) => {
                 let (vae, _) = load_vae(d, dev)?;
-                check_latent_pair(model.config(), vae.config())?;
+                check_latent_channels(&model.config(), vae.config())?;
                 Some(vae)
             }
             None => None,
@@ -439,11 +440,9 @@ impl ModelSampler {
             .sample_hw()
             .context("the model config has no sample_size")?;
         let classes = if model.is_class_conditional() {
-            match model.config().class_embedding() {
-                diffuse_models::config::ClassEmbedding::Table(n) => {
-                    Some(n.saturating_sub(1).max(1))
-                }
-                _ => bail!("--model: class conditioning without a class table is not supported"),
+            match model.num_classes() {
+                Some(n) => Some(n.saturating_sub(1).max(1)),
+                None => bail!("--model: class conditioning without a class table is not supported"),
             }
         } else {
             None
@@ -456,6 +455,12 @@ impl ModelSampler {
             classes,
             name: dir.display().to_string(),
         })
+    }
+
+    /// Forward GFLOPs of the network for one image (at its input size; VAE decoding excluded).
+    pub fn gflops(&self) -> f64 {
+        let (h, w) = self.size;
+        diffuse_train::bench::net_forward_flops(&self.model.config(), h, w).total() as f64 / 1e9
     }
 
     /// (height, width) of the generated images (latents times the VAE's downsampling).

@@ -97,13 +97,14 @@ fn parse_runs(s: &str) -> Result<Vec<(String, usize)>> {
 }
 
 /// Metric columns in table order: (JSON key, header, digits).
-const COLUMNS: [(&str, &str, usize); 7] = [
+const COLUMNS: [(&str, &str, usize); 8] = [
     ("fid", "FID ↓", 2),
     ("kid_mean", "KID ↓", 4),
     ("precision", "precision ↑", 3),
     ("recall", "recall ↑", 3),
     ("class_accuracy", "class acc. ↑", 3),
     ("is_mean", "IS ↑", 2),
+    ("gflops", "GFLOPs/call", 3),
     ("images_per_s", "images/s ↑", 1),
 ];
 
@@ -300,6 +301,7 @@ pub fn run_sweep(a: SweepArgs) -> Result<()> {
             .scheduler(Some(sampler))
             .and_then(|c| Ok(diffuse_core::sampler::Sampler::new(&c, *steps)?.len()))?;
         row["nfe"] = nfe.into();
+        row["gflops"] = ms.gflops().into();
         row["sample_s"] = g.seconds.into();
         row["images_per_s"] = (a.num_samples as f64 / g.seconds).into();
         row["threads"] = rayon_threads().into();
@@ -397,7 +399,7 @@ fn table_md(rows: &[Value], model: &Path, real: &str, num_real: usize) -> String
 /// row as a flat reference line. Returns how many were written.
 fn plot_sweep(rows: &[Value], out: &Path, title: &str) -> Result<usize> {
     let mut written = 0;
-    for (key, header, _) in COLUMNS {
+    for (key, header, _) in COLUMNS.into_iter().filter(|c| c.0 != "gflops") {
         let mut series: Vec<Series> = Vec::new();
         let (mut lo, mut hi) = (f64::INFINITY, 0f64);
         for r in rows.iter().filter(|r| r["sampler"] != "real") {

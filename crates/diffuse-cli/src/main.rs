@@ -41,13 +41,13 @@ enum Command {
     Schedule(schedule_cmd::Args),
     /// Draw the forward process: an image noised at several timesteps, as one PNG strip.
     Noise(noise_cmd::Args),
-    /// Generate images from a diffusers pipeline or UNet folder.
+    /// Generate images from a diffusers pipeline or model (UNet, DiT) folder.
     Sample(sample_cmd::Args),
-    /// Re-save a diffusers UNet or pipeline folder (e.g. as f16), in the diffusers layout.
+    /// Re-save a diffusers UNet, DiT or pipeline folder (e.g. as f16), in the diffusers layout.
     Convert(convert_cmd::Args),
     /// Serve models over HTTP: generation API with batching, web page, metrics.
     Serve(serve_cmd::Args),
-    /// Train a UNet (or, with a [vae] section, an AutoencoderKL) from a TOML config.
+    /// Train a UNet or DiT (or, with a [vae] section, an AutoencoderKL) from a TOML config.
     Train(train_cmd::Args),
     /// Few-step students of a teacher pipeline: `reflow` (2-rectified flow).
     #[command(subcommand)]

@@ -1,13 +1,14 @@
-//! `diffuse sample`: generate images from a diffusers pipeline or UNet folder; for a latent
-//! pipeline (`vae/` beside `unet/`) the UNet denoises latents and the VAE decodes them.
+//! `diffuse sample`: generate images from a diffusers pipeline or model folder (UNet or DiT);
+//! for a latent pipeline (`vae/` beside `unet/` or `transformer/`) the network denoises latents
+//! and the VAE decodes them.
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use diffuse_core::config::SchedulerConfig;
 use diffuse_core::sampler::{Sampler, SamplerOptions};
 use diffuse_data::image_io;
-use diffuse_models::pipeline::{check_latent_pair, decode_latents, generate, GenerateOptions};
-use diffuse_models::weights::{load_unet, load_vae, resolve_model_folder};
+use diffuse_models::pipeline::{check_latent_channels, decode_latents, generate, GenerateOptions};
+use diffuse_models::weights::{load_net, load_vae, resolve_model_folder};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Map;
 use std::ops::ControlFlow;
@@ -16,8 +17,8 @@ use std::time::Instant;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// A diffusers pipeline folder (model_index.json, unet/, scheduler/, and vae/ for latent
-    /// diffusion) or a UNet folder.
+    /// A diffusers pipeline folder (model_index.json, unet/ or transformer/ (DiT), scheduler/,
+    /// and vae/ for latent diffusion) or a UNet or DiT model folder.
     #[arg(long)]
     model: PathBuf,
     /// Sampler: ddpm, ddim, plms, euler, euler_a, heun, dpmpp_2m, unipc, flow_euler, flow_heun
@@ -49,7 +50,7 @@ pub struct Args {
     batch_size: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Image size (default: the UNet's sample_size, times the VAE's downscale for latent
+    /// Image size (default: the network's sample_size, times the VAE's downscale for latent
     /// pipelines).
     #[arg(long)]
     size: Option<usize>,
@@ -70,7 +71,8 @@ pub struct Args {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
-    /// Use `unet/` even when the folder has EMA weights in `unet_ema/` (default: EMA).
+    /// Use `unet/` (`transformer/`) even when the folder has EMA weights in `unet_ema/`
+    /// (`transformer_ema/`) (default: EMA).
     #[arg(long)]
     no_ema: bool,
 }
@@ -90,24 +92,29 @@ pub fn run(args: Args) -> Result<()> {
         (Some(ema), false) => {
             if !args.quiet {
                 eprintln!(
-                    "using the EMA weights in {} (--no-ema for unet/)",
-                    ema.display()
+                    "using the EMA weights in {} (--no-ema for {}/)",
+                    ema.display(),
+                    folder
+                        .unet_dir
+                        .file_name()
+                        .unwrap_or_default()
+                        .to_string_lossy()
                 );
             }
             ema.clone()
         }
         _ => folder.unet_dir.clone(),
     };
-    let (model, _) = load_unet(&unet_dir, &dev)?;
+    let (model, _) = load_net(&unet_dir, &dev)?;
     let vae = match &folder.vae_dir {
         Some(dir) => {
             let (vae, _) = load_vae(dir, &dev)?;
-            check_latent_pair(model.config(), vae.config())?;
+            check_latent_channels(&model.config(), vae.config())?;
             Some(vae)
         }
         None => None,
     };
-    // Images are `f` times larger than what the UNet denoises.
+    // Images are `f` times larger than what the network denoises.
     let f = vae.as_ref().map_or(1, |v| v.config().downscale());
     let mut sched = match args
         .scheduler_config
@@ -129,7 +136,7 @@ pub fn run(args: Args) -> Result<()> {
             ..Default::default()
         },
     )?;
-    let size = match (args.size, model.config().sample_hw()) {
+    let size = match (args.size, model.sample_hw()) {
         (Some(s), _) if s % f != 0 => {
             bail!("--size {s}: must be a multiple of the VAE's downscale factor {f}")
         }

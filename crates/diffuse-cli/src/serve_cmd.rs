@@ -8,7 +8,7 @@ use std::time::Duration;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// A diffusers pipeline or UNet folder; repeat for several models (id = folder name).
+    /// A diffusers pipeline or model (UNet, DiT) folder; repeat for several models (id = folder name).
     #[arg(long, required = true)]
     model: Vec<PathBuf>,
     #[arg(long, default_value = "127.0.0.1")]

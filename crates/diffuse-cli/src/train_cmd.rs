@@ -1,5 +1,6 @@
-//! `diffuse train`: train a UNet (or, with `[vae]`, an AutoencoderKL) from a TOML config into a
-//! diffusers folder, with checkpoints, exact resume, a progress bar and a JSONL metrics log.
+//! `diffuse train`: train a UNet or DiT (or, with `[vae]`, an AutoencoderKL) from a TOML config
+//! into a diffusers folder, with checkpoints, exact resume, a progress bar and a JSONL metrics
+//! log.
 //! Ctrl-C saves and exits.
 
 use anyhow::{bail, Context, Result};
@@ -13,7 +14,7 @@ use std::time::Instant;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The training config (examples/tiny.toml, examples/mnist.toml).
+    /// The training config (examples/tiny.toml, examples/mnist.toml, examples/dit-mnist.toml).
     #[arg(long)]
     config: Option<PathBuf>,
     /// Output folder: a diffusers pipeline at the end, checkpoints in DIR/checkpoints.

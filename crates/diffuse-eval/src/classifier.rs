@@ -49,6 +49,11 @@ pub struct ClassifierRecord {
     pub dropout: f64,
     #[serde(default)]
     pub weight_decay: f64,
+    /// The features are fc1's pre-activations divided by this: the square root of their mean
+    /// per-unit variance over the clean MNIST training images (so classifier-FID is in
+    /// readable units; 1 for records that predate it).
+    #[serde(default = "one")]
+    pub feature_scale: f64,
     /// MNIST test accuracy on the 28-px images.
     pub test_accuracy: f64,
     /// MNIST test accuracy after the 28 → 16 → 28 round trip.
@@ -61,7 +66,13 @@ pub struct MnistClassifier {
     convs: [Conv2d; 3],
     fc1: Linear,
     fc2: Linear,
+    /// Features = fc1 pre-activations / `feature_scale`.
+    feature_scale: f64,
     tag: String,
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 fn names() -> [&'static str; 5] {
@@ -118,13 +129,26 @@ impl MnistClassifier {
             convs: [conv(0), conv(1), conv(2)],
             fc1: Linear::new(layers[3].0.clone(), Some(layers[3].1.clone())),
             fc2: Linear::new(layers[4].0.clone(), Some(layers[4].1.clone())),
+            feature_scale: 1.0,
             tag,
         })
     }
 
-    /// The weights compiled into diffuse.
+    /// The weights compiled into diffuse, with the feature scale of their record.
     pub fn embedded(device: &Device) -> Result<Self> {
-        Self::from_safetensors(EMBEDDED_WEIGHTS, device)
+        let record: ClassifierRecord = serde_json::from_str(EMBEDDED_CONFIG)
+            .map_err(|e| Error::File(format!("embedded classifier record: {e}")))?;
+        Ok(Self::from_safetensors(EMBEDDED_WEIGHTS, device)?
+            .with_feature_scale(record.feature_scale))
+    }
+
+    /// Divides the features by `scale` (named in [`Self::feature_net`]).
+    pub fn with_feature_scale(mut self, scale: f64) -> Self {
+        if scale != 1.0 {
+            self.tag = format!("{}-over-{scale:.4}", self.tag);
+        }
+        self.feature_scale = scale;
+        self
     }
 
     pub fn from_safetensors(bytes: &[u8], device: &Device) -> Result<Self> {
@@ -164,7 +188,7 @@ impl MnistClassifier {
             a = a.mul(m)?;
         }
         let logits = ops::linear(&a, &self.fc2)?;
-        Ok((f, logits))
+        Ok(((f / self.feature_scale)?, logits))
     }
 }
 
@@ -299,6 +323,29 @@ fn accuracy(net: &MnistClassifier, pixels: &[u8], labels: &[u32], dev: &Device) 
     Ok(right as f64 / labels.len() as f64)
 }
 
+/// √(mean over units of the variance of fc1's pre-activations) over `pixels` (f64 sums).
+fn unit_scale(net: &MnistClassifier, pixels: &[u8], n: usize, dev: &Device) -> Result<f64> {
+    let px = INPUT_SIZE * INPUT_SIZE;
+    let mut sum = vec![0f64; FEATURE_DIM];
+    let mut sq = vec![0f64; FEATURE_DIM];
+    for s in (0..n).step_by(500) {
+        let m = 500.min(n - s);
+        let (f, _) = net.forward(&to_input(&pixels[s * px..(s + m) * px], m, dev)?)?;
+        for row in f.to_vec2::<f32>()? {
+            for (j, v) in row.into_iter().enumerate() {
+                sum[j] += v as f64;
+                sq[j] += (v as f64) * (v as f64);
+            }
+        }
+    }
+    let nf = n as f64;
+    let var: f64 = (0..FEATURE_DIM)
+        .map(|j| sq[j] / nf - (sum[j] / nf).powi(2))
+        .sum::<f64>()
+        / FEATURE_DIM as f64;
+    Ok(var.sqrt().max(f64::MIN_POSITIVE))
+}
+
 /// Seeded PyTorch-default init (kaiming-uniform a = √5: U(±1/√fan_in) for weights and biases).
 fn init(seed: u64, channels: [usize; 3], dev: &Device) -> Result<Vec<(String, Var)>> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -431,6 +478,7 @@ pub fn train(
             });
         }
     }
+    let feature_scale = unit_scale(&net, &tr.clean, tr.labels.len(), &dev)?;
     let test_accuracy = accuracy(&net, &te.clean, &te.labels, &dev)?;
     let test_accuracy_16px = accuracy(&net, &te.degraded, &te.labels, &dev)?;
     let tensors: Vec<(String, Tensor)> = vars
@@ -455,6 +503,7 @@ pub fn train(
         max_shift: opts.max_shift,
         dropout: opts.dropout,
         weight_decay: opts.weight_decay,
+        feature_scale,
         test_accuracy,
         test_accuracy_16px,
         train_seconds: start.elapsed().as_secs_f64(),

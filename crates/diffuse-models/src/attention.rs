@@ -1,5 +1,6 @@
 //! Spatial self-attention of the UNet (diffusers `Attention` with `AttnProcessor2_0`,
-//! `residual_connection=True`, as built by `AttnDownBlock2D` and friends).
+//! `residual_connection=True`, as built by `AttnDownBlock2D` and friends), and the DiT's
+//! self-attention over token sequences.
 
 use crate::ops;
 use candle_core::{Result, Tensor};
@@ -76,5 +77,56 @@ impl SpatialAttention {
         } else {
             out / self.rescale_output_factor
         }
+    }
+}
+
+/// Multi-head self-attention over a token sequence `[b, L, dim]` (diffusers `Attention` as
+/// `BasicTransformerBlock.attn1` builds it: no norm, no residual; `to_q/k/v` biased when
+/// `bias`, `to_out.0` always biased).
+#[derive(Debug, Clone)]
+pub struct SelfAttention {
+    to_q: candle_nn::Linear,
+    to_k: candle_nn::Linear,
+    to_v: candle_nn::Linear,
+    to_out: candle_nn::Linear,
+    heads: usize,
+    head_dim: usize,
+}
+
+impl SelfAttention {
+    pub fn new(
+        dim: usize,
+        heads: usize,
+        head_dim: usize,
+        bias: bool,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let inner = heads * head_dim;
+        Ok(SelfAttention {
+            to_q: candle_nn::linear_b(dim, inner, bias, vb.pp("to_q"))?,
+            to_k: candle_nn::linear_b(dim, inner, bias, vb.pp("to_k"))?,
+            to_v: candle_nn::linear_b(dim, inner, bias, vb.pp("to_v"))?,
+            to_out: candle_nn::linear(inner, dim, vb.pp("to_out").pp("0"))?,
+            heads,
+            head_dim,
+        })
+    }
+
+    /// `x`: [b, L, dim] → [b, L, dim].
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, l, _) = x.dims3()?;
+        let split = |t: Tensor| -> Result<Tensor> {
+            // [b, L, heads·d] → [b, heads, L, d]
+            t.reshape((b, l, self.heads, self.head_dim))?
+                .transpose(1, 2)
+        };
+        let q = split(ops::linear(x, &self.to_q)?)?;
+        let k = split(ops::linear(x, &self.to_k)?)?;
+        let v = split(ops::linear(x, &self.to_v)?)?;
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let o = ops::attention(&q, &k, &v, scale)?
+            .transpose(1, 2)?
+            .reshape((b, l, self.heads * self.head_dim))?;
+        ops::linear(&o, &self.to_out)
     }
 }

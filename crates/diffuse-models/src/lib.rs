@@ -2,7 +2,10 @@
 //! candle, so a model moves between diffusers and diffuse without conversion scripts.
 //!
 //! - [`unet_2d::UNet2DModel`] and its parts ([`blocks`], [`resnet`], [`attention`],
-//!   [`embeddings`]); [`vae::AutoencoderKL`] (latent diffusion's VAE) from the same parts.
+//!   [`embeddings`]); [`vae::AutoencoderKL`] (latent diffusion's VAE) from the same parts;
+//!   [`dit::DiTTransformer2DModel`] (the Diffusion Transformer).
+//! - [`net::DenoiserNet`]: a UNet or a DiT, the one network type pipelines, the server and the
+//!   trainer take.
 //! - [`weights`]: `diffusion_pytorch_model.safetensors` in and out (f32/f16/bf16 on disk), and
 //!   diffusers pipeline folders.
 //! - [`ops`]: the one seam through which models reach the hot ops.
@@ -13,9 +16,11 @@ pub mod attention;
 pub mod blocks;
 pub mod config;
 pub mod denoise;
+pub mod dit;
 pub mod embeddings;
 pub mod kernels;
 pub mod latent_cache;
+pub mod net;
 pub mod ops;
 pub mod pipeline;
 pub mod resnet;
@@ -23,7 +28,9 @@ pub mod unet_2d;
 pub mod vae;
 pub mod weights;
 
-pub use config::{AutoencoderKLConfig, UNet2DConfig};
+pub use config::{AutoencoderKLConfig, DiTTransformer2DConfig, UNet2DConfig};
+pub use dit::DiTTransformer2DModel;
+pub use net::{DenoiserConfig, DenoiserNet};
 pub use unet_2d::UNet2DModel;
 pub use vae::AutoencoderKL;
 

@@ -107,6 +107,20 @@ pub fn linear(x: &Tensor, l: &candle_nn::Linear) -> Result<Tensor> {
     }
 }
 
+/// LayerNorm over the last dimension, `(x − mean) / √(var + eps)` (biased variance, as torch),
+/// then `· weight + bias` when given. Composed of candle ops that all have a backward
+/// (`candle_nn::ops::layer_norm` has none), so the DiT trains through it.
+pub fn layer_norm(x: &Tensor, eps: f64, affine: Option<(&Tensor, &Tensor)>) -> Result<Tensor> {
+    let mean = x.mean_keepdim(D::Minus1)?;
+    let centered = x.broadcast_sub(&mean)?;
+    let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
+    let y = centered.broadcast_div(&(var + eps)?.sqrt()?)?;
+    match affine {
+        Some((w, b)) => y.broadcast_mul(w)?.broadcast_add(b),
+        None => Ok(y),
+    }
+}
+
 /// Nearest-neighbour 2× upsampling: `[b, c, h, w]` → `[b, c, 2h, 2w]`.
 pub fn upsample_nearest2x(x: &Tensor) -> Result<Tensor> {
     let (_, _, h, w) = x.dims4()?;
@@ -187,6 +201,30 @@ mod tests {
             .to_scalar()
             .unwrap();
         assert!(d < 1e-6, "{d}");
+    }
+
+    #[test]
+    fn layer_norm_matches_candle_and_has_gradients() {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::randn(1f32, 3.0, (2, 5, 12), &dev).unwrap()).unwrap();
+        let w = Tensor::randn(1f32, 0.1, 12, &dev).unwrap();
+        let b = Tensor::randn(0f32, 0.1, 12, &dev).unwrap();
+        let want = candle_nn::ops::layer_norm(&x, &w, &b, 1e-5).unwrap();
+        let got = layer_norm(&x, 1e-5, Some((&w, &b))).unwrap();
+        let d: f32 = (want - &got)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert!(d < 1e-5, "{d}");
+        let loss = (got * x.as_tensor()).unwrap().sum_all().unwrap();
+        let g = loss.backward().unwrap();
+        let gx = g.get(&x).expect("layer_norm must be differentiable");
+        let n: f32 = gx.abs().unwrap().sum_all().unwrap().to_scalar().unwrap();
+        assert!(n.is_finite() && n > 0.0);
     }
 
     #[test]

@@ -1,10 +1,12 @@
-//! Image generation with a UNet, as diffusers' `DDPMPipeline` does it, plus what a service
-//! needs: batching of K images in chunks, one noise stream per image (the same seed gives the
-//! same image at any batch size), class labels and classifier-free guidance. Latent diffusion:
-//! the same loop over an AutoencoderKL's latents, then [`decode_latents`].
+//! Image generation with a UNet or DiT, as diffusers' `DDPMPipeline` / `DiTPipeline` do it,
+//! plus what a service needs: batching of K images in chunks, one noise stream per image (the
+//! same seed gives the same image at any batch size), class labels and classifier-free
+//! guidance. Latent diffusion: the same loop over an AutoencoderKL's latents, then
+//! [`decode_latents`].
 
-use crate::denoise::UNetDenoiser;
-use crate::{AutoencoderKL, AutoencoderKLConfig, Error, Result, UNet2DConfig, UNet2DModel};
+use crate::denoise::NetDenoiser;
+use crate::net::{DenoiserConfig, DenoiserNet};
+use crate::{AutoencoderKL, AutoencoderKLConfig, Error, Result, UNet2DConfig};
 use candle_core::{DType, Device, Shape, Tensor};
 use diffuse_core::denoiser::{ClassifierFreeGuidance, Denoiser};
 use diffuse_core::rng::{NoiseSource, SeededNoise};
@@ -54,7 +56,7 @@ pub struct Progress {
 
 /// Generates `num_images` images `[K, C, H, W]` in the model's output range (not clipped).
 pub fn generate(
-    model: &UNet2DModel,
+    model: &DenoiserNet,
     sampler: &Sampler,
     opts: &GenerateOptions,
     device: &Device,
@@ -66,9 +68,8 @@ pub fn generate(
             "num_images and batch_size must be at least 1".into(),
         ));
     }
-    let cfg = model.config();
     let (h, w) = opts.size;
-    let shape = (cfg.in_channels, h, w);
+    let shape = (model.in_channels(), h, w);
     if let Some(n) = &opts.initial_noise {
         if n.dims() != [k, shape.0, h, w] {
             return Err(Error::Input(format!(
@@ -101,14 +102,13 @@ pub fn generate(
     };
     let guided = opts.guidance_scale != 1.0;
     let null = if guided {
-        let classes =
-            match cfg.class_embedding() {
-                crate::config::ClassEmbedding::Table(n) => n,
-                _ => return Err(Error::Input(
-                    "classifier-free guidance needs a model with a class table (num_class_embeds)"
-                        .into(),
-                )),
-            };
+        let classes = match model.num_classes() {
+            Some(n) => n,
+            None => return Err(Error::Input(
+                "classifier-free guidance needs a class-conditional model with a class table (num_class_embeds, num_embeds_ada_norm)"
+                    .into(),
+            )),
+        };
         let null = opts.null_class.unwrap_or(classes as u32 - 1);
         if null as usize >= classes {
             return Err(Error::Input(format!(
@@ -142,7 +142,7 @@ pub fn generate(
             Some(l) => Some(Tensor::from_vec(l.clone(), n, device)?),
             None => None,
         };
-        let plain = UNetDenoiser {
+        let plain = NetDenoiser {
             model,
             class_labels: label_tensor,
         };
@@ -176,12 +176,23 @@ pub fn generate(
 
 /// A UNet can denoise a VAE's latents only if both sides have `latent_channels` channels.
 pub fn check_latent_pair(unet: &UNet2DConfig, vae: &AutoencoderKLConfig) -> Result<()> {
+    check_latent_channels(&DenoiserConfig::UNet(unet.clone()), vae)
+}
+
+/// A UNet or DiT can denoise a VAE's latents only if it takes `latent_channels` channels and
+/// predicts as many (a DiT with `learn_sigma` twice as many).
+pub fn check_latent_channels(net: &DenoiserConfig, vae: &AutoencoderKLConfig) -> Result<()> {
     let l = vae.latent_channels;
-    if unet.in_channels != l || unet.out_channels != l {
+    let (i, o) = (net.in_channels(), net.out_channels());
+    let learn_sigma = matches!(net, DenoiserConfig::DiT(_)) && o == 2 * l;
+    if i != l || (o != l && !learn_sigma) {
+        let (c, name) = match net {
+            DenoiserConfig::UNet(_) => ("unet", "UNet"),
+            DenoiserConfig::DiT(_) => ("transformer", "DiT"),
+        };
         return Err(Error::Config(format!(
-            "the VAE has latent_channels {l} but the UNet has in_channels {} and out_channels {}: \
-             the UNet must take and predict the VAE's latents (vae/config.json, unet/config.json)",
-            unet.in_channels, unet.out_channels
+            "the VAE has latent_channels {l} but the {name} has in_channels {i} and out_channels {o}: \
+             it must take and predict the VAE's latents (vae/config.json, {c}/config.json)"
         )));
     }
     Ok(())

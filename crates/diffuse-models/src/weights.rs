@@ -1,11 +1,23 @@
-//! Weights in and out, in diffusers' layout (UNet2DModel and AutoencoderKL alike, through
-//! [`DiffusersModel`]): a model folder holds `config.json` and
+//! Weights in and out, in diffusers' layout (UNet2DModel, DiTTransformer2DModel and
+//! AutoencoderKL alike, through [`DiffusersModel`]): a model folder holds `config.json` and
 //! `diffusion_pytorch_model.safetensors` (or a sharded `.safetensors.index.json`, or an `fp16`
-//! variant); a pipeline folder holds `model_index.json`, `unet/` and `scheduler/`, and `vae/` for
-//! a latent pipeline ([`LATENT_PIPELINE_CLASS`]).
+//! variant); a pipeline folder holds `model_index.json`, the denoising network (`unet/`, or
+//! `transformer/` for a DiT) and `scheduler/`, and `vae/` for a latent pipeline.
+//!
+//! Pipeline classes ([`pipeline_index`]): a pixel UNet is diffusers' `DDPMPipeline`; a latent
+//! UNet is [`LATENT_PIPELINE_CLASS`] (diffusers has none for it); a DiT is diffusers'
+//! `DiTPipeline` in both cases — with `vae/` for latent diffusion, and with `"vae": [null,
+//! null]` in pixel space (diffusers' own way of writing an absent component: its
+//! `DiTPipeline.from_pretrained(dir, vae=None)` loads such a folder, and
+//! `DiTTransformer2DModel.from_pretrained(dir, subfolder="transformer")` the model).
 //! Tensors on disk may be f32, f16 or bf16; in memory the model is f32 unless asked otherwise.
 
-use crate::{AutoencoderKL, AutoencoderKLConfig, Error, Result, UNet2DConfig, UNet2DModel};
+use crate::dit::DiTTransformer2DModel;
+use crate::net::{DenoiserConfig, DenoiserNet};
+use crate::{
+    AutoencoderKL, AutoencoderKLConfig, DiTTransformer2DConfig, Error, Result, UNet2DConfig,
+    UNet2DModel,
+};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use std::collections::{BTreeSet, HashMap};
@@ -18,7 +30,34 @@ pub const CONFIG_NAME: &str = "config.json";
 /// latents.
 pub const LATENT_PIPELINE_CLASS: &str = "DiffuseLatentPipeline";
 
-/// `model_index.json` of a pipeline folder: `DDPMPipeline`, or [`LATENT_PIPELINE_CLASS`] with a VAE.
+/// `_class_name` of a DiT pipeline (`transformer/` + `scheduler/` + `vae/`, the VAE null in
+/// pixel space): diffusers' own.
+pub const DIT_PIPELINE_CLASS: &str = "DiTPipeline";
+
+/// `model_index.json` of a pipeline folder for `net`: see the module docs for the classes.
+pub fn pipeline_index(
+    net: &DenoiserConfig,
+    scheduler_class: &str,
+    with_vae: bool,
+) -> serde_json::Value {
+    match net {
+        DenoiserConfig::UNet(_) => model_index(scheduler_class, with_vae),
+        DenoiserConfig::DiT(_) => serde_json::json!({
+            "_class_name": DIT_PIPELINE_CLASS,
+            "_diffusers_version": "0.42.1",
+            "scheduler": ["diffusers", scheduler_class],
+            "transformer": ["diffusers", "DiTTransformer2DModel"],
+            "vae": if with_vae {
+                serde_json::json!(["diffusers", "AutoencoderKL"])
+            } else {
+                serde_json::json!([null, null])
+            },
+        }),
+    }
+}
+
+/// `model_index.json` of a UNet pipeline folder: `DDPMPipeline`, or [`LATENT_PIPELINE_CLASS`]
+/// with a VAE.
 pub fn model_index(scheduler_class: &str, with_vae: bool) -> serde_json::Value {
     let mut v = serde_json::json!({
         "_class_name": if with_vae { LATENT_PIPELINE_CLASS } else { "DDPMPipeline" },
@@ -42,19 +81,31 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
 /// What a `--model` folder turned out to be.
 #[derive(Debug, Clone)]
 pub struct ModelFolder {
-    /// The folder holding the UNet's config.json and weights.
+    /// The folder holding the denoising network's config.json and weights: `unet/`, or
+    /// `transformer/` of a DiT pipeline (load it with [`load_net`]).
     pub unet_dir: PathBuf,
     /// `scheduler/scheduler_config.json` of a pipeline folder, if there is one.
     pub scheduler_config: Option<PathBuf>,
     /// The pipeline class (`DDPMPipeline`, …) when the folder is a pipeline.
     pub pipeline_class: Option<String>,
-    /// `unet_ema/` beside `unet/`, as `diffuse train` writes it (EMA of the weights).
+    /// `unet_ema/` beside `unet/` (`transformer_ema/` beside `transformer/`), as `diffuse
+    /// train` writes it (EMA of the weights).
     pub ema_unet_dir: Option<PathBuf>,
     /// `vae/` of a latent pipeline: the UNet denoises this AutoencoderKL's latents.
     pub vae_dir: Option<PathBuf>,
 }
 
-/// Resolves a diffusers pipeline folder (`model_index.json`) or a bare UNet folder.
+/// Whether a `model_index.json` entry names a component (`[null, null]` and null do not).
+fn names_component(v: Option<&serde_json::Value>) -> bool {
+    match v {
+        None | Some(serde_json::Value::Null) => false,
+        Some(serde_json::Value::Array(a)) => a.iter().any(|x| !x.is_null()),
+        Some(_) => true,
+    }
+}
+
+/// Resolves a diffusers pipeline folder (`model_index.json`) or a bare model folder (UNet or
+/// DiT).
 pub fn resolve_model_folder(dir: &Path) -> Result<ModelFolder> {
     if !dir.is_dir() {
         return Err(Error::Weights(format!(
@@ -67,26 +118,29 @@ pub fn resolve_model_folder(dir: &Path) -> Result<ModelFolder> {
         let text = std::fs::read_to_string(&index).map_err(io_err(&index))?;
         let v: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| Error::Config(format!("{}: malformed JSON: {e}", index.display())))?;
-        let unet_dir = dir.join("unet");
-        if v.get("unet").is_none() || !unet_dir.is_dir() {
+        let component = ["unet", "transformer"]
+            .into_iter()
+            .find(|c| names_component(v.get(*c)) && dir.join(c).is_dir())
+            .ok_or_else(|| {
+                Error::Config(format!(
+                    "{}: the pipeline has no `unet` (or `transformer`) component",
+                    index.display()
+                ))
+            })?;
+        let unet_dir = dir.join(component);
+        let vae_dir = if !names_component(v.get("vae")) {
+            None
+        } else if dir.join("vae").join(CONFIG_NAME).exists() {
+            Some(dir.join("vae"))
+        } else {
             return Err(Error::Config(format!(
-                "{}: the pipeline has no `unet` component",
-                index.display()
+                "{}: the pipeline names a `vae` component but {} has no config.json",
+                index.display(),
+                dir.join("vae").display()
             )));
-        }
-        let vae_dir = match v.get("vae") {
-            None | Some(serde_json::Value::Null) => None,
-            Some(_) if dir.join("vae").join(CONFIG_NAME).exists() => Some(dir.join("vae")),
-            Some(_) => {
-                return Err(Error::Config(format!(
-                    "{}: the pipeline names a `vae` component but {} has no config.json",
-                    index.display(),
-                    dir.join("vae").display()
-                )))
-            }
         };
         let sched = dir.join("scheduler").join("scheduler_config.json");
-        let ema = dir.join("unet_ema");
+        let ema = dir.join(format!("{component}_ema"));
         return Ok(ModelFolder {
             unet_dir,
             vae_dir,
@@ -132,6 +186,27 @@ impl DiffusersModel for UNet2DModel {
     }
 }
 
+impl DiffusersModel for DiTTransformer2DModel {
+    type Config = DiTTransformer2DConfig;
+    fn parse_config(text: &str) -> Result<DiTTransformer2DConfig> {
+        DiTTransformer2DConfig::from_json_str(text)
+    }
+    fn build(config: &DiTTransformer2DConfig, vb: VarBuilder) -> Result<Self> {
+        DiTTransformer2DModel::new(config, vb)
+    }
+}
+
+/// A UNet or a DiT, chosen by the config's `_class_name`.
+impl DiffusersModel for DenoiserNet {
+    type Config = DenoiserConfig;
+    fn parse_config(text: &str) -> Result<DenoiserConfig> {
+        DenoiserConfig::from_json_str(text)
+    }
+    fn build(config: &DenoiserConfig, vb: VarBuilder) -> Result<Self> {
+        DenoiserNet::new(config, vb)
+    }
+}
+
 impl DiffusersModel for AutoencoderKL {
     type Config = AutoencoderKLConfig;
     fn parse_config(text: &str) -> Result<AutoencoderKLConfig> {
@@ -142,22 +217,24 @@ impl DiffusersModel for AutoencoderKL {
     }
 }
 
-/// Writes a latent pipeline folder `dir`: `unet/` and `vae/` copied from model folders (config
-/// and weight files as they are), `scheduler/scheduler_config.json` and `model_index.json`.
-/// Fails, writing nothing, when the UNet cannot denoise the VAE's latents.
+/// Writes a latent pipeline folder `dir`: the denoiser (`unet/`, or `transformer/` for a DiT)
+/// and `vae/` copied from model folders (config and weight files as they are),
+/// `scheduler/scheduler_config.json` and `model_index.json`. Fails, writing nothing, when the
+/// network cannot denoise the VAE's latents.
 pub fn write_latent_pipeline(
     dir: &Path,
     unet_dir: &Path,
     vae_dir: &Path,
     scheduler: &serde_json::Map<String, serde_json::Value>,
 ) -> Result<()> {
-    crate::pipeline::check_latent_pair(&read_unet_config(unet_dir)?, &read_vae_config(vae_dir)?)?;
+    let net = read_config::<DenoiserNet>(unet_dir)?;
+    crate::pipeline::check_latent_channels(&net, &read_vae_config(vae_dir)?)?;
     let write = |path: &Path, bytes: &[u8]| -> Result<()> {
         std::fs::create_dir_all(path.parent().expect("a file in a folder"))
             .map_err(io_err(path))?;
         diffuse_data::fs::write_atomic(path, bytes).map_err(|e| Error::Weights(e.to_string()))
     };
-    copy_model_folder(unet_dir, &dir.join("unet"))?;
+    copy_model_folder(unet_dir, &dir.join(net.component()))?;
     copy_model_folder(vae_dir, &dir.join("vae"))?;
     let class = scheduler
         .get("_class_name")
@@ -170,7 +247,7 @@ pub fn write_latent_pipeline(
     )?;
     write(
         &dir.join("model_index.json"),
-        text(&model_index(class, true)).as_bytes(),
+        text(&pipeline_index(&net, class, true)).as_bytes(),
     )
 }
 
@@ -242,6 +319,11 @@ pub fn build_unet(config: &UNet2DConfig, device: &Device) -> Result<(UNet2DModel
 
 /// Loads a UNet folder for inference (see [`load`]).
 pub fn load_unet(dir: &Path, device: &Device) -> Result<(UNet2DModel, VarMap)> {
+    load(dir, device)
+}
+
+/// Loads a UNet or DiT model folder (by its config's `_class_name`) for inference (see [`load`]).
+pub fn load_net(dir: &Path, device: &Device) -> Result<(DenoiserNet, VarMap)> {
     load(dir, device)
 }
 

@@ -10,38 +10,10 @@ use diffuse_core::sampler::{sample, Sampler};
 use diffuse_models::denoise::UNetDenoiser;
 use diffuse_models::weights::{self, load_unet, resolve_model_folder, save_unet};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
-fn load_st(path: &Path) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(path, &Device::Cpu).unwrap()
-}
-
-/// max |a − b| / max |b|.
-fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
-    let d: f32 = (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar()
-        .unwrap();
-    let m: f32 = b.abs().unwrap().max_all().unwrap().to_scalar().unwrap();
-    d / m
-}
-
-fn timesteps(t: &Tensor) -> Vec<f32> {
-    t.to_dtype(DType::F32)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
-}
+mod common;
+use common::{fixtures, load_st, rel_err, timesteps};
 
 fn run_io(model_dir: &Path, io: &Path) -> (Tensor, Tensor) {
     let (model, _) = load_unet(model_dir, &Device::Cpu).unwrap();

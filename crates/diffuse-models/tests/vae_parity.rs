@@ -9,6 +9,9 @@ use diffuse_models::weights::{self, load_vae, read_vae_config, save_vae};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+mod common;
+use common::rel_err;
+
 const NAMES: [&str; 3] = ["rgb_attn", "gray_plain", "single_level"];
 
 fn fixture(name: &str) -> PathBuf {
@@ -17,21 +20,6 @@ fn fixture(name: &str) -> PathBuf {
 
 fn io(name: &str) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(fixture(name).join("io.safetensors"), &Device::Cpu).unwrap()
-}
-
-/// max |a − b| / max |b|.
-fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    let d: f32 = (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar()
-        .unwrap();
-    let m: f32 = b.abs().unwrap().max_all().unwrap().to_scalar().unwrap();
-    d / m
 }
 
 #[test]
@@ -170,7 +158,7 @@ fn latent_ddim_loop_and_decode_match_diffusers() {
         Some(weights::LATENT_PIPELINE_CLASS)
     );
     let dev = Device::Cpu;
-    let (unet, _) = weights::load_unet(&folder.unet_dir, &dev).unwrap();
+    let (unet, _) = weights::load_net(&folder.unet_dir, &dev).unwrap();
     let (vae, _) = load_vae(folder.vae_dir.as_ref().unwrap(), &dev).unwrap();
     let text = std::fs::read_to_string(folder.scheduler_config.unwrap()).unwrap();
     let sampler = Sampler::new(&SchedulerConfig::from_json_str(&text).unwrap(), 4).unwrap();

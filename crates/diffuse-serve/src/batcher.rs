@@ -1,7 +1,7 @@
 //! The batching queue: requests for one model that need the same number of model calls (and
 //! image size) are denoised together, up to `max_batch` images, waiting at most `max_wait`.
 //! Each request keeps its own sampler plan, sampler state, noise streams, labels and guidance
-//! scale; only the UNet call is shared (it takes a timestep per row). Inference runs on a
+//! scale; only the network call (UNet or DiT) is shared (it takes a timestep per row). Inference runs on a
 //! plain thread per model, off the async runtime. A latent pipeline's VAE decodes each job's
 //! latents after the loop.
 
@@ -9,7 +9,7 @@ use crate::metrics::Metrics;
 use candle_core::{DType, Device, Shape, Tensor};
 use diffuse_core::rng::{NoiseSource, SeededNoise};
 use diffuse_core::sampler::{Sampler, SamplerState};
-use diffuse_models::{AutoencoderKL, UNet2DModel};
+use diffuse_models::{AutoencoderKL, DenoiserNet};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -74,7 +74,7 @@ pub struct BatchConfig {
 impl Batcher {
     /// Starts the worker thread for `model` (and `vae`, for a latent pipeline).
     pub fn start(
-        model: Arc<UNet2DModel>,
+        model: Arc<DenoiserNet>,
         vae: Option<Arc<AutoencoderKL>>,
         device: Device,
         config: BatchConfig,
@@ -131,7 +131,7 @@ fn key(j: &Job) -> (usize, (usize, usize)) {
 
 fn worker(
     shared: Arc<Shared>,
-    model: Arc<UNet2DModel>,
+    model: Arc<DenoiserNet>,
     vae: Option<Arc<AutoencoderKL>>,
     device: Device,
     config: BatchConfig,
@@ -196,7 +196,7 @@ struct Running {
 const VAE_SLICE: usize = 8;
 
 fn run_batch(
-    model: &UNet2DModel,
+    model: &DenoiserNet,
     vae: Option<&AutoencoderKL>,
     device: &Device,
     jobs: Vec<Job>,
@@ -206,7 +206,7 @@ fn run_batch(
     let batch_images: usize = jobs.iter().map(|j| j.n).sum();
     metrics.observe_batch(batch_images);
     let mut running = Vec::with_capacity(jobs.len());
-    let c = model.config().in_channels;
+    let c = model.in_channels();
     for job in jobs {
         if job.cancel.load(Ordering::SeqCst) {
             metrics.cancelled();
@@ -278,7 +278,7 @@ fn run_batch(
 }
 
 /// One model call for every running job, then each job's own sampler step.
-fn step_all(model: &UNet2DModel, running: &mut [Running], i: usize) -> Result<(), String> {
+fn step_all(model: &DenoiserNet, running: &mut [Running], i: usize) -> Result<(), String> {
     let err = |e: &dyn std::fmt::Display| e.to_string();
     let mut inputs = Vec::new();
     let mut ts: Vec<f32> = Vec::new();
@@ -309,7 +309,7 @@ fn step_all(model: &UNet2DModel, running: &mut [Running], i: usize) -> Result<()
         None
     };
     let out = model
-        .forward(&x_all, &ts, label_tensor.as_ref())
+        .predict(&x_all, &ts, label_tensor.as_ref())
         .map_err(|e| err(&e))?;
     let mut row = 0;
     for r in running.iter_mut() {

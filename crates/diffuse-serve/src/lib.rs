@@ -1,4 +1,5 @@
-//! diffuse-serve: an HTTP image-generation service over diffusers UNet2DModel pipelines.
+//! diffuse-serve: an HTTP image-generation service over diffusers pipelines (UNet2DModel or
+//! DiTTransformer2DModel, pixel or latent).
 //!
 //! `app(state)` is the whole service as an axum `Router` (tested without a socket, as in axum's
 //! `examples/testing`): `POST /v1/images/generations` (JSON or server-sent events),
@@ -60,7 +61,8 @@ impl Default for ServeConfig {
 /// A loaded model and its queue.
 pub struct ModelEntry {
     pub id: String,
-    pub model: Arc<diffuse_models::UNet2DModel>,
+    /// The denoising network (UNet or DiT).
+    pub model: Arc<diffuse_models::DenoiserNet>,
     /// The pipeline's scheduler config (DDIM defaults for a bare UNet folder).
     pub scheduler: Map<String, Value>,
     /// Default image size (for a latent pipeline: the UNet's sample_size times the VAE's downscale).
@@ -72,10 +74,7 @@ pub struct ModelEntry {
 
 impl ModelEntry {
     fn num_classes(&self) -> Option<usize> {
-        match self.model.config().class_embedding() {
-            diffuse_models::config::ClassEmbedding::Table(n) => Some(n),
-            _ => None,
-        }
+        self.model.num_classes()
     }
 }
 
@@ -102,19 +101,20 @@ impl AppState {
         }
     }
 
-    /// Loads a pipeline or UNet folder and starts its batcher; the id is the folder name.
+    /// Loads a pipeline or model (UNet, DiT) folder and starts its batcher; the id is the folder
+    /// name.
     pub fn add_model(&mut self, dir: &std::path::Path, device: &Device) -> Result<String, String> {
         let folder =
             diffuse_models::weights::resolve_model_folder(dir).map_err(|e| e.to_string())?;
         // Prefer the EMA weights of a `diffuse train` output, as `diffuse sample` does.
         let unet_dir = folder.ema_unet_dir.as_ref().unwrap_or(&folder.unet_dir);
         let (model, _) =
-            diffuse_models::weights::load_unet(unet_dir, device).map_err(|e| e.to_string())?;
+            diffuse_models::weights::load_net(unet_dir, device).map_err(|e| e.to_string())?;
         let vae = match &folder.vae_dir {
             Some(d) => {
                 let (vae, _) =
                     diffuse_models::weights::load_vae(d, device).map_err(|e| e.to_string())?;
-                diffuse_models::pipeline::check_latent_pair(model.config(), vae.config())
+                diffuse_models::pipeline::check_latent_channels(&model.config(), vae.config())
                     .map_err(|e| e.to_string())?;
                 Some(Arc::new(vae))
             }
@@ -131,7 +131,7 @@ impl AppState {
             None => Map::from_iter([("_class_name".into(), "DDIMScheduler".into())]),
         };
         SchedulerConfig::from_json_map(&scheduler).map_err(|e| e.to_string())?;
-        let (h, w) = model.config().sample_hw().unwrap_or((32 / f, 32 / f));
+        let (h, w) = model.sample_hw().unwrap_or((32 / f, 32 / f));
         let size = (h * f, w * f);
         let id = dir
             .canonicalize()
@@ -233,12 +233,12 @@ async fn list_models(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Resp
         .models
         .values()
         .map(|m| {
-            let c = m.model.config();
             json!({
                 "id": m.id,
                 "object": "model",
                 "sample_size": [m.size.0, m.size.1],
-                "in_channels": c.in_channels,
+                "in_channels": m.model.in_channels(),
+                "network": m.model.config().class_name(),
                 "latent": m.vae.is_some(),
                 "class_conditional": m.model.is_class_conditional(),
                 "num_classes": m.num_classes(),

@@ -460,7 +460,7 @@ async fn serves_a_latent_pipeline_decoding_with_its_vae() {
     assert_eq!(st, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
     let r = json_of(&b);
     // The same as the library's latent pipeline with the same seed.
-    let (unet, _) = weights::load_unet(&unet_dir, &Device::Cpu).unwrap();
+    let (unet, _) = weights::load_net(&unet_dir, &Device::Cpu).unwrap();
     let (vae, _) = weights::load_vae(&vae_dir, &Device::Cpu).unwrap();
     let cfg = diffuse_core::config::SchedulerConfig::from_json_map(&sched).unwrap();
     let sampler = diffuse_core::sampler::Sampler::new(&cfg, 3).unwrap();
@@ -503,6 +503,107 @@ async fn serves_a_latent_pipeline_decoding_with_its_vae() {
             .contains("multiple of 8"),
         "{e}"
     );
+}
+
+#[tokio::test]
+async fn serves_a_pixel_dit_pipeline() {
+    use diffuse_models::pipeline::{generate, GenerateOptions};
+    use diffuse_models::weights;
+    // A pixel-space DiTPipeline folder: transformer/ (dit_p2_rgb: 3 channels, 5 classes + null),
+    // scheduler/, model_index.json with "vae": [null, null].
+    let tmp = tempfile::tempdir().unwrap();
+    let pipe = tmp.path().join("dit");
+    let dit_dir = fixtures().join("dit_p2_rgb");
+    weights::copy_model_folder(&dit_dir, &pipe.join("transformer")).unwrap();
+    std::fs::create_dir_all(pipe.join("scheduler")).unwrap();
+    let sched_path = fixtures().join("pipeline_dit/scheduler/scheduler_config.json");
+    std::fs::copy(&sched_path, pipe.join("scheduler/scheduler_config.json")).unwrap();
+    let (net, _) = weights::load_net(&dit_dir, &Device::Cpu).unwrap();
+    let index = weights::pipeline_index(&net.config(), "DDIMScheduler", false);
+    std::fs::write(pipe.join("model_index.json"), index.to_string()).unwrap();
+
+    let mut s = AppState::new(ServeConfig::default(), Arc::new(Metrics::default()));
+    s.add_model(&pipe, &Device::Cpu).unwrap();
+    let app = app(Arc::new(s));
+    let (st, _, b) = call(&app, get("/v1/models")).await;
+    assert_eq!(st, StatusCode::OK);
+    let m = &json_of(&b)["data"][0];
+    assert_eq!(
+        (
+            &m["network"],
+            &m["num_classes"],
+            &m["latent"],
+            &m["sample_size"]
+        ),
+        (
+            &json!("DiTTransformer2DModel"),
+            &json!(6),
+            &json!(false),
+            &json!([12, 12])
+        )
+    );
+    let req = json!({"model": "dit", "n": 2, "steps": 3, "seed": 5, "class_label": 4, "guidance_scale": 2.0});
+    let (st, _, b) = call(&app, post(req)).await;
+    assert_eq!(st, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    let r = json_of(&b);
+    // The same as the library's pipeline with the same seed, class and guidance.
+    let text = std::fs::read_to_string(&sched_path).unwrap();
+    let cfg = diffuse_core::config::SchedulerConfig::from_json_str(&text).unwrap();
+    let sampler = diffuse_core::sampler::Sampler::new(&cfg, 3).unwrap();
+    let opts = GenerateOptions {
+        num_images: 2,
+        seed: 5,
+        size: (12, 12),
+        class_labels: Some(vec![4]),
+        guidance_scale: 2.0,
+        ..Default::default()
+    };
+    let want = generate(&net, &sampler, &opts, &Device::Cpu, &mut |_| {
+        std::ops::ControlFlow::Continue(())
+    })
+    .unwrap();
+    for i in 0..2 {
+        let img = decode_png(r["data"][i]["b64_json"].as_str().unwrap()).to_rgb8();
+        assert_eq!(img.dimensions(), (12, 12));
+        let w: Vec<f32> = want
+            .get(i)
+            .unwrap()
+            .permute((1, 2, 0))
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let d = img
+            .as_raw()
+            .iter()
+            .zip(&w)
+            .map(|(&p, &x)| (p as f32 - ((x.clamp(-1.0, 1.0) + 1.0) * 127.5)).abs())
+            .fold(0f32, f32::max);
+        assert!(d <= 1.0, "image {i} differs by {d} levels");
+    }
+    let bad = StatusCode::BAD_REQUEST;
+    let e = expect_error(
+        &app,
+        post(json!({"model": "dit", "size": 13, "class_label": 1})),
+        bad,
+        Some("size"),
+    )
+    .await;
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("multiple of 2"),
+        "{e}"
+    );
+    expect_error(
+        &app,
+        post(json!({"model": "dit", "class_label": 6})),
+        bad,
+        Some("class_label"),
+    )
+    .await;
 }
 
 /// A model whose scheduler config records `num_inference_steps` (a distilled student) is

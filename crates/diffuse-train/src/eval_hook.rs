@@ -17,8 +17,9 @@ use diffuse_eval::images::{DatasetImages, ImageBatch, MemoryImages};
 use diffuse_eval::inception::InceptionV3;
 use diffuse_eval::metrics::Features;
 use diffuse_eval::resize::ResizeMode;
+use diffuse_models::net::DenoiserNet;
 use diffuse_models::pipeline::{decode_latents, generate, GenerateOptions};
-use diffuse_models::{AutoencoderKL, UNet2DModel};
+use diffuse_models::AutoencoderKL;
 use serde::{Deserialize, Serialize};
 
 fn d_samples() -> usize {
@@ -181,7 +182,7 @@ impl EvalHook {
     /// `eval/<metric>` values plus `eval/sample_s`.
     pub(crate) fn run(
         &self,
-        model: &UNet2DModel,
+        model: &DenoiserNet,
         vae: Option<&AutoencoderKL>,
         classes: Option<usize>,
         size: (usize, usize),

@@ -14,7 +14,7 @@ use candle_core::{DType, Tensor};
 use diffuse_core::config::PredictionType;
 use diffuse_core::noising;
 use diffuse_core::schedule::NoiseSchedule;
-use diffuse_models::{AutoencoderKL, UNet2DModel};
+use diffuse_models::{AutoencoderKL, DenoiserNet};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
@@ -156,9 +156,11 @@ pub struct LossParts {
     pub timesteps: Vec<f32>,
 }
 
-/// The loss of `model` on clean images `x0` [b, c, h, w] (labels per sample if conditional).
+/// The loss of `model` (a UNet or DiT) on clean images `x0` [b, c, h, w] (labels per sample if
+/// conditional). A DiT's learned-variance half is not trained (no variational bound term): the
+/// loss is on the prediction only ([`DenoiserNet::predict`]).
 pub fn diffusion_loss(
-    model: &UNet2DModel,
+    model: &DenoiserNet,
     schedule: &NoiseSchedule,
     x0: &Tensor,
     labels: Option<&[u32]>,
@@ -171,7 +173,7 @@ pub fn diffusion_loss(
 /// [`diffusion_loss`] with the noise ε given (reflow: x₀ paired with the noise it came from);
 /// `None` draws it from `rng`.
 pub fn diffusion_loss_with_noise(
-    model: &UNet2DModel,
+    model: &DenoiserNet,
     schedule: &NoiseSchedule,
     x0: &Tensor,
     noise: Option<&Tensor>,
@@ -234,7 +236,7 @@ pub fn diffusion_loss_with_noise(
         };
         (x_t, target, ts.iter().map(|&t| t as f32).collect(), weights)
     };
-    let pred = model.forward(&x_t, &model_t, label_t.as_ref())?;
+    let pred = model.predict(&x_t, &model_t, label_t.as_ref())?;
     let mse = noising::mse_per_sample(&pred.to_dtype(DType::F32)?, &target.to_dtype(DType::F32)?)?; // [b]
     let loss = match weights {
         Some(w) => {

@@ -19,7 +19,8 @@
 //!   with the student's recommended step count (`num_inference_steps`, which `diffuse sample`
 //!   takes as its default `--steps`).
 //!
-//! Teachers: flow-matching pipelines (solved with `flow_heun` or `flow_euler`), and also ε/v/x₀
+//! Teachers (UNet or DiT, pixel or latent): flow-matching pipelines (solved with `flow_heun` or
+//! `flow_euler`), and also ε/v/x₀
 //! diffusion pipelines, solved with any deterministic sampler (DDIM η = 0, DPM-Solver++,
 //! UniPC, Euler, Heun, PNDM): their probability-flow ODE couples z and x₀ just the same, and
 //! the student is a flow-matching model either way.
@@ -32,8 +33,8 @@ use diffuse_core::rng::{NoiseSource, SeededNoise};
 use diffuse_core::sampler::Sampler;
 use diffuse_data::loader::Position;
 use diffuse_models::pipeline::{generate, GenerateOptions};
-use diffuse_models::weights::{load_unet, load_vae, resolve_model_folder, ModelFolder};
-use diffuse_models::{AutoencoderKL, UNet2DModel};
+use diffuse_models::weights::{load_net, load_vae, resolve_model_folder, ModelFolder};
+use diffuse_models::{AutoencoderKL, DenoiserNet};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -127,7 +128,8 @@ impl Default for PairOptions {
 pub struct Teacher {
     pub dir: PathBuf,
     pub folder: ModelFolder,
-    pub model: UNet2DModel,
+    /// The denoising network (a UNet or a DiT).
+    pub model: DenoiserNet,
     pub vae: Option<AutoencoderKL>,
     /// Its scheduler config as written.
     pub scheduler: Map<String, Value>,
@@ -172,11 +174,11 @@ pub fn open_teacher(dir: &Path, no_ema: bool, device: &Device) -> Result<Teacher
         (Some(ema), false) => ema.clone(),
         _ => folder.unet_dir.clone(),
     };
-    let (model, _) = load_unet(&unet_dir, device).map_err(|e| err(&e))?;
+    let (model, _) = load_net(&unet_dir, device).map_err(|e| err(&e))?;
     let vae = match &folder.vae_dir {
         Some(d) => {
             let (vae, _) = load_vae(d, device).map_err(|e| err(&e))?;
-            diffuse_models::pipeline::check_latent_pair(model.config(), vae.config())
+            diffuse_models::pipeline::check_latent_channels(&model.config(), vae.config())
                 .map_err(|e| err(&e))?;
             Some(vae)
         }
@@ -187,21 +189,17 @@ pub fn open_teacher(dir: &Path, no_ema: bool, device: &Device) -> Result<Teacher
         .map_err(|e| err(&format!("{}: malformed JSON: {e}", sched_path.display())))?;
     let scheduler_config = SchedulerConfig::from_json_map(&scheduler)
         .map_err(|e| err(&format!("{}: {e}", sched_path.display())))?;
-    let cfg = model.config();
-    let (h, w) = cfg
+    let (h, w) = model
         .sample_hw()
-        .ok_or_else(|| err(&"the UNet config has no sample_size"))?;
-    let classes = if model.is_class_conditional() {
-        match cfg.class_embedding() {
-            diffuse_models::config::ClassEmbedding::Table(n) => Some(n.saturating_sub(1).max(1)),
-            _ => {
-                return Err(err(
-                    &"class conditioning without a class table (num_class_embeds) is not supported",
-                ))
-            }
+        .ok_or_else(|| err(&"the network config has no sample_size"))?;
+    let classes = match (model.is_class_conditional(), model.num_classes()) {
+        (false, _) => None,
+        (true, Some(n)) => Some(n.saturating_sub(1).max(1)),
+        (true, None) => {
+            return Err(err(
+                &"class conditioning without a class table (num_class_embeds) is not supported",
+            ))
         }
-    } else {
-        None
     };
     let mut fingerprint = 0xcbf2_9ce4_8422_2325;
     for f in diffuse_models::weights::weight_files(&unet_dir)
@@ -216,7 +214,7 @@ pub fn open_teacher(dir: &Path, no_ema: bool, device: &Device) -> Result<Teacher
     }
     Ok(Teacher {
         dir: dir.to_path_buf(),
-        shape: [cfg.in_channels, h, w],
+        shape: [model.in_channels(), h, w],
         no_ema: no_ema && folder.ema_unet_dir.is_some(),
         folder,
         model,

@@ -1,8 +1,9 @@
 //! The training loop of `diffuse train`: one TOML file configures model, data, objective,
 //! optimizer and EMA; checkpoints are diffusers pipeline folders plus a training state, written
 //! atomically (a temporary folder renamed into place), and `resume` continues bit for bit.
-//! The same loop trains a diffusion UNet or, with a `[vae]` section, an AutoencoderKL
-//! (reconstruction + β-KL with warm-up, PSNR of reconstructions on held-out images).
+//! The same loop trains a diffusion UNet, a DiT (`[model] type = "dit"`) or, with a `[vae]`
+//! section, an AutoencoderKL (reconstruction + β-KL with warm-up, PSNR of reconstructions on
+//! held-out images).
 
 use crate::ema::{Ema, EmaConfig};
 use crate::lr::LrSchedule;
@@ -18,8 +19,8 @@ use diffuse_core::schedule::NoiseSchedule;
 use diffuse_data::datasets::{self, Dataset, Split};
 use diffuse_data::loader::{Loader, LoaderConfig, Position};
 use diffuse_data::transform::{Fit, Transform};
-use diffuse_models::weights::{build_unet, build_vae};
-use diffuse_models::{AutoencoderKL, AutoencoderKLConfig, UNet2DConfig, UNet2DModel};
+use diffuse_models::weights::build_vae;
+use diffuse_models::{AutoencoderKL, AutoencoderKLConfig, DenoiserConfig, DenoiserNet};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
@@ -222,8 +223,10 @@ pub struct VaeSection {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainConfig {
-    /// A diffusers UNet2DModel config (class labels get one extra "null" class when needed),
-    /// or an AutoencoderKL config with `[vae]`.
+    /// A diffusers UNet2DModel config (class labels get one extra "null" class when needed);
+    /// with `type = "dit"` a DiTTransformer2DModel config (`num_embeds_ada_norm` is set from the
+    /// data: its classes, or 0 for an unconditional model; the null class is the extra last
+    /// row); or an AutoencoderKL config with `[vae]`.
     pub model: Map<String, Value>,
     /// A diffusers scheduler config (default: DDPMScheduler's).
     #[serde(default)]
@@ -376,8 +379,16 @@ pub fn train(
     model_map.entry("in_channels").or_insert(ch.into());
     model_map.entry("out_channels").or_insert(ch.into());
     if let (Some(p), None) = (&d.pairs, &config.vae) {
+        // A DiT's null out_channels means in_channels; with learned σ it predicts 2× as many.
+        let dit = model_map.get("type").and_then(|v| v.as_str()) == Some("dit")
+            || model_map.get("_class_name").and_then(|v| v.as_str())
+                == Some("DiTTransformer2DModel");
         for key in ["in_channels", "out_channels"] {
-            if model_map[key].as_u64() != Some(ch as u64) {
+            let fits = match model_map[key].as_u64() {
+                None => model_map[key].is_null() && key == "out_channels",
+                Some(n) => n == ch as u64 || (dit && key == "out_channels" && n == 2 * ch as u64),
+            };
+            if !fits {
                 return Err(Error::Invalid(format!(
                     "data.pairs: {p} holds samples of shape {:?} but [model] has {key} = {}: the student must take and predict the teacher's samples",
                     match &source {
@@ -398,7 +409,7 @@ pub fn train(
         None => unet_task(config, model_map, classes, latent_vae, device)?,
         Some(v) => vae_task(config, v, model_map, device)?,
     };
-    diffuse_models::weights::seeded_init(&varmap, t.seed)?;
+    net.seeded_init(&varmap, t.seed)?;
     if let Some(dir) = &t.init_from {
         init_from(&varmap, Path::new(dir))?;
     }
@@ -663,7 +674,7 @@ pub fn train(
         if let (Some(hook), Net::Unet(u)) = (&eval_hook, &net) {
             if hook.due(step, step == t.max_steps || out_of_time) {
                 let names: Vec<String> = vars.iter().map(|(k, _)| k.clone()).collect();
-                let model = diffuse_models::weights::model_from_tensors(
+                let model: DenoiserNet = diffuse_models::weights::from_tensors(
                     &u.cfg,
                     ema_tensors(&varmap, &names, &ema),
                     device,
@@ -762,15 +773,16 @@ enum Batches {
     Pairs(crate::reflow::PairBatches),
 }
 
-/// What the loop trains: a diffusion UNet or an AutoencoderKL.
+/// What the loop trains: a diffusion network (UNet or DiT) or an AutoencoderKL.
 enum Net {
     Unet(Box<UnetTask>),
     Vae(Box<VaeTask>),
 }
 
+/// A diffusion network: a UNet or a DiT.
 struct UnetTask {
-    model: UNet2DModel,
-    cfg: UNet2DConfig,
+    model: DenoiserNet,
+    cfg: DenoiserConfig,
     schedule: NoiseSchedule,
     objective: ObjectiveConfig,
     sched_map: Map<String, Value>,
@@ -810,13 +822,39 @@ fn unet_task(
         None => None,
     };
     // A class table with one extra null class.
-    model_map
-        .entry("_class_name")
-        .or_insert("UNet2DModel".into());
-    if let Some(k) = classes {
-        model_map.insert("num_class_embeds".into(), (k + 1).into());
+    let kind = match model_map.remove("type") {
+        None => "unet".to_string(),
+        Some(Value::String(s)) => s,
+        Some(v) => {
+            return Err(Error::Invalid(format!(
+                "model.type: expected a string (unet, dit), got {v}"
+            )))
+        }
+    };
+    match kind.as_str() {
+        "unet" => {
+            model_map
+                .entry("_class_name")
+                .or_insert("UNet2DModel".into());
+            if let Some(k) = classes {
+                model_map.insert("num_class_embeds".into(), (k + 1).into());
+            }
+        }
+        "dit" => {
+            model_map
+                .entry("_class_name")
+                .or_insert("DiTTransformer2DModel".into());
+            // The DiT's label table always has the null class as its extra last row.
+            model_map.insert("num_embeds_ada_norm".into(), classes.unwrap_or(0).into());
+        }
+        other => {
+            return Err(Error::Invalid(format!(
+                "model.type: unknown value {other:?}; allowed: unet, dit"
+            )))
+        }
     }
-    let unet_cfg = UNet2DConfig::from_json_str(&Value::Object(model_map).to_string())?;
+    let unet_cfg = DenoiserConfig::from_json_str(&Value::Object(model_map).to_string())
+        .map_err(|e| Error::Invalid(format!("[model] ({kind}): {e}")))?;
     let mut sched_map = config.scheduler.clone();
     sched_map
         .entry("_class_name")
@@ -849,7 +887,7 @@ fn unet_task(
         NoiseSchedule::from_config(&sched_cfg)?
     };
 
-    let (model, varmap) = build_unet(&unet_cfg, device)?;
+    let (model, varmap) = diffuse_models::weights::build::<DenoiserNet>(&unet_cfg, device)?;
     let objective = ObjectiveConfig {
         prediction,
         min_snr_gamma: t.snr_gamma,
@@ -865,7 +903,7 @@ fn unet_task(
         flow_num_train_timesteps: sched_cfg.num_train_timesteps,
     };
     if let Some((v, _)) = &vae {
-        diffuse_models::pipeline::check_latent_pair(&unet_cfg, v.config())?;
+        diffuse_models::pipeline::check_latent_channels(&unet_cfg, v.config())?;
     }
     let task = UnetTask {
         model,
@@ -944,16 +982,17 @@ fn parse_fit(fit: &str) -> Result<Fit> {
 }
 
 impl Net {
-    /// The model's folder name in checkpoints and the output (`unet`, `vae`; EMA in `*_ema`).
+    /// The model's folder name in checkpoints and the output (`unet`, `transformer`, `vae`;
+    /// EMA in `*_ema`).
     fn component(&self) -> &'static str {
         match self {
-            Net::Unet(_) => "unet",
+            Net::Unet(u) => u.cfg.component(),
             Net::Vae(_) => "vae",
         }
     }
 
-    /// Files beside the weights in every checkpoint and the output: configs, and for a UNet
-    /// the scheduler and `model_index.json` of a pipeline.
+    /// Files beside the weights in every checkpoint and the output: configs, and for a UNet or
+    /// DiT the scheduler and `model_index.json` of a pipeline.
     fn files(&self) -> Files {
         let text = |v: &Value| serde_json::to_string_pretty(v).expect("json").into_bytes();
         let config = match self {
@@ -968,7 +1007,7 @@ impl Net {
         if let Net::Unet(u) = self {
             let sched = sched_cfg_json(&u.sched_map);
             let class = sched["_class_name"].as_str().unwrap_or("DDPMScheduler");
-            let index = diffuse_models::weights::model_index(class, u.vae.is_some());
+            let index = diffuse_models::weights::pipeline_index(&u.cfg, class, u.vae.is_some());
             files.push(("scheduler/scheduler_config.json".into(), text(&sched)));
             files.push(("model_index.json".into(), text(&index)));
             if let Some((_, vae_files)) = &u.vae {
@@ -978,10 +1017,19 @@ impl Net {
         files
     }
 
-    /// Whether a variable is trained (diffusers keeps the Fourier projection fixed).
+    /// Seeded initialization of the fresh weights: PyTorch's layer defaults (UNet, VAE), the
+    /// DiT paper's adaLN-Zero init for a DiT.
+    fn seeded_init(&self, varmap: &candle_nn::VarMap, seed: u64) -> Result<()> {
+        match self {
+            Net::Unet(u) => Ok(u.cfg.seeded_init(varmap, seed)?),
+            Net::Vae(_) => Ok(diffuse_models::weights::seeded_init(varmap, seed)?),
+        }
+    }
+
+    /// Whether a variable is trained (diffusers keeps a UNet's Fourier projection fixed).
     fn trainable(&self, name: &str) -> bool {
         match self {
-            Net::Unet(u) => name != "time_proj.weight" || u.cfg.time_embedding_type != "fourier",
+            Net::Unet(u) => u.cfg.trainable(name),
             Net::Vae(_) => true,
         }
     }
@@ -1046,7 +1094,8 @@ impl Net {
         let tensors = ema_tensors(varmap, names, ema);
         let (grid, cols, metrics) = match self {
             Net::Unet(u) => {
-                let model = diffuse_models::weights::model_from_tensors(&u.cfg, tensors, device)?;
+                let model: DenoiserNet =
+                    diffuse_models::weights::from_tensors(&u.cfg, tensors, device)?;
                 let (mut images, cols) = sample_grid(&model, &u.sched_cfg, classes, t, device)?;
                 if let Some((vae, _)) = &u.vae {
                     images = diffuse_models::pipeline::decode_latents(vae, &images, 16)?;
@@ -1360,7 +1409,12 @@ fn init_config(dir: &Path) -> Result<Map<String, Value>> {
         .unwrap_or(folder.unet_dir)
         .join(diffuse_models::weights::CONFIG_NAME);
     let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
-    serde_json::from_str(&text).map_err(|e| err(&format!("{}: {e}", path.display())))
+    let mut map: Map<String, Value> =
+        serde_json::from_str(&text).map_err(|e| err(&format!("{}: {e}", path.display())))?;
+    if map.get("_class_name").and_then(|c| c.as_str()) == Some("DiTTransformer2DModel") {
+        map.insert("type".into(), "dit".into());
+    }
+    Ok(map)
 }
 
 /// Overwrites the fresh weights with those of a pipeline folder (its EMA UNet when there is
@@ -1422,13 +1476,12 @@ pub(crate) fn preview_scheduler(
 /// Samples for a grid from `model` (the EMA weights): one row per class (or 8×8
 /// unconditional), fixed seed. Returns the images and the grid's column count.
 fn sample_grid(
-    model: &UNet2DModel,
+    model: &DenoiserNet,
     sched_cfg: &SchedulerConfig,
     classes: Option<usize>,
     t: &TrainSection,
     device: &Device,
 ) -> Result<(Tensor, usize)> {
-    let unet_cfg = model.config();
     let sched = preview_scheduler(sched_cfg, None)?;
     let sampler = diffuse_core::sampler::Sampler::new(&sched, t.sample_steps)?;
     let (labels, cols) = match classes {
@@ -1441,7 +1494,7 @@ fn sample_grid(
         None => (vec![], 8),
     };
     let n = if labels.is_empty() { 64 } else { labels.len() };
-    let size = unet_cfg.sample_hw().unwrap_or((32, 32));
+    let size = model.sample_hw().unwrap_or((32, 32));
     let opts = diffuse_models::pipeline::GenerateOptions {
         num_images: n,
         batch_size: n.min(80),

@@ -417,3 +417,45 @@ fn a_latent_teacher_gives_a_latent_student() {
     let s = open_teacher(&out, false, &Device::Cpu).unwrap();
     assert!(s.vae.is_some());
 }
+
+/// A DiT flow teacher (the unconditional `dit_p4_uncond` fixture's weights in a pipeline with a
+/// FlowMatch scheduler): its student is a DiT pipeline again.
+#[test]
+fn a_dit_teacher_gives_a_dit_student() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../diffuse-models/tests/fixtures/dit_p4_uncond");
+    let tdir = dir.path().join("teacher");
+    std::fs::create_dir_all(tdir.join("transformer")).unwrap();
+    for f in ["config.json", "diffusion_pytorch_model.safetensors"] {
+        std::fs::copy(src.join(f), tdir.join("transformer").join(f)).unwrap();
+    }
+    std::fs::create_dir_all(tdir.join("scheduler")).unwrap();
+    std::fs::write(tdir.join("scheduler/scheduler_config.json"), FLOW).unwrap();
+    let net = diffuse_models::weights::read_config::<diffuse_models::DenoiserNet>(
+        &tdir.join("transformer"),
+    )
+    .unwrap();
+    let index =
+        diffuse_models::weights::pipeline_index(&net, "FlowMatchEulerDiscreteScheduler", false);
+    std::fs::write(tdir.join("model_index.json"), index.to_string()).unwrap();
+    let t = open_teacher(&tdir, false, &Device::Cpu).unwrap();
+    assert_eq!((t.shape, t.classes), ([1, 16, 16], None));
+    let out = dir.path().join("student");
+    let o = PairOptions {
+        guidance_scale: 1.0,
+        num_pairs: 3,
+        ..opts()
+    };
+    pairs(&t, &out.join("pairs"), &o).unwrap();
+    let user = "[data]\nbatch_size = 3\n[train]\nmax_steps = 1\n";
+    let cfg = student_config(&t, &out.join("pairs"), Some(user), 1).unwrap();
+    let never = AtomicBool::new(false);
+    train(&cfg, &out, false, &Device::Cpu, &never, &mut |_| {}).unwrap();
+    assert!(out
+        .join("transformer_ema/diffusion_pytorch_model.safetensors")
+        .exists());
+    let s = open_teacher(&out, false, &Device::Cpu).unwrap();
+    assert_eq!(s.shape, [1, 16, 16]);
+    assert_eq!(s.scheduler_config.num_inference_steps, Some(1));
+}

@@ -7,7 +7,7 @@ use diffuse_core::schedule::NoiseSchedule;
 use diffuse_data::datasets::{Dataset, IdxDataset};
 use diffuse_data::transform::{Fit, Transform};
 use diffuse_models::weights::build_unet;
-use diffuse_models::UNet2DConfig;
+use diffuse_models::{DenoiserNet, UNet2DConfig};
 use diffuse_train::objective::{
     diffusion_loss, diffusion_loss_with_noise, draw_flow_sigmas, ObjectiveConfig, SigmaSampling,
     TrainRng,
@@ -48,6 +48,7 @@ fn batch() -> (Tensor, Vec<u32>) {
 fn train(prediction: PredictionType, steps: usize, seed: u64) -> Vec<f32> {
     let dev = Device::Cpu;
     let (model, varmap) = build_unet(&tiny_config(), &dev).unwrap();
+    let model = DenoiserNet::from(model);
     let mut vars: Vec<(String, Var)> = varmap
         .data()
         .lock()
@@ -134,6 +135,7 @@ fn rng_state_resumes_the_stream() {
     let mut a = TrainRng::new(9);
     let (x0, labels) = batch();
     let (model, _) = build_unet(&tiny_config(), &Device::Cpu).unwrap();
+    let model = DenoiserNet::from(model);
     let schedule =
         NoiseSchedule::from_config(&SchedulerConfig::default_for(SchedulerClass::Ddpm)).unwrap();
     let cfg = ObjectiveConfig {
@@ -162,6 +164,7 @@ fn rng_state_resumes_the_stream() {
 fn paired_noise_flow_loss_is_the_reflow_objective() {
     let (x0, labels) = batch();
     let (model, _) = build_unet(&tiny_config(), &Device::Cpu).unwrap();
+    let model = DenoiserNet::from(model);
     let schedule =
         NoiseSchedule::from_config(&SchedulerConfig::default_for(SchedulerClass::Ddpm)).unwrap();
     let z = Tensor::randn(0f32, 1.0, x0.shape(), &Device::Cpu).unwrap();
@@ -193,7 +196,7 @@ fn paired_noise_flow_loss_is_the_reflow_objective() {
     let x_t =
         (x0.broadcast_mul(&(1.0 - &s).unwrap()).unwrap() + z.broadcast_mul(&s).unwrap()).unwrap();
     let label_t = Tensor::from_vec(labels.clone(), 8, &Device::Cpu).unwrap();
-    let pred = model.forward(&x_t, &t, Some(&label_t)).unwrap();
+    let pred = model.predict(&x_t, &t, Some(&label_t)).unwrap();
     let want = (pred - (&z - &x0).unwrap())
         .unwrap()
         .sqr()

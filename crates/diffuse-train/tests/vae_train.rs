@@ -225,3 +225,56 @@ fn latent_diffusion_trains_into_a_latent_pipeline_and_resumes() {
     .to_string();
     assert!(e.contains("exactly one of `name`"), "{e}");
 }
+
+/// `[model] type = "dit"` on a latent cache: the output is diffusers' own DiTPipeline
+/// (`transformer/` over the VAE's latents, `vae/` beside), sample grids are decoded images.
+#[test]
+fn a_dit_trains_on_latents_into_a_dit_pipeline() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("latents");
+    latent_cache(&cache);
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/dit-mnist.toml"
+    ))
+    .unwrap();
+    let mut cfg = TrainConfig::from_toml(&text).unwrap();
+    for s in [
+        r#"data.name="""#.to_string(),
+        format!("data.latents={:?}", cache.to_str().unwrap()),
+        "data.batch_size=8".into(),
+        "model.num_layers=1".into(),
+        "model.num_attention_heads=2".into(),
+        "model.attention_head_dim=8".into(),
+        "train.max_steps=2".into(),
+        "train.checkpoint_every=2".into(),
+        "train.sample_every=2".into(),
+        "train.sample_steps=2".into(),
+    ] {
+        cfg.set(&s).unwrap();
+    }
+    let out = dir.path().join("dit");
+    let reports = run(&cfg, &out, false, None);
+    assert!(reports.iter().all(|r| r.1.is_finite()));
+    let index: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("model_index.json")).unwrap())
+            .unwrap();
+    assert_eq!(index["_class_name"], "DiTPipeline");
+    assert_eq!(
+        index["vae"],
+        serde_json::json!(["diffusers", "AutoencoderKL"])
+    );
+    let folder = diffuse_models::weights::resolve_model_folder(&out).unwrap();
+    assert!(folder
+        .ema_unet_dir
+        .as_ref()
+        .unwrap()
+        .ends_with("transformer_ema"));
+    assert!(folder.vae_dir.is_some());
+    let (net, _) = diffuse_models::weights::load_net(&folder.unet_dir, &Device::Cpu).unwrap();
+    assert_eq!(net.component(), "transformer");
+    assert_eq!((net.in_channels(), net.sample_hw()), (2, Some((4, 4))));
+    assert_eq!(net.num_classes(), Some(11));
+    let img = image::open(out.join("samples/step-2.png")).unwrap();
+    assert_eq!(img.width(), 8 * 16 + 7 * 2, "decoded 16 px images");
+}

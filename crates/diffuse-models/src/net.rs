@@ -1,0 +1,245 @@
+//! One type for "the denoising network" of a pipeline: a [`UNet2DModel`] or a
+//! [`DiTTransformer2DModel`]. Generation, serving, sampling and training take a
+//! [`DenoiserNet`]; its config ([`DenoiserConfig`]) is read from `config.json` by
+//! `_class_name`, so the generic `weights::{load, save, build}` handle both.
+//!
+//! The two differ only in what the rest of the code asks of them: channels, sample size, the
+//! size multiple, the class table (both keep the null class of guidance as their last label),
+//! and the pipeline component they live in (`unet/` or `transformer/`).
+
+use crate::dit::{split_learned_sigma, DiTTransformer2DModel};
+use crate::{DiTTransformer2DConfig, Error, Result, UNet2DConfig, UNet2DModel};
+use candle_core::Tensor;
+use candle_nn::{VarBuilder, VarMap};
+use serde::Serialize;
+
+/// The config of a denoising network, by diffusers `_class_name`.
+// A config or model exists once per loaded network and is not moved in hot paths: boxing the
+// larger variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum DenoiserConfig {
+    UNet(UNet2DConfig),
+    DiT(DiTTransformer2DConfig),
+}
+
+impl From<UNet2DConfig> for DenoiserConfig {
+    fn from(c: UNet2DConfig) -> Self {
+        DenoiserConfig::UNet(c)
+    }
+}
+
+impl From<DiTTransformer2DConfig> for DenoiserConfig {
+    fn from(c: DiTTransformer2DConfig) -> Self {
+        DenoiserConfig::DiT(c)
+    }
+}
+
+/// `_class_name`s of DiT configs (the hub's DiT checkpoints still say `Transformer2DModel`).
+const DIT_CLASSES: [&str; 2] = ["DiTTransformer2DModel", "Transformer2DModel"];
+
+impl DenoiserConfig {
+    /// Parses `config.json` text: a UNet2DModel (also when `_class_name` is absent, as before)
+    /// or a DiTTransformer2DModel; validated.
+    pub fn from_json_str(text: &str) -> Result<Self> {
+        let v: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| Error::Config(format!("config: {e}")))?;
+        match v.get("_class_name").and_then(|c| c.as_str()) {
+            Some(c) if DIT_CLASSES.contains(&c) => {
+                Ok(DiTTransformer2DConfig::from_json_str(text)?.into())
+            }
+            None | Some("UNet2DModel") => Ok(UNet2DConfig::from_json_str(text)?.into()),
+            Some(c) => Err(Error::Config(format!(
+                "config key `_class_name`: {c:?} is not a denoising network diffuse implements; \
+                 allowed: UNet2DModel, DiTTransformer2DModel"
+            ))),
+        }
+    }
+
+    pub fn to_json_string(&self) -> String {
+        serde_json::to_string_pretty(self).expect("serializable")
+    }
+
+    /// The pipeline component (and folder) that holds this network: `unet` or `transformer`.
+    pub fn component(&self) -> &'static str {
+        match self {
+            DenoiserConfig::UNet(_) => "unet",
+            DenoiserConfig::DiT(_) => "transformer",
+        }
+    }
+
+    /// The diffusers class name written into `model_index.json`.
+    pub fn class_name(&self) -> &'static str {
+        match self {
+            DenoiserConfig::UNet(_) => "UNet2DModel",
+            DenoiserConfig::DiT(_) => "DiTTransformer2DModel",
+        }
+    }
+
+    pub fn in_channels(&self) -> usize {
+        match self {
+            DenoiserConfig::UNet(c) => c.in_channels,
+            DenoiserConfig::DiT(c) => c.in_channels,
+        }
+    }
+
+    pub fn out_channels(&self) -> usize {
+        match self {
+            DenoiserConfig::UNet(c) => c.out_channels,
+            DenoiserConfig::DiT(c) => c.out_channels(),
+        }
+    }
+
+    /// Spatial size (height, width), if the config gives one.
+    pub fn sample_hw(&self) -> Option<(usize, usize)> {
+        match self {
+            DenoiserConfig::UNet(c) => c.sample_hw(),
+            DenoiserConfig::DiT(c) => Some((c.sample_size, c.sample_size)),
+        }
+    }
+
+    /// Whether weight `name` is trained (diffusers keeps a UNet's Fourier projection fixed).
+    pub fn trainable(&self, name: &str) -> bool {
+        match self {
+            DenoiserConfig::UNet(c) => {
+                name != "time_proj.weight" || c.time_embedding_type != "fourier"
+            }
+            DenoiserConfig::DiT(_) => true,
+        }
+    }
+
+    /// Re-initializes freshly built weights from `seed` the way each architecture's reference
+    /// code does (PyTorch layer defaults for the UNet; the DiT paper's adaLN-Zero init).
+    pub fn seeded_init(&self, varmap: &VarMap, seed: u64) -> Result<()> {
+        match self {
+            DenoiserConfig::UNet(_) => crate::weights::seeded_init(varmap, seed),
+            DenoiserConfig::DiT(_) => crate::dit::seeded_init(varmap, seed),
+        }
+    }
+}
+
+/// A denoising network: what pipelines, the server and the trainer run.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone)]
+pub enum DenoiserNet {
+    UNet(UNet2DModel),
+    DiT(DiTTransformer2DModel),
+}
+
+impl From<UNet2DModel> for DenoiserNet {
+    fn from(m: UNet2DModel) -> Self {
+        DenoiserNet::UNet(m)
+    }
+}
+
+impl From<DiTTransformer2DModel> for DenoiserNet {
+    fn from(m: DiTTransformer2DModel) -> Self {
+        DenoiserNet::DiT(m)
+    }
+}
+
+impl DenoiserNet {
+    pub fn new(config: &DenoiserConfig, vb: VarBuilder) -> Result<Self> {
+        Ok(match config {
+            DenoiserConfig::UNet(c) => DenoiserNet::UNet(UNet2DModel::new(c, vb)?),
+            DenoiserConfig::DiT(c) => DenoiserNet::DiT(DiTTransformer2DModel::new(c, vb)?),
+        })
+    }
+
+    /// The config (cloned into the enum).
+    pub fn config(&self) -> DenoiserConfig {
+        match self {
+            DenoiserNet::UNet(m) => m.config().clone().into(),
+            DenoiserNet::DiT(m) => m.config().clone().into(),
+        }
+    }
+
+    /// The full network output `[b, out_channels, h, w]` (a DiT's learned-variance half
+    /// included). `class_labels`: [b] integer labels; a DiT without labels uses its null class.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        timesteps: &[f32],
+        class_labels: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        match self {
+            DenoiserNet::UNet(m) => m.forward(x, timesteps, class_labels),
+            DenoiserNet::DiT(m) => m.forward(x, timesteps, class_labels),
+        }
+    }
+
+    /// What samplers and losses use: [`forward`](Self::forward) without a learned-variance
+    /// half (the first `in_channels` channels when `out_channels = 2 · in_channels`, as
+    /// diffusers' `DiTPipeline` splits it).
+    pub fn predict(
+        &self,
+        x: &Tensor,
+        timesteps: &[f32],
+        class_labels: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let out = self.forward(x, timesteps, class_labels)?;
+        Ok(split_learned_sigma(&out, self.in_channels())?.0)
+    }
+
+    pub fn in_channels(&self) -> usize {
+        match self {
+            DenoiserNet::UNet(m) => m.config().in_channels,
+            DenoiserNet::DiT(m) => m.config().in_channels,
+        }
+    }
+
+    pub fn out_channels(&self) -> usize {
+        match self {
+            DenoiserNet::UNet(m) => m.config().out_channels,
+            DenoiserNet::DiT(m) => m.config().out_channels(),
+        }
+    }
+
+    /// Spatial size (height, width) of the config, if it gives one.
+    pub fn sample_hw(&self) -> Option<(usize, usize)> {
+        match self {
+            DenoiserNet::UNet(m) => m.config().sample_hw(),
+            DenoiserNet::DiT(m) => Some((m.config().sample_size, m.config().sample_size)),
+        }
+    }
+
+    /// Height and width must divide by this.
+    pub fn size_multiple(&self) -> usize {
+        match self {
+            DenoiserNet::UNet(m) => m.size_multiple(),
+            DenoiserNet::DiT(m) => m.size_multiple(),
+        }
+    }
+
+    /// Whether the model needs (UNet) or was trained with (DiT) class labels.
+    pub fn is_class_conditional(&self) -> bool {
+        match self {
+            DenoiserNet::UNet(m) => m.is_class_conditional(),
+            DenoiserNet::DiT(m) => m.is_class_conditional(),
+        }
+    }
+
+    /// Rows of the integer class table, the null class of guidance (the last row) included:
+    /// labels are `0..n`. None without a class table (unconditional, or a UNet whose classes
+    /// enter another way).
+    pub fn num_classes(&self) -> Option<usize> {
+        match self {
+            DenoiserNet::UNet(m) => match m.config().class_embedding() {
+                crate::config::ClassEmbedding::Table(n) => Some(n),
+                _ => None,
+            },
+            DenoiserNet::DiT(m) => m
+                .is_class_conditional()
+                .then(|| m.config().num_classes() + 1),
+        }
+    }
+
+    /// The pipeline component that holds this network: `unet` or `transformer`.
+    pub fn component(&self) -> &'static str {
+        match self {
+            DenoiserNet::UNet(_) => "unet",
+            DenoiserNet::DiT(_) => "transformer",
+        }
+    }
+}
