@@ -12,7 +12,7 @@ mkdir -p "$OUT"
 # 1. The VAE (32 px, 4×8×8 latents) and the latent cache.
 [[ -d "$OUT/vae/vae_ema" ]] || "$BIN" train --config examples/vae-mnist.toml --output "$OUT/vae" \
   --set 'data.fit="resize"' --quiet
-[[ -f "$OUT/latents/index.json" ]] || "$BIN" data encode --vae "$OUT/vae/vae_ema" --data mnist \
+[[ -f "$OUT/latents/latents.json" ]] || "$BIN" data encode --vae "$OUT/vae/vae_ema" --data mnist \
   --size 32 --fit resize --output "$OUT/latents" --quiet
 # 2. Both UNets at once, one thread each, the same budget; constant LR after warm-up since
 #    neither knows how many steps it will reach.

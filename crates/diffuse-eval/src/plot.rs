@@ -165,7 +165,7 @@ fn legend_corner(
         }
     };
     let mut count = [0usize; 4]; // upper left, upper right, lower left, lower right
-    for &(x, y) in series.iter().flat_map(|s| &s.points) {
+    for &(x, y) in series.iter().filter(|s| !s.faint).flat_map(|s| &s.points) {
         let (u, v) = (unit(x, x0, x1, log_x), unit(y, y0, y1, log_y));
         if !(u.is_finite() && v.is_finite()) {
             continue;
