@@ -398,6 +398,23 @@ fn table_md(rows: &[Value], model: &Path, real: &str, num_real: usize) -> String
 /// One PNG per metric: value against sampling steps (log axis), a line per sampler, the real
 /// row as a flat reference line. Returns how many were written.
 fn plot_sweep(rows: &[Value], out: &Path, title: &str) -> Result<usize> {
+    // Rows of one sample count only (the most common): the small-sample bias differs between
+    // counts, so their metrics are not on one scale.
+    let mut counts: Vec<(u64, usize)> = Vec::new();
+    for r in rows {
+        let n = r["num_samples"].as_u64().unwrap_or(0);
+        match counts.iter_mut().find(|c| c.0 == n) {
+            Some(c) => c.1 += 1,
+            None => counts.push((n, 1)),
+        }
+    }
+    let n = counts.iter().max_by_key(|c| c.1).map_or(0, |c| c.0);
+    let rows: Vec<Value> = rows
+        .iter()
+        .filter(|r| r["num_samples"].as_u64().unwrap_or(0) == n)
+        .cloned()
+        .collect();
+    let rows = rows.as_slice();
     let mut written = 0;
     for (key, header, _) in COLUMNS.into_iter().filter(|c| c.0 != "gflops") {
         let mut series: Vec<Series> = Vec::new();
