@@ -595,7 +595,10 @@ mod tests {
         ];
         let md = table_md(&rows, Path::new("m"), "mnist", 1000);
         assert!(md.contains("| FID ↓ | class acc. ↑ |"), "{md}");
-        assert!(md.contains("| ddim | 10 | 10 | 100 | 12.25 | 0.900 |"), "{md}");
+        assert!(
+            md.contains("| ddim | 10 | 10 | 100 | 12.25 | 0.900 |"),
+            "{md}"
+        );
         assert!(
             md.contains("| *real test images* | – | – | 100 | 1.50 | – |"),
             "{md}"
