@@ -271,11 +271,61 @@ pub fn load_latents(dir: &Path, device: &Device) -> Result<LatentSet> {
 pub struct LatentBatches {
     set: LatentSet,
     batch_size: usize,
-    seed: u64,
     scaling_factor: f64,
     shift_factor: f64,
+    order: EpochOrder,
+}
+
+/// A seeded permutation per epoch of `n` items, handed out `batch_size` at a time (the rest
+/// of an epoch is dropped), with a checkpointable [`Position`]: the order of the tensor
+/// sources the trainer reads (latent caches, reflow pairs).
+#[derive(Debug, Clone)]
+pub struct EpochOrder {
+    n: usize,
+    batch_size: usize,
+    seed: u64,
     next: Position,
     perm: Option<(u64, Vec<u32>)>,
+}
+
+impl EpochOrder {
+    pub fn new(n: usize, batch_size: usize, seed: u64, start: Position) -> Self {
+        EpochOrder {
+            n,
+            batch_size,
+            seed,
+            next: start,
+            perm: None,
+        }
+    }
+
+    /// The position of the next batch.
+    pub fn position(&self) -> Position {
+        self.next
+    }
+
+    /// Indices of the next batch: epoch e is a shuffle by ChaCha8(seed) on stream e.
+    pub fn next_indices(&mut self) -> Vec<u32> {
+        let per_epoch = (self.n / self.batch_size) as u64;
+        if self.next.batch >= per_epoch {
+            self.next = Position {
+                epoch: self.next.epoch + 1,
+                batch: 0,
+            };
+        }
+        let epoch = self.next.epoch;
+        if self.perm.as_ref().map(|p| p.0) != Some(epoch) {
+            let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
+            rng.set_stream(epoch);
+            let mut p: Vec<u32> = (0..self.n as u32).collect();
+            p.shuffle(&mut rng);
+            self.perm = Some((epoch, p));
+        }
+        let perm = &self.perm.as_ref().expect("set above").1;
+        let start = self.next.batch as usize * self.batch_size;
+        self.next.batch += 1;
+        perm[start..start + self.batch_size].to_vec()
+    }
 }
 
 impl LatentBatches {
@@ -294,19 +344,17 @@ impl LatentBatches {
             )));
         }
         Ok(LatentBatches {
+            order: EpochOrder::new(set.index.count, batch_size, seed, start),
             set,
             batch_size,
-            seed,
             scaling_factor,
             shift_factor,
-            next: start,
-            perm: None,
         })
     }
 
     /// The position of the next batch.
     pub fn position(&self) -> Position {
-        self.next
+        self.order.position()
     }
 
     /// The next batch `[b, latent, h, w]` and its labels (for labelled caches).
@@ -314,26 +362,7 @@ impl LatentBatches {
         &mut self,
         noise: &mut dyn NoiseSource,
     ) -> Result<(Tensor, Option<Vec<u32>>)> {
-        let n = self.set.index.count;
-        let per_epoch = (n / self.batch_size) as u64;
-        if self.next.batch >= per_epoch {
-            self.next = Position {
-                epoch: self.next.epoch + 1,
-                batch: 0,
-            };
-        }
-        let epoch = self.next.epoch;
-        if self.perm.as_ref().map(|p| p.0) != Some(epoch) {
-            let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
-            rng.set_stream(epoch);
-            let mut p: Vec<u32> = (0..n as u32).collect();
-            p.shuffle(&mut rng);
-            self.perm = Some((epoch, p));
-        }
-        let perm = &self.perm.as_ref().expect("set above").1;
-        let start = self.next.batch as usize * self.batch_size;
-        let idx: Vec<u32> = perm[start..start + self.batch_size].to_vec();
-        self.next.batch += 1;
+        let idx = self.order.next_indices();
         let dev = self.set.mean.device().clone();
         let it = Tensor::from_vec(idx.clone(), self.batch_size, &dev)?;
         let mean = self.set.mean.index_select(&it, 0)?; // [b, latent, h, w]

@@ -32,12 +32,10 @@ use diffuse_core::config::{DpmAlgorithm, SchedulerClass, SchedulerConfig};
 use diffuse_core::rng::{NoiseSource, SeededNoise};
 use diffuse_core::sampler::Sampler;
 use diffuse_data::loader::Position;
+use diffuse_models::latent_cache::EpochOrder;
 use diffuse_models::pipeline::{generate, GenerateOptions};
 use diffuse_models::weights::{load_net, load_vae, resolve_model_folder, ModelFolder};
 use diffuse_models::{AutoencoderKL, DenoiserNet};
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::ops::ControlFlow;
@@ -569,9 +567,7 @@ pub fn load_pairs(dir: &Path, device: &Device) -> Result<PairSet> {
 pub struct PairBatches {
     set: PairSet,
     batch_size: usize,
-    seed: u64,
-    next: Position,
-    perm: Option<(u64, Vec<u32>)>,
+    order: EpochOrder,
 }
 
 impl PairBatches {
@@ -583,41 +579,20 @@ impl PairBatches {
             )));
         }
         Ok(PairBatches {
+            order: EpochOrder::new(set.index.count, batch_size, seed, start),
             set,
             batch_size,
-            seed,
-            next: start,
-            perm: None,
         })
     }
 
     /// The position of the next batch.
     pub fn position(&self) -> Position {
-        self.next
+        self.order.position()
     }
 
     /// The next batch: x₀ and z `[b, c, h, w]` and the labels of labelled pairs.
     pub fn next_batch(&mut self) -> Result<(Tensor, Tensor, Option<Vec<u32>>)> {
-        let n = self.set.index.count;
-        let per_epoch = (n / self.batch_size) as u64;
-        if self.next.batch >= per_epoch {
-            self.next = Position {
-                epoch: self.next.epoch + 1,
-                batch: 0,
-            };
-        }
-        let epoch = self.next.epoch;
-        if self.perm.as_ref().map(|p| p.0) != Some(epoch) {
-            let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
-            rng.set_stream(epoch);
-            let mut p: Vec<u32> = (0..n as u32).collect();
-            p.shuffle(&mut rng);
-            self.perm = Some((epoch, p));
-        }
-        let perm = &self.perm.as_ref().expect("set above").1;
-        let start = self.next.batch as usize * self.batch_size;
-        let idx: Vec<u32> = perm[start..start + self.batch_size].to_vec();
-        self.next.batch += 1;
+        let idx = self.order.next_indices();
         let it = Tensor::from_vec(idx.clone(), self.batch_size, self.set.x0.device())?;
         let x0 = self.set.x0.index_select(&it, 0)?;
         let z = self.set.noise.index_select(&it, 0)?;
