@@ -15,8 +15,8 @@ use diffuse_eval::inception::{self, InceptionV3};
 use diffuse_eval::metrics::{GaussianStats, KidOptions};
 use diffuse_eval::resize::ResizeMode;
 use diffuse_models::net::DenoiserNet;
-use diffuse_models::pipeline::{check_latent_channels, decode_latents, generate, GenerateOptions};
-use diffuse_models::weights::{load_net, load_vae, resolve_model_folder};
+use diffuse_models::pipeline::{decode_latents, generate, GenerateOptions};
+use diffuse_models::weights::resolve_model_folder;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Map;
 use std::ops::ControlFlow;
@@ -418,19 +418,7 @@ pub(crate) struct Generated {
 impl ModelSampler {
     pub fn load(dir: &Path, no_ema: bool, dev: &Device) -> Result<Self> {
         let folder = resolve_model_folder(dir)?;
-        let unet_dir = match (&folder.ema_unet_dir, no_ema) {
-            (Some(ema), false) => ema.clone(),
-            _ => folder.unet_dir.clone(),
-        };
-        let (model, _) = load_net(&unet_dir, dev)?;
-        let vae = match &folder.vae_dir {
-            Some(d) => {
-                let (vae, _) = load_vae(d, dev)?;
-                check_latent_channels(&model.config(), vae.config())?;
-                Some(vae)
-            }
-            None => None,
-        };
+        let (model, vae) = folder.load(no_ema, dev)?;
         let sched = match folder.scheduler_config.as_ref() {
             Some(p) => crate::read_json_object(p)?,
             None => Map::from_iter([("_class_name".into(), "DDIMScheduler".into())]),

@@ -7,8 +7,8 @@ use candle_core::{DType, Device, Tensor};
 use diffuse_core::config::SchedulerConfig;
 use diffuse_core::sampler::{Sampler, SamplerOptions};
 use diffuse_data::image_io;
-use diffuse_models::pipeline::{check_latent_channels, decode_latents, generate, GenerateOptions};
-use diffuse_models::weights::{load_net, load_vae, resolve_model_folder};
+use diffuse_models::pipeline::{decode_latents, generate, GenerateOptions};
+use diffuse_models::weights::resolve_model_folder;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Map;
 use std::ops::ControlFlow;
@@ -88,32 +88,18 @@ pub fn device(name: &str) -> Result<Device> {
 pub fn run(args: Args) -> Result<()> {
     let dev = device(&args.device)?;
     let folder = resolve_model_folder(&args.model)?;
-    let unet_dir = match (&folder.ema_unet_dir, args.no_ema) {
-        (Some(ema), false) => {
-            if !args.quiet {
-                eprintln!(
-                    "using the EMA weights in {} (--no-ema for {}/)",
-                    ema.display(),
-                    folder
-                        .unet_dir
-                        .file_name()
-                        .unwrap_or_default()
-                        .to_string_lossy()
-                );
-            }
-            ema.clone()
-        }
-        _ => folder.unet_dir.clone(),
-    };
-    let (model, _) = load_net(&unet_dir, &dev)?;
-    let vae = match &folder.vae_dir {
-        Some(dir) => {
-            let (vae, _) = load_vae(dir, &dev)?;
-            check_latent_channels(&model.config(), vae.config())?;
-            Some(vae)
-        }
-        None => None,
-    };
+    if let (Some(ema), false, false) = (&folder.ema_unet_dir, args.no_ema, args.quiet) {
+        eprintln!(
+            "using the EMA weights in {} (--no-ema for {}/)",
+            ema.display(),
+            folder
+                .unet_dir
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+        );
+    }
+    let (model, vae) = folder.load(args.no_ema, &dev)?;
     // Images are `f` times larger than what the network denoises.
     let f = vae.as_ref().map_or(1, |v| v.config().downscale());
     let mut sched = match args

@@ -95,6 +95,35 @@ pub struct ModelFolder {
     pub vae_dir: Option<PathBuf>,
 }
 
+impl ModelFolder {
+    /// The network folder to load: the EMA copy (`unet_ema/`, `transformer_ema/`) when there is
+    /// one, unless `no_ema`.
+    pub fn net_dir(&self, no_ema: bool) -> &Path {
+        match (&self.ema_unet_dir, no_ema) {
+            (Some(ema), false) => ema,
+            _ => &self.unet_dir,
+        }
+    }
+
+    /// The network of [`Self::net_dir`] and, for a latent pipeline, its VAE, checked against it.
+    pub fn load(
+        &self,
+        no_ema: bool,
+        device: &Device,
+    ) -> Result<(DenoiserNet, Option<crate::AutoencoderKL>)> {
+        let (net, _) = load_net(self.net_dir(no_ema), device)?;
+        let vae = match &self.vae_dir {
+            Some(d) => {
+                let (vae, _) = load_vae(d, device)?;
+                crate::pipeline::check_latent_channels(&net.config(), vae.config())?;
+                Some(vae)
+            }
+            None => None,
+        };
+        Ok((net, vae))
+    }
+}
+
 /// Whether a `model_index.json` entry names a component (`[null, null]` and null do not).
 fn names_component(v: Option<&serde_json::Value>) -> bool {
     match v {

@@ -107,19 +107,8 @@ impl AppState {
         let folder =
             diffuse_models::weights::resolve_model_folder(dir).map_err(|e| e.to_string())?;
         // Prefer the EMA weights of a `diffuse train` output, as `diffuse sample` does.
-        let unet_dir = folder.ema_unet_dir.as_ref().unwrap_or(&folder.unet_dir);
-        let (model, _) =
-            diffuse_models::weights::load_net(unet_dir, device).map_err(|e| e.to_string())?;
-        let vae = match &folder.vae_dir {
-            Some(d) => {
-                let (vae, _) =
-                    diffuse_models::weights::load_vae(d, device).map_err(|e| e.to_string())?;
-                diffuse_models::pipeline::check_latent_channels(&model.config(), vae.config())
-                    .map_err(|e| e.to_string())?;
-                Some(Arc::new(vae))
-            }
-            None => None,
-        };
+        let (model, vae) = folder.load(false, device).map_err(|e| e.to_string())?;
+        let vae = vae.map(Arc::new);
         let f = vae.as_ref().map_or(1, |v| v.config().downscale());
         let scheduler = match &folder.scheduler_config {
             Some(p) => {

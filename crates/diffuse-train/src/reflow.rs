@@ -34,7 +34,7 @@ use diffuse_core::sampler::Sampler;
 use diffuse_data::loader::Position;
 use diffuse_models::latent_cache::EpochOrder;
 use diffuse_models::pipeline::{generate, GenerateOptions};
-use diffuse_models::weights::{load_net, load_vae, resolve_model_folder, ModelFolder};
+use diffuse_models::weights::{resolve_model_folder, ModelFolder};
 use diffuse_models::{AutoencoderKL, DenoiserNet};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -168,20 +168,8 @@ pub fn open_teacher(dir: &Path, no_ema: bool, device: &Device) -> Result<Teacher
             dir.display()
         )));
     };
-    let unet_dir = match (&folder.ema_unet_dir, no_ema) {
-        (Some(ema), false) => ema.clone(),
-        _ => folder.unet_dir.clone(),
-    };
-    let (model, _) = load_net(&unet_dir, device).map_err(|e| err(&e))?;
-    let vae = match &folder.vae_dir {
-        Some(d) => {
-            let (vae, _) = load_vae(d, device).map_err(|e| err(&e))?;
-            diffuse_models::pipeline::check_latent_channels(&model.config(), vae.config())
-                .map_err(|e| err(&e))?;
-            Some(vae)
-        }
-        None => None,
-    };
+    let unet_dir = folder.net_dir(no_ema).to_path_buf();
+    let (model, vae) = folder.load(no_ema, device).map_err(|e| err(&e))?;
     let text = std::fs::read_to_string(&sched_path).map_err(io_err(&sched_path))?;
     let scheduler: Map<String, Value> = serde_json::from_str(&text)
         .map_err(|e| err(&format!("{}: malformed JSON: {e}", sched_path.display())))?;

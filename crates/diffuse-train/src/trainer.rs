@@ -417,7 +417,7 @@ pub fn train(
         (Some(e), Net::Unet(u)) if e.every > 0 => {
             let (h, _) = u.cfg.sample_hw().unwrap_or((d.size, d.size));
             let size = match &u.vae {
-                Some((v, _)) => h << v.config().block_out_channels.len().saturating_sub(1),
+                Some((v, _)) => h * v.config().downscale(),
                 None => h,
             };
             Some(crate::eval_hook::EvalHook::new(
