@@ -63,11 +63,16 @@ pub struct SweepArgs {
 #[derive(clap::Args)]
 pub struct PlotArgs {
     /// A training run folder: plots its loss (metrics.jsonl) and any `[eval]` metrics.
-    #[arg(long, conflicts_with = "sweep")]
-    run: Option<PathBuf>,
-    /// A sweep folder (table.jsonl): plots each metric against sampling steps.
     #[arg(long)]
-    sweep: Option<PathBuf>,
+    run: Option<PathBuf>,
+    /// A sweep folder (table.jsonl): plots each metric against sampling steps. Repeat it to
+    /// draw several models in one plot, each as `LABEL=DIR` (lines named "LABEL sampler"; the
+    /// real-data row of the first sweep that has one).
+    #[arg(long, value_name = "[LABEL=]DIR")]
+    sweep: Vec<String>,
+    /// The x axis: sampling steps, or network evaluations (nfe: Heun's 2 per step, …).
+    #[arg(long, default_value = "steps", value_parser = ["steps", "nfe"])]
+    by: String,
     /// Output folder (default: the run or sweep folder).
     #[arg(long)]
     output: Option<PathBuf>,
@@ -312,7 +317,7 @@ pub fn run_sweep(a: SweepArgs) -> Result<()> {
     let md = table_md(&rows, &a.model, &a.real, a.num_real);
     std::fs::write(out.join("table.md"), &md)?;
     let title = a.model.file_name().map(|f| f.to_string_lossy().to_string());
-    let plots = plot_sweep(&rows, &out, title.as_deref().unwrap_or("model"))?;
+    let plots = plot_sweep(&rows, &out, title.as_deref().unwrap_or("model"), false)?;
     print!("{md}");
     eprintln!(
         "wrote {} and {} plot(s) to {}",
@@ -397,7 +402,8 @@ fn table_md(rows: &[Value], model: &Path, real: &str, num_real: usize) -> String
 
 /// One PNG per metric: value against sampling steps (log axis), a line per sampler, the real
 /// row as a flat reference line. Returns how many were written.
-fn plot_sweep(rows: &[Value], out: &Path, title: &str) -> Result<usize> {
+/// Each metric against sampling steps (or, `by_nfe`, network evaluations), one line per sampler.
+fn plot_sweep(rows: &[Value], out: &Path, title: &str, by_nfe: bool) -> Result<usize> {
     // Rows of one sample count only (the most common): the small-sample bias differs between
     // counts, so their metrics are not on one scale.
     let mut counts: Vec<(u64, usize)> = Vec::new();
@@ -415,12 +421,22 @@ fn plot_sweep(rows: &[Value], out: &Path, title: &str) -> Result<usize> {
         .cloned()
         .collect();
     let rows = rows.as_slice();
+    let x_name = if by_nfe {
+        "network evaluations"
+    } else {
+        "sampling steps"
+    };
     let mut written = 0;
     for (key, header, _) in COLUMNS.into_iter().filter(|c| c.0 != "gflops") {
         let mut series: Vec<Series> = Vec::new();
         let (mut lo, mut hi) = (f64::INFINITY, 0f64);
         for r in rows.iter().filter(|r| r["sampler"] != "real") {
-            let (Some(v), Some(k)) = (r[key].as_f64(), r["steps"].as_u64()) else {
+            let x = if by_nfe && r["nfe"].is_u64() {
+                &r["nfe"]
+            } else {
+                &r["steps"]
+            };
+            let (Some(v), Some(k)) = (r[key].as_f64(), x.as_u64()) else {
                 continue;
             };
             let name = r["sampler"].as_str().unwrap_or("?");
@@ -450,8 +466,8 @@ fn plot_sweep(rows: &[Value], out: &Path, title: &str) -> Result<usize> {
         line_chart(
             &out.join(format!("{name}-vs-steps.png")),
             &Chart {
-                title: format!("{title}: {} against sampling steps", header),
-                x_label: "sampling steps".into(),
+                title: format!("{title}: {} against {x_name}", header),
+                x_label: x_name.into(),
                 y_label: header.trim_end_matches([' ', '↑', '↓']).into(),
                 log_x: true,
                 markers: true,
@@ -465,8 +481,8 @@ fn plot_sweep(rows: &[Value], out: &Path, title: &str) -> Result<usize> {
 }
 
 pub fn run_plot(a: PlotArgs) -> Result<()> {
-    match (&a.run, &a.sweep) {
-        (Some(run), None) => {
+    match (&a.run, a.sweep.as_slice()) {
+        (Some(run), []) => {
             let out = a.output.clone().unwrap_or_else(|| run.clone());
             let title = a.title.clone().unwrap_or_else(|| {
                 run.file_name()
@@ -475,17 +491,45 @@ pub fn run_plot(a: PlotArgs) -> Result<()> {
             let n = plot_run(run, &out, &title)?;
             eprintln!("wrote {n} plot(s) to {}", out.display());
         }
-        (None, Some(dir)) => {
-            let rows = read_rows(&dir.join("table.jsonl"))?;
-            if rows.is_empty() {
-                bail!(
-                    "{}: no sweep rows (run `diffuse eval sweep` first)",
-                    dir.join("table.jsonl").display()
-                );
+        (None, [_, ..]) => {
+            let mut rows = Vec::new();
+            let mut real = false;
+            for item in &a.sweep {
+                let (label, dir) = match item.split_once('=') {
+                    Some((l, d)) if a.sweep.len() > 1 => (Some(l), PathBuf::from(d)),
+                    _ if a.sweep.len() > 1 => {
+                        bail!("--sweep {item}: give each of several sweeps as LABEL=DIR")
+                    }
+                    _ => (None, PathBuf::from(item)),
+                };
+                let table = dir.join("table.jsonl");
+                let these = read_rows(&table)?;
+                if these.is_empty() {
+                    bail!(
+                        "{}: no sweep rows (run `diffuse eval sweep` first)",
+                        table.display()
+                    );
+                }
+                for mut r in these {
+                    if r["sampler"] == "real" {
+                        if real {
+                            continue;
+                        }
+                        real = true;
+                    } else if let Some(l) = label {
+                        let name = format!("{l} {}", r["sampler"].as_str().unwrap_or("?"));
+                        r["sampler"] = Value::from(name);
+                    }
+                    rows.push(r);
+                }
             }
-            let out = a.output.clone().unwrap_or_else(|| dir.clone());
+            let out = match (&a.output, a.sweep.len()) {
+                (Some(o), _) => o.clone(),
+                (None, 1) => PathBuf::from(&a.sweep[0]),
+                (None, _) => bail!("--output: where to write the plots of several sweeps"),
+            };
             let title = a.title.clone().unwrap_or_else(|| "model".into());
-            let n = plot_sweep(&rows, &out, &title)?;
+            let n = plot_sweep(&rows, &out, &title, a.by == "nfe")?;
             eprintln!("wrote {n} plot(s) to {}", out.display());
         }
         _ => {

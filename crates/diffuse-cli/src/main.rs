@@ -49,7 +49,8 @@ enum Command {
     Serve(serve_cmd::Args),
     /// Train a UNet or DiT (or, with a [vae] section, an AutoencoderKL) from a TOML config.
     Train(train_cmd::Args),
-    /// Few-step students of a teacher pipeline: `reflow` (2-rectified flow).
+    /// Few-step students of a teacher pipeline: `reflow` (2-rectified flow), `progressive`
+    /// (progressive distillation).
     #[command(subcommand)]
     Distill(distill_cmd::Command),
     /// Evaluate generated images: FID, KID, precision/recall, class accuracy, IS.

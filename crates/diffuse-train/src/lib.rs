@@ -6,6 +6,8 @@
 //! - [`ema`]: diffusers' `EMAModel` (decay warmup, `update_after_step`, min/max decay).
 //! - [`objective`]: the loss of a batch (ε/x₀/v, Min-SNR-γ, flow matching, CFG label dropout)
 //!   with a checkpointable RNG.
+//! - [`progressive`]: progressive distillation (Salimans & Ho 2022) of a (guided) teacher into
+//!   a student with half its DDIM steps (`[distill]`).
 //! - [`quality`]: PSNR and SSIM of reconstructions (VAE evaluation).
 //! - [`eval_hook`]: `[eval]`, classifier/Inception metrics of EMA samples every N steps.
 //! - [`tensorboard`]: event files (scalars, sample grids) that `tensorboard` reads.
@@ -19,6 +21,7 @@ pub mod eval_hook;
 pub mod lr;
 pub mod objective;
 pub mod optim;
+pub mod progressive;
 pub mod quality;
 pub mod reflow;
 pub mod tensorboard;

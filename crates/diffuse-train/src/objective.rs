@@ -45,8 +45,13 @@ impl TrainRng {
         TrainRng { seed, rng }
     }
 
-    fn normal(&mut self, n: usize) -> Vec<f32> {
+    pub(crate) fn normal(&mut self, n: usize) -> Vec<f32> {
         (0..n).map(|_| self.rng.sample(StandardNormal)).collect()
+    }
+
+    /// A uniform index in 0..n.
+    pub(crate) fn index(&mut self, n: usize) -> usize {
+        self.rng.random_range(0..n)
     }
 }
 
@@ -194,21 +199,7 @@ pub fn diffusion_loss_with_noise(
         Some(n) => n.to_dtype(x0.dtype())?,
         None => Tensor::from_vec(rng.normal(x0.elem_count()), x0.shape(), dev)?,
     };
-    let labels: Option<Vec<u32>> = match (labels, cfg.null_class) {
-        (Some(l), Some(null)) if cfg.cond_dropout > 0.0 => Some(
-            l.iter()
-                .map(|&c| {
-                    if rng.rng.random::<f64>() < cfg.cond_dropout {
-                        null
-                    } else {
-                        c
-                    }
-                })
-                .collect(),
-        ),
-        (Some(l), _) => Some(l.to_vec()),
-        (None, _) => None,
-    };
+    let labels = drop_labels(labels, cfg, rng);
     let label_t = match &labels {
         Some(l) => Some(Tensor::from_vec(l.clone(), b, dev)?),
         None => None,
@@ -252,6 +243,30 @@ pub fn diffusion_loss_with_noise(
         loss,
         timesteps: model_t,
     })
+}
+
+/// Labels with each replaced by the null class with probability `cfg.cond_dropout` (CFG
+/// training).
+pub(crate) fn drop_labels(
+    labels: Option<&[u32]>,
+    cfg: &ObjectiveConfig,
+    rng: &mut TrainRng,
+) -> Option<Vec<u32>> {
+    match (labels, cfg.null_class) {
+        (Some(l), Some(null)) if cfg.cond_dropout > 0.0 => Some(
+            l.iter()
+                .map(|&c| {
+                    if rng.rng.random::<f64>() < cfg.cond_dropout {
+                        null
+                    } else {
+                        c
+                    }
+                })
+                .collect(),
+        ),
+        (Some(l), _) => Some(l.to_vec()),
+        (None, _) => None,
+    }
 }
 
 /// Reconstruction loss of the VAE objective.

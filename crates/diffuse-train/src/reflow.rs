@@ -614,7 +614,8 @@ log_every = 50
 sample_guidance = 1.0
 "#;
 
-fn merge(base: &mut toml::Table, over: toml::Table) {
+/// Merges `over` into `base`, tables key by key.
+pub(crate) fn merge(base: &mut toml::Table, over: toml::Table) {
     for (k, v) in over {
         match (base.get_mut(&k), v) {
             (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),

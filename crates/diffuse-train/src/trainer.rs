@@ -238,6 +238,10 @@ pub struct TrainConfig {
     /// Metrics of EMA samples every N steps (diffusion models).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eval: Option<crate::eval_hook::EvalSection>,
+    /// Train as the progressive-distillation student of a teacher pipeline (images or a
+    /// latent cache as data; `[scheduler]` DDIM with the student's `num_inference_steps`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distill: Option<crate::progressive::DistillSection>,
 }
 
 impl TrainConfig {
@@ -405,6 +409,11 @@ pub fn train(
         Source::Pairs(set) => set.vae_dir.as_deref(),
         Source::Images(_) => None,
     };
+    if config.distill.is_some() && (config.vae.is_some() || d.pairs.is_some()) {
+        return Err(Error::Invalid(
+            "[distill] trains a diffusion student on images or latents (data.name or data.latents), not a VAE or reflow pairs".into(),
+        ));
+    }
     let (net, varmap) = match &config.vae {
         None => unet_task(config, model_map, classes, latent_vae, device)?,
         Some(v) => vae_task(config, v, model_map, device)?,
@@ -790,6 +799,8 @@ struct UnetTask {
     /// For latent diffusion: the VAE (decodes the sample grids) and its folder's files, written
     /// as `vae/` of every checkpoint and of the output pipeline.
     vae: Option<(AutoencoderKL, Files)>,
+    /// `[distill]`: the teacher whose two DDIM steps each student step learns.
+    distill: Option<crate::progressive::Progressive>,
 }
 
 struct VaeTask {
@@ -905,7 +916,14 @@ fn unet_task(
     if let Some((v, _)) = &vae {
         diffuse_models::pipeline::check_latent_channels(&unet_cfg, v.config())?;
     }
+    let distill = match &config.distill {
+        Some(section) => Some(crate::progressive::Progressive::new(
+            section, &sched_cfg, &schedule, classes, device,
+        )?),
+        None => None,
+    };
     let task = UnetTask {
+        distill,
         model,
         cfg: unet_cfg,
         schedule,
@@ -1044,6 +1062,10 @@ impl Net {
         step: u64,
     ) -> Result<(Tensor, Vec<(String, f64)>)> {
         match self {
+            Net::Unet(u) if u.distill.is_some() => {
+                let p = u.distill.as_ref().expect("distill");
+                Ok((p.loss(&u.model, x0, labels, &u.objective, rng)?, vec![]))
+            }
             Net::Unet(u) => {
                 let parts = diffusion_loss_with_noise(
                     &u.model,

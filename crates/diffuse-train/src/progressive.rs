@@ -1,0 +1,617 @@
+//! Progressive distillation (Salimans & Ho 2022, "Progressive Distillation for Fast Sampling of
+//! Diffusion Models", Algorithm 2), with a guided teacher distilled into an unguided student
+//! as Meng et al. 2023 ("On Distillation of Guided Diffusion Models") do it.
+//!
+//! The student samples with DDIM in N steps (its scheduler config: `DDIMScheduler`,
+//! `num_inference_steps = N`); the teacher with DDIM in 2N. For a data batch x₀ each row draws
+//! one of the student's steps k (from t to s), z_t = α_t x₀ + σ_t ε, and the teacher takes two
+//! deterministic DDIM steps t → m → s (m: the 2N-step grid's point between them). The student's
+//! target is the x̃ with which one DDIM step from z_t lands where the teacher's two did:
+//!
+//! ```text
+//! x̃ = (z_s − (σ_s/σ_t)·z_t) / (α_s − (σ_s/σ_t)·α_t)
+//! ```
+//!
+//! expressed in the student's prediction type (v-prediction recommended: a 1-step student must
+//! predict x₀ at t = T − 1, where ε-prediction divides by α_t ≈ 0), with the plain MSE of that
+//! output (for v: the "SNR + 1" weighting of the paper). The landing time s is the one
+//! diffusers' DDIM steps to (t − T // N, or its final ᾱ), so the student is exact for the
+//! sampler it is used with.
+
+use crate::objective::{drop_labels, ObjectiveConfig, TrainRng};
+use crate::{Error, Result};
+use candle_core::{DType, Device, Tensor};
+use diffuse_core::config::{PredictionType, SchedulerClass, SchedulerConfig};
+use diffuse_core::noising;
+use diffuse_core::sampler::Sampler;
+use diffuse_core::schedule::NoiseSchedule;
+use diffuse_models::DenoiserNet;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// `[distill]` of a training config: train the network as a distilled student of a teacher.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DistillSection {
+    /// `progressive` (the only method of this section; reflow trains on `data.pairs`).
+    pub method: String,
+    /// The teacher pipeline folder (a diffusion model: ε, x₀ or v prediction).
+    pub teacher: String,
+    /// Classifier-free guidance scale of a class-conditional teacher (1 = none); the student
+    /// learns the guided result and is sampled without guidance.
+    #[serde(default = "one")]
+    pub guidance_scale: f64,
+    /// Use the teacher's `unet/` even when it has EMA weights in `unet_ema/`.
+    #[serde(default)]
+    pub teacher_no_ema: bool,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+/// One student step k: timestep t, the teacher's midpoint m, ᾱ at t, m and the landing s.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepTimes {
+    pub t: f64,
+    pub mid: f64,
+    pub abar_t: f64,
+    pub abar_mid: f64,
+    pub abar_s: f64,
+}
+
+/// The student's N DDIM steps and the teacher's midpoints (from the 2N-step grid).
+pub fn step_times(sched: &SchedulerConfig, steps: usize) -> Result<Vec<StepTimes>> {
+    if sched.class != SchedulerClass::Ddim {
+        return Err(Error::Invalid(format!(
+            "[distill]: the progressive student samples with DDIM; set [scheduler] _class_name = \"DDIMScheduler\" (got {})",
+            sched.class.class_name()
+        )));
+    }
+    let student = Sampler::new(sched, steps)?;
+    let teacher = Sampler::new(sched, 2 * steps)?;
+    let abar = &student.schedule().alphas_cumprod;
+    let at = |t: f64| -> Result<f64> {
+        abar.get(t as usize).copied().ok_or_else(|| {
+            Error::Invalid(format!(
+                "timestep {t} is outside the schedule's 0..{}",
+                abar.len()
+            ))
+        })
+    };
+    let final_alpha = if sched.set_alpha_to_one { 1.0 } else { abar[0] };
+    let jump = (sched.num_train_timesteps / steps) as i64;
+    let (ts, tt) = (student.timesteps(), teacher.timesteps());
+    let mut out = Vec::with_capacity(steps);
+    for (k, &t) in ts.iter().enumerate() {
+        if tt[2 * k] != t {
+            return Err(Error::Invalid(format!(
+                "[scheduler] timestep_spacing {:?}: the {}-step grid ({:?}) is not every other point of the {}-step grid ({:?}); use \"trailing\"",
+                sched.timestep_spacing,
+                steps,
+                ts,
+                2 * steps,
+                tt
+            )));
+        }
+        let s = t as i64 - jump;
+        out.push(StepTimes {
+            t,
+            mid: tt[2 * k + 1],
+            abar_t: at(t)?,
+            abar_mid: at(tt[2 * k + 1])?,
+            abar_s: if s >= 0 { at(s as f64)? } else { final_alpha },
+        });
+    }
+    Ok(out)
+}
+
+/// (α, σ) = (√ᾱ, √(1 − ᾱ)) per row, in DDIM's float32 rounding.
+fn alpha_sigma(abar: &[f64]) -> (Vec<f64>, Vec<f64>) {
+    abar.iter()
+        .map(|&a| {
+            let a = a as f32;
+            (a.sqrt() as f64, (1.0 - a).sqrt() as f64)
+        })
+        .unzip()
+}
+
+fn per_row(v: &[f64], like: &Tensor) -> Result<Tensor> {
+    let b = v.len();
+    Ok(Tensor::from_vec(
+        v.iter().map(|&x| x as f32).collect::<Vec<_>>(),
+        (b, 1, 1, 1),
+        like.device(),
+    )?
+    .to_dtype(like.dtype())?)
+}
+
+/// x̂ from a prediction at z with per-row ᾱ.
+fn x0_of(
+    prediction: PredictionType,
+    out: &Tensor,
+    z: &Tensor,
+    abar: &[f64],
+) -> Result<(Tensor, Tensor)> {
+    let (a, s) = alpha_sigma(abar);
+    Ok(noising::to_x0_eps(prediction, out, z, &a, &s)?)
+}
+
+/// One DDIM (η = 0) step from z (ᾱ_from, model output) to ᾱ_to: α_to x̂ + σ_to ε̂.
+fn ddim_step(
+    prediction: PredictionType,
+    out: &Tensor,
+    z: &Tensor,
+    abar_from: &[f64],
+    abar_to: &[f64],
+) -> Result<Tensor> {
+    let (x0, eps) = x0_of(prediction, out, z, abar_from)?;
+    let (a, s) = alpha_sigma(abar_to);
+    Ok((x0.broadcast_mul(&per_row(&a, z)?)? + eps.broadcast_mul(&per_row(&s, z)?)?)?)
+}
+
+/// The student's target output at z_t for rows at `steps`, given the teacher's (guided) raw
+/// output `teacher(z, timesteps)`.
+pub fn student_target(
+    steps: &[StepTimes],
+    z_t: &Tensor,
+    teacher_prediction: PredictionType,
+    student_prediction: PredictionType,
+    teacher: &mut dyn FnMut(&Tensor, &[f32]) -> Result<Tensor>,
+) -> Result<Tensor> {
+    let col = |f: fn(&StepTimes) -> f64| steps.iter().map(f).collect::<Vec<f64>>();
+    let (abar_t, abar_m, abar_s) = (col(|s| s.abar_t), col(|s| s.abar_mid), col(|s| s.abar_s));
+    let t: Vec<f32> = steps.iter().map(|s| s.t as f32).collect();
+    let m: Vec<f32> = steps.iter().map(|s| s.mid as f32).collect();
+    // Two teacher DDIM steps: t → m → s.
+    let out = teacher(z_t, &t)?;
+    let z_m = ddim_step(teacher_prediction, &out, z_t, &abar_t, &abar_m)?;
+    let out = teacher(&z_m, &m)?;
+    let z_s = ddim_step(teacher_prediction, &out, &z_m, &abar_m, &abar_s)?;
+    // x̃ = (z_s − r·z_t) / (α_s − r·α_t), r = σ_s / σ_t.
+    let (a_t, s_t) = alpha_sigma(&abar_t);
+    let (a_s, s_s) = alpha_sigma(&abar_s);
+    let r: Vec<f64> = s_s.iter().zip(&s_t).map(|(s, t)| s / t).collect();
+    let denom: Vec<f64> = (0..steps.len())
+        .map(|i| 1.0 / (a_s[i] - r[i] * a_t[i]))
+        .collect();
+    let x =
+        (z_s - z_t.broadcast_mul(&per_row(&r, z_t)?)?)?.broadcast_mul(&per_row(&denom, z_t)?)?;
+    // ε̃ = (z_t − α_t x̃) / σ_t, then the student's output type.
+    let inv_s: Vec<f64> = s_t.iter().map(|s| 1.0 / s).collect();
+    let eps =
+        (z_t - x.broadcast_mul(&per_row(&a_t, z_t)?)?)?.broadcast_mul(&per_row(&inv_s, z_t)?)?;
+    Ok(noising::from_x0_eps(
+        student_prediction,
+        &x,
+        &eps,
+        &a_t,
+        &s_t,
+    )?)
+}
+
+/// A loaded teacher and the student's step grid: the progressive loss of a batch.
+pub struct Progressive {
+    teacher: DenoiserNet,
+    teacher_prediction: PredictionType,
+    guidance: f64,
+    teacher_null: Option<u32>,
+    steps: Vec<StepTimes>,
+}
+
+impl Progressive {
+    /// Loads the teacher (detached weights: no graph, no gradients) and checks it against the
+    /// student: same ᾱ schedule, same class table, a diffusion (not flow) model.
+    pub fn new(
+        section: &DistillSection,
+        student_sched: &SchedulerConfig,
+        student_schedule: &NoiseSchedule,
+        student_classes: Option<usize>,
+        device: &Device,
+    ) -> Result<Self> {
+        if section.method != "progressive" {
+            return Err(Error::Invalid(format!(
+                "distill.method: unknown value {:?}; allowed: progressive (reflow: `diffuse distill reflow`)",
+                section.method
+            )));
+        }
+        if !(section.guidance_scale.is_finite() && section.guidance_scale >= 1.0) {
+            return Err(Error::Invalid(format!(
+                "distill.guidance_scale must be ≥ 1, got {}",
+                section.guidance_scale
+            )));
+        }
+        let Some(n) = student_sched.num_inference_steps else {
+            return Err(Error::Invalid(
+                "[distill]: set [scheduler] num_inference_steps = N, the student's step count (the teacher takes 2N)".into(),
+            ));
+        };
+        if student_sched.prediction_type == PredictionType::Flow {
+            return Err(Error::Invalid(
+                "[distill] progressive: the student is a diffusion model; set train.prediction_type = \"v_prediction\"".into(),
+            ));
+        }
+        let steps = step_times(student_sched, n)?;
+        let dir = Path::new(&section.teacher);
+        let err = |e: &dyn std::fmt::Display| {
+            Error::Invalid(format!("distill.teacher {}: {e}", dir.display()))
+        };
+        let folder = diffuse_models::weights::resolve_model_folder(dir).map_err(|e| err(&e))?;
+        let Some(sched_path) = folder.scheduler_config.clone() else {
+            return Err(err(
+                &"no scheduler/scheduler_config.json: give the teacher's pipeline folder",
+            ));
+        };
+        let text = std::fs::read_to_string(&sched_path).map_err(|e| err(&e))?;
+        let map = serde_json::from_str(&text)
+            .map_err(|e| err(&format!("{}: {e}", sched_path.display())))?;
+        let teacher_sched = SchedulerConfig::from_json_map(&map).map_err(|e| err(&e))?;
+        if teacher_sched.class.is_flow() {
+            return Err(err(
+                &"a flow-matching teacher: distil it with `diffuse distill reflow`",
+            ));
+        }
+        let teacher_schedule = NoiseSchedule::from_config(&teacher_sched)?;
+        let same = teacher_schedule.alphas_cumprod.len() == student_schedule.alphas_cumprod.len()
+            && teacher_schedule
+                .alphas_cumprod
+                .iter()
+                .zip(&student_schedule.alphas_cumprod)
+                .all(|(a, b)| (a - b).abs() <= 1e-7 * a.abs().max(1e-30));
+        if !same {
+            return Err(err(&"its noise schedule (betas, num_train_timesteps) differs from the student's [scheduler]"));
+        }
+        let net_dir = folder.net_dir(section.teacher_no_ema).to_path_buf();
+        let (net, varmap) =
+            diffuse_models::weights::load_net(&net_dir, device).map_err(|e| err(&e))?;
+        let teacher = diffuse_models::weights::from_tensors::<DenoiserNet>(
+            &net.config(),
+            diffuse_models::weights::detached_tensors(&varmap),
+            device,
+        )?;
+        let teacher_null = match (student_classes, teacher.num_classes()) {
+            (None, _) if teacher.is_class_conditional() => return Err(err(
+                &"the teacher is class-conditional and the student is not (data.class_conditional)",
+            )),
+            (None, _) => None,
+            (Some(k), Some(rows)) if rows == k + 1 => Some(k as u32),
+            (Some(k), rows) => return Err(err(&format!(
+                "the student has {k} classes (+ null) and the teacher's class table {rows:?} rows"
+            ))),
+        };
+        Ok(Progressive {
+            teacher,
+            teacher_prediction: teacher_sched.prediction_type,
+            guidance: section.guidance_scale,
+            teacher_null,
+            steps,
+        })
+    }
+
+    /// The student's steps (t, midpoint, ᾱ's).
+    pub fn steps(&self) -> &[StepTimes] {
+        &self.steps
+    }
+
+    /// The teacher's raw output with classifier-free guidance (cond and null rows in one call).
+    fn teacher_output(&self, z: &Tensor, t: &[f32], labels: Option<&[u32]>) -> Result<Tensor> {
+        let dev = z.device();
+        match (labels, self.teacher_null) {
+            (Some(l), Some(null)) if self.guidance != 1.0 => {
+                let b = l.len();
+                let mut both = l.to_vec();
+                both.extend(std::iter::repeat_n(null, b));
+                let lt = Tensor::from_vec(both, 2 * b, dev)?;
+                let tt: Vec<f32> = t.iter().chain(t).copied().collect();
+                let out = self
+                    .teacher
+                    .predict(&Tensor::cat(&[z, z], 0)?, &tt, Some(&lt))?;
+                let (c, u) = (out.narrow(0, 0, b)?, out.narrow(0, b, b)?);
+                Ok((&u + ((c - &u)? * self.guidance)?)?)
+            }
+            (Some(l), _) => {
+                let lt = Tensor::from_vec(l.to_vec(), l.len(), dev)?;
+                Ok(self.teacher.predict(z, t, Some(&lt))?)
+            }
+            (None, _) => Ok(self.teacher.predict(z, t, None)?),
+        }
+    }
+
+    /// The loss of a batch x₀ (`[b, c, h, w]`) for the student `model` of prediction type
+    /// `cfg.prediction`; labels dropped to the null class with `cfg.cond_dropout` (the teacher
+    /// then gives its unconditional output).
+    pub fn loss(
+        &self,
+        model: &DenoiserNet,
+        x0: &Tensor,
+        labels: Option<&[u32]>,
+        cfg: &ObjectiveConfig,
+        rng: &mut TrainRng,
+    ) -> Result<Tensor> {
+        let b = x0.dim(0)?;
+        let dev = x0.device();
+        let noise =
+            Tensor::from_vec(rng.normal(x0.elem_count()), x0.shape(), dev)?.to_dtype(x0.dtype())?;
+        let rows: Vec<StepTimes> = (0..b)
+            .map(|_| self.steps[rng.index(self.steps.len())])
+            .collect();
+        let labels = drop_labels(labels, cfg, rng);
+        let (a, s) = alpha_sigma(&rows.iter().map(|r| r.abar_t).collect::<Vec<_>>());
+        let z_t =
+            (x0.broadcast_mul(&per_row(&a, x0)?)? + noise.broadcast_mul(&per_row(&s, x0)?)?)?;
+        let target = student_target(
+            &rows,
+            &z_t,
+            self.teacher_prediction,
+            cfg.prediction,
+            &mut |z, t| self.teacher_output(z, t, labels.as_deref()),
+        )?
+        .detach();
+        let t: Vec<f32> = rows.iter().map(|r| r.t as f32).collect();
+        let label_t = match &labels {
+            Some(l) => Some(Tensor::from_vec(l.clone(), b, dev)?),
+            None => None,
+        };
+        let pred = model.predict(&z_t, &t, label_t.as_ref())?;
+        let mse =
+            noising::mse_per_sample(&pred.to_dtype(DType::F32)?, &target.to_dtype(DType::F32)?)?;
+        Ok(mse.mean_all()?)
+    }
+}
+
+/// What a progressive student trains with unless the `--train-config` file says otherwise.
+pub const STUDENT_DEFAULTS: &str = r#"
+[train]
+max_steps = 500
+seed = 0
+learning_rate = 1e-4
+lr_scheduler = "constant_with_warmup"
+lr_warmup_steps = 50
+# v: a 1-step student predicts x₀ at t = T − 1, where ε would be divided by α_t ≈ 0.
+prediction_type = "v_prediction"
+# The guided teacher is distilled into the conditional student (Meng et al. 2023).
+cond_dropout = 0.0
+ema_decay = 0.999
+checkpoint_every = 250
+keep_checkpoints = 2
+log_every = 50
+sample_guidance = 1.0
+"#;
+
+/// The student config of one round: [`STUDENT_DEFAULTS`], then the teacher's `train.toml`
+/// `[data]` (when it has one), then `user_toml` (`[data]`, `[train]`, `[scheduler]`,
+/// `[eval]`); `[model]` and the initial weights are the teacher's; `[scheduler]` is the
+/// teacher's with DDIM, trailing spacing and `num_inference_steps = steps` unless the file
+/// sets them; `[distill]` names the teacher and its guidance scale.
+pub fn student_config(
+    teacher: &Path,
+    user_toml: Option<&str>,
+    steps: usize,
+    guidance_scale: f64,
+) -> Result<crate::trainer::TrainConfig> {
+    let mut table: toml::Table = toml::from_str(STUDENT_DEFAULTS).expect("valid defaults");
+    let err =
+        |e: &dyn std::fmt::Display| Error::Invalid(format!("teacher {}: {e}", teacher.display()));
+    let folder = diffuse_models::weights::resolve_model_folder(teacher).map_err(|e| err(&e))?;
+    let Some(sched_path) = &folder.scheduler_config else {
+        return Err(err(
+            &"no scheduler/scheduler_config.json: give the teacher's pipeline folder",
+        ));
+    };
+    // The teacher's data, as `diffuse train` recorded it.
+    if let Ok(text) = std::fs::read_to_string(teacher.join("train.toml")) {
+        let t: toml::Table = toml::from_str(&text).map_err(|e| err(&format!("train.toml: {e}")))?;
+        if let Some(toml::Value::Table(d)) = t.get("data") {
+            crate::reflow::merge(
+                &mut table,
+                toml::Table::from_iter([("data".to_string(), toml::Value::Table(d.clone()))]),
+            );
+        }
+    }
+    let user: toml::Table = match user_toml {
+        Some(text) => toml::from_str(text)
+            .map_err(|e| Error::Invalid(format!("config: {}", e.to_string().trim())))?,
+        None => toml::Table::new(),
+    };
+    if user
+        .get("data")
+        .and_then(|d| d.as_table())
+        .is_some_and(|d| d.contains_key("pairs"))
+    {
+        return Err(Error::Invalid("data.pairs: a progressive student trains on images or latents (data.name, data.latents)".into()));
+    }
+    if let Some(p) = user
+        .get("train")
+        .and_then(|t| t.get("prediction_type"))
+        .and_then(|v| v.as_str())
+    {
+        if matches!(p, "flow" | "flow_prediction") {
+            return Err(Error::Invalid("train.prediction_type \"flow\": a progressive student is a DDIM model (v_prediction, sample or epsilon)".into()));
+        }
+    }
+    let user_scheduler: serde_json::Map<String, serde_json::Value> = user
+        .get("scheduler")
+        .and_then(|s| serde_json::to_value(s).ok())
+        .and_then(|v| v.as_object().cloned())
+        .unwrap_or_default();
+    crate::reflow::merge(&mut table, user);
+    table.remove("scheduler");
+    table.remove("distill");
+    if !table
+        .get("data")
+        .and_then(|d| d.as_table())
+        .is_some_and(|d| d.contains_key("name") || d.contains_key("latents"))
+    {
+        return Err(err(&"its folder has no train.toml with a [data] section: give the student's data in --train-config ([data] name = …)"));
+    }
+    let user_model = table
+        .get("model")
+        .and_then(|m| m.as_table())
+        .is_some_and(|m| !m.is_empty());
+    if user_model {
+        return Err(Error::Invalid("[model]: a progressive student has its teacher's architecture and starts from its weights; remove [model]".into()));
+    }
+    table.insert("model".into(), toml::Value::Table(Default::default()));
+    let mut config: crate::trainer::TrainConfig =
+        table.try_into().map_err(|e: toml::de::Error| {
+            Error::Invalid(format!("config: {}", e.to_string().trim()))
+        })?;
+    let text = std::fs::read_to_string(sched_path).map_err(|e| err(&e))?;
+    let teacher_sched: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&text).map_err(|e| err(&format!("{}: {e}", sched_path.display())))?;
+    let mut sched: serde_json::Map<String, serde_json::Value> = teacher_sched
+        .into_iter()
+        .filter(|(k, v)| !v.is_null() && k != "_diffusers_version")
+        .collect();
+    sched.insert("_class_name".into(), "DDIMScheduler".into());
+    sched.insert("timestep_spacing".into(), "trailing".into());
+    sched.insert("num_inference_steps".into(), steps.into());
+    sched.extend(user_scheduler);
+    config.scheduler = sched;
+    config.train.init_from = Some(teacher.display().to_string());
+    config.train.sample_steps = steps;
+    config.distill = Some(DistillSection {
+        method: "progressive".into(),
+        teacher: teacher.display().to_string(),
+        guidance_scale,
+        teacher_no_ema: false,
+    });
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use diffuse_core::rng::NoiseSource;
+
+    fn ddim(steps: usize, spacing: &str) -> SchedulerConfig {
+        let map = serde_json::json!({
+            "_class_name": "DDIMScheduler",
+            "beta_schedule": "linear",
+            "timestep_spacing": spacing,
+            "clip_sample": false,
+            "num_inference_steps": steps,
+        });
+        SchedulerConfig::from_json_map(map.as_object().unwrap()).unwrap()
+    }
+
+    /// The ideal ε-predictor for data x₀ ~ N(0, c²): ε̂ = σ z / (α² c² + σ²).
+    fn gaussian_eps(z: &Tensor, abar: f64, c: f64) -> Tensor {
+        let (a2, s) = (abar, (1.0 - abar).sqrt());
+        (z * (s / (a2 * c * c + (1.0 - a2)))).unwrap()
+    }
+
+    struct NoNoise;
+    impl NoiseSource for NoNoise {
+        fn randn(
+            &mut self,
+            _: &candle_core::Shape,
+            _: DType,
+            _: &Device,
+        ) -> diffuse_core::Result<Tensor> {
+            unreachable!("DDIM with η = 0 draws no noise")
+        }
+    }
+
+    #[test]
+    fn trailing_grids_nest_and_land_where_ddim_steps() {
+        let cfg = ddim(4, "trailing");
+        let st = step_times(&cfg, 4).unwrap();
+        let t: Vec<f64> = st.iter().map(|s| s.t).collect();
+        let m: Vec<f64> = st.iter().map(|s| s.mid).collect();
+        assert_eq!(t, vec![999.0, 749.0, 499.0, 249.0]);
+        assert_eq!(m, vec![874.0, 624.0, 374.0, 124.0]);
+        assert_eq!(st[3].abar_s, 1.0); // set_alpha_to_one
+        let one = step_times(&ddim(1, "trailing"), 1).unwrap();
+        assert_eq!((one[0].t, one[0].mid, one[0].abar_s), (999.0, 499.0, 1.0));
+        // "leading" with 3 steps does not nest: a clear error, not a wrong target.
+        let e = step_times(&ddim(3, "leading"), 3).unwrap_err().to_string();
+        assert!(e.contains("trailing"), "{e}");
+        let mut ddpm = cfg.clone();
+        ddpm.class = SchedulerClass::Ddpm;
+        assert!(step_times(&ddpm, 4)
+            .unwrap_err()
+            .to_string()
+            .contains("DDIM"));
+    }
+
+    /// One step of our (diffusers-parity) DDIM sampler with the student's target output lands
+    /// exactly where two DDIM steps of the teacher land, for every student step and for ε, x₀
+    /// and v students.
+    #[test]
+    fn one_student_step_equals_two_teacher_steps_of_the_ddim_sampler() {
+        let dev = Device::Cpu;
+        let c = 0.5;
+        let n = 4;
+        let student_cfg = ddim(n, "trailing");
+        let st = step_times(&student_cfg, n).unwrap();
+        let student = Sampler::new(&student_cfg, n).unwrap();
+        let mut teacher_cfg = student_cfg.clone();
+        teacher_cfg.prediction_type = PredictionType::Epsilon;
+        let teacher = Sampler::new(&teacher_cfg, 2 * n).unwrap();
+        let abar = student.schedule().alphas_cumprod.clone();
+        let z = Tensor::randn(0f32, 1.0, (3, 1, 4, 4), &dev).unwrap();
+        for (k, row) in st.iter().enumerate() {
+            let rows = vec![*row; 3];
+            // The teacher's two steps through the sampler.
+            let mut state = teacher.new_state();
+            let mut x = z.clone();
+            for i in [2 * k, 2 * k + 1] {
+                // Skip the earlier steps' state: DDIM is one-step, its state is the index only.
+                while state.index() < i {
+                    let t = teacher.timesteps()[state.index()];
+                    let out = gaussian_eps(&x, abar[t as usize], c);
+                    let _ = teacher.step(&mut state, &out, &x, &mut NoNoise).unwrap();
+                }
+                let t = teacher.timesteps()[i];
+                let out = gaussian_eps(&x, abar[t as usize], c);
+                x = teacher
+                    .step(&mut state, &out, &x, &mut NoNoise)
+                    .unwrap()
+                    .prev_sample;
+            }
+            let landed = x;
+            for pred in [
+                PredictionType::Epsilon,
+                PredictionType::Sample,
+                PredictionType::VPrediction,
+            ] {
+                let target =
+                    student_target(&rows, &z, PredictionType::Epsilon, pred, &mut |z, t| {
+                        Ok(gaussian_eps(z, abar[t[0] as usize], c))
+                    })
+                    .unwrap();
+                let mut cfg = student_cfg.clone();
+                cfg.prediction_type = pred;
+                let s = Sampler::new(&cfg, n).unwrap();
+                let mut state = s.new_state();
+                while state.index() < k {
+                    let _ = s.step(&mut state, &target, &z, &mut NoNoise).unwrap();
+                }
+                let one = s
+                    .step(&mut state, &target, &z, &mut NoNoise)
+                    .unwrap()
+                    .prev_sample;
+                let diff = (one - &landed)
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                let scale = landed
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                assert!(
+                    diff <= 2e-5 * scale.max(1.0),
+                    "step {k} {pred:?}: {diff} vs {scale}"
+                );
+            }
+        }
+    }
+}
