@@ -73,6 +73,9 @@ pub struct PlotArgs {
     /// The x axis: sampling steps, or network evaluations (nfe: Heun's 2 per step, …).
     #[arg(long, default_value = "steps", value_parser = ["steps", "nfe"])]
     by: String,
+    /// Plot only these samplers (comma-separated names as in the tables, e.g. ddim,flow_euler).
+    #[arg(long, value_delimiter = ',')]
+    samplers: Vec<String>,
     /// Output folder (default: the run or sweep folder).
     #[arg(long)]
     output: Option<PathBuf>,
@@ -511,6 +514,13 @@ pub fn run_plot(a: PlotArgs) -> Result<()> {
                     );
                 }
                 for mut r in these {
+                    let name = r["sampler"].as_str().unwrap_or("?");
+                    if name != "real"
+                        && !a.samplers.is_empty()
+                        && !a.samplers.iter().any(|s| s == name)
+                    {
+                        continue;
+                    }
                     if r["sampler"] == "real" {
                         if real {
                             continue;

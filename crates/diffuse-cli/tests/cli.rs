@@ -1597,6 +1597,8 @@ fn train_eval_hook_plots_and_sampler_sweep() {
         &b,
         "--by",
         "nfe",
+        "--samplers",
+        "ddim",
         "--output",
         both.to_str().unwrap(),
     ]);
