@@ -275,9 +275,11 @@ impl Progressive {
             )),
             (None, _) => None,
             (Some(k), Some(rows)) if rows == k + 1 => Some(k as u32),
-            (Some(k), rows) => return Err(err(&format!(
+            (Some(k), rows) => {
+                return Err(err(&format!(
                 "the student has {k} classes (+ null) and the teacher's class table {rows:?} rows"
-            ))),
+            )))
+            }
         };
         Ok(Progressive {
             teacher,
