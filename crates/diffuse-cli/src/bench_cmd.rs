@@ -38,6 +38,10 @@ pub struct Args {
     /// is per case; run `--only train` alone for a peak that nothing else can have raised.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Train with gradient checkpointing (`train.gradient_checkpointing`): the training case
+    /// becomes `train_bN_ckpt`. Compare peak RSS with `--only train`, one process per case.
+    #[arg(long)]
+    gradient_checkpointing: bool,
     /// Seed of the weights and inputs.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -91,6 +95,7 @@ pub fn run(args: Args) -> Result<()> {
             .collect::<diffuse_train::Result<_>>()?;
     }
     opts.seed = args.seed;
+    opts.gradient_checkpointing = args.gradient_checkpointing;
     opts.learning_rate = args.lr;
     opts.save_weights = args.save_weights;
     opts.save_check = args.save_check;

@@ -5,9 +5,46 @@
 //! they resample and whether up blocks take skips.
 
 use crate::attention::SpatialAttention;
+use crate::checkpoint::{checkpoint, checkpoint2};
 use crate::resnet::{Downsample2D, Resample, ResnetBlock2D, ResnetOptions, Upsample2D};
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
+
+/// A ResNet's forward, recomputed in backward when `ckpt` (gradient checkpointing).
+fn resnet(ckpt: bool, r: &ResnetBlock2D, x: &Tensor, temb: Option<&Tensor>) -> Result<Tensor> {
+    if !ckpt {
+        return r.forward(x, temb);
+    }
+    let r = r.clone();
+    checkpoint(x, temb, move |x, t| r.forward(x, t))
+}
+
+/// A ResNet over `cat(h, skip)` (up blocks); checkpointed, the concatenation is not kept
+/// either.
+fn resnet_skip(
+    ckpt: bool,
+    r: &ResnetBlock2D,
+    h: &Tensor,
+    skip: &Tensor,
+    temb: Option<&Tensor>,
+) -> Result<Tensor> {
+    if !ckpt {
+        return r.forward(&Tensor::cat(&[h, skip], 1)?, temb); // [b, c + c_skip, h, w]
+    }
+    let r = r.clone();
+    checkpoint2(h, skip, temb, move |h, s, t| {
+        r.forward(&Tensor::cat(&[h, s], 1)?, t)
+    })
+}
+
+/// An attention's forward, recomputed in backward when `ckpt`.
+fn attention(ckpt: bool, a: &SpatialAttention, x: &Tensor) -> Result<Tensor> {
+    if !ckpt {
+        return a.forward(x);
+    }
+    let a = a.clone();
+    checkpoint(x, None, move |x, _| a.forward(x))
+}
 
 #[derive(Debug, Clone)]
 enum Down {
@@ -68,6 +105,7 @@ pub struct DownBlock {
     resnets: Vec<ResnetBlock2D>,
     attentions: Vec<SpatialAttention>,
     down: Option<Down>,
+    gradient_checkpointing: bool,
 }
 
 impl DownBlock {
@@ -113,28 +151,40 @@ impl DownBlock {
             resnets,
             attentions,
             down,
+            gradient_checkpointing: false,
         })
     }
 
     /// Returns the output and the skip states it leaves for the up path.
     pub fn forward(&self, x: &Tensor, temb: Option<&Tensor>) -> Result<(Tensor, Vec<Tensor>)> {
         let mut h = x.clone();
+        let ck = self.gradient_checkpointing;
         let mut states = Vec::with_capacity(self.resnets.len() + 1);
         for (i, r) in self.resnets.iter().enumerate() {
-            h = r.forward(&h, temb)?;
+            h = resnet(ck, r, &h, temb)?;
             if let Some(a) = self.attentions.get(i) {
-                h = a.forward(&h)?;
+                h = attention(ck, a, &h)?;
             }
             states.push(h.clone());
         }
         if let Some(d) = &self.down {
             h = match d {
+                Down::Conv(c) if ck => {
+                    let c = c.clone();
+                    checkpoint(&h, None, move |x, _| c.forward(x))?
+                }
                 Down::Conv(c) => c.forward(&h)?,
-                Down::Resnet(r) => r.forward(&h, temb)?,
+                Down::Resnet(r) => resnet(ck, r, &h, temb)?,
             };
             states.push(h.clone());
         }
         Ok((h, states))
+    }
+
+    /// Recompute each ResNet, attention and downsampler in backward instead of keeping its
+    /// activations (diffusers' `gradient_checkpointing`).
+    pub fn set_gradient_checkpointing(&mut self, on: bool) {
+        self.gradient_checkpointing = on;
     }
 
     /// How many skip states this block leaves.
@@ -151,6 +201,7 @@ pub struct UpBlock {
     attentions: Vec<SpatialAttention>,
     up: Option<Up>,
     takes_skips: bool,
+    gradient_checkpointing: bool,
 }
 
 impl UpBlock {
@@ -201,6 +252,7 @@ impl UpBlock {
             attentions,
             up,
             takes_skips,
+            gradient_checkpointing: false,
         })
     }
 
@@ -215,24 +267,35 @@ impl UpBlock {
 
     /// `skips`: this block's skip states, in the order they were produced (the last is used first).
     pub fn forward(&self, x: &Tensor, skips: &[Tensor], temb: Option<&Tensor>) -> Result<Tensor> {
+        let ck = self.gradient_checkpointing;
         let mut h = x.clone();
         for (i, r) in self.resnets.iter().enumerate() {
-            if self.takes_skips {
-                let skip = &skips[skips.len() - 1 - i];
-                h = Tensor::cat(&[&h, skip], 1)?; // [b, c + c_skip, h, w]
-            }
-            h = r.forward(&h, temb)?;
+            h = if self.takes_skips {
+                resnet_skip(ck, r, &h, &skips[skips.len() - 1 - i], temb)?
+            } else {
+                resnet(ck, r, &h, temb)?
+            };
             if let Some(a) = self.attentions.get(i) {
-                h = a.forward(&h)?;
+                h = attention(ck, a, &h)?;
             }
         }
         if let Some(u) = &self.up {
             h = match u {
+                Up::Conv(c) if ck => {
+                    let c = c.clone();
+                    checkpoint(&h, None, move |x, _| c.forward(x))?
+                }
                 Up::Conv(c) => c.forward(&h)?,
-                Up::Resnet(r) => r.forward(&h, temb)?,
+                Up::Resnet(r) => resnet(ck, r, &h, temb)?,
             };
         }
         Ok(h)
+    }
+
+    /// Recompute each ResNet, attention and upsampler in backward instead of keeping its
+    /// activations (diffusers' `gradient_checkpointing`).
+    pub fn set_gradient_checkpointing(&mut self, on: bool) {
+        self.gradient_checkpointing = on;
     }
 }
 
@@ -241,6 +304,7 @@ impl UpBlock {
 pub struct MidBlock {
     resnets: Vec<ResnetBlock2D>,
     attention: Option<SpatialAttention>,
+    gradient_checkpointing: bool,
 }
 
 impl MidBlock {
@@ -278,14 +342,21 @@ impl MidBlock {
         Ok(MidBlock {
             resnets: vec![r0, r1],
             attention,
+            gradient_checkpointing: false,
         })
     }
 
     pub fn forward(&self, x: &Tensor, temb: Option<&Tensor>) -> Result<Tensor> {
-        let mut h = self.resnets[0].forward(x, temb)?;
+        let ck = self.gradient_checkpointing;
+        let mut h = resnet(ck, &self.resnets[0], x, temb)?;
         if let Some(a) = &self.attention {
-            h = a.forward(&h)?;
+            h = attention(ck, a, &h)?;
         }
-        self.resnets[1].forward(&h, temb)
+        resnet(ck, &self.resnets[1], &h, temb)
+    }
+
+    /// Recompute each ResNet and the attention in backward instead of keeping their activations.
+    pub fn set_gradient_checkpointing(&mut self, on: bool) {
+        self.gradient_checkpointing = on;
     }
 }

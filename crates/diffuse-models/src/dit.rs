@@ -209,6 +209,7 @@ pub struct DiTTransformer2DModel {
     blocks: Vec<DiTBlock>,
     proj_out_1: candle_nn::Linear,
     proj_out_2: candle_nn::Linear,
+    gradient_checkpointing: bool,
 }
 
 impl DiTTransformer2DModel {
@@ -240,7 +241,18 @@ impl DiTTransformer2DModel {
             blocks,
             proj_out_1: candle_nn::linear(d, 2 * d, vb.pp("proj_out_1"))?,
             proj_out_2: candle_nn::linear(d, p * p * c.out_channels(), vb.pp("proj_out_2"))?,
+            gradient_checkpointing: false,
         })
+    }
+
+    /// diffusers' `enable_gradient_checkpointing()` / `disable_…`: each transformer block
+    /// recomputes its activations in backward instead of keeping them ([`crate::checkpoint`]).
+    pub fn set_gradient_checkpointing(&mut self, on: bool) {
+        self.gradient_checkpointing = on;
+    }
+
+    pub fn gradient_checkpointing(&self) -> bool {
+        self.gradient_checkpointing
     }
 
     pub fn config(&self) -> &DiTTransformer2DConfig {
@@ -332,7 +344,15 @@ impl DiTTransformer2DModel {
         let mut first_cond = None;
         for blk in &self.blocks {
             let cond = blk.emb.forward(&t_proj, &labels)?;
-            x = blk.forward(&x, &cond)?;
+            x = if self.gradient_checkpointing {
+                let blk = blk.clone();
+                crate::checkpoint::checkpoint(&x, Some(&cond), move |x, c| {
+                    blk.forward(x, c.expect("conditioning"))
+                        .map_err(candle_core::Error::wrap)
+                })?
+            } else {
+                blk.forward(&x, &cond)?
+            };
             first_cond.get_or_insert(cond);
         }
         let cond = match first_cond {

@@ -9,11 +9,13 @@
 //! - [`weights`]: `diffusion_pytorch_model.safetensors` in and out (f32/f16/bf16 on disk), and
 //!   diffusers pipeline folders.
 //! - [`ops`]: the one seam through which models reach the hot ops.
+//! - [`checkpoint`]: gradient checkpointing (activations recomputed in backward).
 //! - [`denoise`]: a loaded model as a `diffuse_core` denoiser; [`pipeline`]: batched generation
 //!   (pixel or latent); [`latent_cache`]: a data set encoded once into latent shards.
 
 pub mod attention;
 pub mod blocks;
+pub mod checkpoint;
 pub mod config;
 pub mod denoise;
 pub mod dit;

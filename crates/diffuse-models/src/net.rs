@@ -147,6 +147,15 @@ impl DenoiserNet {
         })
     }
 
+    /// Gradient checkpointing: the UNet's ResNets, attentions and resamplers, or the DiT's
+    /// transformer blocks, recompute their activations in backward ([`crate::checkpoint`]).
+    pub fn set_gradient_checkpointing(&mut self, on: bool) {
+        match self {
+            DenoiserNet::UNet(m) => m.set_gradient_checkpointing(on),
+            DenoiserNet::DiT(m) => m.set_gradient_checkpointing(on),
+        }
+    }
+
     /// The config (cloned into the enum).
     pub fn config(&self) -> DenoiserConfig {
         match self {

@@ -31,6 +31,7 @@ pub struct UNet2DModel {
     up_blocks: Vec<UpBlock>,
     conv_norm_out: ops::GroupNorm,
     conv_out: candle_nn::Conv2d,
+    gradient_checkpointing: bool,
 }
 
 impl UNet2DModel {
@@ -180,7 +181,29 @@ impl UNet2DModel {
             up_blocks,
             conv_norm_out,
             conv_out,
+            gradient_checkpointing: false,
         })
+    }
+
+    /// diffusers' `enable_gradient_checkpointing()` / `disable_…`: every ResNet, attention and
+    /// resampler of the down, mid and up blocks recomputes its activations in backward instead
+    /// of keeping them ([`crate::checkpoint`]). Same outputs and gradients; less memory, one more
+    /// forward of those blocks per backward.
+    pub fn set_gradient_checkpointing(&mut self, on: bool) {
+        self.gradient_checkpointing = on;
+        for d in &mut self.down_blocks {
+            d.set_gradient_checkpointing(on);
+        }
+        if let Some(m) = &mut self.mid_block {
+            m.set_gradient_checkpointing(on);
+        }
+        for u in &mut self.up_blocks {
+            u.set_gradient_checkpointing(on);
+        }
+    }
+
+    pub fn gradient_checkpointing(&self) -> bool {
+        self.gradient_checkpointing
     }
 
     pub fn config(&self) -> &UNet2DConfig {

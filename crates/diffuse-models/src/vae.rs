@@ -92,6 +92,14 @@ impl Encoder {
         })
     }
 
+    /// Gradient checkpointing of every block (see [`AutoencoderKL::set_gradient_checkpointing`]).
+    pub fn set_gradient_checkpointing(&mut self, on: bool) {
+        for d in &mut self.down_blocks {
+            d.set_gradient_checkpointing(on);
+        }
+        self.mid_block.set_gradient_checkpointing(on);
+    }
+
     /// `x`: [b, in, h, w] → [b, 2·latent, h/f, w/f] (mean then log-variance).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let mut h = ops::conv2d(x, &self.conv_in)?;
@@ -152,6 +160,14 @@ impl Decoder {
             conv_norm_out,
             conv_out,
         })
+    }
+
+    /// Gradient checkpointing of every block (see [`AutoencoderKL::set_gradient_checkpointing`]).
+    pub fn set_gradient_checkpointing(&mut self, on: bool) {
+        self.mid_block.set_gradient_checkpointing(on);
+        for u in &mut self.up_blocks {
+            u.set_gradient_checkpointing(on);
+        }
     }
 
     /// `z`: [b, latent, h, w] → [b, out, h·f, w·f].
@@ -256,6 +272,13 @@ impl AutoencoderKL {
 
     pub fn config(&self) -> &AutoencoderKLConfig {
         &self.config
+    }
+
+    /// Gradient checkpointing of the encoder's and decoder's ResNets, attentions and resamplers
+    /// (as [`crate::UNet2DModel::set_gradient_checkpointing`]).
+    pub fn set_gradient_checkpointing(&mut self, on: bool) {
+        self.encoder.set_gradient_checkpointing(on);
+        self.decoder.set_gradient_checkpointing(on);
     }
 
     /// Checks the channel count; returns `x` in the weights' dtype (f32 when loaded, which is

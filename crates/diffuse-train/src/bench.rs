@@ -453,6 +453,8 @@ pub struct BenchOptions {
     /// Where to write the check tensors (inputs and outputs the PyTorch side recomputes).
     pub save_check: Option<PathBuf>,
     pub threads: usize,
+    /// Train with gradient checkpointing (the case is then named `train_bN_ckpt`).
+    pub gradient_checkpointing: bool,
 }
 
 impl BenchOptions {
@@ -475,6 +477,7 @@ impl BenchOptions {
             save_weights: None,
             save_check: None,
             threads: candle_core::utils::get_num_threads(),
+            gradient_checkpointing: false,
         }
     }
 }
@@ -572,7 +575,11 @@ pub fn run(opts: &BenchOptions, device: &Device, log: &mut dyn FnMut(&str)) -> R
         Error::Invalid("the model config has no sample_size: bench needs one".into())
     })?;
     let c = cfg.in_channels;
-    let (train_model, varmap) = build_unet(cfg, device)?;
+    // Checked here, not at the end: a reset after the cases would lower the process's peak RSS
+    // that `/usr/bin/time` reports.
+    let rss_resettable = reset_peak_rss();
+    let (mut train_model, varmap) = build_unet(cfg, device)?;
+    train_model.set_gradient_checkpointing(opts.gradient_checkpointing);
     seeded_init(&varmap, opts.seed)?;
     let params: usize = varmap
         .all_vars()
@@ -736,8 +743,13 @@ pub fn run(opts: &BenchOptions, device: &Device, log: &mut dyn FnMut(&str)) -> R
             first_loss.get_or_insert(loss);
             Ok(())
         })?;
+        let ckpt = if opts.gradient_checkpointing {
+            "_ckpt"
+        } else {
+            ""
+        };
         let m = finish(
-            format!("train_b{b}"),
+            format!("train_b{b}{ckpt}"),
             "train",
             b,
             None,
@@ -774,7 +786,7 @@ pub fn run(opts: &BenchOptions, device: &Device, log: &mut dyn FnMut(&str)) -> R
         }),
         flops_forward_per_image: flops,
         machine_peak: peak,
-        peak_rss_method: if reset_peak_rss() {
+        peak_rss_method: if rss_resettable {
             "VmHWM per measurement (reset through /proc/self/clear_refs before its warm-up)".into()
         } else {
             "VmHWM of the process so far (clear_refs unavailable)".into()

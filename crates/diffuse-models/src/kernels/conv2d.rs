@@ -464,6 +464,7 @@ impl CustomOp3 for Conv2d {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        super::count_forward();
         let g = Geometry::new(l1.dims(), l2.dims(), self.stride, self.padding)?;
         let y = forward(
             f32_slice(s1, l1)?,

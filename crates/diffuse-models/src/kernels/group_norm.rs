@@ -331,6 +331,7 @@ impl CustomOp3 for GroupNorm {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        super::count_forward();
         let y = forward(
             f32_slice(s1, l1)?,
             f32_slice(s2, l2)?,

@@ -125,6 +125,19 @@ pub(crate) fn split_range(n: usize, parts: usize) -> Vec<std::ops::Range<usize>>
 }
 
 #[cfg(test)]
+thread_local! {
+    /// Kernel forwards run on this thread (tests: recomputation must go through the kernels).
+    pub(crate) static FORWARD_CALLS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Counts a kernel forward (tests only).
+#[inline]
+pub(crate) fn count_forward() {
+    #[cfg(test)]
+    FORWARD_CALLS.with(|c| c.set(c.get() + 1));
+}
+
+#[cfg(test)]
 pub(crate) mod testutil {
     use candle_core::{Device, Tensor};
     use rand::{Rng, SeedableRng};
