@@ -9,6 +9,7 @@ mod data_cmd;
 mod distill_cmd;
 mod eval_cmd;
 mod eval_sweep;
+mod export_cmd;
 mod noise_cmd;
 mod sample_cmd;
 mod schedule_cmd;
@@ -45,6 +46,9 @@ enum Command {
     Sample(sample_cmd::Args),
     /// Re-save a diffusers UNet, DiT or pipeline folder (e.g. as f16), in the diffusers layout.
     Convert(convert_cmd::Args),
+    /// Export a model's network to another format: `onnx`.
+    #[command(subcommand)]
+    Export(export_cmd::Command),
     /// Serve models over HTTP: generation API with batching, web page, metrics.
     Serve(serve_cmd::Args),
     /// Train a UNet or DiT (or, with a [vae] section, an AutoencoderKL) from a TOML config.
@@ -93,6 +97,7 @@ fn main() -> ExitCode {
         Command::Noise(args) => noise_cmd::run(args),
         Command::Sample(args) => sample_cmd::run(args),
         Command::Convert(args) => convert_cmd::run(args),
+        Command::Export(cmd) => export_cmd::run(cmd),
         Command::Serve(args) => serve_cmd::run(args),
         Command::Data(cmd) => data_cmd::run(cmd),
         Command::Train(args) => train_cmd::run(args),

@@ -1958,6 +1958,163 @@ fn progressive_distillation_halves_the_steps() {
             "--set",
             "data.batch_size=4",
             "--quiet",
+/// Decodes a written .onnx file with diffuse's prost messages.
+fn onnx_model(path: &Path) -> diffuse_models::onnx::proto::ModelProto {
+    let bytes = std::fs::read(path).unwrap();
+    prost::Message::decode(bytes.as_slice()).expect("a ModelProto")
+}
+
+/// (name, element type, dims as text) of graph inputs or outputs.
+fn onnx_io(v: &[diffuse_models::onnx::proto::ValueInfoProto]) -> Vec<(String, i32, Vec<String>)> {
+    use diffuse_models::onnx::proto::DimValue;
+    v.iter()
+        .map(|i| {
+            let t = i.r#type.clone().unwrap().tensor_type.unwrap();
+            let dims = t
+                .shape
+                .unwrap()
+                .dim
+                .iter()
+                .map(|d| match d.value.clone().unwrap() {
+                    DimValue::DimValue(n) => n.to_string(),
+                    DimValue::DimParam(p) => p,
+                })
+                .collect();
+            (i.name.clone().unwrap(), t.elem_type.unwrap(), dims)
+        })
+        .collect()
+}
+
+#[test]
+fn export_onnx_writes_parseable_graphs_of_pipelines() {
+    use diffuse_models::onnx::proto::{FLOAT, INT64};
+    let dir = tempfile::tempdir().unwrap();
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    // A latent pipeline: the UNet by default, its VAE's decoder on request.
+    let pipe = dir.path().join("latent");
+    latent_pipeline(&pipe, "vae_gray_plain");
+    let out = dir.path().join("out/unet.onnx"); // the folder is created
+    let o = diffuse(&[
+        "export",
+        "onnx",
+        "--model",
+        pipe.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("UNet2DModel"), "{}", stderr(&o));
+    let m = onnx_model(&out);
+    assert_eq!(
+        (m.ir_version, m.producer_name.as_deref()),
+        (Some(8), Some("diffuse"))
+    );
+    assert_eq!(m.opset_import[0].version, Some(17));
+    let g = m.graph.unwrap();
+    assert_eq!(
+        onnx_io(&g.input),
+        [
+            (
+                "sample".into(),
+                FLOAT,
+                s(&["batch", "2", "height", "width"])
+            ),
+            ("timestep".into(), FLOAT, s(&["batch"])),
+            ("class_labels".into(), INT64, s(&["batch"])),
+        ]
+    );
+    assert_eq!(
+        onnx_io(&g.output),
+        [(
+            "out_sample".into(),
+            FLOAT,
+            s(&["batch", "2", "height", "width"])
+        )]
+    );
+    assert!(g
+        .initializer
+        .iter()
+        .any(|t| t.name.as_deref() == Some("time_embedding.linear_1.weight")));
+
+    let dec = dir.path().join("dec.onnx");
+    let o = diffuse(&[
+        "export",
+        "onnx",
+        "--model",
+        pipe.to_str().unwrap(),
+        "--output",
+        dec.to_str().unwrap(),
+        "--component",
+        "vae-decoder",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let g = onnx_model(&dec).graph.unwrap();
+    assert_eq!(
+        onnx_io(&g.input),
+        [(
+            "latent_sample".into(),
+            FLOAT,
+            s(&["batch", "2", "height", "width"])
+        )]
+    );
+    assert_eq!(onnx_io(&g.output)[0].0, "sample");
+    // The pipeline's vae/ is a copy of vae_gray_plain: the bare folder gives the same bytes.
+    let bare = dir.path().join("bare.onnx");
+    let vae = model_fixtures().join("vae_gray_plain");
+    let o = diffuse(&[
+        "export",
+        "onnx",
+        "--model",
+        vae.to_str().unwrap(),
+        "--output",
+        bare.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(std::fs::read(&bare).unwrap() == std::fs::read(&dec).unwrap());
+
+    // A pixel DiT pipeline: fixed sample size, class labels; no VAE, not a UNet.
+    let dit = dir.path().join("dit");
+    std::fs::create_dir_all(dit.join("scheduler")).unwrap();
+    for f in ["model_index.json", "scheduler/scheduler_config.json"] {
+        std::fs::copy(model_fixtures().join("pipeline_dit").join(f), dit.join(f)).unwrap();
+    }
+    diffuse_models::weights::copy_model_folder(
+        &model_fixtures().join("dit_p2_sigma"),
+        &dit.join("transformer"),
+    )
+    .unwrap();
+    let d = dir.path().join("dit.onnx");
+    let o = diffuse(&[
+        "export",
+        "onnx",
+        "--model",
+        dit.to_str().unwrap(),
+        "--output",
+        d.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let g = onnx_model(&d).graph.unwrap();
+    assert_eq!(
+        onnx_io(&g.input),
+        [
+            ("sample".into(), FLOAT, s(&["batch", "4", "8", "8"])),
+            ("timestep".into(), FLOAT, s(&["batch"])),
+            ("class_labels".into(), INT64, s(&["batch"])),
+        ]
+    );
+    assert_eq!(
+        onnx_io(&g.output),
+        [("out_sample".into(), FLOAT, s(&["batch", "8", "8", "8"]))]
+    );
+    let x = dir.path().join("x.onnx");
+    let run = |model: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "export",
+            "onnx",
+            "--model",
+            model.to_str().unwrap(),
+            "--output",
+            x.to_str().unwrap(),
         ];
         args.extend_from_slice(extra);
         diffuse(&args)
@@ -2078,4 +2235,25 @@ fn progressive_distillation_halves_the_steps() {
         "--quiet",
     ]);
     assert_one_line_error(&o, "distill reflow");
+    assert_one_line_error(
+        &run(&dit, &["--component", "unet"]),
+        "DiTTransformer2DModel",
+    );
+    assert_one_line_error(&run(&dit, &["--component", "vae-decoder"]), "no vae/");
+    assert_one_line_error(&run(&vae, &["--component", "unet"]), "AutoencoderKL");
+    assert_one_line_error(&run(&dit, &["--component", "text-encoder"]), "vae-decoder");
+    assert_one_line_error(&run(Path::new("/no/such/model"), &[]), "/no/such/model");
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    assert_one_line_error(&run(&empty, &[]), "neither model_index.json");
+    let o = diffuse(&[
+        "export",
+        "onnx",
+        "--model",
+        dit.to_str().unwrap(),
+        "--output",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_one_line_error(&o, "is a folder");
+    assert!(!x.exists(), "no file is written on errors");
 }

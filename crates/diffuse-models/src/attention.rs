@@ -9,14 +9,14 @@ use candle_nn::VarBuilder;
 /// Multi-head self-attention over the h·w positions of a feature map.
 #[derive(Debug, Clone)]
 pub struct SpatialAttention {
-    group_norm: Option<ops::GroupNorm>,
-    to_q: candle_nn::Linear,
-    to_k: candle_nn::Linear,
-    to_v: candle_nn::Linear,
-    to_out: candle_nn::Linear,
-    heads: usize,
-    head_dim: usize,
-    rescale_output_factor: f64,
+    pub(crate) group_norm: Option<ops::GroupNorm>,
+    pub(crate) to_q: candle_nn::Linear,
+    pub(crate) to_k: candle_nn::Linear,
+    pub(crate) to_v: candle_nn::Linear,
+    pub(crate) to_out: candle_nn::Linear,
+    pub(crate) heads: usize,
+    pub(crate) head_dim: usize,
+    pub(crate) rescale_output_factor: f64,
 }
 
 impl SpatialAttention {
@@ -85,12 +85,12 @@ impl SpatialAttention {
 /// `bias`, `to_out.0` always biased).
 #[derive(Debug, Clone)]
 pub struct SelfAttention {
-    to_q: candle_nn::Linear,
-    to_k: candle_nn::Linear,
-    to_v: candle_nn::Linear,
-    to_out: candle_nn::Linear,
-    heads: usize,
-    head_dim: usize,
+    pub(crate) to_q: candle_nn::Linear,
+    pub(crate) to_k: candle_nn::Linear,
+    pub(crate) to_v: candle_nn::Linear,
+    pub(crate) to_out: candle_nn::Linear,
+    pub(crate) heads: usize,
+    pub(crate) head_dim: usize,
 }
 
 impl SelfAttention {

@@ -47,13 +47,13 @@ fn attention(ckpt: bool, a: &SpatialAttention, x: &Tensor) -> Result<Tensor> {
 }
 
 #[derive(Debug, Clone)]
-enum Down {
+pub(crate) enum Down {
     Conv(Downsample2D),
     Resnet(Box<ResnetBlock2D>),
 }
 
 #[derive(Debug, Clone)]
-enum Up {
+pub(crate) enum Up {
     Conv(Upsample2D),
     Resnet(Box<ResnetBlock2D>),
 }
@@ -102,9 +102,9 @@ impl BlockSpec<'_> {
 /// A down block: ResNets (each optionally followed by attention), then a downsampler.
 #[derive(Debug, Clone)]
 pub struct DownBlock {
-    resnets: Vec<ResnetBlock2D>,
-    attentions: Vec<SpatialAttention>,
-    down: Option<Down>,
+    pub(crate) resnets: Vec<ResnetBlock2D>,
+    pub(crate) attentions: Vec<SpatialAttention>,
+    pub(crate) down: Option<Down>,
     gradient_checkpointing: bool,
 }
 
@@ -197,10 +197,10 @@ impl DownBlock {
 /// `UpDecoderBlock2D` takes no skips: its ResNets see h alone.
 #[derive(Debug, Clone)]
 pub struct UpBlock {
-    resnets: Vec<ResnetBlock2D>,
-    attentions: Vec<SpatialAttention>,
-    up: Option<Up>,
-    takes_skips: bool,
+    pub(crate) resnets: Vec<ResnetBlock2D>,
+    pub(crate) attentions: Vec<SpatialAttention>,
+    pub(crate) up: Option<Up>,
+    pub(crate) takes_skips: bool,
     gradient_checkpointing: bool,
 }
 
@@ -302,8 +302,8 @@ impl UpBlock {
 /// `UNetMidBlock2D` with one layer: ResNet → attention → ResNet.
 #[derive(Debug, Clone)]
 pub struct MidBlock {
-    resnets: Vec<ResnetBlock2D>,
-    attention: Option<SpatialAttention>,
+    pub(crate) resnets: Vec<ResnetBlock2D>,
+    pub(crate) attention: Option<SpatialAttention>,
     gradient_checkpointing: bool,
 }
 

@@ -30,9 +30,9 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::{Init, VarBuilder, VarMap};
 
 /// Width of the sinusoidal timestep projection (diffusers' `CombinedTimestepLabelEmbeddings`).
-const TIME_PROJ_DIM: usize = 256;
+pub(crate) const TIME_PROJ_DIM: usize = 256;
 /// eps of the adaLN and final LayerNorms (fixed in diffusers, independent of `norm_eps`).
-const ADA_LN_EPS: f64 = 1e-6;
+pub(crate) const ADA_LN_EPS: f64 = 1e-6;
 
 /// diffusers' `get_2d_sincos_pos_embed(dim, (gh, gw), base_size)`: `[gh·gw, dim]` for tokens in
 /// row-major (h, w) order. The first half of the width encodes the column, the second the row,
@@ -85,9 +85,9 @@ pub fn split_learned_sigma(out: &Tensor, in_channels: usize) -> Result<(Tensor, 
 
 /// `CombinedTimestepLabelEmbeddings`: timestep MLP + class table (null class last).
 #[derive(Debug, Clone)]
-struct Conditioning {
-    timestep_embedder: TimestepEmbedding,
-    embedding_table: candle_nn::Embedding,
+pub(crate) struct Conditioning {
+    pub(crate) timestep_embedder: TimestepEmbedding,
+    pub(crate) embedding_table: candle_nn::Embedding,
 }
 
 impl Conditioning {
@@ -116,18 +116,18 @@ impl Conditioning {
 
 /// `BasicTransformerBlock` with `norm_type = "ada_norm_zero"`, no cross-attention.
 #[derive(Debug, Clone)]
-struct DiTBlock {
-    emb: Conditioning,
+pub(crate) struct DiTBlock {
+    pub(crate) emb: Conditioning,
     /// `norm1.linear`: silu(cond) → 6 × dim modulation.
-    ada: candle_nn::Linear,
-    attn: SelfAttention,
+    pub(crate) ada: candle_nn::Linear,
+    pub(crate) attn: SelfAttention,
     /// `norm3` weight and bias when `norm_elementwise_affine`.
-    norm3: Option<(Tensor, Tensor)>,
-    norm_eps: f64,
-    ff_in: candle_nn::Linear,
-    ff_out: candle_nn::Linear,
-    exact_gelu: bool,
-    dim: usize,
+    pub(crate) norm3: Option<(Tensor, Tensor)>,
+    pub(crate) norm_eps: f64,
+    pub(crate) ff_in: candle_nn::Linear,
+    pub(crate) ff_out: candle_nn::Linear,
+    pub(crate) exact_gelu: bool,
+    pub(crate) dim: usize,
 }
 
 impl DiTBlock {
@@ -201,14 +201,14 @@ fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
 /// The diffusers `DiTTransformer2DModel`.
 #[derive(Debug, Clone)]
 pub struct DiTTransformer2DModel {
-    config: DiTTransformer2DConfig,
+    pub(crate) config: DiTTransformer2DConfig,
     /// `pos_embed.proj`: the patch embedding.
-    patch: candle_nn::Conv2d,
+    pub(crate) patch: candle_nn::Conv2d,
     /// [1, N, D] for the config's `sample_size` (a fixed buffer, not a weight).
-    pos_embed: Tensor,
-    blocks: Vec<DiTBlock>,
-    proj_out_1: candle_nn::Linear,
-    proj_out_2: candle_nn::Linear,
+    pub(crate) pos_embed: Tensor,
+    pub(crate) blocks: Vec<DiTBlock>,
+    pub(crate) proj_out_1: candle_nn::Linear,
+    pub(crate) proj_out_2: candle_nn::Linear,
     gradient_checkpointing: bool,
 }
 

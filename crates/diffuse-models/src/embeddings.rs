@@ -91,8 +91,8 @@ impl TimeProjection {
 /// `TimestepEmbedding`: linear → SiLU → linear.
 #[derive(Debug, Clone)]
 pub struct TimestepEmbedding {
-    linear_1: candle_nn::Linear,
-    linear_2: candle_nn::Linear,
+    pub(crate) linear_1: candle_nn::Linear,
+    pub(crate) linear_2: candle_nn::Linear,
 }
 
 impl TimestepEmbedding {

@@ -10,6 +10,7 @@
 //!   diffusers pipeline folders.
 //! - [`ops`]: the one seam through which models reach the hot ops.
 //! - [`checkpoint`]: gradient checkpointing (activations recomputed in backward).
+//! - [`onnx`]: ONNX export of a UNet, DiT or VAE decoder, written by diffuse itself.
 //! - [`denoise`]: a loaded model as a `diffuse_core` denoiser; [`pipeline`]: batched generation
 //!   (pixel or latent); [`latent_cache`]: a data set encoded once into latent shards.
 
@@ -23,6 +24,7 @@ pub mod embeddings;
 pub mod kernels;
 pub mod latent_cache;
 pub mod net;
+pub mod onnx;
 pub mod ops;
 pub mod pipeline;
 pub mod resnet;

@@ -48,10 +48,10 @@ pub fn conv2d_shifted(x: &Tensor, conv: &candle_nn::Conv2d, shift: &Tensor) -> R
 /// GroupNorm's parameters under diffusers' names (`weight` = γ, `bias` = β; torch's init).
 #[derive(Debug, Clone)]
 pub struct GroupNorm {
-    weight: Tensor,
-    bias: Tensor,
-    groups: usize,
-    eps: f64,
+    pub(crate) weight: Tensor,
+    pub(crate) bias: Tensor,
+    pub(crate) groups: usize,
+    pub(crate) eps: f64,
 }
 
 impl GroupNorm {

@@ -52,14 +52,14 @@ pub struct ResnetOptions {
 /// `ResnetBlock2D`: GN→SiLU→conv→(+t)→GN→SiLU→conv, plus a 1×1 shortcut when widths differ.
 #[derive(Debug, Clone)]
 pub struct ResnetBlock2D {
-    norm1: ops::GroupNorm,
-    conv1: candle_nn::Conv2d,
-    time_emb_proj: Option<candle_nn::Linear>,
-    norm2: ops::GroupNorm,
-    conv2: candle_nn::Conv2d,
-    conv_shortcut: Option<candle_nn::Conv2d>,
-    resample: Resample,
-    opts: ResnetOptions,
+    pub(crate) norm1: ops::GroupNorm,
+    pub(crate) conv1: candle_nn::Conv2d,
+    pub(crate) time_emb_proj: Option<candle_nn::Linear>,
+    pub(crate) norm2: ops::GroupNorm,
+    pub(crate) conv2: candle_nn::Conv2d,
+    pub(crate) conv_shortcut: Option<candle_nn::Conv2d>,
+    pub(crate) resample: Resample,
+    pub(crate) opts: ResnetOptions,
 }
 
 impl ResnetBlock2D {
@@ -161,8 +161,8 @@ impl ResnetBlock2D {
 /// first padded by one on the right and bottom.
 #[derive(Debug, Clone)]
 pub struct Downsample2D {
-    conv: candle_nn::Conv2d,
-    padding: usize,
+    pub(crate) conv: candle_nn::Conv2d,
+    pub(crate) padding: usize,
 }
 
 impl Downsample2D {
@@ -186,7 +186,7 @@ impl Downsample2D {
 /// `Upsample2D(use_conv=True)`: nearest 2× then a 3×3 conv.
 #[derive(Debug, Clone)]
 pub struct Upsample2D {
-    conv: candle_nn::Conv2d,
+    pub(crate) conv: candle_nn::Conv2d,
 }
 
 impl Upsample2D {

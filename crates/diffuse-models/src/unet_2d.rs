@@ -11,7 +11,7 @@ use candle_core::{DType, Tensor};
 use candle_nn::VarBuilder;
 
 #[derive(Debug, Clone)]
-enum ClassEmb {
+pub(crate) enum ClassEmb {
     None,
     Table(candle_nn::Embedding),
     Timestep(TimestepEmbedding),
@@ -21,16 +21,16 @@ enum ClassEmb {
 /// The diffusers `UNet2DModel`.
 #[derive(Debug, Clone)]
 pub struct UNet2DModel {
-    config: UNet2DConfig,
-    conv_in: candle_nn::Conv2d,
-    time_proj: TimeProjection,
-    time_embedding: TimestepEmbedding,
-    class_embedding: ClassEmb,
-    down_blocks: Vec<DownBlock>,
-    mid_block: Option<MidBlock>,
-    up_blocks: Vec<UpBlock>,
-    conv_norm_out: ops::GroupNorm,
-    conv_out: candle_nn::Conv2d,
+    pub(crate) config: UNet2DConfig,
+    pub(crate) conv_in: candle_nn::Conv2d,
+    pub(crate) time_proj: TimeProjection,
+    pub(crate) time_embedding: TimestepEmbedding,
+    pub(crate) class_embedding: ClassEmb,
+    pub(crate) down_blocks: Vec<DownBlock>,
+    pub(crate) mid_block: Option<MidBlock>,
+    pub(crate) up_blocks: Vec<UpBlock>,
+    pub(crate) conv_norm_out: ops::GroupNorm,
+    pub(crate) conv_out: candle_nn::Conv2d,
     gradient_checkpointing: bool,
 }
 

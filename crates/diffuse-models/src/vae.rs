@@ -115,11 +115,11 @@ impl Encoder {
 /// diffusers `Decoder` (group norm): latent → image.
 #[derive(Debug, Clone)]
 pub struct Decoder {
-    conv_in: candle_nn::Conv2d,
-    mid_block: MidBlock,
-    up_blocks: Vec<UpBlock>,
-    conv_norm_out: ops::GroupNorm,
-    conv_out: candle_nn::Conv2d,
+    pub(crate) conv_in: candle_nn::Conv2d,
+    pub(crate) mid_block: MidBlock,
+    pub(crate) up_blocks: Vec<UpBlock>,
+    pub(crate) conv_norm_out: ops::GroupNorm,
+    pub(crate) conv_out: candle_nn::Conv2d,
 }
 
 impl Decoder {
@@ -237,12 +237,12 @@ impl DiagonalGaussian {
 /// The diffusers `AutoencoderKL`.
 #[derive(Debug, Clone)]
 pub struct AutoencoderKL {
-    config: AutoencoderKLConfig,
-    encoder: Encoder,
-    decoder: Decoder,
-    quant_conv: Option<candle_nn::Conv2d>,
-    post_quant_conv: Option<candle_nn::Conv2d>,
-    dtype: DType,
+    pub(crate) config: AutoencoderKLConfig,
+    pub(crate) encoder: Encoder,
+    pub(crate) decoder: Decoder,
+    pub(crate) quant_conv: Option<candle_nn::Conv2d>,
+    pub(crate) post_quant_conv: Option<candle_nn::Conv2d>,
+    pub(crate) dtype: DType,
 }
 
 impl AutoencoderKL {
