@@ -10,6 +10,8 @@ mod distill_cmd;
 mod eval_cmd;
 mod eval_sweep;
 mod noise_cmd;
+mod prune_cmd;
+mod quantize_cmd;
 mod sample_cmd;
 mod schedule_cmd;
 mod serve_cmd;
@@ -45,6 +47,10 @@ enum Command {
     Sample(sample_cmd::Args),
     /// Re-save a diffusers UNet, DiT or pipeline folder (e.g. as f16), in the diffusers layout.
     Convert(convert_cmd::Args),
+    /// Store a pipeline's UNet/DiT conv and linear weights as per-channel int8 (4× smaller).
+    Quantize(quantize_cmd::Args),
+    /// Remove the weakest inner channels of a UNet's ResNet blocks (then fine-tune with train).
+    Prune(prune_cmd::Args),
     /// Serve models over HTTP: generation API with batching, web page, metrics.
     Serve(serve_cmd::Args),
     /// Train a UNet or DiT (or, with a [vae] section, an AutoencoderKL) from a TOML config.
@@ -92,6 +98,8 @@ fn main() -> ExitCode {
         Command::Noise(args) => noise_cmd::run(args),
         Command::Sample(args) => sample_cmd::run(args),
         Command::Convert(args) => convert_cmd::run(args),
+        Command::Quantize(args) => quantize_cmd::run(args),
+        Command::Prune(args) => prune_cmd::run(args),
         Command::Serve(args) => serve_cmd::run(args),
         Command::Data(cmd) => data_cmd::run(cmd),
         Command::Train(args) => train_cmd::run(args),

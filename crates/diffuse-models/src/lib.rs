@@ -11,6 +11,8 @@
 //! - [`ops`]: the one seam through which models reach the hot ops.
 //! - [`denoise`]: a loaded model as a `diffuse_core` denoiser; [`pipeline`]: batched generation
 //!   (pixel or latent); [`latent_cache`]: a data set encoded once into latent shards.
+//! - [`quant`]: int8 weights with per-channel scales (`diffuse quantize`); [`prune`]:
+//!   structured pruning of the ResNet blocks' inner channels (`diffuse prune`).
 
 pub mod attention;
 pub mod blocks;
@@ -23,6 +25,8 @@ pub mod latent_cache;
 pub mod net;
 pub mod ops;
 pub mod pipeline;
+pub mod prune;
+pub mod quant;
 pub mod resnet;
 pub mod unet_2d;
 pub mod vae;
