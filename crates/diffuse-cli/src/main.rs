@@ -11,6 +11,8 @@ mod eval_cmd;
 mod eval_sweep;
 mod export_cmd;
 mod noise_cmd;
+mod prune_cmd;
+mod quantize_cmd;
 mod sample_cmd;
 mod schedule_cmd;
 mod serve_cmd;
@@ -49,6 +51,10 @@ enum Command {
     /// Export a model's network to another format: `onnx`.
     #[command(subcommand)]
     Export(export_cmd::Command),
+    /// Store a pipeline's UNet/DiT conv and linear weights as per-channel int8 (4× smaller).
+    Quantize(quantize_cmd::Args),
+    /// Remove the weakest inner channels of a UNet's ResNet blocks (then fine-tune with train).
+    Prune(prune_cmd::Args),
     /// Serve models over HTTP: generation API with batching, web page, metrics.
     Serve(serve_cmd::Args),
     /// Train a UNet or DiT (or, with a [vae] section, an AutoencoderKL) from a TOML config.
@@ -98,6 +104,8 @@ fn main() -> ExitCode {
         Command::Sample(args) => sample_cmd::run(args),
         Command::Convert(args) => convert_cmd::run(args),
         Command::Export(cmd) => export_cmd::run(cmd),
+        Command::Quantize(args) => quantize_cmd::run(args),
+        Command::Prune(args) => prune_cmd::run(args),
         Command::Serve(args) => serve_cmd::run(args),
         Command::Data(cmd) => data_cmd::run(cmd),
         Command::Train(args) => train_cmd::run(args),

@@ -72,9 +72,21 @@ pub struct BlockSpec<'a> {
     pub resample_type: &'a str,
     pub downsample_padding: usize,
     pub attention_head_dim: Option<usize>,
+    /// Inner widths of pruned ResNets (`crate::prune`): entry i for the i-th ResNet, entry
+    /// `num_layers` for the resampling one; missing entries (an empty slice: unpruned) are
+    /// `out_channels`.
+    pub resnet_inner: &'a [usize],
 }
 
 impl BlockSpec<'_> {
+    /// The inner width of ResNet `i` (`num_layers`: the resampling ResNet).
+    fn inner(&self, i: usize) -> usize {
+        self.resnet_inner
+            .get(i)
+            .copied()
+            .unwrap_or(self.out_channels)
+    }
+
     /// The self-attention after each ResNet of an Attn block (one head per `attention_head_dim`
     /// channels, all channels when it is null).
     fn attention(&self, opts: ResnetOptions, vb: VarBuilder) -> Result<SpatialAttention> {
@@ -119,8 +131,9 @@ impl DownBlock {
             } else {
                 spec.out_channels
             };
-            resnets.push(ResnetBlock2D::new(
+            resnets.push(ResnetBlock2D::with_inner(
                 cin,
+                spec.inner(i),
                 spec.out_channels,
                 opts,
                 Resample::None,
@@ -134,8 +147,9 @@ impl DownBlock {
         let vbd = vb.pp("downsamplers").pp(0);
         let down = match (spec.resample, use_resnet) {
             (false, _) => None,
-            (true, true) => Some(Down::Resnet(Box::new(ResnetBlock2D::new(
+            (true, true) => Some(Down::Resnet(Box::new(ResnetBlock2D::with_inner(
                 spec.out_channels,
+                spec.inner(spec.num_layers),
                 spec.out_channels,
                 opts,
                 Resample::Down,
@@ -223,8 +237,9 @@ impl UpBlock {
             } else {
                 spec.out_channels
             };
-            resnets.push(ResnetBlock2D::new(
+            resnets.push(ResnetBlock2D::with_inner(
                 cin + skip,
+                spec.inner(i),
                 spec.out_channels,
                 opts,
                 Resample::None,
@@ -238,8 +253,9 @@ impl UpBlock {
         let vbu = vb.pp("upsamplers").pp(0);
         let up = match (spec.resample, use_resnet) {
             (false, _) => None,
-            (true, true) => Some(Up::Resnet(Box::new(ResnetBlock2D::new(
+            (true, true) => Some(Up::Resnet(Box::new(ResnetBlock2D::with_inner(
                 spec.out_channels,
+                spec.inner(spec.num_layers),
                 spec.out_channels,
                 opts,
                 Resample::Up,
@@ -314,8 +330,20 @@ impl MidBlock {
         attention: Option<(usize, Option<usize>)>,
         vb: VarBuilder,
     ) -> Result<Self> {
-        let r0 = ResnetBlock2D::new(
+        Self::with_inner(channels, [channels; 2], opts, attention, vb)
+    }
+
+    /// With the inner widths of its two ResNets (pruned blocks, `crate::prune`).
+    pub fn with_inner(
+        channels: usize,
+        inner: [usize; 2],
+        opts: ResnetOptions,
+        attention: Option<(usize, Option<usize>)>,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let r0 = ResnetBlock2D::with_inner(
             channels,
+            inner[0],
             channels,
             opts,
             Resample::None,
@@ -332,8 +360,9 @@ impl MidBlock {
             )?),
             None => None,
         };
-        let r1 = ResnetBlock2D::new(
+        let r1 = ResnetBlock2D::with_inner(
             channels,
+            inner[1],
             channels,
             opts,
             Resample::None,

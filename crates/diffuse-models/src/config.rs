@@ -6,6 +6,14 @@
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+
+/// diffuse's own `config.json` key of a pruned UNet (`diffuse prune`): the inner width of
+/// each pruned ResNet block by weight prefix (`down_blocks.0.resnets.1`, `mid_block.resnets.0`,
+/// …): conv1's output channels = norm2's channels = time_emb_proj's rows (each half for
+/// `scale_shift`) = conv2's input channels. Absent (or a block not named): `out_channels`, as
+/// in diffusers. diffusers' `UNet2DModel` cannot express it and refuses such weights.
+pub const RESNET_INNER_KEY: &str = "diffuse_resnet_inner_channels";
 
 /// Down block types diffuse implements.
 pub const DOWN_BLOCKS: [&str; 3] = ["DownBlock2D", "AttnDownBlock2D", "ResnetDownsampleBlock2D"];
@@ -147,6 +155,17 @@ pub struct UNet2DConfig {
     pub num_class_embeds: Option<usize>,
     #[serde(default)]
     pub num_train_timesteps: Option<usize>,
+    /// [`RESNET_INNER_KEY`]: the inner widths of pruned ResNet blocks (empty: unpruned).
+    #[serde(
+        rename = "diffuse_resnet_inner_channels",
+        default,
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
+    pub resnet_inner_channels: BTreeMap<String, usize>,
+    /// `quantization_config` of int8 weights (`crate::quant`): checked when read, never written
+    /// back, since `weights::save` and the trainer write float weights.
+    #[serde(default, skip_serializing)]
+    pub quantization_config: Option<Value>,
     /// Keys diffuse does not read (`_diffusers_version`, …), kept for saving.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
@@ -206,6 +225,64 @@ impl UNet2DConfig {
             Some(SampleSize::Rect(v)) if v.len() == 2 => Some((v[0], v[1])),
             _ => None,
         }
+    }
+
+    /// Every ResNet block of the network as (weight prefix, output channels), in the order
+    /// `UNet2DModel::new` builds them: down blocks (their resampling ResNet last), mid block,
+    /// up blocks.
+    pub fn resnet_blocks(&self) -> Vec<(String, usize)> {
+        let ch = &self.block_out_channels;
+        let n = ch.len();
+        let resamples_with_resnet = |t: &str, kind: &str, resnet_block: &str, attn_block: &str| {
+            t == resnet_block || (t == attn_block && kind == "resnet")
+        };
+        let mut out = Vec::new();
+        for (i, t) in self.down_block_types.iter().enumerate() {
+            for j in 0..self.layers_per_block {
+                out.push((format!("down_blocks.{i}.resnets.{j}"), ch[i]));
+            }
+            if i != n - 1
+                && resamples_with_resnet(
+                    t,
+                    &self.downsample_type,
+                    "ResnetDownsampleBlock2D",
+                    "AttnDownBlock2D",
+                )
+            {
+                out.push((format!("down_blocks.{i}.downsamplers.0"), ch[i]));
+            }
+        }
+        if self.mid_block_type.is_some() {
+            for j in 0..2 {
+                out.push((format!("mid_block.resnets.{j}"), ch[n - 1]));
+            }
+        }
+        for (i, t) in self.up_block_types.iter().enumerate() {
+            let c = ch[n - 1 - i];
+            for j in 0..=self.layers_per_block {
+                out.push((format!("up_blocks.{i}.resnets.{j}"), c));
+            }
+            if i != n - 1
+                && resamples_with_resnet(
+                    t,
+                    &self.upsample_type,
+                    "ResnetUpsampleBlock2D",
+                    "AttnUpBlock2D",
+                )
+            {
+                out.push((format!("up_blocks.{i}.upsamplers.0"), c));
+            }
+        }
+        out
+    }
+
+    /// Inner width of the ResNet block at `prefix` whose output has `out` channels:
+    /// [`RESNET_INNER_KEY`]'s value, else `out`.
+    pub fn resnet_inner(&self, prefix: &str, out: usize) -> usize {
+        self.resnet_inner_channels
+            .get(prefix)
+            .copied()
+            .unwrap_or(out)
     }
 
     /// Checks every value diffuse relies on; errors name the key and what is allowed.
@@ -345,7 +422,31 @@ impl UNet2DConfig {
         if self.in_channels == 0 || self.out_channels == 0 {
             return bad("in_channels", "channel counts must be at least 1".into());
         }
-        Ok(())
+        if !self.resnet_inner_channels.is_empty() {
+            let blocks: BTreeMap<String, usize> = self.resnet_blocks().into_iter().collect();
+            for (prefix, &w) in &self.resnet_inner_channels {
+                let Some(&out) = blocks.get(prefix) else {
+                    return bad(
+                        RESNET_INNER_KEY,
+                        format!(
+                            "{prefix:?} is not a ResNet block of this network (e.g. {:?})",
+                            blocks.keys().next().map(String::as_str).unwrap_or("")
+                        ),
+                    );
+                };
+                if w == 0 || w > out || !w.is_multiple_of(self.norm_num_groups) {
+                    return bad(
+                        RESNET_INNER_KEY,
+                        format!(
+                            "{prefix:?}: {w} channels; allowed: a multiple of norm_num_groups {} \
+                             up to the block's {out} output channels",
+                            self.norm_num_groups
+                        ),
+                    );
+                }
+            }
+        }
+        check_quantization(self.quantization_config.as_ref())
     }
 }
 
@@ -575,6 +676,10 @@ pub struct DiTTransformer2DConfig {
     pub norm_elementwise_affine: bool,
     #[serde(default = "d_eps")]
     pub norm_eps: f64,
+    /// `quantization_config` of int8 weights (`crate::quant`): checked when read, never written
+    /// back (as the UNet's).
+    #[serde(default, skip_serializing)]
+    pub quantization_config: Option<Value>,
     /// Keys diffuse does not read (`_diffusers_version`, …), kept for saving.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
@@ -716,7 +821,15 @@ impl DiTTransformer2DConfig {
                 format!("must be positive, got {}", self.norm_eps),
             );
         }
-        Ok(())
+        check_quantization(self.quantization_config.as_ref())
+    }
+}
+
+/// `quantization_config`, when present, must be one diffuse reads (`crate::quant`).
+fn check_quantization(v: Option<&Value>) -> Result<()> {
+    match v {
+        None | Some(Value::Null) => Ok(()),
+        Some(v) => crate::quant::QuantizationConfig::from_value(v).map(|_| ()),
     }
 }
 

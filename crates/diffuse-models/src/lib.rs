@@ -13,6 +13,8 @@
 //! - [`onnx`]: ONNX export of a UNet, DiT or VAE decoder, written by diffuse itself.
 //! - [`denoise`]: a loaded model as a `diffuse_core` denoiser; [`pipeline`]: batched generation
 //!   (pixel or latent); [`latent_cache`]: a data set encoded once into latent shards.
+//! - [`quant`]: int8 weights with per-channel scales (`diffuse quantize`); [`prune`]:
+//!   structured pruning of the ResNet blocks' inner channels (`diffuse prune`).
 
 pub mod attention;
 pub mod blocks;
@@ -27,6 +29,8 @@ pub mod net;
 pub mod onnx;
 pub mod ops;
 pub mod pipeline;
+pub mod prune;
+pub mod quant;
 pub mod resnet;
 pub mod unet_2d;
 pub mod vae;

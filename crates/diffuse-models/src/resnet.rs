@@ -70,20 +70,33 @@ impl ResnetBlock2D {
         resample: Resample,
         vb: VarBuilder,
     ) -> Result<Self> {
+        Self::with_inner(cin, cout, cout, opts, resample, vb)
+    }
+
+    /// A block whose inner width (conv1's outputs, norm2, the time projection, conv2's inputs)
+    /// is `inner` instead of `cout`: a pruned block (`crate::prune`; diffusers' is `cout`).
+    pub fn with_inner(
+        cin: usize,
+        inner: usize,
+        cout: usize,
+        opts: ResnetOptions,
+        resample: Resample,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         let norm1 = ops::GroupNorm::new(opts.groups, cin, opts.eps, vb.pp("norm1"))?;
-        let conv1 = conv3(cin, cout, 1, 1, vb.pp("conv1"))?;
+        let conv1 = conv3(cin, inner, 1, 1, vb.pp("conv1"))?;
         let time_emb_proj = match opts.temb_channels {
             Some(t) => {
                 let width = match opts.time_norm {
-                    TimeNorm::Default => cout,
-                    TimeNorm::ScaleShift => 2 * cout,
+                    TimeNorm::Default => inner,
+                    TimeNorm::ScaleShift => 2 * inner,
                 };
                 Some(candle_nn::linear(t, width, vb.pp("time_emb_proj"))?)
             }
             None => None,
         };
-        let norm2 = ops::GroupNorm::new(opts.groups, cout, opts.eps, vb.pp("norm2"))?;
-        let conv2 = conv3(cout, cout, 1, 1, vb.pp("conv2"))?;
+        let norm2 = ops::GroupNorm::new(opts.groups, inner, opts.eps, vb.pp("norm2"))?;
+        let conv2 = conv3(inner, cout, 1, 1, vb.pp("conv2"))?;
         let conv_shortcut = if cin != cout {
             Some(candle_nn::conv2d(
                 cin,

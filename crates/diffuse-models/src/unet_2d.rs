@@ -1,5 +1,6 @@
 //! `UNet2DModel`, diffusers `models/unets/unet_2d.py`: the pixel-space diffusion UNet of DDPM
-//! and the diffusers tutorials, with diffusers' weight names.
+//! and the diffusers tutorials, with diffusers' weight names. A pruned config
+//! (`diffuse_resnet_inner_channels`, `crate::prune`) narrows the inside of ResNet blocks.
 
 use crate::blocks::{BlockSpec, DownBlock, MidBlock, UpBlock};
 use crate::config::{ClassEmbedding, UNet2DConfig};
@@ -106,11 +107,24 @@ impl UNet2DModel {
             output_scale_factor: 1.0,
         };
 
+        // Inner widths of (pruned) ResNets: the block's ResNets, then its resampling one.
+        let inner = |block: &str, layers: usize, resampler: &str, out: usize| -> Vec<usize> {
+            (0..layers)
+                .map(|j| c.resnet_inner(&format!("{block}.resnets.{j}"), out))
+                .chain([c.resnet_inner(&format!("{block}.{resampler}.0"), out)])
+                .collect()
+        };
         let mut down_blocks = Vec::with_capacity(n);
         let mut out = ch[0];
         for (i, t) in c.down_block_types.iter().enumerate() {
             let input = out;
             out = ch[i];
+            let widths = inner(
+                &format!("down_blocks.{i}"),
+                c.layers_per_block,
+                "downsamplers",
+                out,
+            );
             let spec = BlockSpec {
                 block_type: t,
                 num_layers: c.layers_per_block,
@@ -121,6 +135,7 @@ impl UNet2DModel {
                 resample_type: &c.downsample_type,
                 downsample_padding: c.downsample_padding,
                 attention_head_dim: c.attention_head_dim,
+                resnet_inner: &widths,
             };
             down_blocks.push(DownBlock::new(&spec, opts, vb.pp("down_blocks").pp(i))?);
         }
@@ -138,8 +153,9 @@ impl UNet2DModel {
                     output_scale_factor: c.mid_block_scale_factor,
                     ..opts
                 };
-                Some(MidBlock::new(
+                Some(MidBlock::with_inner(
                     last,
+                    [0, 1].map(|j| c.resnet_inner(&format!("mid_block.resnets.{j}"), last)),
                     mid_opts,
                     attention,
                     vb.pp("mid_block"),
@@ -154,6 +170,12 @@ impl UNet2DModel {
             let prev = out;
             out = rev[i];
             let input = rev[(i + 1).min(n - 1)];
+            let widths = inner(
+                &format!("up_blocks.{i}"),
+                c.layers_per_block + 1,
+                "upsamplers",
+                out,
+            );
             let spec = BlockSpec {
                 block_type: t,
                 num_layers: c.layers_per_block + 1,
@@ -164,6 +186,7 @@ impl UNet2DModel {
                 resample_type: &c.upsample_type,
                 downsample_padding: c.downsample_padding,
                 attention_head_dim: c.attention_head_dim,
+                resnet_inner: &widths,
             };
             up_blocks.push(UpBlock::new(&spec, opts, vb.pp("up_blocks").pp(i))?);
         }

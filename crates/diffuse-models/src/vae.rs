@@ -72,6 +72,7 @@ impl Encoder {
                 resample_type: "conv",
                 downsample_padding: 0,
                 attention_head_dim: None,
+                resnet_inner: &[],
             };
             down_blocks.push(DownBlock::new(
                 &spec,
@@ -143,6 +144,7 @@ impl Decoder {
                 resample_type: "conv",
                 downsample_padding: 0,
                 attention_head_dim: None,
+                resnet_inner: &[],
             };
             up_blocks.push(UpBlock::new(
                 &spec,

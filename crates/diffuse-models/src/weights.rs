@@ -10,7 +10,10 @@
 //! null]` in pixel space (diffusers' own way of writing an absent component: its
 //! `DiTPipeline.from_pretrained(dir, vae=None)` loads such a folder, and
 //! `DiTTransformer2DModel.from_pretrained(dir, subfolder="transformer")` the model).
-//! Tensors on disk may be f32, f16 or bf16; in memory the model is f32 unless asked otherwise.
+//! Tensors on disk may be f32, f16 or bf16, or int8 with per-channel scales (`diffuse quantize`,
+//! [`crate::quant`], dequantised here at load); in memory the model is f32 unless asked otherwise.
+//! A pruned UNet (`diffuse prune`, [`crate::prune`]) loads the same way: its config says how
+//! wide each pruned ResNet block is.
 
 use crate::dit::DiTTransformer2DModel;
 use crate::net::{DenoiserConfig, DenoiserNet};
@@ -432,8 +435,9 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// Reads safetensors files into the model's variables: every variable must be present with
-/// its exact shape; values are converted to the variable's dtype. Returns the names of tensors
-/// in the files that the model does not use.
+/// its exact shape; values are converted to the variable's dtype, int8 weights
+/// (`crate::quant`) dequantised. Returns the names of tensors in the files that the model does
+/// not use.
 pub fn load_into(varmap: &VarMap, files: &[PathBuf]) -> Result<Vec<String>> {
     let mut tensors: HashMap<String, Tensor> = HashMap::new();
     let device = {
@@ -445,13 +449,8 @@ pub fn load_into(varmap: &VarMap, files: &[PathBuf]) -> Result<Vec<String>> {
     };
     for f in files {
         let bytes = std::fs::read(f).map_err(io_err(f))?;
-        let map = candle_core::safetensors::load_buffer(&bytes, &device).map_err(|e| {
-            Error::Weights(format!(
-                "{}: not a valid safetensors file ({e})",
-                f.display()
-            ))
-        })?;
-        tensors.extend(map);
+        // int8 weights of `diffuse quantize` come back dequantised to f32 (crate::quant).
+        tensors.extend(crate::quant::read_safetensors(&bytes, f, &device)?);
     }
     let data = varmap.data().lock().expect("varmap lock");
     let mut names: Vec<&String> = data.keys().collect();

@@ -124,10 +124,11 @@ impl FlopCount {
     fn linear(&mut self, din: usize, dout: usize, rows: usize) {
         self.linear += 2 * (din * dout * rows) as u64;
     }
-    /// The convolutions of a ResNet block at output size h×w, 1×1 shortcut included.
-    fn resnet_convs(&mut self, cin: usize, cout: usize, h: usize, w: usize) {
-        self.conv(cin, cout, 3, h, w);
-        self.conv(cout, cout, 3, h, w);
+    /// The convolutions of a ResNet block at output size h×w, 1×1 shortcut included; `inner`
+    /// is conv1's output width (`cout` unless pruned).
+    fn resnet_convs(&mut self, cin: usize, inner: usize, cout: usize, h: usize, w: usize) {
+        self.conv(cin, inner, 3, h, w);
+        self.conv(inner, cout, 3, h, w);
         if cin != cout {
             self.conv(cin, cout, 1, h, w);
         }
@@ -205,9 +206,12 @@ pub fn forward_flops(cfg: &UNet2DConfig, h: usize, w: usize) -> FlopCount {
     } else {
         1
     };
-    let rn = |f: &mut FlopCount, cin: usize, cout: usize, h: usize, w: usize| {
-        f.resnet_convs(cin, cout, h, w);
-        f.linear(temb, resnet_temb * cout, 1); // time_emb_proj
+    // `prefix` names the block's weights: a pruned one (`diffuse_resnet_inner_channels`) is
+    // narrower inside.
+    let rn = |f: &mut FlopCount, prefix: String, cin: usize, cout: usize, h: usize, w: usize| {
+        let inner = cfg.resnet_inner(&prefix, cout);
+        f.resnet_convs(cin, inner, cout, h, w);
+        f.linear(temb, resnet_temb * inner, 1); // time_emb_proj
     };
     let heads_inner = |c: usize| {
         let d = cfg.attention_head_dim.unwrap_or(c);
@@ -227,7 +231,15 @@ pub fn forward_flops(cfg: &UNet2DConfig, h: usize, w: usize) -> FlopCount {
         let input = out;
         out = ch[i];
         for j in 0..cfg.layers_per_block {
-            rn(&mut f, if j == 0 { input } else { out }, out, hh, ww);
+            let cin = if j == 0 { input } else { out };
+            rn(
+                &mut f,
+                format!("down_blocks.{i}.resnets.{j}"),
+                cin,
+                out,
+                hh,
+                ww,
+            );
             if t == "AttnDownBlock2D" {
                 f.attention(out, heads_inner(out), hh, ww);
             }
@@ -238,7 +250,14 @@ pub fn forward_flops(cfg: &UNet2DConfig, h: usize, w: usize) -> FlopCount {
             hh /= 2;
             ww /= 2;
             if resnet {
-                rn(&mut f, out, out, hh, ww);
+                rn(
+                    &mut f,
+                    format!("down_blocks.{i}.downsamplers.0"),
+                    out,
+                    out,
+                    hh,
+                    ww,
+                );
             } else {
                 f.conv(out, out, 3, hh, ww);
             }
@@ -247,12 +266,12 @@ pub fn forward_flops(cfg: &UNet2DConfig, h: usize, w: usize) -> FlopCount {
     // Mid block.
     if cfg.mid_block_type.is_some() {
         let last = ch[n - 1];
-        rn(&mut f, last, last, hh, ww);
+        rn(&mut f, "mid_block.resnets.0".into(), last, last, hh, ww);
         if cfg.add_attention {
             let d = cfg.attention_head_dim.unwrap_or(last);
             f.attention(last, (last / d).max(1) * d, hh, ww);
         }
-        rn(&mut f, last, last, hh, ww);
+        rn(&mut f, "mid_block.resnets.1".into(), last, last, hh, ww);
     }
     // Up path.
     let rev: Vec<usize> = ch.iter().rev().copied().collect();
@@ -265,7 +284,14 @@ pub fn forward_flops(cfg: &UNet2DConfig, h: usize, w: usize) -> FlopCount {
         for j in 0..layers {
             let skip = if j == layers - 1 { input } else { out };
             let cin = if j == 0 { prev } else { out };
-            rn(&mut f, cin + skip, out, hh, ww);
+            rn(
+                &mut f,
+                format!("up_blocks.{i}.resnets.{j}"),
+                cin + skip,
+                out,
+                hh,
+                ww,
+            );
             if t == "AttnUpBlock2D" {
                 f.attention(out, heads_inner(out), hh, ww);
             }
@@ -276,7 +302,14 @@ pub fn forward_flops(cfg: &UNet2DConfig, h: usize, w: usize) -> FlopCount {
             hh *= 2;
             ww *= 2;
             if resnet {
-                rn(&mut f, out, out, hh, ww);
+                rn(
+                    &mut f,
+                    format!("up_blocks.{i}.upsamplers.0"),
+                    out,
+                    out,
+                    hh,
+                    ww,
+                );
             } else {
                 f.conv(out, out, 3, hh, ww);
             }
@@ -934,6 +967,23 @@ mod tests {
         // time MLP 8→32→32: 2·8·32 + 2·32·32 = 2560; three ResNet time projections 32→8: 3·512.
         assert_eq!(f.linear, 2560 + 3 * 512);
         assert_eq!(f.attention, 0);
+    }
+
+    /// The same UNet with its down ResNet pruned to 4 inner channels (`diffuse prune`).
+    #[test]
+    fn flops_of_a_pruned_resnet_by_hand() {
+        let c = cfg(json!({
+            "sample_size": 4, "in_channels": 1, "out_channels": 2,
+            "block_out_channels": [8], "layers_per_block": 1, "norm_num_groups": 4,
+            "down_block_types": ["DownBlock2D"], "up_block_types": ["UpBlock2D"],
+            "mid_block_type": null,
+            "diffuse_resnet_inner_channels": {"down_blocks.0.resnets.0": 4}
+        }));
+        let f = forward_flops(&c, 4, 4);
+        // down resnet 8→4→8: 2·8·4·9·16 + 2·4·8·9·16 = 18432 instead of 36864.
+        assert_eq!(f.conv, 2304 + 18432 + 118784 + 4608);
+        // its time projection 32→4: 256 instead of 512.
+        assert_eq!(f.linear, 2560 + 2 * 512 + 256);
     }
 
     /// Attention terms: q/k/v/out linears over L positions and the two L×L matmuls.
