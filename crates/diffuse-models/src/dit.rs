@@ -243,6 +243,11 @@ impl DiTTransformer2DModel {
         })
     }
 
+    /// The dtype of the weights (f32 unless built low-precision).
+    pub fn dtype(&self) -> DType {
+        self.patch.weight().dtype()
+    }
+
     pub fn config(&self) -> &DiTTransformer2DConfig {
         &self.config
     }

@@ -9,6 +9,7 @@
 //! - [`weights`]: `diffusion_pytorch_model.safetensors` in and out (f32/f16/bf16 on disk), and
 //!   diffusers pipeline folders.
 //! - [`ops`]: the one seam through which models reach the hot ops.
+//! - [`precision`]: bf16/f16 copies of a network (mixed-precision training, `sample --dtype`).
 //! - [`denoise`]: a loaded model as a `diffuse_core` denoiser; [`pipeline`]: batched generation
 //!   (pixel or latent); [`latent_cache`]: a data set encoded once into latent shards.
 
@@ -23,6 +24,7 @@ pub mod latent_cache;
 pub mod net;
 pub mod ops;
 pub mod pipeline;
+pub mod precision;
 pub mod resnet;
 pub mod unet_2d;
 pub mod vae;
