@@ -15,6 +15,7 @@ the same on a GPU (times synchronized; RSS is still host memory).
 """
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -46,6 +47,8 @@ def parse_args():
     p.add_argument("--tf32", action="store_true",
                    help="on CUDA, let cuDNN/cuBLAS use TF32 (PyTorch's conv default); off: true fp32 like diffuse")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--dtype", default="f32", choices=["f32", "bf16"],
+                   help="bf16: every UNet call under torch.autocast(bfloat16) (f32 weights, AdamW and loss)")
     return p.parse_args()
 
 
@@ -123,6 +126,14 @@ def summary(name, kind, batch, steps, warmup, times, rss, first_loss=None):
     }
 
 
+def autocast():
+    """The UNet calls' precision context: torch.autocast(bfloat16) for --dtype bf16."""
+    if args.dtype == "bf16":
+        return torch.autocast(device_type="cuda" if args.device.startswith("cuda") else "cpu",
+                              dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def errors(a, b):
     a, b = a.detach().cpu(), b.detach().cpu()
     d = (a.double() - b.double()).abs().max().item()
@@ -145,6 +156,7 @@ def main():
         "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__,
                      "python": platform.python_version()},
         "device": args.device,
+        "dtype": args.dtype,
         "threads": torch.get_num_threads(),
         "interop_threads": torch.get_num_interop_threads(),
         "model": {"params": sum(p.numel() for p in unet.parameters()), "sample_size": [h, w],
@@ -168,8 +180,8 @@ def main():
         print(f"FlopCounterMode failed: {e}", file=sys.stderr)
 
     if "check_output" in check:
-        with torch.inference_mode():
-            y = unet(check["check_sample"], check["check_timesteps"]).sample
+        with torch.inference_mode(), autocast():
+            y = unet(check["check_sample"], check["check_timesteps"]).sample.float()
         out["checks"]["forward"] = errors(y, check["check_output"])
         print(f"forward check vs diffuse: {out['checks']['forward']}", file=sys.stderr)
 
@@ -179,7 +191,7 @@ def main():
             t = torch.tensor([(i * 997 + 500) % 1000 for i in range(b)], device=dev)
 
             def fwd():
-                with torch.inference_mode():
+                with torch.inference_mode(), autocast():
                     unet(x, t).sample
             times, rss = measure(args.runs, args.warmup, fwd)
             m = summary(f"forward_b{b}", "forward", b, None, args.warmup, times, rss)
@@ -198,8 +210,9 @@ def main():
             x = noise * sched.init_noise_sigma
             with torch.inference_mode():
                 for t in sched.timesteps:
-                    eps = unet(x, t).sample
-                    x = sched.step(eps, t, x, eta=0.0).prev_sample
+                    with autocast():
+                        eps = unet(x, t).sample
+                    x = sched.step(eps.float(), t, x, eta=0.0).prev_sample
             result.setdefault("first", x)
         warm = args.sample_warmup
         runs = args.sample_runs if args.sample_runs is not None else args.runs
@@ -219,7 +232,9 @@ def main():
                 x = noise * sched.init_noise_sigma
                 with torch.inference_mode():
                     for t in sched.timesteps:
-                        x = sched.step(unet(x, t).sample, t, x, eta=0.0).prev_sample
+                        with autocast():
+                            eps = unet(x, t).sample
+                        x = sched.step(eps.float(), t, x, eta=0.0).prev_sample
                 out["checks"][f"sample_ddim{n}"] = errors(x, check[key])
             print(f"sampling checks vs diffuse: {out['checks']}", file=sys.stderr)
 
@@ -239,7 +254,9 @@ def main():
 
         def step():
             opt.zero_grad(set_to_none=True)
-            loss = torch.nn.functional.mse_loss(unet(x, t).sample, target)
+            with autocast():
+                out = unet(x, t).sample
+            loss = torch.nn.functional.mse_loss(out.float(), target)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()

@@ -4,7 +4,8 @@
 # 1. device_check.sh: CUDA libraries, diffuse-core parity on CUDA and CPU;
 # 2. bench/run --device cuda with the prebuilt binary and the machine's torch (+ diffusers
 #    0.42.1 from .device/pylib.tar.xz): diffuse vs PyTorch eager fp32 on the same GPU, same
-#    weights, outputs checked, into $OUT/latest.{json,md}.
+#    weights, outputs checked, into $OUT/latest.{json,md}; DTYPE=bf16 compares bf16 (diffuse's
+#    mixed precision vs torch.autocast).
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.." || exit 1
 OUT="${OUT:-/tmp/bench_cuda}"
@@ -21,4 +22,4 @@ mkdir -p /tmp/pylib && tar -xJf .device/pylib.tar.xz -C /tmp/pylib
 export PYTHONPATH="/tmp/pylib/pylib${PYTHONPATH:+:$PYTHONPATH}" PYTHONWARNINGS=ignore HF_HUB_OFFLINE=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 bench/run --device cuda --bin .device/diffuse --python "$PY" --models "${MODELS:-mnist32,cifar64}" \
-  --out "$OUT" --note "${NOTE:-lent H100, fp32 both sides}" ${QUICK:+--quick} 2>&1 | tee "$OUT/bench_run.log"
+  --dtype "${DTYPE:-f32}" --out "$OUT" --note "${NOTE:-lent H100, ${DTYPE:-f32} both sides}" ${QUICK:+--quick} 2>&1 | tee "$OUT/bench_run.log"

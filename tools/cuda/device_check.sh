@@ -47,7 +47,8 @@ fi
 declare -a DIRS=()
 add_dir() { local d; for d in "${DIRS[@]:-}"; do [[ "$d" == "$1" ]] && return; done; DIRS+=("$1"); }
 FALLBACK_USED=""
-for lib in libcudart.so.13 libcublas.so.13 libcublasLt.so.13 libnvrtc.so.13 libcurand.so.10; do
+# libnccl.so.2: the data-parallel process group (diffuse-train's `cuda` feature links it).
+for lib in libcudart.so.13 libcublas.so.13 libcublasLt.so.13 libnvrtc.so.13 libcurand.so.10 libnccl.so.2; do
   f="$(find "${SEARCH[@]}" -name "$lib" \( -type f -o -type l \) 2>/dev/null | head -n1)"
   if [[ -z "$f" ]]; then
     # Elsewhere: a system CUDA 13 toolkit.

@@ -19,6 +19,8 @@ PINS=(
   nvidia-cuda-nvrtc==13.0.88
   nvidia-cublas==13.0.2.14
   nvidia-curand==10.4.0.35
+  # NCCL for the data-parallel process group (diffuse-train's `cuda` feature links libnccl.so.2).
+  nvidia-nccl-cu13==2.28.3
 )
 want="$(printf '%s\n' "${PINS[@]}" | sha256sum | cut -d' ' -f1)"
 STAMP="$VENV/.pins.sha256"
@@ -33,7 +35,7 @@ if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$want" ]]; then
 else
   "$VENV/bin/python" -m pip install --disable-pip-version-check "${PINS[@]}"
   # Guard against pip having pulled in parts of another CUDA minor version.
-  if "$VENV/bin/python" -m pip freeze --all | grep -E '^nvidia-' | grep -vE '==(13\.0\.|10\.4\.0\.)'; then
+  if "$VENV/bin/python" -m pip freeze --all | grep -E '^nvidia-' | grep -vE '==(13\.0\.|10\.4\.0\.|2\.28\.3)'; then
     echo "setup.sh: non-13.0 nvidia packages above; remove $VENV and rerun" >&2
     exit 1
   fi
@@ -53,6 +55,11 @@ for f in "$CU13"/lib/lib*.so.*; do
   name="${base%%.so.*}.so"
   [[ -e "$CU13/lib/$name" ]] && continue   # an unversioned file already ships
   ln -sfn "$f" "$LIBS/$name"
+done
+# NCCL ships in its own folder (nvidia/nccl/lib/libnccl.so.2).
+NCCL_LIB="$("$VENV/bin/python" -c 'import nvidia, os; print(os.path.join(nvidia.__path__[0], "nccl", "lib"))')"
+for f in "$NCCL_LIB"/libnccl.so.*; do
+  ln -sfn "$f" "$LIBS/libnccl.so"
 done
 shopt -u nullglob
 

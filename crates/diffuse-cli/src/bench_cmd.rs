@@ -60,6 +60,10 @@ pub struct Args {
     /// cpu or cuda (a build with --features cuda).
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// f32, or bf16: forward and sampling on bf16 weights, the training step with mixed
+    /// precision (bf16 forward over f32 master weights), as `train.mixed_precision = "bf16"`.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -99,6 +103,8 @@ pub fn run(args: Args) -> Result<()> {
     opts.learning_rate = args.lr;
     opts.save_weights = args.save_weights;
     opts.save_check = args.save_check;
+    opts.dtype = diffuse_models::weights::parse_dtype(&args.dtype)
+        .map_err(|e| anyhow::anyhow!("--dtype: {e}"))?;
     let report = bench::run(&opts, &dev, &mut |line| eprintln!("{line}"))?;
     print!("{}", report.to_table());
     if let Some(path) = &args.json {

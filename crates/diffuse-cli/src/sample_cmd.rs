@@ -68,6 +68,9 @@ pub struct Args {
     /// cpu or cuda (a build with --features cuda).
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// The denoising network's precision: f32, bf16 or f16 (the sampler and a VAE stay f32).
+    #[arg(long, default_value = "f32")]
+    dtype: String,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
@@ -87,6 +90,8 @@ pub fn device(name: &str) -> Result<Device> {
 
 pub fn run(args: Args) -> Result<()> {
     let dev = device(&args.device)?;
+    let dtype = diffuse_models::weights::parse_dtype(&args.dtype)
+        .map_err(|e| anyhow::anyhow!("--dtype: {e}"))?;
     let folder = resolve_model_folder(&args.model)?;
     if let (Some(ema), false, false) = (&folder.ema_unet_dir, args.no_ema, args.quiet) {
         eprintln!(
@@ -99,7 +104,7 @@ pub fn run(args: Args) -> Result<()> {
                 .to_string_lossy()
         );
     }
-    let (model, vae) = folder.load(args.no_ema, &dev)?;
+    let (model, vae) = diffuse_models::precision::load_as(&folder, args.no_ema, dtype, &dev)?;
     // Images are `f` times larger than what the network denoises.
     let f = vae.as_ref().map_or(1, |v| v.config().downscale());
     let mut sched = match args

@@ -2,9 +2,15 @@
 //! into a diffusers folder, with checkpoints, exact resume, a progress bar and a JSONL metrics
 //! log.
 //! Ctrl-C saves and exits.
+//!
+//! Data parallel, as torchrun: `--gpus N` (or `--nproc-per-node N`) starts N copies of this
+//! command with torchrun's variables (`RANK`, `WORLD_SIZE`, `LOCAL_RANK`, `MASTER_ADDR`,
+//! `MASTER_PORT`; `--nnodes/--node-rank/--master-addr/--master-port` for several nodes), and a
+//! process that finds `WORLD_SIZE` set runs as one rank (so torchrun itself can start them).
 
 use anyhow::{bail, Context, Result};
-use diffuse_train::trainer::{train, TrainConfig, TrainOutcome};
+use diffuse_train::dist::{self, Collective, DistEnv, LaunchPlan, SingleProcess};
+use diffuse_train::trainer::{train_with, TrainConfig, TrainOutcome};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::Write;
 use std::path::PathBuf;
@@ -34,9 +40,67 @@ pub struct Args {
     device: String,
     #[arg(long)]
     quiet: bool,
+    /// Data parallel over N GPUs of this node: one process per GPU, gradients averaged with
+    /// NCCL (the CUDA build). data.batch_size is the global batch (a multiple of N).
+    #[arg(long, value_name = "N")]
+    gpus: Option<usize>,
+    /// Data parallel with N processes on this node on --device (cpu: all-reduce over TCP;
+    /// cuda: as --gpus N).
+    #[arg(long, value_name = "N")]
+    nproc_per_node: Option<usize>,
+    /// Nodes of a multi-node run (start `diffuse train … --node-rank K` on each).
+    #[arg(long, default_value_t = 1)]
+    nnodes: usize,
+    #[arg(long, default_value_t = 0)]
+    node_rank: usize,
+    /// Where rank 0 listens for the others (its node's address for multi-node runs).
+    #[arg(long, default_value = "127.0.0.1")]
+    master_addr: String,
+    #[arg(long, default_value_t = dist::DEFAULT_MASTER_PORT)]
+    master_port: u16,
 }
 
+/// Launcher flags (and whether each takes a value) that the started ranks must not see.
+const LAUNCH_FLAGS: [&str; 6] = [
+    "--gpus",
+    "--nproc-per-node",
+    "--nnodes",
+    "--node-rank",
+    "--master-addr",
+    "--master-port",
+];
+
+/// How long ranks wait for each other at the rendezvous.
+const RENDEZVOUS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+
 pub fn run(args: Args) -> Result<()> {
+    let rank_env = DistEnv::from_env()?;
+    let launch = args.gpus.or(args.nproc_per_node);
+    if let (Some(_), Some(_)) = (&rank_env, launch) {
+        bail!("--gpus/--nproc-per-node start the ranks themselves; under torchrun (WORLD_SIZE is set) leave them out");
+    }
+    if args.gpus.is_some() && args.nproc_per_node.is_some() {
+        bail!("give --gpus N or --nproc-per-node N, not both");
+    }
+    if args.gpus.is_some() {
+        if !cfg!(feature = "cuda") {
+            bail!("--gpus needs the CUDA build of diffuse: cargo build --release -p diffuse-cli --features cuda (tools/cuda/build.sh builds it on a machine without a GPU)");
+        }
+        if args.device != "cuda" && args.device != "cpu" {
+            bail!("--gpus trains on CUDA: leave --device out");
+        }
+    }
+    if let Some(n) = launch {
+        let device = if args.gpus.is_some() {
+            "cuda"
+        } else {
+            args.device.as_str()
+        };
+        return launch_ranks(n, device, &args);
+    }
+    if args.nnodes != 1 || args.node_rank != 0 {
+        bail!("--nnodes/--node-rank go with --gpus N (or --nproc-per-node N)");
+    }
     let (output, config_path, resume) = match (&args.resume, &args.output, &args.config) {
         (Some(dir), _, cfg) => (
             dir.clone(),
@@ -59,10 +123,31 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(s) = args.seed {
         config.train.seed = s;
     }
-    let device = crate::sample_cmd::device(&args.device)?;
     let stop = ctrl_c_flag("saving a checkpoint after this step");
     let start = Instant::now();
-    let outcome = run_training(&config, &output, resume, &device, args.quiet, &stop)?;
+    let outcome = match &rank_env {
+        None => {
+            let device = crate::sample_cmd::device(&args.device)?;
+            run_training(&config, &output, resume, &device, args.quiet, &stop)?
+        }
+        Some(env) => {
+            // One rank: its GPU is LOCAL_RANK on its node.
+            let device = match args.device.as_str() {
+                "cuda" => candle_core::Device::new_cuda(env.local_rank).with_context(|| {
+                    format!("rank {}: CUDA device {}", env.rank, env.local_rank)
+                })?,
+                other => crate::sample_cmd::device(other)?,
+            };
+            let comm = dist::connect(env, &device, RENDEZVOUS_TIMEOUT)?;
+            let quiet = args.quiet || env.rank != 0;
+            let outcome =
+                run_training_with(&config, &output, resume, &device, quiet, &stop, &*comm)?;
+            if env.rank != 0 {
+                return Ok(());
+            }
+            outcome
+        }
+    };
     let next = if config.vae.is_some() {
         format!(
             "encode a data set with it: diffuse data encode --vae {} --data …",
@@ -95,6 +180,90 @@ pub(crate) fn ctrl_c_flag(what: &'static str) -> Arc<AtomicBool> {
     stop
 }
 
+/// Starts `n` ranks of this very command on this node (torchrun's job) and waits for them; the
+/// first failure stops the others.
+fn launch_ranks(n: usize, device: &str, args: &Args) -> Result<()> {
+    let plan = LaunchPlan {
+        nnodes: args.nnodes,
+        node_rank: args.node_rank,
+        nproc_per_node: n,
+        master_addr: args.master_addr.clone(),
+        master_port: args.master_port,
+    };
+    let envs = plan.child_envs()?;
+    let exe = std::env::current_exe().context("cannot find the diffuse binary to start ranks")?;
+    // This command's arguments without the launcher's, on the chosen device.
+    let mut argv: Vec<String> = Vec::new();
+    let mut raw = std::env::args().skip(1);
+    while let Some(a) = raw.next() {
+        let flag = a.split('=').next().unwrap_or_default();
+        if LAUNCH_FLAGS.contains(&flag) || flag == "--device" {
+            if !a.contains('=') {
+                raw.next();
+            }
+            continue;
+        }
+        argv.push(a);
+    }
+    argv.extend(["--device".to_string(), device.to_string()]);
+    // CPU ranks share the cores (unless --threads / DIFFUSE_THREADS says otherwise).
+    let threads = (device == "cpu" && std::env::var_os("DIFFUSE_THREADS").is_none()).then(|| {
+        let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+        (cores / n).max(1).to_string()
+    });
+    let _stop = ctrl_c_flag("the ranks save a checkpoint after this step");
+    let mut children = Vec::with_capacity(n);
+    for env in &envs {
+        let mut cmd = std::process::Command::new(&exe);
+        cmd.args(&argv).envs(env.iter().map(|(k, v)| (k, v)));
+        if let Some(t) = &threads {
+            cmd.env("DIFFUSE_THREADS", t);
+        }
+        children.push(cmd.spawn().context("cannot start a rank")?);
+    }
+    let world = n * plan.nnodes;
+    if !args.quiet {
+        eprintln!(
+            "started ranks {}..{} of {world} on {device} (rendezvous {}:{})",
+            plan.node_rank * n,
+            plan.node_rank * n + n - 1,
+            plan.master_addr,
+            plan.master_port
+        );
+    }
+    // Wait for all; after a failure, stop the rest (they would wait for the failed rank).
+    let mut failed: Option<String> = None;
+    let mut running: Vec<(usize, std::process::Child)> = children.into_iter().enumerate().collect();
+    while !running.is_empty() {
+        let mut still = Vec::new();
+        for (local, mut child) in running {
+            match child.try_wait().context("waiting for a rank")? {
+                Some(status) if !status.success() => {
+                    failed.get_or_insert(format!(
+                        "rank {} exited with {status}",
+                        plan.node_rank * n + local
+                    ));
+                }
+                Some(_) => {}
+                None => still.push((local, child)),
+            }
+        }
+        running = still;
+        if failed.is_some() {
+            for (_, child) in &mut running {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            running.clear();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    match failed {
+        Some(f) => bail!("data-parallel training failed: {f} (its error is above)"),
+        None => Ok(()),
+    }
+}
+
 /// Saves `config` as `output/train.toml` and trains into `output` with a progress bar and the
 /// `metrics.jsonl` log (`diffuse train`, and the student of `diffuse distill reflow`).
 pub(crate) fn run_training(
@@ -105,6 +274,30 @@ pub(crate) fn run_training(
     quiet: bool,
     stop: &AtomicBool,
 ) -> Result<TrainOutcome> {
+    run_training_with(config, output, resume, device, quiet, stop, &SingleProcess)
+}
+
+/// [`run_training`] as one rank of `comm`: rank 0 writes `train.toml` and `metrics.jsonl`.
+pub(crate) fn run_training_with(
+    config: &TrainConfig,
+    output: &std::path::Path,
+    resume: bool,
+    device: &candle_core::Device,
+    quiet: bool,
+    stop: &AtomicBool,
+    comm: &dyn Collective,
+) -> Result<TrainOutcome> {
+    if comm.rank() != 0 {
+        return Ok(train_with(
+            config,
+            output,
+            resume,
+            device,
+            stop,
+            &mut |_| {},
+            comm,
+        )?);
+    }
     std::fs::create_dir_all(output)
         .with_context(|| format!("cannot create {}", output.display()))?;
     let saved = toml::to_string(config).context("config")?;
@@ -127,42 +320,50 @@ pub(crate) fn run_training(
         .with_context(|| format!("cannot write {}", output.join("metrics.jsonl").display()))?;
     let start = Instant::now();
     let mut images = 0usize;
-    let outcome = train(config, output, resume, device, stop, &mut |r| {
-        images += r.images;
-        let secs = start.elapsed().as_secs_f64().max(1e-9);
-        bar.set_position(r.step);
-        bar.set_message(format!(
-            "loss {:.4} · lr {:.2e} · {:.1} img/s",
-            r.loss,
-            r.lr,
-            images as f64 / secs
-        ));
-        if r.skipped_nonfinite {
-            bar.println(format!(
-                "step {}: non-finite loss or gradient, step skipped",
-                r.step
+    let outcome = train_with(
+        config,
+        output,
+        resume,
+        device,
+        stop,
+        &mut |r| {
+            images += r.images;
+            let secs = start.elapsed().as_secs_f64().max(1e-9);
+            bar.set_position(r.step);
+            bar.set_message(format!(
+                "loss {:.4} · lr {:.2e} · {:.1} img/s",
+                r.loss,
+                r.lr,
+                images as f64 / secs
             ));
-        }
-        let mut line = serde_json::json!({"step": r.step, "loss": r.loss, "lr": r.lr,
+            if r.skipped_nonfinite {
+                bar.println(format!(
+                    "step {}: non-finite loss or gradient, step skipped",
+                    r.step
+                ));
+            }
+            let mut line = serde_json::json!({"step": r.step, "loss": r.loss, "lr": r.lr,
             "grad_norm": r.grad_norm, "images_per_s": images as f64 / secs,
             "skipped": r.skipped_nonfinite, "time_s": secs, "data_wait_s": r.data_wait_s});
-        for (k, v) in &r.metrics {
-            line[k.as_str()] = (*v).into();
-            if k == "eval/psnr" {
-                bar.println(format!("step {}: held-out PSNR {v:.2} dB", r.step));
+            for (k, v) in &r.metrics {
+                line[k.as_str()] = (*v).into();
+                if k == "eval/psnr" {
+                    bar.println(format!("step {}: held-out PSNR {v:.2} dB", r.step));
+                }
             }
-        }
-        let evals: Vec<String> = r
-            .metrics
-            .iter()
-            .filter(|(k, _)| k.starts_with("eval/") && k != "eval/psnr" && k != "eval/ssim")
-            .map(|(k, v)| format!("{} {v:.4}", &k["eval/".len()..]))
-            .collect();
-        if !evals.is_empty() {
-            bar.println(format!("step {}: {}", r.step, evals.join(" · ")));
-        }
-        let _ = writeln!(log, "{line}");
-    })?;
+            let evals: Vec<String> = r
+                .metrics
+                .iter()
+                .filter(|(k, _)| k.starts_with("eval/") && k != "eval/psnr" && k != "eval/ssim")
+                .map(|(k, v)| format!("{} {v:.4}", &k["eval/".len()..]))
+                .collect();
+            if !evals.is_empty() {
+                bar.println(format!("step {}: {}", r.step, evals.join(" · ")));
+            }
+            let _ = writeln!(log, "{line}");
+        },
+        comm,
+    )?;
     bar.finish_and_clear();
     Ok(outcome)
 }

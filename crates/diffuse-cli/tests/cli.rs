@@ -1958,6 +1958,128 @@ fn progressive_distillation_halves_the_steps() {
             "--set",
             "data.batch_size=4",
             "--quiet",
+        ];
+        args.extend_from_slice(extra);
+        diffuse(&args)
+    };
+    let out = dir.path().join("students");
+    let o = distill(&out, "4", "3", &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for steps in [2, 1] {
+        let s = out.join(format!("steps-{steps}"));
+        let sched: Value = serde_json::from_str(
+            &std::fs::read_to_string(s.join("scheduler/scheduler_config.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(sched["_class_name"], "DDIMScheduler", "{sched}");
+        assert_eq!(sched["prediction_type"], "v_prediction", "{sched}");
+        assert_eq!(sched["timestep_spacing"], "trailing", "{sched}");
+        assert_eq!(sched["num_inference_steps"], steps, "{sched}");
+        let toml = std::fs::read_to_string(s.join("train.toml")).unwrap();
+        assert!(
+            toml.contains("[distill]") && toml.contains("init_from"),
+            "{toml}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(s.join("metrics.jsonl"))
+                .unwrap()
+                .lines()
+                .count(),
+            3
+        );
+    }
+    // Round 2's teacher is round 1's student, used without guidance.
+    let r2 = std::fs::read_to_string(out.join("steps-1/train.toml")).unwrap();
+    assert!(
+        r2.contains("steps-2") && r2.contains("guidance_scale = 1.0"),
+        "{r2}"
+    );
+    let r1 = std::fs::read_to_string(out.join("steps-2/train.toml")).unwrap();
+    assert!(r1.contains("guidance_scale = 2.0"), "{r1}");
+
+    let weights =
+        |d: &Path| std::fs::read(d.join("unet/diffusion_pytorch_model.safetensors")).unwrap();
+    let before = weights(&out.join("steps-1"));
+    let o = distill(&out, "4", "3", &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("student trained"), "{}", stderr(&o));
+    assert_eq!(weights(&out.join("steps-1")), before);
+
+    // The 1-step student samples in its recorded single DDIM step.
+    let png = dir.path().join("s.png");
+    let o = diffuse(&[
+        "sample",
+        "--model",
+        out.join("steps-1").to_str().unwrap(),
+        "--class",
+        "3",
+        "--num-images",
+        "2",
+        "--output",
+        png.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("1 × 1 model calls"), "{}", stderr(&o));
+
+    // A round stopped at step 3 and continued to 5 equals one run to 5.
+    let straight = dir.path().join("straight");
+    let o = distill(&straight, "2", "5", &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let split = dir.path().join("split");
+    let o = distill(&split, "2", "3", &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = distill(&split, "2", "5", &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        weights(&split.join("steps-1")),
+        weights(&straight.join("steps-1"))
+    );
+
+    // Errors, each one line.
+    assert_one_line_error(
+        &distill(&dir.path().join("x"), "6", "1", &[]),
+        "to-steps × 2^k",
+    );
+    let o = distill(&dir.path().join("x"), "1", "1", &[]);
+    assert_one_line_error(&o, "to-steps × 2^k");
+    let cfg = dir.path().join("student.toml");
+    std::fs::write(&cfg, "[model]\nblock_out_channels = [8, 8]\n").unwrap();
+    let o = distill(
+        &dir.path().join("x"),
+        "2",
+        "1",
+        &["--train-config", cfg.to_str().unwrap()],
+    );
+    assert_one_line_error(&o, "remove [model]");
+    let flow = dir.path().join("flow");
+    let o = diffuse(&[
+        "train",
+        "--config",
+        tiny.to_str().unwrap(),
+        "--output",
+        flow.to_str().unwrap(),
+        "--max-steps",
+        "2",
+        "--set",
+        "train.prediction_type=\"flow\"",
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = diffuse(&[
+        "distill",
+        "progressive",
+        "--teacher",
+        flow.to_str().unwrap(),
+        "--output",
+        dir.path().join("y").to_str().unwrap(),
+        "--from-steps",
+        "2",
+        "--quiet",
+    ]);
+    assert_one_line_error(&o, "distill reflow");
+}
+
 /// Decodes a written .onnx file with diffuse's prost messages.
 fn onnx_model(path: &Path) -> diffuse_models::onnx::proto::ModelProto {
     let bytes = std::fs::read(path).unwrap();
@@ -2119,122 +2241,6 @@ fn export_onnx_writes_parseable_graphs_of_pipelines() {
         args.extend_from_slice(extra);
         diffuse(&args)
     };
-    let out = dir.path().join("students");
-    let o = distill(&out, "4", "3", &[]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    for steps in [2, 1] {
-        let s = out.join(format!("steps-{steps}"));
-        let sched: Value = serde_json::from_str(
-            &std::fs::read_to_string(s.join("scheduler/scheduler_config.json")).unwrap(),
-        )
-        .unwrap();
-        assert_eq!(sched["_class_name"], "DDIMScheduler", "{sched}");
-        assert_eq!(sched["prediction_type"], "v_prediction", "{sched}");
-        assert_eq!(sched["timestep_spacing"], "trailing", "{sched}");
-        assert_eq!(sched["num_inference_steps"], steps, "{sched}");
-        let toml = std::fs::read_to_string(s.join("train.toml")).unwrap();
-        assert!(
-            toml.contains("[distill]") && toml.contains("init_from"),
-            "{toml}"
-        );
-        assert_eq!(
-            std::fs::read_to_string(s.join("metrics.jsonl"))
-                .unwrap()
-                .lines()
-                .count(),
-            3
-        );
-    }
-    // Round 2's teacher is round 1's student, used without guidance.
-    let r2 = std::fs::read_to_string(out.join("steps-1/train.toml")).unwrap();
-    assert!(
-        r2.contains("steps-2") && r2.contains("guidance_scale = 1.0"),
-        "{r2}"
-    );
-    let r1 = std::fs::read_to_string(out.join("steps-2/train.toml")).unwrap();
-    assert!(r1.contains("guidance_scale = 2.0"), "{r1}");
-
-    let weights =
-        |d: &Path| std::fs::read(d.join("unet/diffusion_pytorch_model.safetensors")).unwrap();
-    let before = weights(&out.join("steps-1"));
-    let o = distill(&out, "4", "3", &[]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    assert!(!stderr(&o).contains("student trained"), "{}", stderr(&o));
-    assert_eq!(weights(&out.join("steps-1")), before);
-
-    // The 1-step student samples in its recorded single DDIM step.
-    let png = dir.path().join("s.png");
-    let o = diffuse(&[
-        "sample",
-        "--model",
-        out.join("steps-1").to_str().unwrap(),
-        "--class",
-        "3",
-        "--num-images",
-        "2",
-        "--output",
-        png.to_str().unwrap(),
-        "--quiet",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    assert!(stderr(&o).contains("1 × 1 model calls"), "{}", stderr(&o));
-
-    // A round stopped at step 3 and continued to 5 equals one run to 5.
-    let straight = dir.path().join("straight");
-    let o = distill(&straight, "2", "5", &[]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let split = dir.path().join("split");
-    let o = distill(&split, "2", "3", &[]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let o = distill(&split, "2", "5", &[]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(
-        weights(&split.join("steps-1")),
-        weights(&straight.join("steps-1"))
-    );
-
-    // Errors, each one line.
-    assert_one_line_error(
-        &distill(&dir.path().join("x"), "6", "1", &[]),
-        "to-steps × 2^k",
-    );
-    let o = distill(&dir.path().join("x"), "1", "1", &[]);
-    assert_one_line_error(&o, "to-steps × 2^k");
-    let cfg = dir.path().join("student.toml");
-    std::fs::write(&cfg, "[model]\nblock_out_channels = [8, 8]\n").unwrap();
-    let o = distill(
-        &dir.path().join("x"),
-        "2",
-        "1",
-        &["--train-config", cfg.to_str().unwrap()],
-    );
-    assert_one_line_error(&o, "remove [model]");
-    let flow = dir.path().join("flow");
-    let o = diffuse(&[
-        "train",
-        "--config",
-        tiny.to_str().unwrap(),
-        "--output",
-        flow.to_str().unwrap(),
-        "--max-steps",
-        "2",
-        "--set",
-        "train.prediction_type=\"flow\"",
-        "--quiet",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let o = diffuse(&[
-        "distill",
-        "progressive",
-        "--teacher",
-        flow.to_str().unwrap(),
-        "--output",
-        dir.path().join("y").to_str().unwrap(),
-        "--from-steps",
-        "2",
-        "--quiet",
-    ]);
-    assert_one_line_error(&o, "distill reflow");
     assert_one_line_error(
         &run(&dit, &["--component", "unet"]),
         "DiTTransformer2DModel",

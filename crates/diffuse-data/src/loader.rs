@@ -71,6 +71,8 @@ pub struct Loader {
     ready: BTreeMap<(u64, u64), Result<Batch>>,
     in_flight: usize,
     workers: Vec<std::thread::JoinHandle<()>>,
+    /// (rank, world): hand out only this rank's contiguous slice of every batch.
+    shard: (usize, usize),
 }
 
 /// splitmix64: a well-mixed hash for per-sample coin flips.
@@ -127,7 +129,25 @@ impl Loader {
             ready: BTreeMap::new(),
             in_flight: 0,
             workers,
+            shard: (0, 1),
         })
+    }
+
+    /// Data-parallel training (DDP): every batch keeps the same global order, position and
+    /// flips, and this loader decodes and hands out only rank `rank`'s contiguous
+    /// `batch_size / world` rows of it. Call before the first batch.
+    pub fn set_shard(&mut self, rank: usize, world: usize) -> Result<()> {
+        let bs = self.config.batch_size;
+        if world == 0 || rank >= world || !bs.is_multiple_of(world) {
+            return Err(Error::Invalid(format!(
+                "rank {rank} of {world}: batch_size {bs} must split into equal slices"
+            )));
+        }
+        if self.in_flight > 0 || self.issued != self.next {
+            return Err(Error::Invalid("set_shard after the first batch".into()));
+        }
+        self.shard = (rank, world);
+        Ok(())
     }
 
     /// Full batches per epoch (the last partial batch is dropped, as `drop_last=True`).
@@ -157,11 +177,15 @@ impl Loader {
         let pos = self.issued;
         let bs = self.config.batch_size;
         let (seed, hflip) = (self.config.seed, self.config.transform.hflip);
+        let (rank, world) = self.shard;
         let perm = self.permutation(pos.epoch);
         let start = pos.batch as usize * bs;
+        let rows = bs / world;
         let items = perm[start..start + bs]
             .iter()
             .enumerate()
+            .skip(rank * rows)
+            .take(rows)
             .map(|(k, &i)| {
                 let flip =
                     hflip && mix(seed ^ mix(pos.epoch) ^ mix((start + k) as u64 ^ 0xF11F)) & 1 == 1;

@@ -265,3 +265,36 @@ fn loader_order_depends_on_the_seed_only_and_resumes_exactly() {
         .collect();
     assert_eq!(labels.len(), 19 * 512);
 }
+
+#[test]
+fn sharded_loaders_hand_out_contiguous_slices_of_the_global_batches() {
+    // Two data-parallel ranks (DDP): rank r gets rows r·256..(r+1)·256 of each global batch of
+    // 512, flips and positions included; resuming a shard continues the same slices.
+    let mut whole = mnist_loader(1, Position::default());
+    let mut shards: Vec<Loader> = (0..2)
+        .map(|r| {
+            let mut l = mnist_loader(1, Position::default());
+            l.set_shard(r, 2).unwrap();
+            l
+        })
+        .collect();
+    let per = 32 * 32;
+    for _ in 0..3 {
+        let w = whole.next_batch().unwrap();
+        for (r, l) in shards.iter_mut().enumerate() {
+            let b = l.next_batch().unwrap();
+            assert_eq!(b.position, w.position);
+            assert_eq!(b.shape, [256, 1, 32, 32]);
+            assert_eq!(
+                b.labels.as_deref(),
+                Some(&w.labels.as_ref().unwrap()[r * 256..(r + 1) * 256])
+            );
+            assert_eq!(b.pixels, w.pixels[r * 256 * per..(r + 1) * 256 * per]);
+        }
+    }
+    let mut l = mnist_loader(1, Position::default());
+    assert!(
+        l.set_shard(0, 3).is_err(),
+        "512 rows do not split over 3 ranks"
+    );
+}

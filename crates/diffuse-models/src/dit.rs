@@ -255,6 +255,11 @@ impl DiTTransformer2DModel {
         self.gradient_checkpointing
     }
 
+    /// The dtype of the weights (f32 unless built low-precision).
+    pub fn dtype(&self) -> DType {
+        self.patch.weight().dtype()
+    }
+
     pub fn config(&self) -> &DiTTransformer2DConfig {
         &self.config
     }

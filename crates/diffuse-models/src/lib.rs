@@ -11,6 +11,7 @@
 //! - [`ops`]: the one seam through which models reach the hot ops.
 //! - [`checkpoint`]: gradient checkpointing (activations recomputed in backward).
 //! - [`onnx`]: ONNX export of a UNet, DiT or VAE decoder, written by diffuse itself.
+//! - [`precision`]: bf16/f16 copies of a network (mixed-precision training, `sample --dtype`).
 //! - [`denoise`]: a loaded model as a `diffuse_core` denoiser; [`pipeline`]: batched generation
 //!   (pixel or latent); [`latent_cache`]: a data set encoded once into latent shards.
 //! - [`quant`]: int8 weights with per-channel scales (`diffuse quantize`); [`prune`]:
@@ -29,6 +30,7 @@ pub mod net;
 pub mod onnx;
 pub mod ops;
 pub mod pipeline;
+pub mod precision;
 pub mod prune;
 pub mod quant;
 pub mod resnet;

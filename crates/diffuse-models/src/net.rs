@@ -166,15 +166,30 @@ impl DenoiserNet {
 
     /// The full network output `[b, out_channels, h, w]` (a DiT's learned-variance half
     /// included). `class_labels`: [b] integer labels; a DiT without labels uses its null class.
+    /// A network with bf16/f16 weights takes and returns `x`'s dtype: the input is cast down
+    /// and the output back up (torch.autocast's boundary), so samplers and losses stay f32.
     pub fn forward(
         &self,
         x: &Tensor,
         timesteps: &[f32],
         class_labels: Option<&Tensor>,
     ) -> Result<Tensor> {
+        let dtype = self.dtype();
+        if x.dtype() != dtype {
+            let out = self.forward(&x.to_dtype(dtype)?, timesteps, class_labels)?;
+            return Ok(out.to_dtype(x.dtype())?);
+        }
         match self {
             DenoiserNet::UNet(m) => m.forward(x, timesteps, class_labels),
             DenoiserNet::DiT(m) => m.forward(x, timesteps, class_labels),
+        }
+    }
+
+    /// The dtype of the weights (f32 unless built low-precision).
+    pub fn dtype(&self) -> candle_core::DType {
+        match self {
+            DenoiserNet::UNet(m) => m.dtype(),
+            DenoiserNet::DiT(m) => m.dtype(),
         }
     }
 

@@ -3,10 +3,22 @@
 //! benchmarked and gradient-checked in one place. On the CPU in f32 our kernels
 //! (`crate::kernels`) run conv2d and GroupNorm(+SiLU); elsewhere (CUDA, f16/bf16) and with
 //! `DIFFUSE_KERNELS=candle`, candle's own ops do.
+//!
+//! Low precision (bf16/f16 activations, as `diffuse train` with `train.mixed_precision` and
+//! `diffuse sample --dtype` run them): like torch.autocast, GroupNorm, LayerNorm and the
+//! attention softmax compute in f32 and cast their result back; convolutions and matmuls run
+//! in the activations' dtype. candle 0.11.1's CPU convolution has no bf16 kernel, so on the CPU
+//! a bf16 convolution widens its (bf16-valued) operands to f32, convolves and rounds the result
+//! to bf16: a GPU's bf16 convolution (f32 accumulation) up to summation order.
 
 use crate::kernels;
 use candle_core::{DType, Result, Tensor, D};
 use candle_nn::{Init, Module, VarBuilder};
+
+/// Whether `x` is bf16 or f16 (its statistics are then taken in f32).
+fn is_low_precision(x: &Tensor) -> bool {
+    matches!(x.dtype(), DType::BF16 | DType::F16)
+}
 
 /// Whether `x` goes through our CPU kernels.
 fn use_kernels(x: &Tensor) -> bool {
@@ -19,8 +31,24 @@ fn conv_kernel_applies(x: &Tensor, conv: &candle_nn::Conv2d) -> bool {
     use_kernels(x) && conv.weight().dtype() == DType::F32 && cfg.dilation == 1 && cfg.groups == 1
 }
 
+/// The f32 twin of a bf16 convolution on the CPU (see the module docs), else None.
+fn cpu_bf16_widened(x: &Tensor, conv: &candle_nn::Conv2d) -> Result<Option<candle_nn::Conv2d>> {
+    if x.dtype() != DType::BF16 || !x.device().is_cpu() {
+        return Ok(None);
+    }
+    let bias = conv.bias().map(|b| b.to_dtype(DType::F32)).transpose()?;
+    Ok(Some(candle_nn::Conv2d::new(
+        conv.weight().to_dtype(DType::F32)?,
+        bias,
+        *conv.config(),
+    )))
+}
+
 /// 2-D convolution with the layer's padding/stride: `[b, c, h, w]` → `[b, c', h', w']`.
 pub fn conv2d(x: &Tensor, conv: &candle_nn::Conv2d) -> Result<Tensor> {
+    if let Some(wide) = cpu_bf16_widened(x, conv)? {
+        return conv2d(&x.to_dtype(DType::F32)?, &wide)?.to_dtype(DType::BF16);
+    }
     let cfg = conv.config();
     if conv_kernel_applies(x, conv) {
         kernels::conv2d::conv2d(x, conv.weight(), conv.bias(), cfg.stride, cfg.padding)
@@ -32,6 +60,10 @@ pub fn conv2d(x: &Tensor, conv: &candle_nn::Conv2d) -> Result<Tensor> {
 /// `conv2d(x) + shift` with a per-image, per-channel `shift` `[b, c']` (the ResNet block's
 /// time embedding), added through the conv's bias in our kernel: no extra pass over the output.
 pub fn conv2d_shifted(x: &Tensor, conv: &candle_nn::Conv2d, shift: &Tensor) -> Result<Tensor> {
+    if let Some(wide) = cpu_bf16_widened(x, conv)? {
+        let (x, shift) = (x.to_dtype(DType::F32)?, shift.to_dtype(DType::F32)?);
+        return conv2d_shifted(&x, &wide, &shift)?.to_dtype(DType::BF16);
+    }
     let cfg = conv.config();
     if conv_kernel_applies(x, conv) {
         let bias = match conv.bias() {
@@ -70,6 +102,14 @@ impl GroupNorm {
 
 /// Group normalization, optionally followed by SiLU (the pair every ResNet block runs).
 pub fn group_norm(x: &Tensor, norm: &GroupNorm, then_silu: bool) -> Result<Tensor> {
+    if is_low_precision(x) {
+        let f32_norm = GroupNorm {
+            weight: norm.weight.to_dtype(DType::F32)?,
+            bias: norm.bias.to_dtype(DType::F32)?,
+            ..norm.clone()
+        };
+        return group_norm(&x.to_dtype(DType::F32)?, &f32_norm, then_silu)?.to_dtype(x.dtype());
+    }
     if use_kernels(x) && norm.weight.dtype() == DType::F32 {
         return kernels::group_norm::group_norm(
             x,
@@ -111,6 +151,14 @@ pub fn linear(x: &Tensor, l: &candle_nn::Linear) -> Result<Tensor> {
 /// then `· weight + bias` when given. Composed of candle ops that all have a backward
 /// (`candle_nn::ops::layer_norm` has none), so the DiT trains through it.
 pub fn layer_norm(x: &Tensor, eps: f64, affine: Option<(&Tensor, &Tensor)>) -> Result<Tensor> {
+    if is_low_precision(x) {
+        let f = |t: &Tensor| t.to_dtype(DType::F32);
+        let y = match affine {
+            Some((w, b)) => layer_norm(&f(x)?, eps, Some((&f(w)?, &f(b)?)))?,
+            None => layer_norm(&f(x)?, eps, None)?,
+        };
+        return y.to_dtype(x.dtype());
+    }
     let mean = x.mean_keepdim(D::Minus1)?;
     let centered = x.broadcast_sub(&mean)?;
     let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
@@ -122,7 +170,12 @@ pub fn layer_norm(x: &Tensor, eps: f64, affine: Option<(&Tensor, &Tensor)>) -> R
 }
 
 /// Nearest-neighbour 2× upsampling: `[b, c, h, w]` → `[b, c, 2h, 2w]`.
+/// On the CPU a bf16 input goes through f32 (exact: a copy), as candle's backward of the
+/// upsampling is a grouped convolution, which has no bf16 CPU kernel.
 pub fn upsample_nearest2x(x: &Tensor) -> Result<Tensor> {
+    if x.dtype() == DType::BF16 && x.device().is_cpu() {
+        return upsample_nearest2x(&x.to_dtype(DType::F32)?)?.to_dtype(DType::BF16);
+    }
     let (_, _, h, w) = x.dims4()?;
     x.upsample_nearest2d(2 * h, 2 * w)
 }
@@ -147,9 +200,18 @@ fn attention_with_budget(
     let (b, h, l, _) = q.dims4()?;
     let kt = k.transpose(2, 3)?.contiguous()?; // [b, h, d, Lk]
     let lk = k.dim(2)?;
-    let per_query = b * h * lk * q.dtype().size_in_bytes();
+    // Low precision, as fused (flash) attention computes it: scores and softmax in f32 from
+    // the bf16/f16 q and k, probabilities cast down for the product with v.
+    let low = is_low_precision(q);
+    let kt = if low { kt.to_dtype(DType::F32)? } else { kt };
+    let per_query = b * h * lk * q.dtype().size_in_bytes().max(4);
     let chunk = (budget_bytes / per_query.max(1)).clamp(1, l);
     let one = |q: &Tensor| -> Result<Tensor> {
+        if low {
+            let scores = (q.to_dtype(DType::F32)?.contiguous()?.matmul(&kt)? * scale)?;
+            let p = candle_nn::ops::softmax(&scores, D::Minus1)?.to_dtype(v.dtype())?;
+            return p.matmul(&v.contiguous()?);
+        }
         let scores = (q.contiguous()?.matmul(&kt)? * scale)?; // [b, h, Lq, Lk]
         let p = candle_nn::ops::softmax(&scores, D::Minus1)?;
         p.matmul(&v.contiguous()?)

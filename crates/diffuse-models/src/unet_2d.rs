@@ -229,6 +229,12 @@ impl UNet2DModel {
         self.gradient_checkpointing
     }
 
+    /// The dtype of the weights (f32 unless built low-precision, e.g. by
+    /// [`crate::precision::from_tensors_as`]).
+    pub fn dtype(&self) -> DType {
+        self.conv_in.weight().dtype()
+    }
+
     pub fn config(&self) -> &UNet2DConfig {
         &self.config
     }

@@ -10,6 +10,10 @@
 //! `bench/run` runs this beside `bench/torch_bench.py` (the same model, weights and inputs in
 //! PyTorch) and compares; [`BenchOptions::save_weights`] and [`BenchOptions::save_check`]
 //! write what the PyTorch side loads.
+//!
+//! [`BenchOptions::dtype`] bf16 measures the low-precision paths: forward and sampling on a bf16
+//! copy of the weights, the training step as `train.mixed_precision = "bf16"` runs it (bf16
+//! forward over f32 master weights, f32 gradients and AdamW) — PyTorch's side under autocast.
 
 use crate::optim::{clip_grad_norm, AdamW, AdamWConfig};
 use crate::{Error, Result};
@@ -19,8 +23,10 @@ use diffuse_core::rng::{NoiseSource, SeededNoise};
 use diffuse_core::sampler::{Sampler, SamplerOptions};
 use diffuse_models::config::ClassEmbedding;
 use diffuse_models::pipeline::{generate, GenerateOptions};
-use diffuse_models::weights::{build_unet, inference_model, save_unet, seeded_init};
-use diffuse_models::{UNet2DConfig, UNet2DModel};
+use diffuse_models::weights::{
+    build_unet, detached_tensors, inference_model, save_unet, seeded_init,
+};
+use diffuse_models::{DenoiserConfig, DenoiserNet, UNet2DConfig};
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::ops::ControlFlow;
@@ -488,6 +494,8 @@ pub struct BenchOptions {
     pub threads: usize,
     /// Train with gradient checkpointing (the case is then named `train_bN_ckpt`).
     pub gradient_checkpointing: bool,
+    /// F32, or BF16 for the low-precision paths (see the module docs).
+    pub dtype: DType,
 }
 
 impl BenchOptions {
@@ -511,6 +519,7 @@ impl BenchOptions {
             save_check: None,
             threads: candle_core::utils::get_num_threads(),
             gradient_checkpointing: false,
+            dtype: DType::F32,
         }
     }
 }
@@ -546,6 +555,8 @@ pub struct BenchReport {
     pub side: String,
     pub versions: Value,
     pub device: String,
+    /// "f32", or "bf16" (see [`BenchOptions::dtype`]).
+    pub dtype: String,
     pub threads: usize,
     pub date_unix: u64,
     pub model: Value,
@@ -608,6 +619,12 @@ pub fn run(opts: &BenchOptions, device: &Device, log: &mut dyn FnMut(&str)) -> R
         Error::Invalid("the model config has no sample_size: bench needs one".into())
     })?;
     let c = cfg.in_channels;
+    if !matches!(opts.dtype, DType::F32 | DType::BF16) {
+        return Err(Error::Invalid(format!(
+            "bench --dtype {:?}: allowed: f32, bf16",
+            opts.dtype
+        )));
+    }
     // Checked here, not at the end: a reset after the cases would lower the process's peak RSS
     // that `/usr/bin/time` reports.
     let rss_resettable = reset_peak_rss();
@@ -619,7 +636,17 @@ pub fn run(opts: &BenchOptions, device: &Device, log: &mut dyn FnMut(&str)) -> R
         .iter()
         .map(|v| v.as_tensor().elem_count())
         .sum();
-    let model = inference_model(cfg, &varmap, device)?;
+    let net_cfg = DenoiserConfig::UNet(cfg.clone());
+    // A DenoiserNet casts f32 inputs to its weights' dtype and its output back.
+    let model: DenoiserNet = match opts.dtype {
+        DType::F32 => inference_model(cfg, &varmap, device)?.into(),
+        dtype => diffuse_models::precision::from_tensors_as(
+            &net_cfg,
+            detached_tensors(&varmap),
+            dtype,
+            device,
+        )?,
+    };
     let flops = forward_flops(cfg, h, w);
     let per_image = flops.total() as f64;
     let peak = machine_peak(opts.threads);
@@ -716,7 +743,7 @@ pub fn run(opts: &BenchOptions, device: &Device, log: &mut dyn FnMut(&str)) -> R
             initial_noise: Some(x_t.clone()),
             ..Default::default()
         };
-        let net = diffuse_models::DenoiserNet::from(model.clone());
+        let net = model.clone();
         let warm = opts.sample_warmup;
         let mut first: Option<Tensor> = None;
         let r = measure(opts.sample_runs, warm, device, || {
@@ -771,8 +798,19 @@ pub fn run(opts: &BenchOptions, device: &Device, log: &mut dyn FnMut(&str)) -> R
         vars.sort_by(|a, b| a.0.cmp(&b.0));
         let mut opt = AdamW::new(vars.clone(), AdamWConfig::default())?;
         let mut first_loss = None;
+        let f32_net = DenoiserNet::from(train_model.clone());
+        let mut fixed = detached_tensors(&varmap);
+        fixed.retain(|k, _| !vars.iter().any(|(n, _)| n == k));
         let r = measure(opts.runs, opts.warmup, device, || {
-            let loss = train_step(&train_model, &mut opt, &vars, &x, &ts, &target, opts)?;
+            // Mixed precision: this step's bf16 copy over the f32 variables, as the trainer.
+            let low = match opts.dtype {
+                DType::F32 => None,
+                dtype => Some(crate::amp::low_precision_net(
+                    &net_cfg, &vars, &fixed, dtype, device,
+                )?),
+            };
+            let model = low.as_ref().unwrap_or(&f32_net);
+            let loss = train_step(model, &mut opt, &vars, &x, &ts, &target, opts)?;
             first_loss.get_or_insert(loss);
             Ok(())
         })?;
@@ -808,6 +846,12 @@ pub fn run(opts: &BenchOptions, device: &Device, log: &mut dyn FnMut(&str)) -> R
         side: "diffuse".into(),
         versions: json!({"diffuse": env!("CARGO_PKG_VERSION"), "candle": "0.11.1"}),
         device: device_name.into(),
+        dtype: if opts.dtype == DType::BF16 {
+            "bf16"
+        } else {
+            "f32"
+        }
+        .into(),
         threads: opts.threads,
         date_unix,
         model: json!({
@@ -842,7 +886,7 @@ fn train_inputs(
 /// One optimizer step as the trainer takes it: forward, MSE, backward, clip, AdamW. Returns
 /// the loss.
 fn train_step(
-    model: &UNet2DModel,
+    model: &DenoiserNet,
     opt: &mut AdamW,
     vars: &[(String, Var)],
     x: &Tensor,
@@ -850,7 +894,7 @@ fn train_step(
     target: &Tensor,
     opts: &BenchOptions,
 ) -> Result<f64> {
-    let out = model.forward(x, ts, None)?;
+    let out = model.forward(x, ts, None)?; // f32, also from a bf16 copy
     let loss = candle_nn::loss::mse(&out, target)?;
     let value = loss.to_scalar::<f32>()? as f64;
     let mut grads = loss.backward()?;
@@ -900,14 +944,15 @@ impl BenchReport {
         let mut s = String::new();
         let m = &self.model;
         s.push_str(&format!(
-            "model {} ({} parameters, {}×{}×{}), {} threads, {}\n",
+            "model {} ({} parameters, {}×{}×{}), {} threads, {}, {}\n",
             m["name"].as_str().unwrap_or("?"),
             m["params"],
             m["in_channels"],
             m["sample_size"][0],
             m["sample_size"][1],
             self.threads,
-            self.device
+            self.device,
+            self.dtype
         ));
         let f = &self.flops_forward_per_image;
         s.push_str(&format!(
@@ -1102,6 +1147,25 @@ mod tests {
         assert!(train["first_loss"].as_f64().unwrap().is_finite());
         assert_eq!(lines.len(), 4);
         assert!(r.to_table().contains("| train_b2 |"));
+    }
+
+    #[test]
+    fn bf16_bench_runs_every_phase() {
+        let mut o = BenchOptions::new("tiny", preset("tiny").unwrap());
+        (o.runs, o.warmup, o.sample_runs, o.sample_warmup) = (1, 0, 1, 0);
+        (
+            o.forward_batches,
+            o.train_batch,
+            o.sample_images,
+            o.sample_steps,
+        ) = (vec![2], 2, 2, 2);
+        o.dtype = DType::BF16;
+        let r = run(&o, &Device::Cpu, &mut |_| {}).unwrap();
+        assert_eq!(r.dtype, "bf16");
+        assert_eq!(r.measurements.len(), 3);
+        assert!(r.measurements[2].first_loss.unwrap().is_finite());
+        o.dtype = DType::F16;
+        assert!(run(&o, &Device::Cpu, &mut |_| {}).is_err());
     }
 
     #[test]

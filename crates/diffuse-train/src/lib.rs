@@ -12,10 +12,16 @@
 //! - [`eval_hook`]: `[eval]`, classifier/Inception metrics of EMA samples every N steps.
 //! - [`tensorboard`]: event files (scalars, sample grids) that `tensorboard` reads.
 //! - [`trainer`]: the loop of `diffuse train` (TOML config, atomic checkpoints, exact resume).
+//! - [`amp`]: mixed precision (`train.mixed_precision` = bf16/fp16: low-precision forward over
+//!   f32 master weights, fp16 loss scaling as `torch.cuda.amp.GradScaler`).
+//! - [`dist`]: data-parallel training (torch DDP/torchrun): the `Collective` process group
+//!   (threads, TCP, NCCL), batch sharding, the torchrun environment.
 //! - [`bench`]: `diffuse bench` (forward, training step and DDIM sampling timings, FLOP count,
 //!   peak RSS), the diffuse side of `bench/run`.
 
+pub mod amp;
 pub mod bench;
+pub mod dist;
 pub mod ema;
 pub mod eval_hook;
 pub mod lr;

@@ -7,7 +7,10 @@
 //! turned into x₀). Classifier-free guidance training replaces labels by the null class with
 //! probability p. The VAE objective ([`vae_loss`]) is diffusers' VAE fine-tuning script's:
 //! reconstruction (L1 or L2, mean) of a posterior sample + β·KL (per-sample sum, batch mean).
-//! All randomness comes from a [`TrainRng`] a checkpoint can save.
+//! All randomness comes from a [`TrainRng`] a checkpoint can save. Per-sample draws go through
+//! [`TrainRng::rows`], so that a data-parallel rank holding rows `offset..offset + n` of a
+//! global batch draws exactly the values a single process would give those rows
+//! ([`RowShard`]).
 
 use crate::Result;
 use candle_core::{DType, Tensor};
@@ -24,6 +27,17 @@ use rand_distr::StandardNormal;
 pub struct TrainRng {
     seed: u64,
     rng: ChaCha8Rng,
+    shard: Option<RowShard>,
+}
+
+/// The rows `offset..offset + rows` of a global batch of `total` rows that one data-parallel
+/// rank computes. While set on a [`TrainRng`], per-row draws are made for all `total` rows (every
+/// rank advances the stream alike) and this rank keeps its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RowShard {
+    pub offset: usize,
+    pub rows: usize,
+    pub total: usize,
 }
 
 impl TrainRng {
@@ -31,6 +45,7 @@ impl TrainRng {
         TrainRng {
             seed,
             rng: ChaCha8Rng::seed_from_u64(seed),
+            shard: None,
         }
     }
 
@@ -42,16 +57,54 @@ impl TrainRng {
     pub fn from_state(seed: u64, word_pos: u128) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         rng.set_word_pos(word_pos);
-        TrainRng { seed, rng }
+        TrainRng {
+            seed,
+            rng,
+            shard: None,
+        }
     }
 
-    pub(crate) fn normal(&mut self, n: usize) -> Vec<f32> {
-        (0..n).map(|_| self.rng.sample(StandardNormal)).collect()
+    /// Sets (or clears) the rows of the global batch that this rank computes: the trainer sets
+    /// it around a sharded loss.
+    pub fn set_row_shard(&mut self, shard: Option<RowShard>) {
+        self.shard = shard;
     }
 
-    /// A uniform index in 0..n.
-    pub(crate) fn index(&mut self, n: usize) -> usize {
-        self.rng.random_range(0..n)
+    /// One draw per row of a batch of `b` rows, in row order. Under a [`RowShard`] `b` must be
+    /// its `rows`: all `total` rows are drawn and this shard's are returned.
+    pub(crate) fn rows<T>(
+        &mut self,
+        b: usize,
+        mut draw: impl FnMut(&mut ChaCha8Rng) -> T,
+    ) -> Vec<T> {
+        match self.shard {
+            Some(s) => {
+                assert_eq!(
+                    b, s.rows,
+                    "a sharded draw covers this rank's {} rows",
+                    s.rows
+                );
+                let mut all: Vec<T> = (0..s.total).map(|_| draw(&mut self.rng)).collect();
+                all.truncate(s.offset + s.rows);
+                all.split_off(s.offset)
+            }
+            None => (0..b).map(|_| draw(&mut self.rng)).collect(),
+        }
+    }
+
+    /// `b` rows of `per_row` standard normals (row-major), through [`Self::rows`].
+    pub(crate) fn row_normal(&mut self, b: usize, per_row: usize) -> Vec<f32> {
+        self.rows(b, |r| {
+            (0..per_row)
+                .map(|_| r.sample::<f32, _>(StandardNormal))
+                .collect::<Vec<f32>>()
+        })
+        .concat()
+    }
+
+    /// A uniform index in 0..n for each of `b` rows.
+    pub(crate) fn row_index(&mut self, b: usize, n: usize) -> Vec<usize> {
+        self.rows(b, |r| r.random_range(0..n))
     }
 }
 
@@ -62,7 +115,14 @@ impl diffuse_core::rng::NoiseSource for TrainRng {
         dtype: DType,
         device: &candle_core::Device,
     ) -> diffuse_core::Result<Tensor> {
-        let v = self.normal(shape.elem_count());
+        // The first dimension is the batch: a sharded rank gets its rows' noise.
+        let n = shape.elem_count();
+        let b = shape.dims().first().copied().unwrap_or(1);
+        let v = if b == 0 {
+            vec![]
+        } else {
+            self.row_normal(b, n / b)
+        };
         Ok(Tensor::from_vec(v, shape, device)?.to_dtype(dtype)?)
     }
 }
@@ -135,22 +195,20 @@ pub fn draw_flow_sigmas(
     n: usize,
     rng: &mut TrainRng,
 ) -> Vec<f32> {
-    (0..n)
-        .map(|_| {
-            let s = match sampling {
-                SigmaSampling::Uniform => rng.rng.random::<f32>(),
-                SigmaSampling::LogitNormal { mean, std } => {
-                    let z: f64 = rng.rng.sample(StandardNormal);
-                    (1.0 / (1.0 + (-(mean + std * z)).exp())) as f32
-                }
-            };
-            if shift == 1.0 {
-                s
-            } else {
-                diffuse_core::sampler::shift_sigma(s as f64, shift) as f32
+    rng.rows(n, |r| {
+        let s = match sampling {
+            SigmaSampling::Uniform => r.random::<f32>(),
+            SigmaSampling::LogitNormal { mean, std } => {
+                let z: f64 = r.sample(StandardNormal);
+                (1.0 / (1.0 + (-(mean + std * z)).exp())) as f32
             }
-        })
-        .collect()
+        };
+        if shift == 1.0 {
+            s
+        } else {
+            diffuse_core::sampler::shift_sigma(s as f64, shift) as f32
+        }
+    })
 }
 
 /// What one batch's loss was made of.
@@ -197,7 +255,7 @@ pub fn diffusion_loss_with_noise(
             )))
         }
         Some(n) => n.to_dtype(x0.dtype())?,
-        None => Tensor::from_vec(rng.normal(x0.elem_count()), x0.shape(), dev)?,
+        None => Tensor::from_vec(rng.row_normal(b, x0.elem_count() / b), x0.shape(), dev)?,
     };
     let labels = drop_labels(labels, cfg, rng);
     let label_t = match &labels {
@@ -218,7 +276,7 @@ pub fn diffusion_loss_with_noise(
         (x_t, target, t, None)
     } else {
         let n = schedule.len();
-        let ts: Vec<usize> = (0..b).map(|_| rng.rng.random_range(0..n)).collect();
+        let ts: Vec<usize> = rng.row_index(b, n);
         let x_t = noising::add_noise(schedule, x0, &noise, &ts)?;
         let target = noising::target(schedule, cfg.prediction, x0, &noise, &ts)?;
         let weights = match cfg.min_snr_gamma {
@@ -255,13 +313,8 @@ pub(crate) fn drop_labels(
     match (labels, cfg.null_class) {
         (Some(l), Some(null)) if cfg.cond_dropout > 0.0 => Some(
             l.iter()
-                .map(|&c| {
-                    if rng.rng.random::<f64>() < cfg.cond_dropout {
-                        null
-                    } else {
-                        c
-                    }
-                })
+                .zip(rng.rows(l.len(), |r| r.random::<f64>()))
+                .map(|(&c, u)| if u < cfg.cond_dropout { null } else { c })
                 .collect(),
         ),
         (Some(l), _) => Some(l.to_vec()),

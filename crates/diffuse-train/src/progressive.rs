@@ -332,10 +332,12 @@ impl Progressive {
     ) -> Result<Tensor> {
         let b = x0.dim(0)?;
         let dev = x0.device();
-        let noise =
-            Tensor::from_vec(rng.normal(x0.elem_count()), x0.shape(), dev)?.to_dtype(x0.dtype())?;
-        let rows: Vec<StepTimes> = (0..b)
-            .map(|_| self.steps[rng.index(self.steps.len())])
+        let noise = Tensor::from_vec(rng.row_normal(b, x0.elem_count() / b), x0.shape(), dev)?
+            .to_dtype(x0.dtype())?;
+        let rows: Vec<StepTimes> = rng
+            .row_index(b, self.steps.len())
+            .into_iter()
+            .map(|i| self.steps[i])
             .collect();
         let labels = drop_labels(labels, cfg, rng);
         let (a, s) = alpha_sigma(&rows.iter().map(|r| r.abar_t).collect::<Vec<_>>());

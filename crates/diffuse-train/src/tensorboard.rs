@@ -65,7 +65,8 @@ fn event(wall_time: f64, step: i64, body: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> 
 
 /// An append-only event file in `dir`.
 pub struct EventWriter {
-    file: std::fs::File,
+    /// None: a writer that discards everything (data-parallel ranks other than 0).
+    file: Option<std::fs::File>,
     path: PathBuf,
 }
 
@@ -88,12 +89,20 @@ impl EventWriter {
             std::process::id()
         ));
         let mut w = EventWriter {
-            file: std::fs::File::create(&path)?,
+            file: Some(std::fs::File::create(&path)?),
             path,
         };
         let e = event(now(), 0, |e| field_bytes(3, b"brain.Event:2", e));
         w.record(&e)?;
         Ok(w)
+    }
+
+    /// A writer that writes nothing.
+    pub fn discard() -> std::io::Result<Self> {
+        Ok(EventWriter {
+            file: None,
+            path: PathBuf::new(),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -107,7 +116,10 @@ impl EventWriter {
         buf.extend(masked_crc(&len).to_le_bytes());
         buf.extend(data);
         buf.extend(masked_crc(data).to_le_bytes());
-        self.file.write_all(&buf)
+        match &mut self.file {
+            Some(f) => f.write_all(&buf),
+            None => Ok(()),
+        }
     }
 
     /// A scalar summary (`tag` at `step`).
@@ -150,7 +162,10 @@ impl EventWriter {
     }
 
     pub fn flush(&mut self) -> std::io::Result<()> {
-        self.file.flush()
+        match &mut self.file {
+            Some(f) => f.flush(),
+            None => Ok(()),
+        }
     }
 }
 

@@ -4,11 +4,18 @@
 //! The same loop trains a diffusion UNet, a DiT (`[model] type = "dit"`) or, with a `[vae]`
 //! section, an AutoencoderKL (reconstruction + β-KL with warm-up, PSNR of reconstructions on
 //! held-out images).
+//! With `train.mixed_precision` the forward runs in bf16/f16 over f32 master weights
+//! ([`crate::amp`]); [`train_with`] runs the loop as one rank of a data-parallel group
+//! ([`crate::dist`]: each rank takes its slice of every global batch, gradients are averaged
+//! before clipping, rank 0 alone writes).
 
+use crate::amp::{GradScaler, MixedPrecision};
+use crate::dist::{shard_rows, Collective, SingleProcess};
 use crate::ema::{Ema, EmaConfig};
 use crate::lr::LrSchedule;
 use crate::objective::{
-    diffusion_loss_with_noise, vae_loss, ObjectiveConfig, Reconstruction, SigmaSampling, TrainRng,
+    diffusion_loss_with_noise, vae_loss, ObjectiveConfig, Reconstruction, RowShard, SigmaSampling,
+    TrainRng,
 };
 use crate::optim::{clip_grad_norm, AdamW, AdamWConfig};
 use crate::quality::{psnr, ssim};
@@ -89,6 +96,9 @@ fn d_logit_normal() -> String {
 }
 fn d_unit() -> f64 {
     1.0
+}
+fn d_no() -> String {
+    "no".into()
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -202,6 +212,10 @@ pub struct TrainSection {
     pub ema_decay: Option<f64>,
     #[serde(default)]
     pub ema_power: Option<f64>,
+    /// Forward precision, accelerate's names: "no" (f32), "bf16" or "fp16" (with dynamic loss
+    /// scaling); weights, gradients, AdamW and EMA stay f32 ([`crate::amp`]).
+    #[serde(default = "d_no")]
+    pub mixed_precision: String,
 }
 
 /// VAE training (`[vae]`): `[model]` is then an AutoencoderKL config. Labels, `[scheduler]`
@@ -319,8 +333,57 @@ pub fn train(
     stop: &std::sync::atomic::AtomicBool,
     on_step: &mut dyn FnMut(&StepReport),
 ) -> Result<TrainOutcome> {
+    train_with(
+        config,
+        output,
+        resume,
+        device,
+        stop,
+        on_step,
+        &SingleProcess,
+    )
+}
+
+/// [`train`] as rank `comm.rank()` of a data-parallel group (torch DDP): every rank builds the
+/// same model, reads the same global batches and takes its contiguous 1/N of each, draws the
+/// global batch's noise and timesteps and keeps its rows ([`RowShard`]), and averages losses and
+/// gradients over the group before clipping, so N ranks × B/N rows make the update one process
+/// makes with B. Rank 0 alone writes checkpoints, logs and samples; all ranks resume from the
+/// checkpoint rank 0 picks; `stop` and `train.max_minutes` take effect on all ranks at the same
+/// step. Only rank 0's [`TrainOutcome::checkpoints`] is filled.
+pub fn train_with(
+    config: &TrainConfig,
+    output: &Path,
+    resume: bool,
+    device: &Device,
+    stop: &std::sync::atomic::AtomicBool,
+    on_step: &mut dyn FnMut(&StepReport),
+    comm: &dyn Collective,
+) -> Result<TrainOutcome> {
     let t = &config.train;
     let d = &config.data;
+    let (rank, world) = (comm.rank(), comm.world_size());
+    let root = rank == 0;
+    // Data parallel: collectives each step (`--gpus 1` runs them too, on one rank).
+    let sync = !comm.is_noop();
+    let (row_offset, local_rows) = shard_rows(d.batch_size, rank, world)?;
+    let row_shard = RowShard {
+        offset: row_offset,
+        rows: local_rows,
+        total: d.batch_size,
+    };
+    if sync && d.skip_bad {
+        return Err(Error::Invalid(
+            "data.skip_bad: skipped samples would leave the data-parallel ranks unequal slices; fix or remove the bad files".into(),
+        ));
+    }
+    let amp = MixedPrecision::parse(&t.mixed_precision)?;
+    if amp != MixedPrecision::No && config.vae.is_some() {
+        return Err(Error::Invalid(format!(
+            "train.mixed_precision = {:?} applies to UNet and DiT training; a [vae] trains in f32 (set it to \"no\")",
+            t.mixed_precision
+        )));
+    }
     let source = match (&d.latents, &d.pairs, d.name.is_empty()) {
         (Some(_), _, _) | (_, Some(_), _) if config.vae.is_some() => {
             return Err(Error::Invalid(
@@ -429,7 +492,7 @@ pub fn train(
         init_from(&varmap, Path::new(dir))?;
     }
     let eval_hook = match (&config.eval, &net) {
-        (Some(e), Net::Unet(u)) if e.every > 0 => {
+        (Some(e), Net::Unet(u)) if e.every > 0 && root => {
             let (h, _) = u.cfg.sample_hw().unwrap_or((d.size, d.size));
             let size = match &u.vae {
                 Some((v, _)) => h * v.config().downscale(),
@@ -445,7 +508,7 @@ pub fn train(
                 device,
             )?)
         }
-        (Some(e), Net::Vae(_)) if e.every > 0 => {
+        (Some(e), Net::Vae(_)) if e.every > 0 && root => {
             return Err(Error::Invalid(
                 "[eval] applies to diffusion models; VAE training logs held-out PSNR/SSIM (vae.eval_images)".into(),
             ))
@@ -483,22 +546,55 @@ pub fn train(
     )?;
     let lr = LrSchedule::parse(&t.lr_scheduler, t.lr_warmup_steps, t.max_steps)?;
     let fit = parse_fit(&d.fit)?;
+    // Mixed precision: the weights that are not trained enter the low-precision copy as they
+    // are; fp16 scales the loss.
+    let fixed: HashMap<String, Tensor> = match amp {
+        MixedPrecision::No => HashMap::new(),
+        _ => {
+            let mut all = diffuse_models::weights::detached_tensors(&varmap);
+            all.retain(|k, _| !vars.iter().any(|(n, _)| n == k));
+            all
+        }
+    };
+    let mut scaler = (amp == MixedPrecision::Fp16).then(GradScaler::default);
 
     let ckpt_root = output.join("checkpoints");
     let mut step = 0u64;
     let mut position = Position::default();
     let mut rng = TrainRng::new(t.seed);
     if resume {
-        if let Some(dir) = newest_checkpoint(&ckpt_root) {
+        // Rank 0 picks the checkpoint; every rank loads that one.
+        let newest = if root {
+            newest_checkpoint(&ckpt_root)
+        } else {
+            None
+        };
+        let name = newest
+            .as_ref()
+            .and_then(|p| p.file_name())
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let name = String::from_utf8_lossy(&comm.broadcast(name.as_bytes())?).into_owned();
+        if !name.is_empty() {
+            let dir = ckpt_root.join(&name);
+            if !dir.join("training_state.json").exists() {
+                return Err(Error::Invalid(format!(
+                    "rank {rank}: cannot read checkpoint {} that rank 0 resumes from (the ranks of a multi-node run need the output folder on a shared file system)",
+                    dir.display()
+                )));
+            }
             let st = load_checkpoint(&dir, net.component(), &vars, &mut opt, &mut ema)?;
             step = st.step;
             position = st.position;
             rng = TrainRng::from_state(st.rng_seed, st.rng_word_pos);
+            if let (Some(s), Some((scale, tracker))) = (&mut scaler, st.scaler) {
+                *s = GradScaler::from_state(scale, tracker);
+            }
         }
     }
     let mut batches = match source {
-        Source::Images(dataset) => Batches::Images(
-            Loader::new(
+        Source::Images(dataset) => Batches::Images({
+            let mut loader = Loader::new(
                 dataset,
                 LoaderConfig {
                     batch_size: d.batch_size,
@@ -514,8 +610,13 @@ pub fn train(
                 },
                 position,
             )
-            .map_err(|e| Error::Invalid(e.to_string()))?,
-        ),
+            .map_err(|e| Error::Invalid(e.to_string()))?;
+            // This rank decodes only its rows of each global batch.
+            loader
+                .set_shard(rank, world)
+                .map_err(|e| Error::Invalid(e.to_string()))?;
+            loader
+        }),
         Source::Latents(set, vae_dir) => {
             let v = diffuse_models::weights::read_vae_config(&vae_dir)?;
             Batches::Latents(diffuse_models::latent_cache::LatentBatches::new(
@@ -535,10 +636,15 @@ pub fn train(
         )?),
     };
 
-    std::fs::create_dir_all(output).map_err(io_err(output))?;
+    if root {
+        std::fs::create_dir_all(output).map_err(io_err(output))?;
+    }
     let mut checkpoints = Vec::new();
-    let mut tb =
-        crate::tensorboard::EventWriter::create(&output.join("logs")).map_err(io_err(output))?;
+    let mut tb = if root {
+        crate::tensorboard::EventWriter::create(&output.join("logs")).map_err(io_err(output))?
+    } else {
+        crate::tensorboard::EventWriter::discard().map_err(io_err(output))?
+    };
     let started = std::time::Instant::now();
     let mut seen_images = 0usize;
     let mut smoothed: Option<f32> = None;
@@ -555,6 +661,15 @@ pub fn train(
         let mut finite = true;
         // Named loss parts, averaged over the micro-batches.
         let mut parts_sum: Vec<(String, f64)> = Vec::new();
+        // Mixed precision: this step's bf16/f16 network over the f32 variables.
+        let low_net = match (amp.compute_dtype(), &net) {
+            (Some(dtype), Net::Unet(u)) => {
+                let mut low = crate::amp::low_precision_net(&u.cfg, &vars, &fixed, dtype, device)?;
+                low.set_gradient_checkpointing(t.gradient_checkpointing);
+                Some(low)
+            }
+            _ => None,
+        };
         for _ in 0..k_acc {
             let waited = std::time::Instant::now();
             let (x0, noise, batch_labels) = match &mut batches {
@@ -578,15 +693,37 @@ pub fn train(
                     (x0, Some(z), labels)
                 }
             };
+            // Data parallel: this rank's rows (the image loader hands out only those).
+            let (x0, noise, batch_labels) = match &batches {
+                Batches::Images(_) => (x0, noise, batch_labels),
+                _ if !sync => (x0, noise, batch_labels),
+                _ => {
+                    let rows = |t: Tensor| t.narrow(0, row_offset, local_rows);
+                    (
+                        rows(x0)?,
+                        noise.map(rows).transpose()?,
+                        batch_labels.map(|l| l[row_offset..row_offset + local_rows].to_vec()),
+                    )
+                }
+            };
             data_wait_s += waited.elapsed().as_secs_f64();
-            images += x0.dim(0)?;
+            images += x0.dim(0)? * world;
             let labels = if classes.is_some() {
                 batch_labels
             } else {
                 None
             };
-            let (micro_loss, parts) =
-                net.loss(&x0, noise.as_ref(), labels.as_deref(), &mut rng, step)?;
+            rng.set_row_shard(sync.then_some(row_shard));
+            let out = net.loss(
+                low_net.as_ref(),
+                &x0,
+                noise.as_ref(),
+                labels.as_deref(),
+                &mut rng,
+                step,
+            );
+            rng.set_row_shard(None);
+            let (micro_loss, parts) = out?;
             for (k, v) in parts {
                 match parts_sum.iter_mut().find(|(n, _)| *n == k) {
                     Some((_, s)) => *s += v / k_acc as f64,
@@ -599,7 +736,11 @@ pub fn train(
                 finite = false;
                 continue;
             }
-            let g = (micro_loss / k_acc as f64)?.backward()?;
+            let g = match &scaler {
+                Some(s) => (micro_loss * (s.scale() / k_acc as f64))?,
+                None => (micro_loss / k_acc as f64)?,
+            }
+            .backward()?;
             grads = Some(match grads {
                 None => g,
                 Some(mut acc) => {
@@ -615,6 +756,22 @@ pub fn train(
                     acc
                 }
             });
+        }
+        // Data parallel: one small all-reduce agrees on the loss, its parts and whether every
+        // rank was finite; then the gradients are averaged.
+        if sync {
+            let mut ctl = vec![loss_sum, if finite { 0.0 } else { 1.0 }];
+            ctl.extend(parts_sum.iter().map(|(_, v)| *v as f32));
+            let ctl = agree(comm, ctl)?;
+            loss_sum = ctl[0] / world as f32;
+            finite = ctl[1] == 0.0;
+            for ((_, v), c) in parts_sum.iter_mut().zip(&ctl[2..]) {
+                *v = *c as f64 / world as f64;
+            }
+        }
+        let unscale = scaler.as_ref().map_or(1.0, |s| s.scale()) * world as f64;
+        if let (true, Some(g)) = (finite && (sync || unscale != 1.0), grads.as_mut()) {
+            average_gradients(g, &vars, comm, unscale)?;
         }
         let loss = loss_sum / k_acc as f32;
         let lr_now = t.learning_rate * lr.factor(step);
@@ -632,6 +789,9 @@ pub fn train(
         let Some(mut grads) = grads.filter(|_| finite) else {
             nonfinite += 1;
             report.skipped_nonfinite = true;
+            if let Some(s) = &mut scaler {
+                s.update(true);
+            }
             on_step(&report);
             if nonfinite >= t.max_nonfinite {
                 return Err(Error::Invalid(format!(
@@ -643,6 +803,11 @@ pub fn train(
         };
         nonfinite = 0;
         report.grad_norm = clip_grad_norm(&mut grads, &vars, t.max_grad_norm)?;
+        if let Some(s) = &mut scaler {
+            // fp16: an overflow halves the loss scale and skips the step (GradScaler).
+            s.update(!report.grad_norm.is_finite());
+            report.metrics.push(("loss_scale".into(), s.scale()));
+        }
         if !report.grad_norm.is_finite() {
             report.skipped_nonfinite = true;
             on_step(&report);
@@ -680,7 +845,7 @@ pub fn train(
         }
         // Sample / reconstruction grids (and evaluation values, reported with this step).
         let preview_due = t.sample_every > 0 && step.is_multiple_of(t.sample_every);
-        if preview_due || (t.sample_every > 0 && step == t.max_steps) {
+        if root && (preview_due || (t.sample_every > 0 && step == t.max_steps)) {
             let m = preview_and_log(
                 &net, &varmap, &vars, &ema, classes, t, device, output, step, &mut tb,
             )?;
@@ -704,9 +869,18 @@ pub fn train(
             }
         }
         on_step(&report);
-        let stopping = stop.load(std::sync::atomic::Ordering::SeqCst) || out_of_time;
+        let mut stopping = stop.load(std::sync::atomic::Ordering::SeqCst) || out_of_time;
+        if sync {
+            // One rank's Ctrl-C or time budget stops every rank after this step.
+            stopping = agree(comm, vec![if stopping { 1.0 } else { 0.0 }])?[0] > 0.0;
+        }
         let last = step == t.max_steps || stopping;
-        if (t.checkpoint_every > 0 && step.is_multiple_of(t.checkpoint_every)) || last {
+        let checkpoint_due =
+            (t.checkpoint_every > 0 && step.is_multiple_of(t.checkpoint_every)) || last;
+        if checkpoint_due && sync {
+            check_same_weights(comm, &vars)?;
+        }
+        if checkpoint_due && root {
             let state = TrainingState {
                 step,
                 position: match &batches {
@@ -716,6 +890,7 @@ pub fn train(
                 },
                 rng_seed: rng.state().0,
                 rng_word_pos: rng.state().1,
+                scaler: scaler.as_ref().map(|s| s.state()),
             };
             let dir = save_checkpoint(
                 &ckpt_root,
@@ -729,7 +904,7 @@ pub fn train(
             checkpoints.push(dir);
             prune_checkpoints(&ckpt_root, t.keep_checkpoints)?;
         }
-        if t.sample_every > 0 && stopping && !preview_due && step != t.max_steps {
+        if root && t.sample_every > 0 && stopping && !preview_due && step != t.max_steps {
             preview_and_log(
                 &net, &varmap, &vars, &ema, classes, t, device, output, step, &mut tb,
             )?;
@@ -743,7 +918,7 @@ pub fn train(
     }
     // The output folder itself becomes the final pipeline or model folders (copy of the last
     // checkpoint's parts).
-    if let Some(last) = newest_checkpoint(&ckpt_root) {
+    if let Some(last) = newest_checkpoint(&ckpt_root).filter(|_| root) {
         let c = net.component();
         for part in [
             c.to_string(),
@@ -763,11 +938,90 @@ pub fn train(
             .map_err(io_err(output))?;
         }
     }
+    // The other ranks return once rank 0's output is complete.
+    comm.barrier()?;
     Ok(TrainOutcome {
         steps: step,
         last_loss,
         checkpoints,
     })
+}
+
+/// Data parallel: the elementwise sum of `values` over the ranks (host values; the NCCL group
+/// sends them over its TCP links).
+fn agree(comm: &dyn Collective, values: Vec<f32>) -> Result<Vec<f32>> {
+    let mut t = [Tensor::new(values.as_slice(), &Device::Cpu)?];
+    comm.all_reduce_sum(&mut t)?;
+    Ok(t[0].to_vec1()?)
+}
+
+/// Data parallel and fp16: the gradients of `vars` summed over the ranks and divided by `div`
+/// (world size × loss scale). A variable keeps no gradient only if no rank has one.
+fn average_gradients(
+    grads: &mut candle_core::backprop::GradStore,
+    vars: &[(String, Var)],
+    comm: &dyn Collective,
+    div: f64,
+) -> Result<()> {
+    let mut ts = Vec::with_capacity(vars.len() + 1);
+    let mut present = Vec::with_capacity(vars.len());
+    for (_, v) in vars {
+        match grads.get(v) {
+            Some(g) => {
+                ts.push(g.detach());
+                present.push(1f32);
+            }
+            None => {
+                ts.push(Tensor::zeros(v.shape(), DType::F32, v.device())?);
+                present.push(0f32);
+            }
+        }
+    }
+    let device = vars
+        .first()
+        .map_or(Device::Cpu, |(_, v)| v.device().clone());
+    ts.push(Tensor::new(present.as_slice(), &device)?);
+    comm.all_reduce_sum(&mut ts)?;
+    let present: Vec<f32> = ts
+        .pop()
+        .expect("flags")
+        .to_device(&Device::Cpu)?
+        .to_vec1()?;
+    for (((_, v), g), p) in vars.iter().zip(ts).zip(present) {
+        if p > 0.0 {
+            grads.insert(v, (g / div)?);
+        }
+    }
+    Ok(())
+}
+
+/// Data parallel: every rank must hold rank 0's weights bit for bit (a checksum each
+/// checkpoint; a mismatch is a bug, not a numerical effect).
+fn check_same_weights(comm: &dyn Collective, vars: &[(String, Var)]) -> Result<()> {
+    let mut sum = 0f64;
+    for (_, v) in vars {
+        let vals: Vec<f32> = v
+            .as_tensor()
+            .flatten_all()?
+            .to_device(&Device::Cpu)?
+            .to_vec1()?;
+        sum += vals
+            .iter()
+            .enumerate()
+            .map(|(i, x)| (*x as f64) * (1.0 + (i % 7) as f64))
+            .sum::<f64>();
+    }
+    let theirs = comm.broadcast(&sum.to_le_bytes())?;
+    let theirs = f64::from_le_bytes(theirs.as_slice().try_into().map_err(|_| {
+        Error::Invalid("data-parallel weight check: bad message from rank 0".into())
+    })?);
+    if theirs.to_bits() != sum.to_bits() {
+        return Err(Error::Invalid(format!(
+            "data-parallel rank {}: weights differ from rank 0's (checksum {sum} vs {theirs}); the ranks diverged",
+            comm.rank()
+        )));
+    }
+    Ok(())
 }
 
 /// Files of a checkpoint as (path relative to it, bytes).
@@ -1067,9 +1321,11 @@ impl Net {
         }
     }
 
-    /// The loss of one batch at optimizer step `step`, and named parts of it.
+    /// The loss of one batch at optimizer step `step`, and named parts of it; `low` is the
+    /// network's low-precision copy under mixed precision.
     fn loss(
         &self,
+        low: Option<&DenoiserNet>,
         x0: &Tensor,
         noise: Option<&Tensor>,
         labels: Option<&[u32]>,
@@ -1079,11 +1335,12 @@ impl Net {
         match self {
             Net::Unet(u) if u.distill.is_some() => {
                 let p = u.distill.as_ref().expect("distill");
-                Ok((p.loss(&u.model, x0, labels, &u.objective, rng)?, vec![]))
+                let model = low.unwrap_or(&u.model);
+                Ok((p.loss(model, x0, labels, &u.objective, rng)?, vec![]))
             }
             Net::Unet(u) => {
                 let parts = diffusion_loss_with_noise(
-                    &u.model,
+                    low.unwrap_or(&u.model),
                     &u.schedule,
                     x0,
                     noise,
@@ -1233,6 +1490,8 @@ struct TrainingState {
     position: Position,
     rng_seed: u64,
     rng_word_pos: u128,
+    /// fp16: the loss scaler's (scale, growth tracker).
+    scaler: Option<(f64, u64)>,
 }
 
 fn write(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -1311,13 +1570,16 @@ fn write_checkpoint(
         write(&path, bytes)?;
     }
     write(&tmp.join("optimizer.safetensors"), &weights(opt.state())?)?;
-    let meta = json!({
+    let mut meta = json!({
         "step": st.step,
         "adam_step": opt.step,
         "ema_optimization_step": ema.optimization_step,
         "loader": {"epoch": st.position.epoch, "batch": st.position.batch},
         "rng": {"seed": st.rng_seed, "word_pos": st.rng_word_pos.to_string()},
     });
+    if let Some((scale, tracker)) = st.scaler {
+        meta["grad_scaler"] = json!({"scale": scale, "growth_tracker": tracker});
+    }
     // Written last: its presence marks the checkpoint complete.
     write(
         &tmp.join("training_state.json"),
@@ -1431,6 +1693,12 @@ fn load_checkpoint(
             .ok_or_else(|| {
                 Error::Invalid(format!("{}: bad `rng.word_pos`", meta_path.display()))
             })?,
+        scaler: meta["grad_scaler"]["scale"].as_f64().map(|s| {
+            (
+                s,
+                meta["grad_scaler"]["growth_tracker"].as_u64().unwrap_or(0),
+            )
+        }),
     })
 }
 
