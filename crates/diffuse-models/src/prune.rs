@@ -196,7 +196,7 @@ pub fn prune_model_folder(
     amount: f64,
     criterion: Criterion,
 ) -> Result<PruneSummary> {
-    use crate::weights::{self, CONFIG_NAME, WEIGHTS_NAME};
+    use crate::weights;
     let (net, varmap) = weights::load::<crate::DenoiserNet>(src, &Device::Cpu)?;
     let crate::DenoiserConfig::UNet(cfg) = net.config() else {
         return Err(Error::Config(format!(
@@ -213,20 +213,8 @@ pub fn prune_model_folder(
         params_after: parameter_count(&pruned),
     };
     let bytes = weights::serialize_tensors(pruned.into_iter().collect())?;
-    let mut v = serde_json::to_value(&pc).expect("serializable");
-    if v.get("_diffusers_version").is_none() {
-        v["_diffusers_version"] = "0.42.1".into();
-    }
-    let write = |path: &Path, bytes: &[u8]| -> Result<()> {
-        diffuse_data::fs::write_atomic(path, bytes).map_err(|e| Error::Weights(e.to_string()))
-    };
-    std::fs::create_dir_all(dst).map_err(|source| Error::Io {
-        path: dst.display().to_string(),
-        source,
-    })?;
-    write(&dst.join(WEIGHTS_NAME), &bytes)?;
-    let text = serde_json::to_string_pretty(&v).expect("serializable");
-    write(&dst.join(CONFIG_NAME), text.as_bytes())?;
+    let v = serde_json::to_value(&pc).expect("serializable");
+    weights::write_model_folder(dst, v, &bytes)?;
     Ok(summary)
 }
 

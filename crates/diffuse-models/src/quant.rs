@@ -278,24 +278,12 @@ pub fn quantize_tensors(tensors: &HashMap<String, Tensor>) -> Result<(Vec<u8>, Q
 /// `dst` (created): the same config plus `quantization_config`, and the weights with every conv
 /// and linear weight as int8 ([`quantize_tensors`]). Both files are written atomically.
 pub fn quantize_model_folder(src: &Path, dst: &Path) -> Result<QuantSummary> {
-    use crate::weights::{self, CONFIG_NAME, WEIGHTS_NAME};
+    use crate::weights;
     let (net, varmap) = weights::load::<crate::DenoiserNet>(src, &Device::Cpu)?;
     let (bytes, summary) = quantize_tensors(&weights::detached_tensors(&varmap))?;
     let mut cfg = serde_json::to_value(net.config()).expect("serializable");
     cfg["quantization_config"] = QuantizationConfig::int8(summary.quantized).to_value();
-    if cfg.get("_diffusers_version").is_none() {
-        cfg["_diffusers_version"] = "0.42.1".into();
-    }
-    let write = |path: &Path, bytes: &[u8]| -> Result<()> {
-        diffuse_data::fs::write_atomic(path, bytes).map_err(|e| Error::Weights(e.to_string()))
-    };
-    std::fs::create_dir_all(dst).map_err(|source| Error::Io {
-        path: dst.display().to_string(),
-        source,
-    })?;
-    write(&dst.join(WEIGHTS_NAME), &bytes)?;
-    let text = serde_json::to_string_pretty(&cfg).expect("serializable");
-    write(&dst.join(CONFIG_NAME), text.as_bytes())?;
+    weights::write_model_folder(dst, cfg, &bytes)?;
     Ok(summary)
 }
 

@@ -403,6 +403,24 @@ pub fn model_from_tensors(
     from_tensors(config, tensors, device)
 }
 
+/// Writes a model folder: `config` as config.json (with diffusers' version key when it has none)
+/// and `weights` (safetensors bytes), each atomically.
+pub fn write_model_folder(dst: &Path, mut config: serde_json::Value, weights: &[u8]) -> Result<()> {
+    if config.get("_diffusers_version").is_none() {
+        config["_diffusers_version"] = "0.42.1".into();
+    }
+    let write = |path: &Path, bytes: &[u8]| -> Result<()> {
+        diffuse_data::fs::write_atomic(path, bytes).map_err(|e| Error::Weights(e.to_string()))
+    };
+    std::fs::create_dir_all(dst).map_err(|source| Error::Io {
+        path: dst.display().to_string(),
+        source,
+    })?;
+    write(&dst.join(WEIGHTS_NAME), weights)?;
+    let text = serde_json::to_string_pretty(&config).expect("serializable");
+    write(&dst.join(CONFIG_NAME), text.as_bytes())
+}
+
 /// The safetensors file(s) of a model folder.
 pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let plain = dir.join(WEIGHTS_NAME);
