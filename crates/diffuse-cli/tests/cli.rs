@@ -1,38 +1,15 @@
 //! End-to-end tests of the `diffuse` binary: help, `schedule` against the diffusers fixtures,
 //! `noise` on gray and colour images, and one-line errors for bad input.
 
+mod common;
+
+use common::{assert_one_line_error, diffuse, max_rel, stderr};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn diffuse(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_diffuse"))
-        .args(args)
-        .env("RUST_BACKTRACE", "1")
-        .output()
-        .expect("run diffuse")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../diffuse-core/tests/fixtures")
-}
-
-/// A failed run prints exactly one line, starting "error:", and never a panic or backtrace.
-fn assert_one_line_error(o: &Output, needle: &str) {
-    assert!(!o.status.success(), "expected failure");
-    let err = stderr(o);
-    let lines: Vec<&str> = err.lines().collect();
-    assert_eq!(lines.len(), 1, "stderr: {err}");
-    assert!(lines[0].starts_with("error: "), "{err}");
-    assert!(lines[0].contains(needle), "{err} lacks {needle:?}");
-    assert!(
-        !err.contains("panicked") && !err.contains("backtrace"),
-        "{err}"
-    );
 }
 
 #[test]
@@ -279,11 +256,6 @@ fn model_fixtures() -> PathBuf {
 fn load_images(path: &Path) -> Vec<f32> {
     let m = candle_core::safetensors::load(path, &candle_core::Device::Cpu).unwrap();
     m["images"].flatten_all().unwrap().to_vec1().unwrap()
-}
-
-fn max_rel(a: &[f32], b: &[f32]) -> f32 {
-    let m = b.iter().fold(0f32, |m, x| m.max(x.abs()));
-    a.iter().zip(b).fold(0f32, |d, (x, y)| d.max((x - y).abs())) / m
 }
 
 #[test]

@@ -2,36 +2,22 @@
 //! loader in `sample` (which `eval` and `serve` share), a pruned model fine-tunes with `diffuse
 //! train` and `train.init_from`, and bad input gives one-line errors and writes nothing.
 
+mod common;
+
+use common::{assert_one_line_error, command, max_rel, stderr};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 fn diffuse(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_diffuse"))
-        .args(args)
-        .env("RUST_BACKTRACE", "1")
+    command(args)
         .env("DIFFUSE_THREADS", "2")
         .output()
         .expect("run diffuse")
 }
 
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
 fn ok(o: Output) -> Output {
     assert!(o.status.success(), "{}", stderr(&o));
     o
-}
-
-/// A failed run prints exactly one line, starting "error:", and never a panic.
-fn assert_one_line_error(o: &Output, needle: &str) {
-    assert!(!o.status.success(), "expected failure");
-    let err = stderr(o);
-    let lines: Vec<&str> = err.lines().collect();
-    assert_eq!(lines.len(), 1, "stderr: {err}");
-    assert!(lines[0].starts_with("error: "), "{err}");
-    assert!(lines[0].contains(needle), "{err} lacks {needle:?}");
-    assert!(!err.contains("panicked"), "{err}");
 }
 
 fn fixtures() -> PathBuf {
@@ -45,11 +31,6 @@ fn p(path: &Path) -> &str {
 fn images(path: &Path) -> Vec<f32> {
     let m = candle_core::safetensors::load(path, &candle_core::Device::Cpu).unwrap();
     m["images"].flatten_all().unwrap().to_vec1().unwrap()
-}
-
-fn max_rel(a: &[f32], b: &[f32]) -> f32 {
-    let m = b.iter().fold(0f32, |m, x| m.max(x.abs()));
-    a.iter().zip(b).fold(0f32, |d, (x, y)| d.max((x - y).abs())) / m
 }
 
 fn size(path: &Path) -> u64 {

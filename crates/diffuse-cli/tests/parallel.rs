@@ -2,27 +2,15 @@
 //! --nproc-per-node 2` (two processes, torchrun's variables, TCP all-reduce) against one
 //! process, `--gpus` without the CUDA build, and `diffuse sample --dtype bf16`.
 
-use candle_core::{Device, Tensor};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn diffuse(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_diffuse"))
-        .args(args)
-        .env_remove("WORLD_SIZE")
-        .output()
-        .expect("run diffuse")
-}
+use candle_core::{Device, Tensor};
+use common::{assert_one_line_error, diffuse};
+use std::path::{Path, PathBuf};
+use std::process::Output;
 
 fn check(o: &Output) {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-}
-
-fn one_line_error(o: &Output, needle: &str) {
-    assert!(!o.status.success());
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.starts_with("error: ") && err.contains(needle), "{err}");
 }
 
 fn tiny() -> PathBuf {
@@ -121,10 +109,10 @@ fn gpus_without_the_cuda_build_and_bad_launch_flags_are_one_line_errors() {
         diffuse(&a)
     };
     if !cfg!(feature = "cuda") {
-        one_line_error(&run(&["--gpus", "2"]), "--features cuda");
+        assert_one_line_error(&run(&["--gpus", "2"]), "--features cuda");
     }
-    one_line_error(&run(&["--nproc-per-node", "2", "--gpus", "2"]), "not both");
-    one_line_error(
+    assert_one_line_error(&run(&["--nproc-per-node", "2", "--gpus", "2"]), "not both");
+    assert_one_line_error(
         &run(&["--nnodes", "2"]),
         "--nnodes/--node-rank go with --gpus",
     );
@@ -165,7 +153,7 @@ fn sample_in_bf16_is_close_to_f32() {
         );
         assert!(e < tol, "{e}");
     }
-    one_line_error(
+    assert_one_line_error(
         &diffuse(&[
             "sample",
             "--model",
