@@ -412,11 +412,7 @@ pub fn student_config(
             );
         }
     }
-    let user: toml::Table = match user_toml {
-        Some(text) => toml::from_str(text)
-            .map_err(|e| Error::Invalid(format!("config: {}", e.to_string().trim())))?,
-        None => toml::Table::new(),
-    };
+    let user = crate::reflow::user_table(user_toml)?;
     if user
         .get("data")
         .and_then(|d| d.as_table())
@@ -433,11 +429,7 @@ pub fn student_config(
             return Err(Error::Invalid("train.prediction_type \"flow\": a progressive student is a DDIM model (v_prediction, sample or epsilon)".into()));
         }
     }
-    let user_scheduler: serde_json::Map<String, serde_json::Value> = user
-        .get("scheduler")
-        .and_then(|s| serde_json::to_value(s).ok())
-        .and_then(|v| v.as_object().cloned())
-        .unwrap_or_default();
+    let user_scheduler = crate::reflow::user_scheduler(&user);
     crate::reflow::merge(&mut table, user);
     table.remove("scheduler");
     table.remove("distill");
@@ -456,17 +448,11 @@ pub fn student_config(
         return Err(Error::Invalid("[model]: a progressive student has its teacher's architecture and starts from its weights; remove [model]".into()));
     }
     table.insert("model".into(), toml::Value::Table(Default::default()));
-    let mut config: crate::trainer::TrainConfig =
-        table.try_into().map_err(|e: toml::de::Error| {
-            Error::Invalid(format!("config: {}", e.to_string().trim()))
-        })?;
+    let mut config = crate::reflow::into_config(table)?;
     let text = std::fs::read_to_string(sched_path).map_err(|e| err(&e))?;
     let teacher_sched: serde_json::Map<String, serde_json::Value> =
         serde_json::from_str(&text).map_err(|e| err(&format!("{}: {e}", sched_path.display())))?;
-    let mut sched: serde_json::Map<String, serde_json::Value> = teacher_sched
-        .into_iter()
-        .filter(|(k, v)| !v.is_null() && k != "_diffusers_version")
-        .collect();
+    let mut sched = crate::reflow::scheduler_entries(&teacher_sched);
     sched.insert("_class_name".into(), "DDIMScheduler".into());
     sched.insert("timestep_spacing".into(), "trailing".into());
     sched.insert("num_inference_steps".into(), steps.into());

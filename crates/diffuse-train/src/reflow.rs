@@ -626,6 +626,39 @@ pub(crate) fn merge(base: &mut toml::Table, over: toml::Table) {
     }
 }
 
+/// A `--train-config` text as a TOML table (empty without one).
+pub(crate) fn user_table(user_toml: Option<&str>) -> Result<toml::Table> {
+    match user_toml {
+        Some(text) => toml::from_str(text)
+            .map_err(|e| Error::Invalid(format!("config: {}", e.to_string().trim()))),
+        None => Ok(toml::Table::new()),
+    }
+}
+
+/// The `[scheduler]` of a user table as a JSON map (empty without one).
+pub(crate) fn user_scheduler(user: &toml::Table) -> Map<String, Value> {
+    user.get("scheduler")
+        .and_then(|s| serde_json::to_value(s).ok())
+        .and_then(|v| v.as_object().cloned())
+        .unwrap_or_default()
+}
+
+/// A merged student table as a training config.
+pub(crate) fn into_config(table: toml::Table) -> Result<TrainConfig> {
+    table
+        .try_into()
+        .map_err(|e: toml::de::Error| Error::Invalid(format!("config: {}", e.to_string().trim())))
+}
+
+/// A teacher's scheduler config as a student's `[scheduler]`: without nulls (they mean
+/// "default", and TOML cannot hold them) and without `_diffusers_version`.
+pub(crate) fn scheduler_entries(map: &Map<String, Value>) -> Map<String, Value> {
+    map.iter()
+        .filter(|(k, v)| !v.is_null() && k.as_str() != "_diffusers_version")
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
 /// The student's training config: [`STUDENT_DEFAULTS`] overridden by `user_toml` (a
 /// `--train-config` file: `[data]`, `[train]`, `[scheduler]`, `[eval]`; no data source),
 /// then `data.pairs = pairs`. Without a `[model]` the student is the teacher's architecture and
@@ -641,11 +674,7 @@ pub fn student_config(
     student_steps: usize,
 ) -> Result<TrainConfig> {
     let mut table: toml::Table = toml::from_str(STUDENT_DEFAULTS).expect("valid defaults");
-    let user: toml::Table = match user_toml {
-        Some(text) => toml::from_str(text)
-            .map_err(|e| Error::Invalid(format!("config: {}", e.to_string().trim())))?,
-        None => toml::Table::new(),
-    };
+    let user = user_table(user_toml)?;
     let section = |name: &str| user.get(name).and_then(|v| v.as_table());
     if let Some(d) = section("data") {
         for key in ["name", "latents", "pairs"] {
@@ -683,32 +712,19 @@ pub fn student_config(
     }
     let user_sample_steps = section("train").is_some_and(|t| t.contains_key("sample_steps"));
     let user_init = section("train").is_some_and(|t| t.contains_key("init_from"));
-    let user_scheduler: Map<String, Value> = match section("scheduler") {
-        Some(s) => serde_json::to_value(s)
-            .ok()
-            .and_then(|v| v.as_object().cloned())
-            .unwrap_or_default(),
-        None => Map::new(),
-    };
+    let user_scheduler = user_scheduler(&user);
     merge(&mut table, user);
     table.remove("scheduler");
     table
         .entry("model")
         .or_insert(toml::Value::Table(Default::default()));
-    let mut config: TrainConfig = table.try_into().map_err(|e: toml::de::Error| {
-        Error::Invalid(format!("config: {}", e.to_string().trim()))
-    })?;
+    let mut config = into_config(table)?;
 
     // The teacher's scheduler (without nulls, which mean "default" and TOML cannot hold), or
     // rectified-flow Euler over its training time for diffusion teachers.
     let t = &teacher.scheduler_config;
     let mut sched: Map<String, Value> = if t.class.is_flow() {
-        teacher
-            .scheduler
-            .iter()
-            .filter(|(k, v)| !v.is_null() && k.as_str() != "_diffusers_version")
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
+        scheduler_entries(&teacher.scheduler)
     } else {
         Map::from_iter([
             (
