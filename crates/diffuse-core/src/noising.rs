@@ -11,7 +11,7 @@ use crate::schedule::NoiseSchedule;
 use candle_core::{Tensor, D};
 
 /// Per-row coefficient tensor of shape [b, 1, 1, ...] matching `like`'s rank.
-fn per_row(values: &[f64], like: &Tensor) -> Result<Tensor> {
+pub fn per_row(values: &[f64], like: &Tensor) -> Result<Tensor> {
     let b = like.dim(0)?;
     if values.len() != b {
         return Err(Error::Sampler(format!(

@@ -22,7 +22,7 @@ use crate::objective::{drop_labels, ObjectiveConfig, TrainRng};
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor};
 use diffuse_core::config::{PredictionType, SchedulerClass, SchedulerConfig};
-use diffuse_core::noising;
+use diffuse_core::noising::{self, per_row};
 use diffuse_core::sampler::Sampler;
 use diffuse_core::schedule::NoiseSchedule;
 use diffuse_models::DenoiserNet;
@@ -114,16 +114,6 @@ fn alpha_sigma(abar: &[f64]) -> (Vec<f64>, Vec<f64>) {
             (a.sqrt() as f64, (1.0 - a).sqrt() as f64)
         })
         .unzip()
-}
-
-fn per_row(v: &[f64], like: &Tensor) -> Result<Tensor> {
-    let b = v.len();
-    Ok(Tensor::from_vec(
-        v.iter().map(|&x| x as f32).collect::<Vec<_>>(),
-        (b, 1, 1, 1),
-        like.device(),
-    )?
-    .to_dtype(like.dtype())?)
 }
 
 /// x̂ from a prediction at z with per-row ᾱ.
