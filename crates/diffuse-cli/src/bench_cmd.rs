@@ -67,7 +67,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let dev = crate::sample_cmd::device(&args.device)?;
+    let dev = crate::common::device(&args.device)?;
     let (name, config) = match &args.config {
         Some(p) => {
             let cfg = if p.is_dir() {

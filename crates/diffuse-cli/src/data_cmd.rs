@@ -206,7 +206,7 @@ pub fn run(cmd: Command) -> Result<()> {
                 },
             };
             let start = std::time::Instant::now();
-            let dev = crate::sample_cmd::device(&device)?;
+            let dev = crate::common::device(&device)?;
             let index = encode_dataset(&vae, &*ds, &opts, &output, &dev, &mut |done, total| {
                 bar.set_length(total as u64);
                 bar.set_position(done as u64);

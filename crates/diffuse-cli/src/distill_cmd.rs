@@ -142,14 +142,14 @@ fn progressive(a: ProgressiveArgs) -> Result<()> {
             "--from-steps {from} --to-steps {to}: each round halves the steps, so from-steps must be to-steps × 2^k with k ≥ 1"
         );
     }
-    let device = crate::sample_cmd::device(&a.device)?;
+    let device = crate::common::device(&a.device)?;
     let user_toml = match &a.train_config {
         Some(p) => Some(
             std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?,
         ),
         None => None,
     };
-    let stop = crate::train_cmd::ctrl_c_flag("finishing the current training step");
+    let stop = crate::common::ctrl_c_flag("finishing the current training step");
     let mut teacher = a.teacher.clone();
     let mut steps = from / 2;
     let mut round = 0;
@@ -203,7 +203,7 @@ fn progressive(a: ProgressiveArgs) -> Result<()> {
                 );
             }
             let started = Instant::now();
-            let outcome = crate::train_cmd::run_training(
+            let outcome = crate::training::run_training(
                 &config,
                 &out,
                 newest.is_some(),
@@ -241,7 +241,7 @@ fn progressive(a: ProgressiveArgs) -> Result<()> {
 }
 
 fn reflow(a: ReflowArgs) -> Result<()> {
-    let device = crate::sample_cmd::device(&a.device)?;
+    let device = crate::common::device(&a.device)?;
     let teacher = open_teacher(&a.teacher, a.no_ema, &device)?;
     let guidance_scale = match (a.guidance_scale, teacher.classes) {
         (Some(g), _) => g,
@@ -267,7 +267,7 @@ fn reflow(a: ReflowArgs) -> Result<()> {
     if let Some(n) = a.max_steps {
         config.train.max_steps = n;
     }
-    let stop = crate::train_cmd::ctrl_c_flag("finishing the current pair shard or training step");
+    let stop = crate::common::ctrl_c_flag("finishing the current pair shard or training step");
 
     let opts = PairOptions {
         num_pairs: a.num_pairs,
@@ -345,7 +345,7 @@ fn reflow(a: ReflowArgs) -> Result<()> {
     }
     let started = Instant::now();
     let outcome =
-        crate::train_cmd::run_training(&config, &a.output, resume, &device, a.quiet, &stop)?;
+        crate::training::run_training(&config, &a.output, resume, &device, a.quiet, &stop)?;
     let steps = config.scheduler["num_inference_steps"].clone();
     eprintln!(
         "student trained to step {} (last loss {:.4}) in {:.1} s → {} (made for {steps} steps: diffuse sample --model {})",

@@ -17,7 +17,7 @@ use diffuse_eval::resize::ResizeMode;
 use diffuse_models::net::DenoiserNet;
 use diffuse_models::pipeline::{decode_latents, generate, GenerateOptions};
 use diffuse_models::weights::resolve_model_folder;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use serde_json::Map;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
@@ -174,19 +174,6 @@ struct RunArgs {
     quiet: bool,
 }
 
-pub(crate) fn bar(quiet: bool) -> ProgressBar {
-    if quiet {
-        return ProgressBar::hidden();
-    }
-    let b = ProgressBar::new(0);
-    b.set_style(
-        ProgressStyle::with_template("{msg:>12} [{bar:30}] {pos}/{len} · {per_sec} · eta {eta}")
-            .expect("template")
-            .progress_chars("=> "),
-    );
-    b
-}
-
 pub(crate) fn feature_net(a: &FeatureArgs, dev: &Device) -> Result<FeatureNet> {
     let resize = ResizeMode::parse(&a.resize).with_context(|| {
         format!(
@@ -256,10 +243,10 @@ pub fn run(args: Args) -> Result<()> {
             size,
             quiet,
         }) => {
-            let dev = crate::sample_cmd::device(&features.device)?;
+            let dev = crate::common::device(&features.device)?;
             let net = feature_net(&features, &dev)?;
             let images = open_images(&data, split(&s)?, num, size)?;
-            let b = bar(quiet);
+            let b = crate::common::bar(quiet);
             b.set_message("features");
             let bs = features.eval_batch_size.unwrap_or(net.default_batch_size());
             let ex = net.extract(images.as_ref(), bs, &dev, &mut |d, t| {
@@ -305,7 +292,7 @@ pub fn run(args: Args) -> Result<()> {
             };
             let train = datasets::open("mnist", Split::Train)?;
             let test = datasets::open("mnist", Split::Test)?;
-            let b = bar(quiet);
+            let b = crate::common::bar(quiet);
             b.set_message("training");
             let command = std::env::args().skip(1).collect::<Vec<_>>().join(" ");
             let (bytes, record) = classifier::train(
@@ -420,7 +407,7 @@ impl ModelSampler {
         let folder = resolve_model_folder(dir)?;
         let (model, vae) = folder.load(no_ema, dev)?;
         let sched = match folder.scheduler_config.as_ref() {
-            Some(p) => crate::read_json_object(p)?,
+            Some(p) => crate::common::read_json_object(p)?,
             None => Map::from_iter([("_class_name".into(), "DDIMScheduler".into())]),
         };
         let size = model
@@ -530,7 +517,7 @@ impl ModelSampler {
 fn generate_from_model(a: &RunArgs, dev: &Device) -> Result<(MemoryImages, Option<Vec<u32>>)> {
     let model_dir = a.model.as_ref().expect("checked");
     let ms = ModelSampler::load(model_dir, a.no_ema, dev)?;
-    let b = bar(a.quiet);
+    let b = crate::common::bar(a.quiet);
     b.set_message("sampling");
     let g = ms.generate(
         a.sampler.as_deref(),
@@ -549,7 +536,7 @@ fn generate_from_model(a: &RunArgs, dev: &Device) -> Result<(MemoryImages, Optio
 
 fn run_eval(a: RunArgs) -> Result<()> {
     let metrics = Metric::parse_list(&a.metrics)?;
-    let dev = crate::sample_cmd::device(&a.features.device)?;
+    let dev = crate::common::device(&a.features.device)?;
     let real_spec = a
         .real
         .clone()
@@ -625,7 +612,7 @@ fn run_eval(a: RunArgs) -> Result<()> {
         },
         ..Default::default()
     };
-    let b = bar(a.quiet);
+    let b = crate::common::bar(a.quiet);
     let report = evaluate(
         reference,
         fake.as_ref(),

@@ -4,7 +4,7 @@
 //! DDIM paper's table as a picture). `diffuse eval plot`: a run's loss curve and its `[eval]`
 //! metrics against training steps.
 
-use crate::eval_cmd::{bar, feature_net, open_images, split, FeatureArgs, ModelSampler};
+use crate::eval_cmd::{feature_net, open_images, split, FeatureArgs, ModelSampler};
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use diffuse_eval::classifier::MnistClassifier;
@@ -177,7 +177,7 @@ pub fn run_sweep(a: SweepArgs) -> Result<()> {
     if a.num_samples < 2 {
         bail!("--num-samples must be at least 2");
     }
-    let dev = crate::sample_cmd::device(&a.features.device)?;
+    let dev = crate::common::device(&a.features.device)?;
     let out = a.output.clone().unwrap_or_else(|| a.model.join("sweep"));
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
     let ms = ModelSampler::load(&a.model, a.no_ema, &dev)?;
@@ -206,7 +206,7 @@ pub fn run_sweep(a: SweepArgs) -> Result<()> {
     } else {
         None
     };
-    let b = bar(a.quiet);
+    let b = crate::common::bar(a.quiet);
     // Real features once, at the generated size.
     let (h, w) = ms.image_size();
     let is_folder = Path::new(&a.real).is_dir()

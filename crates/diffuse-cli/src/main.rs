@@ -4,6 +4,7 @@
 //! validated plan, call a library, and map errors to a one-line message and an exit code.
 
 mod bench_cmd;
+mod common;
 mod convert_cmd;
 mod data_cmd;
 mod distill_cmd;
@@ -18,6 +19,7 @@ mod schedule_cmd;
 mod serve_cmd;
 mod threads;
 mod train_cmd;
+mod training;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -70,24 +72,6 @@ enum Command {
     Data(data_cmd::Command),
     /// Time a UNet on this machine: forward, training step, DDIM sampling, FLOP/s, peak RSS.
     Bench(bench_cmd::Args),
-}
-
-/// Reads a scheduler config (any JSON object file), with one-line errors naming the file.
-pub(crate) fn read_json_object(
-    path: &std::path::Path,
-) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
-    use anyhow::Context;
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read scheduler config {}", path.display()))?;
-    match serde_json::from_str(&text)
-        .map_err(|e| anyhow::anyhow!("{}: malformed JSON: {e}", path.display()))?
-    {
-        serde_json::Value::Object(m) => Ok(m),
-        _ => anyhow::bail!(
-            "{}: a scheduler config must be a JSON object",
-            path.display()
-        ),
-    }
 }
 
 /// Exit codes: 0 ok, 1 error (one line on stderr), 2 usage error (clap).

@@ -37,7 +37,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     let mut map = match &args.config {
-        Some(p) => crate::read_json_object(p)?,
+        Some(p) => crate::common::read_json_object(p)?,
         None => serde_json::Map::from_iter([("_class_name".into(), "DDPMScheduler".into())]),
     };
     if let Some(b) = &args.beta_schedule {

@@ -80,16 +80,8 @@ pub struct Args {
     no_ema: bool,
 }
 
-pub fn device(name: &str) -> Result<Device> {
-    match name {
-        "cpu" => Ok(Device::Cpu),
-        "cuda" => Device::new_cuda(0).context("--device cuda"),
-        other => bail!("--device: unknown device {other:?}; allowed: cpu, cuda"),
-    }
-}
-
 pub fn run(args: Args) -> Result<()> {
-    let dev = device(&args.device)?;
+    let dev = crate::common::device(&args.device)?;
     let dtype = diffuse_models::weights::parse_dtype(&args.dtype)
         .map_err(|e| anyhow::anyhow!("--dtype: {e}"))?;
     let folder = resolve_model_folder(&args.model)?;
@@ -112,7 +104,7 @@ pub fn run(args: Args) -> Result<()> {
         .as_ref()
         .or(folder.scheduler_config.as_ref())
     {
-        Some(p) => crate::read_json_object(p)?,
+        Some(p) => crate::common::read_json_object(p)?,
         None => Map::from_iter([("_class_name".into(), "DDIMScheduler".into())]),
     };
     if let Some(s) = &args.sampler {

@@ -58,7 +58,7 @@ impl Args {
     /// The config object: the file as it is, then the flags on top.
     fn config_map(&self) -> Result<Map<String, Value>> {
         let mut map = match &self.config {
-            Some(path) => crate::read_json_object(path)?,
+            Some(path) => crate::common::read_json_object(path)?,
             None => Map::new(),
         };
         let mut put = |k: &str, v: Option<Value>| {

@@ -45,7 +45,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let device = crate::sample_cmd::device(&args.device)?;
+    let device = crate::common::device(&args.device)?;
     let config = ServeConfig {
         max_batch: args.max_batch.max(1),
         max_wait: Duration::from_millis(args.max_wait_ms),

@@ -9,13 +9,9 @@
 //! process that finds `WORLD_SIZE` set runs as one rank (so torchrun itself can start them).
 
 use anyhow::{bail, Context, Result};
-use diffuse_train::dist::{self, Collective, DistEnv, LaunchPlan, SingleProcess};
-use diffuse_train::trainer::{train_with, TrainConfig, TrainOutcome};
-use indicatif::{ProgressBar, ProgressStyle};
-use std::io::Write;
+use diffuse_train::dist::{self, DistEnv, LaunchPlan};
+use diffuse_train::trainer::TrainConfig;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Instant;
 
 #[derive(clap::Args)]
@@ -123,12 +119,12 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(s) = args.seed {
         config.train.seed = s;
     }
-    let stop = ctrl_c_flag("saving a checkpoint after this step");
+    let stop = crate::common::ctrl_c_flag("saving a checkpoint after this step");
     let start = Instant::now();
     let outcome = match &rank_env {
         None => {
-            let device = crate::sample_cmd::device(&args.device)?;
-            run_training(&config, &output, resume, &device, args.quiet, &stop)?
+            let device = crate::common::device(&args.device)?;
+            crate::training::run_training(&config, &output, resume, &device, args.quiet, &stop)?
         }
         Some(env) => {
             // One rank: its GPU is LOCAL_RANK on its node.
@@ -136,12 +132,13 @@ pub fn run(args: Args) -> Result<()> {
                 "cuda" => candle_core::Device::new_cuda(env.local_rank).with_context(|| {
                     format!("rank {}: CUDA device {}", env.rank, env.local_rank)
                 })?,
-                other => crate::sample_cmd::device(other)?,
+                other => crate::common::device(other)?,
             };
             let comm = dist::connect(env, &device, RENDEZVOUS_TIMEOUT)?;
             let quiet = args.quiet || env.rank != 0;
-            let outcome =
-                run_training_with(&config, &output, resume, &device, quiet, &stop, &*comm)?;
+            let outcome = crate::training::run_training_with(
+                &config, &output, resume, &device, quiet, &stop, &*comm,
+            )?;
             if env.rank != 0 {
                 return Ok(());
             }
@@ -164,20 +161,6 @@ pub fn run(args: Args) -> Result<()> {
         output.display(),
     );
     Ok(())
-}
-
-/// A flag that the first Ctrl-C sets (the command finishes its current unit of work — `what` —
-/// and stops cleanly); a second Ctrl-C exits at once.
-pub(crate) fn ctrl_c_flag(what: &'static str) -> Arc<AtomicBool> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    let _ = ctrlc::set_handler(move || {
-        if flag.swap(true, Ordering::SeqCst) {
-            std::process::exit(130);
-        }
-        eprintln!("\nstopping: {what} (Ctrl-C again to abort)");
-    });
-    stop
 }
 
 /// Starts `n` ranks of this very command on this node (torchrun's job) and waits for them; the
@@ -211,7 +194,7 @@ fn launch_ranks(n: usize, device: &str, args: &Args) -> Result<()> {
         let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
         (cores / n).max(1).to_string()
     });
-    let _stop = ctrl_c_flag("the ranks save a checkpoint after this step");
+    let _stop = crate::common::ctrl_c_flag("the ranks save a checkpoint after this step");
     let mut children = Vec::with_capacity(n);
     for env in &envs {
         let mut cmd = std::process::Command::new(&exe);
@@ -262,108 +245,4 @@ fn launch_ranks(n: usize, device: &str, args: &Args) -> Result<()> {
         Some(f) => bail!("data-parallel training failed: {f} (its error is above)"),
         None => Ok(()),
     }
-}
-
-/// Saves `config` as `output/train.toml` and trains into `output` with a progress bar and the
-/// `metrics.jsonl` log (`diffuse train`, and the student of `diffuse distill reflow`).
-pub(crate) fn run_training(
-    config: &TrainConfig,
-    output: &std::path::Path,
-    resume: bool,
-    device: &candle_core::Device,
-    quiet: bool,
-    stop: &AtomicBool,
-) -> Result<TrainOutcome> {
-    run_training_with(config, output, resume, device, quiet, stop, &SingleProcess)
-}
-
-/// [`run_training`] as one rank of `comm`: rank 0 writes `train.toml` and `metrics.jsonl`.
-pub(crate) fn run_training_with(
-    config: &TrainConfig,
-    output: &std::path::Path,
-    resume: bool,
-    device: &candle_core::Device,
-    quiet: bool,
-    stop: &AtomicBool,
-    comm: &dyn Collective,
-) -> Result<TrainOutcome> {
-    if comm.rank() != 0 {
-        return Ok(train_with(
-            config,
-            output,
-            resume,
-            device,
-            stop,
-            &mut |_| {},
-            comm,
-        )?);
-    }
-    std::fs::create_dir_all(output)
-        .with_context(|| format!("cannot create {}", output.display()))?;
-    let saved = toml::to_string(config).context("config")?;
-    diffuse_data::fs::write_atomic(&output.join("train.toml"), saved.as_bytes())?;
-    let bar = if quiet {
-        ProgressBar::hidden()
-    } else {
-        let b = ProgressBar::new(config.train.max_steps);
-        b.set_style(
-            ProgressStyle::with_template("{spinner} step {pos}/{len} [{bar:30}] {msg} · eta {eta}")
-                .expect("template")
-                .progress_chars("=> "),
-        );
-        b
-    };
-    let mut log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(output.join("metrics.jsonl"))
-        .with_context(|| format!("cannot write {}", output.join("metrics.jsonl").display()))?;
-    let start = Instant::now();
-    let mut images = 0usize;
-    let outcome = train_with(
-        config,
-        output,
-        resume,
-        device,
-        stop,
-        &mut |r| {
-            images += r.images;
-            let secs = start.elapsed().as_secs_f64().max(1e-9);
-            bar.set_position(r.step);
-            bar.set_message(format!(
-                "loss {:.4} · lr {:.2e} · {:.1} img/s",
-                r.loss,
-                r.lr,
-                images as f64 / secs
-            ));
-            if r.skipped_nonfinite {
-                bar.println(format!(
-                    "step {}: non-finite loss or gradient, step skipped",
-                    r.step
-                ));
-            }
-            let mut line = serde_json::json!({"step": r.step, "loss": r.loss, "lr": r.lr,
-            "grad_norm": r.grad_norm, "images_per_s": images as f64 / secs,
-            "skipped": r.skipped_nonfinite, "time_s": secs, "data_wait_s": r.data_wait_s});
-            for (k, v) in &r.metrics {
-                line[k.as_str()] = (*v).into();
-                if k == "eval/psnr" {
-                    bar.println(format!("step {}: held-out PSNR {v:.2} dB", r.step));
-                }
-            }
-            let evals: Vec<String> = r
-                .metrics
-                .iter()
-                .filter(|(k, _)| k.starts_with("eval/") && k != "eval/psnr" && k != "eval/ssim")
-                .map(|(k, v)| format!("{} {v:.4}", &k["eval/".len()..]))
-                .collect();
-            if !evals.is_empty() {
-                bar.println(format!("step {}: {}", r.step, evals.join(" · ")));
-            }
-            let _ = writeln!(log, "{line}");
-        },
-        comm,
-    )?;
-    bar.finish_and_clear();
-    Ok(outcome)
 }
