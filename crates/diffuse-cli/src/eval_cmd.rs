@@ -435,7 +435,7 @@ impl ModelSampler {
     /// Forward GFLOPs of the network for one image (at its input size; VAE decoding excluded).
     pub fn gflops(&self) -> f64 {
         let (h, w) = self.size;
-        diffuse_train::bench::net_forward_flops(&self.model.config(), h, w).total() as f64 / 1e9
+        diffuse_models::flops::net_forward_flops(&self.model.config(), h, w).total() as f64 / 1e9
     }
 
     /// (height, width) of the generated images (latents times the VAE's downsampling).

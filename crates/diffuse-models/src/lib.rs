@@ -11,6 +11,7 @@
 //! - [`ops`]: the one seam through which models reach the hot ops.
 //! - [`checkpoint`]: gradient checkpointing (activations recomputed in backward).
 //! - [`onnx`]: ONNX export of a UNet, DiT or VAE decoder, written by diffuse itself.
+//! - [`flops`]: analytic forward FLOPs of a UNet or DiT config (the bench's GFLOP/s).
 //! - [`precision`]: bf16/f16 copies of a network (mixed-precision training, `sample --dtype`).
 //! - [`denoise`]: a loaded model as a `diffuse_core` denoiser; [`pipeline`]: batched generation
 //!   (pixel or latent); [`latent_cache`]: a data set encoded once into latent shards.
@@ -24,6 +25,7 @@ pub mod config;
 pub mod denoise;
 pub mod dit;
 pub mod embeddings;
+pub mod flops;
 pub mod kernels;
 pub mod latent_cache;
 pub mod net;

@@ -1,0 +1,323 @@
+//! Analytic forward FLOPs of a network config (UNet2DModel, DiTTransformer2DModel):
+//! convolutions, linears and the two attention matmuls, 2 FLOPs per multiply-add; norms and
+//! element-wise ops are left out (< 1 % of the total). Equal to PyTorch's
+//! `torch.utils.flop_counter.FlopCounterMode` on diffusers' models of the same configs.
+
+use crate::config::ClassEmbedding;
+use crate::UNet2DConfig;
+use serde::Serialize;
+
+/// Forward FLOPs of one image (2 per multiply-add), by kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct FlopCount {
+    /// Convolutions (3×3, stride-2 3×3, 1×1 shortcuts).
+    pub conv: u64,
+    /// Linear layers (time embedding, time projections in ResNets, q/k/v/out).
+    pub linear: u64,
+    /// q·kᵀ and softmax·v.
+    pub attention: u64,
+}
+
+impl FlopCount {
+    pub fn total(&self) -> u64 {
+        self.conv + self.linear + self.attention
+    }
+    fn conv(&mut self, cin: usize, cout: usize, k: usize, h: usize, w: usize) {
+        self.conv += 2 * (cin * cout * k * k * h * w) as u64;
+    }
+    fn linear(&mut self, din: usize, dout: usize, rows: usize) {
+        self.linear += 2 * (din * dout * rows) as u64;
+    }
+    /// The convolutions of a ResNet block at output size h×w, 1×1 shortcut included; `inner`
+    /// is conv1's output width (`cout` unless pruned).
+    fn resnet_convs(&mut self, cin: usize, inner: usize, cout: usize, h: usize, w: usize) {
+        self.conv(cin, inner, 3, h, w);
+        self.conv(inner, cout, 3, h, w);
+        if cin != cout {
+            self.conv(cin, cout, 1, h, w);
+        }
+    }
+    /// Self-attention over h·w positions with `inner` = heads·head_dim channels.
+    fn attention(&mut self, c: usize, inner: usize, h: usize, w: usize) {
+        let l = h * w;
+        self.linear(c, inner, 3 * l); // q, k, v
+        self.linear(inner, c, l); // out
+        self.attention += 2 * 2 * (l * l * inner) as u64; // q·kᵀ and p·v over all heads
+    }
+}
+
+/// Forward FLOPs of one image of size h×w through either network.
+pub fn net_forward_flops(cfg: &crate::net::DenoiserConfig, h: usize, w: usize) -> FlopCount {
+    match cfg {
+        crate::net::DenoiserConfig::UNet(c) => forward_flops(c, h, w),
+        crate::net::DenoiserConfig::DiT(c) => dit_forward_flops(c, h, w),
+    }
+}
+
+/// Forward FLOPs of one image of size h×w through a DiT (diffusers' `DiTTransformer2DModel`):
+/// the patch embedding; per block its own timestep MLP (256 → D → D) and adaLN-Zero linear
+/// (D → 6D), q/k/v/out, the two N×N attention products and the 4D MLP; the final
+/// modulation (block 0's embedder again, D → 2D) and the unpatchify projection.
+pub fn dit_forward_flops(
+    cfg: &crate::config::DiTTransformer2DConfig,
+    h: usize,
+    w: usize,
+) -> FlopCount {
+    let mut f = FlopCount::default();
+    let (d, p) = (
+        cfg.num_attention_heads * cfg.attention_head_dim,
+        cfg.patch_size,
+    );
+    let n = (h / p) * (w / p);
+    f.conv += 2 * (cfg.in_channels * d * p * p * n) as u64;
+    let temb = |f: &mut FlopCount| {
+        f.linear(256, d, 1);
+        f.linear(d, d, 1);
+    };
+    for _ in 0..cfg.num_layers {
+        temb(&mut f);
+        f.linear(d, 6 * d, 1);
+        f.linear(d, 3 * d, n);
+        f.linear(d, d, n);
+        f.attention += 2 * 2 * (n * n * d) as u64;
+        f.linear(d, 4 * d, n);
+        f.linear(4 * d, d, n);
+    }
+    temb(&mut f);
+    f.linear(d, 2 * d, 1);
+    f.linear(d, p * p * cfg.out_channels(), n);
+    f
+}
+
+/// Forward FLOPs of one image of size h×w through `cfg` (the model's structure, as
+/// `UNet2DModel::new` builds it).
+pub fn forward_flops(cfg: &UNet2DConfig, h: usize, w: usize) -> FlopCount {
+    let mut f = FlopCount::default();
+    let ch = &cfg.block_out_channels;
+    let n = ch.len();
+    let temb = cfg.time_embed_dim();
+    let time_in = if cfg.time_embedding_type == "fourier" {
+        2 * ch[0]
+    } else {
+        ch[0]
+    };
+    let resnet_temb = if cfg.resnet_time_scale_shift == "scale_shift" {
+        2 // the time projection gives scale and shift
+    } else {
+        1
+    };
+    // `prefix` names the block's weights: a pruned one (`diffuse_resnet_inner_channels`) is
+    // narrower inside.
+    let rn = |f: &mut FlopCount, prefix: String, cin: usize, cout: usize, h: usize, w: usize| {
+        let inner = cfg.resnet_inner(&prefix, cout);
+        f.resnet_convs(cin, inner, cout, h, w);
+        f.linear(temb, resnet_temb * inner, 1); // time_emb_proj
+    };
+    let heads_inner = |c: usize| {
+        let d = cfg.attention_head_dim.unwrap_or(c);
+        (c / d).max(1) * d
+    };
+    f.conv(cfg.in_channels, ch[0], 3, h, w);
+    f.linear(time_in, temb, 1);
+    f.linear(temb, temb, 1);
+    if cfg.class_embedding() == ClassEmbedding::Timestep {
+        f.linear(time_in, temb, 1);
+        f.linear(temb, temb, 1);
+    }
+    // Down path.
+    let (mut hh, mut ww) = (h, w);
+    let mut out = ch[0];
+    for (i, t) in cfg.down_block_types.iter().enumerate() {
+        let input = out;
+        out = ch[i];
+        for j in 0..cfg.layers_per_block {
+            let cin = if j == 0 { input } else { out };
+            rn(
+                &mut f,
+                format!("down_blocks.{i}.resnets.{j}"),
+                cin,
+                out,
+                hh,
+                ww,
+            );
+            if t == "AttnDownBlock2D" {
+                f.attention(out, heads_inner(out), hh, ww);
+            }
+        }
+        if i != n - 1 {
+            let resnet = t == "ResnetDownsampleBlock2D"
+                || (t == "AttnDownBlock2D" && cfg.downsample_type == "resnet");
+            hh /= 2;
+            ww /= 2;
+            if resnet {
+                rn(
+                    &mut f,
+                    format!("down_blocks.{i}.downsamplers.0"),
+                    out,
+                    out,
+                    hh,
+                    ww,
+                );
+            } else {
+                f.conv(out, out, 3, hh, ww);
+            }
+        }
+    }
+    // Mid block.
+    if cfg.mid_block_type.is_some() {
+        let last = ch[n - 1];
+        rn(&mut f, "mid_block.resnets.0".into(), last, last, hh, ww);
+        if cfg.add_attention {
+            let d = cfg.attention_head_dim.unwrap_or(last);
+            f.attention(last, (last / d).max(1) * d, hh, ww);
+        }
+        rn(&mut f, "mid_block.resnets.1".into(), last, last, hh, ww);
+    }
+    // Up path.
+    let rev: Vec<usize> = ch.iter().rev().copied().collect();
+    let mut out = rev[0];
+    for (i, t) in cfg.up_block_types.iter().enumerate() {
+        let prev = out;
+        out = rev[i];
+        let input = rev[(i + 1).min(n - 1)];
+        let layers = cfg.layers_per_block + 1;
+        for j in 0..layers {
+            let skip = if j == layers - 1 { input } else { out };
+            let cin = if j == 0 { prev } else { out };
+            rn(
+                &mut f,
+                format!("up_blocks.{i}.resnets.{j}"),
+                cin + skip,
+                out,
+                hh,
+                ww,
+            );
+            if t == "AttnUpBlock2D" {
+                f.attention(out, heads_inner(out), hh, ww);
+            }
+        }
+        if i != n - 1 {
+            let resnet = t == "ResnetUpsampleBlock2D"
+                || (t == "AttnUpBlock2D" && cfg.upsample_type == "resnet");
+            hh *= 2;
+            ww *= 2;
+            if resnet {
+                rn(
+                    &mut f,
+                    format!("up_blocks.{i}.upsamplers.0"),
+                    out,
+                    out,
+                    hh,
+                    ww,
+                );
+            } else {
+                f.conv(out, out, 3, hh, ww);
+            }
+        }
+    }
+    f.conv(ch[0], cfg.out_channels, 3, h, w);
+    f
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    fn cfg(v: Value) -> UNet2DConfig {
+        UNet2DConfig::from_json_str(&v.to_string()).unwrap()
+    }
+
+    /// One level, one ResNet, no mid block, 4×4 input: every term written out by hand.
+    #[test]
+    fn flops_of_a_one_level_unet_by_hand() {
+        let c = cfg(json!({
+            "sample_size": 4, "in_channels": 1, "out_channels": 2,
+            "block_out_channels": [8], "layers_per_block": 1, "norm_num_groups": 4,
+            "down_block_types": ["DownBlock2D"], "up_block_types": ["UpBlock2D"],
+            "mid_block_type": null
+        }));
+        let f = forward_flops(&c, 4, 4);
+        // conv_in 1→8: 2·1·8·9·16 = 2304; down resnet 8→8: 2·(2·8·8·9·16) = 36864;
+        // up resnets (2 layers, each 16→8 with a 1×1 shortcut): 2·(2·16·8·9·16 + 2·8·8·9·16
+        // + 2·16·8·16) = 2·(36864 + 18432 + 4096) = 118784; conv_out 8→2: 2·8·2·9·16 = 4608.
+        assert_eq!(f.conv, 2304 + 36864 + 118784 + 4608);
+        // time MLP 8→32→32: 2·8·32 + 2·32·32 = 2560; three ResNet time projections 32→8: 3·512.
+        assert_eq!(f.linear, 2560 + 3 * 512);
+        assert_eq!(f.attention, 0);
+    }
+
+    /// The same UNet with its down ResNet pruned to 4 inner channels (`diffuse prune`).
+    #[test]
+    fn flops_of_a_pruned_resnet_by_hand() {
+        let c = cfg(json!({
+            "sample_size": 4, "in_channels": 1, "out_channels": 2,
+            "block_out_channels": [8], "layers_per_block": 1, "norm_num_groups": 4,
+            "down_block_types": ["DownBlock2D"], "up_block_types": ["UpBlock2D"],
+            "mid_block_type": null,
+            "diffuse_resnet_inner_channels": {"down_blocks.0.resnets.0": 4}
+        }));
+        let f = forward_flops(&c, 4, 4);
+        // down resnet 8→4→8: 2·8·4·9·16 + 2·4·8·9·16 = 18432 instead of 36864.
+        assert_eq!(f.conv, 2304 + 18432 + 118784 + 4608);
+        // its time projection 32→4: 256 instead of 512.
+        assert_eq!(f.linear, 2560 + 2 * 512 + 256);
+    }
+
+    /// Attention terms: q/k/v/out linears over L positions and the two L×L matmuls.
+    #[test]
+    fn flops_of_attention_by_hand() {
+        let base = json!({
+            "sample_size": 4, "in_channels": 1, "out_channels": 1,
+            "block_out_channels": [8], "layers_per_block": 1, "norm_num_groups": 4,
+            "down_block_types": ["DownBlock2D"], "up_block_types": ["UpBlock2D"],
+            "mid_block_type": null, "attention_head_dim": 4
+        });
+        let mut with_attn = base.clone();
+        with_attn["down_block_types"] = json!(["AttnDownBlock2D"]);
+        let plain = forward_flops(&cfg(base), 4, 4);
+        let attn = forward_flops(&cfg(with_attn), 4, 4);
+        // One attention at 8 channels (2 heads of 4), L = 16: linears 2·8·8·(3·16 + 16) = 8192;
+        // q·kᵀ and p·v: 2 · 2·16·16·8 = 8192.
+        assert_eq!(attn.linear - plain.linear, 8192);
+        assert_eq!(attn.attention, 8192);
+        assert_eq!(attn.conv, plain.conv);
+        // A mid block adds two ResNets (8→8 at 4×4) and one attention.
+        let mut mid = json!({
+            "sample_size": 4, "in_channels": 1, "out_channels": 1,
+            "block_out_channels": [8], "layers_per_block": 1, "norm_num_groups": 4,
+            "down_block_types": ["DownBlock2D"], "up_block_types": ["UpBlock2D"],
+            "attention_head_dim": 4
+        });
+        let with_mid = forward_flops(&cfg(mid.clone()), 4, 4);
+        assert_eq!(with_mid.conv - plain.conv, 2 * 2 * (2 * 8 * 8 * 9 * 16));
+        assert_eq!(with_mid.attention, 8192);
+        mid["add_attention"] = json!(false);
+        assert_eq!(forward_flops(&cfg(mid), 4, 4).attention, 0);
+    }
+
+    /// torch.utils.flop_counter.FlopCounterMode on diffusers' DiTTransformer2DModel (torch
+    /// 2.15, diffusers 0.42.1) of these configs: 165,642,240 and 53,248 FLOPs.
+    #[test]
+    fn dit_flops_match_torch_counter() {
+        let c = |v: Value| {
+            crate::config::DiTTransformer2DConfig::from_json_str(&v.to_string()).unwrap()
+        };
+        let a = c(
+            json!({"num_attention_heads": 4, "attention_head_dim": 32, "in_channels": 1,
+            "out_channels": 1, "num_layers": 6, "sample_size": 16, "patch_size": 2,
+            "num_embeds_ada_norm": 10}),
+        );
+        let fa = dit_forward_flops(&a, 16, 16);
+        assert_eq!(
+            (fa.conv, fa.linear, fa.attention),
+            (65_536, 152_993_792, 12_582_912)
+        );
+        let b = c(
+            json!({"num_attention_heads": 2, "attention_head_dim": 8, "in_channels": 1,
+            "out_channels": 2, "num_layers": 1, "sample_size": 8, "patch_size": 4,
+            "num_embeds_ada_norm": 10}),
+        );
+        assert_eq!(dit_forward_flops(&b, 8, 8).total(), 53_248);
+    }
+}
