@@ -1,7 +1,7 @@
-//! `diffuse bench`: time a UNet2DModel on this machine (library: `diffuse_train::bench`).
+//! `diffuse bench`: time a UNet2DModel on this machine (library: `diffuse_bench`).
 
 use anyhow::{Context, Result};
-use diffuse_train::bench::{self, BenchOptions, Phase};
+use diffuse_bench::{self as bench, BenchOptions, Phase};
 use std::path::PathBuf;
 
 #[derive(clap::Args)]

@@ -16,11 +16,8 @@
 //!   f32 master weights, fp16 loss scaling as `torch.cuda.amp.GradScaler`).
 //! - [`dist`]: data-parallel training (torch DDP/torchrun): the `Collective` process group
 //!   (threads, TCP, NCCL), batch sharding, the torchrun environment.
-//! - [`bench`]: `diffuse bench` (forward, training step and DDIM sampling timings, FLOP count,
-//!   peak RSS), the diffuse side of `bench/run`.
 
 pub mod amp;
-pub mod bench;
 pub mod dist;
 pub mod ema;
 pub mod eval_hook;

@@ -1,230 +1,26 @@
-//! `diffuse bench`: how fast this machine runs a UNet2DModel — forward at several batch sizes
-//! (inference on detached tensors), one full training step (forward, MSE, backward, clipping,
-//! AdamW, as [`crate::trainer`] does it) and DDIM sampling (the `diffuse sample` pipeline) —
-//! with medians, min/max, images/s, peak RSS, achieved GFLOP/s against the machine's peak.
-//!
-//! FLOPs are counted analytically from the config ([`diffuse_models::flops`]): convolutions, linears
-//! and the two attention matmuls, 2 FLOPs per multiply-add; norms and element-wise ops are
-//! left out (they are < 1 % of the total). A training step counts as 3× the forward.
-//!
-//! `bench/run` runs this beside `bench/torch_bench.py` (the same model, weights and inputs in
-//! PyTorch) and compares; [`BenchOptions::save_weights`] and [`BenchOptions::save_check`]
-//! write what the PyTorch side loads.
-//!
-//! [`BenchOptions::dtype`] bf16 measures the low-precision paths: forward and sampling on a bf16
-//! copy of the weights, the training step as `train.mixed_precision = "bf16"` runs it (bf16
-//! forward over f32 master weights, f32 gradients and AdamW) — PyTorch's side under autocast.
+//! The benchmark run: forward cases, DDIM sampling and the training step on one seeded model,
+//! and the weights and check tensors the PyTorch side loads.
 
-use crate::optim::{clip_grad_norm, AdamW, AdamWConfig};
-use crate::{Error, Result};
+use crate::machine::{machine_peak, reset_peak_rss};
+use crate::presets::scheduler_config_json;
+use crate::report::{BenchReport, Measurement};
+use crate::timing::{measure, median};
 use candle_core::{DType, Device, Tensor, Var};
 use diffuse_core::config::SchedulerConfig;
 use diffuse_core::rng::{NoiseSource, SeededNoise};
 use diffuse_core::sampler::{Sampler, SamplerOptions};
 use diffuse_models::config::ClassEmbedding;
-use diffuse_models::flops::{forward_flops, FlopCount};
+use diffuse_models::flops::forward_flops;
 use diffuse_models::pipeline::{generate, GenerateOptions};
 use diffuse_models::weights::{
     build_unet, detached_tensors, inference_model, save_unet, seeded_init,
 };
 use diffuse_models::{DenoiserConfig, DenoiserNet, UNet2DConfig};
-use serde::Serialize;
+use diffuse_train::optim::{clip_grad_norm, AdamW, AdamWConfig};
+use diffuse_train::{Error, Result};
 use serde_json::{json, Value};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
-
-/// Built-in model configs: name, description, config JSON.
-pub const PRESETS: [(&str, &str); 3] = [
-    (
-        "mnist32",
-        "1×32×32 DDPM U-Net of issue #8: channels (64,128,128), attention at 8×8",
-    ),
-    (
-        "cifar64",
-        "3×64×64 tutorial U-Net at a quarter width (32,64,64,128), attention at 16×16 and 8×8",
-    ),
-    (
-        "tiny",
-        "1×8×8, channels (16,32), one attention level: for tests",
-    ),
-];
-
-/// The config of a built-in preset.
-pub fn preset(name: &str) -> Result<UNet2DConfig> {
-    let v = match name {
-        "mnist32" => json!({
-            "sample_size": 32, "in_channels": 1, "out_channels": 1,
-            "block_out_channels": [64, 128, 128], "layers_per_block": 2,
-            "down_block_types": ["DownBlock2D", "DownBlock2D", "AttnDownBlock2D"],
-            "up_block_types": ["AttnUpBlock2D", "UpBlock2D", "UpBlock2D"],
-            "norm_num_groups": 32
-        }),
-        // The tutorials' (128,256,256,512) with attention at the two lowest resolutions, at a
-        // quarter width: measured on the 2-core machine (busy) with candle 0.11.1's ops, a
-        // batch-32 training step took 86 s and 7.2 GB at this width, 205 s and 14.5 GB at
-        // (64,128,128,256) — too much for a bench of ≥ 10 runs on 23 GB.
-        "cifar64" => json!({
-            "sample_size": 64, "in_channels": 3, "out_channels": 3,
-            "block_out_channels": [32, 64, 64, 128], "layers_per_block": 2,
-            "down_block_types": ["DownBlock2D", "DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"],
-            "up_block_types": ["AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D"],
-            "norm_num_groups": 32
-        }),
-        "tiny" => json!({
-            "sample_size": 8, "in_channels": 1, "out_channels": 1,
-            "block_out_channels": [16, 32], "layers_per_block": 1,
-            "down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
-            "up_block_types": ["AttnUpBlock2D", "UpBlock2D"],
-            "norm_num_groups": 8
-        }),
-        other => {
-            return Err(Error::Invalid(format!(
-                "unknown bench preset {other:?}; allowed: {}",
-                PRESETS.map(|p| p.0).join(", ")
-            )))
-        }
-    };
-    Ok(UNet2DConfig::from_json_str(&v.to_string())?)
-}
-
-/// The DDIM scheduler config both sides sample with (diffusers' DDIMScheduler defaults, spelt out).
-pub fn scheduler_config_json() -> Value {
-    json!({
-        "_class_name": "DDIMScheduler",
-        "_diffusers_version": "0.42.1",
-        "num_train_timesteps": 1000,
-        "beta_start": 0.0001,
-        "beta_end": 0.02,
-        "beta_schedule": "linear",
-        "clip_sample": true,
-        "clip_sample_range": 1.0,
-        "set_alpha_to_one": true,
-        "steps_offset": 0,
-        "prediction_type": "epsilon",
-        "timestep_spacing": "leading",
-        "rescale_betas_zero_snr": false
-    })
-}
-
-// ---------------------------------------------------------------------------------------------
-// Machine and process facts
-
-/// The machine's peak f32 rate and how it was computed.
-#[derive(Debug, Clone, Serialize)]
-pub struct MachinePeak {
-    pub cpu_model: String,
-    /// Cores the benchmark runs on (its thread count, at most the online CPUs).
-    pub cores: usize,
-    /// FMA pipes per core (2 on AMD Zen and Intel server cores).
-    pub fma_units: usize,
-    /// f32 lanes of the widest SIMD the CPU reports (8 for AVX2, 16 for AVX-512).
-    pub lanes: usize,
-    pub simd: String,
-    pub clock_ghz: f64,
-    pub clock_source: String,
-    pub gflops: f64,
-    /// The formula with its numbers.
-    pub how: String,
-}
-
-fn lscpu_field(key: &str) -> Option<String> {
-    let out = std::process::Command::new("lscpu").output().ok()?;
-    String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        (k.trim() == key).then(|| v.trim().to_string())
-    })
-}
-
-fn cpuinfo_field(key: &str) -> Option<String> {
-    let text = std::fs::read_to_string("/proc/cpuinfo").ok()?;
-    text.lines().find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        (k.trim() == key).then(|| v.trim().to_string())
-    })
-}
-
-/// Peak of `threads` cores: cores × FMA units × lanes × 2 FLOPs × clock. The clock is lscpu's
-/// "CPU max MHz" when it has one, else /proc/cpuinfo's "cpu MHz" (the current clock: a VM
-/// often reports only that).
-pub fn machine_peak(threads: usize) -> MachinePeak {
-    let cpu_model = lscpu_field("Model name")
-        .or_else(|| cpuinfo_field("model name"))
-        .unwrap_or_else(|| "unknown".into());
-    let online = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let cores = threads.clamp(1, online);
-    let (lanes, simd) = simd_lanes();
-    let (mhz, clock_source) = match lscpu_field("CPU max MHz").and_then(|s| s.parse::<f64>().ok()) {
-        Some(m) if m > 0.0 => (m, "lscpu 'CPU max MHz'".to_string()),
-        _ => match cpuinfo_field("cpu MHz").and_then(|s| s.parse::<f64>().ok()) {
-            Some(m) => (m, "/proc/cpuinfo 'cpu MHz' (no max clock reported)".into()),
-            None => (0.0, "unknown (no clock found)".into()),
-        },
-    };
-    let fma_units = 2;
-    let clock_ghz = mhz / 1000.0;
-    let gflops = (cores * fma_units * lanes * 2) as f64 * clock_ghz;
-    let mut how = format!(
-        "{cores} cores × {fma_units} FMA units × {lanes} f32 lanes ({simd}) × 2 FLOPs × {clock_ghz:.3} GHz ({clock_source}) = {gflops:.1} GFLOP/s"
-    );
-    if lanes == 16 {
-        // Zen 4 splits 512-bit FMAs in two; then AVX2's figure is the real one.
-        how.push_str(&format!(
-            " (AVX2's 8 lanes: {:.1} GFLOP/s; the true figure where 512-bit FMAs are split)",
-            gflops / 2.0
-        ));
-    }
-    MachinePeak {
-        cpu_model,
-        cores,
-        fma_units,
-        lanes,
-        simd,
-        clock_ghz,
-        clock_source,
-        gflops,
-        how,
-    }
-}
-
-fn simd_lanes() -> (usize, String) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            return (16, "AVX-512".into());
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            return (8, "AVX2+FMA".into());
-        }
-        (4, "SSE".into())
-    }
-    #[cfg(target_arch = "aarch64")]
-    {
-        (4, "NEON".into())
-    }
-    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-    {
-        (1, "scalar".into())
-    }
-}
-
-/// Resets the process's peak RSS to its current RSS (Linux ≥ 4.0: `5` into
-/// /proc/self/clear_refs); false where that is not possible (peaks are then process-wide).
-pub fn reset_peak_rss() -> bool {
-    std::fs::write("/proc/self/clear_refs", "5").is_ok()
-}
-
-/// The process's peak RSS in bytes (VmHWM of /proc/self/status), if known.
-pub fn peak_rss_bytes() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = text.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
-}
-
-// ---------------------------------------------------------------------------------------------
-// The benchmark
 
 /// DDIM steps of the short sampling run in the check file.
 pub const CHECK_STEPS: usize = 5;
@@ -304,80 +100,6 @@ impl BenchOptions {
             dtype: DType::F32,
         }
     }
-}
-
-/// One measured case.
-#[derive(Debug, Clone, Serialize)]
-pub struct Measurement {
-    /// `forward_b8`, `train_b32`, `ddim50_16`.
-    pub name: String,
-    pub kind: String,
-    /// Images per call (forward/train) or images sampled (sample).
-    pub batch: usize,
-    pub steps: Option<usize>,
-    pub runs: usize,
-    pub warmup: usize,
-    pub median_s: f64,
-    pub min_s: f64,
-    pub max_s: f64,
-    pub times_s: Vec<f64>,
-    pub images_per_s: f64,
-    pub flops: f64,
-    pub gflops_per_s: f64,
-    /// Of the CPU's peak (None on a GPU).
-    pub peak_fraction: Option<f64>,
-    pub peak_rss_bytes: Option<u64>,
-    /// The loss of the first training step (from the initial weights), to compare sides.
-    pub first_loss: Option<f64>,
-}
-
-/// Everything `diffuse bench` measured, as written by `--json`.
-#[derive(Debug, Clone, Serialize)]
-pub struct BenchReport {
-    pub side: String,
-    pub versions: Value,
-    pub device: String,
-    /// "f32", or "bf16" (see [`BenchOptions::dtype`]).
-    pub dtype: String,
-    pub threads: usize,
-    pub date_unix: u64,
-    pub model: Value,
-    pub flops_forward_per_image: FlopCount,
-    pub machine_peak: MachinePeak,
-    /// How peak RSS was taken.
-    pub peak_rss_method: String,
-    pub measurements: Vec<Measurement>,
-}
-
-fn median(sorted: &[f64]) -> f64 {
-    let n = sorted.len();
-    if n % 2 == 1 {
-        sorted[n / 2]
-    } else {
-        0.5 * (sorted[n / 2 - 1] + sorted[n / 2])
-    }
-}
-
-/// Times `f` after `warmup` untimed calls; the peak RSS covers warm-up and runs.
-fn measure(
-    runs: usize,
-    warmup: usize,
-    device: &Device,
-    mut f: impl FnMut() -> Result<()>,
-) -> Result<(Vec<f64>, Option<u64>)> {
-    reset_peak_rss();
-    for _ in 0..warmup {
-        f()?;
-        device.synchronize()?;
-    }
-    let mut times = Vec::with_capacity(runs);
-    for _ in 0..runs.max(1) {
-        let t0 = Instant::now();
-        f()?;
-        device.synchronize()?;
-        times.push(t0.elapsed().as_secs_f64());
-    }
-    Ok((times, peak_rss_bytes()))
 }
 
 fn randn(seed: u64, shape: (usize, usize, usize, usize), device: &Device) -> Result<Tensor> {
@@ -587,7 +309,7 @@ pub fn run(opts: &BenchOptions, device: &Device, log: &mut dyn FnMut(&str)) -> R
             // Mixed precision: this step's bf16 copy over the f32 variables, as the trainer.
             let low = match opts.dtype {
                 DType::F32 => None,
-                dtype => Some(crate::amp::low_precision_net(
+                dtype => Some(diffuse_train::amp::low_precision_net(
                     &net_cfg, &vars, &fixed, dtype, device,
                 )?),
             };
@@ -713,80 +435,10 @@ fn save_pipeline(
     Ok(())
 }
 
-// ---------------------------------------------------------------------------------------------
-// Human output
-
-fn fmt_bytes(b: Option<u64>) -> String {
-    b.map_or("-".into(), |b| format!("{:.0} MB", b as f64 / 1e6))
-}
-
-impl BenchReport {
-    /// A markdown table of the measurements, with the model and machine above it.
-    pub fn to_table(&self) -> String {
-        let mut s = String::new();
-        let m = &self.model;
-        s.push_str(&format!(
-            "model {} ({} parameters, {}×{}×{}), {} threads, {}, {}\n",
-            m["name"].as_str().unwrap_or("?"),
-            m["params"],
-            m["in_channels"],
-            m["sample_size"][0],
-            m["sample_size"][1],
-            self.threads,
-            self.device,
-            self.dtype
-        ));
-        let f = &self.flops_forward_per_image;
-        s.push_str(&format!(
-            "forward FLOPs per image: {:.3} GFLOP (conv {:.3}, linear {:.3}, attention {:.3}); train step = 3× forward\n",
-            f.total() as f64 / 1e9,
-            f.conv as f64 / 1e9,
-            f.linear as f64 / 1e9,
-            f.attention as f64 / 1e9
-        ));
-        s.push_str(&format!(
-            "peak: {} ({})\n\n",
-            self.machine_peak.how, self.machine_peak.cpu_model
-        ));
-        s.push_str("| case | median s | min s | max s | runs | images/s | GFLOP/s | % of peak | peak RSS |\n");
-        s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
-        for x in &self.measurements {
-            s.push_str(&format!(
-                "| {} | {:.4} | {:.4} | {:.4} | {} | {:.2} | {:.1} | {} | {} |\n",
-                x.name,
-                x.median_s,
-                x.min_s,
-                x.max_s,
-                x.runs,
-                x.images_per_s,
-                x.gflops_per_s,
-                x.peak_fraction
-                    .map_or("-".into(), |f| format!("{:.1}", 100.0 * f)),
-                fmt_bytes(x.peak_rss_bytes)
-            ));
-        }
-        s
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn flops_scale_with_resolution_and_match_torch_counter() {
-        let c = preset("mnist32").unwrap();
-        let f32x32 = forward_flops(&c, 32, 32);
-        let f64x64 = forward_flops(&c, 64, 64);
-        // Convs grow 4×, attention (L²) 16×; the time MLP does not grow.
-        assert_eq!(f64x64.conv, 4 * f32x32.conv);
-        assert_eq!(f64x64.attention, 16 * f32x32.attention);
-        // torch.utils.flop_counter.FlopCounterMode on diffusers' UNet2DModel of these configs
-        // (bench/torch_bench.py, `flops_forward_per_image_torch_counter`) counts the same.
-        assert_eq!(f32x32.total(), 2_887_057_408);
-        let c = preset("cifar64").unwrap();
-        assert_eq!(forward_flops(&c, 64, 64).total(), 3_364_306_944);
-    }
+    use crate::presets::preset;
 
     #[test]
     fn report_json_has_the_fields_the_harness_reads() {
@@ -851,11 +503,5 @@ mod tests {
         assert!(r.measurements[2].first_loss.unwrap().is_finite());
         o.dtype = DType::F16;
         assert!(run(&o, &Device::Cpu, &mut |_| {}).is_err());
-    }
-
-    #[test]
-    fn median_of_even_and_odd() {
-        assert_eq!(median(&[1.0, 2.0, 10.0]), 2.0);
-        assert_eq!(median(&[1.0, 2.0, 4.0, 10.0]), 3.0);
     }
 }
