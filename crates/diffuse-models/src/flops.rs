@@ -108,14 +108,30 @@ pub fn forward_flops(cfg: &UNet2DConfig, h: usize, w: usize) -> FlopCount {
     };
     // `prefix` names the block's weights: a pruned one (`diffuse_resnet_inner_channels`) is
     // narrower inside.
-    let rn = |f: &mut FlopCount, prefix: String, cin: usize, cout: usize, h: usize, w: usize| {
-        let inner = cfg.resnet_inner(&prefix, cout);
+    let rn = |f: &mut FlopCount, prefix: &str, cin: usize, cout: usize, h: usize, w: usize| {
+        let inner = cfg.resnet_inner(prefix, cout);
         f.resnet_convs(cin, inner, cout, h, w);
         f.linear(temb, resnet_temb * inner, 1); // time_emb_proj
     };
     let heads_inner = |c: usize| {
         let d = cfg.attention_head_dim.unwrap_or(c);
         (c / d).max(1) * d
+    };
+    // ResNet `j` of a down/up block at h×w, and its self-attention in an `Attn*` block.
+    let layer =
+        |f: &mut FlopCount, block: &str, j: usize, cin: usize, out: usize, attn: bool, h, w| {
+            rn(f, &format!("{block}.resnets.{j}"), cin, out, h, w);
+            if attn {
+                f.attention(out, heads_inner(out), h, w);
+            }
+        };
+    // The down/up sampler of a block, at its output size: a ResNet or a 3×3 conv.
+    let resample = |f: &mut FlopCount, prefix: &str, resnet: bool, c: usize, h, w| {
+        if resnet {
+            rn(f, prefix, c, c, h, w);
+        } else {
+            f.conv(c, c, 3, h, w);
+        }
     };
     f.conv(cfg.in_channels, ch[0], 3, h, w);
     f.linear(time_in, temb, 1);
@@ -128,55 +144,41 @@ pub fn forward_flops(cfg: &UNet2DConfig, h: usize, w: usize) -> FlopCount {
     let (mut hh, mut ww) = (h, w);
     let mut out = ch[0];
     for (i, t) in cfg.down_block_types.iter().enumerate() {
+        let block = format!("down_blocks.{i}");
         let input = out;
         out = ch[i];
         for j in 0..cfg.layers_per_block {
             let cin = if j == 0 { input } else { out };
-            rn(
-                &mut f,
-                format!("down_blocks.{i}.resnets.{j}"),
-                cin,
-                out,
-                hh,
-                ww,
-            );
-            if t == "AttnDownBlock2D" {
-                f.attention(out, heads_inner(out), hh, ww);
-            }
+            layer(&mut f, &block, j, cin, out, t == "AttnDownBlock2D", hh, ww);
         }
         if i != n - 1 {
             let resnet = t == "ResnetDownsampleBlock2D"
                 || (t == "AttnDownBlock2D" && cfg.downsample_type == "resnet");
-            hh /= 2;
-            ww /= 2;
-            if resnet {
-                rn(
-                    &mut f,
-                    format!("down_blocks.{i}.downsamplers.0"),
-                    out,
-                    out,
-                    hh,
-                    ww,
-                );
-            } else {
-                f.conv(out, out, 3, hh, ww);
-            }
+            (hh, ww) = (hh / 2, ww / 2);
+            resample(
+                &mut f,
+                &format!("{block}.downsamplers.0"),
+                resnet,
+                out,
+                hh,
+                ww,
+            );
         }
     }
     // Mid block.
     if cfg.mid_block_type.is_some() {
         let last = ch[n - 1];
-        rn(&mut f, "mid_block.resnets.0".into(), last, last, hh, ww);
+        rn(&mut f, "mid_block.resnets.0", last, last, hh, ww);
         if cfg.add_attention {
-            let d = cfg.attention_head_dim.unwrap_or(last);
-            f.attention(last, (last / d).max(1) * d, hh, ww);
+            f.attention(last, heads_inner(last), hh, ww);
         }
-        rn(&mut f, "mid_block.resnets.1".into(), last, last, hh, ww);
+        rn(&mut f, "mid_block.resnets.1", last, last, hh, ww);
     }
-    // Up path.
+    // Up path: each ResNet also takes a skip connection of the down path.
     let rev: Vec<usize> = ch.iter().rev().copied().collect();
     let mut out = rev[0];
     for (i, t) in cfg.up_block_types.iter().enumerate() {
+        let block = format!("up_blocks.{i}");
         let prev = out;
         out = rev[i];
         let input = rev[(i + 1).min(n - 1)];
@@ -184,35 +186,29 @@ pub fn forward_flops(cfg: &UNet2DConfig, h: usize, w: usize) -> FlopCount {
         for j in 0..layers {
             let skip = if j == layers - 1 { input } else { out };
             let cin = if j == 0 { prev } else { out };
-            rn(
+            layer(
                 &mut f,
-                format!("up_blocks.{i}.resnets.{j}"),
+                &block,
+                j,
                 cin + skip,
                 out,
+                t == "AttnUpBlock2D",
                 hh,
                 ww,
             );
-            if t == "AttnUpBlock2D" {
-                f.attention(out, heads_inner(out), hh, ww);
-            }
         }
         if i != n - 1 {
             let resnet = t == "ResnetUpsampleBlock2D"
                 || (t == "AttnUpBlock2D" && cfg.upsample_type == "resnet");
-            hh *= 2;
-            ww *= 2;
-            if resnet {
-                rn(
-                    &mut f,
-                    format!("up_blocks.{i}.upsamplers.0"),
-                    out,
-                    out,
-                    hh,
-                    ww,
-                );
-            } else {
-                f.conv(out, out, 3, hh, ww);
-            }
+            (hh, ww) = (hh * 2, ww * 2);
+            resample(
+                &mut f,
+                &format!("{block}.upsamplers.0"),
+                resnet,
+                out,
+                hh,
+                ww,
+            );
         }
     }
     f.conv(ch[0], cfg.out_channels, 3, h, w);
