@@ -31,3 +31,38 @@ pub use machine::{machine_peak, peak_rss_bytes, reset_peak_rss, MachinePeak};
 pub use presets::{preset, scheduler_config_json, PRESETS};
 pub use report::{BenchReport, Measurement};
 pub use run::{run, BenchOptions, Phase, CHECK_STEPS};
+
+/// Errors of a bench run.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// `--preset` names no built-in model.
+    #[error("unknown bench preset {0:?}; allowed: {allowed}", allowed = PRESETS.map(|p| p.0).join(", "))]
+    UnknownPreset(String),
+    /// `--only` names no measurement.
+    #[error("unknown measurement {0:?}; allowed: forward, train, sample")]
+    UnknownPhase(String),
+    #[error("bench measures unconditional models: drop num_class_embeds/class_embed_type")]
+    ClassConditional,
+    #[error("the model config has no sample_size: bench needs one")]
+    NoSampleSize,
+    #[error("bench --dtype {0:?}: allowed: f32, bf16")]
+    DType(candle_core::DType),
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+    #[error(transparent)]
+    Core(#[from] diffuse_core::Error),
+    #[error(transparent)]
+    Data(#[from] diffuse_data::Error),
+    #[error(transparent)]
+    Model(#[from] diffuse_models::Error),
+    #[error(transparent)]
+    Train(#[from] diffuse_train::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,7 +1,7 @@
 //! Built-in bench models (`--preset`) and the DDIM scheduler config both sides sample with.
 
+use crate::{Error, Result};
 use diffuse_models::UNet2DConfig;
-use diffuse_train::{Error, Result};
 use serde_json::{json, Value};
 
 /// Built-in model configs: name, description, config JSON.
@@ -48,12 +48,7 @@ pub fn preset(name: &str) -> Result<UNet2DConfig> {
             "up_block_types": ["AttnUpBlock2D", "UpBlock2D"],
             "norm_num_groups": 8
         }),
-        other => {
-            return Err(Error::Invalid(format!(
-                "unknown bench preset {other:?}; allowed: {}",
-                PRESETS.map(|p| p.0).join(", ")
-            )))
-        }
+        other => return Err(Error::UnknownPreset(other.into())),
     };
     Ok(UNet2DConfig::from_json_str(&v.to_string())?)
 }

@@ -5,6 +5,7 @@ use crate::machine::{machine_peak, reset_peak_rss};
 use crate::presets::scheduler_config_json;
 use crate::report::{BenchReport, Measurement};
 use crate::timing::{measure, median};
+use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use diffuse_core::config::SchedulerConfig;
 use diffuse_core::rng::{NoiseSource, SeededNoise};
@@ -17,7 +18,6 @@ use diffuse_models::weights::{
 };
 use diffuse_models::{DenoiserConfig, DenoiserNet, UNet2DConfig};
 use diffuse_train::optim::{clip_grad_norm, AdamW, AdamWConfig};
-use diffuse_train::{Error, Result};
 use serde_json::{json, Value};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
@@ -39,9 +39,7 @@ impl Phase {
             "forward" => Ok(Phase::Forward),
             "train" => Ok(Phase::Train),
             "sample" => Ok(Phase::Sample),
-            other => Err(Error::Invalid(format!(
-                "unknown measurement {other:?}; allowed: forward, train, sample"
-            ))),
+            other => Err(Error::UnknownPhase(other.into())),
         }
     }
 }
@@ -115,19 +113,12 @@ fn spread_timesteps(b: usize) -> Vec<f32> {
 pub fn run(opts: &BenchOptions, device: &Device, log: &mut dyn FnMut(&str)) -> Result<BenchReport> {
     let cfg = &opts.config;
     if cfg.class_embedding() != ClassEmbedding::None {
-        return Err(Error::Invalid(
-            "bench measures unconditional models: drop num_class_embeds/class_embed_type".into(),
-        ));
+        return Err(Error::ClassConditional);
     }
-    let (h, w) = cfg.sample_hw().ok_or_else(|| {
-        Error::Invalid("the model config has no sample_size: bench needs one".into())
-    })?;
+    let (h, w) = cfg.sample_hw().ok_or(Error::NoSampleSize)?;
     let c = cfg.in_channels;
     if !matches!(opts.dtype, DType::F32 | DType::BF16) {
-        return Err(Error::Invalid(format!(
-            "bench --dtype {:?}: allowed: f32, bf16",
-            opts.dtype
-        )));
+        return Err(Error::DType(opts.dtype));
     }
     // Checked here, not at the end: a reset after the cases would lower the process's peak RSS
     // that `/usr/bin/time` reports.
@@ -338,7 +329,7 @@ pub fn run(opts: &BenchOptions, device: &Device, log: &mut dyn FnMut(&str)) -> R
 
     if let Some(path) = &opts.save_check {
         let bytes = diffuse_models::weights::serialize_tensors(check)?;
-        diffuse_data::fs::write_atomic(path, &bytes).map_err(|e| Error::Invalid(e.to_string()))?;
+        diffuse_data::fs::write_atomic(path, &bytes)?;
         log(&format!("check tensors: {}", path.display()));
     }
 
@@ -414,14 +405,16 @@ fn save_pipeline(
     dir: &Path,
     sched: &Value,
 ) -> Result<()> {
-    let io = |p: &Path, e: std::io::Error| Error::Invalid(format!("{}: {e}", p.display()));
+    let io = |p: &Path, source| Error::Io {
+        path: p.display().to_string(),
+        source,
+    };
     save_unet(cfg, varmap, &dir.join("unet"), DType::F32)?;
     let sdir = dir.join("scheduler");
     std::fs::create_dir_all(&sdir).map_err(|e| io(&sdir, e))?;
     let text = serde_json::to_string_pretty(sched).expect("json");
     let p = sdir.join("scheduler_config.json");
-    diffuse_data::fs::write_atomic(&p, text.as_bytes())
-        .map_err(|e| Error::Invalid(e.to_string()))?;
+    diffuse_data::fs::write_atomic(&p, text.as_bytes())?;
     let index = json!({
         "_class_name": "DDIMPipeline",
         "_diffusers_version": "0.42.1",
@@ -430,8 +423,7 @@ fn save_pipeline(
     });
     let p = dir.join("model_index.json");
     let text = serde_json::to_string_pretty(&index).expect("json");
-    diffuse_data::fs::write_atomic(&p, text.as_bytes())
-        .map_err(|e| Error::Invalid(e.to_string()))?;
+    diffuse_data::fs::write_atomic(&p, text.as_bytes())?;
     Ok(())
 }
 

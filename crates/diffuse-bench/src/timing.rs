@@ -1,8 +1,8 @@
 //! Timing a case: medians, and a timed loop after untimed warm-up runs with its peak RSS.
 
 use crate::machine::{peak_rss_bytes, reset_peak_rss};
+use crate::Result;
 use candle_core::Device;
-use diffuse_train::Result;
 use std::time::Instant;
 
 pub(crate) fn median(sorted: &[f64]) -> f64 {

@@ -96,7 +96,7 @@ pub fn run(args: Args) -> Result<()> {
             .only
             .iter()
             .map(|s| Phase::parse(s.trim()))
-            .collect::<diffuse_train::Result<_>>()?;
+            .collect::<diffuse_bench::Result<_>>()?;
     }
     opts.seed = args.seed;
     opts.gradient_checkpointing = args.gradient_checkpointing;
