@@ -7,6 +7,7 @@ use crate::report::{BenchReport, Measurement};
 use crate::timing::{measure, median};
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::VarMap;
 use diffuse_core::config::SchedulerConfig;
 use diffuse_core::rng::{NoiseSource, SeededNoise};
 use diffuse_core::sampler::{Sampler, SamplerOptions};
@@ -14,9 +15,9 @@ use diffuse_models::config::ClassEmbedding;
 use diffuse_models::flops::forward_flops;
 use diffuse_models::pipeline::{generate, GenerateOptions};
 use diffuse_models::weights::{
-    build_unet, detached_tensors, inference_model, save_unet, seeded_init,
+    build_unet, detached_tensors, inference_model, model_index, save_unet, seeded_init,
 };
-use diffuse_models::{DenoiserConfig, DenoiserNet, UNet2DConfig};
+use diffuse_models::{DenoiserConfig, DenoiserNet, UNet2DConfig, UNet2DModel};
 use diffuse_train::optim::{clip_grad_norm, AdamW, AdamWConfig};
 use serde_json::{json, Value};
 use std::ops::ControlFlow;
@@ -280,35 +281,14 @@ pub fn run(opts: &BenchOptions, device: &Device, log: &mut dyn FnMut(&str)) -> R
             check.push(("train_timesteps".into(), Tensor::new(&ts[..], device)?));
             check.push(("train_target".into(), target.clone()));
         }
-        let mut vars: Vec<(String, Var)> = varmap
-            .data()
-            .lock()
-            .expect("varmap lock")
-            .iter()
-            .filter(|(k, _)| {
-                k.as_str() != "time_proj.weight" || cfg.time_embedding_type != "fourier"
-            })
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        vars.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut opt = AdamW::new(vars.clone(), AdamWConfig::default())?;
-        let mut first_loss = None;
-        let f32_net = DenoiserNet::from(train_model.clone());
-        let mut fixed = detached_tensors(&varmap);
-        fixed.retain(|k, _| !vars.iter().any(|(n, _)| n == k));
-        let r = measure(opts.runs, opts.warmup, device, || {
-            // Mixed precision: this step's bf16 copy over the f32 variables, as the trainer.
-            let low = match opts.dtype {
-                DType::F32 => None,
-                dtype => Some(diffuse_train::amp::low_precision_net(
-                    &net_cfg, &vars, &fixed, dtype, device,
-                )?),
-            };
-            let model = low.as_ref().unwrap_or(&f32_net);
-            let loss = train_step(model, &mut opt, &vars, &x, &ts, &target, opts)?;
-            first_loss.get_or_insert(loss);
-            Ok(())
-        })?;
+        let (r, first_loss) = timed_train_steps(
+            opts,
+            &train_model,
+            &varmap,
+            &net_cfg,
+            (&x, &ts, &target),
+            device,
+        )?;
         let ckpt = if opts.gradient_checkpointing {
             "_ckpt"
         } else {
@@ -378,53 +358,73 @@ fn train_inputs(
     Ok((x, spread_timesteps(shape.0), target))
 }
 
-/// One optimizer step as the trainer takes it: forward, MSE, backward, clip, AdamW. Returns
-/// the loss.
-fn train_step(
-    model: &DenoiserNet,
-    opt: &mut AdamW,
-    vars: &[(String, Var)],
-    x: &Tensor,
-    ts: &[f32],
-    target: &Tensor,
+/// Times `opts.runs` optimizer steps on one fixed batch after `opts.warmup` untimed ones and
+/// returns the times, the peak RSS and the first step's loss. Each step is the trainer's:
+/// forward (under mixed precision a bf16 copy over the f32 variables), MSE, backward,
+/// global-norm clipping, AdamW. This is the bench's one copy of `diffuse_train::trainer`'s step;
+/// it becomes a call to a public `diffuse_train::trainer::step` once there is one.
+fn timed_train_steps(
     opts: &BenchOptions,
-) -> Result<f64> {
-    let out = model.forward(x, ts, None)?; // f32, also from a bf16 copy
-    let loss = candle_nn::loss::mse(&out, target)?;
-    let value = loss.to_scalar::<f32>()? as f64;
-    let mut grads = loss.backward()?;
-    clip_grad_norm(&mut grads, vars, opts.max_grad_norm)?;
-    opt.update(&grads, opts.learning_rate)?;
-    Ok(value)
+    train_model: &UNet2DModel,
+    varmap: &VarMap,
+    net_cfg: &DenoiserConfig,
+    (x, ts, target): (&Tensor, &[f32], &Tensor),
+    device: &Device,
+) -> Result<((Vec<f64>, Option<u64>), Option<f64>)> {
+    // Trainable: all but a Fourier embedding's fixed frequencies.
+    let fourier = opts.config.time_embedding_type == "fourier";
+    let mut vars: Vec<(String, Var)> = varmap
+        .data()
+        .lock()
+        .expect("varmap lock")
+        .iter()
+        .filter(|(k, _)| k.as_str() != "time_proj.weight" || !fourier)
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut opt = AdamW::new(vars.clone(), AdamWConfig::default())?;
+    let f32_net = DenoiserNet::from(train_model.clone());
+    let mut fixed = detached_tensors(varmap);
+    fixed.retain(|k, _| !vars.iter().any(|(n, _)| n == k));
+    let mut first_loss = None;
+    let r = measure(opts.runs, opts.warmup, device, || {
+        let low = match opts.dtype {
+            DType::F32 => None,
+            dtype => Some(diffuse_train::amp::low_precision_net(
+                net_cfg, &vars, &fixed, dtype, device,
+            )?),
+        };
+        let model = low.as_ref().unwrap_or(&f32_net);
+        let out = model.forward(x, ts, None)?; // f32, also from a bf16 copy
+        let loss = candle_nn::loss::mse(&out, target)?;
+        first_loss.get_or_insert(loss.to_scalar::<f32>()? as f64);
+        let mut grads = loss.backward()?;
+        clip_grad_norm(&mut grads, &vars, opts.max_grad_norm)?;
+        opt.update(&grads, opts.learning_rate)?;
+        Ok(())
+    })?;
+    Ok((r, first_loss))
 }
 
-/// Writes a diffusers DDIM pipeline folder: `model_index.json`, `unet/`, `scheduler/`.
-fn save_pipeline(
-    cfg: &UNet2DConfig,
-    varmap: &candle_nn::VarMap,
-    dir: &Path,
-    sched: &Value,
-) -> Result<()> {
-    let io = |p: &Path, source| Error::Io {
-        path: p.display().to_string(),
-        source,
-    };
+/// Writes a diffusers DDIM pipeline folder: `unet/` (f32, by [`save_unet`]), `scheduler/` and
+/// [`model_index`]'s `model_index.json` with diffusers' `DDIMPipeline` class.
+fn save_pipeline(cfg: &UNet2DConfig, varmap: &VarMap, dir: &Path, sched: &Value) -> Result<()> {
     save_unet(cfg, varmap, &dir.join("unet"), DType::F32)?;
-    let sdir = dir.join("scheduler");
-    std::fs::create_dir_all(&sdir).map_err(|e| io(&sdir, e))?;
-    let text = serde_json::to_string_pretty(sched).expect("json");
-    let p = sdir.join("scheduler_config.json");
-    diffuse_data::fs::write_atomic(&p, text.as_bytes())?;
-    let index = json!({
-        "_class_name": "DDIMPipeline",
-        "_diffusers_version": "0.42.1",
-        "scheduler": ["diffusers", "DDIMScheduler"],
-        "unet": ["diffusers", "UNet2DModel"]
-    });
-    let p = dir.join("model_index.json");
-    let text = serde_json::to_string_pretty(&index).expect("json");
-    diffuse_data::fs::write_atomic(&p, text.as_bytes())?;
-    Ok(())
+    write_json(&dir.join("scheduler").join("scheduler_config.json"), sched)?;
+    let mut index = model_index("DDIMScheduler", false);
+    index["_class_name"] = "DDIMPipeline".into();
+    write_json(&dir.join("model_index.json"), &index)
+}
+
+/// Writes `v` pretty-printed to `path`, atomically, creating its folder.
+fn write_json(path: &Path, v: &Value) -> Result<()> {
+    let dir = path.parent().expect("a file in a folder");
+    std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+        path: dir.display().to_string(),
+        source,
+    })?;
+    let text = serde_json::to_string_pretty(v).expect("json");
+    Ok(diffuse_data::fs::write_atomic(path, text.as_bytes())?)
 }
 
 #[cfg(test)]
