@@ -4,7 +4,7 @@
 use crate::machine::{machine_peak, reset_peak_rss};
 use crate::presets::scheduler_config_json;
 use crate::report::{BenchReport, Measurement};
-use crate::timing::{measure, median};
+use crate::timing::{measure, median, Timed};
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
@@ -177,7 +177,7 @@ pub fn run(opts: &BenchOptions, device: &Device, log: &mut dyn FnMut(&str)) -> R
                   batch: usize,
                   steps: Option<usize>,
                   warmup: usize,
-                  (times, rss): (Vec<f64>, Option<u64>),
+                  (times, rss): Timed,
                   work_flops: f64,
                   first_loss: Option<f64>| {
         let mut sorted = times.clone();
@@ -370,7 +370,7 @@ fn timed_train_steps(
     net_cfg: &DenoiserConfig,
     (x, ts, target): (&Tensor, &[f32], &Tensor),
     device: &Device,
-) -> Result<((Vec<f64>, Option<u64>), Option<f64>)> {
+) -> Result<(Timed, Option<f64>)> {
     // Trainable: all but a Fourier embedding's fixed frequencies.
     let fourier = opts.config.time_embedding_type == "fourier";
     let mut vars: Vec<(String, Var)> = varmap

@@ -14,13 +14,16 @@ pub(crate) fn median(sorted: &[f64]) -> f64 {
     }
 }
 
+/// The seconds of each timed run, and the peak RSS over warm-up and runs.
+pub(crate) type Timed = (Vec<f64>, Option<u64>);
+
 /// Times `f` after `warmup` untimed calls; the peak RSS covers warm-up and runs.
 pub(crate) fn measure(
     runs: usize,
     warmup: usize,
     device: &Device,
     mut f: impl FnMut() -> Result<()>,
-) -> Result<(Vec<f64>, Option<u64>)> {
+) -> Result<Timed> {
     reset_peak_rss();
     for _ in 0..warmup {
         f()?;
