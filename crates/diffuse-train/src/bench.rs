@@ -21,7 +21,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use diffuse_core::config::SchedulerConfig;
 use diffuse_core::rng::{NoiseSource, SeededNoise};
 use diffuse_core::sampler::{Sampler, SamplerOptions};
-use diffuse_models::config::ClassEmbedding;
+use diffuse_models::config::{ClassEmbedding, ResnetTimeScaleShift, TimeEmbeddingType};
 use diffuse_models::pipeline::{generate, GenerateOptions};
 use diffuse_models::weights::{
     build_unet, detached_tensors, inference_model, save_unet, seeded_init,
@@ -202,15 +202,13 @@ pub fn forward_flops(cfg: &UNet2DConfig, h: usize, w: usize) -> FlopCount {
     let ch = &cfg.block_out_channels;
     let n = ch.len();
     let temb = cfg.time_embed_dim();
-    let time_in = if cfg.time_embedding_type == "fourier" {
-        2 * ch[0]
-    } else {
-        ch[0]
+    let time_in = match cfg.time_embedding_type {
+        TimeEmbeddingType::Fourier => 2 * ch[0],
+        TimeEmbeddingType::Positional | TimeEmbeddingType::Learned => ch[0],
     };
-    let resnet_temb = if cfg.resnet_time_scale_shift == "scale_shift" {
-        2 // the time projection gives scale and shift
-    } else {
-        1
+    let resnet_temb = match cfg.resnet_time_scale_shift {
+        ResnetTimeScaleShift::ScaleShift => 2, // the time projection gives scale and shift
+        ResnetTimeScaleShift::Default => 1,
     };
     // `prefix` names the block's weights: a pruned one (`diffuse_resnet_inner_channels`) is
     // narrower inside.
@@ -246,13 +244,12 @@ pub fn forward_flops(cfg: &UNet2DConfig, h: usize, w: usize) -> FlopCount {
                 hh,
                 ww,
             );
-            if t == "AttnDownBlock2D" {
+            if t.has_attention() {
                 f.attention(out, heads_inner(out), hh, ww);
             }
         }
         if i != n - 1 {
-            let resnet = t == "ResnetDownsampleBlock2D"
-                || (t == "AttnDownBlock2D" && cfg.downsample_type == "resnet");
+            let resnet = t.resamples_with_resnet(cfg.downsample_type);
             hh /= 2;
             ww /= 2;
             if resnet {
@@ -298,13 +295,12 @@ pub fn forward_flops(cfg: &UNet2DConfig, h: usize, w: usize) -> FlopCount {
                 hh,
                 ww,
             );
-            if t == "AttnUpBlock2D" {
+            if t.has_attention() {
                 f.attention(out, heads_inner(out), hh, ww);
             }
         }
         if i != n - 1 {
-            let resnet = t == "ResnetUpsampleBlock2D"
-                || (t == "AttnUpBlock2D" && cfg.upsample_type == "resnet");
+            let resnet = t.resamples_with_resnet(cfg.upsample_type);
             hh *= 2;
             ww *= 2;
             if resnet {
@@ -791,7 +787,8 @@ pub fn run(opts: &BenchOptions, device: &Device, log: &mut dyn FnMut(&str)) -> R
             .expect("varmap lock")
             .iter()
             .filter(|(k, _)| {
-                k.as_str() != "time_proj.weight" || cfg.time_embedding_type != "fourier"
+                k.as_str() != "time_proj.weight"
+                    || cfg.time_embedding_type != TimeEmbeddingType::Fourier
             })
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();

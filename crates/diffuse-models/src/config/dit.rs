@@ -1,93 +1,70 @@
-//! `config.json` of `DiTTransformer2DModel` (`src/diffusers/models/transformers/dit_transformer_2d.py`).
+//! `config.json` of `DiTTransformer2DModel`
+//! (`src/diffusers/models/transformers/dit_transformer_2d.py`).
 
-use super::{check_quantization, d_eps, d_groups, d_true, key_error};
-use crate::{Error, Result};
+use super::{check_class_name, check_quantization, key_error, parse, NORM_EPS, NORM_NUM_GROUPS};
+use crate::Result;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-fn d_dit_class() -> String {
-    "DiTTransformer2DModel".into()
-}
-fn d_dit_heads() -> usize {
-    16
-}
-fn d_dit_head_dim() -> usize {
-    72
-}
-fn d_four() -> usize {
-    4
-}
-fn d_dit_layers() -> usize {
-    28
-}
-fn d_dit_size() -> usize {
-    32
-}
-fn d_two() -> usize {
-    2
-}
-fn d_gelu_tanh() -> String {
-    "gelu-approximate".into()
-}
-fn d_ada_classes() -> Option<usize> {
-    Some(1000)
-}
-fn d_ada_norm_zero() -> String {
-    "ada_norm_zero".into()
+/// `_class_name`s read as a DiT. Hub checkpoints of DiT (facebook/DiT-XL-2-256) still name
+/// the old class, which diffusers maps to `DiTTransformer2DModel` for ada_norm_zero with a
+/// patch size.
+const CLASS_NAMES: [&str; 2] = ["DiTTransformer2DModel", "Transformer2DModel"];
+
+/// `activation_fn` of the feed-forward.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DiTActivation {
+    /// GELU with the tanh approximation (DiT's `approx_gelu`).
+    #[default]
+    GeluApproximate,
+    /// Exact (erf) GELU.
+    Gelu,
 }
 
-/// Activation functions of the DiT feed-forward that diffuse implements.
-pub const DIT_ACTIVATIONS: [&str; 2] = ["gelu-approximate", "gelu"];
+/// `norm_type` of the transformer blocks: diffuse implements DiT's adaLN-Zero.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DiTNormType {
+    #[default]
+    AdaNormZero,
+}
 
-/// The diffusers `DiTTransformer2DModel` config (DiT, Peebles & Xie 2023).
+/// The diffusers `DiTTransformer2DModel` config (DiT, Peebles & Xie 2023). A missing key takes
+/// diffusers' default ([`DiTTransformer2DConfig::default`]).
 ///
 /// `num_embeds_ada_norm` is the number of classes: the label table has one more row, the null
 /// class (index `num_embeds_ada_norm`) of classifier-free guidance. 0 makes an unconditional
 /// DiT (the table holds only the null class). `out_channels = 2 · in_channels` is DiT's
 /// `learn_sigma`: the second half of the output is the learned variance.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
 pub struct DiTTransformer2DConfig {
-    #[serde(rename = "_class_name", default = "d_dit_class")]
+    #[serde(rename = "_class_name")]
     pub class_name: String,
-    #[serde(default = "d_dit_heads")]
     pub num_attention_heads: usize,
-    #[serde(default = "d_dit_head_dim")]
     pub attention_head_dim: usize,
-    #[serde(default = "d_four")]
     pub in_channels: usize,
     /// None: `in_channels`.
-    #[serde(default)]
     pub out_channels: Option<usize>,
-    #[serde(default = "d_dit_layers")]
     pub num_layers: usize,
     /// Accepted for compatibility; not applied (as the UNet's `dropout`).
-    #[serde(default)]
     pub dropout: f64,
     /// Unused by DiT (diffusers keeps the key).
-    #[serde(default = "d_groups")]
     pub norm_num_groups: usize,
-    #[serde(default = "d_true")]
     pub attention_bias: bool,
-    #[serde(default = "d_dit_size")]
     pub sample_size: usize,
-    #[serde(default = "d_two")]
     pub patch_size: usize,
-    #[serde(default = "d_gelu_tanh")]
-    pub activation_fn: String,
-    #[serde(default = "d_ada_classes")]
+    pub activation_fn: DiTActivation,
     pub num_embeds_ada_norm: Option<usize>,
     /// No effect in f32 (diffuse computes attention in the input's dtype).
-    #[serde(default)]
     pub upcast_attention: bool,
-    #[serde(default = "d_ada_norm_zero")]
-    pub norm_type: String,
-    #[serde(default)]
+    pub norm_type: DiTNormType,
     pub norm_elementwise_affine: bool,
-    #[serde(default = "d_eps")]
     pub norm_eps: f64,
     /// `quantization_config` of int8 weights (`crate::quant`): checked when read, never written
     /// back (as the UNet's).
-    #[serde(default, skip_serializing)]
+    #[serde(skip_serializing)]
     pub quantization_config: Option<Value>,
     /// Keys diffuse does not read (`_diffusers_version`, …), kept for saving.
     #[serde(flatten)]
@@ -95,16 +72,36 @@ pub struct DiTTransformer2DConfig {
 }
 
 impl Default for DiTTransformer2DConfig {
+    /// diffusers' `DiTTransformer2DModel.__init__` defaults (DiT-XL/2 on 256² images' latents).
     fn default() -> Self {
-        serde_json::from_str("{}").expect("defaults")
+        DiTTransformer2DConfig {
+            class_name: CLASS_NAMES[0].into(),
+            num_attention_heads: 16,
+            attention_head_dim: 72,
+            in_channels: 4,
+            out_channels: None,
+            num_layers: 28,
+            dropout: 0.0,
+            norm_num_groups: NORM_NUM_GROUPS,
+            attention_bias: true,
+            sample_size: 32,
+            patch_size: 2,
+            activation_fn: DiTActivation::default(),
+            num_embeds_ada_norm: Some(1000),
+            upcast_attention: false,
+            norm_type: DiTNormType::default(),
+            norm_elementwise_affine: false,
+            norm_eps: NORM_EPS,
+            quantization_config: None,
+            extra: Map::new(),
+        }
     }
 }
 
 impl DiTTransformer2DConfig {
     /// Parses `config.json` text and validates it.
     pub fn from_json_str(text: &str) -> Result<Self> {
-        let cfg: DiTTransformer2DConfig = serde_json::from_str(text)
-            .map_err(|e| Error::Config(format!("DiTTransformer2DModel config: {e}")))?;
+        let cfg: DiTTransformer2DConfig = parse(text, CLASS_NAMES[0], &CLASS_NAMES)?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -136,20 +133,7 @@ impl DiTTransformer2DConfig {
     /// Checks every value diffuse relies on; errors name the key and what is allowed.
     pub fn validate(&self) -> Result<()> {
         let bad = |key: &str, msg: String| Err(key_error(key, msg));
-        // Hub checkpoints of DiT (facebook/DiT-XL-2-256) still name the old class, which
-        // diffusers maps to DiTTransformer2DModel for ada_norm_zero with a patch size.
-        if !matches!(
-            self.class_name.as_str(),
-            "DiTTransformer2DModel" | "Transformer2DModel"
-        ) {
-            return bad(
-                "_class_name",
-                format!(
-                    "{:?} is not a DiTTransformer2DModel config",
-                    self.class_name
-                ),
-            );
-        }
+        check_class_name(&self.class_name, &CLASS_NAMES)?;
         if self
             .extra
             .get("cross_attention_dim")
@@ -160,30 +144,11 @@ impl DiTTransformer2DConfig {
                 "DiT has no cross-attention; allowed: null".into(),
             );
         }
-        if self.norm_type != "ada_norm_zero" {
-            return bad(
-                "norm_type",
-                format!(
-                    "unsupported value {:?}; allowed: ada_norm_zero (DiT's adaLN-Zero)",
-                    self.norm_type
-                ),
-            );
-        }
         if self.num_embeds_ada_norm.is_none() {
             return bad(
                 "num_embeds_ada_norm",
                 "required with norm_type ada_norm_zero (the number of classes; 0 for an unconditional model)"
                     .into(),
-            );
-        }
-        if !DIT_ACTIVATIONS.contains(&self.activation_fn.as_str()) {
-            return bad(
-                "activation_fn",
-                format!(
-                    "unsupported value {:?}; allowed: {}",
-                    self.activation_fn,
-                    DIT_ACTIVATIONS.join(", ")
-                ),
             );
         }
         for (key, v) in [
@@ -274,5 +239,39 @@ mod tests {
         assert!(e.contains("_class_name"), "{e}");
         let e = err(r#"{"cross_attention_dim": 768}"#);
         assert!(e.contains("cross_attention_dim"), "{e}");
+    }
+
+    #[test]
+    fn typed_options_round_trip_and_list_the_allowed_values() {
+        let c = DiTTransformer2DConfig::from_json_str(
+            r#"{"_class_name": "Transformer2DModel", "activation_fn": "gelu",
+                "norm_type": "ada_norm_zero"}"#,
+        )
+        .unwrap();
+        assert_eq!(c.activation_fn, DiTActivation::Gelu);
+        let back: Value = serde_json::from_str(&c.to_json_string()).unwrap();
+        assert_eq!(back["_class_name"], "Transformer2DModel");
+        assert_eq!(back["activation_fn"], "gelu");
+        assert_eq!(back["norm_type"], "ada_norm_zero");
+        let d: Value =
+            serde_json::from_str(&DiTTransformer2DConfig::default().to_json_string()).unwrap();
+        assert_eq!(d["activation_fn"], "gelu-approximate");
+        let err = |text: &str| {
+            DiTTransformer2DConfig::from_json_str(text)
+                .unwrap_err()
+                .to_string()
+        };
+        let e = err(r#"{"activation_fn": "geglu"}"#);
+        assert!(
+            e.contains("config key `activation_fn`")
+                && e.contains("gelu-approximate")
+                && e.contains("`gelu`"),
+            "{e}"
+        );
+        let e = err(r#"{"_class_name": "UNet2DModel"}"#);
+        assert!(
+            e.contains("DiTTransformer2DModel") && e.contains("Transformer2DModel"),
+            "{e}"
+        );
     }
 }

@@ -2,34 +2,33 @@
 //! `AutoencoderKL` (`models/autoencoders/autoencoder_kl.py`) and of `DiTTransformer2DModel`
 //! (`models/transformers/dit_transformer_2d.py`), with diffusers' keys and defaults. Unknown keys
 //! are kept and written back.
+//!
+//! Options with a fixed set of values are serde enums whose variants serialize to diffusers'
+//! strings; an unknown value fails at load with an error that names the key and lists the
+//! allowed values.
 
 mod dit;
 mod unet;
 mod vae;
 
-pub use dit::{DiTTransformer2DConfig, DIT_ACTIVATIONS};
-pub use unet::{ClassEmbedding, UNet2DConfig, DOWN_BLOCKS, RESNET_INNER_KEY, UP_BLOCKS};
-pub use vae::AutoencoderKLConfig;
+pub use dit::{DiTActivation, DiTNormType, DiTTransformer2DConfig};
+pub use unet::{
+    ClassEmbedType, ClassEmbedding, DownBlockType, MidBlockType, ResampleType,
+    ResnetTimeScaleShift, TimeEmbeddingType, UNet2DConfig, UpBlockType, RESNET_INNER_KEY,
+};
+pub use vae::{AutoencoderKLConfig, VaeDownBlockType, VaeUpBlockType};
 
 use crate::{Error, Result};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-fn d_in() -> usize {
-    3
-}
-fn d_true() -> bool {
-    true
-}
-fn d_groups() -> usize {
-    32
-}
-fn d_eps() -> f64 {
-    1e-5
-}
-fn d_silu() -> String {
-    "silu".into()
-}
+/// diffusers' default `in_channels` / `out_channels` (RGB).
+const RGB_CHANNELS: usize = 3;
+/// diffusers' default `norm_num_groups`.
+const NORM_NUM_GROUPS: usize = 32;
+/// diffusers' default `norm_eps`.
+const NORM_EPS: f64 = 1e-5;
 
 /// Sample size: one int or [height, width].
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -37,6 +36,51 @@ fn d_silu() -> String {
 pub enum SampleSize {
     Square(usize),
     Rect(Vec<usize>),
+}
+
+/// `act_fn` of the ResNet blocks. Both names are SiLU, the one activation `ops::group_norm`
+/// fuses; the name read is written back.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActFn {
+    #[default]
+    Silu,
+    Swish,
+}
+
+/// Parses a model's `config.json` text: `_class_name` first (a config of another model says
+/// so), then each key into its typed field, with errors that name the key.
+fn parse<T: DeserializeOwned>(text: &str, model: &str, classes: &[&str]) -> Result<T> {
+    let value: Value =
+        serde_json::from_str(text).map_err(|e| Error::Config(format!("{model} config: {e}")))?;
+    if let Some(name) = value.get("_class_name").and_then(Value::as_str) {
+        check_class_name(name, classes)?;
+    }
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let key = e.path().to_string();
+        let inner = e.into_inner();
+        if key == "." {
+            Error::Config(format!("{model} config: {inner}"))
+        } else {
+            key_error(&key, inner.to_string())
+        }
+    })
+}
+
+/// `_class_name` must be one of `classes` (the first is the canonical one).
+fn check_class_name(name: &str, classes: &[&str]) -> Result<()> {
+    if classes.contains(&name) {
+        Ok(())
+    } else {
+        Err(key_error(
+            "_class_name",
+            format!(
+                "{name:?} is not a {} config; allowed: {}",
+                classes[0],
+                classes.join(", ")
+            ),
+        ))
+    }
 }
 
 /// `quantization_config`, when present, must be one diffuse reads (`crate::quant`).
@@ -50,18 +94,6 @@ fn check_quantization(v: Option<&Value>) -> Result<()> {
 /// A config error that names the key.
 fn key_error(key: &str, msg: String) -> Error {
     Error::Config(format!("config key `{key}`: {msg}"))
-}
-
-/// `act_fn`: the ResNet blocks run GroupNorm + SiLU (`ops::group_norm`), so only SiLU.
-fn check_act_fn(act_fn: &str) -> Result<()> {
-    if matches!(act_fn, "silu" | "swish") {
-        Ok(())
-    } else {
-        Err(key_error(
-            "act_fn",
-            format!("unsupported value {act_fn:?}; allowed: silu, swish"),
-        ))
-    }
 }
 
 /// `norm_num_groups` must divide every width of `block_out_channels`.

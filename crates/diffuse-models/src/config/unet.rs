@@ -1,10 +1,11 @@
-//! `config.json` of `UNet2DModel` (`src/diffusers/models/unets/unet_2d.py`).
+//! `config.json` of `UNet2DModel` (`src/diffusers/models/unets/unet_2d.py`) and the block
+//! types of `models/unets/unet_2d_blocks.py` that diffuse implements.
 
 use super::{
-    check_act_fn, check_groups, check_quantization, d_eps, d_groups, d_in, d_silu, d_true,
-    key_error, SampleSize,
+    check_class_name, check_groups, check_quantization, key_error, parse, ActFn, SampleSize,
+    NORM_EPS, NORM_NUM_GROUPS, RGB_CHANNELS,
 };
-use crate::{Error, Result};
+use crate::Result;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
@@ -16,134 +17,168 @@ use std::collections::BTreeMap;
 /// in diffusers. diffusers' `UNet2DModel` cannot express it and refuses such weights.
 pub const RESNET_INNER_KEY: &str = "diffuse_resnet_inner_channels";
 
-/// Down block types diffuse implements.
-pub const DOWN_BLOCKS: [&str; 3] = ["DownBlock2D", "AttnDownBlock2D", "ResnetDownsampleBlock2D"];
-/// Up block types diffuse implements.
-pub const UP_BLOCKS: [&str; 3] = ["UpBlock2D", "AttnUpBlock2D", "ResnetUpsampleBlock2D"];
+const CLASS_NAME: &str = "UNet2DModel";
 
-fn default_class_name() -> String {
-    "UNet2DModel".into()
-}
-
-fn d_positional() -> String {
-    "positional".into()
-}
-fn d_down() -> Vec<String> {
-    [
-        "DownBlock2D",
-        "AttnDownBlock2D",
-        "AttnDownBlock2D",
-        "AttnDownBlock2D",
-    ]
-    .map(String::from)
-    .to_vec()
-}
-fn d_up() -> Vec<String> {
-    [
-        "AttnUpBlock2D",
-        "AttnUpBlock2D",
-        "AttnUpBlock2D",
-        "UpBlock2D",
-    ]
-    .map(String::from)
-    .to_vec()
-}
-fn d_mid() -> Option<String> {
-    Some("UNetMidBlock2D".into())
-}
-fn d_channels() -> Vec<usize> {
-    vec![224, 448, 672, 896]
-}
-fn d_layers() -> usize {
-    2
-}
-fn d_one() -> f64 {
-    1.0
-}
-fn d_pad() -> usize {
-    1
-}
-fn d_conv() -> String {
-    "conv".into()
-}
-fn d_head() -> Option<usize> {
-    Some(8)
-}
-fn d_default() -> String {
-    "default".into()
+/// `time_embedding_type`: how a timestep becomes a vector before `time_embedding`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimeEmbeddingType {
+    /// Sinusoids (DDPM, Ho et al. 2020).
+    #[default]
+    Positional,
+    /// Random Fourier features of log σ (score SDE, Song et al. 2021); the output is divided
+    /// by σ.
+    Fourier,
+    /// A learned table with one row per training timestep (`num_train_timesteps`).
+    Learned,
 }
 
-/// The diffusers `UNet2DModel` config.
+/// `resnet_time_scale_shift`: how the time embedding enters a ResNet block.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResnetTimeScaleShift {
+    /// Added to the hidden state.
+    #[default]
+    Default,
+    /// FiLM after norm2: h·(1 + scale) + shift (Dhariwal & Nichol 2021).
+    ScaleShift,
+}
+
+/// `downsample_type` / `upsample_type`: the resampler of an Attn block.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResampleType {
+    /// A strided (down) or nearest-upsampling (up) 3×3 conv.
+    #[default]
+    Conv,
+    /// A ResNet block that resamples (BigGAN style).
+    Resnet,
+}
+
+/// An entry of `down_block_types`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DownBlockType {
+    DownBlock2D,
+    AttnDownBlock2D,
+    ResnetDownsampleBlock2D,
+}
+
+impl DownBlockType {
+    /// Whether self-attention follows each ResNet.
+    pub fn has_attention(self) -> bool {
+        match self {
+            DownBlockType::AttnDownBlock2D => true,
+            DownBlockType::DownBlock2D | DownBlockType::ResnetDownsampleBlock2D => false,
+        }
+    }
+
+    /// The block's resampler, given `downsample_type` (which only the Attn block reads).
+    pub fn resampler(self, downsample_type: ResampleType) -> ResampleType {
+        match self {
+            DownBlockType::DownBlock2D => ResampleType::Conv,
+            DownBlockType::ResnetDownsampleBlock2D => ResampleType::Resnet,
+            DownBlockType::AttnDownBlock2D => downsample_type,
+        }
+    }
+
+    /// Whether the block downsamples with a ResNet rather than a conv.
+    pub fn resamples_with_resnet(self, downsample_type: ResampleType) -> bool {
+        self.resampler(downsample_type) == ResampleType::Resnet
+    }
+}
+
+/// An entry of `up_block_types`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UpBlockType {
+    UpBlock2D,
+    AttnUpBlock2D,
+    ResnetUpsampleBlock2D,
+}
+
+impl UpBlockType {
+    /// Whether self-attention follows each ResNet.
+    pub fn has_attention(self) -> bool {
+        match self {
+            UpBlockType::AttnUpBlock2D => true,
+            UpBlockType::UpBlock2D | UpBlockType::ResnetUpsampleBlock2D => false,
+        }
+    }
+
+    /// The block's resampler, given `upsample_type` (which only the Attn block reads).
+    pub fn resampler(self, upsample_type: ResampleType) -> ResampleType {
+        match self {
+            UpBlockType::UpBlock2D => ResampleType::Conv,
+            UpBlockType::ResnetUpsampleBlock2D => ResampleType::Resnet,
+            UpBlockType::AttnUpBlock2D => upsample_type,
+        }
+    }
+
+    /// Whether the block upsamples with a ResNet rather than a conv.
+    pub fn resamples_with_resnet(self, upsample_type: ResampleType) -> bool {
+        self.resampler(upsample_type) == ResampleType::Resnet
+    }
+}
+
+/// `mid_block_type` (null: no mid block).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MidBlockType {
+    UNetMidBlock2D,
+}
+
+/// `class_embed_type` (null: a label table when `num_class_embeds` is set).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClassEmbedType {
+    /// Labels go through the time projection and their own `TimestepEmbedding`.
+    Timestep,
+    /// Labels are already `[b, time_embed_dim]` vectors.
+    Identity,
+}
+
+/// The diffusers `UNet2DModel` config. A missing key takes diffusers' default
+/// ([`UNet2DConfig::default`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
 pub struct UNet2DConfig {
-    #[serde(rename = "_class_name", default = "default_class_name")]
+    #[serde(rename = "_class_name")]
     pub class_name: String,
-    #[serde(default)]
     pub sample_size: Option<SampleSize>,
-    #[serde(default = "d_in")]
     pub in_channels: usize,
-    #[serde(default = "d_in")]
     pub out_channels: usize,
-    #[serde(default)]
     pub center_input_sample: bool,
-    #[serde(default = "d_positional")]
-    pub time_embedding_type: String,
-    #[serde(default)]
+    pub time_embedding_type: TimeEmbeddingType,
     pub time_embedding_dim: Option<usize>,
-    #[serde(default)]
     pub freq_shift: f64,
-    #[serde(default = "d_true")]
     pub flip_sin_to_cos: bool,
-    #[serde(default = "d_down")]
-    pub down_block_types: Vec<String>,
-    #[serde(default = "d_mid")]
-    pub mid_block_type: Option<String>,
-    #[serde(default = "d_up")]
-    pub up_block_types: Vec<String>,
-    #[serde(default = "d_channels")]
+    pub down_block_types: Vec<DownBlockType>,
+    pub mid_block_type: Option<MidBlockType>,
+    pub up_block_types: Vec<UpBlockType>,
     pub block_out_channels: Vec<usize>,
-    #[serde(default = "d_layers")]
     pub layers_per_block: usize,
-    #[serde(default = "d_one")]
     pub mid_block_scale_factor: f64,
-    #[serde(default = "d_pad")]
     pub downsample_padding: usize,
-    #[serde(default = "d_conv")]
-    pub downsample_type: String,
-    #[serde(default = "d_conv")]
-    pub upsample_type: String,
-    #[serde(default)]
+    pub downsample_type: ResampleType,
+    pub upsample_type: ResampleType,
     pub dropout: f64,
-    #[serde(default = "d_silu")]
-    pub act_fn: String,
-    #[serde(default = "d_head")]
+    pub act_fn: ActFn,
     pub attention_head_dim: Option<usize>,
-    #[serde(default = "d_groups")]
     pub norm_num_groups: usize,
-    #[serde(default)]
     pub attn_norm_num_groups: Option<usize>,
-    #[serde(default = "d_eps")]
     pub norm_eps: f64,
-    #[serde(default = "d_default")]
-    pub resnet_time_scale_shift: String,
-    #[serde(default = "d_true")]
+    pub resnet_time_scale_shift: ResnetTimeScaleShift,
     pub add_attention: bool,
-    #[serde(default)]
-    pub class_embed_type: Option<String>,
-    #[serde(default)]
+    pub class_embed_type: Option<ClassEmbedType>,
     pub num_class_embeds: Option<usize>,
-    #[serde(default)]
     pub num_train_timesteps: Option<usize>,
     /// [`RESNET_INNER_KEY`]: the inner widths of pruned ResNet blocks (empty: unpruned).
     #[serde(
         rename = "diffuse_resnet_inner_channels",
-        default,
         skip_serializing_if = "BTreeMap::is_empty"
     )]
     pub resnet_inner_channels: BTreeMap<String, usize>,
     /// `quantization_config` of int8 weights (`crate::quant`): checked when read, never written
     /// back, since `weights::save` and the trainer write float weights.
-    #[serde(default, skip_serializing)]
+    #[serde(skip_serializing)]
     pub quantization_config: Option<Value>,
     /// Keys diffuse does not read (`_diffusers_version`, …), kept for saving.
     #[serde(flatten)]
@@ -151,8 +186,49 @@ pub struct UNet2DConfig {
 }
 
 impl Default for UNet2DConfig {
+    /// diffusers' `UNet2DModel.__init__` defaults.
     fn default() -> Self {
-        serde_json::from_str("{}").expect("defaults")
+        use DownBlockType::{AttnDownBlock2D, DownBlock2D};
+        use UpBlockType::{AttnUpBlock2D, UpBlock2D};
+        UNet2DConfig {
+            class_name: CLASS_NAME.into(),
+            sample_size: None,
+            in_channels: RGB_CHANNELS,
+            out_channels: RGB_CHANNELS,
+            center_input_sample: false,
+            time_embedding_type: TimeEmbeddingType::default(),
+            time_embedding_dim: None,
+            freq_shift: 0.0,
+            flip_sin_to_cos: true,
+            down_block_types: vec![
+                DownBlock2D,
+                AttnDownBlock2D,
+                AttnDownBlock2D,
+                AttnDownBlock2D,
+            ],
+            mid_block_type: Some(MidBlockType::UNetMidBlock2D),
+            up_block_types: vec![AttnUpBlock2D, AttnUpBlock2D, AttnUpBlock2D, UpBlock2D],
+            block_out_channels: vec![224, 448, 672, 896],
+            layers_per_block: 2,
+            mid_block_scale_factor: 1.0,
+            downsample_padding: 1,
+            downsample_type: ResampleType::default(),
+            upsample_type: ResampleType::default(),
+            dropout: 0.0,
+            act_fn: ActFn::default(),
+            attention_head_dim: Some(8),
+            norm_num_groups: NORM_NUM_GROUPS,
+            attn_norm_num_groups: None,
+            norm_eps: NORM_EPS,
+            resnet_time_scale_shift: ResnetTimeScaleShift::default(),
+            add_attention: true,
+            class_embed_type: None,
+            num_class_embeds: None,
+            num_train_timesteps: None,
+            resnet_inner_channels: BTreeMap::new(),
+            quantization_config: None,
+            extra: Map::new(),
+        }
     }
 }
 
@@ -171,8 +247,7 @@ pub enum ClassEmbedding {
 impl UNet2DConfig {
     /// Parses `config.json` text and validates it.
     pub fn from_json_str(text: &str) -> Result<Self> {
-        let cfg: UNet2DConfig =
-            serde_json::from_str(text).map_err(|e| Error::Config(format!("UNet config: {e}")))?;
+        let cfg: UNet2DConfig = parse(text, "UNet", &[CLASS_NAME])?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -189,11 +264,11 @@ impl UNet2DConfig {
     }
 
     pub fn class_embedding(&self) -> ClassEmbedding {
-        match (self.class_embed_type.as_deref(), self.num_class_embeds) {
+        match (self.class_embed_type, self.num_class_embeds) {
             (None, Some(n)) => ClassEmbedding::Table(n),
-            (Some("timestep"), _) => ClassEmbedding::Timestep,
-            (Some("identity"), _) => ClassEmbedding::Identity,
-            _ => ClassEmbedding::None,
+            (None, None) => ClassEmbedding::None,
+            (Some(ClassEmbedType::Timestep), _) => ClassEmbedding::Timestep,
+            (Some(ClassEmbedType::Identity), _) => ClassEmbedding::Identity,
         }
     }
 
@@ -212,22 +287,12 @@ impl UNet2DConfig {
     pub fn resnet_blocks(&self) -> Vec<(String, usize)> {
         let ch = &self.block_out_channels;
         let n = ch.len();
-        let resamples_with_resnet = |t: &str, kind: &str, resnet_block: &str, attn_block: &str| {
-            t == resnet_block || (t == attn_block && kind == "resnet")
-        };
         let mut out = Vec::new();
         for (i, t) in self.down_block_types.iter().enumerate() {
             for j in 0..self.layers_per_block {
                 out.push((format!("down_blocks.{i}.resnets.{j}"), ch[i]));
             }
-            if i != n - 1
-                && resamples_with_resnet(
-                    t,
-                    &self.downsample_type,
-                    "ResnetDownsampleBlock2D",
-                    "AttnDownBlock2D",
-                )
-            {
+            if i != n - 1 && t.resamples_with_resnet(self.downsample_type) {
                 out.push((format!("down_blocks.{i}.downsamplers.0"), ch[i]));
             }
         }
@@ -241,14 +306,7 @@ impl UNet2DConfig {
             for j in 0..=self.layers_per_block {
                 out.push((format!("up_blocks.{i}.resnets.{j}"), c));
             }
-            if i != n - 1
-                && resamples_with_resnet(
-                    t,
-                    &self.upsample_type,
-                    "ResnetUpsampleBlock2D",
-                    "AttnUpBlock2D",
-                )
-            {
+            if i != n - 1 && t.resamples_with_resnet(self.upsample_type) {
                 out.push((format!("up_blocks.{i}.upsamplers.0"), c));
             }
         }
@@ -267,12 +325,7 @@ impl UNet2DConfig {
     /// Checks every value diffuse relies on; errors name the key and what is allowed.
     pub fn validate(&self) -> Result<()> {
         let bad = |key: &str, msg: String| Err(key_error(key, msg));
-        if self.class_name != "UNet2DModel" {
-            return bad(
-                "_class_name",
-                format!("{:?} is not a UNet2DModel config", self.class_name),
-            );
-        }
+        check_class_name(&self.class_name, &[CLASS_NAME])?;
         let n = self.block_out_channels.len();
         if n == 0 {
             return bad("block_out_channels", "must not be empty".into());
@@ -287,84 +340,13 @@ impl UNet2DConfig {
                 ),
             );
         }
-        for t in &self.down_block_types {
-            if !DOWN_BLOCKS.contains(&t.as_str()) {
-                return bad(
-                    "down_block_types",
-                    format!(
-                        "unknown block type {t:?}; allowed: {}",
-                        DOWN_BLOCKS.join(", ")
-                    ),
-                );
-            }
-        }
-        for t in &self.up_block_types {
-            if !UP_BLOCKS.contains(&t.as_str()) {
-                return bad(
-                    "up_block_types",
-                    format!(
-                        "unknown block type {t:?}; allowed: {}",
-                        UP_BLOCKS.join(", ")
-                    ),
-                );
-            }
-        }
-        match self.mid_block_type.as_deref() {
-            None | Some("UNetMidBlock2D") => {}
-            Some(t) => {
-                return bad(
-                    "mid_block_type",
-                    format!("unknown block type {t:?}; allowed: UNetMidBlock2D, null"),
-                )
-            }
-        }
-        if !matches!(
-            self.time_embedding_type.as_str(),
-            "positional" | "fourier" | "learned"
-        ) {
-            return bad(
-                "time_embedding_type",
-                format!(
-                    "unknown value {:?}; allowed: positional, fourier, learned",
-                    self.time_embedding_type
-                ),
-            );
-        }
-        if self.time_embedding_type == "learned" && self.num_train_timesteps.is_none() {
+        if self.time_embedding_type == TimeEmbeddingType::Learned
+            && self.num_train_timesteps.is_none()
+        {
             return bad(
                 "num_train_timesteps",
                 "required with time_embedding_type \"learned\"".into(),
             );
-        }
-        check_act_fn(&self.act_fn)?;
-        if !matches!(
-            self.resnet_time_scale_shift.as_str(),
-            "default" | "scale_shift"
-        ) {
-            return bad(
-                "resnet_time_scale_shift",
-                format!(
-                    "unknown value {:?}; allowed: default, scale_shift",
-                    self.resnet_time_scale_shift
-                ),
-            );
-        }
-        for (key, v) in [
-            ("downsample_type", &self.downsample_type),
-            ("upsample_type", &self.upsample_type),
-        ] {
-            if !matches!(v.as_str(), "conv" | "resnet") {
-                return bad(key, format!("unknown value {v:?}; allowed: conv, resnet"));
-            }
-        }
-        match self.class_embed_type.as_deref() {
-            None | Some("timestep") | Some("identity") => {}
-            Some(t) => {
-                return bad(
-                    "class_embed_type",
-                    format!("unknown value {t:?}; allowed: null, timestep, identity"),
-                )
-            }
         }
         if self.class_embed_type.is_none() && self.num_class_embeds == Some(0) {
             return bad("num_class_embeds", "must be at least 1".into());
@@ -464,5 +446,109 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("_class_name"), "{e}");
+    }
+
+    /// A small valid config with `key` set to `value`.
+    fn with(key: &str, value: Value) -> String {
+        let mut v = serde_json::json!({"block_out_channels": [32, 64],
+            "down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
+            "up_block_types": ["AttnUpBlock2D", "UpBlock2D"], "attention_head_dim": 8,
+            "num_class_embeds": 2});
+        v[key] = value;
+        v.to_string()
+    }
+
+    #[test]
+    fn string_options_parse_into_enums_and_write_back_the_same_strings() {
+        let mut v: Value = serde_json::from_str(&with("act_fn", "swish".into())).unwrap();
+        for (key, value) in [
+            ("time_embedding_type", "fourier"),
+            ("resnet_time_scale_shift", "scale_shift"),
+            ("downsample_type", "resnet"),
+            ("upsample_type", "conv"),
+            ("class_embed_type", "identity"),
+        ] {
+            v[key] = value.into();
+        }
+        v["mid_block_type"] = Value::Null;
+        let c = UNet2DConfig::from_json_str(&v.to_string()).unwrap();
+        assert_eq!(c.act_fn, ActFn::Swish);
+        assert_eq!(c.time_embedding_type, TimeEmbeddingType::Fourier);
+        assert_eq!(c.resnet_time_scale_shift, ResnetTimeScaleShift::ScaleShift);
+        assert_eq!(c.class_embedding(), ClassEmbedding::Identity);
+        assert_eq!(c.mid_block_type, None);
+        assert!(c.down_block_types[1].resamples_with_resnet(c.downsample_type));
+        assert!(!c.up_block_types[0].resamples_with_resnet(c.upsample_type));
+        let back: Value = serde_json::from_str(&c.to_json_string()).unwrap();
+        for key in [
+            "act_fn",
+            "time_embedding_type",
+            "resnet_time_scale_shift",
+            "downsample_type",
+            "upsample_type",
+            "class_embed_type",
+            "mid_block_type",
+            "down_block_types",
+            "up_block_types",
+        ] {
+            assert_eq!(back[key], v[key], "{key}");
+        }
+        let d: Value = serde_json::from_str(&UNet2DConfig::default().to_json_string()).unwrap();
+        assert_eq!(d["time_embedding_type"], "positional");
+        assert_eq!(d["resnet_time_scale_shift"], "default");
+        assert_eq!(d["act_fn"], "silu");
+        assert_eq!(d["mid_block_type"], "UNetMidBlock2D");
+    }
+
+    #[test]
+    fn unknown_option_values_name_the_key_and_the_allowed_values() {
+        for (key, value, allowed) in [
+            (
+                "time_embedding_type",
+                Value::from("sinusoidal"),
+                &["positional", "fourier", "learned"][..],
+            ),
+            (
+                "resnet_time_scale_shift",
+                "spatial".into(),
+                &["default", "scale_shift"],
+            ),
+            ("act_fn", "gelu".into(), &["silu", "swish"]),
+            ("downsample_type", "pool".into(), &["conv", "resnet"]),
+            ("upsample_type", "interp".into(), &["conv", "resnet"]),
+            (
+                "class_embed_type",
+                "projection".into(),
+                &["timestep", "identity"],
+            ),
+            (
+                "mid_block_type",
+                "UNetMidBlock2DCrossAttn".into(),
+                &["UNetMidBlock2D"],
+            ),
+            (
+                "up_block_types",
+                serde_json::json!(["AttnUpBlock2D", "CrossAttnUpBlock2D"]),
+                &["UpBlock2D", "AttnUpBlock2D", "ResnetUpsampleBlock2D"],
+            ),
+        ] {
+            let e = UNet2DConfig::from_json_str(&with(key, value))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(&format!("config key `{key}")), "{e}");
+            for a in allowed {
+                assert!(e.contains(a), "{key}: {a} missing from {e}");
+            }
+        }
+        // `learned` needs the table size.
+        let e = UNet2DConfig::from_json_str(&with("time_embedding_type", "learned".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("num_train_timesteps"), "{e}");
+        // A value of the wrong JSON type names its key too.
+        let e = UNet2DConfig::from_json_str(&with("layers_per_block", "two".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("config key `layers_per_block`"), "{e}");
     }
 }

@@ -1,72 +1,52 @@
 //! `config.json` of `AutoencoderKL` (`src/diffusers/models/autoencoders/autoencoder_kl.py`).
 
-use super::{check_act_fn, check_groups, d_groups, d_in, d_silu, d_true, key_error, SampleSize};
-use crate::{Error, Result};
+use super::{
+    check_class_name, check_groups, key_error, parse, ActFn, SampleSize, NORM_NUM_GROUPS,
+    RGB_CHANNELS,
+};
+use crate::Result;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-fn d_vae_class() -> String {
-    "AutoencoderKL".into()
-}
-fn d_vae_down() -> Vec<String> {
-    vec!["DownEncoderBlock2D".into()]
-}
-fn d_vae_up() -> Vec<String> {
-    vec!["UpDecoderBlock2D".into()]
-}
-fn d_vae_channels() -> Vec<usize> {
-    vec![64]
-}
-fn d_one_layer() -> usize {
-    1
-}
-fn d_latent() -> usize {
-    4
-}
-fn d_vae_size() -> SampleSize {
-    SampleSize::Square(32)
-}
-fn d_scaling() -> f64 {
-    0.18215
+const CLASS_NAME: &str = "AutoencoderKL";
+
+/// An entry of the VAE's `down_block_types` (diffuse implements the one diffusers uses).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VaeDownBlockType {
+    #[default]
+    DownEncoderBlock2D,
 }
 
-/// The diffusers `AutoencoderKL` config.
+/// An entry of the VAE's `up_block_types`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VaeUpBlockType {
+    #[default]
+    UpDecoderBlock2D,
+}
+
+/// The diffusers `AutoencoderKL` config. A missing key takes diffusers' default
+/// ([`AutoencoderKLConfig::default`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
 pub struct AutoencoderKLConfig {
-    #[serde(rename = "_class_name", default = "d_vae_class")]
+    #[serde(rename = "_class_name")]
     pub class_name: String,
-    #[serde(default = "d_in")]
     pub in_channels: usize,
-    #[serde(default = "d_in")]
     pub out_channels: usize,
-    #[serde(default = "d_vae_down")]
-    pub down_block_types: Vec<String>,
-    #[serde(default = "d_vae_up")]
-    pub up_block_types: Vec<String>,
-    #[serde(default = "d_vae_channels")]
+    pub down_block_types: Vec<VaeDownBlockType>,
+    pub up_block_types: Vec<VaeUpBlockType>,
     pub block_out_channels: Vec<usize>,
-    #[serde(default = "d_one_layer")]
     pub layers_per_block: usize,
-    #[serde(default = "d_silu")]
-    pub act_fn: String,
-    #[serde(default = "d_latent")]
+    pub act_fn: ActFn,
     pub latent_channels: usize,
-    #[serde(default = "d_groups")]
     pub norm_num_groups: usize,
-    #[serde(default = "d_vae_size")]
     pub sample_size: SampleSize,
     /// Latents enter the diffusion model as `(z − shift_factor) · scaling_factor`.
-    #[serde(default = "d_scaling")]
     pub scaling_factor: f64,
-    #[serde(default)]
     pub shift_factor: Option<f64>,
-    #[serde(default = "d_true")]
     pub force_upcast: bool,
-    #[serde(default = "d_true")]
     pub use_quant_conv: bool,
-    #[serde(default = "d_true")]
     pub use_post_quant_conv: bool,
-    #[serde(default = "d_true")]
     pub mid_block_add_attention: bool,
     /// Keys diffuse does not read (`latents_mean`, `_diffusers_version`, …), kept for saving.
     #[serde(flatten)]
@@ -74,16 +54,36 @@ pub struct AutoencoderKLConfig {
 }
 
 impl Default for AutoencoderKLConfig {
+    /// diffusers' `AutoencoderKL.__init__` defaults.
     fn default() -> Self {
-        serde_json::from_str("{}").expect("defaults")
+        AutoencoderKLConfig {
+            class_name: CLASS_NAME.into(),
+            in_channels: RGB_CHANNELS,
+            out_channels: RGB_CHANNELS,
+            down_block_types: vec![VaeDownBlockType::default()],
+            up_block_types: vec![VaeUpBlockType::default()],
+            block_out_channels: vec![64],
+            layers_per_block: 1,
+            act_fn: ActFn::default(),
+            latent_channels: 4,
+            norm_num_groups: NORM_NUM_GROUPS,
+            sample_size: SampleSize::Square(32),
+            // Stable Diffusion's VAE (Rombach et al. 2022).
+            scaling_factor: 0.18215,
+            shift_factor: None,
+            force_upcast: true,
+            use_quant_conv: true,
+            use_post_quant_conv: true,
+            mid_block_add_attention: true,
+            extra: Map::new(),
+        }
     }
 }
 
 impl AutoencoderKLConfig {
     /// Parses `config.json` text and validates it.
     pub fn from_json_str(text: &str) -> Result<Self> {
-        let cfg: AutoencoderKLConfig = serde_json::from_str(text)
-            .map_err(|e| Error::Config(format!("AutoencoderKL config: {e}")))?;
+        let cfg: AutoencoderKLConfig = parse(text, CLASS_NAME, &[CLASS_NAME])?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -96,38 +96,22 @@ impl AutoencoderKLConfig {
     /// Checks every value diffuse relies on; errors name the key and what is allowed.
     pub fn validate(&self) -> Result<()> {
         let bad = |key: &str, msg: String| Err(key_error(key, msg));
-        if self.class_name != "AutoencoderKL" {
-            return bad(
-                "_class_name",
-                format!("{:?} is not an AutoencoderKL config", self.class_name),
-            );
-        }
+        check_class_name(&self.class_name, &[CLASS_NAME])?;
         let n = self.block_out_channels.len();
         if n == 0 {
             return bad("block_out_channels", "must not be empty".into());
         }
-        for (key, types, allowed) in [
-            (
-                "down_block_types",
-                &self.down_block_types,
-                "DownEncoderBlock2D",
-            ),
-            ("up_block_types", &self.up_block_types, "UpDecoderBlock2D"),
+        for (key, len) in [
+            ("down_block_types", self.down_block_types.len()),
+            ("up_block_types", self.up_block_types.len()),
         ] {
-            if types.len() != n {
-                return bad(
-                    key,
-                    format!("{} block types for {n} block_out_channels", types.len()),
-                );
-            }
-            if let Some(t) = types.iter().find(|t| t.as_str() != allowed) {
-                return bad(key, format!("unknown block type {t:?}; allowed: {allowed}"));
+            if len != n {
+                return bad(key, format!("{len} block types for {n} block_out_channels"));
             }
         }
         if self.layers_per_block == 0 {
             return bad("layers_per_block", "must be at least 1".into());
         }
-        check_act_fn(&self.act_fn)?;
         check_groups(self.norm_num_groups, &self.block_out_channels)?;
         for (key, v) in [
             ("in_channels", self.in_channels),
@@ -189,5 +173,37 @@ mod tests {
         assert!(e.contains("act_fn"), "{e}");
         let e = err(r#"{"scaling_factor": 0.0}"#);
         assert!(e.contains("scaling_factor"), "{e}");
+    }
+
+    #[test]
+    fn block_type_and_act_fn_errors_list_the_allowed_values() {
+        let err = |text: &str| {
+            AutoencoderKLConfig::from_json_str(text)
+                .unwrap_err()
+                .to_string()
+        };
+        let e = err(r#"{"up_block_types": ["AttnUpDecoderBlock2D"]}"#);
+        assert!(
+            e.contains("config key `up_block_types") && e.contains("UpDecoderBlock2D"),
+            "{e}"
+        );
+        let e = err(r#"{"act_fn": "mish"}"#);
+        assert!(
+            e.contains("config key `act_fn`") && e.contains("silu") && e.contains("swish"),
+            "{e}"
+        );
+        // A UNet's config is refused by its class, not by its first unknown block type.
+        let e = err(r#"{"_class_name": "UNet2DModel", "down_block_types": ["DownBlock2D"]}"#);
+        assert!(
+            e.contains("_class_name") && e.contains("UNet2DModel"),
+            "{e}"
+        );
+        let c = AutoencoderKLConfig::from_json_str(r#"{"act_fn": "swish"}"#).unwrap();
+        let back: Value = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+        assert_eq!(back["act_fn"], "swish");
+        assert_eq!(
+            back["down_block_types"],
+            serde_json::json!(["DownEncoderBlock2D"])
+        );
     }
 }
