@@ -6,6 +6,7 @@
 
 use crate::attention::SpatialAttention;
 use crate::checkpoint::{checkpoint, checkpoint2};
+use crate::config::ResampleType;
 use crate::resnet::{Downsample2D, Resample, ResnetBlock2D, ResnetOptions, Upsample2D};
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
@@ -58,18 +59,20 @@ pub(crate) enum Up {
     Resnet(Box<ResnetBlock2D>),
 }
 
-/// Shape of one down or up block.
+/// Shape of one down or up block, as the model's config lays it out.
 pub struct BlockSpec<'a> {
-    pub block_type: &'a str,
     pub num_layers: usize,
     pub in_channels: usize,
     pub out_channels: usize,
     /// Up blocks: channels coming from the block below.
     pub prev_output_channels: usize,
-    /// Whether this block changes resolution (all but the last down / last up block).
-    pub resample: bool,
-    /// `downsample_type` / `upsample_type` ("conv" | "resnet"), for the Attn blocks.
-    pub resample_type: &'a str,
+    /// Whether self-attention follows each ResNet (the Attn blocks).
+    pub attention: bool,
+    /// How the block changes resolution; None for the last down / last up block.
+    pub resampler: Option<ResampleType>,
+    /// Up blocks: whether the ResNets take the down path's skip states (all but the VAE's
+    /// `UpDecoderBlock2D`).
+    pub takes_skips: bool,
     pub downsample_padding: usize,
     pub attention_head_dim: Option<usize>,
     /// Inner widths of pruned ResNets (`crate::prune`): entry i for the i-th ResNet, entry
@@ -89,7 +92,7 @@ impl BlockSpec<'_> {
 
     /// The self-attention after each ResNet of an Attn block (one head per `attention_head_dim`
     /// channels, all channels when it is null).
-    fn attention(&self, opts: ResnetOptions, vb: VarBuilder) -> Result<SpatialAttention> {
+    fn attention_layer(&self, opts: ResnetOptions, vb: VarBuilder) -> Result<SpatialAttention> {
         SpatialAttention::new(
             self.out_channels,
             self.attention_head_dim.unwrap_or(self.out_channels),
@@ -98,16 +101,6 @@ impl BlockSpec<'_> {
             1.0,
             vb,
         )
-    }
-
-    /// Whether the block resamples with a ResNet (`Resnet*sampleBlock2D`, or an Attn block
-    /// with `downsample_type`/`upsample_type` "resnet") rather than a conv.
-    fn resamples_with_resnet(&self) -> bool {
-        match self.block_type {
-            "ResnetDownsampleBlock2D" | "ResnetUpsampleBlock2D" => true,
-            "AttnDownBlock2D" | "AttnUpBlock2D" => self.resample_type == "resnet",
-            _ => false,
-        }
     }
 }
 
@@ -122,7 +115,6 @@ pub struct DownBlock {
 
 impl DownBlock {
     pub fn new(spec: &BlockSpec, opts: ResnetOptions, vb: VarBuilder) -> Result<Self> {
-        let attn = spec.block_type == "AttnDownBlock2D";
         let mut resnets = Vec::new();
         let mut attentions = Vec::new();
         for i in 0..spec.num_layers {
@@ -139,15 +131,14 @@ impl DownBlock {
                 Resample::None,
                 vb.pp("resnets").pp(i),
             )?);
-            if attn {
-                attentions.push(spec.attention(opts, vb.pp("attentions").pp(i))?);
+            if spec.attention {
+                attentions.push(spec.attention_layer(opts, vb.pp("attentions").pp(i))?);
             }
         }
-        let use_resnet = spec.resamples_with_resnet();
         let vbd = vb.pp("downsamplers").pp(0);
-        let down = match (spec.resample, use_resnet) {
-            (false, _) => None,
-            (true, true) => Some(Down::Resnet(Box::new(ResnetBlock2D::with_inner(
+        let down = match spec.resampler {
+            None => None,
+            Some(ResampleType::Resnet) => Some(Down::Resnet(Box::new(ResnetBlock2D::with_inner(
                 spec.out_channels,
                 spec.inner(spec.num_layers),
                 spec.out_channels,
@@ -155,7 +146,7 @@ impl DownBlock {
                 Resample::Down,
                 vbd,
             )?))),
-            (true, false) => Some(Down::Conv(Downsample2D::new(
+            Some(ResampleType::Conv) => Some(Down::Conv(Downsample2D::new(
                 spec.out_channels,
                 spec.downsample_padding,
                 vbd,
@@ -220,8 +211,7 @@ pub struct UpBlock {
 
 impl UpBlock {
     pub fn new(spec: &BlockSpec, opts: ResnetOptions, vb: VarBuilder) -> Result<Self> {
-        let attn = spec.block_type == "AttnUpBlock2D";
-        let takes_skips = spec.block_type != "UpDecoderBlock2D";
+        let takes_skips = spec.takes_skips;
         let mut resnets = Vec::new();
         let mut attentions = Vec::new();
         for i in 0..spec.num_layers {
@@ -245,15 +235,14 @@ impl UpBlock {
                 Resample::None,
                 vb.pp("resnets").pp(i),
             )?);
-            if attn {
-                attentions.push(spec.attention(opts, vb.pp("attentions").pp(i))?);
+            if spec.attention {
+                attentions.push(spec.attention_layer(opts, vb.pp("attentions").pp(i))?);
             }
         }
-        let use_resnet = spec.resamples_with_resnet();
         let vbu = vb.pp("upsamplers").pp(0);
-        let up = match (spec.resample, use_resnet) {
-            (false, _) => None,
-            (true, true) => Some(Up::Resnet(Box::new(ResnetBlock2D::with_inner(
+        let up = match spec.resampler {
+            None => None,
+            Some(ResampleType::Resnet) => Some(Up::Resnet(Box::new(ResnetBlock2D::with_inner(
                 spec.out_channels,
                 spec.inner(spec.num_layers),
                 spec.out_channels,
@@ -261,7 +250,7 @@ impl UpBlock {
                 Resample::Up,
                 vbu,
             )?))),
-            (true, false) => Some(Up::Conv(Upsample2D::new(spec.out_channels, vbu)?)),
+            Some(ResampleType::Conv) => Some(Up::Conv(Upsample2D::new(spec.out_channels, vbu)?)),
         };
         Ok(UpBlock {
             resnets,

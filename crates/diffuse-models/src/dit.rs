@@ -22,7 +22,7 @@
 //! backward, so the model trains.
 
 use crate::attention::SelfAttention;
-use crate::config::DiTTransformer2DConfig;
+use crate::config::{DiTActivation, DiTTransformer2DConfig};
 use crate::embeddings::{timestep_embedding, TimestepEmbedding};
 use crate::ops;
 use crate::{Error, Result};
@@ -157,7 +157,10 @@ impl DiTBlock {
             norm_eps: c.norm_eps,
             ff_in: candle_nn::linear(d, 4 * d, ff.pp("0").pp("proj"))?,
             ff_out: candle_nn::linear(4 * d, d, ff.pp("2"))?,
-            exact_gelu: c.activation_fn == "gelu",
+            exact_gelu: match c.activation_fn {
+                DiTActivation::Gelu => true,
+                DiTActivation::GeluApproximate => false,
+            },
             dim: d,
         })
     }

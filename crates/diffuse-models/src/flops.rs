@@ -3,7 +3,7 @@
 //! element-wise ops are left out (< 1 % of the total). Equal to PyTorch's
 //! `torch.utils.flop_counter.FlopCounterMode` on diffusers' models of the same configs.
 
-use crate::config::ClassEmbedding;
+use crate::config::{ClassEmbedding, ResnetTimeScaleShift, TimeEmbeddingType};
 use crate::UNet2DConfig;
 use serde::Serialize;
 
@@ -96,15 +96,13 @@ pub fn forward_flops(cfg: &UNet2DConfig, h: usize, w: usize) -> FlopCount {
     let ch = &cfg.block_out_channels;
     let n = ch.len();
     let temb = cfg.time_embed_dim();
-    let time_in = if cfg.time_embedding_type == "fourier" {
-        2 * ch[0]
-    } else {
-        ch[0]
+    let time_in = match cfg.time_embedding_type {
+        TimeEmbeddingType::Fourier => 2 * ch[0],
+        TimeEmbeddingType::Positional | TimeEmbeddingType::Learned => ch[0],
     };
-    let resnet_temb = if cfg.resnet_time_scale_shift == "scale_shift" {
-        2 // the time projection gives scale and shift
-    } else {
-        1
+    let resnet_temb = match cfg.resnet_time_scale_shift {
+        ResnetTimeScaleShift::ScaleShift => 2, // the time projection gives scale and shift
+        ResnetTimeScaleShift::Default => 1,
     };
     // `prefix` names the block's weights: a pruned one (`diffuse_resnet_inner_channels`) is
     // narrower inside.
@@ -149,11 +147,10 @@ pub fn forward_flops(cfg: &UNet2DConfig, h: usize, w: usize) -> FlopCount {
         out = ch[i];
         for j in 0..cfg.layers_per_block {
             let cin = if j == 0 { input } else { out };
-            layer(&mut f, &block, j, cin, out, t == "AttnDownBlock2D", hh, ww);
+            layer(&mut f, &block, j, cin, out, t.has_attention(), hh, ww);
         }
         if i != n - 1 {
-            let resnet = t == "ResnetDownsampleBlock2D"
-                || (t == "AttnDownBlock2D" && cfg.downsample_type == "resnet");
+            let resnet = t.resamples_with_resnet(cfg.downsample_type);
             (hh, ww) = (hh / 2, ww / 2);
             resample(
                 &mut f,
@@ -192,14 +189,13 @@ pub fn forward_flops(cfg: &UNet2DConfig, h: usize, w: usize) -> FlopCount {
                 j,
                 cin + skip,
                 out,
-                t == "AttnUpBlock2D",
+                t.has_attention(),
                 hh,
                 ww,
             );
         }
         if i != n - 1 {
-            let resnet = t == "ResnetUpsampleBlock2D"
-                || (t == "AttnUpBlock2D" && cfg.upsample_type == "resnet");
+            let resnet = t.resamples_with_resnet(cfg.upsample_type);
             (hh, ww) = (hh * 2, ww * 2);
             resample(
                 &mut f,

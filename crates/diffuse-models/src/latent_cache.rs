@@ -124,10 +124,7 @@ pub fn encode_dataset(
                 .into(),
         ));
     }
-    std::fs::create_dir_all(out).map_err(|source| Error::Io {
-        path: out.display().to_string(),
-        source,
-    })?;
+    std::fs::create_dir_all(out).map_err(Error::io(out))?;
     let size = opts.transform.size;
     let c = cfg.in_channels;
     let mut moments = Moments::default();

@@ -7,6 +7,7 @@
 //! size multiple, the class table (both keep the null class of guidance as their last label),
 //! and the pipeline component they live in (`unet/` or `transformer/`).
 
+use crate::config::TimeEmbeddingType;
 use crate::dit::{split_learned_sigma, DiTTransformer2DModel};
 use crate::{DiTTransformer2DConfig, Error, Result, UNet2DConfig, UNet2DModel};
 use candle_core::Tensor;
@@ -103,7 +104,7 @@ impl DenoiserConfig {
     pub fn trainable(&self, name: &str) -> bool {
         match self {
             DenoiserConfig::UNet(c) => {
-                name != "time_proj.weight" || c.time_embedding_type != "fourier"
+                name != "time_proj.weight" || c.time_embedding_type != TimeEmbeddingType::Fourier
             }
             DenoiserConfig::DiT(_) => true,
         }

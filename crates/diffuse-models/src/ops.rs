@@ -1,4 +1,4 @@
-//! The one seam for speed (DESIGN.md): models call these, never candle's hot ops directly,
+//! The one seam for speed (docs/ARCHITECTURE.md): models call these, never candle's hot ops directly,
 //! so a faster kernel (CPU CustomOp with backward, cuDNN, f16) can be swapped in here,
 //! benchmarked and gradient-checked in one place. On the CPU in f32 our kernels
 //! (`crate::kernels`) run conv2d and GroupNorm(+SiLU); elsewhere (CUDA, f16/bf16) and with

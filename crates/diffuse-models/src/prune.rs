@@ -17,7 +17,7 @@
 //! The new widths go into `config.json` under [`RESNET_INNER_KEY`], which diffuse's UNet builder
 //! reads; diffusers' `UNet2DModel` cannot express them, so a pruned folder is diffuse-only.
 
-use crate::config::{UNet2DConfig, RESNET_INNER_KEY};
+use crate::config::{ResnetTimeScaleShift, UNet2DConfig, RESNET_INNER_KEY};
 use crate::{Error, Result};
 use candle_core::{Device, Tensor};
 use std::collections::HashMap;
@@ -97,7 +97,10 @@ pub fn prune_unet(
     }
     config.validate()?;
     let groups = config.norm_num_groups;
-    let scale_shift = config.resnet_time_scale_shift == "scale_shift";
+    let scale_shift = match config.resnet_time_scale_shift {
+        ResnetTimeScaleShift::Default => false,
+        ResnetTimeScaleShift::ScaleShift => true,
+    };
     let mut out = tensors.clone();
     let mut cfg = config.clone();
     let mut report = Vec::new();

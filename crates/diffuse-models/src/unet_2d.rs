@@ -3,7 +3,9 @@
 //! (`diffuse_resnet_inner_channels`, `crate::prune`) narrows the inside of ResNet blocks.
 
 use crate::blocks::{BlockSpec, DownBlock, MidBlock, UpBlock};
-use crate::config::{ClassEmbedding, UNet2DConfig};
+use crate::config::{
+    ClassEmbedding, MidBlockType, ResnetTimeScaleShift, TimeEmbeddingType, UNet2DConfig,
+};
 use crate::embeddings::{TimeProjection, TimestepEmbedding};
 use crate::ops;
 use crate::resnet::{ResnetOptions, TimeNorm};
@@ -48,8 +50,8 @@ impl UNet2DModel {
             ..Default::default()
         };
         let conv_in = candle_nn::conv2d(c.in_channels, ch[0], 3, conv3, vb.pp("conv_in"))?;
-        let (time_proj, time_in) = match c.time_embedding_type.as_str() {
-            "fourier" => (
+        let (time_proj, time_in) = match c.time_embedding_type {
+            TimeEmbeddingType::Fourier => (
                 TimeProjection::Fourier {
                     weight: vb.pp("time_proj").get_with_hints(
                         ch[0],
@@ -62,7 +64,7 @@ impl UNet2DModel {
                 },
                 2 * ch[0],
             ),
-            "learned" => (
+            TimeEmbeddingType::Learned => (
                 TimeProjection::Learned {
                     table: candle_nn::embedding(
                         c.num_train_timesteps.expect("validated"),
@@ -72,7 +74,7 @@ impl UNet2DModel {
                 },
                 ch[0],
             ),
-            _ => (
+            TimeEmbeddingType::Positional => (
                 TimeProjection::Positional {
                     dim: ch[0],
                     flip_sin_to_cos: c.flip_sin_to_cos,
@@ -94,10 +96,9 @@ impl UNet2DModel {
             )?),
             ClassEmbedding::Identity => ClassEmb::Identity,
         };
-        let time_norm = if c.resnet_time_scale_shift == "scale_shift" {
-            TimeNorm::ScaleShift
-        } else {
-            TimeNorm::Default
+        let time_norm = match c.resnet_time_scale_shift {
+            ResnetTimeScaleShift::Default => TimeNorm::Default,
+            ResnetTimeScaleShift::ScaleShift => TimeNorm::ScaleShift,
         };
         let opts = ResnetOptions {
             groups: c.norm_num_groups,
@@ -126,13 +127,13 @@ impl UNet2DModel {
                 out,
             );
             let spec = BlockSpec {
-                block_type: t,
                 num_layers: c.layers_per_block,
                 in_channels: input,
                 out_channels: out,
                 prev_output_channels: 0,
-                resample: i != n - 1,
-                resample_type: &c.downsample_type,
+                attention: t.has_attention(),
+                resampler: (i != n - 1).then(|| t.resampler(c.downsample_type)),
+                takes_skips: false,
                 downsample_padding: c.downsample_padding,
                 attention_head_dim: c.attention_head_dim,
                 resnet_inner: &widths,
@@ -140,7 +141,7 @@ impl UNet2DModel {
             down_blocks.push(DownBlock::new(&spec, opts, vb.pp("down_blocks").pp(i))?);
         }
         let mid_block = match c.mid_block_type {
-            Some(_) => {
+            Some(MidBlockType::UNetMidBlock2D) => {
                 let last = ch[n - 1];
                 let groups = c.attn_norm_num_groups.or(match time_norm {
                     TimeNorm::Default => Some(c.norm_num_groups),
@@ -177,13 +178,13 @@ impl UNet2DModel {
                 out,
             );
             let spec = BlockSpec {
-                block_type: t,
                 num_layers: c.layers_per_block + 1,
                 in_channels: input,
                 out_channels: out,
                 prev_output_channels: prev,
-                resample: i != n - 1,
-                resample_type: &c.upsample_type,
+                attention: t.has_attention(),
+                resampler: (i != n - 1).then(|| t.resampler(c.upsample_type)),
+                takes_skips: true,
                 downsample_padding: c.downsample_padding,
                 attention_head_dim: c.attention_head_dim,
                 resnet_inner: &widths,
@@ -336,7 +337,7 @@ impl UNet2DModel {
         }
         h = ops::group_norm(&h, &self.conv_norm_out, true)?;
         h = ops::conv2d(&h, &self.conv_out)?;
-        if self.config.time_embedding_type == "fourier" {
+        if self.config.time_embedding_type == TimeEmbeddingType::Fourier {
             let t = Tensor::from_vec(ts, (b, 1, 1, 1), dev)?.to_dtype(dtype)?;
             h = h.broadcast_div(&t)?;
         }

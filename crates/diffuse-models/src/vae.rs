@@ -4,7 +4,7 @@
 //! attention and mid blocks are the UNet's own (`blocks`, `resnet`, `attention`).
 
 use crate::blocks::{BlockSpec, DownBlock, MidBlock, UpBlock};
-use crate::config::AutoencoderKLConfig;
+use crate::config::{AutoencoderKLConfig, ResampleType, VaeDownBlockType, VaeUpBlockType};
 use crate::ops;
 use crate::resnet::{ResnetOptions, TimeNorm};
 use crate::{Error, Result};
@@ -62,14 +62,16 @@ impl Encoder {
         for (i, t) in c.down_block_types.iter().enumerate() {
             let input = out;
             out = ch[i];
+            // ResNets, then a conv downsampler; no attention.
+            let VaeDownBlockType::DownEncoderBlock2D = *t;
             let spec = BlockSpec {
-                block_type: t,
                 num_layers: c.layers_per_block,
                 in_channels: input,
                 out_channels: out,
                 prev_output_channels: 0,
-                resample: i != n - 1,
-                resample_type: "conv",
+                attention: false,
+                resampler: (i != n - 1).then_some(ResampleType::Conv),
+                takes_skips: false,
                 downsample_padding: 0,
                 attention_head_dim: None,
                 resnet_inner: &[],
@@ -134,14 +136,16 @@ impl Decoder {
         for (i, t) in c.up_block_types.iter().enumerate() {
             let prev = out;
             out = ch[n - 1 - i];
+            // ResNets without skips, then a conv upsampler; no attention.
+            let VaeUpBlockType::UpDecoderBlock2D = *t;
             let spec = BlockSpec {
-                block_type: t,
                 num_layers: c.layers_per_block + 1,
                 in_channels: prev,
                 out_channels: out,
                 prev_output_channels: prev,
-                resample: i != n - 1,
-                resample_type: "conv",
+                attention: false,
+                resampler: (i != n - 1).then_some(ResampleType::Conv),
+                takes_skips: false,
                 downsample_padding: 0,
                 attention_head_dim: None,
                 resnet_inner: &[],

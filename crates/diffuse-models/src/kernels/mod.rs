@@ -1,6 +1,6 @@
-//! Our own CPU kernels (DESIGN.md "one seam for speed"): each is a candle CustomOp with a
-//! forward and a backward, checked against the plain candle op and by finite differences.
-//! `ops` decides when they run (CPU, f32, `DIFFUSE_KERNELS` not `candle`).
+//! Our own CPU kernels (docs/ARCHITECTURE.md, "one seam for speed"): each is a candle
+//! CustomOp with a forward and a backward, checked against the plain candle op and by finite
+//! differences. `ops` decides when they run (CPU, f32, `DIFFUSE_KERNELS` not `candle`).
 
 /// Defines `$fast`, which runs the `#[inline(always)]` function `$generic` compiled for
 /// AVX-512, else AVX2+FMA, when the CPU has them (checked at run time), else as built.

@@ -163,10 +163,7 @@ pub struct Exported {
 /// `_class_name` of a model folder's config.json, if it has one.
 fn class_name(dir: &Path) -> Result<Option<String>> {
     let path = dir.join(CONFIG_NAME);
-    let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
-        path: path.display().to_string(),
-        source,
-    })?;
+    let text = std::fs::read_to_string(&path).map_err(Error::io(&path))?;
     let v: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| Error::Config(format!("{}: malformed JSON: {e}", path.display())))?;
     Ok(v.get("_class_name")

@@ -8,6 +8,7 @@ use super::graph::{Attr, Dim, Graph};
 use super::proto::{ModelProto, FLOAT, INT64};
 use crate::attention::SpatialAttention;
 use crate::blocks::{Down, DownBlock, MidBlock, Up, UpBlock};
+use crate::config::TimeEmbeddingType;
 use crate::embeddings::{TimeProjection, TimestepEmbedding};
 use crate::resnet::{Resample, ResnetBlock2D, TimeNorm};
 use crate::unet_2d::{ClassEmb, UNet2DModel};
@@ -355,7 +356,7 @@ pub(crate) fn export(m: &UNet2DModel) -> Result<ModelProto> {
     }
     h = g.group_norm("conv_norm_out", &h, &m.conv_norm_out, true)?;
     h = g.conv("conv_out", &h, &m.conv_out, None)?;
-    if c.time_embedding_type == "fourier" {
+    if c.time_embedding_type == TimeEmbeddingType::Fourier {
         // score-SDE models divide the output by σ (the "timestep")
         let t = g.reshape("out_sample", "timestep", &[-1, 1, 1, 1]);
         h = g.op("Div", "out_sample", &[&h, &t], &[]);

@@ -1,0 +1,113 @@
+//! `config.json` of `UNet2DModel` (`src/diffusers/models/unets/unet_2d.py`), of
+//! `AutoencoderKL` (`models/autoencoders/autoencoder_kl.py`) and of `DiTTransformer2DModel`
+//! (`models/transformers/dit_transformer_2d.py`), with diffusers' keys and defaults. Unknown keys
+//! are kept and written back.
+//!
+//! Options with a fixed set of values are serde enums whose variants serialize to diffusers'
+//! strings; an unknown value fails at load with an error that names the key and lists the
+//! allowed values.
+
+mod dit;
+mod unet;
+mod vae;
+
+pub use dit::{DiTActivation, DiTNormType, DiTTransformer2DConfig};
+pub use unet::{
+    ClassEmbedType, ClassEmbedding, DownBlockType, MidBlockType, ResampleType,
+    ResnetTimeScaleShift, TimeEmbeddingType, UNet2DConfig, UpBlockType, RESNET_INNER_KEY,
+};
+pub use vae::{AutoencoderKLConfig, VaeDownBlockType, VaeUpBlockType};
+
+use crate::{Error, Result};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// diffusers' default `in_channels` / `out_channels` (RGB).
+const RGB_CHANNELS: usize = 3;
+/// diffusers' default `norm_num_groups`.
+const NORM_NUM_GROUPS: usize = 32;
+/// diffusers' default `norm_eps`.
+const NORM_EPS: f64 = 1e-5;
+
+/// Sample size: one int or [height, width].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum SampleSize {
+    Square(usize),
+    Rect(Vec<usize>),
+}
+
+/// `act_fn` of the ResNet blocks. Both names are SiLU, the one activation `ops::group_norm`
+/// fuses; the name read is written back.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActFn {
+    #[default]
+    Silu,
+    Swish,
+}
+
+/// Parses a model's `config.json` text: `_class_name` first (a config of another model says
+/// so), then each key into its typed field, with errors that name the key.
+fn parse<T: DeserializeOwned>(text: &str, model: &str, classes: &[&str]) -> Result<T> {
+    let value: Value =
+        serde_json::from_str(text).map_err(|e| Error::Config(format!("{model} config: {e}")))?;
+    if let Some(name) = value.get("_class_name").and_then(Value::as_str) {
+        check_class_name(name, classes)?;
+    }
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let key = e.path().to_string();
+        let inner = e.into_inner();
+        if key == "." {
+            Error::Config(format!("{model} config: {inner}"))
+        } else {
+            key_error(&key, inner.to_string())
+        }
+    })
+}
+
+/// `_class_name` must be one of `classes` (the first is the canonical one).
+fn check_class_name(name: &str, classes: &[&str]) -> Result<()> {
+    if classes.contains(&name) {
+        Ok(())
+    } else {
+        Err(key_error(
+            "_class_name",
+            format!(
+                "{name:?} is not a {} config; allowed: {}",
+                classes[0],
+                classes.join(", ")
+            ),
+        ))
+    }
+}
+
+/// `quantization_config`, when present, must be one diffuse reads (`crate::quant`).
+fn check_quantization(v: Option<&Value>) -> Result<()> {
+    match v {
+        None | Some(Value::Null) => Ok(()),
+        Some(v) => crate::quant::QuantizationConfig::from_value(v).map(|_| ()),
+    }
+}
+
+/// A config error that names the key.
+fn key_error(key: &str, msg: String) -> Error {
+    Error::Config(format!("config key `{key}`: {msg}"))
+}
+
+/// `norm_num_groups` must divide every width of `block_out_channels`.
+fn check_groups(groups: usize, channels: &[usize]) -> Result<()> {
+    if groups == 0 {
+        return Err(key_error("norm_num_groups", "must be at least 1".into()));
+    }
+    for &c in channels {
+        if c == 0 || !c.is_multiple_of(groups) {
+            return Err(key_error(
+                "norm_num_groups",
+                format!("{groups} groups do not divide block_out_channels {c}"),
+            ));
+        }
+    }
+    Ok(())
+}
