@@ -85,12 +85,12 @@ pub fn run(args: Args) -> Result<()> {
     let dtype = diffuse_models::weights::parse_dtype(&args.dtype)
         .map_err(|e| anyhow::anyhow!("--dtype: {e}"))?;
     let folder = resolve_model_folder(&args.model)?;
-    if let (Some(ema), false, false) = (&folder.ema_unet_dir, args.no_ema, args.quiet) {
+    if let (Some(ema), false, false) = (&folder.ema_net_dir, args.no_ema, args.quiet) {
         eprintln!(
             "using the EMA weights in {} (--no-ema for {}/)",
             ema.display(),
             folder
-                .unet_dir
+                .net_dir
                 .file_name()
                 .unwrap_or_default()
                 .to_string_lossy()

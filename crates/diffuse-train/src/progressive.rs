@@ -251,7 +251,7 @@ impl Progressive {
         if !same {
             return Err(err(&"its noise schedule (betas, num_train_timesteps) differs from the student's [scheduler]"));
         }
-        let net_dir = folder.net_dir(section.teacher_no_ema).to_path_buf();
+        let net_dir = folder.net_dir_to_load(section.teacher_no_ema).to_path_buf();
         let (net, varmap) =
             diffuse_models::weights::load_net(&net_dir, device).map_err(|e| err(&e))?;
         let teacher = diffuse_models::weights::from_tensors::<DenoiserNet>(

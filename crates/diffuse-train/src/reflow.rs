@@ -168,7 +168,7 @@ pub fn open_teacher(dir: &Path, no_ema: bool, device: &Device) -> Result<Teacher
             dir.display()
         )));
     };
-    let unet_dir = folder.net_dir(no_ema).to_path_buf();
+    let unet_dir = folder.net_dir_to_load(no_ema).to_path_buf();
     let (model, vae) = folder.load(no_ema, device).map_err(|e| err(&e))?;
     let text = std::fs::read_to_string(&sched_path).map_err(io_err(&sched_path))?;
     let scheduler: Map<String, Value> = serde_json::from_str(&text)
@@ -201,7 +201,7 @@ pub fn open_teacher(dir: &Path, no_ema: bool, device: &Device) -> Result<Teacher
     Ok(Teacher {
         dir: dir.to_path_buf(),
         shape: [model.in_channels(), h, w],
-        no_ema: no_ema && folder.ema_unet_dir.is_some(),
+        no_ema: no_ema && folder.ema_net_dir.is_some(),
         folder,
         model,
         vae,
@@ -745,7 +745,7 @@ pub fn student_config(
     if !own_model && !user_init {
         // The weights that made the pairs: the EMA UNet unless the teacher ran with `no_ema`.
         let init = if teacher.no_ema {
-            teacher.folder.unet_dir.clone()
+            teacher.folder.net_dir.clone()
         } else {
             teacher.dir.clone()
         };
