@@ -12,8 +12,9 @@
 //! - [`checkpoint`]: gradient checkpointing (activations recomputed in backward).
 //! - [`onnx`]: ONNX export of a UNet, DiT or VAE decoder, written by diffuse itself.
 //! - [`precision`]: bf16/f16 copies of a network (mixed-precision training, `sample --dtype`).
-//! - [`denoise`]: a loaded model as a `diffuse_core` denoiser; [`pipeline`]: batched generation
-//!   (pixel or latent); [`latent_cache`]: a data set encoded once into latent shards.
+//! - [`denoise`]: a loaded model as a `diffuse_core` denoiser; [`pipeline`]: the one folder
+//!   loader ([`pipeline::Pipeline`]) and batched generation (pixel or latent);
+//!   [`latent_cache`]: a data set encoded once into latent shards.
 //! - [`quant`]: int8 weights with per-channel scales (`diffuse quantize`); [`prune`]:
 //!   structured pruning of the ResNet blocks' inner channels (`diffuse prune`).
 
