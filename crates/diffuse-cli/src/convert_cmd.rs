@@ -38,16 +38,12 @@ pub fn run(args: Args) -> Result<()> {
                 diffuse_data::fs::write_atomic(&args.output.join(rel), &bytes)?;
             }
         }
-        args.output.join(
-            folder
-                .unet_dir
-                .file_name()
-                .context("a pipeline component")?,
-        )
+        args.output
+            .join(folder.net_dir.file_name().context("a pipeline component")?)
     } else {
         args.output.clone()
     };
-    let mut n = resave::<DenoiserNet>(&folder.unet_dir, &unet_out, dtype)?;
+    let mut n = resave::<DenoiserNet>(&folder.net_dir, &unet_out, dtype)?;
     if let Some(vae) = &folder.vae_dir {
         n += resave::<AutoencoderKL>(vae, &args.output.join("vae"), dtype)?;
     }

@@ -5,7 +5,7 @@
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use diffuse_core::config::SchedulerConfig;
-use diffuse_core::sampler::{Sampler, SamplerOptions};
+use diffuse_core::sampler::SamplerOptions;
 use diffuse_data::datasets::{self, Split};
 use diffuse_eval::classifier::{self, MnistClassifier};
 use diffuse_eval::evaluate::{evaluate, EvalOptions, Metric, Reference};
@@ -14,11 +14,8 @@ use diffuse_eval::images::{DatasetImages, FolderImages, ImageBatch, ImageSource,
 use diffuse_eval::inception::{self, InceptionV3};
 use diffuse_eval::metrics::{GaussianStats, KidOptions};
 use diffuse_eval::resize::ResizeMode;
-use diffuse_models::net::DenoiserNet;
-use diffuse_models::pipeline::{decode_latents, generate, GenerateOptions};
-use diffuse_models::weights::resolve_model_folder;
+use diffuse_models::pipeline::{GenerateOptions, LoadOptions, Pipeline};
 use indicatif::ProgressBar;
-use serde_json::Map;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
@@ -381,14 +378,10 @@ fn fetch_inception(from: Option<PathBuf>) -> Result<()> {
     Ok(())
 }
 
-/// Generates `num_samples` images from a pipeline folder (as `diffuse sample` does), with
-/// classes 0..k−1 in turn for class-conditional models.
-/// A pipeline folder loaded once for sampling many times (`--model`, `eval sweep`): the UNet
-/// (EMA weights unless `no_ema`), the VAE of latent pipelines, the scheduler config.
+/// A pipeline folder loaded once for sampling many times (`--model`, `eval sweep`):
+/// [`Pipeline`] with its images as an evaluation source.
 pub(crate) struct ModelSampler {
-    model: DenoiserNet,
-    vae: Option<diffuse_models::AutoencoderKL>,
-    sched: Map<String, serde_json::Value>,
+    pipe: Pipeline,
     size: (usize, usize),
     /// Classes of a class-conditional model (its table minus the null class).
     pub classes: Option<usize>,
@@ -404,28 +397,17 @@ pub(crate) struct Generated {
 
 impl ModelSampler {
     pub fn load(dir: &Path, no_ema: bool, dev: &Device) -> Result<Self> {
-        let folder = resolve_model_folder(dir)?;
-        let (model, vae) = folder.load(no_ema, dev)?;
-        let sched = match folder.scheduler_config.as_ref() {
-            Some(p) => crate::common::read_json_object(p)?,
-            None => Map::from_iter([("_class_name".into(), "DDIMScheduler".into())]),
+        let opts = LoadOptions {
+            no_ema,
+            ..Default::default()
         };
-        let size = model
-            .config()
+        let pipe = Pipeline::load(dir, &opts, dev)?;
+        let size = pipe
             .sample_hw()
             .context("the model config has no sample_size")?;
-        let classes = if model.is_class_conditional() {
-            match model.num_classes() {
-                Some(n) => Some(n.saturating_sub(1).max(1)),
-                None => bail!("--model: class conditioning without a class table is not supported"),
-            }
-        } else {
-            None
-        };
+        let classes = pipe.classes().context("--model")?;
         Ok(ModelSampler {
-            model,
-            vae,
-            sched,
+            pipe,
             size,
             classes,
             name: dir.display().to_string(),
@@ -435,28 +417,23 @@ impl ModelSampler {
     /// Forward GFLOPs of the network for one image (at its input size; VAE decoding excluded).
     pub fn gflops(&self) -> f64 {
         let (h, w) = self.size;
-        diffuse_models::flops::net_forward_flops(&self.model.config(), h, w).total() as f64 / 1e9
+        diffuse_models::flops::net_forward_flops(&self.pipe.net.config(), h, w).total() as f64 / 1e9
     }
 
     /// (height, width) of the generated images (latents times the VAE's downsampling).
     pub fn image_size(&self) -> (usize, usize) {
-        let f = self.vae.as_ref().map_or(1, |v| {
-            1 << v.config().block_out_channels.len().saturating_sub(1)
-        });
+        let f = self.pipe.downscale();
         (self.size.0 * f, self.size.1 * f)
     }
 
     /// The scheduler config with `sampler` (a class name or alias) swapped in.
     pub fn scheduler(&self, sampler: Option<&str>) -> Result<SchedulerConfig> {
-        let mut sched = self.sched.clone();
-        if let Some(s) = sampler {
-            sched.insert("_class_name".into(), s.into());
-        }
-        Ok(SchedulerConfig::from_json_map(&sched)?)
+        Ok(self.pipe.scheduler_config(sampler)?)
     }
 
     /// `n` images (classes 0…k−1 in turn unless `class_label`), decoded when latent, quantized
-    /// as PNGs would be; `bar` shows model calls.
+    /// as PNGs would be; `bar` shows model calls. The pipeline samples on the device it was
+    /// loaded on (`dev`).
     #[allow(clippy::too_many_arguments)]
     pub fn generate(
         &self,
@@ -467,15 +444,14 @@ impl ModelSampler {
         class_label: Option<u32>,
         seed: u64,
         batch_size: usize,
-        dev: &Device,
+        _dev: &Device,
         bar: &ProgressBar,
     ) -> Result<Generated> {
         let config = self.scheduler(sampler)?;
-        let sampler = Sampler::with_options(&config, steps, SamplerOptions::default())?;
-        let labels = self.classes.map(|k| match class_label {
-            Some(c) => vec![c; n],
-            None => (0..n).map(|i| (i % k) as u32).collect(),
-        });
+        let sampler = self
+            .pipe
+            .sampler(sampler, Some(steps), SamplerOptions::default())?;
+        let labels = self.pipe.labels_in_turn(n, class_label)?;
         let opts = GenerateOptions {
             num_images: n,
             batch_size,
@@ -487,14 +463,11 @@ impl ModelSampler {
             initial_noise: None,
         };
         let started = std::time::Instant::now();
-        let mut images = generate(&self.model, &sampler, &opts, dev, &mut |p| {
+        let images = self.pipe.generate(&sampler, &opts, 16, &mut |p| {
             bar.set_length(p.total as u64);
             bar.set_position(p.done as u64);
             ControlFlow::Continue(())
         })?;
-        if let Some(vae) = &self.vae {
-            images = decode_latents(vae, &images, 16)?;
-        }
         let images = images.to_device(&Device::Cpu)?;
         let seconds = started.elapsed().as_secs_f64();
         let name = format!(

@@ -87,7 +87,7 @@ pub(crate) fn derive_folder<T>(
         std::fs::remove_dir_all(&tmp)
             .with_context(|| format!("cannot remove {}", tmp.display()))?;
     }
-    let src_net = folder.net_dir(no_ema).to_path_buf();
+    let src_net = folder.net_dir_to_load(no_ema).to_path_buf();
     let result = (|| -> Result<(T, PathBuf)> {
         std::fs::create_dir_all(&tmp)
             .with_context(|| format!("cannot create {}", tmp.display()))?;
@@ -110,12 +110,7 @@ pub(crate) fn derive_folder<T>(
             if let Some(vae) = &folder.vae_dir {
                 copy_model_folder(vae, &tmp.join("vae"))?;
             }
-            PathBuf::from(
-                folder
-                    .unet_dir
-                    .file_name()
-                    .context("a pipeline component")?,
-            )
+            PathBuf::from(folder.net_dir.file_name().context("a pipeline component")?)
         } else {
             PathBuf::new()
         };

@@ -4,13 +4,10 @@
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
-use diffuse_core::config::SchedulerConfig;
-use diffuse_core::sampler::{Sampler, SamplerOptions};
+use diffuse_core::sampler::SamplerOptions;
 use diffuse_data::image_io;
-use diffuse_models::pipeline::{decode_latents, generate, GenerateOptions};
-use diffuse_models::weights::resolve_model_folder;
+use diffuse_models::pipeline::{GenerateOptions, LoadOptions, Pipeline};
 use indicatif::{ProgressBar, ProgressStyle};
-use serde_json::Map;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -84,42 +81,39 @@ pub fn run(args: Args) -> Result<()> {
     let dev = crate::common::device(&args.device)?;
     let dtype = diffuse_models::weights::parse_dtype(&args.dtype)
         .map_err(|e| anyhow::anyhow!("--dtype: {e}"))?;
-    let folder = resolve_model_folder(&args.model)?;
-    if let (Some(ema), false, false) = (&folder.ema_unet_dir, args.no_ema, args.quiet) {
+    let scheduler = match &args.scheduler_config {
+        Some(p) => Some(crate::common::read_json_object(p)?),
+        None => None,
+    };
+    let load = LoadOptions {
+        no_ema: args.no_ema,
+        dtype,
+        scheduler,
+        sampler: args.sampler.clone(),
+    };
+    let pipe = Pipeline::load(&args.model, &load, &dev)?;
+    if let (Some(ema), false, false) = (&pipe.folder.ema_net_dir, args.no_ema, args.quiet) {
         eprintln!(
             "using the EMA weights in {} (--no-ema for {}/)",
             ema.display(),
-            folder
-                .unet_dir
+            pipe.folder
+                .net_dir
                 .file_name()
                 .unwrap_or_default()
                 .to_string_lossy()
         );
     }
-    let (model, vae) = diffuse_models::precision::load_as(&folder, args.no_ema, dtype, &dev)?;
-    // Images are `f` times larger than what the network denoises.
-    let f = vae.as_ref().map_or(1, |v| v.config().downscale());
-    let mut sched = match args
-        .scheduler_config
-        .as_ref()
-        .or(folder.scheduler_config.as_ref())
-    {
-        Some(p) => crate::common::read_json_object(p)?,
-        None => Map::from_iter([("_class_name".into(), "DDIMScheduler".into())]),
-    };
-    if let Some(s) = &args.sampler {
-        sched.insert("_class_name".into(), s.clone().into());
-    }
-    let config = SchedulerConfig::from_json_map(&sched)?;
-    let sampler = Sampler::with_options(
-        &config,
-        args.steps.or(config.num_inference_steps).unwrap_or(50),
+    let sampler = pipe.sampler(
+        None,
+        args.steps,
         SamplerOptions {
             eta: args.eta,
             ..Default::default()
         },
     )?;
-    let size = match (args.size, model.sample_hw()) {
+    // Images are `f` times larger than what the network denoises.
+    let f = pipe.downscale();
+    let size = match (args.size, pipe.sample_hw()) {
         (Some(s), _) if s % f != 0 => {
             bail!("--size {s}: must be a multiple of the VAE's downscale factor {f}")
         }
@@ -174,15 +168,15 @@ pub fn run(args: Args) -> Result<()> {
         b
     };
     let start = Instant::now();
-    let mut images = generate(&model, &sampler, &opts, &dev, &mut |p| {
+    let mut images = pipe.generate_latents(&sampler, &opts, &mut |p| {
         bar.set_length(p.total as u64);
         bar.set_position(p.done as u64);
         ControlFlow::Continue(())
     })?;
     bar.finish_and_clear();
-    if let Some(vae) = &vae {
+    if pipe.vae.is_some() {
         let t = Instant::now();
-        images = decode_latents(vae, &images, args.vae_slice)?;
+        images = pipe.decode(&images, args.vae_slice)?;
         if !args.quiet {
             eprintln!(
                 "decoded {num_images} latents in {:.2} s",

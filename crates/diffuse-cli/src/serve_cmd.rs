@@ -60,7 +60,7 @@ pub fn run(args: Args) -> Result<()> {
     for m in &args.model {
         let id = state
             .add_model(m, &device)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", m.display()))?;
+            .with_context(|| m.display().to_string())?;
         eprintln!("loaded model {id:?} from {}", m.display());
     }
     let state = Arc::new(state);

@@ -13,8 +13,9 @@
 //! - [`onnx`]: ONNX export of a UNet, DiT or VAE decoder, written by diffuse itself.
 //! - [`flops`]: analytic forward FLOPs of a UNet or DiT config (the bench's GFLOP/s).
 //! - [`precision`]: bf16/f16 copies of a network (mixed-precision training, `sample --dtype`).
-//! - [`denoise`]: a loaded model as a `diffuse_core` denoiser; [`pipeline`]: batched generation
-//!   (pixel or latent); [`latent_cache`]: a data set encoded once into latent shards.
+//! - [`denoise`]: a loaded model as a `diffuse_core` denoiser; [`pipeline`]: the one folder
+//!   loader ([`pipeline::Pipeline`]) and batched generation (pixel or latent);
+//!   [`latent_cache`]: a data set encoded once into latent shards.
 //! - [`quant`]: int8 weights with per-channel scales (`diffuse quantize`); [`prune`]:
 //!   structured pruning of the ResNet blocks' inner channels (`diffuse prune`).
 

@@ -2,7 +2,7 @@
 //! plus what a service needs: batching of K images in chunks, one noise stream per image (the
 //! same seed gives the same image at any batch size), class labels and classifier-free
 //! guidance. Latent diffusion: the same loop over an AutoencoderKL's latents, then
-//! [`decode_latents`].
+//! [`decode_latents`]. [`Pipeline`] loads a folder (network, VAE, scheduler config) for it.
 
 use crate::denoise::NetDenoiser;
 use crate::net::{DenoiserConfig, DenoiserNet};
@@ -12,6 +12,9 @@ use diffuse_core::denoiser::{ClassifierFreeGuidance, Denoiser};
 use diffuse_core::rng::{NoiseSource, SeededNoise};
 use diffuse_core::sampler::{sample, Sampler};
 use std::ops::ControlFlow;
+
+mod load;
+pub use load::{LoadOptions, Pipeline, DEFAULT_SCHEDULER, DEFAULT_STEPS};
 
 /// What to generate.
 #[derive(Debug, Clone)]

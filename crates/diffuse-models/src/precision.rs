@@ -23,7 +23,7 @@ pub fn from_tensors_as<M: DiffusersModel>(
     M::build(config, VarBuilder::from_tensors(tensors, dtype, device))
 }
 
-/// The network of `folder` ([`ModelFolder::net_dir`]) with `dtype` weights, and its VAE (f32:
+/// The network of `folder` ([`ModelFolder::net_dir_to_load`]) with `dtype` weights, and its VAE (f32:
 /// the VAE decodes once per image) for a latent pipeline — [`ModelFolder::load`] at another
 /// precision.
 pub fn load_as(
@@ -35,7 +35,7 @@ pub fn load_as(
     if dtype == DType::F32 {
         return folder.load(no_ema, device);
     }
-    let (net, varmap) = weights::load_net(folder.net_dir(no_ema), device)?;
+    let (net, varmap) = weights::load_net(folder.net_dir_to_load(no_ema), device)?;
     let config = net.config();
     drop(net);
     let net =

@@ -86,14 +86,14 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
 pub struct ModelFolder {
     /// The folder holding the denoising network's config.json and weights: `unet/`, or
     /// `transformer/` of a DiT pipeline (load it with [`load_net`]).
-    pub unet_dir: PathBuf,
+    pub net_dir: PathBuf,
     /// `scheduler/scheduler_config.json` of a pipeline folder, if there is one.
     pub scheduler_config: Option<PathBuf>,
     /// The pipeline class (`DDPMPipeline`, …) when the folder is a pipeline.
     pub pipeline_class: Option<String>,
     /// `unet_ema/` beside `unet/` (`transformer_ema/` beside `transformer/`), as `diffuse
     /// train` writes it (EMA of the weights).
-    pub ema_unet_dir: Option<PathBuf>,
+    pub ema_net_dir: Option<PathBuf>,
     /// `vae/` of a latent pipeline: the UNet denoises this AutoencoderKL's latents.
     pub vae_dir: Option<PathBuf>,
 }
@@ -101,20 +101,20 @@ pub struct ModelFolder {
 impl ModelFolder {
     /// The network folder to load: the EMA copy (`unet_ema/`, `transformer_ema/`) when there is
     /// one, unless `no_ema`.
-    pub fn net_dir(&self, no_ema: bool) -> &Path {
-        match (&self.ema_unet_dir, no_ema) {
+    pub fn net_dir_to_load(&self, no_ema: bool) -> &Path {
+        match (&self.ema_net_dir, no_ema) {
             (Some(ema), false) => ema,
-            _ => &self.unet_dir,
+            _ => &self.net_dir,
         }
     }
 
-    /// The network of [`Self::net_dir`] and, for a latent pipeline, its VAE, checked against it.
+    /// The network of [`Self::net_dir_to_load`] and, for a latent pipeline, its VAE, checked against it.
     pub fn load(
         &self,
         no_ema: bool,
         device: &Device,
     ) -> Result<(DenoiserNet, Option<crate::AutoencoderKL>)> {
-        let (net, _) = load_net(self.net_dir(no_ema), device)?;
+        let (net, _) = load_net(self.net_dir_to_load(no_ema), device)?;
         let vae = match &self.vae_dir {
             Some(d) => {
                 let (vae, _) = load_vae(d, device)?;
@@ -159,7 +159,7 @@ pub fn resolve_model_folder(dir: &Path) -> Result<ModelFolder> {
                     index.display()
                 ))
             })?;
-        let unet_dir = dir.join(component);
+        let net_dir = dir.join(component);
         let vae_dir = if !names_component(v.get("vae")) {
             None
         } else if dir.join("vae").join(CONFIG_NAME).exists() {
@@ -174,9 +174,9 @@ pub fn resolve_model_folder(dir: &Path) -> Result<ModelFolder> {
         let sched = dir.join("scheduler").join("scheduler_config.json");
         let ema = dir.join(format!("{component}_ema"));
         return Ok(ModelFolder {
-            unet_dir,
+            net_dir,
             vae_dir,
-            ema_unet_dir: ema.join(CONFIG_NAME).exists().then_some(ema),
+            ema_net_dir: ema.join(CONFIG_NAME).exists().then_some(ema),
             scheduler_config: sched.exists().then_some(sched),
             pipeline_class: v
                 .get("_class_name")
@@ -186,10 +186,10 @@ pub fn resolve_model_folder(dir: &Path) -> Result<ModelFolder> {
     }
     if dir.join(CONFIG_NAME).exists() {
         return Ok(ModelFolder {
-            unet_dir: dir.to_path_buf(),
+            net_dir: dir.to_path_buf(),
             scheduler_config: None,
             pipeline_class: None,
-            ema_unet_dir: None,
+            ema_net_dir: None,
             vae_dir: None,
         });
     }

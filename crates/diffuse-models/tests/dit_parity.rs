@@ -179,9 +179,9 @@ fn pixel_dit_pipeline_loads_and_samples_like_diffusers() {
     let folder = resolve_model_folder(&pipe).unwrap();
     assert_eq!(folder.pipeline_class.as_deref(), Some("DiTPipeline"));
     assert!(folder.vae_dir.is_none(), "\"vae\": [null, null] is no VAE");
-    assert!(folder.unet_dir.ends_with("transformer"));
+    assert!(folder.net_dir.ends_with("transformer"));
     // diffuse writes the same model_index.json as diffusers' DiTPipeline(vae=None).
-    let (net, _) = load_net(&folder.unet_dir, &Device::Cpu).unwrap();
+    let (net, _) = load_net(&folder.net_dir, &Device::Cpu).unwrap();
     let written = weights::pipeline_index(&net.config(), "DDIMScheduler", false);
     let diffusers: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(pipe.join("model_index.json")).unwrap())

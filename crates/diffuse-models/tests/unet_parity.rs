@@ -63,7 +63,7 @@ fn half_precision_weights_load_upcast() {
 fn five_step_ddim_and_dpmpp_match_a_diffusers_loop() {
     let folder = resolve_model_folder(&fixtures().join("pipeline_basic")).unwrap();
     assert_eq!(folder.pipeline_class.as_deref(), Some("DDPMPipeline"));
-    let (model, _) = load_unet(&folder.unet_dir, &Device::Cpu).unwrap();
+    let (model, _) = load_unet(&folder.net_dir, &Device::Cpu).unwrap();
     let text = std::fs::read_to_string(folder.scheduler_config.unwrap()).unwrap();
     let ddim = SchedulerConfig::from_json_str(&text).unwrap();
     let mut map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text).unwrap();

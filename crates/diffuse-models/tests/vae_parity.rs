@@ -158,7 +158,7 @@ fn latent_ddim_loop_and_decode_match_diffusers() {
         Some(weights::LATENT_PIPELINE_CLASS)
     );
     let dev = Device::Cpu;
-    let (unet, _) = weights::load_net(&folder.unet_dir, &dev).unwrap();
+    let (unet, _) = weights::load_net(&folder.net_dir, &dev).unwrap();
     let (vae, _) = load_vae(folder.vae_dir.as_ref().unwrap(), &dev).unwrap();
     let text = std::fs::read_to_string(folder.scheduler_config.unwrap()).unwrap();
     let sampler = Sampler::new(&SchedulerConfig::from_json_str(&text).unwrap(), 4).unwrap();

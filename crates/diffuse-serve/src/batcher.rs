@@ -28,7 +28,7 @@ pub struct Job {
     pub size: (usize, usize),
     pub cancel: Arc<AtomicBool>,
     pub progress: Option<mpsc::UnboundedSender<(usize, usize)>>,
-    pub reply: oneshot::Sender<Result<JobResult, String>>,
+    pub reply: oneshot::Sender<Result<JobResult, JobError>>,
     pub enqueued: Instant,
 }
 
@@ -40,6 +40,17 @@ pub struct JobResult {
     pub compute_ms: f64,
     /// Images denoised in the batch this job ran in.
     pub batch_images: usize,
+}
+
+/// Why a queued job failed: the model or sampler error, shared by every job of the batch.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct JobError(pub Arc<diffuse_models::Error>);
+
+impl From<diffuse_models::Error> for JobError {
+    fn from(e: diffuse_models::Error) -> Self {
+        JobError(Arc::new(e))
+    }
 }
 
 /// Why a job was not queued.
@@ -225,7 +236,7 @@ fn run_batch(
                 x,
             }),
             Err(e) => {
-                let _ = job.reply.send(Err(e.to_string()));
+                let _ = job.reply.send(Err(diffuse_models::Error::from(e).into()));
             }
         }
     }
@@ -245,6 +256,7 @@ fn run_batch(
             return;
         }
         if let Err(e) = step_all(model, &mut running, i) {
+            let e = JobError::from(e);
             for r in running {
                 let _ = r.job.reply.send(Err(e.clone()));
             }
@@ -256,11 +268,12 @@ fn run_batch(
             }
         }
     }
-    let decoded: Vec<Result<Tensor, String>> = running
+    let decoded: Vec<Result<Tensor, JobError>> = running
         .iter()
         .map(|r| match vae {
-            Some(v) => diffuse_models::pipeline::decode_latents(v, &r.x, VAE_SLICE)
-                .map_err(|e| e.to_string()),
+            Some(v) => Ok(diffuse_models::pipeline::decode_latents(
+                v, &r.x, VAE_SLICE,
+            )?),
             None => Ok(r.x.clone()),
         })
         .collect();
@@ -278,15 +291,14 @@ fn run_batch(
 }
 
 /// One model call for every running job, then each job's own sampler step.
-fn step_all(model: &DenoiserNet, running: &mut [Running], i: usize) -> Result<(), String> {
-    let err = |e: &dyn std::fmt::Display| e.to_string();
+fn step_all(model: &DenoiserNet, running: &mut [Running], i: usize) -> diffuse_models::Result<()> {
     let mut inputs = Vec::new();
     let mut ts: Vec<f32> = Vec::new();
     let mut labels: Vec<u32> = Vec::new();
     let conditional = model.is_class_conditional();
     for r in running.iter() {
         let j = &r.job;
-        let x_in = j.sampler.scale_model_input(&r.x, i).map_err(|e| err(&e))?;
+        let x_in = j.sampler.scale_model_input(&r.x, i)?;
         let t = j.sampler.timesteps()[i] as f32;
         let guided = j.guidance_scale != 1.0;
         let copies = if guided { 2 } else { 1 };
@@ -302,33 +314,34 @@ fn step_all(model: &DenoiserNet, running: &mut [Running], i: usize) -> Result<()
             }
         }
     }
-    let x_all = Tensor::cat(&inputs, 0).map_err(|e| err(&e))?;
+    let x_all = Tensor::cat(&inputs, 0)?;
     let label_tensor = if conditional {
-        Some(Tensor::from_vec(labels.clone(), labels.len(), x_all.device()).map_err(|e| err(&e))?)
+        Some(Tensor::from_vec(
+            labels.clone(),
+            labels.len(),
+            x_all.device(),
+        )?)
     } else {
         None
     };
-    let out = model
-        .predict(&x_all, &ts, label_tensor.as_ref())
-        .map_err(|e| err(&e))?;
+    let out = model.predict(&x_all, &ts, label_tensor.as_ref())?;
     let mut row = 0;
     for r in running.iter_mut() {
         let n = r.job.n;
-        let cond = out.narrow(0, row, n).map_err(|e| err(&e))?;
+        let cond = out.narrow(0, row, n)?;
         row += n;
         let model_out = if r.job.guidance_scale != 1.0 {
-            let uncond = out.narrow(0, row, n).map_err(|e| err(&e))?;
+            let uncond = out.narrow(0, row, n)?;
             row += n;
-            let diff = (&cond - &uncond).map_err(|e| err(&e))?;
-            (&uncond + (diff * r.job.guidance_scale).map_err(|e| err(&e))?).map_err(|e| err(&e))?
+            let diff = (&cond - &uncond)?;
+            (&uncond + (diff * r.job.guidance_scale)?)?
         } else {
             cond
         };
         let step = r
             .job
             .sampler
-            .step(&mut r.state, &model_out, &r.x, &mut r.noise)
-            .map_err(|e| err(&e))?;
+            .step(&mut r.state, &model_out, &r.x, &mut r.noise)?;
         r.x = step.prev_sample;
     }
     Ok(())

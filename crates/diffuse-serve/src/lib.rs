@@ -20,7 +20,7 @@ use axum::{Json, Router};
 use base64::Engine;
 use batcher::{BatchConfig, Batcher, Job, JobResult, SubmitError};
 use candle_core::Device;
-use diffuse_core::config::SchedulerConfig;
+use diffuse_models::pipeline::{LoadOptions, Pipeline};
 use metrics::Metrics;
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, VecDeque};
@@ -29,6 +29,20 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub use request::ApiError;
+
+/// Why a model folder could not be added to the service.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The folder does not load (the message names the file and what is wrong).
+    #[error(transparent)]
+    Model(#[from] diffuse_models::Error),
+    /// Two folders with the same name, which is the model's id.
+    #[error("two models named {0:?}")]
+    DuplicateId(String),
+}
+
+/// Image side of a model whose config records no `sample_size`.
+const DEFAULT_SIZE: usize = 32;
 
 /// Limits and batching settings.
 #[derive(Debug, Clone)]
@@ -103,32 +117,28 @@ impl AppState {
 
     /// Loads a pipeline or model (UNet, DiT) folder and starts its batcher; the id is the folder
     /// name.
-    pub fn add_model(&mut self, dir: &std::path::Path, device: &Device) -> Result<String, String> {
-        let folder =
-            diffuse_models::weights::resolve_model_folder(dir).map_err(|e| e.to_string())?;
+    pub fn add_model(&mut self, dir: &std::path::Path, device: &Device) -> Result<String, Error> {
         // Prefer the EMA weights of a `diffuse train` output, as `diffuse sample` does.
-        let (model, vae) = folder.load(false, device).map_err(|e| e.to_string())?;
-        let vae = vae.map(Arc::new);
-        let f = vae.as_ref().map_or(1, |v| v.config().downscale());
-        let scheduler = match &folder.scheduler_config {
-            Some(p) => {
-                let text =
-                    std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
-                serde_json::from_str::<Map<String, Value>>(&text)
-                    .map_err(|e| format!("{}: malformed JSON: {e}", p.display()))?
-            }
-            None => Map::from_iter([("_class_name".into(), "DDIMScheduler".into())]),
-        };
-        SchedulerConfig::from_json_map(&scheduler).map_err(|e| e.to_string())?;
-        let (h, w) = model.sample_hw().unwrap_or((32 / f, 32 / f));
+        let pipe = Pipeline::load(dir, &LoadOptions::default(), device)?;
+        let f = pipe.downscale();
+        let (h, w) = pipe
+            .sample_hw()
+            .unwrap_or((DEFAULT_SIZE / f, DEFAULT_SIZE / f));
         let size = (h * f, w * f);
+        let Pipeline {
+            net: model,
+            vae,
+            scheduler,
+            ..
+        } = pipe;
+        let vae = vae.map(Arc::new);
         let id = dir
             .canonicalize()
             .ok()
             .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
             .unwrap_or_else(|| "model".into());
         if self.models.contains_key(&id) {
-            return Err(format!("two models named {id:?}"));
+            return Err(Error::DuplicateId(id));
         }
         let model = Arc::new(model);
         let batcher = Batcher::start(
@@ -392,9 +402,8 @@ async fn generate_inner(
             guard.armed = false;
             match result {
                 Ok(Ok(r)) => Json(response_body(s, r, seed, &format)).into_response(),
-                Ok(Err(e)) => {
-                    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, None, e).into_response()
-                }
+                Ok(Err(e)) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, None, e.to_string())
+                    .into_response(),
                 Err(_) => ApiError::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     None,
@@ -418,7 +427,7 @@ async fn generate_inner(
                 }
                 let (status, body) = match rx.await {
                     Ok(Ok(r)) => (200u16, response_body(&s, r, seed, &format)),
-                    Ok(Err(e)) => (500, json!({"error": {"message": e}})),
+                    Ok(Err(e)) => (500, json!({"error": {"message": e.to_string()}})),
                     Err(_) => (500, json!({"error": {"message": "the job was dropped"}})),
                 };
                 guard.armed = false;

@@ -642,3 +642,22 @@ async fn default_steps_come_from_the_scheduler_config() {
         assert_eq!(text.matches("event: progress").count(), total, "{text}");
     }
 }
+
+/// Loading errors are typed: a second folder of the same name, or one that is not a model.
+#[test]
+fn add_model_errors_are_typed_and_name_the_problem() {
+    let mut s = AppState::new(ServeConfig::default(), Arc::new(Metrics::default()));
+    s.add_model(&fixtures().join("pipeline_basic"), &Device::Cpu)
+        .unwrap();
+    let e = s
+        .add_model(&fixtures().join("pipeline_basic"), &Device::Cpu)
+        .unwrap_err();
+    assert!(matches!(&e, diffuse_serve::Error::DuplicateId(id) if id == "pipeline_basic"));
+    assert_eq!(e.to_string(), "two models named \"pipeline_basic\"");
+    let e = s
+        .add_model(&fixtures().join("no_such_model"), &Device::Cpu)
+        .unwrap_err();
+    assert!(matches!(e, diffuse_serve::Error::Model(_)));
+    assert!(e.to_string().contains("not a folder"), "{e}");
+    s.shutdown();
+}

@@ -25,6 +25,7 @@ use diffuse_core::config::{PredictionType, SchedulerClass, SchedulerConfig};
 use diffuse_core::noising::{self, per_row};
 use diffuse_core::sampler::Sampler;
 use diffuse_core::schedule::NoiseSchedule;
+use diffuse_models::pipeline::{LoadOptions, Pipeline};
 use diffuse_models::DenoiserNet;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -226,16 +227,19 @@ impl Progressive {
         let err = |e: &dyn std::fmt::Display| {
             Error::Invalid(format!("distill.teacher {}: {e}", dir.display()))
         };
+        // Checked before the weights load.
         let folder = diffuse_models::weights::resolve_model_folder(dir).map_err(|e| err(&e))?;
-        let Some(sched_path) = folder.scheduler_config.clone() else {
+        if folder.scheduler_config.is_none() {
             return Err(err(
                 &"no scheduler/scheduler_config.json: give the teacher's pipeline folder",
             ));
+        }
+        let opts = LoadOptions {
+            no_ema: section.teacher_no_ema,
+            ..Default::default()
         };
-        let text = std::fs::read_to_string(&sched_path).map_err(|e| err(&e))?;
-        let map = serde_json::from_str(&text)
-            .map_err(|e| err(&format!("{}: {e}", sched_path.display())))?;
-        let teacher_sched = SchedulerConfig::from_json_map(&map).map_err(|e| err(&e))?;
+        let pipe = Pipeline::load(dir, &opts, device).map_err(|e| err(&e))?;
+        let teacher_sched = pipe.scheduler_config(None).map_err(|e| err(&e))?;
         if teacher_sched.class.is_flow() {
             return Err(err(
                 &"a flow-matching teacher: distil it with `diffuse distill reflow`",
@@ -251,14 +255,7 @@ impl Progressive {
         if !same {
             return Err(err(&"its noise schedule (betas, num_train_timesteps) differs from the student's [scheduler]"));
         }
-        let net_dir = folder.net_dir(section.teacher_no_ema).to_path_buf();
-        let (net, varmap) =
-            diffuse_models::weights::load_net(&net_dir, device).map_err(|e| err(&e))?;
-        let teacher = diffuse_models::weights::from_tensors::<DenoiserNet>(
-            &net.config(),
-            diffuse_models::weights::detached_tensors(&varmap),
-            device,
-        )?;
+        let teacher = pipe.net;
         let teacher_null = match (student_classes, teacher.num_classes()) {
             (None, _) if teacher.is_class_conditional() => return Err(err(
                 &"the teacher is class-conditional and the student is not (data.class_conditional)",

@@ -33,7 +33,7 @@ use diffuse_core::rng::{NoiseSource, SeededNoise};
 use diffuse_core::sampler::Sampler;
 use diffuse_data::loader::Position;
 use diffuse_models::latent_cache::EpochOrder;
-use diffuse_models::pipeline::{generate, GenerateOptions};
+use diffuse_models::pipeline::{generate, GenerateOptions, LoadOptions, Pipeline};
 use diffuse_models::weights::{resolve_model_folder, ModelFolder};
 use diffuse_models::{AutoencoderKL, DenoiserNet};
 use serde::{Deserialize, Serialize};
@@ -161,32 +161,34 @@ fn fnv1a(mut h: u64, bytes: &[u8]) -> u64 {
 /// Opens a teacher pipeline folder (EMA weights unless `no_ema`); it must have a scheduler.
 pub fn open_teacher(dir: &Path, no_ema: bool, device: &Device) -> Result<Teacher> {
     let err = |e: &dyn std::fmt::Display| Error::Invalid(format!("teacher: {e}"));
-    let folder = resolve_model_folder(dir).map_err(|e| err(&e))?;
-    let Some(sched_path) = folder.scheduler_config.clone() else {
+    // Checked before the weights load.
+    let Some(sched_path) = resolve_model_folder(dir)
+        .map_err(|e| err(&e))?
+        .scheduler_config
+    else {
         return Err(err(&format!(
             "{} has no scheduler/scheduler_config.json: reflow needs the teacher's ODE (give a pipeline folder)",
             dir.display()
         )));
     };
-    let unet_dir = folder.net_dir(no_ema).to_path_buf();
-    let (model, vae) = folder.load(no_ema, device).map_err(|e| err(&e))?;
-    let text = std::fs::read_to_string(&sched_path).map_err(io_err(&sched_path))?;
-    let scheduler: Map<String, Value> = serde_json::from_str(&text)
-        .map_err(|e| err(&format!("{}: malformed JSON: {e}", sched_path.display())))?;
-    let scheduler_config = SchedulerConfig::from_json_map(&scheduler)
-        .map_err(|e| err(&format!("{}: {e}", sched_path.display())))?;
-    let (h, w) = model
+    let opts = LoadOptions {
+        no_ema,
+        ..Default::default()
+    };
+    let pipe = Pipeline::load(dir, &opts, device).map_err(|e| err(&e))?;
+    let unet_dir = pipe.folder.net_dir_to_load(no_ema).to_path_buf();
+    let scheduler_config = pipe.scheduler_config(None).map_err(|e| err(&e))?;
+    let (h, w) = pipe
         .sample_hw()
         .ok_or_else(|| err(&"the network config has no sample_size"))?;
-    let classes = match (model.is_class_conditional(), model.num_classes()) {
-        (false, _) => None,
-        (true, Some(n)) => Some(n.saturating_sub(1).max(1)),
-        (true, None) => {
-            return Err(err(
-                &"class conditioning without a class table (num_class_embeds) is not supported",
-            ))
-        }
-    };
+    let classes = pipe.classes().map_err(|e| err(&e))?;
+    let Pipeline {
+        folder,
+        net: model,
+        vae,
+        scheduler,
+        ..
+    } = pipe;
     let mut fingerprint = 0xcbf2_9ce4_8422_2325;
     for f in diffuse_models::weights::weight_files(&unet_dir)
         .map_err(|e| err(&e))?
@@ -201,7 +203,7 @@ pub fn open_teacher(dir: &Path, no_ema: bool, device: &Device) -> Result<Teacher
     Ok(Teacher {
         dir: dir.to_path_buf(),
         shape: [model.in_channels(), h, w],
-        no_ema: no_ema && folder.ema_unet_dir.is_some(),
+        no_ema: no_ema && folder.ema_net_dir.is_some(),
         folder,
         model,
         vae,
@@ -745,7 +747,7 @@ pub fn student_config(
     if !own_model && !user_init {
         // The weights that made the pairs: the EMA UNet unless the teacher ran with `no_ema`.
         let init = if teacher.no_ema {
-            teacher.folder.unet_dir.clone()
+            teacher.folder.net_dir.clone()
         } else {
             teacher.dir.clone()
         };

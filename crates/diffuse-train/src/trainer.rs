@@ -1710,8 +1710,8 @@ fn init_config(dir: &Path) -> Result<Map<String, Value>> {
     };
     let folder = diffuse_models::weights::resolve_model_folder(dir).map_err(|e| err(&e))?;
     let path = folder
-        .ema_unet_dir
-        .unwrap_or(folder.unet_dir)
+        .ema_net_dir
+        .unwrap_or(folder.net_dir)
         .join(diffuse_models::weights::CONFIG_NAME);
     let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
     let mut map: Map<String, Value> =
@@ -1729,7 +1729,7 @@ fn init_from(varmap: &candle_nn::VarMap, dir: &Path) -> Result<()> {
         Error::Invalid(format!("train.init_from {}: {e}", dir.display()))
     };
     let folder = diffuse_models::weights::resolve_model_folder(dir).map_err(|e| err(&e))?;
-    let unet = folder.ema_unet_dir.unwrap_or(folder.unet_dir);
+    let unet = folder.ema_net_dir.unwrap_or(folder.net_dir);
     let files = diffuse_models::weights::weight_files(&unet).map_err(|e| err(&e))?;
     let unused = diffuse_models::weights::load_into(varmap, &files).map_err(|e| err(&e))?;
     if !unused.is_empty() {

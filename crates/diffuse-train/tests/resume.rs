@@ -93,7 +93,7 @@ fn stopped_and_resumed_equals_uninterrupted() {
     }
     // The result loads as a diffusers pipeline and samples.
     let folder = diffuse_models::weights::resolve_model_folder(&a).unwrap();
-    let (model, _) = diffuse_models::weights::load_unet(&folder.unet_dir, &Device::Cpu).unwrap();
+    let (model, _) = diffuse_models::weights::load_unet(&folder.net_dir, &Device::Cpu).unwrap();
     assert!(model.is_class_conditional());
     // A half-written checkpoint (no training_state.json) is ignored by resume.
     std::fs::create_dir_all(b.join("checkpoints/step-9/unet")).unwrap();

@@ -189,7 +189,7 @@ fn latent_diffusion_trains_into_a_latent_pipeline_and_resumes() {
         Some(diffuse_models::weights::LATENT_PIPELINE_CLASS)
     );
     let (unet, _) =
-        diffuse_models::weights::load_unet(folder.ema_unet_dir.as_ref().unwrap(), &Device::Cpu)
+        diffuse_models::weights::load_unet(folder.ema_net_dir.as_ref().unwrap(), &Device::Cpu)
             .unwrap();
     let (vae, _) =
         diffuse_models::weights::load_vae(folder.vae_dir.as_ref().unwrap(), &Device::Cpu).unwrap();
@@ -266,12 +266,12 @@ fn a_dit_trains_on_latents_into_a_dit_pipeline() {
     );
     let folder = diffuse_models::weights::resolve_model_folder(&out).unwrap();
     assert!(folder
-        .ema_unet_dir
+        .ema_net_dir
         .as_ref()
         .unwrap()
         .ends_with("transformer_ema"));
     assert!(folder.vae_dir.is_some());
-    let (net, _) = diffuse_models::weights::load_net(&folder.unet_dir, &Device::Cpu).unwrap();
+    let (net, _) = diffuse_models::weights::load_net(&folder.net_dir, &Device::Cpu).unwrap();
     assert_eq!(net.component(), "transformer");
     assert_eq!((net.in_channels(), net.sample_hw()), (2, Some((4, 4))));
     assert_eq!(net.num_classes(), Some(11));

@@ -177,9 +177,9 @@ pub fn export_folder(dir: &Path, component: Component, no_ema: bool) -> Result<E
     let folder = resolve_model_folder(dir)?;
     let dev = Device::Cpu;
     let bare_vae = folder.pipeline_class.is_none()
-        && class_name(&folder.unet_dir)?.as_deref() == Some("AutoencoderKL");
+        && class_name(&folder.net_dir)?.as_deref() == Some("AutoencoderKL");
     let vae_dir = if bare_vae {
-        Some(folder.unet_dir.clone())
+        Some(folder.net_dir.clone())
     } else {
         folder.vae_dir.clone()
     };
@@ -210,7 +210,7 @@ pub fn export_folder(dir: &Path, component: Component, no_ema: bool) -> Result<E
             what: "AutoencoderKL decoder",
         });
     }
-    let net_dir = folder.net_dir(no_ema).to_path_buf();
+    let net_dir = folder.net_dir_to_load(no_ema).to_path_buf();
     let (net, _) = weights::load_net(&net_dir, &dev)?;
     let what = match (&net, component) {
         (DenoiserNet::DiT(_), Component::Unet) | (DenoiserNet::UNet(_), Component::Transformer) => {

@@ -1,0 +1,305 @@
+//! One loader for a pipeline or model folder, as diffusers' `DiffusionPipeline.from_pretrained`
+//! does it for the folders of [`crate::weights`]: the network (EMA weights unless told
+//! otherwise, at the precision asked for), the VAE of a latent pipeline, the scheduler config
+//! (DDIMScheduler's defaults when the folder has none) and what the folder records for
+//! sampling: image size, classes, `num_inference_steps`. `diffuse sample`, `eval`, `serve` and
+//! the distillation teachers load through it.
+
+use super::{decode_latents, generate, GenerateOptions, Progress};
+use crate::weights::{resolve_model_folder, ModelFolder};
+use crate::{AutoencoderKL, DenoiserNet, Error, Result};
+use candle_core::{DType, Device, Tensor};
+use diffuse_core::config::SchedulerConfig;
+use diffuse_core::sampler::{Sampler, SamplerOptions};
+use serde_json::{Map, Value};
+use std::ops::ControlFlow;
+use std::path::Path;
+
+/// Denoising steps when neither the caller nor the scheduler config (`num_inference_steps`,
+/// which a distilled student records) gives a number.
+pub const DEFAULT_STEPS: usize = 50;
+
+/// The scheduler of a folder that has none (a bare UNet or DiT folder).
+pub const DEFAULT_SCHEDULER: &str = "DDIMScheduler";
+
+/// How to load a folder.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Load `unet/` (`transformer/`) even when the folder has EMA weights beside it.
+    pub no_ema: bool,
+    /// The network's precision; the VAE stays f32 (it decodes once per image).
+    pub dtype: DType,
+    /// A scheduler config to use instead of the folder's.
+    pub scheduler: Option<Map<String, Value>>,
+    /// A sampler (diffusers class name or alias) replacing the scheduler's `_class_name`.
+    pub sampler: Option<String>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            no_ema: false,
+            dtype: DType::F32,
+            scheduler: None,
+            sampler: None,
+        }
+    }
+}
+
+/// A loaded pipeline: network, VAE, scheduler config and the device they live on.
+pub struct Pipeline {
+    /// What the folder turned out to be.
+    pub folder: ModelFolder,
+    /// The denoising network (UNet or DiT).
+    pub net: DenoiserNet,
+    /// The VAE of a latent pipeline: the network denoises its latents.
+    pub vae: Option<AutoencoderKL>,
+    /// The scheduler config (validated), as JSON so that a sampler can be swapped in.
+    pub scheduler: Map<String, Value>,
+    pub device: Device,
+}
+
+/// Reads a JSON object file, with errors naming the file.
+fn read_json_object(path: &Path) -> Result<Map<String, Value>> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    match serde_json::from_str(&text) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(Error::Config(format!(
+            "{}: a scheduler config must be a JSON object",
+            path.display()
+        ))),
+        Err(e) => Err(Error::Config(format!(
+            "{}: malformed JSON: {e}",
+            path.display()
+        ))),
+    }
+}
+
+impl Pipeline {
+    /// Loads a diffusers pipeline folder or a bare UNet/DiT model folder onto `device`.
+    pub fn load(dir: &Path, opts: &LoadOptions, device: &Device) -> Result<Self> {
+        let folder = resolve_model_folder(dir)?;
+        let (net, vae) = crate::precision::load_as(&folder, opts.no_ema, opts.dtype, device)?;
+        let mut scheduler = match (&opts.scheduler, &folder.scheduler_config) {
+            (Some(m), _) => m.clone(),
+            (None, Some(p)) => read_json_object(p)?,
+            (None, None) => Map::from_iter([("_class_name".into(), DEFAULT_SCHEDULER.into())]),
+        };
+        if let Some(s) = &opts.sampler {
+            scheduler.insert("_class_name".into(), s.clone().into());
+        }
+        SchedulerConfig::from_json_map(&scheduler).map_err(|e| match &folder.scheduler_config {
+            Some(p) if opts.scheduler.is_none() => Error::Config(format!("{}: {e}", p.display())),
+            _ => Error::Core(e),
+        })?;
+        Ok(Pipeline {
+            folder,
+            net,
+            vae,
+            scheduler,
+            device: device.clone(),
+        })
+    }
+
+    /// How many times larger the images are than what the network denoises (the VAE's
+    /// downscale; 1 in pixel space).
+    pub fn downscale(&self) -> usize {
+        self.vae.as_ref().map_or(1, |v| v.config().downscale())
+    }
+
+    /// (height, width) the network denoises: its `sample_size` (latent-sized for a latent
+    /// pipeline).
+    pub fn sample_hw(&self) -> Option<(usize, usize)> {
+        self.net.sample_hw()
+    }
+
+    /// (height, width) of the images: [`Self::sample_hw`] times [`Self::downscale`].
+    pub fn image_size(&self) -> Option<(usize, usize)> {
+        let f = self.downscale();
+        self.sample_hw().map(|(h, w)| (h * f, w * f))
+    }
+
+    /// Classes a caller may ask for: the class table minus its null class (at least 1); None
+    /// for an unconditional network. A class-conditional network without a class table is an
+    /// error.
+    pub fn classes(&self) -> Result<Option<usize>> {
+        match (self.net.is_class_conditional(), self.net.num_classes()) {
+            (false, _) => Ok(None),
+            (true, Some(n)) => Ok(Some(n.saturating_sub(1).max(1))),
+            (true, None) => Err(Error::Config(
+                "class conditioning without a class table (num_class_embeds) is not supported"
+                    .into(),
+            )),
+        }
+    }
+
+    /// Labels for `n` images: `class` for all, else classes 0, 1, …, k−1 in turn; None for an
+    /// unconditional network.
+    pub fn labels_in_turn(&self, n: usize, class: Option<u32>) -> Result<Option<Vec<u32>>> {
+        Ok(self.classes()?.map(|k| match class {
+            Some(c) => vec![c; n],
+            None => (0..n).map(|i| (i % k) as u32).collect(),
+        }))
+    }
+
+    /// The scheduler config with `sampler` (a class name or alias) swapped in.
+    pub fn scheduler_config(&self, sampler: Option<&str>) -> Result<SchedulerConfig> {
+        let mut sched = self.scheduler.clone();
+        if let Some(s) = sampler {
+            sched.insert("_class_name".into(), s.into());
+        }
+        Ok(SchedulerConfig::from_json_map(&sched)?)
+    }
+
+    /// A sampler of [`Self::scheduler_config`] with `steps` steps (default: the config's
+    /// `num_inference_steps`, else [`DEFAULT_STEPS`]).
+    pub fn sampler(
+        &self,
+        sampler: Option<&str>,
+        steps: Option<usize>,
+        opts: SamplerOptions,
+    ) -> Result<Sampler> {
+        let config = self.scheduler_config(sampler)?;
+        let steps = steps
+            .or(config.num_inference_steps)
+            .unwrap_or(DEFAULT_STEPS);
+        Ok(Sampler::with_options(&config, steps, opts)?)
+    }
+
+    /// What the network generates (latents for a latent pipeline), `[K, C, h, w]`: see
+    /// [`super::generate`].
+    pub fn generate_latents(
+        &self,
+        sampler: &Sampler,
+        opts: &GenerateOptions,
+        on_progress: &mut dyn FnMut(Progress) -> ControlFlow<()>,
+    ) -> Result<Tensor> {
+        generate(&self.net, sampler, opts, &self.device, on_progress)
+    }
+
+    /// Latents → images `[K, C, h·f, w·f]`, `slice` latents at a time (0: all at once); pixel
+    /// pipelines return their input.
+    pub fn decode(&self, latents: &Tensor, slice: usize) -> Result<Tensor> {
+        match &self.vae {
+            Some(vae) => decode_latents(vae, latents, slice),
+            None => Ok(latents.clone()),
+        }
+    }
+
+    /// Images `[K, C, H, W]` in the model's output range (not clipped): generation, then
+    /// decoding for a latent pipeline.
+    pub fn generate(
+        &self,
+        sampler: &Sampler,
+        opts: &GenerateOptions,
+        vae_slice: usize,
+        on_progress: &mut dyn FnMut(Progress) -> ControlFlow<()>,
+    ) -> Result<Tensor> {
+        let latents = self.generate_latents(sampler, opts, on_progress)?;
+        self.decode(&latents, vae_slice)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::weights;
+
+    const UNET: &str = r#"{"_class_name": "UNet2DModel", "sample_size": 8,
+        "in_channels": 1, "out_channels": 1, "block_out_channels": [8, 16],
+        "down_block_types": ["DownBlock2D", "DownBlock2D"],
+        "up_block_types": ["UpBlock2D", "UpBlock2D"], "layers_per_block": 1,
+        "norm_num_groups": 4, "num_class_embeds": 4}"#;
+
+    /// A seeded class-conditional UNet folder, with a pipeline's scheduler when given.
+    fn folder(scheduler: Option<&str>) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = crate::DenoiserConfig::from_json_str(UNET).unwrap();
+        let (_, varmap) = weights::build::<DenoiserNet>(&cfg, &Device::Cpu).unwrap();
+        cfg.seeded_init(&varmap, 1).unwrap();
+        match scheduler {
+            None => weights::save(&cfg, &varmap, dir.path(), DType::F32).unwrap(),
+            Some(s) => {
+                weights::save(&cfg, &varmap, &dir.path().join("unet"), DType::F32).unwrap();
+                let sched = dir.path().join("scheduler");
+                std::fs::create_dir_all(&sched).unwrap();
+                std::fs::write(sched.join("scheduler_config.json"), s).unwrap();
+                let index = weights::model_index("DDPMScheduler", false);
+                std::fs::write(dir.path().join("model_index.json"), index.to_string()).unwrap();
+            }
+        }
+        dir
+    }
+
+    #[test]
+    fn a_bare_model_folder_samples_with_ddim_and_its_recorded_size() {
+        let dir = folder(None);
+        let p = Pipeline::load(dir.path(), &LoadOptions::default(), &Device::Cpu).unwrap();
+        assert_eq!(p.scheduler["_class_name"], DEFAULT_SCHEDULER);
+        assert_eq!(p.image_size(), Some((8, 8)));
+        assert_eq!(p.downscale(), 1);
+        assert_eq!(p.classes().unwrap(), Some(3));
+        assert_eq!(
+            p.labels_in_turn(5, None).unwrap(),
+            Some(vec![0, 1, 2, 0, 1])
+        );
+        assert_eq!(p.labels_in_turn(2, Some(2)).unwrap(), Some(vec![2, 2]));
+        let s = p.sampler(None, None, SamplerOptions::default()).unwrap();
+        assert_eq!(s.len(), DEFAULT_STEPS);
+        let opts = GenerateOptions {
+            num_images: 2,
+            batch_size: 2,
+            size: (8, 8),
+            class_labels: Some(vec![1]),
+            ..Default::default()
+        };
+        let s = p
+            .sampler(Some("ddim"), Some(2), SamplerOptions::default())
+            .unwrap();
+        let x = p
+            .generate(&s, &opts, 0, &mut |_| ControlFlow::Continue(()))
+            .unwrap();
+        assert_eq!(x.dims(), [2, 1, 8, 8]);
+    }
+
+    #[test]
+    fn the_pipeline_scheduler_gives_the_default_steps_and_the_sampler_can_be_swapped() {
+        let dir = folder(Some(
+            r#"{"_class_name": "DDPMScheduler", "num_inference_steps": 4}"#,
+        ));
+        let opts = LoadOptions {
+            sampler: Some("euler".into()),
+            ..Default::default()
+        };
+        let p = Pipeline::load(dir.path(), &opts, &Device::Cpu).unwrap();
+        assert_eq!(p.scheduler["_class_name"], "euler");
+        let s = p.sampler(None, None, SamplerOptions::default()).unwrap();
+        assert_eq!(s.len(), 4);
+        assert_eq!(
+            p.scheduler_config(Some("ddim")).unwrap().class.class_name(),
+            "DDIMScheduler"
+        );
+    }
+
+    #[test]
+    fn a_bad_scheduler_file_is_named_in_the_error() {
+        let dir = folder(Some(r#"{"_class_name": "DDPMScheduler","#));
+        let e = Pipeline::load(dir.path(), &LoadOptions::default(), &Device::Cpu)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("scheduler_config.json: malformed JSON"), "{e}");
+        let dir = folder(Some(r#"{"_class_name": "KarrasVeScheduler"}"#));
+        let e = Pipeline::load(dir.path(), &LoadOptions::default(), &Device::Cpu)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("scheduler_config.json") && e.contains("_class_name"),
+            "{e}"
+        );
+    }
+}
