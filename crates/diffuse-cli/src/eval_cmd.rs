@@ -6,7 +6,6 @@
 mod args;
 mod measure;
 mod plot;
-mod report;
 mod sweep;
 mod tools;
 

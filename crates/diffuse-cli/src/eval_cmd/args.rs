@@ -1,15 +1,14 @@
-//! Arguments that `diffuse eval`'s subcommands share: the feature net, the data split, and
-//! where real images come from.
+//! Arguments that `diffuse eval`'s subcommands share: the feature net (and the classifier the
+//! metrics need) and the data split.
 
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
-use diffuse_data::datasets::{self, Split};
+use diffuse_data::datasets::Split;
 use diffuse_eval::classifier::MnistClassifier;
+use diffuse_eval::evaluate::Metric;
 use diffuse_eval::features::FeatureNet;
-use diffuse_eval::images::{DatasetImages, FolderImages, ImageSource, MemoryImages};
 use diffuse_eval::inception::InceptionV3;
 use diffuse_eval::resize::ResizeMode;
-use std::path::Path;
 
 #[derive(clap::Args)]
 pub(crate) struct FeatureArgs {
@@ -54,34 +53,25 @@ pub(crate) fn split(s: &str) -> Result<Split> {
     }
 }
 
-/// A data set name, an IDX/CIFAR folder, or a folder of images.
-pub(crate) fn open_images(
-    spec: &str,
-    split: Split,
-    limit: Option<usize>,
-    size: Option<usize>,
-) -> Result<Box<dyn ImageSource>> {
-    let path = Path::new(spec);
-    let is_known = datasets::known_datasets().iter().any(|k| k.name == spec);
-    let is_plain_folder = path.is_dir()
-        && !is_known
-        && !path.join("train-images-idx3-ubyte.gz").exists()
-        && !path.join("train-images-idx3-ubyte").exists()
-        && !path.join("data_batch_1.bin").exists();
-    if is_plain_folder && size.is_none() {
-        let f = FolderImages::open(path)?;
-        return Ok(match limit {
-            Some(n) if n < f.len() => Box::new(MemoryImages {
-                images: f.batch(0, n)?,
-                labels: f.labels().map(|l| l[..n].to_vec()),
-                name: format!("{} (first {n})", spec),
-            }),
-            _ => Box::new(f),
-        });
-    }
-    if !is_known && !path.exists() {
-        bail!("{spec}: no such folder or data set (known names: mnist, fashion-mnist, cifar10)");
-    }
-    let ds = datasets::open(spec, split)?;
-    Ok(Box::new(DatasetImages::new(ds, limit, size)?))
+/// The feature net that fid/kid/pr need and the classifier that cls/is need (none when the
+/// feature net is the classifier).
+pub(crate) fn feature_nets(
+    metrics: &[Metric],
+    a: &FeatureArgs,
+    dev: &Device,
+) -> Result<(Option<FeatureNet>, Option<MnistClassifier>)> {
+    let needs_features = metrics
+        .iter()
+        .any(|m| matches!(m, Metric::Fid | Metric::Kid | Metric::Pr));
+    let net = needs_features.then(|| feature_net(a, dev)).transpose()?;
+    let classifier = if metrics
+        .iter()
+        .any(|m| matches!(m, Metric::Cls | Metric::Is))
+        && !matches!(net, Some(FeatureNet::Mnist(_)))
+    {
+        Some(MnistClassifier::embedded(dev)?)
+    } else {
+        None
+    };
+    Ok((net, classifier))
 }

@@ -1,14 +1,12 @@
 //! The plain `diffuse eval`: one set of generated images (a folder, or sampled from `--model`)
 //! measured against real images or a statistics file.
 
-use super::args::{feature_net, open_images, split, FeatureArgs};
+use super::args::{feature_nets, split, FeatureArgs};
 use super::generate_from_model;
 use anyhow::{bail, Context, Result};
 use diffuse_data::datasets;
-use diffuse_eval::classifier::MnistClassifier;
 use diffuse_eval::evaluate::{evaluate, EvalOptions, Metric, Reference};
-use diffuse_eval::features::FeatureNet;
-use diffuse_eval::images::{FolderImages, ImageSource};
+use diffuse_eval::images::{open_images, FolderImages, ImageSource};
 use diffuse_eval::metrics::KidOptions;
 use std::path::{Path, PathBuf};
 
@@ -80,23 +78,7 @@ pub(super) fn run_eval(a: RunArgs) -> Result<()> {
     if a.num_samples == 0 {
         bail!("--num-samples must be at least 1");
     }
-    let needs_features = metrics
-        .iter()
-        .any(|m| matches!(m, Metric::Fid | Metric::Kid | Metric::Pr));
-    let net = if needs_features {
-        Some(feature_net(&a.features, &dev)?)
-    } else {
-        None
-    };
-    let classifier = if metrics
-        .iter()
-        .any(|m| matches!(m, Metric::Cls | Metric::Is))
-        && !matches!(net, Some(FeatureNet::Mnist(_)))
-    {
-        Some(MnistClassifier::embedded(&dev)?)
-    } else {
-        None
-    };
+    let (net, classifier) = feature_nets(&metrics, &a.features, &dev)?;
     // Generated images first: their size decides the size real data is fitted to.
     let (fake, labels): (Box<dyn ImageSource>, Option<Vec<u32>>) = match &a.fake {
         Some(dir) => (Box::new(FolderImages::open(dir)?), None),

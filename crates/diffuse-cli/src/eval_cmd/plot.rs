@@ -1,9 +1,9 @@
 //! `diffuse eval plot`: a run's loss curve and its `[eval]` metrics against training steps, or
 //! sweeps' metrics against sampling steps.
 
-use super::report::{plot_run, plot_sweep, read_rows};
 use anyhow::{bail, Result};
-use serde_json::Value;
+use diffuse_eval::plot::plot_run;
+use diffuse_eval::sweep::{plot_sweep, read_rows};
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
@@ -17,8 +17,8 @@ pub struct PlotArgs {
     #[arg(long, value_name = "[LABEL=]DIR")]
     sweep: Vec<String>,
     /// The x axis: sampling steps, or network evaluations (nfe: Heun's 2 per step, …).
-    #[arg(long, default_value = "steps", value_parser = ["steps", "nfe"])]
-    by: String,
+    #[arg(long, value_enum, default_value_t = Axis::Steps)]
+    by: Axis,
     /// Plot only these samplers (comma-separated names as in the tables, e.g. ddim,flow_euler).
     #[arg(long, value_delimiter = ',')]
     samplers: Vec<String>,
@@ -28,6 +28,13 @@ pub struct PlotArgs {
     /// Title prefix (default: the folder name).
     #[arg(long)]
     title: Option<String>,
+}
+
+/// The x axis of sweep plots.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Axis {
+    Steps,
+    Nfe,
 }
 
 pub fn run_plot(a: PlotArgs) -> Result<()> {
@@ -61,21 +68,16 @@ pub fn run_plot(a: PlotArgs) -> Result<()> {
                     );
                 }
                 for mut r in these {
-                    let name = r["sampler"].as_str().unwrap_or("?");
-                    if name != "real"
-                        && !a.samplers.is_empty()
-                        && !a.samplers.iter().any(|s| s == name)
-                    {
+                    if !r.is_real() && !a.samplers.is_empty() && !a.samplers.contains(&r.sampler) {
                         continue;
                     }
-                    if r["sampler"] == "real" {
+                    if r.is_real() {
                         if real {
                             continue;
                         }
                         real = true;
                     } else if let Some(l) = label {
-                        let name = format!("{l} {}", r["sampler"].as_str().unwrap_or("?"));
-                        r["sampler"] = Value::from(name);
+                        r.sampler = format!("{l} {}", r.sampler);
                     }
                     rows.push(r);
                 }
@@ -86,7 +88,7 @@ pub fn run_plot(a: PlotArgs) -> Result<()> {
                 (None, _) => bail!("--output: where to write the plots of several sweeps"),
             };
             let title = a.title.clone().unwrap_or_else(|| "model".into());
-            let n = plot_sweep(&rows, &out, &title, a.by == "nfe")?;
+            let n = plot_sweep(&rows, &out, &title, a.by == Axis::Nfe)?;
             eprintln!("wrote {n} plot(s) to {}", out.display());
         }
         _ => {

@@ -3,16 +3,12 @@
 //! written as `table.jsonl` + `table.md`, per-class sample grids and metric-vs-steps plots (the
 //! DDIM paper's table as a picture).
 
-use super::args::{feature_net, open_images, split, FeatureArgs};
-use super::report::{class_grid, merge, plot_sweep, read_rows, row_key, row_line, table_md};
+use super::args::{feature_nets, split, FeatureArgs};
 use super::ModelSampler;
 use anyhow::{bail, Context, Result};
-use diffuse_eval::classifier::MnistClassifier;
 use diffuse_eval::evaluate::{evaluate, EvalOptions, Metric, Reference, Report};
-use diffuse_eval::features::FeatureNet;
-use diffuse_eval::images::ImageSource;
-use serde_json::{json, Value};
-use std::io::Write;
+use diffuse_eval::images::{open_images, ImageSource};
+use diffuse_eval::sweep::{class_grid, plot_sweep, table_md, SweepLog, SweepRow};
 use std::path::{Path, PathBuf};
 
 #[derive(clap::Args)]
@@ -99,21 +95,7 @@ pub fn run_sweep(a: SweepArgs) -> Result<()> {
     for (s, _) in &runs {
         ms.scheduler(Some(s))?;
     }
-    let needs_features = metrics
-        .iter()
-        .any(|m| matches!(m, Metric::Fid | Metric::Kid | Metric::Pr));
-    let net = needs_features
-        .then(|| feature_net(&a.features, &dev))
-        .transpose()?;
-    let classifier = if metrics
-        .iter()
-        .any(|m| matches!(m, Metric::Cls | Metric::Is))
-        && !matches!(net, Some(FeatureNet::Mnist(_)))
-    {
-        Some(MnistClassifier::embedded(&dev)?)
-    } else {
-        None
-    };
+    let (net, classifier) = feature_nets(&metrics, &a.features, &dev)?;
     let b = crate::common::bar(a.quiet);
     // Real features once, at the generated size.
     let (h, w) = ms.image_size();
@@ -159,43 +141,24 @@ pub fn run_sweep(a: SweepArgs) -> Result<()> {
         )?)
     };
     let table = out.join("table.jsonl");
-    let mut rows = read_rows(&table)?;
-    let mut log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&table)
-        .with_context(|| format!("cannot write {}", table.display()))?;
-    let mut append = |row: Value, rows: &mut Vec<Value>| -> Result<()> {
-        writeln!(log, "{row}")?;
-        log.flush()?;
+    let mut log = SweepLog::open(&table)?;
+    let append = |row: SweepRow, log: &mut SweepLog| -> Result<()> {
         if !a.quiet {
-            b.println(row_line(&row));
+            b.println(row.line());
         }
-        rows.push(row);
-        Ok(())
+        Ok(log.push(row)?)
     };
-    if a.real_row && !is_folder {
-        let key = (
-            "real".to_string(),
-            0,
-            a.num_samples as u64,
-            "null".into(),
-            0,
-        );
-        if !rows.iter().any(|r| row_key(r) == key) {
-            let test = open_images(&a.real, split("test")?, Some(a.num_samples), size)?;
-            let labels = test.labels();
-            let report = measure(test.as_ref(), labels.as_deref())?;
-            let mut row = json!({"sampler": "real", "steps": 0, "num_samples": a.num_samples,
-                "guidance_scale": null, "seed": 0, "what": test.describe()});
-            merge(&mut row, &report)?;
-            append(row, &mut rows)?;
-        }
+    if a.real_row && !is_folder && !log.has(&SweepRow::real(a.num_samples)) {
+        let test = open_images(&a.real, split("test")?, Some(a.num_samples), size)?;
+        let labels = test.labels();
+        let mut row = SweepRow::real(a.num_samples);
+        row.what = Some(test.describe());
+        row.record(&measure(test.as_ref(), labels.as_deref())?);
+        append(row, &mut log)?;
     }
     for (sampler, steps) in &runs {
-        let mut row = json!({"sampler": sampler, "steps": steps, "num_samples": a.num_samples,
-            "guidance_scale": a.guidance_scale, "seed": a.seed});
-        if rows.iter().any(|r| row_key(r) == row_key(&row)) {
+        let mut row = SweepRow::sampled(sampler, *steps, a.num_samples, a.guidance_scale, a.seed);
+        if log.has(&row) {
             continue; // measured by an earlier (interrupted) sweep
         }
         b.set_message(format!("{sampler}:{steps}"));
@@ -216,19 +179,20 @@ pub fn run_sweep(a: SweepArgs) -> Result<()> {
         let nfe = ms
             .scheduler(Some(sampler))
             .and_then(|c| Ok(diffuse_core::sampler::Sampler::new(&c, *steps)?.len()))?;
-        row["nfe"] = nfe.into();
-        row["gflops"] = ms.gflops().into();
-        row["sample_s"] = g.seconds.into();
-        row["images_per_s"] = (a.num_samples as f64 / g.seconds).into();
-        row["threads"] = rayon_threads().into();
-        merge(&mut row, &report)?;
-        append(row, &mut rows)?;
+        row.nfe = Some(nfe);
+        row.gflops = Some(ms.gflops());
+        row.sample_s = Some(g.seconds);
+        row.images_per_s = Some(a.num_samples as f64 / g.seconds);
+        row.threads = Some(rayon_threads());
+        row.record(&report);
+        append(row, &mut log)?;
     }
     b.finish_and_clear();
-    let md = table_md(&rows, &a.model, &a.real, a.num_real);
+    let rows = &log.rows;
+    let md = table_md(rows, &a.model, &a.real, a.num_real);
     std::fs::write(out.join("table.md"), &md)?;
     let title = a.model.file_name().map(|f| f.to_string_lossy().to_string());
-    let plots = plot_sweep(&rows, &out, title.as_deref().unwrap_or("model"), false)?;
+    let plots = plot_sweep(rows, &out, title.as_deref().unwrap_or("model"), false)?;
     print!("{md}");
     eprintln!(
         "wrote {} and {} plot(s) to {}",

@@ -1,11 +1,12 @@
 //! `diffuse eval fetch-inception`, `eval stats` and `eval train-classifier`: the feature nets'
 //! weights and the real-data statistics that the measurements use.
 
-use super::args::{feature_net, open_images, split, FeatureArgs};
+use super::args::{feature_net, split, FeatureArgs};
 use anyhow::{bail, Context, Result};
 use diffuse_data::datasets;
 use diffuse_data::datasets::Split;
 use diffuse_eval::classifier;
+use diffuse_eval::images::open_images;
 use diffuse_eval::inception;
 use diffuse_eval::metrics::GaussianStats;
 use std::path::{Path, PathBuf};
