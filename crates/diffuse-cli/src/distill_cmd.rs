@@ -8,7 +8,8 @@
 mod progressive;
 mod reflow;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
+use std::path::Path;
 
 use progressive::ProgressiveArgs;
 use reflow::ReflowArgs;
@@ -29,4 +30,10 @@ pub fn run(cmd: Command) -> Result<()> {
         Command::Reflow(a) => reflow::reflow(a),
         Command::Progressive(a) => progressive::progressive(a),
     }
+}
+
+/// The text of `--train-config`, if given.
+fn read_train_config(path: Option<&Path>) -> Result<Option<String>> {
+    path.map(|p| std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display())))
+        .transpose()
 }

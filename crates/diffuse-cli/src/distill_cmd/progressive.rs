@@ -1,9 +1,9 @@
 //! `diffuse distill progressive` (Salimans & Ho 2022, `diffuse_train::progressive`): rounds
 //! that halve the DDIM step count, each student the next round's teacher, in OUTPUT/steps-N.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
+use diffuse_train::progressive::{round_state, round_steps, RoundState};
 use diffuse_train::reflow::teacher_guidance;
-use diffuse_train::trainer::newest_checkpoint;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -43,34 +43,18 @@ pub struct ProgressiveArgs {
     quiet: bool,
 }
 
-/// The step count of a `step-N` checkpoint folder.
-fn checkpoint_step(dir: &std::path::Path) -> Option<u64> {
-    dir.file_name()?
-        .to_str()?
-        .strip_prefix("step-")?
-        .parse()
-        .ok()
-}
-
 pub(super) fn progressive(a: ProgressiveArgs) -> Result<()> {
     let (from, to) = (a.from_steps, a.to_steps);
-    if to == 0 || from <= to || from % to != 0 || !(from / to).is_power_of_two() {
+    let Some(rounds) = round_steps(from, to) else {
         anyhow::bail!(
             "--from-steps {from} --to-steps {to}: each round halves the steps, so from-steps must be to-steps × 2^k with k ≥ 1"
         );
-    }
-    let device = crate::common::device(&a.device)?;
-    let user_toml = match &a.train_config {
-        Some(p) => Some(
-            std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?,
-        ),
-        None => None,
     };
+    let device = crate::common::device(&a.device)?;
+    let user_toml = super::read_train_config(a.train_config.as_deref())?;
     let stop = crate::common::ctrl_c_flag("finishing the current training step");
     let mut teacher = a.teacher.clone();
-    let mut steps = from / 2;
-    let mut round = 0;
-    while steps >= to {
+    for (round, steps) in rounds.into_iter().enumerate() {
         let out = a.output.join(format!("steps-{steps}"));
         let guidance = if round == 0 {
             a.guidance_scale
@@ -97,12 +81,7 @@ pub(super) fn progressive(a: ProgressiveArgs) -> Result<()> {
         if let Some(n) = a.steps_per_round {
             config.train.max_steps = n;
         }
-        let newest = newest_checkpoint(&out.join("checkpoints"));
-        let done = newest
-            .as_deref()
-            .and_then(checkpoint_step)
-            .is_some_and(|s| s >= config.train.max_steps)
-            && out.join("model_index.json").exists();
+        let RoundState { newest, done } = round_state(&out, config.train.max_steps);
         if done {
             if !a.quiet {
                 eprintln!("round {}: {} is complete", round + 1, out.display());
@@ -146,8 +125,6 @@ pub(super) fn progressive(a: ProgressiveArgs) -> Result<()> {
             );
         }
         teacher = out;
-        steps /= 2;
-        round += 1;
     }
     eprintln!(
         "students in {}: diffuse sample --model {}",

@@ -3,7 +3,7 @@
 //! on them by the same trainer as `diffuse train` into OUTPUT (a pipeline folder that records
 //! its step count).
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use diffuse_train::reflow::{
     generate_pairs, open_teacher, student_config, teacher_guidance, PairOptions,
 };
@@ -79,12 +79,7 @@ pub(super) fn reflow(a: ReflowArgs) -> Result<()> {
         (None, Some(_)) => teacher_guidance(&a.teacher).unwrap_or(1.0),
         (None, None) => 1.0,
     };
-    let user_toml = match &a.train_config {
-        Some(p) => Some(
-            std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?,
-        ),
-        None => None,
-    };
+    let user_toml = super::read_train_config(a.train_config.as_deref())?;
     let pairs_dir = a.output.join("pairs");
     // Check the student's config before the (long) pair generation.
     let mut config = student_config(&teacher, &pairs_dir, user_toml.as_deref(), a.student_steps)
