@@ -9,7 +9,6 @@ mod convert_cmd;
 mod data_cmd;
 mod distill_cmd;
 mod eval_cmd;
-mod eval_sweep;
 mod export_cmd;
 mod noise_cmd;
 mod prune_cmd;

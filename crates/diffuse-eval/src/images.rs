@@ -4,7 +4,7 @@
 
 use crate::{io_err, Error, Result};
 use candle_core::{DType, Tensor};
-use diffuse_data::datasets::{Dataset, Sample};
+use diffuse_data::datasets::{self, Dataset, Sample, Split};
 use diffuse_data::transform::{Fit, Transform};
 use std::path::{Path, PathBuf};
 
@@ -366,6 +366,42 @@ impl ImageSource for DatasetImages {
     fn describe(&self) -> String {
         self.name.clone()
     }
+}
+
+/// Images named on a command line: a data set name (mnist, …), an IDX/CIFAR folder, or a
+/// folder of images; the first `limit`, fitted to `size`×`size` (data sets always, folders
+/// only when `size` is given).
+pub fn open_images(
+    spec: &str,
+    split: Split,
+    limit: Option<usize>,
+    size: Option<usize>,
+) -> Result<Box<dyn ImageSource>> {
+    let path = Path::new(spec);
+    let is_known = datasets::known_datasets().iter().any(|k| k.name == spec);
+    let is_plain_folder = path.is_dir()
+        && !is_known
+        && !path.join("train-images-idx3-ubyte.gz").exists()
+        && !path.join("train-images-idx3-ubyte").exists()
+        && !path.join("data_batch_1.bin").exists();
+    if is_plain_folder && size.is_none() {
+        let f = FolderImages::open(path)?;
+        return Ok(match limit {
+            Some(n) if n < f.len() => Box::new(MemoryImages {
+                images: f.batch(0, n)?,
+                labels: f.labels().map(|l| l[..n].to_vec()),
+                name: format!("{} (first {n})", spec),
+            }),
+            _ => Box::new(f),
+        });
+    }
+    if !is_known && !path.exists() {
+        return Err(Error::Input(format!(
+            "{spec}: no such folder or data set (known names: mnist, fashion-mnist, cifar10)"
+        )));
+    }
+    let ds = datasets::open(spec, split)?;
+    Ok(Box::new(DatasetImages::new(ds, limit, size)?))
 }
 
 #[cfg(test)]

@@ -11,6 +11,8 @@
 //!   [`features`]: a feature net over an image set, batched, with progress.
 //! - [`evaluate`]: the metrics asked for, from a reference and a generated set, as one report.
 //! - [`plot`]: PNG line charts (loss curves, metrics against training or sampling steps).
+//! - [`sweep`]: sampler sweeps as typed rows ([`sweep::SweepRow`], `table.jsonl`), their
+//!   Markdown table, class grids and metric-vs-steps plots.
 
 pub mod classifier;
 pub mod evaluate;
@@ -21,6 +23,7 @@ pub mod metrics;
 pub mod plot;
 pub mod resize;
 pub mod stats;
+pub mod sweep;
 pub mod torchscript;
 
 /// Errors of evaluation: each message says what was wrong, where, and what to do.

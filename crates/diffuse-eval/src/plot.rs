@@ -1,6 +1,7 @@
 //! PNG line charts with `plotters` (bitmap backend; the Hack font from `epaint_default_fonts`
 //! is embedded, so no system fonts are needed): loss curves, a metric against training steps,
-//! and a metric against sampling steps per sampler (the DDIM paper's table as a picture).
+//! and a metric against sampling steps per sampler (the DDIM paper's table as a picture);
+//! [`plot_run`] draws a training run's metrics log.
 
 use crate::{Error, Result};
 use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
@@ -285,6 +286,92 @@ pub fn smooth(points: &[(f64, f64)], alpha: f64) -> Vec<(f64, f64)> {
             let v = s.map_or(y, |s| (1.0 - alpha) * s + alpha * y);
             s = Some(v);
             (x, v)
+        })
+        .collect()
+}
+
+/// `loss.png` (per step, faint, and smoothed) and `eval-<metric>.png` for each `eval/*` value
+/// in a training run's `metrics.jsonl`. Returns how many were written.
+pub fn plot_run(run: &Path, out: &Path, title: &str) -> Result<usize> {
+    let log = run.join("metrics.jsonl");
+    let rows = read_jsonl(&log)?;
+    if rows.is_empty() {
+        return Err(Error::Input(format!(
+            "{}: no metrics (is this a `diffuse train` output folder?)",
+            log.display()
+        )));
+    }
+    let loss: Vec<(f64, f64)> = rows
+        .iter()
+        .filter(|r| r["skipped"] != true)
+        .filter_map(|r| Some((r["step"].as_f64()?, r["loss"].as_f64()?)))
+        .filter(|p| p.1.is_finite())
+        .collect();
+    // The y range leaves out the first 5% of steps, where the loss falls from far above.
+    let tail = &loss[loss.len() / 20..];
+    let hi = tail.iter().map(|p| p.1).fold(0f64, f64::max) * 1.1;
+    let lo = tail.iter().map(|p| p.1).fold(f64::INFINITY, f64::min) * 0.9;
+    let mut raw = Series::new("", loss.clone());
+    raw.faint = true;
+    raw.color = Some(1);
+    let mut smoothed = Series::new("smoothed (EMA 0.03)", smooth(&loss, 0.03));
+    smoothed.color = Some(1);
+    line_chart(
+        &out.join("loss.png"),
+        &Chart {
+            title: format!("{title}: training loss"),
+            x_label: "step".into(),
+            y_label: "loss".into(),
+            y_range: (hi > lo).then_some((lo.max(0.0), hi)),
+            ..Default::default()
+        },
+        &[raw, smoothed],
+    )?;
+    let mut written = 1;
+    let mut keys: Vec<String> = Vec::new();
+    for r in &rows {
+        if let Some(o) = r.as_object() {
+            for k in o.keys().filter(|k| k.starts_with("eval/")) {
+                if !keys.contains(k) {
+                    keys.push(k.clone());
+                }
+            }
+        }
+    }
+    for k in keys {
+        let pts: Vec<(f64, f64)> = rows
+            .iter()
+            .filter_map(|r| Some((r["step"].as_f64()?, r[k.as_str()].as_f64()?)))
+            .collect();
+        let name = &k["eval/".len()..];
+        line_chart(
+            &out.join(format!("eval-{}.png", name.replace('_', "-"))),
+            &Chart {
+                title: format!("{title}: {name} during training"),
+                x_label: "step".into(),
+                y_label: name.into(),
+                markers: true,
+                ..Default::default()
+            },
+            &[Series::new(name, pts)],
+        )?;
+        written += 1;
+    }
+    Ok(written)
+}
+
+/// The JSON objects of a JSON-lines file (none when it does not exist).
+fn read_jsonl(path: &Path) -> Result<Vec<serde_json::Value>> {
+    if !path.exists() {
+        return Ok(vec![]);
+    }
+    let text = std::fs::read_to_string(path).map_err(crate::io_err(path))?;
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .enumerate()
+        .map(|(i, l)| {
+            serde_json::from_str(l)
+                .map_err(|_| Error::File(format!("{}: line {} is not JSON", path.display(), i + 1)))
         })
         .collect()
 }

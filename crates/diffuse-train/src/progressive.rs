@@ -456,6 +456,48 @@ pub fn student_config(
     Ok(config)
 }
 
+/// The students' step counts round by round, from a `from`-step teacher down to `to` steps
+/// (8 → 1: [4, 2, 1]); `None` unless `from` is `to` × 2^k with k ≥ 1.
+pub fn round_steps(from: usize, to: usize) -> Option<Vec<usize>> {
+    if to == 0 || from <= to || !from.is_multiple_of(to) || !(from / to).is_power_of_two() {
+        return None;
+    }
+    Some(
+        std::iter::successors(Some(from / 2), |s| Some(s / 2))
+            .take_while(|&s| s >= to)
+            .collect(),
+    )
+}
+
+/// Where one round's student stands in its output folder.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoundState {
+    /// The newest checkpoint, to resume from.
+    pub newest: Option<std::path::PathBuf>,
+    /// Trained to `max_steps` and written as a pipeline: the next round may start.
+    pub done: bool,
+}
+
+/// The state of the round whose student is written to `out` and trains `max_steps` steps.
+pub fn round_state(out: &Path, max_steps: u64) -> RoundState {
+    let newest = crate::trainer::newest_checkpoint(&out.join("checkpoints"));
+    let done = newest
+        .as_deref()
+        .and_then(checkpoint_step)
+        .is_some_and(|s| s >= max_steps)
+        && out.join("model_index.json").exists();
+    RoundState { newest, done }
+}
+
+/// The step count of a `step-N` checkpoint folder.
+fn checkpoint_step(dir: &Path) -> Option<u64> {
+    dir.file_name()?
+        .to_str()?
+        .strip_prefix("step-")?
+        .parse()
+        .ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -590,5 +632,32 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn rounds_halve_and_a_round_is_done_at_its_last_checkpoint() {
+        assert_eq!(round_steps(8, 1), Some(vec![4, 2, 1]));
+        assert_eq!(round_steps(16, 4), Some(vec![8, 4]));
+        for (from, to) in [(8, 0), (4, 4), (2, 4), (12, 1), (6, 2)] {
+            assert_eq!(round_steps(from, to), None, "{from} → {to}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path();
+        assert_eq!(
+            round_state(out, 10),
+            RoundState {
+                newest: None,
+                done: false
+            }
+        );
+        let ckpt = out.join("checkpoints/step-10");
+        std::fs::create_dir_all(&ckpt).unwrap();
+        std::fs::write(ckpt.join("training_state.json"), "{}").unwrap();
+        let s = round_state(out, 10);
+        assert_eq!(s.newest.as_deref(), Some(ckpt.as_path()));
+        assert!(!s.done, "no pipeline written yet");
+        std::fs::write(out.join("model_index.json"), "{}").unwrap();
+        assert!(round_state(out, 10).done);
+        assert!(!round_state(out, 11).done);
     }
 }
