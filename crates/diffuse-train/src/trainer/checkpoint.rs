@@ -20,6 +20,20 @@ pub(super) struct TrainingState {
     pub(super) scaler: Option<(f64, u64)>,
 }
 
+/// What a checkpoint holds: the trained weights and their EMA, the optimizer and the loop's
+/// position, with the config files written beside the weights.
+#[derive(Clone, Copy)]
+pub(super) struct CheckpointParts<'a> {
+    /// The model's folder name (`unet`, `transformer`, `vae`; EMA in `*_ema`).
+    pub component: &'a str,
+    /// Further files as (path relative to the checkpoint, bytes).
+    pub files: &'a [(String, Vec<u8>)],
+    pub vars: &'a [(String, Var)],
+    pub opt: &'a AdamW,
+    pub ema: &'a Ema,
+    pub state: &'a TrainingState,
+}
+
 pub(super) fn write(path: &Path, bytes: &[u8]) -> Result<()> {
     diffuse_data::fs::write_atomic(path, bytes).map_err(|e| Error::Invalid(e.to_string()))
 }
@@ -27,16 +41,9 @@ pub(super) fn write(path: &Path, bytes: &[u8]) -> Result<()> {
 /// Writes `root/step-N/` via `root/.step-N.tmp/` and a rename: valid or absent, never half.
 /// A failed write (a full disk, a file-size limit) removes the partial folder and says which
 /// earlier checkpoint is still intact.
-pub(super) fn save_checkpoint(
-    root: &Path,
-    component: &str,
-    files: &[(String, Vec<u8>)],
-    vars: &[(String, Var)],
-    opt: &AdamW,
-    ema: &Ema,
-    st: &TrainingState,
-) -> Result<PathBuf> {
-    write_checkpoint(root, component, files, vars, opt, ema, st).map_err(|e| {
+pub(super) fn save_checkpoint(root: &Path, parts: &CheckpointParts) -> Result<PathBuf> {
+    let st = parts.state;
+    write_checkpoint(root, parts).map_err(|e| {
         let _ = std::fs::remove_dir_all(root.join(format!(".step-{}.tmp", st.step)));
         let kept = match newest_checkpoint(root) {
             Some(p) => format!(
@@ -52,15 +59,15 @@ pub(super) fn save_checkpoint(
     })
 }
 
-pub(super) fn write_checkpoint(
-    root: &Path,
-    component: &str,
-    files: &[(String, Vec<u8>)],
-    vars: &[(String, Var)],
-    opt: &AdamW,
-    ema: &Ema,
-    st: &TrainingState,
-) -> Result<PathBuf> {
+fn write_checkpoint(root: &Path, parts: &CheckpointParts) -> Result<PathBuf> {
+    let CheckpointParts {
+        component,
+        files,
+        vars,
+        opt,
+        ema,
+        state: st,
+    } = *parts;
     let name = format!("step-{}", st.step);
     let tmp = root.join(format!(".{name}.tmp"));
     let dst = root.join(&name);

@@ -573,15 +573,16 @@ pub fn train_with(
                 rng_word_pos: rng.state().1,
                 scaler: scaler.as_ref().map(|s| s.state()),
             };
-            let dir = save_checkpoint(
-                &ckpt_root,
-                net.component(),
-                &net.files(),
-                &vars,
-                &opt,
-                &ema,
-                &state,
-            )?;
+            let files = net.files();
+            let parts = CheckpointParts {
+                component: net.component(),
+                files: &files,
+                vars: &vars,
+                opt: &opt,
+                ema: &ema,
+                state: &state,
+            };
+            let dir = save_checkpoint(&ckpt_root, &parts)?;
             checkpoints.push(dir);
             prune_checkpoints(&ckpt_root, t.keep_checkpoints)?;
         }
