@@ -21,6 +21,7 @@ pub use checkpoint::newest_checkpoint;
 pub use config::{DataSection, TrainConfig, TrainSection, VaeSection};
 pub(crate) use grids::preview_scheduler;
 pub use run::train_with;
+pub use step::{step, MicroLoss, Skipped, StepOptions, StepResult};
 
 use crate::dist::SingleProcess;
 use crate::{Error, Result};

@@ -13,9 +13,9 @@ use crate::dist::{shard_rows, Collective};
 use crate::ema::{Ema, EmaConfig};
 use crate::lr::LrSchedule;
 use crate::objective::{RowShard, TrainRng};
-use crate::optim::{clip_grad_norm, AdamW, AdamWConfig};
+use crate::optim::{AdamW, AdamWConfig};
 use crate::{Error, Result};
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{Device, Tensor, Var};
 use diffuse_data::datasets::{self, Split};
 use diffuse_data::loader::{Loader, LoaderConfig, Position};
 use diffuse_data::transform::Transform;
@@ -332,16 +332,8 @@ pub fn train_with(
     let mut nonfinite = 0u32;
     let mut last_loss = f32::NAN;
     while step < t.max_steps {
-        // One optimizer step = `gradient_accumulation_steps` micro-batches, gradients averaged
-        // (each micro loss is scaled by 1/K and the detached gradients summed).
-        let k_acc = t.gradient_accumulation_steps.max(1);
         let mut data_wait_s = 0.0;
-        let mut loss_sum = 0f32;
         let mut images = 0usize;
-        let mut grads: Option<candle_core::backprop::GradStore> = None;
-        let mut finite = true;
-        // Named loss parts, averaged over the micro-batches.
-        let mut parts_sum: Vec<(String, f64)> = Vec::new();
         // Mixed precision: this step's bf16/f16 network over the f32 variables.
         let low_net = match (amp.compute_dtype(), &net) {
             (Some(dtype), Net::Unet(u)) => {
@@ -351,150 +343,106 @@ pub fn train_with(
             }
             _ => None,
         };
-        for _ in 0..k_acc {
-            let waited = std::time::Instant::now();
-            let (x0, noise, batch_labels) = match &mut batches {
-                Batches::Images(loader) => {
-                    let batch = loader
-                        .next_batch()
-                        .map_err(|e| Error::Invalid(e.to_string()))?;
-                    let x0 = batch
-                        .to_tensor(device)
-                        .map_err(|e| Error::Invalid(e.to_string()))?;
-                    (x0, None, batch.labels)
-                }
-                // z = mean + std·ε draws ε from the run's own (checkpointed) stream.
-                Batches::Latents(lb) => {
-                    let (x0, labels) = lb.next_batch(&mut rng)?;
-                    (x0, None, labels)
-                }
-                // Reflow: each x₀ with the noise the teacher turned into it.
-                Batches::Pairs(pb) => {
-                    let (x0, z, labels) = pb.next_batch()?;
-                    (x0, Some(z), labels)
-                }
-            };
-            // Data parallel: this rank's rows (the image loader hands out only those).
-            let (x0, noise, batch_labels) = match &batches {
-                Batches::Images(_) => (x0, noise, batch_labels),
-                _ if !sync => (x0, noise, batch_labels),
-                _ => {
-                    let rows = |t: Tensor| t.narrow(0, row_offset, local_rows);
-                    (
-                        rows(x0)?,
-                        noise.map(rows).transpose()?,
-                        batch_labels.map(|l| l[row_offset..row_offset + local_rows].to_vec()),
-                    )
-                }
-            };
-            data_wait_s += waited.elapsed().as_secs_f64();
-            images += x0.dim(0)? * world;
-            let labels = if classes.is_some() {
-                batch_labels
-            } else {
-                None
-            };
-            rng.set_row_shard(sync.then_some(row_shard));
-            let out = net.loss(
-                low_net.as_ref(),
-                &x0,
-                noise.as_ref(),
-                labels.as_deref(),
-                &mut rng,
-                step,
-            );
-            rng.set_row_shard(None);
-            let (micro_loss, parts) = out?;
-            for (k, v) in parts {
-                match parts_sum.iter_mut().find(|(n, _)| *n == k) {
-                    Some((_, s)) => *s += v / k_acc as f64,
-                    None => parts_sum.push((k, v / k_acc as f64)),
-                }
-            }
-            let micro = micro_loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
-            loss_sum += micro;
-            if !micro.is_finite() {
-                finite = false;
-                continue;
-            }
-            let g = match &scaler {
-                Some(s) => (micro_loss * (s.scale() / k_acc as f64))?,
-                None => (micro_loss / k_acc as f64)?,
-            }
-            .backward()?;
-            grads = Some(match grads {
-                None => g,
-                Some(mut acc) => {
-                    for (_, v) in &vars {
-                        if let Some(new) = g.get(v) {
-                            let sum = match acc.get(v) {
-                                Some(old) => (old.detach() + new.detach())?,
-                                None => new.detach(),
-                            };
-                            acc.insert(v, sum);
-                        }
-                    }
-                    acc
-                }
-            });
-        }
-        // Data parallel: one small all-reduce agrees on the loss, its parts and whether every
-        // rank was finite; then the gradients are averaged.
-        if sync {
-            let mut ctl = vec![loss_sum, if finite { 0.0 } else { 1.0 }];
-            ctl.extend(parts_sum.iter().map(|(_, v)| *v as f32));
-            let ctl = agree(comm, ctl)?;
-            loss_sum = ctl[0] / world as f32;
-            finite = ctl[1] == 0.0;
-            for ((_, v), c) in parts_sum.iter_mut().zip(&ctl[2..]) {
-                *v = *c as f64 / world as f64;
-            }
-        }
-        let unscale = scaler.as_ref().map_or(1.0, |s| s.scale()) * world as f64;
-        if let (true, Some(g)) = (finite && (sync || unscale != 1.0), grads.as_mut()) {
-            average_gradients(g, &vars, comm, unscale)?;
-        }
-        let loss = loss_sum / k_acc as f32;
         let lr_now = t.learning_rate * lr.factor(step);
+        let options = StepOptions {
+            lr: lr_now,
+            max_grad_norm: t.max_grad_norm,
+            accumulation: t.gradient_accumulation_steps,
+        };
+        let result = super::step::step(
+            &vars,
+            &mut opt,
+            &options,
+            scaler.as_mut(),
+            comm,
+            &mut || {
+                let waited = std::time::Instant::now();
+                let (x0, noise, batch_labels) = match &mut batches {
+                    Batches::Images(loader) => {
+                        let batch = loader
+                            .next_batch()
+                            .map_err(|e| Error::Invalid(e.to_string()))?;
+                        let x0 = batch
+                            .to_tensor(device)
+                            .map_err(|e| Error::Invalid(e.to_string()))?;
+                        (x0, None, batch.labels)
+                    }
+                    // z = mean + std·ε draws ε from the run's own (checkpointed) stream.
+                    Batches::Latents(lb) => {
+                        let (x0, labels) = lb.next_batch(&mut rng)?;
+                        (x0, None, labels)
+                    }
+                    // Reflow: each x₀ with the noise the teacher turned into it.
+                    Batches::Pairs(pb) => {
+                        let (x0, z, labels) = pb.next_batch()?;
+                        (x0, Some(z), labels)
+                    }
+                };
+                // Data parallel: this rank's rows (the image loader hands out only those).
+                let (x0, noise, batch_labels) = match &batches {
+                    Batches::Images(_) => (x0, noise, batch_labels),
+                    _ if !sync => (x0, noise, batch_labels),
+                    _ => {
+                        let rows = |t: Tensor| t.narrow(0, row_offset, local_rows);
+                        (
+                            rows(x0)?,
+                            noise.map(rows).transpose()?,
+                            batch_labels.map(|l| l[row_offset..row_offset + local_rows].to_vec()),
+                        )
+                    }
+                };
+                data_wait_s += waited.elapsed().as_secs_f64();
+                images += x0.dim(0)? * world;
+                let labels = if classes.is_some() {
+                    batch_labels
+                } else {
+                    None
+                };
+                rng.set_row_shard(sync.then_some(row_shard));
+                let out = net.loss(
+                    low_net.as_ref(),
+                    &x0,
+                    noise.as_ref(),
+                    labels.as_deref(),
+                    &mut rng,
+                    step,
+                );
+                rng.set_row_shard(None);
+                let (loss, parts) = out?;
+                Ok(MicroLoss { loss, parts })
+            },
+        )?;
+        let loss = result.loss;
         let mut report = StepReport {
             step: step + 1,
             max_steps: t.max_steps,
             loss,
             lr: lr_now,
-            grad_norm: f64::NAN,
+            grad_norm: result.grad_norm,
             images,
-            skipped_nonfinite: false,
+            skipped_nonfinite: result.skipped.is_some(),
             data_wait_s,
-            metrics: parts_sum,
+            metrics: result.parts,
         };
-        let Some(mut grads) = grads.filter(|_| finite) else {
-            nonfinite += 1;
-            report.skipped_nonfinite = true;
-            if let Some(s) = &mut scaler {
-                s.update(true);
+        match result.skipped {
+            Some(Skipped::NonFiniteLoss) => {
+                nonfinite += 1;
+                on_step(&report);
+                if nonfinite >= t.max_nonfinite {
+                    return Err(Error::Invalid(format!(
+                        "stopping: {nonfinite} non-finite losses in a row at step {} (lower the learning rate, check the data)",
+                        step + 1
+                    )));
+                }
+                continue;
             }
-            on_step(&report);
-            if nonfinite >= t.max_nonfinite {
-                return Err(Error::Invalid(format!(
-                    "stopping: {nonfinite} non-finite losses in a row at step {} (lower the learning rate, check the data)",
-                    step + 1
-                )));
+            Some(Skipped::NonFiniteGradient) => {
+                nonfinite = 0;
+                on_step(&report);
+                continue;
             }
-            continue;
-        };
-        nonfinite = 0;
-        report.grad_norm = clip_grad_norm(&mut grads, &vars, t.max_grad_norm)?;
-        if let Some(s) = &mut scaler {
-            // fp16: an overflow halves the loss scale and skips the step (GradScaler).
-            s.update(!report.grad_norm.is_finite());
-            report.metrics.push(("loss_scale".into(), s.scale()));
+            None => nonfinite = 0,
         }
-        if !report.grad_norm.is_finite() {
-            report.skipped_nonfinite = true;
-            on_step(&report);
-            continue;
-        }
-        opt.update(&grads, lr_now)?;
         ema.step(&plain)?;
         step += 1;
         // A wall-clock budget ends the run like Ctrl-C: last evaluation, checkpoint, stop.
