@@ -18,13 +18,15 @@ mod setup;
 mod step;
 
 pub use checkpoint::newest_checkpoint;
-pub use config::{DataSection, TrainConfig, TrainSection, VaeSection};
+pub use config::*;
 pub(crate) use grids::preview_scheduler;
 pub use run::train_with;
+
+pub(crate) use crate::io_err;
 pub use step::{step, MicroLoss, Skipped, StepOptions, StepResult};
 
 use crate::dist::SingleProcess;
-use crate::{Error, Result};
+use crate::Result;
 use candle_core::Device;
 use std::path::{Path, PathBuf};
 
@@ -49,10 +51,6 @@ pub struct TrainOutcome {
     pub steps: u64,
     pub last_loss: f32,
     pub checkpoints: Vec<PathBuf>,
-}
-
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
-    move |e| Error::Invalid(format!("{}: {e}", path.display()))
 }
 
 /// Runs training into `output` (a diffusers pipeline folder at the end; checkpoints under

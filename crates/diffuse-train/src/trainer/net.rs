@@ -11,7 +11,7 @@ use candle_core::{Device, Tensor};
 use diffuse_core::config::{PredictionType, SchedulerConfig};
 use diffuse_core::schedule::NoiseSchedule;
 use diffuse_data::datasets::{self, Split};
-use diffuse_data::transform::{Fit, Transform};
+use diffuse_data::transform::Transform;
 use diffuse_models::weights::build_vae;
 use diffuse_models::{AutoencoderKL, AutoencoderKLConfig, DenoiserConfig, DenoiserNet};
 use serde_json::{Map, Value};
@@ -108,13 +108,10 @@ pub(super) fn unet_task(
     sched_map
         .entry("_class_name")
         .or_insert("DDPMScheduler".into());
-    let prediction = match t.prediction_type.as_str() {
-        "flow" | "flow_prediction" => PredictionType::Flow,
-        p => {
-            sched_map.insert("prediction_type".into(), p.into());
-            PredictionType::parse(p)?
-        }
-    };
+    let prediction = t.prediction_type.to_core();
+    if prediction != PredictionType::Flow {
+        sched_map.insert("prediction_type".into(), prediction.name().into());
+    }
     let flow_class = SchedulerConfig::from_json_map(&sched_map).is_ok_and(|c| c.class.is_flow());
     if prediction == PredictionType::Flow && !flow_class {
         sched_map.insert(
@@ -124,7 +121,7 @@ pub(super) fn unet_task(
     } else if prediction != PredictionType::Flow && flow_class {
         return Err(Error::Invalid(format!(
             "[scheduler] is a flow-matching scheduler but train.prediction_type is {:?}; set prediction_type = \"flow\" or use a diffusion scheduler",
-            t.prediction_type
+            config_name(&t.prediction_type)
         )));
     }
     let sched_cfg = SchedulerConfig::from_json_map(&sched_map)?;
@@ -142,8 +139,8 @@ pub(super) fn unet_task(
         min_snr_gamma: t.snr_gamma,
         cond_dropout: t.cond_dropout,
         null_class: classes.map(|k| k as u32),
-        sigma_sampling: SigmaSampling::parse(
-            &t.flow_sigma_sampling,
+        sigma_sampling: SigmaSampling::new(
+            t.flow_sigma_sampling,
             t.flow_logit_mean,
             t.flow_logit_std,
         )?,
@@ -183,15 +180,6 @@ pub(super) fn vae_task(
         .entry("_class_name")
         .or_insert("AutoencoderKL".into());
     let cfg = AutoencoderKLConfig::from_json_str(&Value::Object(model_map).to_string())?;
-    let rec = match section.loss.as_str() {
-        "l1" => Reconstruction::L1,
-        "l2" => Reconstruction::L2,
-        other => {
-            return Err(Error::Invalid(format!(
-                "vae.loss: unknown value {other:?}; allowed: l1, l2"
-            )))
-        }
-    };
     let d = &config.data;
     let holdout = if section.eval_images > 0 {
         let test = datasets::open(&d.name, Split::Test).map_err(|e| {
@@ -202,7 +190,7 @@ pub(super) fn vae_task(
         let n = section.eval_images.min(test.len());
         let tf = Transform {
             size: d.size,
-            fit: parse_fit(&d.fit)?,
+            fit: d.fit.into(),
             hflip: false,
         };
         let mut pixels = Vec::with_capacity(n * test.channels() * d.size * d.size);
@@ -222,19 +210,11 @@ pub(super) fn vae_task(
     let task = VaeTask {
         model,
         cfg,
-        rec,
+        rec: section.loss,
         section: section.clone(),
         holdout,
     };
     Ok((Net::Vae(Box::new(task)), varmap))
-}
-
-pub(super) fn parse_fit(fit: &str) -> Result<Fit> {
-    Fit::parse(fit).ok_or_else(|| {
-        Error::Invalid(format!(
-            "data.fit: unknown value {fit:?}; allowed: pad, resize, center_crop"
-        ))
-    })
 }
 
 impl Net {

@@ -58,11 +58,11 @@ pub fn train_with(
             "data.skip_bad: skipped samples would leave the data-parallel ranks unequal slices; fix or remove the bad files".into(),
         ));
     }
-    let amp = MixedPrecision::parse(&t.mixed_precision)?;
+    let amp = t.mixed_precision;
     if amp != MixedPrecision::No && config.vae.is_some() {
         return Err(Error::Invalid(format!(
             "train.mixed_precision = {:?} applies to UNet and DiT training; a [vae] trains in f32 (set it to \"no\")",
-            t.mixed_precision
+            config_name(&amp)
         )));
     }
     let source = match (&d.latents, &d.pairs, d.name.is_empty()) {
@@ -76,10 +76,10 @@ pub fn train_with(
             PathBuf::from(dir).join("vae"),
         ),
         (None, Some(dir), true) => {
-            if !matches!(t.prediction_type.as_str(), "flow" | "flow_prediction") {
+            if t.prediction_type != Prediction::Flow {
                 return Err(Error::Invalid(format!(
                     "data.pairs: reflow trains a flow-matching student; set train.prediction_type = \"flow\" (got {:?})",
-                    t.prediction_type
+                    config_name(&t.prediction_type)
                 )));
             }
             Source::Pairs(crate::reflow::load_pairs(Path::new(dir), device)?)
@@ -225,8 +225,8 @@ pub fn train_with(
             ..ema_defaults
         },
     )?;
-    let lr = LrSchedule::parse(&t.lr_scheduler, t.lr_warmup_steps, t.max_steps)?;
-    let fit = parse_fit(&d.fit)?;
+    let lr = LrSchedule::new(t.lr_scheduler, t.lr_warmup_steps, t.max_steps);
+    let fit = d.fit.into();
     // Mixed precision: the weights that are not trained enter the low-precision copy as they
     // are; fp16 scales the loss.
     let fixed: HashMap<String, Tensor> = match amp {
