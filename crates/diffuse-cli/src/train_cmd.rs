@@ -56,16 +56,6 @@ pub struct Args {
     master_port: u16,
 }
 
-/// Launcher flags (and whether each takes a value) that the started ranks must not see.
-const LAUNCH_FLAGS: [&str; 6] = [
-    "--gpus",
-    "--nproc-per-node",
-    "--nnodes",
-    "--node-rank",
-    "--master-addr",
-    "--master-port",
-];
-
 /// How long ranks wait for each other at the rendezvous.
 const RENDEZVOUS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
 
@@ -163,8 +153,7 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-/// Starts `n` ranks of this very command on this node (torchrun's job) and waits for them; the
-/// first failure stops the others.
+/// Starts `n` ranks of this very command on this node (torchrun's job) and waits for them.
 fn launch_ranks(n: usize, device: &str, args: &Args) -> Result<()> {
     let plan = LaunchPlan {
         nnodes: args.nnodes,
@@ -173,76 +162,10 @@ fn launch_ranks(n: usize, device: &str, args: &Args) -> Result<()> {
         master_addr: args.master_addr.clone(),
         master_port: args.master_port,
     };
-    let envs = plan.child_envs()?;
     let exe = std::env::current_exe().context("cannot find the diffuse binary to start ranks")?;
-    // This command's arguments without the launcher's, on the chosen device.
-    let mut argv: Vec<String> = Vec::new();
-    let mut raw = std::env::args().skip(1);
-    while let Some(a) = raw.next() {
-        let flag = a.split('=').next().unwrap_or_default();
-        if LAUNCH_FLAGS.contains(&flag) || flag == "--device" {
-            if !a.contains('=') {
-                raw.next();
-            }
-            continue;
-        }
-        argv.push(a);
-    }
-    argv.extend(["--device".to_string(), device.to_string()]);
-    // CPU ranks share the cores (unless --threads / DIFFUSE_THREADS says otherwise).
-    let threads = (device == "cpu" && std::env::var_os("DIFFUSE_THREADS").is_none()).then(|| {
-        let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
-        (cores / n).max(1).to_string()
-    });
+    let argv = dist::launch::rank_args(std::env::args().skip(1), device);
     let _stop = crate::common::ctrl_c_flag("the ranks save a checkpoint after this step");
-    let mut children = Vec::with_capacity(n);
-    for env in &envs {
-        let mut cmd = std::process::Command::new(&exe);
-        cmd.args(&argv).envs(env.iter().map(|(k, v)| (k, v)));
-        if let Some(t) = &threads {
-            cmd.env("DIFFUSE_THREADS", t);
-        }
-        children.push(cmd.spawn().context("cannot start a rank")?);
-    }
-    let world = n * plan.nnodes;
-    if !args.quiet {
-        eprintln!(
-            "started ranks {}..{} of {world} on {device} (rendezvous {}:{})",
-            plan.node_rank * n,
-            plan.node_rank * n + n - 1,
-            plan.master_addr,
-            plan.master_port
-        );
-    }
-    // Wait for all; after a failure, stop the rest (they would wait for the failed rank).
-    let mut failed: Option<String> = None;
-    let mut running: Vec<(usize, std::process::Child)> = children.into_iter().enumerate().collect();
-    while !running.is_empty() {
-        let mut still = Vec::new();
-        for (local, mut child) in running {
-            match child.try_wait().context("waiting for a rank")? {
-                Some(status) if !status.success() => {
-                    failed.get_or_insert(format!(
-                        "rank {} exited with {status}",
-                        plan.node_rank * n + local
-                    ));
-                }
-                Some(_) => {}
-                None => still.push((local, child)),
-            }
-        }
-        running = still;
-        if failed.is_some() {
-            for (_, child) in &mut running {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-            running.clear();
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    match failed {
-        Some(f) => bail!("data-parallel training failed: {f} (its error is above)"),
-        None => Ok(()),
-    }
+    Ok(dist::launch::launch_ranks(
+        &plan, &exe, &argv, device, args.quiet,
+    )?)
 }

@@ -10,11 +10,14 @@
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use diffuse_models::{DenoiserConfig, DenoiserNet};
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
-/// `train.mixed_precision`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// `train.mixed_precision`: "no", "bf16" or "fp16".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum MixedPrecision {
+    #[default]
     No,
     Bf16,
     Fp16,

@@ -43,3 +43,8 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// An I/O error on `path` as [`Error::Invalid`] naming the path (`.map_err(io_err(path))`).
+pub(crate) fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |e| Error::Invalid(format!("{}: {e}", path.display()))
+}

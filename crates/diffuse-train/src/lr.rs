@@ -2,14 +2,18 @@
 //! of the base LR per optimizer step (the step index before the update).
 
 use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// `train.lr_scheduler`, diffusers' names (default `cosine`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum LrKind {
     Constant,
     ConstantWithWarmup,
     /// Linear warmup, then linear decay to 0 at `total`.
     Linear,
     /// Linear warmup, then half a cosine to 0 at `total` (diffusers' `cosine`, num_cycles 0.5).
+    #[default]
     Cosine,
 }
 
@@ -33,11 +37,15 @@ impl LrSchedule {
                 )))
             }
         };
-        Ok(LrSchedule {
+        Ok(LrSchedule::new(kind, warmup, total))
+    }
+
+    pub fn new(kind: LrKind, warmup: u64, total: u64) -> Self {
+        LrSchedule {
             kind,
             warmup,
             total,
-        })
+        }
     }
 
     /// The LR multiplier at optimizer step `step` (0-based).

@@ -21,6 +21,7 @@ use diffuse_models::{AutoencoderKL, DenoiserNet};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
+use serde::{Deserialize, Serialize};
 
 /// The seeded generator of a training run; its whole state is (seed, word position).
 #[derive(Debug, Clone)]
@@ -137,21 +138,41 @@ pub enum SigmaSampling {
     LogitNormal { mean: f64, std: f64 },
 }
 
+/// `train.flow_sigma_sampling`: the distribution of [`SigmaSampling`] without its parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SigmaSamplingKind {
+    #[default]
+    LogitNormal,
+    Uniform,
+}
+
 impl SigmaSampling {
-    /// Parses the `train.flow_sigma_sampling` value with its two logit-normal parameters.
-    pub fn parse(name: &str, mean: f64, std: f64) -> Result<Self> {
-        match name {
-            "uniform" => Ok(SigmaSampling::Uniform),
-            "logit_normal" if std > 0.0 && std.is_finite() && mean.is_finite() => {
+    /// `kind` with the two logit-normal parameters (`train.flow_logit_mean`, `flow_logit_std`).
+    pub fn new(kind: SigmaSamplingKind, mean: f64, std: f64) -> Result<Self> {
+        match kind {
+            SigmaSamplingKind::Uniform => Ok(SigmaSampling::Uniform),
+            SigmaSamplingKind::LogitNormal if std > 0.0 && std.is_finite() && mean.is_finite() => {
                 Ok(SigmaSampling::LogitNormal { mean, std })
             }
-            "logit_normal" => Err(crate::Error::Invalid(format!(
+            SigmaSamplingKind::LogitNormal => Err(crate::Error::Invalid(format!(
                 "train.flow_logit_std must be > 0 and flow_logit_mean finite, got mean {mean}, std {std}"
             ))),
-            other => Err(crate::Error::Invalid(format!(
-                "train.flow_sigma_sampling: unknown value {other:?}; allowed: logit_normal, uniform"
-            ))),
         }
+    }
+
+    /// Parses the `train.flow_sigma_sampling` value with its two logit-normal parameters.
+    pub fn parse(name: &str, mean: f64, std: f64) -> Result<Self> {
+        let kind = match name {
+            "uniform" => SigmaSamplingKind::Uniform,
+            "logit_normal" => SigmaSamplingKind::LogitNormal,
+            other => {
+                return Err(crate::Error::Invalid(format!(
+                    "train.flow_sigma_sampling: unknown value {other:?}; allowed: logit_normal, uniform"
+                )))
+            }
+        };
+        SigmaSampling::new(kind, mean, std)
     }
 }
 
@@ -322,9 +343,11 @@ pub(crate) fn drop_labels(
     }
 }
 
-/// Reconstruction loss of the VAE objective.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Reconstruction loss of the VAE objective (`vae.loss`: "l1" or "l2").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Reconstruction {
+    #[default]
     L1,
     L2,
 }

@@ -26,7 +26,7 @@
 //! the student is a flow-matching model either way.
 
 use crate::trainer::TrainConfig;
-use crate::{Error, Result};
+use crate::{io_err, Error, Result};
 use candle_core::{DType, Device, Shape, Tensor};
 use diffuse_core::config::{DpmAlgorithm, SchedulerClass, SchedulerConfig};
 use diffuse_core::rng::{NoiseSource, SeededNoise};
@@ -143,10 +143,6 @@ pub struct Teacher {
 
 fn invalid(e: impl std::fmt::Display) -> Error {
     Error::Invalid(e.to_string())
-}
-
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
-    move |e| Error::Invalid(format!("{}: {e}", path.display()))
 }
 
 /// FNV-1a, 64 bit: a stable fingerprint (not a cryptographic hash).
@@ -691,7 +687,8 @@ pub fn student_config(
         .and_then(|t| t.get("prediction_type"))
         .and_then(|v| v.as_str())
     {
-        if !matches!(p, "flow" | "flow_prediction") {
+        let parsed = toml::Value::from(p).try_into::<crate::trainer::Prediction>();
+        if !matches!(parsed, Ok(crate::trainer::Prediction::Flow)) {
             return Err(Error::Invalid(format!(
                 "train.prediction_type {p:?}: a reflow student is a flow-matching model (\"flow\")"
             )));
@@ -743,7 +740,7 @@ pub fn student_config(
         .map_err(|e| Error::Invalid(format!("student [scheduler]: {e}")))?;
     config.scheduler = sched;
     config.data.pairs = Some(pairs.display().to_string());
-    config.train.prediction_type = "flow".into();
+    config.train.prediction_type = crate::trainer::Prediction::Flow;
     if !own_model && !user_init {
         // The weights that made the pairs: the EMA UNet unless the teacher ran with `no_ema`.
         let init = if teacher.no_ema {

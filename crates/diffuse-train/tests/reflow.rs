@@ -274,7 +274,10 @@ fn the_student_trains_on_pairs_from_the_teachers_weights() {
     assert_eq!(cfg.train.init_from.as_deref(), tdir.to_str());
     assert_eq!(cfg.data.pairs.as_deref(), pairs_dir.to_str());
     assert_eq!(cfg.train.sample_steps, 2);
-    assert_eq!(cfg.train.flow_sigma_sampling, "uniform");
+    assert_eq!(
+        cfg.train.flow_sigma_sampling,
+        diffuse_train::objective::SigmaSamplingKind::Uniform
+    );
     assert_eq!(cfg.scheduler["num_inference_steps"], 2);
     assert_eq!(cfg.scheduler["shift"], 2.0);
     // Pairs from the teacher's unet/ (no_ema): the student starts from those weights.

@@ -5,6 +5,8 @@
 //! `LOCAL_RANK`, `MASTER_ADDR`, `MASTER_PORT`; [`DistEnv`]).
 //!
 //! [`Collective`] is what the trainer needs of a process group; its backends:
+//! [`launch`] starts the ranks of a node as torchrun does.
+//!
 //! - [`SingleProcess`]: world size 1 (plain training);
 //! - [`threads::ThreadGroup`]: ranks as threads of one process (the CPU tests);
 //! - [`tcp::TcpGroup`]: ranks as processes on the CPU, star all-reduce through rank 0 over TCP
@@ -14,7 +16,10 @@
 //!
 //! All backends sum in a fixed order that is the same on every rank, so the ranks' weights stay
 //! bit-identical.
+//!
+//! [`launch`] starts a node's ranks as copies of the current command, as torchrun does.
 
+pub mod launch;
 pub mod tcp;
 pub mod threads;
 

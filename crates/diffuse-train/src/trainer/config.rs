@@ -1,0 +1,425 @@
+//! The TOML schema of `diffuse train` (`[model]`, `[scheduler]`, `[data]`, `[train]`, `[vae]`,
+//! `[eval]`, `[distill]`) and `--set` overrides.
+
+use crate::amp::MixedPrecision;
+use crate::lr::LrKind;
+use crate::objective::{Reconstruction, SigmaSamplingKind};
+use crate::{Error, Result};
+use diffuse_core::config::PredictionType;
+use diffuse_data::transform::Fit;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+pub const DEFAULT_SIZE: usize = 32;
+pub const DEFAULT_BATCH_SIZE: usize = 32;
+pub const DEFAULT_WORKERS: usize = 2;
+pub const DEFAULT_LEARNING_RATE: f64 = 1e-4;
+pub const DEFAULT_MAX_GRAD_NORM: f64 = 1.0;
+pub const DEFAULT_GRADIENT_ACCUMULATION_STEPS: u64 = 1;
+pub const DEFAULT_FLOW_LOGIT_STD: f64 = 1.0;
+pub const DEFAULT_COND_DROPOUT: f64 = 0.1;
+pub const DEFAULT_CHECKPOINT_EVERY: u64 = 500;
+pub const DEFAULT_KEEP_CHECKPOINTS: usize = 3;
+pub const DEFAULT_LOG_EVERY: u64 = 500;
+pub const DEFAULT_SAMPLE_STEPS: usize = 25;
+pub const DEFAULT_SAMPLE_GUIDANCE: f64 = 2.0;
+pub const DEFAULT_MAX_NONFINITE: u32 = 5;
+pub const DEFAULT_KL_WEIGHT: f64 = 1e-6;
+pub const DEFAULT_EVAL_IMAGES: usize = 256;
+
+/// serde `default = "…"` functions, one per constant.
+macro_rules! default_fns {
+    ($($f:ident -> $t:ty = $c:expr;)*) => {
+        $(fn $f() -> $t {
+            $c
+        })*
+    };
+}
+
+default_fns! {
+    default_size -> usize = DEFAULT_SIZE;
+    default_batch_size -> usize = DEFAULT_BATCH_SIZE;
+    default_workers -> usize = DEFAULT_WORKERS;
+    default_learning_rate -> f64 = DEFAULT_LEARNING_RATE;
+    default_max_grad_norm -> f64 = DEFAULT_MAX_GRAD_NORM;
+    default_gradient_accumulation_steps -> u64 = DEFAULT_GRADIENT_ACCUMULATION_STEPS;
+    default_flow_logit_std -> f64 = DEFAULT_FLOW_LOGIT_STD;
+    default_cond_dropout -> f64 = DEFAULT_COND_DROPOUT;
+    default_checkpoint_every -> u64 = DEFAULT_CHECKPOINT_EVERY;
+    default_keep_checkpoints -> usize = DEFAULT_KEEP_CHECKPOINTS;
+    default_log_every -> u64 = DEFAULT_LOG_EVERY;
+    default_sample_steps -> usize = DEFAULT_SAMPLE_STEPS;
+    default_sample_guidance -> f64 = DEFAULT_SAMPLE_GUIDANCE;
+    default_max_nonfinite -> u32 = DEFAULT_MAX_NONFINITE;
+    default_kl_weight -> f64 = DEFAULT_KL_WEIGHT;
+    default_eval_images -> usize = DEFAULT_EVAL_IMAGES;
+}
+
+/// serde's default for flags that are on unless turned off.
+pub(crate) fn d_true() -> bool {
+    true
+}
+
+/// `train.prediction_type`: what the network predicts (diffusers' names; `flow` is flow
+/// matching, also accepted as `flow_prediction`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Prediction {
+    #[default]
+    Epsilon,
+    #[serde(alias = "original_sample")]
+    Sample,
+    VPrediction,
+    #[serde(alias = "flow_prediction")]
+    Flow,
+}
+
+impl Prediction {
+    /// The scheduler's prediction type.
+    pub fn to_core(self) -> PredictionType {
+        match self {
+            Prediction::Epsilon => PredictionType::Epsilon,
+            Prediction::Sample => PredictionType::Sample,
+            Prediction::VPrediction => PredictionType::VPrediction,
+            Prediction::Flow => PredictionType::Flow,
+        }
+    }
+}
+
+/// `data.fit`: how images of another aspect or size become `data.size`².
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ImageFit {
+    #[default]
+    Pad,
+    Resize,
+    #[serde(alias = "center-crop")]
+    CenterCrop,
+}
+
+impl From<ImageFit> for Fit {
+    fn from(f: ImageFit) -> Fit {
+        match f {
+            ImageFit::Pad => Fit::Pad,
+            ImageFit::Resize => Fit::Resize,
+            ImageFit::CenterCrop => Fit::CenterCrop,
+        }
+    }
+}
+
+/// The name a config value serializes to (`"bf16"` for [`MixedPrecision::Bf16`]), for messages.
+pub(crate) fn config_name<T: Serialize>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(Value::String(s)) => s,
+        Ok(other) => other.to_string(),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// serde's "unknown variant `x`, expected one of `a`, `b`" as this crate says it: "unknown
+/// value "x"; allowed: a, b" (other messages unchanged).
+fn allowed_values(message: &str) -> String {
+    let Some(at) = message.find("unknown variant `") else {
+        return message.to_string();
+    };
+    let rest = &message[at + "unknown variant `".len()..];
+    let Some((value, tail)) = rest.split_once('`') else {
+        return message.to_string();
+    };
+    let (line, after) = tail.split_once('\n').unwrap_or((tail, ""));
+    let allowed: Vec<&str> = line.split('`').skip(1).step_by(2).collect();
+    let mut out = format!(
+        "{}unknown value {value:?}; allowed: {}",
+        &message[..at],
+        allowed.join(", ")
+    );
+    if !after.is_empty() {
+        out.push('\n');
+        out.push_str(after);
+    }
+    out
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSection {
+    /// `mnist`, `fashion-mnist`, `cifar10`, or a folder.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    /// Instead of `name`: a latent cache (`diffuse data encode`); the UNet then trains on its
+    /// latents and the output is a latent pipeline with the cache's VAE (`size`, `fit`,
+    /// `hflip`, `workers` and `skip_bad` do not apply).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latents: Option<String>,
+    /// Instead of `name`: reflow pairs (`diffuse distill reflow`, `OUTPUT/pairs`): (noise, x₀,
+    /// label) triples from a teacher's ODE; the flow loss then uses each x₀'s own noise (latent
+    /// pairs carry their VAE; `size`, `fit`, `hflip`, `workers` and `skip_bad` do not apply).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pairs: Option<String>,
+    #[serde(default = "default_size")]
+    pub size: usize,
+    #[serde(default)]
+    pub fit: ImageFit,
+    #[serde(default)]
+    pub hflip: bool,
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    #[serde(default = "default_workers")]
+    pub workers: usize,
+    #[serde(default)]
+    pub skip_bad: bool,
+    /// Train class-conditionally when the data set has labels.
+    #[serde(default = "d_true")]
+    pub class_conditional: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSection {
+    pub max_steps: u64,
+    /// Stop (with a checkpoint and the output pipeline) after this many minutes of this
+    /// invocation, for comparisons at the same wall-clock budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_minutes: Option<f64>,
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(default = "default_learning_rate")]
+    pub learning_rate: f64,
+    #[serde(default)]
+    pub lr_scheduler: LrKind,
+    #[serde(default)]
+    pub lr_warmup_steps: u64,
+    #[serde(default)]
+    pub adam_beta1: Option<f64>,
+    #[serde(default)]
+    pub adam_beta2: Option<f64>,
+    #[serde(default)]
+    pub adam_epsilon: Option<f64>,
+    #[serde(default)]
+    pub adam_weight_decay: Option<f64>,
+    #[serde(default = "default_max_grad_norm")]
+    pub max_grad_norm: f64,
+    /// Micro-batches per optimizer step (gradients averaged); 1 = none.
+    #[serde(default = "default_gradient_accumulation_steps")]
+    pub gradient_accumulation_steps: u64,
+    /// Recompute each block's activations in backward instead of keeping them (diffusers'
+    /// `--gradient_checkpointing`): UNet and VAE ResNets, attentions and resamplers, DiT
+    /// transformer blocks. Same gradients; less memory for about one more forward per step.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub gradient_checkpointing: bool,
+    #[serde(default)]
+    pub prediction_type: Prediction,
+    #[serde(default)]
+    pub snr_gamma: Option<f64>,
+    /// Flow matching: how σ is drawn, `logit_normal` (SD3) or `uniform` (rectified flow); it
+    /// is then warped by the scheduler's `shift`, as the FlowMatch samplers warp theirs.
+    #[serde(default)]
+    pub flow_sigma_sampling: SigmaSamplingKind,
+    /// Mean and std of the logit-normal σ (a positive mean trains more at high noise).
+    #[serde(default)]
+    pub flow_logit_mean: f64,
+    #[serde(default = "default_flow_logit_std")]
+    pub flow_logit_std: f64,
+    /// Start from these weights instead of a random init: a pipeline folder (its EMA UNet when
+    /// it has `unet_ema/`) or a UNet folder; every tensor must match `[model]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<String>,
+    /// Probability of training on the null class (classifier-free guidance).
+    #[serde(default = "default_cond_dropout")]
+    pub cond_dropout: f64,
+    #[serde(default = "default_checkpoint_every")]
+    pub checkpoint_every: u64,
+    #[serde(default = "default_keep_checkpoints")]
+    pub keep_checkpoints: usize,
+    #[serde(default = "default_log_every")]
+    pub log_every: u64,
+    /// Write a grid of EMA samples (fixed seed, every class) to `samples/step-N.png` every this
+    /// many steps and at the end; 0 disables.
+    #[serde(default)]
+    pub sample_every: u64,
+    /// Sampling steps for those grids.
+    #[serde(default = "default_sample_steps")]
+    pub sample_steps: usize,
+    /// Guidance scale for the grids of class-conditional models.
+    #[serde(default = "default_sample_guidance")]
+    pub sample_guidance: f64,
+    /// Stop after this many non-finite losses in a row.
+    #[serde(default = "default_max_nonfinite")]
+    pub max_nonfinite: u32,
+    #[serde(default)]
+    pub ema_decay: Option<f64>,
+    #[serde(default)]
+    pub ema_power: Option<f64>,
+    /// Forward precision, accelerate's names: "no" (f32), "bf16" or "fp16" (with dynamic loss
+    /// scaling); weights, gradients, AdamW and EMA stay f32 ([`crate::amp`]).
+    #[serde(default)]
+    pub mixed_precision: MixedPrecision,
+}
+
+/// VAE training (`[vae]`): `[model]` is then an AutoencoderKL config. Labels, `[scheduler]`
+/// and the diffusion keys of `[train]` are not used.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaeSection {
+    /// Reconstruction loss: l1 or l2 (mean over pixels).
+    #[serde(default)]
+    pub loss: Reconstruction,
+    /// β: weight of KL(q(z|x) ‖ N(0, I)) (per-sample sum, batch mean); diffusers' script uses 1e-6.
+    #[serde(default = "default_kl_weight")]
+    pub kl_weight: f64,
+    /// β rises linearly from 0 over this many steps.
+    #[serde(default)]
+    pub kl_warmup_steps: u64,
+    /// Held-out images (the data set's test split) for the PSNR and SSIM logged with every
+    /// reconstruction grid (`train.sample_every`); 0 disables both.
+    #[serde(default = "default_eval_images")]
+    pub eval_images: usize,
+}
+
+/// The whole `diffuse train` configuration (`examples/*.toml`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// A diffusers UNet2DModel config (class labels get one extra "null" class when needed);
+    /// with `type = "dit"` a DiTTransformer2DModel config (`num_embeds_ada_norm` is set from the
+    /// data: its classes, or 0 for an unconditional model; the null class is the extra last
+    /// row); or an AutoencoderKL config with `[vae]`.
+    pub model: Map<String, Value>,
+    /// A diffusers scheduler config (default: DDPMScheduler's).
+    #[serde(default)]
+    pub scheduler: Map<String, Value>,
+    pub data: DataSection,
+    pub train: TrainSection,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vae: Option<VaeSection>,
+    /// Metrics of EMA samples every N steps (diffusion models).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval: Option<crate::eval_hook::EvalSection>,
+    /// Train as the progressive-distillation student of a teacher pipeline (images or a
+    /// latent cache as data; `[scheduler]` DDIM with the student's `num_inference_steps`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distill: Option<crate::progressive::DistillSection>,
+}
+
+impl TrainConfig {
+    pub fn from_toml(text: &str) -> Result<Self> {
+        toml::from_str(text).map_err(|e| {
+            Error::Invalid(format!("config: {}", allowed_values(e.to_string().trim())))
+        })
+    }
+
+    /// Applies `key.path=value` overrides (`train.max_steps=100`, `data.batch_size=8`).
+    pub fn set(&mut self, assignment: &str) -> Result<()> {
+        let (key, value) = assignment
+            .split_once('=')
+            .ok_or_else(|| Error::Invalid(format!("--set {assignment:?}: expected key=value")))?;
+        let mut doc = serde_json::to_value(&*self).expect("serializable");
+        let parsed: Value = toml::from_str::<toml::Table>(&format!("v = {value}"))
+            .ok()
+            .and_then(|t| serde_json::to_value(&t["v"]).ok())
+            .unwrap_or_else(|| Value::from(value));
+        let mut slot = &mut doc;
+        for part in key.split('.') {
+            slot = slot
+                .as_object_mut()
+                .ok_or_else(|| Error::Invalid(format!("--set {key}: not a table")))?
+                .entry(part.to_string())
+                .or_insert(Value::Null);
+        }
+        *slot = parsed;
+        *self = serde_json::from_value(doc).map_err(|e| {
+            Error::Invalid(format!("--set {key}: {}", allowed_values(&e.to_string())))
+        })?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "[model]\n[data]\nname = \"mnist\"\n[train]\nmax_steps = 1\n";
+
+    /// `[section] key = value` added to a minimal config: the error of parsing it.
+    fn toml_error(section: &str, key: &str, value: &str) -> String {
+        let text = if section == "vae" {
+            format!("{MINIMAL}[vae]\n{key} = {value}\n")
+        } else {
+            MINIMAL.replace(
+                &format!("[{section}]\n"),
+                &format!("[{section}]\n{key} = {value}\n"),
+            )
+        };
+        TrainConfig::from_toml(&text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn bad_enum_values_name_the_key_and_the_allowed_values() {
+        for (section, key, allowed) in [
+            (
+                "train",
+                "lr_scheduler",
+                "constant, constant_with_warmup, linear, cosine",
+            ),
+            ("train", "mixed_precision", "no, bf16, fp16"),
+            (
+                "train",
+                "prediction_type",
+                "epsilon, sample, v_prediction, flow",
+            ),
+            ("train", "flow_sigma_sampling", "logit_normal, uniform"),
+            ("data", "fit", "pad, resize, center_crop"),
+            ("vae", "loss", "l1, l2"),
+        ] {
+            for e in [
+                toml_error(section, key, "\"bogus\""),
+                // `--set` on a config that has the section.
+                TrainConfig::from_toml(&format!("{MINIMAL}[vae]\n"))
+                    .unwrap()
+                    .set(&format!("{section}.{key}=\"bogus\""))
+                    .map(|_| ())
+                    .unwrap_err()
+                    .to_string(),
+            ] {
+                assert!(e.contains(key), "{e}");
+                assert!(e.contains("\"bogus\"") && e.contains("allowed: "), "{e}");
+                // Every value is listed (aliases such as `flow_prediction` too).
+                assert!(allowed.split(", ").all(|a| e.contains(a)), "{e}");
+            }
+        }
+    }
+
+    #[test]
+    fn enums_keep_their_config_strings() {
+        let text =
+            "[model]\n[data]\nname = \"mnist\"\nfit = \"center-crop\"\n[train]\nmax_steps = 1\n\
+                    lr_scheduler = \"constant_with_warmup\"\nmixed_precision = \"bf16\"\n\
+                    prediction_type = \"flow_prediction\"\nflow_sigma_sampling = \"uniform\"\n\
+                    [vae]\nloss = \"l2\"\n";
+        let c = TrainConfig::from_toml(text).unwrap();
+        assert_eq!(c.train.prediction_type, Prediction::Flow);
+        assert_eq!(c.data.fit, ImageFit::CenterCrop);
+        let saved = toml::to_string(&c).unwrap();
+        for line in [
+            "fit = \"center_crop\"",
+            "lr_scheduler = \"constant_with_warmup\"",
+            "mixed_precision = \"bf16\"",
+            "prediction_type = \"flow\"",
+            "flow_sigma_sampling = \"uniform\"",
+            "loss = \"l2\"",
+        ] {
+            assert!(saved.contains(line), "{line} not in {saved}");
+        }
+        // Defaults serialize as before.
+        let d = toml::to_string(&TrainConfig::from_toml(MINIMAL).unwrap()).unwrap();
+        for line in [
+            "fit = \"pad\"",
+            "lr_scheduler = \"cosine\"",
+            "mixed_precision = \"no\"",
+            "prediction_type = \"epsilon\"",
+            "flow_sigma_sampling = \"logit_normal\"",
+        ] {
+            assert!(d.contains(line), "{line} not in {d}");
+        }
+    }
+}
