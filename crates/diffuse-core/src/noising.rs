@@ -168,7 +168,7 @@ pub fn min_snr_weights(
         .collect())
 }
 
-/// Mean squared error per batch row: [b].
+/// Mean squared error per batch row: `[b]`.
 pub fn mse_per_sample(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let d = (a - b)?.sqr()?;
     Ok(d.flatten_from(1)?.mean(D::Minus1)?)
