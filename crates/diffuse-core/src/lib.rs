@@ -4,7 +4,8 @@
 //! - [`schedule`]: β → ᾱ → σ and timestep spacing.
 //! - [`noising`]: q(x_t|x₀), ε/x₀/v conversions, SNR and Min-SNR-γ weights.
 //! - [`sampler`]: DDPM, DDIM, PNDM/PLMS, Euler, Euler-ancestral, Heun, DPM-Solver++(2M), UniPC
-//!   and flow-matching Euler, each a plan plus an explicit per-request state.
+//!   (the last two also on flow-matching σ) and flow-matching Euler/Heun, each a plan plus an
+//!   explicit per-request state.
 //! - [`rng`]: seeded noise, one stream per sample (sample i is the same whatever the batch).
 //! - [`denoiser`]: the model seam and classifier-free guidance.
 //!
