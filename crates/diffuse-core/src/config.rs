@@ -293,6 +293,15 @@ pub struct SchedulerConfig {
     pub extra: Map<String, Value>,
     /// Names of the keys in `extra`, for a note to the user.
     pub ignored_keys: Vec<String>,
+    /// The JSON object this config was read from, as given (empty for [`SchedulerConfig::
+    /// default_for`]). [`crate::compat::resolve_sampler`] carries its keys over to another
+    /// class as diffusers' `from_config` does.
+    pub given: Map<String, Value>,
+    /// Not a diffusers key: the model's own output type where it differs from
+    /// `prediction_type` (which is then what the sampler's diffusers class accepts). Set only by
+    /// [`crate::compat::resolve_sampler`] for the cells it converts; [`crate::sampler::Sampler::
+    /// step`] turns each model output into `prediction_type` first.
+    pub model_prediction_type: Option<PredictionType>,
 }
 
 impl SchedulerConfig {
@@ -684,6 +693,8 @@ impl SchedulerConfig {
             num_inference_steps,
             extra,
             ignored_keys,
+            given: map.clone(),
+            model_prediction_type: None,
         })
     }
 }

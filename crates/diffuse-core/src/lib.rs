@@ -1,6 +1,8 @@
 //! diffuse-core: the diffusion math of diffuse, equal to Hugging Face diffusers.
 //!
 //! - [`config`]: a diffusers `scheduler_config.json`, read as it is and validated.
+//! - [`compat`]: which sampler drives which model objective (supported, converted or refused),
+//!   and the scheduler config to plan a sampler with on a given model.
 //! - [`schedule`]: β → ᾱ → σ and timestep spacing.
 //! - [`noising`]: q(x_t|x₀), ε/x₀/v conversions, SNR and Min-SNR-γ weights.
 //! - [`sampler`]: DDPM, DDIM, PNDM/PLMS, Euler, Euler-ancestral, Heun, DPM-Solver++(2M), UniPC
@@ -16,6 +18,7 @@
 //! assert_eq!(sampler.timesteps()[0], 900.0);
 //! ```
 
+pub mod compat;
 pub mod config;
 pub mod denoiser;
 pub mod error;

@@ -532,6 +532,60 @@ fn flow_solvers_match_diffusers() {
     }
 }
 
+/// `scheduler_config.json` as diffusers' `save_config` writes it for the two flow-sigma
+/// classes reads back as the same scheduler, without ignored keys; the `__init__` keys
+/// `compat::resolve_sampler` carries over are diffusers' own.
+#[test]
+fn saved_flow_solver_configs_and_init_keys_match_diffusers() {
+    let f = load("flow_solvers.json");
+    let saved = f["saved_configs"].as_array().unwrap();
+    assert_eq!(saved.len(), 4);
+    for s in saved {
+        let text = s["text"].as_str().unwrap();
+        // diffusers writes the non-JSON literal `-Infinity` (DPMSolverMultistep's default
+        // lambda_min_clipped); serde_json refuses it (issue #20), so it is quoted here, as the
+        // reader accepts "-Infinity" as a string.
+        let text = text.replace(": -Infinity", ": \"-Infinity\"");
+        let cfg = SchedulerConfig::from_json_str(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
+        assert_eq!(cfg.class.class_name(), s["class"].as_str().unwrap());
+        assert!(cfg.ignored_keys.is_empty(), "{:?}", cfg.ignored_keys);
+        assert!(cfg.use_flow_sigmas && cfg.uses_flow_sigmas());
+        assert_eq!(cfg.prediction_type, PredictionType::Flow);
+        let shift = s["kwargs"]["flow_shift"].as_f64().unwrap_or(1.0);
+        assert_eq!(cfg.flow_shift, shift);
+        // Equal to the same scheduler built from the constructor arguments.
+        let kwargs = config_of(&{
+            let mut m = s["kwargs"].as_object().unwrap().clone();
+            m.insert("_class_name".into(), s["class"].clone());
+            Value::Object(m)
+        });
+        assert_eq!(
+            format!("{:?}", Sampler::new(&cfg, 10).unwrap().sigmas()),
+            format!("{:?}", Sampler::new(&kwargs, 10).unwrap().sigmas())
+        );
+        // The flow model's samplers from this config: the FlowMatch classes get `shift`.
+        let euler = diffuse_core::compat::resolve_sampler("flow_euler", &cfg).unwrap();
+        assert_eq!(euler.class, SchedulerClass::FlowMatchEuler);
+        assert_eq!(euler.shift, shift);
+    }
+    let keys = f["init_keys"].as_array().unwrap();
+    assert_eq!(keys.len(), SchedulerClass::ALL.len());
+    for k in keys {
+        let class = SchedulerClass::parse(k["class"].as_str().unwrap()).unwrap();
+        let want: Vec<&str> = k["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert_eq!(
+            diffuse_core::compat::diffusers_init_keys(class),
+            want.as_slice(),
+            "{class:?}"
+        );
+    }
+}
+
 #[test]
 fn every_sampler_and_prediction_type_is_covered() {
     let f = load("trajectories.json");
