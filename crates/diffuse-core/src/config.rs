@@ -278,6 +278,12 @@ pub struct SchedulerConfig {
     pub predict_x0: bool,
     pub disable_corrector: Vec<usize>,
     pub shift: f64,
+    /// DPM-Solver / UniPC: plan on flow-matching σ (x_σ = (1 − σ)x₀ + σε, α_t = 1 − σ) instead
+    /// of the β schedule's; with `prediction_type = "flow_prediction"` this drives a flow model.
+    pub use_flow_sigmas: bool,
+    /// DPM-Solver / UniPC with `use_flow_sigmas`: the σ warp shift·σ / (1 + (shift − 1)·σ)
+    /// (the FlowMatch schedulers call it `shift`).
+    pub flow_shift: f64,
     pub stochastic_sampling: bool,
     /// diffuse's own key: the step count the model was made for (a reflowed or distilled
     /// student); `diffuse sample` uses it as its default `--steps`. Not a diffusers key:
@@ -287,6 +293,15 @@ pub struct SchedulerConfig {
     pub extra: Map<String, Value>,
     /// Names of the keys in `extra`, for a note to the user.
     pub ignored_keys: Vec<String>,
+    /// The JSON object this config was read from, as given (empty for [`SchedulerConfig::
+    /// default_for`]). [`crate::compat::resolve_sampler`] carries its keys over to another
+    /// class as diffusers' `from_config` does.
+    pub given: Map<String, Value>,
+    /// Not a diffusers key: the model's own output type where it differs from
+    /// `prediction_type` (which is then what the sampler's diffusers class accepts). Set only by
+    /// [`crate::compat::resolve_sampler`] for the cells it converts; [`crate::sampler::Sampler::
+    /// step`] turns each model output into `prediction_type` first.
+    pub model_prediction_type: Option<PredictionType>,
 }
 
 impl SchedulerConfig {
@@ -304,6 +319,12 @@ impl SchedulerConfig {
             .as_object()
             .ok_or_else(|| Error::Invalid("scheduler config must be a JSON object".into()))?;
         Self::from_json_map(map)
+    }
+
+    /// Whether the sampler runs on flow-matching σ: a FlowMatch class, or DPM-Solver / UniPC
+    /// with `use_flow_sigmas`.
+    pub fn uses_flow_sigmas(&self) -> bool {
+        self.class.is_flow() || self.use_flow_sigmas
     }
 
     /// Reads a parsed config object; see [`SchedulerConfig::from_json_str`].
@@ -398,9 +419,10 @@ impl SchedulerConfig {
             C::Pndm => &["epsilon", "v_prediction"],
             C::EulerAncestral => &["epsilon", "v_prediction"],
             C::FlowMatchEuler | C::FlowMatchHeun => &["flow_prediction"],
-            C::DpmSolverMultistep | C::UniPcMultistep | C::Euler | C::Heun | C::Ddpm | C::Ddim => {
-                &["epsilon", "sample", "v_prediction"]
+            C::DpmSolverMultistep | C::UniPcMultistep => {
+                &["epsilon", "sample", "v_prediction", "flow_prediction"]
             }
+            C::Euler | C::Heun | C::Ddpm | C::Ddim => &["epsilon", "sample", "v_prediction"],
         };
         let prediction_type = if class.is_flow() {
             // The FlowMatch schedulers have no prediction_type key: it is always the velocity.
@@ -464,7 +486,7 @@ impl SchedulerConfig {
             _ => FinalSigmas::SigmaMin,
         };
         let solver_order = r.usize("solver_order", 2)?;
-        let max_order = if class == C::UniPcMultistep { 3 } else { 2 };
+        let max_order = 3;
         if !(1..=max_order).contains(&solver_order) {
             return Err(Error::config(
                 "solver_order",
@@ -513,6 +535,58 @@ impl SchedulerConfig {
             return Err(Error::config("shift", format!("must be > 0, got {shift}")));
         }
         let stochastic_sampling = r.bool("stochastic_sampling", false)?;
+        let use_flow_sigmas = r.bool("use_flow_sigmas", false)?;
+        let flow_shift = r.f64("flow_shift", 1.0)?;
+        if !(flow_shift > 0.0 && flow_shift.is_finite()) {
+            return Err(Error::config(
+                "flow_shift",
+                format!("must be > 0, got {flow_shift}"),
+            ));
+        }
+        if use_flow_sigmas {
+            if !matches!(class, C::DpmSolverMultistep | C::UniPcMultistep) {
+                return Err(Error::config(
+                    "use_flow_sigmas",
+                    format!(
+                        "not supported by {}; only DPMSolverMultistepScheduler and \
+                         UniPCMultistepScheduler have it (flow models: flow_euler, flow_heun)",
+                        class.class_name()
+                    ),
+                ));
+            }
+            if use_karras_sigmas {
+                return Err(Error::config(
+                    "use_karras_sigmas",
+                    "cannot be combined with use_flow_sigmas in diffuse",
+                ));
+            }
+        }
+        if prediction_type == PredictionType::Flow && !class.is_flow() {
+            // diffusers accepts flow_prediction on the β schedule's σ too, where x₀ = x − σ·u is
+            // not the model's x₀: refused rather than silently wrong.
+            if !use_flow_sigmas {
+                return Err(Error::config(
+                    "prediction_type",
+                    format!(
+                        "\"flow_prediction\" needs use_flow_sigmas true with {}",
+                        class.class_name()
+                    ),
+                ));
+            }
+            if class == C::DpmSolverMultistep && algorithm_type == DpmAlgorithm::DpmSolver {
+                return Err(Error::config(
+                    "algorithm_type",
+                    "\"dpmsolver\" cannot take flow_prediction (diffusers: data prediction only); \
+                     use \"dpmsolver++\"",
+                ));
+            }
+            if class == C::UniPcMultistep && !predict_x0 {
+                return Err(Error::config(
+                    "predict_x0",
+                    "must be true with flow_prediction (diffusers: data prediction only)",
+                ));
+            }
+        }
         let num_inference_steps = match r.get("num_inference_steps") {
             None => None,
             Some(_) => match r.usize("num_inference_steps", 0)? {
@@ -525,6 +599,17 @@ impl SchedulerConfig {
                 n => Some(n),
             },
         };
+        if class == C::UniPcMultistep
+            && unipc_solver_type == UniPcSolverType::Bh1
+            && final_sigmas_type == FinalSigmas::Zero
+        {
+            // B(h) = h is infinite on the last step to σ = 0: diffusers 0.42.1 returns NaN there.
+            return Err(Error::config(
+                "solver_type",
+                "\"bh1\" with final_sigmas_type \"zero\" gives NaN on the last step (as in diffusers); \
+                 use \"bh2\" or final_sigmas_type \"sigma_min\"",
+            ));
+        }
         if class == C::DpmSolverMultistep
             && algorithm_type == DpmAlgorithm::DpmSolver
             && final_sigmas_type == FinalSigmas::Zero
@@ -542,7 +627,6 @@ impl SchedulerConfig {
             "use_exponential_sigmas",
             "use_beta_sigmas",
             "use_lu_lambdas",
-            "use_flow_sigmas",
             "use_dynamic_shifting",
             "invert_sigmas",
         ] {
@@ -553,7 +637,6 @@ impl SchedulerConfig {
         }
         // Keys that change nothing here but are part of the configs diffusers writes.
         for key in [
-            "flow_shift",
             "base_shift",
             "max_shift",
             "base_image_seq_len",
@@ -604,10 +687,14 @@ impl SchedulerConfig {
             predict_x0,
             disable_corrector,
             shift,
+            use_flow_sigmas,
+            flow_shift,
             stochastic_sampling,
             num_inference_steps,
             extra,
             ignored_keys,
+            given: map.clone(),
+            model_prediction_type: None,
         })
     }
 }
@@ -806,6 +893,71 @@ mod tests {
         );
         let e = SchedulerConfig::from_json_str(r#"{"num_inference_steps": 0}"#).unwrap_err();
         assert!(e.to_string().contains("num_inference_steps"), "{e}");
+    }
+
+    #[test]
+    fn flow_sigmas_take_flow_prediction_and_refuse_what_would_be_wrong() {
+        let c = SchedulerConfig::from_json_str(
+            r#"{"_class_name": "DPMSolverMultistepScheduler", "use_flow_sigmas": true,
+                "prediction_type": "flow_prediction", "flow_shift": 3.0, "solver_order": 3}"#,
+        )
+        .unwrap();
+        assert!(c.use_flow_sigmas && c.uses_flow_sigmas() && !c.class.is_flow());
+        assert_eq!((c.flow_shift, c.solver_order), (3.0, 3));
+        assert_eq!(c.prediction_type, PredictionType::Flow);
+        let d = SchedulerConfig::default_for(SchedulerClass::UniPcMultistep);
+        assert!(!d.use_flow_sigmas && d.flow_shift == 1.0 && !d.uses_flow_sigmas());
+        assert!(SchedulerConfig::default_for(SchedulerClass::FlowMatchHeun).uses_flow_sigmas());
+        for (json, key) in [
+            // flow_prediction on the β schedule's σ: diffusers runs it, wrongly.
+            (
+                r#"{"_class_name": "unipc", "prediction_type": "flow_prediction"}"#,
+                "prediction_type",
+            ),
+            (
+                r#"{"_class_name": "ddim", "prediction_type": "flow_prediction"}"#,
+                "prediction_type",
+            ),
+            (
+                r#"{"_class_name": "ddim", "use_flow_sigmas": true}"#,
+                "use_flow_sigmas",
+            ),
+            (
+                r#"{"_class_name": "dpmpp_2m", "use_flow_sigmas": true, "use_karras_sigmas": true}"#,
+                "use_karras_sigmas",
+            ),
+            (
+                r#"{"_class_name": "dpmpp_2m", "use_flow_sigmas": true, "prediction_type": "flow_prediction",
+                 "algorithm_type": "dpmsolver", "final_sigmas_type": "sigma_min"}"#,
+                "algorithm_type",
+            ),
+            (
+                r#"{"_class_name": "unipc", "use_flow_sigmas": true, "prediction_type": "flow_prediction",
+                 "predict_x0": false}"#,
+                "predict_x0",
+            ),
+            (
+                r#"{"_class_name": "unipc", "solver_type": "bh1"}"#,
+                "solver_type",
+            ),
+            (
+                r#"{"_class_name": "dpmpp_2m", "flow_shift": 0}"#,
+                "flow_shift",
+            ),
+            (
+                r#"{"_class_name": "dpmpp_2m", "solver_order": 4}"#,
+                "solver_order",
+            ),
+        ] {
+            let e = SchedulerConfig::from_json_str(json)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(&format!("`{key}`")), "{json}: {e}");
+        }
+        SchedulerConfig::from_json_str(
+            r#"{"_class_name": "unipc", "solver_type": "bh1", "final_sigmas_type": "sigma_min"}"#,
+        )
+        .unwrap();
     }
 
     #[test]

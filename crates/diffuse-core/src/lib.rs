@@ -1,10 +1,13 @@
 //! diffuse-core: the diffusion math of diffuse, equal to Hugging Face diffusers.
 //!
 //! - [`config`]: a diffusers `scheduler_config.json`, read as it is and validated.
+//! - [`compat`]: which sampler drives which model objective (supported, converted or refused),
+//!   and the scheduler config to plan a sampler with on a given model.
 //! - [`schedule`]: β → ᾱ → σ and timestep spacing.
 //! - [`noising`]: q(x_t|x₀), ε/x₀/v conversions, SNR and Min-SNR-γ weights.
 //! - [`sampler`]: DDPM, DDIM, PNDM/PLMS, Euler, Euler-ancestral, Heun, DPM-Solver++(2M), UniPC
-//!   and flow-matching Euler, each a plan plus an explicit per-request state.
+//!   (the last two also on flow-matching σ) and flow-matching Euler/Heun, each a plan plus an
+//!   explicit per-request state.
 //! - [`rng`]: seeded noise, one stream per sample (sample i is the same whatever the batch).
 //! - [`denoiser`]: the model seam and classifier-free guidance.
 //!
@@ -15,6 +18,7 @@
 //! assert_eq!(sampler.timesteps()[0], 900.0);
 //! ```
 
+pub mod compat;
 pub mod config;
 pub mod denoiser;
 pub mod error;

@@ -1,6 +1,8 @@
 //! DPM-Solver++(2M) and DPM-Solver multistep (Lu et al. 2022a/b),
-//! diffusers `scheduling_dpmsolver_multistep.py`. Orders 1 and 2, midpoint or Heun update,
-//! `lower_order_final`, Karras σ, and the SDE variant of DPM-Solver++.
+//! diffusers `scheduling_dpmsolver_multistep.py`. Orders 1–3, midpoint or Heun update,
+//! `lower_order_final`, Karras σ, the SDE variant of DPM-Solver++, and flow-matching σ
+//! (`use_flow_sigmas`, `flow_shift`: α_t = 1 − σ, σ_t = σ, as `_sigma_to_alpha_sigma_t` has
+//! it); the flow-σ plan of UniPC (`scheduling_unipc_multistep.py`) is here too.
 
 use super::{lin, sigma_to_alpha_sigma_t, Extra, Plan, Sampler, SamplerState, StepOutput};
 use crate::config::{
@@ -20,6 +22,9 @@ pub(super) fn multistep_plan(
     schedule: &NoiseSchedule,
     n: usize,
 ) -> Result<Plan> {
+    if config.use_flow_sigmas {
+        return flow_plan(config, schedule, n);
+    }
     let t_train = config.num_train_timesteps;
     let is_dpm = config.class == SchedulerClass::DpmSolverMultistep;
     // DPM-Solver can stop early where λ(t) drops under `lambda_min_clipped`.
@@ -98,13 +103,67 @@ pub(super) fn multistep_plan(
     })
 }
 
+/// `set_timesteps` with `use_flow_sigmas` (numpy f64, σ stored as float32, timesteps
+/// σ·T cast to int64). The two classes differ, as in diffusers:
+/// - DPM-Solver: σ = shift(1 − linspace(1, 1/T, N+1)) flipped, the trailing 0 dropped (so the
+///   first σ is shift(1 − 1/T)); the final σ is 0 or, for `sigma_min`, the β schedule's
+///   σ₀ = sqrt((1 − ᾱ₀)/ᾱ₀).
+/// - UniPC: σ = shift(linspace(1, 1/T, N+1)[:-1]), a first σ within 1e-6 of 1 lowered by 1e-6
+///   (log α would be −∞); the final σ is 0 or, for `sigma_min`, the last σ.
+fn flow_plan(config: &SchedulerConfig, schedule: &NoiseSchedule, n: usize) -> Result<Plan> {
+    let t = config.num_train_timesteps as f64;
+    let k = config.flow_shift;
+    let ends = linspace(1.0, 1.0 / t, n + 1);
+    let mut sigmas: Vec<f64> = if config.class == SchedulerClass::DpmSolverMultistep {
+        let mut v: Vec<f64> = ends
+            .iter()
+            .map(|a| super::shift_sigma(1.0 - a, k))
+            .rev()
+            .collect();
+        v.pop();
+        v
+    } else {
+        let mut v: Vec<f64> = ends[..n]
+            .iter()
+            .map(|&s| super::shift_sigma(s, k))
+            .collect();
+        if (v[0] - 1.0).abs() < 1e-6 {
+            v[0] -= 1e-6;
+        }
+        v
+    };
+    let timesteps = sigmas.iter().map(|&s| (s * t).trunc()).collect();
+    let last = match (config.final_sigmas_type, config.class) {
+        (FinalSigmas::Zero, _) => 0.0,
+        (FinalSigmas::SigmaMin, SchedulerClass::DpmSolverMultistep) => schedule.sigmas()[0],
+        (FinalSigmas::SigmaMin, _) => *sigmas.last().expect("n >= 1"),
+    };
+    sigmas.push(last);
+    Ok(Plan {
+        timesteps,
+        sigmas: Some(sigmas.into_iter().map(f32r).collect()),
+        init_noise_sigma: 1.0,
+        extra: Extra::None,
+    })
+}
+
 pub(super) fn plan(config: &SchedulerConfig, schedule: &NoiseSchedule, n: usize) -> Result<Plan> {
     multistep_plan(config, schedule, n)
 }
 
-/// λ = log α − log σ for a k-diffusion σ, with its (α, σ) pair.
-pub(super) fn lambda(sigma: f64) -> (f64, f64, f64) {
-    let (a, s) = sigma_to_alpha_sigma_t(sigma);
+/// (α_t, σ_t) of a planned σ (diffusers `_sigma_to_alpha_sigma_t`, float32): (1 − σ, σ) on flow
+/// σ, else the VP pair of a k-diffusion σ.
+pub(super) fn alpha_sigma(config: &SchedulerConfig, sigma: f64) -> (f64, f64) {
+    if config.use_flow_sigmas {
+        ((1.0f32 - sigma as f32) as f64, sigma)
+    } else {
+        sigma_to_alpha_sigma_t(sigma)
+    }
+}
+
+/// λ = log α − log σ at a planned σ, with its (α, σ) pair.
+pub(super) fn lambda(config: &SchedulerConfig, sigma: f64) -> (f64, f64, f64) {
+    let (a, s) = alpha_sigma(config, sigma);
     (a, s, a.ln() - s.ln())
 }
 
@@ -116,7 +175,7 @@ pub(super) fn convert(
     sample: &Tensor,
     sigma: f64,
 ) -> Result<Tensor> {
-    let (a, s) = sigma_to_alpha_sigma_t(sigma);
+    let (a, s) = alpha_sigma(config, sigma);
     let p = config.prediction_type;
     if data_prediction {
         let x0 = match p {
@@ -187,12 +246,13 @@ pub(super) fn step(
     };
     let hist = &st.history;
     let m0 = &hist[hist.len() - 1];
-    let (alpha_t, sigma_t, lambda_t) = lambda(sigmas[i + 1]);
-    let (alpha_s0, sigma_s0, lambda_s0) = lambda(sigmas[i]);
+    let (alpha_t, sigma_t, lambda_t) = lambda(c, sigmas[i + 1]);
+    let (alpha_s0, sigma_s0, lambda_s0) = lambda(c, sigmas[i]);
     let h = lambda_t - lambda_s0;
     let first = c.solver_order == 1 || st.lower_order_nums < 1 || lower_final;
-    // With orders ≤ 2 every step that is not first order is second order (diffusers'
-    // `lower_order_second` only matters for order 3).
+    let lower_second = i + 2 == n && small;
+    let second = c.solver_order == 2 || st.lower_order_nums < 2 || lower_second;
+    let z = z.as_ref();
     let prev = if first {
         match c.algorithm_type {
             DpmAlgorithm::DpmSolverPP => lin(
@@ -212,12 +272,12 @@ pub(super) fn step(
                     m0,
                 )?;
                 let zs = sigma_t * (1.0 - (-2.0 * h).exp()).sqrt();
-                (x + (z.as_ref().expect("drawn") * zs)?)?
+                (x + (z.expect("drawn") * zs)?)?
             }
         }
-    } else {
+    } else if second {
         let m1 = &hist[hist.len() - 2];
-        let (_, _, lambda_s1) = lambda(sigmas[i - 1]);
+        let (_, _, lambda_s1) = lambda(c, sigmas[i - 1]);
         let r0 = (lambda_s0 - lambda_s1) / h;
         // D0 = m0, D1 = (m0 − m1)/r0
         let d1 = ((m0 - m1)? * (1.0 / r0))?;
@@ -247,9 +307,11 @@ pub(super) fn step(
                 };
                 let x = lin(sigma_t / sigma_s0 * (-h).exp(), sample, alpha_t * e2, m0)?;
                 let zs = sigma_t * e2.sqrt();
-                ((x + (d1 * c1)?)? + (z.as_ref().expect("drawn") * zs)?)?
+                ((x + (d1 * c1)?)? + (z.expect("drawn") * zs)?)?
             }
         }
+    } else {
+        third_order(c, hist, sigmas, i, sample, z)?
     };
     if st.lower_order_nums < c.solver_order {
         st.lower_order_nums += 1;
@@ -263,4 +325,55 @@ pub(super) fn step(
         prev_sample: prev,
         pred_original_sample: x0,
     })
+}
+
+/// diffusers `multistep_dpm_solver_third_order_update` (the same for the midpoint and Heun
+/// solver types): D1, D2 from the last three converted outputs.
+fn third_order(
+    c: &SchedulerConfig,
+    hist: &[Tensor],
+    sigmas: &[f64],
+    i: usize,
+    sample: &Tensor,
+    z: Option<&Tensor>,
+) -> Result<Tensor> {
+    let (alpha_t, sigma_t, lambda_t) = lambda(c, sigmas[i + 1]);
+    let (alpha_s0, sigma_s0, lambda_s0) = lambda(c, sigmas[i]);
+    let (_, _, lambda_s1) = lambda(c, sigmas[i - 1]);
+    let (_, _, lambda_s2) = lambda(c, sigmas[i - 2]);
+    let k = hist.len();
+    let (m0, m1, m2) = (&hist[k - 1], &hist[k - 2], &hist[k - 3]);
+    let (h, h0, h1) = (
+        lambda_t - lambda_s0,
+        lambda_s0 - lambda_s1,
+        lambda_s1 - lambda_s2,
+    );
+    let (r0, r1) = (h0 / h, h1 / h);
+    let d1_0 = ((m0 - m1)? * (1.0 / r0))?;
+    let d1_1 = ((m1 - m2)? * (1.0 / r1))?;
+    let diff = (&d1_0 - &d1_1)?;
+    let d1 = (&d1_0 + (&diff * (r0 / (r0 + r1)))?)?;
+    let d2 = (diff * (1.0 / (r0 + r1)))?;
+    let x = match c.algorithm_type {
+        DpmAlgorithm::DpmSolverPP => {
+            let eh = (-h).exp() - 1.0;
+            let base = lin(sigma_t / sigma_s0, sample, -alpha_t * eh, m0)?;
+            (lin(1.0, &base, alpha_t * (eh / h + 1.0), &d1)?
+                + (d2 * (-alpha_t * ((eh + h) / (h * h) - 0.5)))?)?
+        }
+        DpmAlgorithm::DpmSolver => {
+            let ep = h.exp() - 1.0;
+            let base = lin(alpha_t / alpha_s0, sample, -sigma_t * ep, m0)?;
+            (lin(1.0, &base, -sigma_t * (ep / h - 1.0), &d1)?
+                + (d2 * (-sigma_t * ((ep - h) / (h * h) - 0.5)))?)?
+        }
+        DpmAlgorithm::SdeDpmSolverPP => {
+            let e2 = 1.0 - (-2.0 * h).exp();
+            let base = lin(sigma_t / sigma_s0 * (-h).exp(), sample, alpha_t * e2, m0)?;
+            let x = (lin(1.0, &base, alpha_t * (e2 / (-2.0 * h) + 1.0), &d1)?
+                + (d2 * (alpha_t * ((e2 - 2.0 * h) / (2.0 * h).powi(2) - 0.5)))?)?;
+            (x + (z.expect("drawn") * (sigma_t * e2.sqrt()))?)?
+        }
+    };
+    Ok(x)
 }

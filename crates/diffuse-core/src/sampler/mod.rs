@@ -263,6 +263,14 @@ impl Sampler {
                 sample.shape()
             )));
         }
+        let converted;
+        let model_output = match self.config.model_prediction_type {
+            Some(from) if from != self.config.prediction_type => {
+                converted = self.convert_model_output(from, i, model_output, sample)?;
+                &converted
+            }
+            _ => model_output,
+        };
         let out = match self.config.class {
             SchedulerClass::Ddpm => ddpm::step(self, i, model_output, sample, noise),
             SchedulerClass::Ddim => ddim::step(self, i, model_output, sample, noise),
@@ -281,6 +289,65 @@ impl Sampler {
         }?;
         state.index += 1;
         Ok(out)
+    }
+
+    /// A model output of type `from` at call `index` as `config.prediction_type`, exact under
+    /// the VP schedule the sample is on: with x = α x₀ + σ ε the sample the model saw (the
+    /// β schedule's ᾱ at the timestep for DDPM/DDIM/PNDM; for the k-diffusion classes x/√(σ²+1)
+    /// at α = 1/√(σ²+1)), x₀ and ε are recovered from the output and the wanted type formed.
+    fn convert_model_output(
+        &self,
+        from: crate::config::PredictionType,
+        index: usize,
+        model_output: &Tensor,
+        sample: &Tensor,
+    ) -> Result<Tensor> {
+        use crate::config::PredictionType as P;
+        let (x, alpha, sigma) = match self.config.class {
+            SchedulerClass::Ddpm | SchedulerClass::Ddim | SchedulerClass::Pndm => {
+                let abar = self.alpha_cumprod(self.timesteps[index])?;
+                (sample.clone(), abar.sqrt(), (1.0 - abar).sqrt())
+            }
+            SchedulerClass::Euler | SchedulerClass::EulerAncestral | SchedulerClass::Heun => {
+                let s = self.sigma(index)?;
+                let a = 1.0 / (s * s + 1.0).sqrt();
+                ((sample * a)?, a, s * a)
+            }
+            other => {
+                return Err(Error::Sampler(format!(
+                    "{} does not convert model outputs",
+                    other.class_name()
+                )))
+            }
+        };
+        if from == P::Flow || self.config.prediction_type == P::Flow || sigma == 0.0 {
+            return Err(Error::Sampler(format!(
+                "cannot convert {} to {} at σ = {sigma}",
+                from.name(),
+                self.config.prediction_type.name()
+            )));
+        }
+        let (x0, eps) = match from {
+            P::Epsilon => (
+                (lin(1.0, &x, -sigma, model_output)? / alpha)?,
+                model_output.clone(),
+            ),
+            P::Sample => (
+                model_output.clone(),
+                (lin(1.0, &x, -alpha, model_output)? / sigma)?,
+            ),
+            P::VPrediction => (
+                lin(alpha, &x, -sigma, model_output)?,
+                lin(sigma, &x, alpha, model_output)?,
+            ),
+            P::Flow => unreachable!("refused above"),
+        };
+        match self.config.prediction_type {
+            P::Epsilon => Ok(eps),
+            P::Sample => Ok(x0),
+            P::VPrediction => lin(alpha, &eps, -sigma, &x0),
+            P::Flow => unreachable!("refused above"),
+        }
     }
 
     fn sigma(&self, index: usize) -> Result<f64> {

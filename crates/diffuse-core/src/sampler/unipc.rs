@@ -1,5 +1,6 @@
 //! UniPC multistep predictor–corrector (Zhao et al. 2023), diffusers
-//! `scheduling_unipc_multistep.py`: B(h) = bh1 or bh2, orders 1–3, data or noise prediction.
+//! `scheduling_unipc_multistep.py`: B(h) = bh1 or bh2, orders 1–3, data or noise prediction,
+//! on the β schedule's σ or on flow-matching σ (`use_flow_sigmas`; plan in `dpmpp_2m.rs`).
 
 use super::{lin, Plan, Sampler, SamplerState, StepOutput};
 use crate::config::{SchedulerConfig, UniPcSolverType};
@@ -70,8 +71,8 @@ fn update(
     let corrector = model_t.is_some();
     // The step's end points: predictor s0 = i → t = i+1; corrector s0 = i−1 → t = i.
     let (it, is0) = if corrector { (i, i - 1) } else { (i + 1, i) };
-    let (alpha_t, sigma_t, lambda_t) = super::dpmpp_2m::lambda(sigmas[it]);
-    let (alpha_s0, sigma_s0, lambda_s0) = super::dpmpp_2m::lambda(sigmas[is0]);
+    let (alpha_t, sigma_t, lambda_t) = super::dpmpp_2m::lambda(c, sigmas[it]);
+    let (alpha_s0, sigma_s0, lambda_s0) = super::dpmpp_2m::lambda(c, sigmas[is0]);
     let h = lambda_t - lambda_s0;
     let m0 = &history[history.len() - 1];
 
@@ -80,7 +81,7 @@ fn update(
     for k in 1..order {
         let si = is0 - k;
         let mi = &history[history.len() - 1 - k];
-        let (_, _, lambda_si) = super::dpmpp_2m::lambda(sigmas[si]);
+        let (_, _, lambda_si) = super::dpmpp_2m::lambda(c, sigmas[si]);
         let rk = (lambda_si - lambda_s0) / h;
         rks.push(rk);
         d1s.push(((mi - m0)? * (1.0 / rk))?);
