@@ -9,7 +9,7 @@ mod plot;
 mod sweep;
 mod tools;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use candle_core::Device;
 use diffuse_core::config::SchedulerConfig;
 use diffuse_core::sampler::SamplerOptions;
