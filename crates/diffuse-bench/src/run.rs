@@ -372,7 +372,8 @@ fn timed_train_steps(
     device: &Device,
 ) -> Result<(Timed, Option<f64>)> {
     // Trainable: all but a Fourier embedding's fixed frequencies.
-    let fourier = opts.config.time_embedding_type == diffuse_models::config::TimeEmbeddingType::Fourier;
+    let fourier =
+        opts.config.time_embedding_type == diffuse_models::config::TimeEmbeddingType::Fourier;
     let mut vars: Vec<(String, Var)> = varmap
         .data()
         .lock()
