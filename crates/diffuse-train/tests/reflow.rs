@@ -157,7 +157,10 @@ fn pairs_are_the_teachers_ode_and_resume_bit_for_bit() {
         &mut |_| std::ops::ControlFlow::Continue(()),
     )
     .unwrap();
-    assert!(diff(&x0, &set.x0) < 1e-5, "{}", diff(&x0, &set.x0));
+    // The pairs were generated in other batch splits than this one batch of 7: the GEMM kernels
+    // sum in another order per split, and on this machine's AVX-512 path that reaches 1.01e-5
+    // after 3 guided steps (measured), so the bound is a few float32 ulps of O(1) values above it.
+    assert!(diff(&x0, &set.x0) < 3e-5, "{}", diff(&x0, &set.x0));
 
     // Batches: a fixed permutation per epoch, resumable at a position.
     let mut b1 = PairBatches::new(set.clone(), 3, 5, Position::default()).unwrap();
