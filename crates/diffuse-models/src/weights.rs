@@ -74,13 +74,6 @@ pub fn model_index(scheduler_class: &str, with_vae: bool) -> serde_json::Value {
     v
 }
 
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
-    move |source| Error::Io {
-        path: path.display().to_string(),
-        source,
-    }
-}
-
 /// What a `--model` folder turned out to be.
 #[derive(Debug, Clone)]
 pub struct ModelFolder {
@@ -147,7 +140,7 @@ pub fn resolve_model_folder(dir: &Path) -> Result<ModelFolder> {
     }
     let index = dir.join("model_index.json");
     if index.exists() {
-        let text = std::fs::read_to_string(&index).map_err(io_err(&index))?;
+        let text = std::fs::read_to_string(&index).map_err(Error::io(&index))?;
         let v: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| Error::Config(format!("{}: malformed JSON: {e}", index.display())))?;
         let component = ["unet", "transformer"]
@@ -263,7 +256,7 @@ pub fn write_latent_pipeline(
     crate::pipeline::check_latent_channels(&net, &read_vae_config(vae_dir)?)?;
     let write = |path: &Path, bytes: &[u8]| -> Result<()> {
         std::fs::create_dir_all(path.parent().expect("a file in a folder"))
-            .map_err(io_err(path))?;
+            .map_err(Error::io(path))?;
         diffuse_data::fs::write_atomic(path, bytes).map_err(|e| Error::Weights(e.to_string()))
     };
     copy_model_folder(unet_dir, &dir.join(net.component()))?;
@@ -291,9 +284,9 @@ pub fn copy_model_folder(src: &Path, dst: &Path) -> Result<()> {
     if index.exists() {
         files.push(index);
     }
-    std::fs::create_dir_all(dst).map_err(io_err(dst))?;
+    std::fs::create_dir_all(dst).map_err(Error::io(dst))?;
     for f in files {
-        let bytes = std::fs::read(&f).map_err(io_err(&f))?;
+        let bytes = std::fs::read(&f).map_err(Error::io(&f))?;
         diffuse_data::fs::write_atomic(&dst.join(f.file_name().expect("a file")), &bytes)
             .map_err(|e| Error::Weights(e.to_string()))?;
     }
@@ -303,7 +296,7 @@ pub fn copy_model_folder(src: &Path, dst: &Path) -> Result<()> {
 /// Reads and validates `dir/config.json` as model `M`'s config.
 pub fn read_config<M: DiffusersModel>(dir: &Path) -> Result<M::Config> {
     let path = dir.join(CONFIG_NAME);
-    let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
+    let text = std::fs::read_to_string(&path).map_err(Error::io(&path))?;
     M::parse_config(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
 }
 
@@ -412,10 +405,7 @@ pub fn write_model_folder(dst: &Path, mut config: serde_json::Value, weights: &[
     let write = |path: &Path, bytes: &[u8]| -> Result<()> {
         diffuse_data::fs::write_atomic(path, bytes).map_err(|e| Error::Weights(e.to_string()))
     };
-    std::fs::create_dir_all(dst).map_err(|source| Error::Io {
-        path: dst.display().to_string(),
-        source,
-    })?;
+    std::fs::create_dir_all(dst).map_err(Error::io(dst))?;
     write(&dst.join(WEIGHTS_NAME), weights)?;
     let text = serde_json::to_string_pretty(&config).expect("serializable");
     write(&dst.join(CONFIG_NAME), text.as_bytes())
@@ -429,7 +419,7 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     }
     let index = dir.join(format!("{WEIGHTS_NAME}.index.json"));
     if index.exists() {
-        let text = std::fs::read_to_string(&index).map_err(io_err(&index))?;
+        let text = std::fs::read_to_string(&index).map_err(Error::io(&index))?;
         let v: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| Error::Weights(format!("{}: malformed JSON: {e}", index.display())))?;
         let files: BTreeSet<String> = v["weight_map"]
@@ -466,7 +456,7 @@ pub fn load_into(varmap: &VarMap, files: &[PathBuf]) -> Result<Vec<String>> {
             .unwrap_or(Device::Cpu)
     };
     for f in files {
-        let bytes = std::fs::read(f).map_err(io_err(f))?;
+        let bytes = std::fs::read(f).map_err(Error::io(f))?;
         // int8 weights of `diffuse quantize` come back dequantised to f32 (crate::quant).
         tensors.extend(crate::quant::read_safetensors(&bytes, f, &device)?);
     }
@@ -545,7 +535,7 @@ pub fn save(
     dir: &Path,
     dtype: DType,
 ) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
     let bytes = serialize_vars(varmap, dtype)?;
     diffuse_data::fs::write_atomic(&dir.join(WEIGHTS_NAME), &bytes)
         .map_err(|e| Error::Weights(e.to_string()))?;
