@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
-# Drives the diffuse serve web page in headless Chromium: fill the form, generate, wait for the
-# images, save a screenshot to docs/web-page.png. Installs what it needs (Debian chromium and
-# chromium-driver; selenium into tools/webtest/.venv). Not part of CI (it needs apt).
+# Drives the diffuse serve web page in headless Chromium: take the model's own sampler, steps
+# and guidance as the page preselects them, generate, wait for the images, check that they are
+# not blank, then the same with dpmpp_2m; save a screenshot to docs/web-page.png. Installs what
+# it needs (Debian chromium and chromium-driver; selenium into tools/webtest/.venv). Not part of
+# CI (it needs apt).
 # Usage: bash tools/webtest/run.sh [MODEL_DIR]
+# Without MODEL_DIR it trains the README quick start's config (examples/mnist.toml) for 300
+# steps into runs/webtest-quickstart (once) and serves that: the model a new user opens the
+# page with.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 HERE="$ROOT/tools/webtest"
 cd "$ROOT"
-MODEL="${1:-crates/diffuse-models/tests/fixtures/unet_class_cond}"
+MODEL="${1:-}"
 
 if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
   apt-get update -qq
@@ -18,6 +23,13 @@ if [ ! -x "$HERE/.venv/bin/python" ]; then
 fi
 "$HERE/.venv/bin/pip" install -q -r "$HERE/requirements.txt"
 cargo build --release -q -p diffuse-cli
+if [ -z "$MODEL" ]; then
+  MODEL=runs/webtest-quickstart
+  if [ ! -f "$MODEL/model_index.json" ]; then
+    ./target/release/diffuse train --config examples/mnist.toml --output "$MODEL" \
+      --max-steps 300 --set train.sample_every=300 --quiet
+  fi
+fi
 
 LOG="$(mktemp)"
 ./target/release/diffuse serve --model "$MODEL" --port 0 2>"$LOG" &

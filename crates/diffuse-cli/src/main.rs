@@ -14,6 +14,7 @@ mod noise_cmd;
 mod prune_cmd;
 mod quantize_cmd;
 mod sample_cmd;
+mod samplers_cmd;
 mod schedule_cmd;
 mod serve_cmd;
 mod threads;
@@ -47,6 +48,8 @@ enum Command {
     Noise(noise_cmd::Args),
     /// Generate images from a diffusers pipeline or model (UNet, DiT) folder.
     Sample(sample_cmd::Args),
+    /// Which samplers drive which models: the table, or one model's samplers and defaults.
+    Samplers(samplers_cmd::Args),
     /// Re-save a diffusers UNet, DiT or pipeline folder (e.g. as f16), in the diffusers layout.
     Convert(convert_cmd::Args),
     /// Export a model's network to another format: `onnx`.
@@ -85,6 +88,7 @@ fn main() -> ExitCode {
         Command::Schedule(args) => schedule_cmd::run(args),
         Command::Noise(args) => noise_cmd::run(args),
         Command::Sample(args) => sample_cmd::run(args),
+        Command::Samplers(args) => samplers_cmd::run(args),
         Command::Convert(args) => convert_cmd::run(args),
         Command::Export(cmd) => export_cmd::run(cmd),
         Command::Quantize(args) => quantize_cmd::run(args),

@@ -19,7 +19,9 @@ pub struct Args {
     #[arg(long)]
     model: PathBuf,
     /// Sampler: ddpm, ddim, plms, euler, euler_a, heun, dpmpp_2m, unipc, flow_euler, flow_heun
-    /// (or a diffusers scheduler class name). Default: the pipeline's scheduler.
+    /// (or a diffusers scheduler class name). Default: the pipeline's scheduler. Which samplers
+    /// drive which models (ε, x₀, v, flow): docs/samplers.md; a sampler that cannot drive the
+    /// model is refused with the list of those that can.
     #[arg(long)]
     sampler: Option<String>,
     /// A scheduler_config.json (default: the pipeline's, else DDIMScheduler's defaults).
@@ -36,8 +38,9 @@ pub struct Args {
     #[arg(long = "class")]
     class_label: Option<u32>,
     /// Classifier-free guidance scale (1 = off); the null class is the model's last class.
-    #[arg(long, default_value_t = 1.0)]
-    guidance_scale: f64,
+    /// Default: the scale the pipeline records (`diffuse train`'s `sample_guidance`), else 1.
+    #[arg(long)]
+    guidance_scale: Option<f64>,
     /// The null ("unconditional") class for guidance.
     #[arg(long)]
     null_class: Option<u32>,
@@ -150,7 +153,9 @@ pub fn run(args: Args) -> Result<()> {
         seed: args.seed,
         size,
         class_labels: args.class_label.map(|c| vec![c]),
-        guidance_scale: args.guidance_scale,
+        guidance_scale: args
+            .guidance_scale
+            .unwrap_or_else(|| pipe.default_guidance()),
         null_class: args.null_class,
         initial_noise,
     };

@@ -141,7 +141,7 @@ pub fn run(args: Args) -> Result<()> {
             "timesteps": timesteps,
             "init_noise_sigma": sampler.init_noise_sigma(),
         });
-        if !config.class.is_flow() {
+        if !config.uses_flow_sigmas() {
             out["alphas_cumprod"] = json!(sampler.schedule().alphas_cumprod);
         }
         if let Some(s) = sampler.sigmas() {
@@ -165,7 +165,7 @@ fn print_table(config: &SchedulerConfig, sampler: &Sampler, integer_timesteps: b
         config.timestep_spacing,
         sampler.init_noise_sigma()
     );
-    let vp = !config.class.is_flow();
+    let vp = !config.uses_flow_sigmas();
     print!("{:>5}  {:>12}", "step", "timestep");
     if sampler.sigmas().is_some() {
         print!("  {:>14}", "sigma");

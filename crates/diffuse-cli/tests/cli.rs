@@ -360,7 +360,7 @@ fn sample_and_convert_errors_are_one_line() {
         "--output",
         out.to_str().unwrap(),
     ]);
-    assert_one_line_error(&o, "_class_name");
+    assert_one_line_error(&o, "unknown sampler `lms`");
     let o = diffuse(&[
         "sample",
         "--model",
@@ -2234,4 +2234,76 @@ fn export_onnx_writes_parseable_graphs_of_pipelines() {
     ]);
     assert_one_line_error(&o, "is a folder");
     assert!(!x.exists(), "no file is written on errors");
+}
+
+/// A flow-matching pipeline (the quick start's kind) around the class-conditional fixture UNet.
+fn flow_pipeline(root: &Path) -> PathBuf {
+    use diffuse_models::weights;
+    let pipe = root.join("flow");
+    weights::copy_model_folder(
+        &model_fixtures().join("unet_class_cond"),
+        &pipe.join("unet"),
+    )
+    .unwrap();
+    std::fs::create_dir_all(pipe.join("scheduler")).unwrap();
+    std::fs::write(
+        pipe.join("scheduler/scheduler_config.json"),
+        r#"{"_class_name": "FlowMatchEulerDiscreteScheduler", "shift": 3.0}"#,
+    )
+    .unwrap();
+    let index = weights::model_index("FlowMatchEulerDiscreteScheduler", false);
+    std::fs::write(pipe.join("model_index.json"), index.to_string()).unwrap();
+    pipe
+}
+
+#[test]
+fn samplers_lists_the_table_and_a_flow_model_refuses_ddim_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let flow = flow_pipeline(dir.path());
+    let o = diffuse(&["samplers"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(table, diffuse_core::compat::table_markdown());
+    let o = diffuse(&["samplers", "--model", flow.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains(
+            "flow matching (flow_prediction) model; default sampler flow_euler, 50 steps"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("dpmpp_2m   yes: DPMSolverMultistepScheduler with use_flow_sigmas"),
+        "{text}"
+    );
+    let out = dir.path().join("o.safetensors");
+    let sample = |sampler: &str| {
+        diffuse(&[
+            "sample",
+            "--model",
+            flow.to_str().unwrap(),
+            "--class",
+            "3",
+            "--sampler",
+            sampler,
+            "--steps",
+            "3",
+            "--num-images",
+            "2",
+            "--quiet",
+            "--output",
+            out.to_str().unwrap(),
+        ])
+    };
+    assert_one_line_error(
+        &sample("ddim"),
+        "sampler `ddim` cannot drive this flow matching (flow_prediction) model: DDIMScheduler \
+         takes epsilon, sample or v_prediction, not flow_prediction; samplers that work: euler, \
+         heun, dpmpp_2m, unipc, flow_euler, flow_heun",
+    );
+    for ok in ["dpmpp_2m", "unipc", "heun"] {
+        let o = sample(ok);
+        assert!(o.status.success(), "{ok}: {}", stderr(&o));
+    }
 }

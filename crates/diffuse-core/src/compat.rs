@@ -572,6 +572,16 @@ mod tests {
     use crate::rng::SeededNoise;
     use crate::sampler::{sample, Sampler};
     use crate::schedule::{interp, NoiseSchedule};
+
+    #[test]
+    fn docs_samplers_md_holds_this_table() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/samplers.md");
+        let doc = std::fs::read_to_string(path).unwrap();
+        assert!(
+            doc.contains(&table_markdown()),
+            "docs/samplers.md is stale: paste the output of `diffuse samplers` into it"
+        );
+    }
     use candle_core::{Device, Tensor};
     use std::ops::ControlFlow;
 

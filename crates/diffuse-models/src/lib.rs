@@ -69,6 +69,9 @@ pub enum Error {
     Candle(#[from] candle_core::Error),
     #[error(transparent)]
     Core(#[from] diffuse_core::Error),
+    /// A sampler that cannot drive the model (one line naming the samplers that work).
+    #[error(transparent)]
+    Compat(#[from] diffuse_core::compat::CompatError),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -37,6 +37,39 @@ pub const LATENT_PIPELINE_CLASS: &str = "DiffuseLatentPipeline";
 /// pixel space): diffusers' own.
 pub const DIT_PIPELINE_CLASS: &str = "DiTPipeline";
 
+/// The key of `model_index.json` under which `diffuse train` records how its sample grids were
+/// drawn. diffusers skips `_`-keys when it builds a pipeline, so the folder still loads there.
+pub const SAMPLING_KEY: &str = "_diffuse_sampling";
+
+/// Sampling defaults a pipeline records (`model_index.json`, [`SAMPLING_KEY`]): what `sample`,
+/// `serve` and its web page use when the caller gives nothing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SamplingDefaults {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_inference_steps: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guidance_scale: Option<f64>,
+}
+
+impl SamplingDefaults {
+    /// The record in a parsed `model_index.json` (none: all defaults); a malformed record is an
+    /// error naming the key.
+    pub fn from_index(index: &serde_json::Value, path: &Path) -> Result<Self> {
+        match index.get(SAMPLING_KEY) {
+            None | Some(serde_json::Value::Null) => Ok(Self::default()),
+            Some(v) => serde_json::from_value(v.clone())
+                .map_err(|e| Error::Config(format!("{}: `{SAMPLING_KEY}`: {e}", path.display()))),
+        }
+    }
+
+    /// Writes the record into `index` (nothing when empty).
+    pub fn write_into(&self, index: &mut serde_json::Value) {
+        if *self != Self::default() {
+            index[SAMPLING_KEY] = serde_json::to_value(self).expect("json");
+        }
+    }
+}
+
 /// `model_index.json` of a pipeline folder for `net`: see the module docs for the classes.
 pub fn pipeline_index(
     net: &DenoiserConfig,
@@ -89,6 +122,8 @@ pub struct ModelFolder {
     pub ema_net_dir: Option<PathBuf>,
     /// `vae/` of a latent pipeline: the UNet denoises this AutoencoderKL's latents.
     pub vae_dir: Option<PathBuf>,
+    /// The sampling defaults `model_index.json` records (all None for a bare model folder).
+    pub sampling: SamplingDefaults,
 }
 
 impl ModelFolder {
@@ -175,6 +210,7 @@ pub fn resolve_model_folder(dir: &Path) -> Result<ModelFolder> {
                 .get("_class_name")
                 .and_then(|c| c.as_str())
                 .map(String::from),
+            sampling: SamplingDefaults::from_index(&v, &index)?,
         });
     }
     if dir.join(CONFIG_NAME).exists() {
@@ -184,6 +220,7 @@ pub fn resolve_model_folder(dir: &Path) -> Result<ModelFolder> {
             pipeline_class: None,
             ema_net_dir: None,
             vae_dir: None,
+            sampling: SamplingDefaults::default(),
         });
     }
     Err(Error::Weights(format!(

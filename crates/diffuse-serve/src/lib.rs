@@ -20,6 +20,8 @@ use axum::{Json, Router};
 use base64::Engine;
 use batcher::{BatchConfig, Batcher, Job, JobResult, SubmitError};
 use candle_core::Device;
+use diffuse_core::compat::{self, Objective};
+use diffuse_core::config::SchedulerConfig;
 use diffuse_models::pipeline::{LoadOptions, Pipeline};
 use metrics::Metrics;
 use serde_json::{json, Map, Value};
@@ -77,8 +79,15 @@ pub struct ModelEntry {
     pub id: String,
     /// The denoising network (UNet or DiT).
     pub model: Arc<diffuse_models::DenoiserNet>,
-    /// The pipeline's scheduler config (DDIM defaults for a bare UNet folder).
+    /// The pipeline's scheduler config as written (DDIM defaults for a bare UNet folder).
     pub scheduler: Map<String, Value>,
+    /// The same, parsed: its prediction type is the model's objective, which decides the
+    /// samplers that can drive it ([`diffuse_core::compat`]).
+    pub model_scheduler: SchedulerConfig,
+    /// The sampler, steps and guidance a request without them gets.
+    pub default_sampler: &'static str,
+    pub default_steps: usize,
+    pub default_guidance: f64,
     /// Default image size (for a latent pipeline: the UNet's sample_size times the VAE's downscale).
     pub size: (usize, usize),
     /// The VAE of a latent pipeline: the UNet denoises its latents, the batcher decodes them.
@@ -125,10 +134,13 @@ impl AppState {
             .sample_hw()
             .unwrap_or((DEFAULT_SIZE / f, DEFAULT_SIZE / f));
         let size = (h * f, w * f);
+        let (default_steps, default_guidance) = (pipe.default_steps(), pipe.default_guidance());
         let Pipeline {
             net: model,
             vae,
             scheduler,
+            model_scheduler,
+            default_sampler,
             ..
         } = pipe;
         let vae = vae.map(Arc::new);
@@ -158,6 +170,10 @@ impl AppState {
                 id: id.clone(),
                 model,
                 scheduler,
+                model_scheduler,
+                default_sampler,
+                default_steps,
+                default_guidance,
                 size,
                 vae,
                 batcher,
@@ -242,7 +258,15 @@ async fn list_models(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Resp
                 "class_conditional": m.model.is_class_conditional(),
                 "num_classes": m.num_classes(),
                 "scheduler": m.scheduler.get("_class_name"),
-                "prediction_type": m.scheduler.get("prediction_type"),
+                "prediction_type": m.model_scheduler.prediction_type.name(),
+                "objective": Objective::of(&m.model_scheduler).name(),
+                "samplers": compat::compatible_samplers(Objective::of(&m.model_scheduler))
+                    .iter()
+                    .map(|c| json!({"name": c.sampler, "works": c.works(), "how": c.describe()}))
+                    .collect::<Vec<_>>(),
+                "default_sampler": m.default_sampler,
+                "default_steps": m.default_steps,
+                "default_guidance_scale": m.default_guidance,
             })
         })
         .collect();
@@ -360,7 +384,7 @@ async fn generate_inner(
         n: req.n,
         seed: req.seed,
         labels: planned.labels,
-        guidance_scale: req.guidance_scale,
+        guidance_scale: planned.guidance_scale,
         null_class: planned.null_class,
         sampler: planned.sampler,
         size: planned.size,

@@ -4,16 +4,18 @@ use crate::{ModelEntry, ServeConfig};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use diffuse_core::config::SchedulerConfig;
+use diffuse_core::compat::{self, CompatError};
 use diffuse_core::sampler::{Sampler, SamplerOptions};
 use serde_json::{json, Map, Value};
 
-/// An error answer: `{"error": {"message", "field", "code"}}`.
+/// An error answer: `{"error": {"message", "field", "code"}}`, and `"samplers"` (the ones that
+/// work for the model) when the sampler was refused.
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
     pub field: Option<String>,
     pub message: String,
+    pub samplers: Option<Vec<&'static str>>,
 }
 
 impl ApiError {
@@ -22,6 +24,15 @@ impl ApiError {
             status,
             field: field.map(String::from),
             message,
+            samplers: None,
+        }
+    }
+
+    /// A 400 on `sampler`, listing the samplers that work.
+    fn sampler(e: CompatError) -> Self {
+        ApiError {
+            samplers: Some(e.working().to_vec()),
+            ..ApiError::bad("sampler", e.to_string())
         }
     }
 
@@ -32,11 +43,14 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {
+        let mut body = json!({"error": {
             "message": self.message,
             "field": self.field,
             "code": self.status.as_u16(),
         }});
+        if let Some(samplers) = self.samplers {
+            body["error"]["samplers"] = json!(samplers);
+        }
         (self.status, Json(body)).into_response()
     }
 }
@@ -47,7 +61,9 @@ pub struct Request {
     pub model: String,
     pub n: usize,
     pub class_label: Option<u32>,
-    pub guidance_scale: f64,
+    /// Given guidance; default: the model's recorded scale (1 for an unconditional model).
+    pub guidance_scale: Option<f64>,
+    /// Given sampler; default: the model's own scheduler.
     pub sampler: Option<String>,
     /// Given steps; default: the model's scheduler config's `num_inference_steps` (a distilled
     /// student's), else 50, at most `max_steps`.
@@ -171,7 +187,10 @@ pub fn parse(body: &[u8], cfg: &ServeConfig) -> Result<Request, ApiError> {
             None | Some(Value::Null) => None,
             Some(_) => Some(uint(m, "class_label", 0, 0, u32::MAX as u64)? as u32),
         },
-        guidance_scale: number(m, "guidance_scale", 1.0, 0.0, 100.0)?,
+        guidance_scale: match m.get("guidance_scale") {
+            None | Some(Value::Null) => None,
+            Some(_) => Some(number(m, "guidance_scale", 1.0, 0.0, 100.0)?),
+        },
         sampler: string(m, "sampler")?,
         steps: match m.get("steps") {
             None | Some(Value::Null) => None,
@@ -189,34 +208,22 @@ pub fn parse(body: &[u8], cfg: &ServeConfig) -> Result<Request, ApiError> {
     })
 }
 
-/// The model-specific part: sampler plan, labels, size (of what the UNet denoises).
+/// The model-specific part: sampler plan, labels, guidance, size (of what the UNet denoises).
 pub struct Planned {
     pub sampler: Sampler,
+    pub guidance_scale: f64,
     pub labels: Option<Vec<u32>>,
     pub null_class: u32,
     pub size: (usize, usize),
 }
 
 pub fn plan(req: &Request, entry: &ModelEntry) -> Result<Planned, ApiError> {
-    let mut sched = entry.scheduler.clone();
-    if let Some(s) = &req.sampler {
-        sched.insert("_class_name".into(), s.clone().into());
-    }
-    let config = SchedulerConfig::from_json_map(&sched).map_err(|e| {
-        let field = if req.sampler.is_some() {
-            "sampler"
-        } else {
-            "model"
-        };
-        ApiError::bad(field, e.to_string())
-    })?;
-    let steps = req.steps.unwrap_or_else(|| {
-        config
-            .num_inference_steps
-            .unwrap_or(50)
-            .min(req.max_steps)
-            .max(1)
-    });
+    let name = req.sampler.as_deref().unwrap_or(entry.default_sampler);
+    let config =
+        compat::resolve_sampler(name, &entry.model_scheduler).map_err(ApiError::sampler)?;
+    let steps = req
+        .steps
+        .unwrap_or_else(|| entry.default_steps.min(req.max_steps).max(1));
     let sampler = Sampler::with_options(
         &config,
         steps,
@@ -254,7 +261,7 @@ pub fn plan(req: &Request, entry: &ModelEntry) -> Result<Planned, ApiError> {
         }
         (None, false) => None,
     };
-    if req.guidance_scale != 1.0 && classes.is_none() {
+    if req.guidance_scale.is_some_and(|g| g != 1.0) && classes.is_none() {
         return Err(ApiError::bad(
             "guidance_scale",
             "classifier-free guidance needs a class-conditional model with a class table",
@@ -278,6 +285,10 @@ pub fn plan(req: &Request, entry: &ModelEntry) -> Result<Planned, ApiError> {
     let size = (h / f, w / f);
     Ok(Planned {
         sampler,
+        guidance_scale: match classes {
+            Some(_) => req.guidance_scale.unwrap_or(entry.default_guidance),
+            None => 1.0,
+        },
         labels,
         null_class: classes.map(|k| k as u32 - 1).unwrap_or(0),
         size,

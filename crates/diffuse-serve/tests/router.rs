@@ -661,3 +661,98 @@ fn add_model_errors_are_typed_and_name_the_problem() {
     assert!(e.to_string().contains("not a folder"), "{e}");
     s.shutdown();
 }
+
+/// A flow-matching pipeline (the quick start's kind) around the class-conditional fixture UNet,
+/// with the sampling defaults `diffuse train` records.
+fn flow_pipeline(root: &std::path::Path) -> PathBuf {
+    use diffuse_models::weights;
+    let pipe = root.join("flow");
+    weights::copy_model_folder(&fixtures().join("unet_class_cond"), &pipe.join("unet")).unwrap();
+    std::fs::create_dir_all(pipe.join("scheduler")).unwrap();
+    std::fs::write(
+        pipe.join("scheduler/scheduler_config.json"),
+        r#"{"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000, "shift": 1.0}"#,
+    )
+    .unwrap();
+    let mut index = weights::model_index("FlowMatchEulerDiscreteScheduler", false);
+    weights::SamplingDefaults {
+        num_inference_steps: Some(20),
+        guidance_scale: Some(2.0),
+    }
+    .write_into(&mut index);
+    std::fs::write(pipe.join("model_index.json"), index.to_string()).unwrap();
+    pipe
+}
+
+#[tokio::test]
+async fn a_flow_model_lists_its_samplers_and_refuses_the_others_with_400() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut s = AppState::new(ServeConfig::default(), Arc::new(Metrics::default()));
+    s.add_model(&flow_pipeline(tmp.path()), &Device::Cpu)
+        .unwrap();
+    let app = app(Arc::new(s));
+    let (st, _, b) = call(&app, get("/v1/models")).await;
+    assert_eq!(st, StatusCode::OK);
+    let m = &json_of(&b)["data"][0];
+    assert_eq!(
+        (
+            &m["objective"],
+            &m["default_sampler"],
+            &m["default_steps"],
+            &m["default_guidance_scale"]
+        ),
+        (
+            &json!("flow"),
+            &json!("flow_euler"),
+            &json!(20),
+            &json!(2.0)
+        ),
+        "{m}"
+    );
+    let works: Vec<&str> = m["samplers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["works"] == json!(true))
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        works,
+        [
+            "euler",
+            "heun",
+            "dpmpp_2m",
+            "unipc",
+            "flow_euler",
+            "flow_heun"
+        ]
+    );
+    // ddim cannot drive a flow model: 400 on `sampler`, with the list.
+    let e = expect_error(
+        &app,
+        post(json!({"class_label": 3, "n": 1, "steps": 2, "sampler": "ddim"})),
+        StatusCode::BAD_REQUEST,
+        Some("sampler"),
+    )
+    .await;
+    let msg = e["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("`ddim` cannot drive this flow matching"),
+        "{msg}"
+    );
+    assert_eq!(e["error"]["samplers"], json!(works), "{e}");
+    // DPM-Solver++ on flow σ works, and so does the default (flow_euler, 20 steps, guidance 2).
+    for body in [
+        json!({"class_label": 3, "n": 2, "steps": 4, "seed": 1, "sampler": "dpmpp_2m"}),
+        json!({"class_label": 3, "n": 2, "seed": 1}),
+    ] {
+        let (st, _, b) = call(&app, post(body.clone())).await;
+        assert_eq!(
+            st,
+            StatusCode::OK,
+            "{body}: {}",
+            String::from_utf8_lossy(&b)
+        );
+        assert_eq!(json_of(&b)["data"].as_array().unwrap().len(), 2);
+    }
+}

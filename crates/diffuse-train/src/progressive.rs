@@ -240,7 +240,7 @@ impl Progressive {
         };
         let pipe = Pipeline::load(dir, &opts, device).map_err(|e| err(&e))?;
         let teacher_sched = pipe.scheduler_config(None).map_err(|e| err(&e))?;
-        if teacher_sched.class.is_flow() {
+        if teacher_sched.uses_flow_sigmas() {
             return Err(err(
                 &"a flow-matching teacher: distil it with `diffuse distill reflow`",
             ));

@@ -28,6 +28,7 @@
 use crate::trainer::TrainConfig;
 use crate::{io_err, Error, Result};
 use candle_core::{DType, Device, Shape, Tensor};
+use diffuse_core::compat::{self, Objective};
 use diffuse_core::config::{DpmAlgorithm, SchedulerClass, SchedulerConfig};
 use diffuse_core::rng::{NoiseSource, SeededNoise};
 use diffuse_core::sampler::Sampler;
@@ -211,32 +212,14 @@ pub fn open_teacher(dir: &Path, no_ema: bool, device: &Device) -> Result<Teacher
 }
 
 impl Teacher {
-    /// The solver config: the teacher's scheduler with `sampler` swapped in (default
-    /// `flow_heun` for flow teachers, `dpmpp_2m` otherwise); it must be deterministic and of
-    /// the teacher's kind.
+    /// The solver config: `sampler` on the teacher's scheduler as
+    /// [`diffuse_core::compat::resolve_sampler`] runs it (default `flow_heun` for flow teachers,
+    /// `dpmpp_2m` otherwise); it must also be deterministic.
     pub fn solver(&self, sampler: Option<&str>) -> Result<SchedulerConfig> {
-        let flow = self.scheduler_config.class.is_flow();
+        let model = SchedulerConfig::from_json_map(&self.scheduler).map_err(invalid)?;
+        let flow = Objective::of(&model) == Objective::Flow;
         let name = sampler.unwrap_or(if flow { "flow_heun" } else { "dpmpp_2m" });
-        let mut map = self.scheduler.clone();
-        map.insert("_class_name".into(), name.into());
-        let cfg = SchedulerConfig::from_json_map(&map).map_err(invalid)?;
-        match (flow, cfg.class.is_flow()) {
-            (true, false) => {
-                return Err(Error::Invalid(format!(
-                    "the teacher is a flow-matching model: solve its ODE with flow_heun or flow_euler, not {}",
-                    cfg.class.short_name()
-                )))
-            }
-            (false, true) => {
-                return Err(Error::Invalid(format!(
-                    "{} needs a flow-matching teacher; this teacher predicts {} ({}): use ddim, dpmpp_2m, unipc, euler or heun",
-                    cfg.class.short_name(),
-                    self.scheduler_config.prediction_type.name(),
-                    self.scheduler_config.class.class_name()
-                )))
-            }
-            _ => {}
-        }
+        let cfg = compat::resolve_sampler(name, &model).map_err(invalid)?;
         use SchedulerClass as C;
         let stochastic = match cfg.class {
             C::Ddpm | C::EulerAncestral => true,
@@ -249,7 +232,7 @@ impl Teacher {
                 "reflow pairs need a deterministic ODE solver, and {} draws noise at every step: use {}",
                 cfg.class.short_name(),
                 if flow {
-                    "flow_heun or flow_euler (without stochastic_sampling)"
+                    "flow_heun, flow_euler (without stochastic_sampling), dpmpp_2m or unipc"
                 } else {
                     "ddim, dpmpp_2m, unipc, euler or heun"
                 }
@@ -720,7 +703,8 @@ pub fn student_config(
     let mut config = into_config(table)?;
 
     // The teacher's scheduler (without nulls, which mean "default" and TOML cannot hold), or
-    // rectified-flow Euler over its training time for diffusion teachers.
+    // rectified-flow Euler over its training time for diffusion teachers (at the teacher's
+    // flow_shift for a flow teacher on DPM-Solver++/UniPC flow σ).
     let t = &teacher.scheduler_config;
     let mut sched: Map<String, Value> = if t.class.is_flow() {
         scheduler_entries(&teacher.scheduler)
@@ -731,7 +715,15 @@ pub fn student_config(
                 Value::from("FlowMatchEulerDiscreteScheduler"),
             ),
             ("num_train_timesteps".into(), t.num_train_timesteps.into()),
-            ("shift".into(), 1.0.into()),
+            (
+                "shift".into(),
+                if t.uses_flow_sigmas() {
+                    t.flow_shift
+                } else {
+                    1.0
+                }
+                .into(),
+            ),
         ])
     };
     sched.insert("num_inference_steps".into(), student_steps.into());

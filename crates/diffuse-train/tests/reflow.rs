@@ -208,7 +208,16 @@ fn bad_reruns_and_solvers_are_refused() {
         9
     );
     let e = t.solver(Some("ddim")).unwrap_err().to_string();
-    assert!(e.contains("flow_heun or flow_euler"), "{e}");
+    assert!(
+        e.contains("`ddim` cannot drive this flow matching (flow_prediction) model")
+            && e.contains(
+                "samplers that work: dpmpp_2m, unipc, euler, heun, flow_euler, flow_heun"
+            ),
+        "{e}"
+    );
+    // DPM-Solver++ on flow σ solves a flow teacher's ODE too.
+    let dpm = t.solver(Some("dpmpp_2m")).unwrap();
+    assert!(dpm.use_flow_sigmas && dpm.uses_flow_sigmas(), "{dpm:?}");
     let stochastic: serde_json::Value = serde_json::from_str(
         r#"{"_class_name": "FlowMatchEulerDiscreteScheduler", "stochastic_sampling": true}"#,
     )
@@ -231,7 +240,10 @@ fn bad_reruns_and_solvers_are_refused() {
     .unwrap();
     assert_eq!(eps.solver(None).unwrap().class.short_name(), "dpmpp_2m");
     let e = eps.solver(Some("flow_heun")).unwrap_err().to_string();
-    assert!(e.contains("needs a flow-matching teacher"), "{e}");
+    assert!(
+        e.contains("`flow_heun` cannot drive this ε-prediction (epsilon) model"),
+        "{e}"
+    );
     let e = eps.solver(Some("euler_a")).unwrap_err().to_string();
     assert!(e.contains("deterministic"), "{e}");
     let eps_pairs = dir.path().join("eps_pairs");

@@ -2,13 +2,16 @@
 //! does it for the folders of [`crate::weights`]: the network (EMA weights unless told
 //! otherwise, at the precision asked for), the VAE of a latent pipeline, the scheduler config
 //! (DDIMScheduler's defaults when the folder has none) and what the folder records for
-//! sampling: image size, classes, `num_inference_steps`. `diffuse sample`, `eval`, `serve` and
+//! sampling: image size, classes, `num_inference_steps`. Another sampler than the folder's own
+//! scheduler goes through [`diffuse_core::compat::resolve_sampler`]: it runs as diffusers runs it
+//! on the model's objective, converted, or is refused in one line. `diffuse sample`, `eval`, `serve` and
 //! the distillation teachers load through it.
 
 use super::{decode_latents, generate, GenerateOptions, Progress};
 use crate::weights::{resolve_model_folder, ModelFolder};
 use crate::{AutoencoderKL, DenoiserNet, Error, Result};
 use candle_core::{DType, Device, Tensor};
+use diffuse_core::compat::{self, Cell, Objective};
 use diffuse_core::config::SchedulerConfig;
 use diffuse_core::sampler::{Sampler, SamplerOptions};
 use serde_json::{Map, Value};
@@ -31,7 +34,8 @@ pub struct LoadOptions {
     pub dtype: DType,
     /// A scheduler config to use instead of the folder's.
     pub scheduler: Option<Map<String, Value>>,
-    /// A sampler (diffusers class name or alias) replacing the scheduler's `_class_name`.
+    /// The pipeline's default sampler (a name of [`compat::SAMPLERS`] or a diffusers class
+    /// name) instead of its own scheduler; checked against the model's objective at load.
     pub sampler: Option<String>,
 }
 
@@ -54,8 +58,13 @@ pub struct Pipeline {
     pub net: DenoiserNet,
     /// The VAE of a latent pipeline: the network denoises its latents.
     pub vae: Option<AutoencoderKL>,
-    /// The scheduler config (validated), as JSON so that a sampler can be swapped in.
+    /// The folder's scheduler config as written (validated).
     pub scheduler: Map<String, Value>,
+    /// The same, parsed: the model's own scheduler, whose prediction type is the objective.
+    pub model_scheduler: SchedulerConfig,
+    /// The sampler used when a caller names none: [`LoadOptions::sampler`], else the short
+    /// name of the model's own scheduler.
+    pub default_sampler: &'static str,
     pub device: Device,
 }
 
@@ -83,23 +92,34 @@ impl Pipeline {
     pub fn load(dir: &Path, opts: &LoadOptions, device: &Device) -> Result<Self> {
         let folder = resolve_model_folder(dir)?;
         let (net, vae) = crate::precision::load_as(&folder, opts.no_ema, opts.dtype, device)?;
-        let mut scheduler = match (&opts.scheduler, &folder.scheduler_config) {
+        let scheduler = match (&opts.scheduler, &folder.scheduler_config) {
             (Some(m), _) => m.clone(),
             (None, Some(p)) => read_json_object(p)?,
             (None, None) => Map::from_iter([("_class_name".into(), DEFAULT_SCHEDULER.into())]),
         };
-        if let Some(s) = &opts.sampler {
-            scheduler.insert("_class_name".into(), s.clone().into());
-        }
-        SchedulerConfig::from_json_map(&scheduler).map_err(|e| match &folder.scheduler_config {
-            Some(p) if opts.scheduler.is_none() => Error::Config(format!("{}: {e}", p.display())),
-            _ => Error::Core(e),
-        })?;
+        let model_scheduler =
+            SchedulerConfig::from_json_map(&scheduler).map_err(|e| {
+                match &folder.scheduler_config {
+                    Some(p) if opts.scheduler.is_none() => {
+                        Error::Config(format!("{}: {e}", p.display()))
+                    }
+                    _ => Error::Core(e),
+                }
+            })?;
+        let default_sampler = match &opts.sampler {
+            Some(s) => {
+                compat::resolve_sampler(s, &model_scheduler)?;
+                compat::canonical_name(s).expect("a resolved sampler has a name")
+            }
+            None => model_scheduler.class.short_name(),
+        };
         Ok(Pipeline {
             folder,
             net,
             vae,
             scheduler,
+            model_scheduler,
+            default_sampler,
             device: device.clone(),
         })
     }
@@ -145,13 +165,41 @@ impl Pipeline {
         }))
     }
 
-    /// The scheduler config with `sampler` (a class name or alias) swapped in.
-    pub fn scheduler_config(&self, sampler: Option<&str>) -> Result<SchedulerConfig> {
-        let mut sched = self.scheduler.clone();
-        if let Some(s) = sampler {
-            sched.insert("_class_name".into(), s.into());
+    /// What the network was trained to predict (ε, x₀, v or a flow velocity).
+    pub fn objective(&self) -> Objective {
+        Objective::of(&self.model_scheduler)
+    }
+
+    /// Every sampler name with how it drives this model (supported, converted or refused).
+    pub fn samplers(&self) -> Vec<Cell> {
+        compat::compatible_samplers(self.objective())
+    }
+
+    /// Steps when the caller gives none: the scheduler's `num_inference_steps` (a distilled
+    /// student records it), else the folder's recorded sampling steps
+    /// ([`crate::weights::SamplingDefaults`]), else [`DEFAULT_STEPS`].
+    pub fn default_steps(&self) -> usize {
+        self.model_scheduler
+            .num_inference_steps
+            .or(self.folder.sampling.num_inference_steps)
+            .unwrap_or(DEFAULT_STEPS)
+    }
+
+    /// Classifier-free guidance when the caller gives none: the folder's recorded scale for a
+    /// class-conditional model with a class table, else 1 (off).
+    pub fn default_guidance(&self) -> f64 {
+        match self.net.num_classes() {
+            Some(_) => self.folder.sampling.guidance_scale.unwrap_or(1.0),
+            None => 1.0,
         }
-        Ok(SchedulerConfig::from_json_map(&sched)?)
+    }
+
+    /// The scheduler config that runs `sampler` (a name or diffusers class name; default
+    /// [`Self::default_sampler`]) on this model, or [`Error::Compat`] naming the samplers that
+    /// work.
+    pub fn scheduler_config(&self, sampler: Option<&str>) -> Result<SchedulerConfig> {
+        let name = sampler.unwrap_or(self.default_sampler);
+        Ok(compat::resolve_sampler(name, &self.model_scheduler)?)
     }
 
     /// A sampler of [`Self::scheduler_config`] with `steps` steps (default: the config's
@@ -163,9 +211,7 @@ impl Pipeline {
         opts: SamplerOptions,
     ) -> Result<Sampler> {
         let config = self.scheduler_config(sampler)?;
-        let steps = steps
-            .or(config.num_inference_steps)
-            .unwrap_or(DEFAULT_STEPS);
+        let steps = steps.unwrap_or_else(|| self.default_steps());
         Ok(Sampler::with_options(&config, steps, opts)?)
     }
 
@@ -275,7 +321,8 @@ mod tests {
             ..Default::default()
         };
         let p = Pipeline::load(dir.path(), &opts, &Device::Cpu).unwrap();
-        assert_eq!(p.scheduler["_class_name"], "euler");
+        assert_eq!(p.default_sampler, "euler");
+        assert_eq!(p.scheduler["_class_name"], "DDPMScheduler");
         let s = p.sampler(None, None, SamplerOptions::default()).unwrap();
         assert_eq!(s.len(), 4);
         assert_eq!(

@@ -34,6 +34,8 @@ pub(super) struct UnetTask {
     pub(super) objective: ObjectiveConfig,
     pub(super) sched_map: Map<String, Value>,
     pub(super) sched_cfg: SchedulerConfig,
+    /// How the sample grids are drawn, recorded in `model_index.json` for `sample` and `serve`.
+    pub(super) sampling: diffuse_models::weights::SamplingDefaults,
     /// For latent diffusion: the VAE (decodes the sample grids) and its folder's files, written
     /// as `vae/` of every checkpoint and of the output pipeline.
     pub(super) vae: Option<(AutoencoderKL, Files)>,
@@ -157,7 +159,14 @@ pub(super) fn unet_task(
         )?),
         None => None,
     };
+    // Grids sample flow models with the pipeline's own scheduler (others with DDIM), so
+    // their step count is a default for the pipeline only then.
+    let sampling = diffuse_models::weights::SamplingDefaults {
+        num_inference_steps: sched_cfg.class.is_flow().then_some(t.sample_steps),
+        guidance_scale: classes.map(|_| t.sample_guidance),
+    };
     let task = UnetTask {
+        sampling,
         distill,
         model,
         cfg: unet_cfg,
@@ -243,7 +252,8 @@ impl Net {
         if let Net::Unet(u) = self {
             let sched = sched_cfg_json(&u.sched_map);
             let class = sched["_class_name"].as_str().unwrap_or("DDPMScheduler");
-            let index = diffuse_models::weights::pipeline_index(&u.cfg, class, u.vae.is_some());
+            let mut index = diffuse_models::weights::pipeline_index(&u.cfg, class, u.vae.is_some());
+            u.sampling.write_into(&mut index);
             files.push(("scheduler/scheduler_config.json".into(), text(&sched)));
             files.push(("model_index.json".into(), text(&index)));
             if let Some((_, vae_files)) = &u.vae {
