@@ -1,6 +1,6 @@
 //! diffuse-bench: `diffuse bench`, how fast this machine runs a UNet2DModel — forward at
 //! several batch sizes (inference on detached tensors), one full training step (forward, MSE,
-//! backward, clipping, AdamW, as [`diffuse_train::trainer`] does it) and DDIM sampling (the
+//! backward, clipping, AdamW, through [`diffuse_train::trainer::step`]) and DDIM sampling (the
 //! `diffuse sample` pipeline) — with medians, min/max, images/s, peak RSS, achieved GFLOP/s
 //! against the machine's peak.
 //!
