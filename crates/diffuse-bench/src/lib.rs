@@ -18,7 +18,7 @@
 //! - [`presets`]: the built-in models and the DDIM scheduler config.
 //! - [`machine`]: the CPU's peak rate, peak RSS.
 //! - [`timing`]: medians and the timed loop.
-//! - [`run`]: the benchmark itself.
+//! - [`mod@run`]: the benchmark itself.
 //! - [`report`]: the JSON report and its table.
 
 pub mod machine;

@@ -1,4 +1,5 @@
-//! The string options of a scheduler config as enums, with diffusers' names.
+//! The string options of a scheduler config as enums, with diffusers' names (the string
+//! arguments of the `scheduling_*.py` constructors: `beta_schedule`, `timestep_spacing`, …).
 
 use crate::error::{Error, Result};
 

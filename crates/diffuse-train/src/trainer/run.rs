@@ -31,7 +31,7 @@ use candle_core::{Device, Tensor, Var};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-/// [`train`] as rank `comm.rank()` of a data-parallel group (torch DDP): every rank builds the
+/// [`train`](super::train) as rank `comm.rank()` of a data-parallel group (torch DDP): every rank builds the
 /// same model, reads the same global batches and takes its contiguous 1/N of each, draws the
 /// global batch's noise and timesteps and keeps its rows ([`RowShard`]), and averages losses and
 /// gradients over the group before clipping, so N ranks × B/N rows make the update one process
