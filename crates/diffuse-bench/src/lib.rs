@@ -1,6 +1,6 @@
 //! diffuse-bench: `diffuse bench`, how fast this machine runs a UNet2DModel — forward at
 //! several batch sizes (inference on detached tensors), one full training step (forward, MSE,
-//! backward, clipping, AdamW, as [`diffuse_train::trainer`] does it) and DDIM sampling (the
+//! backward, clipping, AdamW, through [`diffuse_train::trainer::step`]) and DDIM sampling (the
 //! `diffuse sample` pipeline) — with medians, min/max, images/s, peak RSS, achieved GFLOP/s
 //! against the machine's peak.
 //!
@@ -18,7 +18,7 @@
 //! - [`presets`]: the built-in models and the DDIM scheduler config.
 //! - [`machine`]: the CPU's peak rate, peak RSS.
 //! - [`timing`]: medians and the timed loop.
-//! - [`run`]: the benchmark itself.
+//! - [`mod@run`]: the benchmark itself.
 //! - [`report`]: the JSON report and its table.
 
 pub mod machine;

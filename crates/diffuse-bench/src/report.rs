@@ -37,7 +37,7 @@ pub struct BenchReport {
     pub side: String,
     pub versions: Value,
     pub device: String,
-    /// "f32", or "bf16" (see [`BenchOptions::dtype`]).
+    /// "f32", or "bf16" (see [`crate::BenchOptions::dtype`]).
     pub dtype: String,
     pub threads: usize,
     pub date_unix: u64,

@@ -18,7 +18,9 @@ use diffuse_models::weights::{
     build_unet, detached_tensors, inference_model, model_index, save_unet, seeded_init,
 };
 use diffuse_models::{DenoiserConfig, DenoiserNet, UNet2DConfig, UNet2DModel};
-use diffuse_train::optim::{clip_grad_norm, AdamW, AdamWConfig};
+use diffuse_train::dist::SingleProcess;
+use diffuse_train::optim::{AdamW, AdamWConfig};
+use diffuse_train::trainer::{step, MicroLoss, StepOptions};
 use serde_json::{json, Value};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
@@ -359,10 +361,9 @@ fn train_inputs(
 }
 
 /// Times `opts.runs` optimizer steps on one fixed batch after `opts.warmup` untimed ones and
-/// returns the times, the peak RSS and the first step's loss. Each step is the trainer's:
-/// forward (under mixed precision a bf16 copy over the f32 variables), MSE, backward,
-/// global-norm clipping, AdamW. This is the bench's one copy of `diffuse_train::trainer`'s step;
-/// it becomes a call to a public `diffuse_train::trainer::step` once there is one.
+/// returns the times, the peak RSS and the first step's loss. Each step is the trainer's own,
+/// [`diffuse_train::trainer::step`]: forward (under mixed precision a bf16 copy over the f32
+/// variables), MSE, backward, global-norm clipping, AdamW; one micro-batch, one process.
 fn timed_train_steps(
     opts: &BenchOptions,
     train_model: &UNet2DModel,
@@ -387,21 +388,25 @@ fn timed_train_steps(
     let f32_net = DenoiserNet::from(train_model.clone());
     let mut fixed = detached_tensors(varmap);
     fixed.retain(|k, _| !vars.iter().any(|(n, _)| n == k));
+    let options = StepOptions {
+        lr: opts.learning_rate,
+        max_grad_norm: opts.max_grad_norm,
+        accumulation: 1,
+    };
     let mut first_loss = None;
     let r = measure(opts.runs, opts.warmup, device, || {
-        let low = match opts.dtype {
-            DType::F32 => None,
-            dtype => Some(diffuse_train::amp::low_precision_net(
-                net_cfg, &vars, &fixed, dtype, device,
-            )?),
-        };
-        let model = low.as_ref().unwrap_or(&f32_net);
-        let out = model.forward(x, ts, None)?; // f32, also from a bf16 copy
-        let loss = candle_nn::loss::mse(&out, target)?;
-        first_loss.get_or_insert(loss.to_scalar::<f32>()? as f64);
-        let mut grads = loss.backward()?;
-        clip_grad_norm(&mut grads, &vars, opts.max_grad_norm)?;
-        opt.update(&grads, opts.learning_rate)?;
+        let result = step(&vars, &mut opt, &options, None, &SingleProcess, &mut || {
+            let low = match opts.dtype {
+                DType::F32 => None,
+                dtype => Some(diffuse_train::amp::low_precision_net(
+                    net_cfg, &vars, &fixed, dtype, device,
+                )?),
+            };
+            let model = low.as_ref().unwrap_or(&f32_net);
+            let out = model.forward(x, ts, None)?; // f32, also from a bf16 copy
+            Ok(MicroLoss::new(candle_nn::loss::mse(&out, target)?))
+        })?;
+        first_loss.get_or_insert(result.loss as f64);
         Ok(())
     })?;
     Ok((r, first_loss))

@@ -1,4 +1,4 @@
-//! Statistics files: `.npz` with `mu` [d] and `sigma` [d, d] in f64, the keys pytorch-fid's
+//! Statistics files: `.npz` with `mu` `[d]` and `sigma` `[d, d]` in f64, the keys pytorch-fid's
 //! `--save-stats` writes and `np.load(...)['mu']` reads, plus `feature_net` (the net's name as
 //! UTF-8 bytes) and `count`, so a file from another feature net is refused. pytorch-fid's own
 //! files (no `feature_net`, d = 2048, often `savez_compressed`) are read as Inception pool3.

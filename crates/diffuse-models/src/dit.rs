@@ -283,7 +283,7 @@ impl DiTTransformer2DModel {
     }
 
     /// `sample`: [b, in_channels, h, w]; `timesteps`: b values (or one, broadcast);
-    /// `class_labels`: [b] integer labels in 0..=num_embeds_ada_norm (the last is the null
+    /// `class_labels`: `[b]` integer labels in 0..=num_embeds_ada_norm (the last is the null
     /// class), or None for the null class everywhere. Returns [b, out_channels, h, w], the
     /// learned-variance half included (see [`split_learned_sigma`]).
     pub fn forward(

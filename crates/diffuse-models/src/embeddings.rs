@@ -7,7 +7,7 @@ use crate::ops;
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 
-/// Sinusoidal embedding of `timesteps` ([b], any float): `[b, dim]`.
+/// Sinusoidal embedding of `timesteps` (`[b]`, any float): `[b, dim]`.
 pub fn timestep_embedding(
     timesteps: &[f32],
     dim: usize,
@@ -59,7 +59,7 @@ pub enum TimeProjection {
 }
 
 impl TimeProjection {
-    /// `timesteps`: [b] float values; output `[b, out_dim]` f32.
+    /// `timesteps`: `[b]` float values; output `[b, out_dim]` f32.
     pub fn forward(&self, timesteps: &[f32], device: &Device) -> Result<Tensor> {
         match self {
             TimeProjection::Positional {

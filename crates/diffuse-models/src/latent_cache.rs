@@ -5,7 +5,7 @@
 //! [`LatentBatches`] feeds a cache to training (`diffuse train` with `data.latents`).
 //!
 //! A cache folder holds `shard-NNNNN.safetensors` (`mean`, `std` [n, latent, h, w] f32;
-//! `labels` [n] u32 for labelled sets), `vae/` (the VAE with `scaling_factor` = 1 / std of the
+//! `labels` `[n]` u32 for labelled sets), `vae/` (the VAE with `scaling_factor` = 1 / std of the
 //! latents, computed from the data) and `latents.json`, written last: a folder without it is
 //! incomplete.
 

@@ -166,7 +166,7 @@ impl DenoiserNet {
     }
 
     /// The full network output `[b, out_channels, h, w]` (a DiT's learned-variance half
-    /// included). `class_labels`: [b] integer labels; a DiT without labels uses its null class.
+    /// included). `class_labels`: `[b]` integer labels; a DiT without labels uses its null class.
     /// A network with bf16/f16 weights takes and returns `x`'s dtype: the input is cast down
     /// and the output back up (torch.autocast's boundary), so samplers and losses stay f32.
     pub fn forward(

@@ -37,16 +37,23 @@ pub const SCALE_SUFFIX: &str = "_scale";
 /// Largest |q|: the symmetric int8 range is [−127, 127].
 pub const QMAX: f32 = 127.0;
 
-fn d_bits() -> u32 {
-    8
+/// `quantization_config.bits`: int8.
+pub const DEFAULT_BITS: u32 = 8;
+/// `quantization_config.symmetric`: no zero point.
+pub const DEFAULT_SYMMETRIC: bool = true;
+/// `quantization_config.granularity`: one scale per output channel.
+pub const DEFAULT_GRANULARITY: &str = "per_output_channel";
+
+fn default_bits() -> u32 {
+    DEFAULT_BITS
 }
-fn d_granularity() -> String {
-    "per_output_channel".into()
+fn default_symmetric() -> bool {
+    DEFAULT_SYMMETRIC
 }
-fn d_true() -> bool {
-    true
+fn default_granularity() -> String {
+    DEFAULT_GRANULARITY.into()
 }
-fn d_suffix() -> String {
+fn default_scale_suffix() -> String {
     SCALE_SUFFIX.into()
 }
 
@@ -54,14 +61,14 @@ fn d_suffix() -> String {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct QuantizationConfig {
     pub quant_method: String,
-    #[serde(default = "d_bits")]
+    #[serde(default = "default_bits")]
     pub bits: u32,
-    #[serde(default = "d_true")]
+    #[serde(default = "default_symmetric")]
     pub symmetric: bool,
     /// Only `per_output_channel` (axis 0 of conv `[out, in, k, k]` and linear `[out, in]`).
-    #[serde(default = "d_granularity")]
+    #[serde(default = "default_granularity")]
     pub granularity: String,
-    #[serde(default = "d_suffix")]
+    #[serde(default = "default_scale_suffix")]
     pub scale_suffix: String,
     /// Informational keys (`compute`, `quantized`, `weights_quantized`, …), kept.
     #[serde(flatten)]
@@ -77,10 +84,10 @@ impl QuantizationConfig {
         extra.insert("num_quantized_weights".into(), n.into());
         QuantizationConfig {
             quant_method: QUANT_METHOD.into(),
-            bits: 8,
-            symmetric: true,
-            granularity: d_granularity(),
-            scale_suffix: d_suffix(),
+            bits: DEFAULT_BITS,
+            symmetric: DEFAULT_SYMMETRIC,
+            granularity: default_granularity(),
+            scale_suffix: default_scale_suffix(),
             extra,
         }
     }

@@ -251,7 +251,7 @@ impl UNet2DModel {
     }
 
     /// `sample`: [b, in_channels, h, w]; `timesteps`: b values (or one, broadcast);
-    /// `class_labels`: [b] integer labels (table), [b] numbers (timestep type) or
+    /// `class_labels`: `[b]` integer labels (table), `[b]` numbers (timestep type) or
     /// [b, time_embed_dim] (identity). Returns [b, out_channels, h, w].
     pub fn forward(
         &self,

@@ -233,7 +233,7 @@ impl DiagonalGaussian {
         Ok((&self.mean + self.std()?.mul(&eps)?)?)
     }
 
-    /// KL(q ‖ N(0, I)) per sample, summed over [c, h, w]: 0.5 Σ (μ² + σ² − 1 − log σ²) → [b].
+    /// KL(q ‖ N(0, I)) per sample, summed over `[c, h, w]`: 0.5 Σ (μ² + σ² − 1 − log σ²) → `[b]`.
     pub fn kl(&self) -> Result<Tensor> {
         let t = ((self.mean.sqr()? + self.var()?)? - 1.0)?;
         Ok(((t - &self.logvar)?.flatten_from(1)?.sum(1)? * 0.5)?)

@@ -22,17 +22,59 @@ use diffuse_models::pipeline::{decode_latents, generate, GenerateOptions};
 use diffuse_models::AutoencoderKL;
 use serde::{Deserialize, Serialize};
 
-fn d_samples() -> usize {
-    500
+pub const DEFAULT_NUM_SAMPLES: usize = 500;
+pub const DEFAULT_NUM_REAL: usize = 10_000;
+pub const DEFAULT_STEPS: usize = 20;
+
+fn default_num_samples() -> usize {
+    DEFAULT_NUM_SAMPLES
 }
-fn d_features() -> String {
-    "mnist".into()
+fn default_num_real() -> usize {
+    DEFAULT_NUM_REAL
 }
-fn d_real() -> usize {
-    10_000
+fn default_steps() -> usize {
+    DEFAULT_STEPS
 }
-fn d_steps() -> usize {
-    20
+
+/// `[eval] features`: the feature net of fid/kid/pr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", try_from = "String")]
+pub enum FeatureKind {
+    /// The embedded MNIST classifier's penultimate layer.
+    #[default]
+    Mnist,
+    /// The FID Inception's pool3 (needs `diffuse eval fetch-inception` once).
+    Inception,
+}
+
+impl FeatureKind {
+    pub const ALL: [FeatureKind; 2] = [FeatureKind::Mnist, FeatureKind::Inception];
+
+    /// The config string.
+    pub fn name(self) -> &'static str {
+        match self {
+            FeatureKind::Mnist => "mnist",
+            FeatureKind::Inception => "inception",
+        }
+    }
+}
+
+impl TryFrom<String> for FeatureKind {
+    type Error = String;
+
+    /// An unknown name is an error naming the key and the allowed values.
+    fn try_from(s: String) -> std::result::Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| {
+                let allowed: Vec<&str> = Self::ALL.iter().map(|k| k.name()).collect();
+                format!(
+                    "features: unknown feature net {s:?}; allowed: {}",
+                    allowed.join(", ")
+                )
+            })
+    }
 }
 
 /// `[eval]`: what to measure during training and how often.
@@ -42,7 +84,7 @@ pub struct EvalSection {
     /// Evaluate every this many optimizer steps and at the last step; 0 disables.
     pub every: u64,
     /// Generated images per evaluation (classes in turn for class-conditional models).
-    #[serde(default = "d_samples")]
+    #[serde(default = "default_num_samples")]
     pub num_samples: usize,
     /// Comma-separated `fid, kid, pr, cls, is`; default: fid and is, plus cls for
     /// class-conditional models.
@@ -50,20 +92,20 @@ pub struct EvalSection {
     pub metrics: Option<String>,
     /// Feature net of fid/kid/pr: `mnist` (the embedded classifier) or `inception` (needs
     /// `diffuse eval fetch-inception` once).
-    #[serde(default = "d_features")]
-    pub features: String,
+    #[serde(default)]
+    pub features: FeatureKind,
     /// Real images: a data set name or a folder; default `data.name` (required with
     /// `data.latents`). Fitted to the generated size as training fits them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub real: Option<String>,
     /// The first N real images of the training split.
-    #[serde(default = "d_real")]
+    #[serde(default = "default_num_real")]
     pub num_real: usize,
     /// A scheduler class name or alias (`ddim`, `dpmpp_2m`, `euler`, …); default: DDIM with
     /// trailing spacing, or flow-matching Euler for flow models.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sampler: Option<String>,
-    #[serde(default = "d_steps")]
+    #[serde(default = "default_steps")]
     pub steps: usize,
     /// Default: `train.sample_guidance`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -120,7 +162,7 @@ impl EvalHook {
             .any(|m| matches!(m, Metric::Fid | Metric::Kid | Metric::Pr));
         let needs_classifier = metrics.contains(&Metric::Cls) || metrics.contains(&Metric::Is);
         let eval_err = |e: diffuse_eval::Error| bad(e.to_string());
-        let classifier = if needs_classifier || section.features == "mnist" {
+        let classifier = if needs_classifier || section.features == FeatureKind::Mnist {
             Some(MnistClassifier::embedded(device).map_err(eval_err)?)
         } else {
             None
@@ -128,17 +170,14 @@ impl EvalHook {
         let features = if !needs_features {
             None
         } else {
-            Some(match section.features.as_str() {
-                "mnist" => FeatureNet::Mnist(MnistClassifier::embedded(device).map_err(eval_err)?),
-                "inception" => FeatureNet::Inception {
+            Some(match section.features {
+                FeatureKind::Mnist => {
+                    FeatureNet::Mnist(MnistClassifier::embedded(device).map_err(eval_err)?)
+                }
+                FeatureKind::Inception => FeatureNet::Inception {
                     net: InceptionV3::load_cached(device).map_err(eval_err)?,
                     resize: ResizeMode::Bilinear,
                 },
-                other => {
-                    return Err(bad(format!(
-                        "features: unknown feature net {other:?} (mnist or inception)"
-                    )))
-                }
             })
         };
         let real = match &features {

@@ -8,7 +8,7 @@
 //! probability p. The VAE objective ([`vae_loss`]) is diffusers' VAE fine-tuning script's:
 //! reconstruction (L1 or L2, mean) of a posterior sample + β·KL (per-sample sum, batch mean).
 //! All randomness comes from a [`TrainRng`] a checkpoint can save. Per-sample draws go through
-//! [`TrainRng::rows`], so that a data-parallel rank holding rows `offset..offset + n` of a
+//! `TrainRng::rows`, so that a data-parallel rank holding rows `offset..offset + n` of a
 //! global batch draws exactly the values a single process would give those rows
 //! ([`RowShard`]).
 

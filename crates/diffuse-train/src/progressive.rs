@@ -30,25 +30,66 @@ use diffuse_models::DenoiserNet;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
+/// Classifier-free guidance of the teacher: none.
+pub const DEFAULT_GUIDANCE_SCALE: f64 = 1.0;
+
+fn default_guidance_scale() -> f64 {
+    DEFAULT_GUIDANCE_SCALE
+}
+
+/// `[distill] method`: how the student learns from the teacher. Reflow is not a method of
+/// this section: it trains on `data.pairs` (`diffuse distill reflow`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", try_from = "String")]
+pub enum DistillMethod {
+    /// Progressive distillation (Salimans & Ho 2022): each student step matches two teacher
+    /// DDIM steps.
+    Progressive,
+}
+
+impl DistillMethod {
+    pub const ALL: [DistillMethod; 1] = [DistillMethod::Progressive];
+
+    /// The config string.
+    pub fn name(self) -> &'static str {
+        match self {
+            DistillMethod::Progressive => "progressive",
+        }
+    }
+}
+
+impl TryFrom<String> for DistillMethod {
+    type Error = String;
+
+    /// An unknown name is an error naming the key and the allowed values.
+    fn try_from(s: String) -> std::result::Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|m| m.name() == s)
+            .ok_or_else(|| {
+                let allowed: Vec<&str> = Self::ALL.iter().map(|m| m.name()).collect();
+                format!(
+                    "method: unknown value {s:?}; allowed: {} (reflow: `diffuse distill reflow`)",
+                    allowed.join(", ")
+                )
+            })
+    }
+}
+
 /// `[distill]` of a training config: train the network as a distilled student of a teacher.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DistillSection {
-    /// `progressive` (the only method of this section; reflow trains on `data.pairs`).
-    pub method: String,
+    pub method: DistillMethod,
     /// The teacher pipeline folder (a diffusion model: ε, x₀ or v prediction).
     pub teacher: String,
     /// Classifier-free guidance scale of a class-conditional teacher (1 = none); the student
     /// learns the guided result and is sampled without guidance.
-    #[serde(default = "one")]
+    #[serde(default = "default_guidance_scale")]
     pub guidance_scale: f64,
     /// Use the teacher's `unet/` even when it has EMA weights in `unet_ema/`.
     #[serde(default)]
     pub teacher_no_ema: bool,
-}
-
-fn one() -> f64 {
-    1.0
 }
 
 /// One student step k: timestep t, the teacher's midpoint m, ᾱ at t, m and the landing s.
@@ -200,12 +241,6 @@ impl Progressive {
         student_classes: Option<usize>,
         device: &Device,
     ) -> Result<Self> {
-        if section.method != "progressive" {
-            return Err(Error::Invalid(format!(
-                "distill.method: unknown value {:?}; allowed: progressive (reflow: `diffuse distill reflow`)",
-                section.method
-            )));
-        }
         if !(section.guidance_scale.is_finite() && section.guidance_scale >= 1.0) {
             return Err(Error::Invalid(format!(
                 "distill.guidance_scale must be ≥ 1, got {}",
@@ -448,7 +483,7 @@ pub fn student_config(
     config.train.init_from = Some(teacher.display().to_string());
     config.train.sample_steps = steps;
     config.distill = Some(DistillSection {
-        method: "progressive".into(),
+        method: DistillMethod::Progressive,
         teacher: teacher.display().to_string(),
         guidance_scale,
         teacher_no_ema: false,

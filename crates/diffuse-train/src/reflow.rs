@@ -7,7 +7,7 @@
 //! - [`generate_pairs`] solves the teacher's ODE for `num_pairs` seeded noises (pair i draws
 //!   z from stream (seed, i), exactly the x_T `diffuse sample --seed` gives image i; class i mod
 //!   k for class-conditional teachers, with classifier-free guidance) and writes a pairs folder:
-//!   `shard-NNNNN.safetensors` (`noise`, `x0` [n, c, h, w] f32, `labels` [n] u32) and
+//!   `shard-NNNNN.safetensors` (`noise`, `x0` `[n, c, h, w]` f32, `labels` `[n]` u32) and
 //!   `index.json`, each written atomically, the index after its shard: a rerun continues after
 //!   the last complete shard, and batches never span shards, so an interrupted and resumed
 //!   run writes the same bytes as an uninterrupted one. Latent teachers give latent pairs (in

@@ -1,10 +1,11 @@
 //! DDIM (Song et al. 2021) with η ≥ 0, diffusers `scheduling_ddim.py`.
 
+use super::parts::add_noise;
 use super::{clip_or_threshold, lin, vp_x0, Extra, Plan, Sampler, StepOutput};
 use crate::config::SchedulerConfig;
 use crate::error::Result;
 use crate::rng::NoiseSource;
-use crate::schedule::{spaced_timesteps, NoiseSchedule};
+use crate::schedule::NoiseSchedule;
 use candle_core::Tensor;
 
 pub(super) fn plan(config: &SchedulerConfig, schedule: &NoiseSchedule, n: usize) -> Result<Plan> {
@@ -13,17 +14,7 @@ pub(super) fn plan(config: &SchedulerConfig, schedule: &NoiseSchedule, n: usize)
     } else {
         schedule.alphas_cumprod[0]
     };
-    Ok(Plan {
-        timesteps: spaced_timesteps(
-            config.timestep_spacing,
-            config.num_train_timesteps,
-            n,
-            config.steps_offset,
-        ),
-        sigmas: None,
-        init_noise_sigma: 1.0,
-        extra: Extra::FinalAlpha(final_alpha),
-    })
+    Ok(Plan::spaced(config, n, Extra::FinalAlpha(final_alpha)))
 }
 
 pub(super) fn step(
@@ -62,11 +53,7 @@ pub(super) fn step(
     let dir = (1.0 - ap_prev - std * std).sqrt() as f64;
     let mut prev = lin(ap_prev.sqrt() as f64, &x0, dir, &eps)?;
     if s.options.eta > 0.0 {
-        let z = noise.randn(sample.shape(), sample.dtype(), sample.device())?;
-        prev = (prev + (z * std as f64)?)?;
+        prev = add_noise(prev, std as f64, sample, noise)?;
     }
-    Ok(StepOutput {
-        prev_sample: prev,
-        pred_original_sample: Some(x0),
-    })
+    StepOutput::with_x0(prev, x0)
 }

@@ -1,24 +1,14 @@
 //! DDPM ancestral sampling (Ho et al. 2020), diffusers `scheduling_ddpm.py`.
 
+use super::parts::add_noise;
 use super::{clip_or_threshold, lin, vp_x0, Extra, Plan, Sampler, StepOutput};
 use crate::config::{SchedulerConfig, VarianceType};
 use crate::error::Result;
 use crate::rng::NoiseSource;
-use crate::schedule::spaced_timesteps;
 use candle_core::Tensor;
 
 pub(super) fn plan(config: &SchedulerConfig, n: usize) -> Result<Plan> {
-    Ok(Plan {
-        timesteps: spaced_timesteps(
-            config.timestep_spacing,
-            config.num_train_timesteps,
-            n,
-            config.steps_offset,
-        ),
-        sigmas: None,
-        init_noise_sigma: 1.0,
-        extra: Extra::FinalAlpha(1.0),
-    })
+    Ok(Plan::spaced(config, n, Extra::FinalAlpha(1.0)))
 }
 
 pub(super) fn step(
@@ -48,17 +38,13 @@ pub(super) fn step(
     let mut prev = lin(c_x0, &x0, c_xt, sample)?;
 
     if t > 0.0 {
-        let z = noise.randn(sample.shape(), sample.dtype(), sample.device())?;
         let var = (bp_prev / bp * cur_beta).max(1e-20);
         let std = match s.config.variance_type {
             VarianceType::FixedSmall => var.sqrt(),
             VarianceType::FixedSmallLog => (0.5 * var.ln()).exp(),
             VarianceType::FixedLarge => cur_beta.sqrt(),
         };
-        prev = (prev + (z * std as f64)?)?;
+        prev = add_noise(prev, std as f64, sample, noise)?;
     }
-    Ok(StepOutput {
-        prev_sample: prev,
-        pred_original_sample: Some(x0),
-    })
+    StepOutput::with_x0(prev, x0)
 }

@@ -4,7 +4,7 @@
 //! (`use_flow_sigmas`, `flow_shift`: α_t = 1 − σ, σ_t = σ, as `_sigma_to_alpha_sigma_t` has
 //! it); the flow-σ plan of UniPC (`scheduling_unipc_multistep.py`) is here too.
 
-use super::{lin, sigma_to_alpha_sigma_t, Extra, Plan, Sampler, SamplerState, StepOutput};
+use super::{lin, sigma_to_alpha_sigma_t, Plan, Sampler, SamplerState, StepOutput};
 use crate::config::{
     BetaSchedule, DpmAlgorithm, DpmSolverType, FinalSigmas, PredictionType, SchedulerClass,
     SchedulerConfig, TimestepSpacing,
@@ -95,12 +95,10 @@ pub(super) fn multistep_plan(
         FinalSigmas::SigmaMin => train[0],
     };
     sigmas.push(last_sigma);
-    Ok(Plan {
+    Ok(Plan::unit_noise(
         timesteps,
-        sigmas: Some(sigmas.into_iter().map(f32r).collect()),
-        init_noise_sigma: 1.0,
-        extra: Extra::None,
-    })
+        sigmas.into_iter().map(f32r).collect(),
+    ))
 }
 
 /// `set_timesteps` with `use_flow_sigmas` (numpy f64, σ stored as float32, timesteps
@@ -139,12 +137,10 @@ fn flow_plan(config: &SchedulerConfig, schedule: &NoiseSchedule, n: usize) -> Re
         (FinalSigmas::SigmaMin, _) => *sigmas.last().expect("n >= 1"),
     };
     sigmas.push(last);
-    Ok(Plan {
+    Ok(Plan::unit_noise(
         timesteps,
-        sigmas: Some(sigmas.into_iter().map(f32r).collect()),
-        init_noise_sigma: 1.0,
-        extra: Extra::None,
-    })
+        sigmas.into_iter().map(f32r).collect(),
+    ))
 }
 
 pub(super) fn plan(config: &SchedulerConfig, schedule: &NoiseSchedule, n: usize) -> Result<Plan> {
@@ -228,7 +224,7 @@ pub(super) fn step(
     noise: &mut dyn NoiseSource,
 ) -> Result<StepOutput> {
     let c = &s.config;
-    let sigmas = s.sigmas.as_ref().expect("planned");
+    let sigmas = s.planned_sigmas();
     let n = s.timesteps.len();
     let small = c.lower_order_final && n < 15;
     let lower_final =

@@ -1,7 +1,8 @@
 //! Euler method in σ space (Karras et al. 2022, Alg. 2 with optional churn),
 //! diffusers `scheduling_euler_discrete.py`. Also holds the σ planning the Euler family shares.
 
-use super::{k_init_noise_sigma, k_x0, Extra, Plan, Sampler, StepOutput};
+use super::parts::{add_noise, churn_gamma};
+use super::{k_x0, Plan, Sampler, StepOutput};
 use crate::config::{FinalSigmas, SchedulerConfig, TimestepSpacing};
 use crate::error::Result;
 use crate::rng::NoiseSource;
@@ -69,12 +70,7 @@ pub(super) fn plan(config: &SchedulerConfig, schedule: &NoiseSchedule, n: usize)
         FinalSigmas::SigmaMin => schedule.sigmas()[0],
     });
     let sigmas: Vec<f64> = sigmas.into_iter().map(f32r).collect();
-    Ok(Plan {
-        init_noise_sigma: k_init_noise_sigma(config, &sigmas),
-        timesteps,
-        sigmas: Some(sigmas),
-        extra: Extra::None,
-    })
+    Ok(Plan::k_sigmas(config, timesteps, sigmas))
 }
 
 pub(super) fn step(
@@ -84,20 +80,15 @@ pub(super) fn step(
     sample: &Tensor,
     noise: &mut dyn NoiseSource,
 ) -> Result<StepOutput> {
-    let sigmas = s.sigmas.as_ref().expect("planned");
+    let sigmas = s.planned_sigmas();
     let sigma = sigmas[i];
     let o = &s.options;
-    let gamma = if o.s_tmin <= sigma && sigma <= o.s_tmax {
-        (o.s_churn / (sigmas.len() - 1) as f64).min(2f64.sqrt() - 1.0)
-    } else {
-        0.0
-    };
+    let gamma = churn_gamma(o, sigma, sigmas.len());
     let sigma_hat = sigma * (gamma + 1.0);
     let mut x = sample.clone();
     if gamma > 0.0 {
-        let z = noise.randn(sample.shape(), sample.dtype(), sample.device())?;
         let extra = (sigma_hat * sigma_hat - sigma * sigma).sqrt() * o.s_noise;
-        x = (x + (z * extra)?)?;
+        x = add_noise(x, extra, sample, noise)?;
     }
     let x0 = match s.config.prediction_type {
         // diffusers uses σ̂ for ε and σ for v.
@@ -109,8 +100,5 @@ pub(super) fn step(
     let derivative = ((&x - &x0)? / sigma_hat)?;
     let dt = sigmas[i + 1] - sigma_hat;
     let prev = (x + (derivative * dt)?)?;
-    Ok(StepOutput {
-        prev_sample: prev,
-        pred_original_sample: Some(x0),
-    })
+    StepOutput::with_x0(prev, x0)
 }

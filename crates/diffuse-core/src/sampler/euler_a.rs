@@ -1,7 +1,8 @@
 //! Euler ancestral sampling in σ space (k-diffusion `sample_euler_ancestral`),
 //! diffusers `scheduling_euler_ancestral_discrete.py`.
 
-use super::{k_init_noise_sigma, k_x0, Extra, Plan, Sampler, StepOutput};
+use super::parts::add_noise;
+use super::{k_x0, Plan, Sampler, StepOutput};
 use crate::config::SchedulerConfig;
 use crate::error::Result;
 use crate::rng::NoiseSource;
@@ -13,12 +14,7 @@ pub(super) fn plan(config: &SchedulerConfig, schedule: &NoiseSchedule, n: usize)
     let train = schedule.sigmas();
     let mut sigmas: Vec<f64> = timesteps.iter().map(|&t| f32r(interp(t, &train))).collect();
     sigmas.push(0.0);
-    Ok(Plan {
-        init_noise_sigma: k_init_noise_sigma(config, &sigmas),
-        timesteps,
-        sigmas: Some(sigmas),
-        extra: Extra::None,
-    })
+    Ok(Plan::k_sigmas(config, timesteps, sigmas))
 }
 
 pub(super) fn step(
@@ -28,7 +24,7 @@ pub(super) fn step(
     sample: &Tensor,
     noise: &mut dyn NoiseSource,
 ) -> Result<StepOutput> {
-    let sigmas = s.sigmas.as_ref().expect("planned");
+    let sigmas = s.planned_sigmas();
     let (from, to) = (sigmas[i], sigmas[i + 1]);
     let x0 = k_x0(s.config.prediction_type, model_output, sample, from)?;
     // Split the step into a deterministic part down to σ_down and fresh noise σ_up.
@@ -38,10 +34,6 @@ pub(super) fn step(
     let derivative = ((sample - &x0)? / from)?;
     let dt = sigma_down as f64 - from;
     let prev = (sample + (derivative * dt)?)?;
-    let z = noise.randn(sample.shape(), sample.dtype(), sample.device())?;
-    let prev = (prev + (z * sigma_up as f64)?)?;
-    Ok(StepOutput {
-        prev_sample: prev,
-        pred_original_sample: Some(x0),
-    })
+    let prev = add_noise(prev, sigma_up as f64, sample, noise)?;
+    StepOutput::with_x0(prev, x0)
 }

@@ -2,7 +2,7 @@
 //! diffusers `scheduling_flow_match_euler_discrete.py`: x_σ = (1 − σ) x₀ + σ ε, the model
 //! predicts u = ε − x₀, and σ is warped by `shift`: σ' = shift·σ / (1 + (shift − 1)·σ).
 
-use super::{lin, Extra, Plan, Sampler, StepOutput};
+use super::{lin, Plan, Sampler, StepOutput};
 use crate::config::SchedulerConfig;
 use crate::error::Result;
 use crate::rng::NoiseSource;
@@ -40,12 +40,7 @@ pub(super) fn plan(config: &SchedulerConfig, n: usize) -> Result<Plan> {
     let mut sigmas = sigmas(config, n);
     let timesteps = sigmas.iter().map(|&s| sigma_to_t(config, s)).collect();
     sigmas.push(0.0);
-    Ok(Plan {
-        timesteps,
-        sigmas: Some(sigmas),
-        init_noise_sigma: 1.0,
-        extra: Extra::None,
-    })
+    Ok(Plan::unit_noise(timesteps, sigmas))
 }
 
 pub(super) fn step(
@@ -55,7 +50,7 @@ pub(super) fn step(
     sample: &Tensor,
     noise: &mut dyn NoiseSource,
 ) -> Result<StepOutput> {
-    let sigmas = s.sigmas.as_ref().expect("planned");
+    let sigmas = s.planned_sigmas();
     let (sigma, next) = (sigmas[i], sigmas[i + 1]);
     let x0 = lin(1.0, sample, -sigma, model_output)?;
     let prev = if s.config.stochastic_sampling {
@@ -64,8 +59,5 @@ pub(super) fn step(
     } else {
         lin(1.0, sample, next - sigma, model_output)?
     };
-    Ok(StepOutput {
-        prev_sample: prev,
-        pred_original_sample: Some(x0),
-    })
+    StepOutput::with_x0(prev, x0)
 }

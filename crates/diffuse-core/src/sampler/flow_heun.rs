@@ -4,7 +4,8 @@
 //! (2N − 1 calls) and the last step, to σ = 0, is an Euler step. Optional Karras "churn"
 //! (`s_churn`, `s_tmin`, `s_tmax`, `s_noise`) as diffusers has it.
 
-use super::{lin, Extra, Plan, Sampler, SamplerState, StepOutput};
+use super::parts::{churn_gamma, heun_first_stage, heun_second_stage};
+use super::{lin, Plan, Sampler, SamplerState, StepOutput};
 use crate::config::SchedulerConfig;
 use crate::error::Result;
 use crate::rng::NoiseSource;
@@ -20,12 +21,7 @@ pub(super) fn plan(config: &SchedulerConfig, n: usize) -> Result<Plan> {
         sigmas.extend([s, s]);
     }
     sigmas.push(0.0);
-    Ok(Plan {
-        timesteps,
-        sigmas: Some(sigmas),
-        init_noise_sigma: 1.0,
-        extra: Extra::None,
-    })
+    Ok(Plan::unit_noise(timesteps, sigmas))
 }
 
 pub(super) fn step(
@@ -36,7 +32,7 @@ pub(super) fn step(
     sample: &Tensor,
     noise: &mut dyn NoiseSource,
 ) -> Result<StepOutput> {
-    let sigmas = s.sigmas.as_ref().expect("planned");
+    let sigmas = s.planned_sigmas();
     let first_order = st.dt.is_none();
     let (sigma, sigma_next) = if first_order {
         (sigmas[i], sigmas[i + 1])
@@ -45,11 +41,7 @@ pub(super) fn step(
     };
     // Churn, in float32 as diffusers computes it on 0-dim tensors.
     let o = &s.options;
-    let gamma = if o.s_tmin <= sigma && sigma <= o.s_tmax {
-        (o.s_churn / (sigmas.len() - 1) as f64).min(2f64.sqrt() - 1.0)
-    } else {
-        0.0
-    };
+    let gamma = churn_gamma(o, sigma, sigmas.len());
     let sigma_hat = (sigma as f32 * (gamma + 1.0) as f32) as f64;
     let sample = if gamma > 0.0 {
         let z = noise.randn(sample.shape(), sample.dtype(), sample.device())?;
@@ -63,22 +55,11 @@ pub(super) fn step(
         let x0 = lin(1.0, &sample, -sigma, model_output)?;
         let derivative = ((&sample - &x0)? / sigma_hat)?;
         let dt = (sigma_next as f32 - sigma_hat as f32) as f64;
-        let prev = (&sample + (&derivative * dt)?)?;
-        st.saved_derivative = Some(derivative);
-        st.dt = Some(dt);
-        st.saved_sample = Some(sample);
-        (x0, prev)
+        (x0, heun_first_stage(st, sample, derivative, dt)?)
     } else {
         let x0 = lin(1.0, &sample, -sigma_next, model_output)?;
         let d2 = ((&sample - &x0)? / sigma_next)?;
-        let d1 = st.saved_derivative.take().expect("first stage ran");
-        let derivative = ((d1 + d2)? * 0.5)?;
-        let dt = st.dt.take().expect("first stage ran");
-        let x = st.saved_sample.take().expect("first stage ran");
-        (x0, (x + (derivative * dt)?)?)
+        (x0, heun_second_stage(st, d2)?)
     };
-    Ok(StepOutput {
-        prev_sample: prev,
-        pred_original_sample: Some(x0),
-    })
+    StepOutput::with_x0(prev, x0)
 }

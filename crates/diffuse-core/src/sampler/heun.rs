@@ -2,7 +2,8 @@
 //! diffusers `scheduling_heun_discrete.py`: every step but the first is taken in two model
 //! calls, so timesteps run [t0, t1, t1, …, t_{N-1}, t_{N-1}].
 
-use super::{k_init_noise_sigma, k_x0, Extra, Plan, Sampler, SamplerState, StepOutput};
+use super::parts::{heun_first_stage, heun_second_stage};
+use super::{k_x0, Plan, Sampler, SamplerState, StepOutput};
 use crate::config::SchedulerConfig;
 use crate::error::Result;
 use crate::schedule::{f32r, NoiseSchedule};
@@ -21,12 +22,7 @@ pub(super) fn plan(config: &SchedulerConfig, schedule: &NoiseSchedule, n: usize)
     for &t in &ts[1..] {
         timesteps.extend([f32r(t), f32r(t)]);
     }
-    Ok(Plan {
-        init_noise_sigma: k_init_noise_sigma(config, &sigmas),
-        timesteps,
-        sigmas: Some(sigmas),
-        extra: Extra::None,
-    })
+    Ok(Plan::k_sigmas(config, timesteps, sigmas))
 }
 
 pub(super) fn step(
@@ -36,7 +32,7 @@ pub(super) fn step(
     model_output: &Tensor,
     sample: &Tensor,
 ) -> Result<StepOutput> {
-    let sigmas = s.sigmas.as_ref().expect("planned");
+    let sigmas = s.planned_sigmas();
     let first_order = st.dt.is_none();
     let (sigma, sigma_next) = if first_order {
         (sigmas[i], sigmas[i + 1])
@@ -54,21 +50,10 @@ pub(super) fn step(
     let prev = if first_order {
         let derivative = ((sample - &x0)? / sigma)?;
         let dt = sigma_next - sigma;
-        let prev = (sample + (&derivative * dt)?)?;
-        st.saved_derivative = Some(derivative);
-        st.dt = Some(dt);
-        st.saved_sample = Some(sample.clone());
-        prev
+        heun_first_stage(st, sample.clone(), derivative, dt)?
     } else {
         let d2 = ((sample - &x0)? / sigma_next)?;
-        let d1 = st.saved_derivative.take().expect("first stage ran");
-        let derivative = ((d1 + d2)? * 0.5)?;
-        let dt = st.dt.take().expect("first stage ran");
-        let x = st.saved_sample.take().expect("first stage ran");
-        (x + (derivative * dt)?)?
+        heun_second_stage(st, d2)?
     };
-    Ok(StepOutput {
-        prev_sample: prev,
-        pred_original_sample: Some(x0),
-    })
+    StepOutput::with_x0(prev, x0)
 }

@@ -16,6 +16,7 @@ mod flow_heun;
 
 pub use flow::shift_sigma;
 mod heun;
+mod parts;
 mod plms;
 mod unipc;
 

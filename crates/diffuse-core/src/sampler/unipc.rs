@@ -20,7 +20,7 @@ pub(super) fn step(
     sample: &Tensor,
 ) -> Result<StepOutput> {
     let c = &s.config;
-    let sigmas = s.sigmas.as_ref().expect("planned");
+    let sigmas = s.planned_sigmas();
     let n = s.timesteps.len();
     let use_corrector =
         i > 0 && !c.disable_corrector.contains(&(i - 1)) && st.saved_sample.is_some();
@@ -67,7 +67,7 @@ fn update(
     order: usize,
 ) -> Result<Tensor> {
     let c = &s.config;
-    let sigmas = s.sigmas.as_ref().expect("planned");
+    let sigmas = s.planned_sigmas();
     let corrector = model_t.is_some();
     // The step's end points: predictor s0 = i → t = i+1; corrector s0 = i−1 → t = i.
     let (it, is0) = if corrector { (i, i - 1) } else { (i + 1, i) };

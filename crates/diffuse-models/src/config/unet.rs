@@ -257,7 +257,7 @@ impl UNet2DConfig {
         serde_json::to_string_pretty(self).expect("serializable")
     }
 
-    /// Width of the time embedding (block_out_channels[0]·4 unless given).
+    /// Width of the time embedding (`block_out_channels[0]`·4 unless given).
     pub fn time_embed_dim(&self) -> usize {
         self.time_embedding_dim
             .unwrap_or(self.block_out_channels[0] * 4)

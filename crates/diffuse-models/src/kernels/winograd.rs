@@ -16,7 +16,7 @@ thread_local! {
     static M: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// U[ξ][o][c] = (G g Gᵀ)[ξ] for w `[co, ci, 3, 3]`.
+/// `U[ξ][o][c] = (G g Gᵀ)[ξ]` for w `[co, ci, 3, 3]`.
 pub fn transform_weights(w: &[f32], co: usize, ci: usize) -> Vec<f32> {
     let mut u = vec![0f32; 16 * co * ci];
     for o in 0..co {
@@ -43,7 +43,7 @@ pub fn transform_weights(w: &[f32], co: usize, ci: usize) -> Vec<f32> {
     u
 }
 
-/// Weights for the input gradient: w'[c][o] = w[o][c] rotated by 180°.
+/// Weights for the input gradient: `w'[c][o] = w[o][c]` rotated by 180°.
 pub fn flip_weights(w: &[f32], co: usize, ci: usize) -> Vec<f32> {
     let mut f = vec![0f32; w.len()];
     for o in 0..co {

@@ -422,4 +422,55 @@ mod tests {
             assert!(d.contains(line), "{line} not in {d}");
         }
     }
+
+    #[test]
+    fn eval_features_is_an_enum_naming_key_and_allowed_values() {
+        use crate::eval_hook::FeatureKind;
+        let with = |v: &str| format!("{MINIMAL}[eval]\nevery = 5\nfeatures = {v}\n");
+        let c = TrainConfig::from_toml(&with("\"inception\"")).unwrap();
+        assert_eq!(c.eval.as_ref().unwrap().features, FeatureKind::Inception);
+        assert!(toml::to_string(&c)
+            .unwrap()
+            .contains("features = \"inception\""));
+        let d = TrainConfig::from_toml(&format!("{MINIMAL}[eval]\nevery = 5\n")).unwrap();
+        assert_eq!(d.eval.unwrap().features, FeatureKind::Mnist);
+        let mut c = c;
+        for e in [
+            TrainConfig::from_toml(&with("\"vgg\""))
+                .unwrap_err()
+                .to_string(),
+            c.set("eval.features=\"vgg\"").unwrap_err().to_string(),
+        ] {
+            assert!(e.contains("features"), "{e}");
+            assert!(e.contains("unknown feature net \"vgg\""), "{e}");
+            assert!(e.contains("allowed: mnist, inception"), "{e}");
+        }
+    }
+
+    #[test]
+    fn distill_method_is_an_enum_naming_key_and_allowed_values() {
+        use crate::progressive::DistillMethod;
+        let with = |v: &str| format!("{MINIMAL}[distill]\nmethod = {v}\nteacher = \"t\"\n");
+        let c = TrainConfig::from_toml(&with("\"progressive\"")).unwrap();
+        assert_eq!(
+            c.distill.as_ref().unwrap().method,
+            DistillMethod::Progressive
+        );
+        assert!(toml::to_string(&c)
+            .unwrap()
+            .contains("method = \"progressive\""));
+        let mut c = c;
+        for e in [
+            TrainConfig::from_toml(&with("\"reflow\""))
+                .unwrap_err()
+                .to_string(),
+            c.set("distill.method=\"reflow\"").unwrap_err().to_string(),
+        ] {
+            assert!(e.contains("method"), "{e}");
+            assert!(
+                e.contains("\"reflow\"") && e.contains("allowed: progressive"),
+                "{e}"
+            );
+        }
+    }
 }

@@ -11,11 +11,13 @@
 
 mod checkpoint;
 mod config;
+mod data;
 mod grids;
 mod net;
 mod run;
 mod setup;
 mod step;
+mod train_loop;
 
 pub use checkpoint::newest_checkpoint;
 pub use config::*;

@@ -1,0 +1,364 @@
+//! A config object read key by key into a [`SchedulerConfig`]: each class's diffusers defaults,
+//! the checks that name the key, unknown keys kept.
+
+use super::reader::Reader;
+use super::*;
+use std::collections::BTreeSet;
+
+impl SchedulerConfig {
+    pub(super) fn from_map(class: SchedulerClass, map: &Map<String, Value>) -> Result<Self> {
+        use SchedulerClass as C;
+        let mut r = Reader {
+            map,
+            used: BTreeSet::new(),
+        };
+        let (bs, be) = match class {
+            C::Heun => (0.00085, 0.012),
+            _ => (0.0001, 0.02),
+        };
+        let num_train_timesteps = r.usize("num_train_timesteps", 1000)?;
+        if num_train_timesteps < 2 {
+            return Err(Error::config("num_train_timesteps", "must be at least 2"));
+        }
+        let beta_start = r.f64("beta_start", bs)?;
+        let beta_end = r.f64("beta_end", be)?;
+        let beta_schedule = {
+            let s = r.choice("beta_schedule", "linear", &BetaSchedule::NAMES)?;
+            BetaSchedule::from_name(&s).expect("checked")
+        };
+        let trained_betas = r.opt_f64_list("trained_betas")?;
+        if trained_betas.is_none() && !class.is_flow() {
+            if !(beta_start > 0.0 && beta_start < 1.0) {
+                return Err(Error::config(
+                    "beta_start",
+                    format!("must be in (0, 1), got {beta_start}"),
+                ));
+            }
+            if !(beta_end > 0.0 && beta_end < 1.0) {
+                return Err(Error::config(
+                    "beta_end",
+                    format!("must be in (0, 1), got {beta_end}"),
+                ));
+            }
+        }
+        if let Some(tb) = &trained_betas {
+            if tb.is_empty() || tb.iter().any(|b| !(*b >= 0.0 && *b < 1.0)) {
+                return Err(Error::config(
+                    "trained_betas",
+                    "must be a non-empty list of numbers in [0, 1)",
+                ));
+            }
+        }
+        let rescale_betas_zero_snr = r.bool("rescale_betas_zero_snr", false)?;
+        let default_spacing = match class {
+            C::Ddpm | C::Ddim | C::Pndm => "leading",
+            _ => "linspace",
+        };
+        let timestep_spacing = match r
+            .choice(
+                "timestep_spacing",
+                default_spacing,
+                &["leading", "trailing", "linspace"],
+            )?
+            .as_str()
+        {
+            "leading" => TimestepSpacing::Leading,
+            "trailing" => TimestepSpacing::Trailing,
+            _ => TimestepSpacing::Linspace,
+        };
+        let steps_offset = r.usize("steps_offset", 0)?;
+        let set_alpha_to_one = r.bool("set_alpha_to_one", class == C::Ddim)?;
+        let clip_sample = r.bool("clip_sample", matches!(class, C::Ddpm | C::Ddim))?;
+        let clip_sample_range = r.f64("clip_sample_range", 1.0)?;
+        let thresholding = r.bool("thresholding", false)?;
+        let dynamic_thresholding_ratio = r.f64("dynamic_thresholding_ratio", 0.995)?;
+        if !(0.0..=1.0).contains(&dynamic_thresholding_ratio) {
+            return Err(Error::config(
+                "dynamic_thresholding_ratio",
+                "must be in [0, 1]",
+            ));
+        }
+        let sample_max_value = r.f64("sample_max_value", 1.0)?;
+        let allowed_preds: &[&str] = match class {
+            C::Pndm => &["epsilon", "v_prediction"],
+            C::EulerAncestral => &["epsilon", "v_prediction"],
+            C::FlowMatchEuler | C::FlowMatchHeun => &["flow_prediction"],
+            C::DpmSolverMultistep | C::UniPcMultistep => {
+                &["epsilon", "sample", "v_prediction", "flow_prediction"]
+            }
+            C::Euler | C::Heun | C::Ddpm | C::Ddim => &["epsilon", "sample", "v_prediction"],
+        };
+        let prediction_type = if class.is_flow() {
+            // The FlowMatch schedulers have no prediction_type key: it is always the velocity.
+            r.used.insert("prediction_type");
+            PredictionType::Flow
+        } else {
+            let mut p = r.string("prediction_type", "epsilon")?;
+            if p == "original_sample" && class == C::Euler {
+                p = "sample".into();
+            }
+            if !allowed_preds.contains(&p.as_str()) {
+                return Err(Error::config(
+                    "prediction_type",
+                    format!(
+                        "{p:?} is not supported by {}; allowed: {}",
+                        class.class_name(),
+                        allowed_preds.join(", ")
+                    ),
+                ));
+            }
+            PredictionType::parse(&p)?
+        };
+        let variance_type = if class == C::Ddpm {
+            match r
+                .choice(
+                    "variance_type",
+                    "fixed_small",
+                    &["fixed_small", "fixed_small_log", "fixed_large"],
+                )?
+                .as_str()
+            {
+                "fixed_small" => VarianceType::FixedSmall,
+                "fixed_small_log" => VarianceType::FixedSmallLog,
+                _ => VarianceType::FixedLarge,
+            }
+        } else {
+            // DPM-Solver's `variance_type` (learned variance channels) is accepted only as null.
+            r.null_only("variance_type")?;
+            VarianceType::FixedSmall
+        };
+        let skip_prk_steps = r.bool("skip_prk_steps", false)?;
+        let use_karras_sigmas = r.bool("use_karras_sigmas", false)?;
+        if use_karras_sigmas
+            && !matches!(
+                class,
+                C::Euler | C::Heun | C::DpmSolverMultistep | C::UniPcMultistep
+            )
+        {
+            return Err(Error::config(
+                "use_karras_sigmas",
+                format!("not supported by {}", class.class_name()),
+            ));
+        }
+        let sigma_min = r.opt_f64("sigma_min")?;
+        let sigma_max = r.opt_f64("sigma_max")?;
+        let final_sigmas_type = match r
+            .choice("final_sigmas_type", "zero", &["zero", "sigma_min"])?
+            .as_str()
+        {
+            "zero" => FinalSigmas::Zero,
+            _ => FinalSigmas::SigmaMin,
+        };
+        let solver_order = r.usize("solver_order", 2)?;
+        let max_order = 3;
+        if !(1..=max_order).contains(&solver_order) {
+            return Err(Error::config(
+                "solver_order",
+                format!("{solver_order} is not supported; allowed: 1..={max_order}"),
+            ));
+        }
+        let algorithm_type = match r
+            .choice(
+                "algorithm_type",
+                "dpmsolver++",
+                &["dpmsolver++", "dpmsolver", "sde-dpmsolver++"],
+            )?
+            .as_str()
+        {
+            "dpmsolver++" => DpmAlgorithm::DpmSolverPP,
+            "dpmsolver" => DpmAlgorithm::DpmSolver,
+            _ => DpmAlgorithm::SdeDpmSolverPP,
+        };
+        let default_solver = if class == C::UniPcMultistep {
+            "bh2"
+        } else {
+            "midpoint"
+        };
+        let solver_type = r.choice(
+            "solver_type",
+            default_solver,
+            &["midpoint", "heun", "bh1", "bh2"],
+        )?;
+        // diffusers maps the other family's names onto its own (DPM: bh* → midpoint; UniPC:
+        // midpoint/heun → bh2).
+        let dpm_solver_type = match solver_type.as_str() {
+            "heun" => DpmSolverType::Heun,
+            _ => DpmSolverType::Midpoint,
+        };
+        let unipc_solver_type = match solver_type.as_str() {
+            "bh1" => UniPcSolverType::Bh1,
+            _ => UniPcSolverType::Bh2,
+        };
+        let lower_order_final = r.bool("lower_order_final", true)?;
+        let euler_at_final = r.bool("euler_at_final", false)?;
+        let lambda_min_clipped = r.f64("lambda_min_clipped", f64::NEG_INFINITY)?;
+        let predict_x0 = r.bool("predict_x0", true)?;
+        let disable_corrector = r.usize_list("disable_corrector")?;
+        let shift = r.f64("shift", 1.0)?;
+        if shift <= 0.0 {
+            return Err(Error::config("shift", format!("must be > 0, got {shift}")));
+        }
+        let stochastic_sampling = r.bool("stochastic_sampling", false)?;
+        let use_flow_sigmas = r.bool("use_flow_sigmas", false)?;
+        let flow_shift = r.f64("flow_shift", 1.0)?;
+        if !(flow_shift > 0.0 && flow_shift.is_finite()) {
+            return Err(Error::config(
+                "flow_shift",
+                format!("must be > 0, got {flow_shift}"),
+            ));
+        }
+        if use_flow_sigmas {
+            if !matches!(class, C::DpmSolverMultistep | C::UniPcMultistep) {
+                return Err(Error::config(
+                    "use_flow_sigmas",
+                    format!(
+                        "not supported by {}; only DPMSolverMultistepScheduler and \
+                         UniPCMultistepScheduler have it (flow models: flow_euler, flow_heun)",
+                        class.class_name()
+                    ),
+                ));
+            }
+            if use_karras_sigmas {
+                return Err(Error::config(
+                    "use_karras_sigmas",
+                    "cannot be combined with use_flow_sigmas in diffuse",
+                ));
+            }
+        }
+        if prediction_type == PredictionType::Flow && !class.is_flow() {
+            // diffusers accepts flow_prediction on the β schedule's σ too, where x₀ = x − σ·u is
+            // not the model's x₀: refused rather than silently wrong.
+            if !use_flow_sigmas {
+                return Err(Error::config(
+                    "prediction_type",
+                    format!(
+                        "\"flow_prediction\" needs use_flow_sigmas true with {}",
+                        class.class_name()
+                    ),
+                ));
+            }
+            if class == C::DpmSolverMultistep && algorithm_type == DpmAlgorithm::DpmSolver {
+                return Err(Error::config(
+                    "algorithm_type",
+                    "\"dpmsolver\" cannot take flow_prediction (diffusers: data prediction only); \
+                     use \"dpmsolver++\"",
+                ));
+            }
+            if class == C::UniPcMultistep && !predict_x0 {
+                return Err(Error::config(
+                    "predict_x0",
+                    "must be true with flow_prediction (diffusers: data prediction only)",
+                ));
+            }
+        }
+        let num_inference_steps = match r.get("num_inference_steps") {
+            None => None,
+            Some(_) => match r.usize("num_inference_steps", 0)? {
+                0 => {
+                    return Err(Error::config(
+                        "num_inference_steps",
+                        "must be at least 1 (or absent)",
+                    ))
+                }
+                n => Some(n),
+            },
+        };
+        if class == C::UniPcMultistep
+            && unipc_solver_type == UniPcSolverType::Bh1
+            && final_sigmas_type == FinalSigmas::Zero
+        {
+            // B(h) = h is infinite on the last step to σ = 0: diffusers 0.42.1 returns NaN there.
+            return Err(Error::config(
+                "solver_type",
+                "\"bh1\" with final_sigmas_type \"zero\" gives NaN on the last step (as in diffusers); \
+                 use \"bh2\" or final_sigmas_type \"sigma_min\"",
+            ));
+        }
+        if class == C::DpmSolverMultistep
+            && algorithm_type == DpmAlgorithm::DpmSolver
+            && final_sigmas_type == FinalSigmas::Zero
+        {
+            return Err(Error::config(
+                "final_sigmas_type",
+                "\"zero\" is not supported with algorithm_type \"dpmsolver\"; use \"sigma_min\"",
+            ));
+        }
+
+        // Keys diffusers knows that select features we do not have: accepted at their defaults.
+        r.default_only("interpolation_type", &Value::from("linear"))?;
+        r.default_only("timestep_type", &Value::from("discrete"))?;
+        for key in [
+            "use_exponential_sigmas",
+            "use_beta_sigmas",
+            "use_lu_lambdas",
+            "use_dynamic_shifting",
+            "invert_sigmas",
+        ] {
+            r.default_only(key, &Value::Bool(false))?;
+        }
+        for key in ["solver_p", "shift_terminal"] {
+            r.null_only(key)?;
+        }
+        // Keys that change nothing here but are part of the configs diffusers writes.
+        for key in [
+            "base_shift",
+            "max_shift",
+            "base_image_seq_len",
+            "max_image_seq_len",
+            "time_shift_type",
+        ] {
+            r.used.insert(key);
+        }
+
+        let mut extra = Map::new();
+        let mut ignored_keys = Vec::new();
+        for (k, v) in map {
+            if !r.used.contains(k.as_str()) && !k.starts_with('_') {
+                extra.insert(k.clone(), v.clone());
+                ignored_keys.push(k.clone());
+            }
+        }
+        Ok(SchedulerConfig {
+            class,
+            num_train_timesteps,
+            beta_start,
+            beta_end,
+            beta_schedule,
+            trained_betas,
+            rescale_betas_zero_snr,
+            timestep_spacing,
+            steps_offset,
+            set_alpha_to_one,
+            clip_sample,
+            clip_sample_range,
+            thresholding,
+            dynamic_thresholding_ratio,
+            sample_max_value,
+            prediction_type,
+            variance_type,
+            skip_prk_steps,
+            use_karras_sigmas,
+            sigma_min,
+            sigma_max,
+            final_sigmas_type,
+            solver_order,
+            algorithm_type,
+            dpm_solver_type,
+            unipc_solver_type,
+            lower_order_final,
+            euler_at_final,
+            lambda_min_clipped,
+            predict_x0,
+            disable_corrector,
+            shift,
+            use_flow_sigmas,
+            flow_shift,
+            stochastic_sampling,
+            num_inference_steps,
+            extra,
+            ignored_keys,
+            given: map.clone(),
+            model_prediction_type: None,
+        })
+    }
+}
