@@ -138,10 +138,7 @@ fn every_sampler_drives_every_objective_or_is_refused_in_one_line() {
         for cell in compat::compatible_samplers(objective) {
             let name = cell.sampler;
             if !cell.works() {
-                let e = sample(&pipe, name, STEPS)
-                    .err()
-                    .expect("refused")
-                    .to_string();
+                let e = sample(&pipe, name, STEPS).expect_err("refused").to_string();
                 assert!(!e.contains('\n'), "{e}");
                 assert!(e.contains(&format!("`{name}`")), "{e}");
                 assert!(e.contains(&objective.to_string()), "{e}");
