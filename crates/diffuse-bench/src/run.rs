@@ -17,7 +17,7 @@ use diffuse_models::pipeline::{generate, GenerateOptions};
 use diffuse_models::weights::{
     build_unet, detached_tensors, inference_model, model_index, save_unet, seeded_init,
 };
-use diffuse_models::{DenoiserConfig, DenoiserNet, UNet2DConfig, UNet2DModel};
+use diffuse_models::{Network, NetworkConfig, UNet2DConfig, UNet2DModel};
 use diffuse_train::dist::SingleProcess;
 use diffuse_train::optim::{AdamW, AdamWConfig};
 use diffuse_train::trainer::{step, MicroLoss, StepOptions};
@@ -134,9 +134,9 @@ pub fn run(opts: &BenchOptions, device: &Device, log: &mut dyn FnMut(&str)) -> R
         .iter()
         .map(|v| v.as_tensor().elem_count())
         .sum();
-    let net_cfg = DenoiserConfig::UNet(cfg.clone());
-    // A DenoiserNet casts f32 inputs to its weights' dtype and its output back.
-    let model: DenoiserNet = match opts.dtype {
+    let net_cfg = NetworkConfig::UNet(cfg.clone());
+    // A Network casts f32 inputs to its weights' dtype and its output back.
+    let model: Network = match opts.dtype {
         DType::F32 => inference_model(cfg, &varmap, device)?.into(),
         dtype => diffuse_models::precision::from_tensors_as(
             &net_cfg,
@@ -368,7 +368,7 @@ fn timed_train_steps(
     opts: &BenchOptions,
     train_model: &UNet2DModel,
     varmap: &VarMap,
-    net_cfg: &DenoiserConfig,
+    net_cfg: &NetworkConfig,
     (x, ts, target): (&Tensor, &[f32], &Tensor),
     device: &Device,
 ) -> Result<(Timed, Option<f64>)> {
@@ -385,7 +385,7 @@ fn timed_train_steps(
         .collect();
     vars.sort_by(|a, b| a.0.cmp(&b.0));
     let mut opt = AdamW::new(vars.clone(), AdamWConfig::default())?;
-    let f32_net = DenoiserNet::from(train_model.clone());
+    let f32_net = Network::from(train_model.clone());
     let mut fixed = detached_tensors(varmap);
     fixed.retain(|k, _| !vars.iter().any(|(n, _)| n == k));
     let options = StepOptions {

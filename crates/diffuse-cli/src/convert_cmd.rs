@@ -8,7 +8,7 @@ use diffuse_models::weights::{
     build, load_into, parse_dtype, read_config, resolve_model_folder, save, weight_files,
     DiffusersModel,
 };
-use diffuse_models::{AutoencoderKL, DenoiserNet};
+use diffuse_models::{AutoencoderKL, Network};
 use std::path::{Path, PathBuf};
 
 #[derive(clap::Args)]
@@ -43,7 +43,7 @@ pub fn run(args: Args) -> Result<()> {
     } else {
         args.output.clone()
     };
-    let mut n = resave::<DenoiserNet>(&folder.net_dir, &unet_out, dtype)?;
+    let mut n = resave::<Network>(&folder.net_dir, &unet_out, dtype)?;
     if let Some(vae) = &folder.vae_dir {
         n += resave::<AutoencoderKL>(vae, &args.output.join("vae"), dtype)?;
     }

@@ -1592,7 +1592,7 @@ fn train_eval_hook_plots_and_sampler_sweep() {
     assert_one_line_error(&diffuse(&bad_runs), "sampler:steps");
     let mut bad_sampler = args.to_vec();
     bad_sampler[5] = "nosuch:3";
-    assert_one_line_error(&diffuse(&bad_sampler), "unknown scheduler class");
+    assert_one_line_error(&diffuse(&bad_sampler), "unknown sampler `nosuch`");
     let o = diffuse(&["eval", "plot", "--run", dir.path().to_str().unwrap()]);
     assert_one_line_error(&o, "metrics.jsonl");
     let uncond = dir.path().join("uncond.toml");
@@ -1813,7 +1813,10 @@ fn reflow_makes_a_few_step_student() {
     assert_one_line_error(&o, "teacher: ");
     assert_one_line_error(&o, "not a folder");
     let o = reflow(&dir.path().join("x"), &["--sampler", "ddim"]);
-    assert_one_line_error(&o, "the teacher is a flow-matching model");
+    assert_one_line_error(
+        &o,
+        "sampler `ddim` cannot drive this flow matching (flow_prediction) model",
+    );
     // An ε-prediction teacher (same weights, a DDPM scheduler): solved with its own ODE, not
     // with a flow sampler, and never with an ancestral one.
     let eps = dir.path().join("eps");

@@ -47,10 +47,10 @@ impl FlopCount {
 }
 
 /// Forward FLOPs of one image of size h×w through either network.
-pub fn net_forward_flops(cfg: &crate::net::DenoiserConfig, h: usize, w: usize) -> FlopCount {
+pub fn net_forward_flops(cfg: &crate::net::NetworkConfig, h: usize, w: usize) -> FlopCount {
     match cfg {
-        crate::net::DenoiserConfig::UNet(c) => forward_flops(c, h, w),
-        crate::net::DenoiserConfig::DiT(c) => dit_forward_flops(c, h, w),
+        crate::net::NetworkConfig::UNet(c) => forward_flops(c, h, w),
+        crate::net::NetworkConfig::DiT(c) => dit_forward_flops(c, h, w),
     }
 }
 

@@ -4,7 +4,7 @@
 //! - [`unet_2d::UNet2DModel`] and its parts ([`blocks`], [`resnet`], [`attention`],
 //!   [`embeddings`]); [`vae::AutoencoderKL`] (latent diffusion's VAE) from the same parts;
 //!   [`dit::DiTTransformer2DModel`] (the Diffusion Transformer).
-//! - [`net::DenoiserNet`]: a UNet or a DiT, the one network type pipelines, the server and the
+//! - [`net::Network`]: a UNet or a DiT, the one network type pipelines, the server and the
 //!   trainer take.
 //! - [`weights`]: `diffusion_pytorch_model.safetensors` in and out (f32/f16/bf16 on disk), and
 //!   diffusers pipeline folders.
@@ -43,7 +43,7 @@ pub mod weights;
 
 pub use config::{AutoencoderKLConfig, DiTTransformer2DConfig, UNet2DConfig};
 pub use dit::DiTTransformer2DModel;
-pub use net::{DenoiserConfig, DenoiserNet};
+pub use net::{Network, NetworkConfig};
 pub use unet_2d::UNet2DModel;
 pub use vae::AutoencoderKL;
 

@@ -1,6 +1,6 @@
 //! One type for "the denoising network" of a pipeline: a [`UNet2DModel`] or a
 //! [`DiTTransformer2DModel`]. Generation, serving, sampling and training take a
-//! [`DenoiserNet`]; its config ([`DenoiserConfig`]) is read from `config.json` by
+//! [`Network`]; its config ([`NetworkConfig`]) is read from `config.json` by
 //! `_class_name`, so the generic `weights::{load, save, build}` handle both.
 //!
 //! The two differ only in what the rest of the code asks of them: channels, sample size, the
@@ -20,27 +20,27 @@ use serde::Serialize;
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Serialize)]
 #[serde(untagged)]
-pub enum DenoiserConfig {
+pub enum NetworkConfig {
     UNet(UNet2DConfig),
     DiT(DiTTransformer2DConfig),
 }
 
-impl From<UNet2DConfig> for DenoiserConfig {
+impl From<UNet2DConfig> for NetworkConfig {
     fn from(c: UNet2DConfig) -> Self {
-        DenoiserConfig::UNet(c)
+        NetworkConfig::UNet(c)
     }
 }
 
-impl From<DiTTransformer2DConfig> for DenoiserConfig {
+impl From<DiTTransformer2DConfig> for NetworkConfig {
     fn from(c: DiTTransformer2DConfig) -> Self {
-        DenoiserConfig::DiT(c)
+        NetworkConfig::DiT(c)
     }
 }
 
 /// `_class_name`s of DiT configs (the hub's DiT checkpoints still say `Transformer2DModel`).
 const DIT_CLASSES: [&str; 2] = ["DiTTransformer2DModel", "Transformer2DModel"];
 
-impl DenoiserConfig {
+impl NetworkConfig {
     /// Parses `config.json` text: a UNet2DModel (also when `_class_name` is absent, as before)
     /// or a DiTTransformer2DModel; validated.
     pub fn from_json_str(text: &str) -> Result<Self> {
@@ -65,48 +65,48 @@ impl DenoiserConfig {
     /// The pipeline component (and folder) that holds this network: `unet` or `transformer`.
     pub fn component(&self) -> &'static str {
         match self {
-            DenoiserConfig::UNet(_) => "unet",
-            DenoiserConfig::DiT(_) => "transformer",
+            NetworkConfig::UNet(_) => "unet",
+            NetworkConfig::DiT(_) => "transformer",
         }
     }
 
     /// The diffusers class name written into `model_index.json`.
     pub fn class_name(&self) -> &'static str {
         match self {
-            DenoiserConfig::UNet(_) => "UNet2DModel",
-            DenoiserConfig::DiT(_) => "DiTTransformer2DModel",
+            NetworkConfig::UNet(_) => "UNet2DModel",
+            NetworkConfig::DiT(_) => "DiTTransformer2DModel",
         }
     }
 
     pub fn in_channels(&self) -> usize {
         match self {
-            DenoiserConfig::UNet(c) => c.in_channels,
-            DenoiserConfig::DiT(c) => c.in_channels,
+            NetworkConfig::UNet(c) => c.in_channels,
+            NetworkConfig::DiT(c) => c.in_channels,
         }
     }
 
     pub fn out_channels(&self) -> usize {
         match self {
-            DenoiserConfig::UNet(c) => c.out_channels,
-            DenoiserConfig::DiT(c) => c.out_channels(),
+            NetworkConfig::UNet(c) => c.out_channels,
+            NetworkConfig::DiT(c) => c.out_channels(),
         }
     }
 
     /// Spatial size (height, width), if the config gives one.
     pub fn sample_hw(&self) -> Option<(usize, usize)> {
         match self {
-            DenoiserConfig::UNet(c) => c.sample_hw(),
-            DenoiserConfig::DiT(c) => Some((c.sample_size, c.sample_size)),
+            NetworkConfig::UNet(c) => c.sample_hw(),
+            NetworkConfig::DiT(c) => Some((c.sample_size, c.sample_size)),
         }
     }
 
     /// Whether weight `name` is trained (diffusers keeps a UNet's Fourier projection fixed).
     pub fn trainable(&self, name: &str) -> bool {
         match self {
-            DenoiserConfig::UNet(c) => {
+            NetworkConfig::UNet(c) => {
                 name != "time_proj.weight" || c.time_embedding_type != TimeEmbeddingType::Fourier
             }
-            DenoiserConfig::DiT(_) => true,
+            NetworkConfig::DiT(_) => true,
         }
     }
 
@@ -114,8 +114,8 @@ impl DenoiserConfig {
     /// code does (PyTorch layer defaults for the UNet; the DiT paper's adaLN-Zero init).
     pub fn seeded_init(&self, varmap: &VarMap, seed: u64) -> Result<()> {
         match self {
-            DenoiserConfig::UNet(_) => crate::weights::seeded_init(varmap, seed),
-            DenoiserConfig::DiT(_) => crate::dit::seeded_init(varmap, seed),
+            NetworkConfig::UNet(_) => crate::weights::seeded_init(varmap, seed),
+            NetworkConfig::DiT(_) => crate::dit::seeded_init(varmap, seed),
         }
     }
 }
@@ -123,28 +123,28 @@ impl DenoiserConfig {
 /// A denoising network: what pipelines, the server and the trainer run.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
-pub enum DenoiserNet {
+pub enum Network {
     UNet(UNet2DModel),
     DiT(DiTTransformer2DModel),
 }
 
-impl From<UNet2DModel> for DenoiserNet {
+impl From<UNet2DModel> for Network {
     fn from(m: UNet2DModel) -> Self {
-        DenoiserNet::UNet(m)
+        Network::UNet(m)
     }
 }
 
-impl From<DiTTransformer2DModel> for DenoiserNet {
+impl From<DiTTransformer2DModel> for Network {
     fn from(m: DiTTransformer2DModel) -> Self {
-        DenoiserNet::DiT(m)
+        Network::DiT(m)
     }
 }
 
-impl DenoiserNet {
-    pub fn new(config: &DenoiserConfig, vb: VarBuilder) -> Result<Self> {
+impl Network {
+    pub fn new(config: &NetworkConfig, vb: VarBuilder) -> Result<Self> {
         Ok(match config {
-            DenoiserConfig::UNet(c) => DenoiserNet::UNet(UNet2DModel::new(c, vb)?),
-            DenoiserConfig::DiT(c) => DenoiserNet::DiT(DiTTransformer2DModel::new(c, vb)?),
+            NetworkConfig::UNet(c) => Network::UNet(UNet2DModel::new(c, vb)?),
+            NetworkConfig::DiT(c) => Network::DiT(DiTTransformer2DModel::new(c, vb)?),
         })
     }
 
@@ -152,16 +152,16 @@ impl DenoiserNet {
     /// transformer blocks, recompute their activations in backward ([`crate::checkpoint`]).
     pub fn set_gradient_checkpointing(&mut self, on: bool) {
         match self {
-            DenoiserNet::UNet(m) => m.set_gradient_checkpointing(on),
-            DenoiserNet::DiT(m) => m.set_gradient_checkpointing(on),
+            Network::UNet(m) => m.set_gradient_checkpointing(on),
+            Network::DiT(m) => m.set_gradient_checkpointing(on),
         }
     }
 
     /// The config (cloned into the enum).
-    pub fn config(&self) -> DenoiserConfig {
+    pub fn config(&self) -> NetworkConfig {
         match self {
-            DenoiserNet::UNet(m) => m.config().clone().into(),
-            DenoiserNet::DiT(m) => m.config().clone().into(),
+            Network::UNet(m) => m.config().clone().into(),
+            Network::DiT(m) => m.config().clone().into(),
         }
     }
 
@@ -181,16 +181,16 @@ impl DenoiserNet {
             return Ok(out.to_dtype(x.dtype())?);
         }
         match self {
-            DenoiserNet::UNet(m) => m.forward(x, timesteps, class_labels),
-            DenoiserNet::DiT(m) => m.forward(x, timesteps, class_labels),
+            Network::UNet(m) => m.forward(x, timesteps, class_labels),
+            Network::DiT(m) => m.forward(x, timesteps, class_labels),
         }
     }
 
     /// The dtype of the weights (f32 unless built low-precision).
     pub fn dtype(&self) -> candle_core::DType {
         match self {
-            DenoiserNet::UNet(m) => m.dtype(),
-            DenoiserNet::DiT(m) => m.dtype(),
+            Network::UNet(m) => m.dtype(),
+            Network::DiT(m) => m.dtype(),
         }
     }
 
@@ -209,39 +209,39 @@ impl DenoiserNet {
 
     pub fn in_channels(&self) -> usize {
         match self {
-            DenoiserNet::UNet(m) => m.config().in_channels,
-            DenoiserNet::DiT(m) => m.config().in_channels,
+            Network::UNet(m) => m.config().in_channels,
+            Network::DiT(m) => m.config().in_channels,
         }
     }
 
     pub fn out_channels(&self) -> usize {
         match self {
-            DenoiserNet::UNet(m) => m.config().out_channels,
-            DenoiserNet::DiT(m) => m.config().out_channels(),
+            Network::UNet(m) => m.config().out_channels,
+            Network::DiT(m) => m.config().out_channels(),
         }
     }
 
     /// Spatial size (height, width) of the config, if it gives one.
     pub fn sample_hw(&self) -> Option<(usize, usize)> {
         match self {
-            DenoiserNet::UNet(m) => m.config().sample_hw(),
-            DenoiserNet::DiT(m) => Some((m.config().sample_size, m.config().sample_size)),
+            Network::UNet(m) => m.config().sample_hw(),
+            Network::DiT(m) => Some((m.config().sample_size, m.config().sample_size)),
         }
     }
 
     /// Height and width must divide by this.
     pub fn size_multiple(&self) -> usize {
         match self {
-            DenoiserNet::UNet(m) => m.size_multiple(),
-            DenoiserNet::DiT(m) => m.size_multiple(),
+            Network::UNet(m) => m.size_multiple(),
+            Network::DiT(m) => m.size_multiple(),
         }
     }
 
     /// Whether the model needs (UNet) or was trained with (DiT) class labels.
     pub fn is_class_conditional(&self) -> bool {
         match self {
-            DenoiserNet::UNet(m) => m.is_class_conditional(),
-            DenoiserNet::DiT(m) => m.is_class_conditional(),
+            Network::UNet(m) => m.is_class_conditional(),
+            Network::DiT(m) => m.is_class_conditional(),
         }
     }
 
@@ -250,11 +250,11 @@ impl DenoiserNet {
     /// enter another way).
     pub fn num_classes(&self) -> Option<usize> {
         match self {
-            DenoiserNet::UNet(m) => match m.config().class_embedding() {
+            Network::UNet(m) => match m.config().class_embedding() {
                 crate::config::ClassEmbedding::Table(n) => Some(n),
                 _ => None,
             },
-            DenoiserNet::DiT(m) => m
+            Network::DiT(m) => m
                 .is_class_conditional()
                 .then(|| m.config().num_classes() + 1),
         }
@@ -263,8 +263,8 @@ impl DenoiserNet {
     /// The pipeline component that holds this network: `unet` or `transformer`.
     pub fn component(&self) -> &'static str {
         match self {
-            DenoiserNet::UNet(_) => "unet",
-            DenoiserNet::DiT(_) => "transformer",
+            Network::UNet(_) => "unet",
+            Network::DiT(_) => "transformer",
         }
     }
 }

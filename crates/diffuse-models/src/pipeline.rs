@@ -5,7 +5,7 @@
 //! [`decode_latents`]. [`Pipeline`] loads a folder (network, VAE, scheduler config) for it.
 
 use crate::denoise::NetDenoiser;
-use crate::net::{DenoiserConfig, DenoiserNet};
+use crate::net::{Network, NetworkConfig};
 use crate::{AutoencoderKL, AutoencoderKLConfig, Error, Result, UNet2DConfig};
 use candle_core::{DType, Device, Shape, Tensor};
 use diffuse_core::denoiser::{ClassifierFreeGuidance, Denoiser};
@@ -59,7 +59,7 @@ pub struct Progress {
 
 /// Generates `num_images` images `[K, C, H, W]` in the model's output range (not clipped).
 pub fn generate(
-    model: &DenoiserNet,
+    model: &Network,
     sampler: &Sampler,
     opts: &GenerateOptions,
     device: &Device,
@@ -179,19 +179,19 @@ pub fn generate(
 
 /// A UNet can denoise a VAE's latents only if both sides have `latent_channels` channels.
 pub fn check_latent_pair(unet: &UNet2DConfig, vae: &AutoencoderKLConfig) -> Result<()> {
-    check_latent_channels(&DenoiserConfig::UNet(unet.clone()), vae)
+    check_latent_channels(&NetworkConfig::UNet(unet.clone()), vae)
 }
 
 /// A UNet or DiT can denoise a VAE's latents only if it takes `latent_channels` channels and
 /// predicts as many (a DiT with `learn_sigma` twice as many).
-pub fn check_latent_channels(net: &DenoiserConfig, vae: &AutoencoderKLConfig) -> Result<()> {
+pub fn check_latent_channels(net: &NetworkConfig, vae: &AutoencoderKLConfig) -> Result<()> {
     let l = vae.latent_channels;
     let (i, o) = (net.in_channels(), net.out_channels());
-    let learn_sigma = matches!(net, DenoiserConfig::DiT(_)) && o == 2 * l;
+    let learn_sigma = matches!(net, NetworkConfig::DiT(_)) && o == 2 * l;
     if i != l || (o != l && !learn_sigma) {
         let (c, name) = match net {
-            DenoiserConfig::UNet(_) => ("unet", "UNet"),
-            DenoiserConfig::DiT(_) => ("transformer", "DiT"),
+            NetworkConfig::UNet(_) => ("unet", "UNet"),
+            NetworkConfig::DiT(_) => ("transformer", "DiT"),
         };
         return Err(Error::Config(format!(
             "the VAE has latent_channels {l} but the {name} has in_channels {i} and out_channels {o}: \

@@ -2,12 +2,12 @@
 //! `mixed_precision`: the master weights stay f32 and a copy in the compute dtype runs the
 //! forward. For training the copy is built over the `Var`s themselves (`to_dtype` has a
 //! backward, so gradients arrive in f32 on the master weights); for inference over detached
-//! tensors (`diffuse sample --dtype bf16`). [`crate::DenoiserNet::forward`] casts its input
+//! tensors (`diffuse sample --dtype bf16`). [`crate::Network::forward`] casts its input
 //! to the weights' dtype and the output back; [`crate::ops`] keeps GroupNorm, LayerNorm and the
 //! attention softmax in f32.
 
 use crate::weights::{self, DiffusersModel, ModelFolder};
-use crate::{AutoencoderKL, DenoiserNet, Result};
+use crate::{AutoencoderKL, Network, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use std::collections::HashMap;
@@ -31,7 +31,7 @@ pub fn load_as(
     no_ema: bool,
     dtype: DType,
     device: &Device,
-) -> Result<(DenoiserNet, Option<AutoencoderKL>)> {
+) -> Result<(Network, Option<AutoencoderKL>)> {
     if dtype == DType::F32 {
         return folder.load(no_ema, device);
     }
@@ -39,7 +39,7 @@ pub fn load_as(
     let config = net.config();
     drop(net);
     let net =
-        from_tensors_as::<DenoiserNet>(&config, weights::detached_tensors(&varmap), dtype, device)?;
+        from_tensors_as::<Network>(&config, weights::detached_tensors(&varmap), dtype, device)?;
     let vae = match &folder.vae_dir {
         Some(d) => {
             let (vae, _) = weights::load_vae(d, device)?;
@@ -54,7 +54,7 @@ pub fn load_as(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::DenoiserConfig;
+    use crate::NetworkConfig;
 
     /// max |a − b| / max |b|.
     fn rel(a: &Tensor, b: &Tensor) -> f32 {
@@ -84,16 +84,15 @@ mod tests {
     /// A seeded f32 network, its bf16 copy, and the output of both on the same input.
     fn outputs(config: &str, labels: Option<&[u32]>, dtype: DType) -> (Tensor, Tensor) {
         let dev = Device::Cpu;
-        let cfg = DenoiserConfig::from_json_str(config).unwrap();
-        let (net, varmap) = weights::build::<DenoiserNet>(&cfg, &dev).unwrap();
+        let cfg = NetworkConfig::from_json_str(config).unwrap();
+        let (net, varmap) = weights::build::<Network>(&cfg, &dev).unwrap();
         cfg.seeded_init(&varmap, 7).unwrap();
         let f32_net =
-            weights::from_tensors::<DenoiserNet>(&cfg, weights::detached_tensors(&varmap), &dev)
+            weights::from_tensors::<Network>(&cfg, weights::detached_tensors(&varmap), &dev)
                 .unwrap();
         drop(net);
-        let low =
-            from_tensors_as::<DenoiserNet>(&cfg, weights::detached_tensors(&varmap), dtype, &dev)
-                .unwrap();
+        let low = from_tensors_as::<Network>(&cfg, weights::detached_tensors(&varmap), dtype, &dev)
+            .unwrap();
         assert_eq!(low.dtype(), dtype);
         let (c, s) = (cfg.in_channels(), cfg.sample_hw().unwrap().0);
         let x = det((3, c, s, s), 0.1);
@@ -140,14 +139,14 @@ mod tests {
     #[test]
     fn bf16_dit_matches_f32() {
         let dev = Device::Cpu;
-        let cfg = DenoiserConfig::from_json_str(DIT).unwrap();
+        let cfg = NetworkConfig::from_json_str(DIT).unwrap();
         // The DiT's own init zeroes every block's modulation: use the generic seeded init so
         // attention, MLP and adaLN all contribute.
-        let (_, varmap) = weights::build::<DenoiserNet>(&cfg, &dev).unwrap();
+        let (_, varmap) = weights::build::<Network>(&cfg, &dev).unwrap();
         weights::seeded_init(&varmap, 3).unwrap();
         let tensors = weights::detached_tensors(&varmap);
-        let f32_net = weights::from_tensors::<DenoiserNet>(&cfg, tensors.clone(), &dev).unwrap();
-        let low = from_tensors_as::<DenoiserNet>(&cfg, tensors, DType::BF16, &dev).unwrap();
+        let f32_net = weights::from_tensors::<Network>(&cfg, tensors.clone(), &dev).unwrap();
+        let low = from_tensors_as::<Network>(&cfg, tensors, DType::BF16, &dev).unwrap();
         let x = det((3, 4, 8, 8), 0.2);
         let l = Tensor::new(&[0u32, 2, 3], &dev).unwrap();
         let ts = [10.0, 500.0, 900.0];
@@ -169,8 +168,8 @@ mod tests {
     #[test]
     fn bf16_gradients_reach_the_f32_master_weights_and_match_f32() {
         let dev = Device::Cpu;
-        let cfg = DenoiserConfig::from_json_str(UNET).unwrap();
-        let (_, varmap) = weights::build::<DenoiserNet>(&cfg, &dev).unwrap();
+        let cfg = NetworkConfig::from_json_str(UNET).unwrap();
+        let (_, varmap) = weights::build::<Network>(&cfg, &dev).unwrap();
         cfg.seeded_init(&varmap, 1).unwrap();
         let vars: HashMap<String, candle_core::Var> = varmap.data().lock().unwrap().clone();
         let x = det((2, 3, 16, 16), 0.3);
@@ -181,7 +180,7 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
                 .collect();
-            let net = from_tensors_as::<DenoiserNet>(&cfg, tensors, dtype, &dev).unwrap();
+            let net = from_tensors_as::<Network>(&cfg, tensors, dtype, &dev).unwrap();
             let out = net.forward(&x, &[3.0, 700.0], Some(&l)).unwrap();
             (out - &target)
                 .unwrap()

@@ -200,8 +200,8 @@ pub fn prune_model_folder(
     criterion: Criterion,
 ) -> Result<PruneSummary> {
     use crate::weights;
-    let (net, varmap) = weights::load::<crate::DenoiserNet>(src, &Device::Cpu)?;
-    let crate::DenoiserConfig::UNet(cfg) = net.config() else {
+    let (net, varmap) = weights::load::<crate::Network>(src, &Device::Cpu)?;
+    let crate::NetworkConfig::UNet(cfg) = net.config() else {
         return Err(Error::Config(format!(
             "{}: pruning applies to UNet2DModel ResNet blocks; this is a {}",
             src.display(),

@@ -286,7 +286,7 @@ pub fn quantize_tensors(tensors: &HashMap<String, Tensor>) -> Result<(Vec<u8>, Q
 /// and linear weight as int8 ([`quantize_tensors`]). Both files are written atomically.
 pub fn quantize_model_folder(src: &Path, dst: &Path) -> Result<QuantSummary> {
     use crate::weights;
-    let (net, varmap) = weights::load::<crate::DenoiserNet>(src, &Device::Cpu)?;
+    let (net, varmap) = weights::load::<crate::Network>(src, &Device::Cpu)?;
     let (bytes, summary) = quantize_tensors(&weights::detached_tensors(&varmap))?;
     let mut cfg = serde_json::to_value(net.config()).expect("serializable");
     cfg["quantization_config"] = QuantizationConfig::int8(summary.quantized).to_value();
@@ -517,7 +517,7 @@ mod tests {
         close(&dit, &dit_q);
 
         // Saving the loaded model writes float weights and no quantization_config.
-        let (_, vm) = crate::weights::load::<crate::DenoiserNet>(&dst, &dev).unwrap();
+        let (_, vm) = crate::weights::load::<crate::Network>(&dst, &dev).unwrap();
         let resaved = tmp.path().join("f32");
         crate::weights::save(&int8.config(), &vm, &resaved, DType::F32).unwrap();
         let text = std::fs::read_to_string(resaved.join(CONFIG_NAME)).unwrap();

@@ -16,7 +16,7 @@
 //! wide each pruned ResNet block is.
 
 use crate::dit::DiTTransformer2DModel;
-use crate::net::{DenoiserConfig, DenoiserNet};
+use crate::net::{Network, NetworkConfig};
 use crate::{
     AutoencoderKL, AutoencoderKLConfig, DiTTransformer2DConfig, Error, Result, UNet2DConfig,
     UNet2DModel,
@@ -72,13 +72,13 @@ impl SamplingDefaults {
 
 /// `model_index.json` of a pipeline folder for `net`: see the module docs for the classes.
 pub fn pipeline_index(
-    net: &DenoiserConfig,
+    net: &NetworkConfig,
     scheduler_class: &str,
     with_vae: bool,
 ) -> serde_json::Value {
     match net {
-        DenoiserConfig::UNet(_) => model_index(scheduler_class, with_vae),
-        DenoiserConfig::DiT(_) => serde_json::json!({
+        NetworkConfig::UNet(_) => model_index(scheduler_class, with_vae),
+        NetworkConfig::DiT(_) => serde_json::json!({
             "_class_name": DIT_PIPELINE_CLASS,
             "_diffusers_version": "0.42.1",
             "scheduler": ["diffusers", scheduler_class],
@@ -141,7 +141,7 @@ impl ModelFolder {
         &self,
         no_ema: bool,
         device: &Device,
-    ) -> Result<(DenoiserNet, Option<crate::AutoencoderKL>)> {
+    ) -> Result<(Network, Option<crate::AutoencoderKL>)> {
         let (net, _) = load_net(self.net_dir_to_load(no_ema), device)?;
         let vae = match &self.vae_dir {
             Some(d) => {
@@ -259,13 +259,13 @@ impl DiffusersModel for DiTTransformer2DModel {
 }
 
 /// A UNet or a DiT, chosen by the config's `_class_name`.
-impl DiffusersModel for DenoiserNet {
-    type Config = DenoiserConfig;
-    fn parse_config(text: &str) -> Result<DenoiserConfig> {
-        DenoiserConfig::from_json_str(text)
+impl DiffusersModel for Network {
+    type Config = NetworkConfig;
+    fn parse_config(text: &str) -> Result<NetworkConfig> {
+        NetworkConfig::from_json_str(text)
     }
-    fn build(config: &DenoiserConfig, vb: VarBuilder) -> Result<Self> {
-        DenoiserNet::new(config, vb)
+    fn build(config: &NetworkConfig, vb: VarBuilder) -> Result<Self> {
+        Network::new(config, vb)
     }
 }
 
@@ -289,7 +289,7 @@ pub fn write_latent_pipeline(
     vae_dir: &Path,
     scheduler: &serde_json::Map<String, serde_json::Value>,
 ) -> Result<()> {
-    let net = read_config::<DenoiserNet>(unet_dir)?;
+    let net = read_config::<Network>(unet_dir)?;
     crate::pipeline::check_latent_channels(&net, &read_vae_config(vae_dir)?)?;
     let write = |path: &Path, bytes: &[u8]| -> Result<()> {
         std::fs::create_dir_all(path.parent().expect("a file in a folder"))
@@ -385,7 +385,7 @@ pub fn load_unet(dir: &Path, device: &Device) -> Result<(UNet2DModel, VarMap)> {
 }
 
 /// Loads a UNet or DiT model folder (by its config's `_class_name`) for inference (see [`load`]).
-pub fn load_net(dir: &Path, device: &Device) -> Result<(DenoiserNet, VarMap)> {
+pub fn load_net(dir: &Path, device: &Device) -> Result<(Network, VarMap)> {
     load(dir, device)
 }
 

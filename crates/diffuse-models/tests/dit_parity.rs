@@ -9,7 +9,7 @@ use candle_core::{DType, Device, Tensor};
 use diffuse_core::config::SchedulerConfig;
 use diffuse_core::sampler::Sampler;
 use diffuse_models::dit::DiTTransformer2DModel;
-use diffuse_models::net::DenoiserNet;
+use diffuse_models::net::Network;
 use diffuse_models::pipeline::{generate, GenerateOptions};
 use diffuse_models::weights::{self, load, load_net, resolve_model_folder, save};
 use diffuse_models::DiTTransformer2DConfig;
@@ -63,7 +63,7 @@ fn dit_outputs_match_diffusers() {
 fn learned_sigma_half_is_split_off_for_samplers() {
     let dir = fixture("p2_sigma");
     let (net, _) = load_net(&dir, &Device::Cpu).unwrap();
-    assert!(matches!(net, DenoiserNet::DiT(_)));
+    assert!(matches!(net, Network::DiT(_)));
     assert_eq!((net.in_channels(), net.out_channels()), (4, 8));
     assert_eq!(net.num_classes(), Some(11), "10 classes and the null class");
     assert_eq!(net.component(), "transformer");

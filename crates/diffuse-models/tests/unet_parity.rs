@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Tensor};
 use diffuse_core::config::SchedulerConfig;
 use diffuse_core::rng::ReplayNoise;
 use diffuse_core::sampler::{sample, Sampler};
-use diffuse_models::denoise::UNetDenoiser;
+use diffuse_models::denoise::NetDenoiser;
 use diffuse_models::weights::{self, load_unet, resolve_model_folder, save_unet};
 use std::collections::HashMap;
 use std::path::Path;
@@ -70,7 +70,7 @@ fn five_step_ddim_and_dpmpp_match_a_diffusers_loop() {
     map.insert("_class_name".into(), "DPMSolverMultistepScheduler".into());
     let dpm = SchedulerConfig::from_json_map(&map).unwrap();
     let s = load_st(&fixtures().join("pipeline_basic/samples.safetensors"));
-    let den = UNetDenoiser {
+    let den = NetDenoiser {
         model: &model,
         class_labels: None,
     };

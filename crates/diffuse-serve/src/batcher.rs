@@ -9,7 +9,7 @@ use crate::metrics::Metrics;
 use candle_core::{DType, Device, Shape, Tensor};
 use diffuse_core::rng::{NoiseSource, SeededNoise};
 use diffuse_core::sampler::{Sampler, SamplerState};
-use diffuse_models::{AutoencoderKL, DenoiserNet};
+use diffuse_models::{AutoencoderKL, Network};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -85,7 +85,7 @@ pub struct BatchConfig {
 impl Batcher {
     /// Starts the worker thread for `model` (and `vae`, for a latent pipeline).
     pub fn start(
-        model: Arc<DenoiserNet>,
+        model: Arc<Network>,
         vae: Option<Arc<AutoencoderKL>>,
         device: Device,
         config: BatchConfig,
@@ -142,7 +142,7 @@ fn key(j: &Job) -> (usize, (usize, usize)) {
 
 fn worker(
     shared: Arc<Shared>,
-    model: Arc<DenoiserNet>,
+    model: Arc<Network>,
     vae: Option<Arc<AutoencoderKL>>,
     device: Device,
     config: BatchConfig,
@@ -207,7 +207,7 @@ struct Running {
 const VAE_SLICE: usize = 8;
 
 fn run_batch(
-    model: &DenoiserNet,
+    model: &Network,
     vae: Option<&AutoencoderKL>,
     device: &Device,
     jobs: Vec<Job>,
@@ -291,7 +291,7 @@ fn run_batch(
 }
 
 /// One model call for every running job, then each job's own sampler step.
-fn step_all(model: &DenoiserNet, running: &mut [Running], i: usize) -> diffuse_models::Result<()> {
+fn step_all(model: &Network, running: &mut [Running], i: usize) -> diffuse_models::Result<()> {
     let mut inputs = Vec::new();
     let mut ts: Vec<f32> = Vec::new();
     let mut labels: Vec<u32> = Vec::new();

@@ -78,7 +78,7 @@ impl Default for ServeConfig {
 pub struct ModelEntry {
     pub id: String,
     /// The denoising network (UNet or DiT).
-    pub model: Arc<diffuse_models::DenoiserNet>,
+    pub model: Arc<diffuse_models::Network>,
     /// The pipeline's scheduler config as written (DDIM defaults for a bare UNet folder).
     pub scheduler: Map<String, Value>,
     /// The same, parsed: its prediction type is the model's objective, which decides the

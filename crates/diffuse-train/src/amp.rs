@@ -3,13 +3,13 @@
 //! state stay f32; each optimizer step the forward runs on a bf16/f16 copy of the network built
 //! over the `Var`s ([`low_precision_net`]; `to_dtype` has a backward, so the gradients arrive in
 //! f32 on the master weights), inputs cast down and the output cast back to f32 before the loss
-//! (`DenoiserNet::forward`), GroupNorm/LayerNorm/softmax statistics in f32 (`diffuse_models::ops`).
+//! (`Network::forward`), GroupNorm/LayerNorm/softmax statistics in f32 (`diffuse_models::ops`).
 //! fp16 adds dynamic loss scaling ([`GradScaler`]: scale 2^16, halved and the step skipped when
 //! a gradient is inf/NaN, doubled after 2000 good steps in a row).
 
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor, Var};
-use diffuse_models::{DenoiserConfig, DenoiserNet};
+use diffuse_models::{Network, NetworkConfig};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
@@ -48,12 +48,12 @@ impl MixedPrecision {
 /// The network of `config` in `dtype` over the trainable `vars` (kept in the autograd graph)
 /// and the remaining `fixed` weights (e.g. a UNet's Fourier projection, detached).
 pub fn low_precision_net(
-    config: &DenoiserConfig,
+    config: &NetworkConfig,
     vars: &[(String, Var)],
     fixed: &HashMap<String, Tensor>,
     dtype: DType,
     device: &Device,
-) -> Result<DenoiserNet> {
+) -> Result<Network> {
     let mut tensors = fixed.clone();
     for (k, v) in vars {
         tensors.insert(k.clone(), v.as_tensor().clone());

@@ -17,7 +17,7 @@ use diffuse_eval::images::{DatasetImages, ImageBatch, MemoryImages};
 use diffuse_eval::inception::InceptionV3;
 use diffuse_eval::metrics::Features;
 use diffuse_eval::resize::ResizeMode;
-use diffuse_models::net::DenoiserNet;
+use diffuse_models::net::Network;
 use diffuse_models::pipeline::{decode_latents, generate, GenerateOptions};
 use diffuse_models::AutoencoderKL;
 use serde::{Deserialize, Serialize};
@@ -221,7 +221,7 @@ impl EvalHook {
     /// `eval/<metric>` values plus `eval/sample_s`.
     pub(crate) fn run(
         &self,
-        model: &DenoiserNet,
+        model: &Network,
         vae: Option<&AutoencoderKL>,
         classes: Option<usize>,
         size: (usize, usize),

@@ -17,7 +17,7 @@ use candle_core::{DType, Tensor};
 use diffuse_core::config::PredictionType;
 use diffuse_core::noising;
 use diffuse_core::schedule::NoiseSchedule;
-use diffuse_models::{AutoencoderKL, DenoiserNet};
+use diffuse_models::{AutoencoderKL, Network};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
@@ -242,9 +242,9 @@ pub struct LossParts {
 
 /// The loss of `model` (a UNet or DiT) on clean images `x0` [b, c, h, w] (labels per sample if
 /// conditional). A DiT's learned-variance half is not trained (no variational bound term): the
-/// loss is on the prediction only ([`DenoiserNet::predict`]).
+/// loss is on the prediction only ([`Network::predict`]).
 pub fn diffusion_loss(
-    model: &DenoiserNet,
+    model: &Network,
     schedule: &NoiseSchedule,
     x0: &Tensor,
     labels: Option<&[u32]>,
@@ -257,7 +257,7 @@ pub fn diffusion_loss(
 /// [`diffusion_loss`] with the noise ε given (reflow: x₀ paired with the noise it came from);
 /// `None` draws it from `rng`.
 pub fn diffusion_loss_with_noise(
-    model: &DenoiserNet,
+    model: &Network,
     schedule: &NoiseSchedule,
     x0: &Tensor,
     noise: Option<&Tensor>,

@@ -26,7 +26,7 @@ use diffuse_core::noising::{self, per_row};
 use diffuse_core::sampler::Sampler;
 use diffuse_core::schedule::NoiseSchedule;
 use diffuse_models::pipeline::{LoadOptions, Pipeline};
-use diffuse_models::DenoiserNet;
+use diffuse_models::Network;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -224,7 +224,7 @@ pub fn student_target(
 
 /// A loaded teacher and the student's step grid: the progressive loss of a batch.
 pub struct Progressive {
-    teacher: DenoiserNet,
+    teacher: Network,
     teacher_prediction: PredictionType,
     guidance: f64,
     teacher_null: Option<u32>,
@@ -346,7 +346,7 @@ impl Progressive {
     /// then gives its unconditional output).
     pub fn loss(
         &self,
-        model: &DenoiserNet,
+        model: &Network,
         x0: &Tensor,
         labels: Option<&[u32]>,
         cfg: &ObjectiveConfig,

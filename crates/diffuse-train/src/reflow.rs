@@ -36,7 +36,7 @@ use diffuse_data::loader::Position;
 use diffuse_models::latent_cache::EpochOrder;
 use diffuse_models::pipeline::{generate, GenerateOptions, LoadOptions, Pipeline};
 use diffuse_models::weights::{resolve_model_folder, ModelFolder};
-use diffuse_models::{AutoencoderKL, DenoiserNet};
+use diffuse_models::{AutoencoderKL, Network};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::ops::ControlFlow;
@@ -128,7 +128,7 @@ pub struct Teacher {
     pub dir: PathBuf,
     pub folder: ModelFolder,
     /// The denoising network (a UNet or a DiT).
-    pub model: DenoiserNet,
+    pub model: Network,
     pub vae: Option<AutoencoderKL>,
     /// Its scheduler config as written.
     pub scheduler: Map<String, Value>,

@@ -211,7 +211,7 @@ fn bad_reruns_and_solvers_are_refused() {
     assert!(
         e.contains("`ddim` cannot drive this flow matching (flow_prediction) model")
             && e.contains(
-                "samplers that work: dpmpp_2m, unipc, euler, heun, flow_euler, flow_heun"
+                "samplers that work: euler, heun, dpmpp_2m, unipc, flow_euler, flow_heun"
             ),
         "{e}"
     );
@@ -450,10 +450,9 @@ fn a_dit_teacher_gives_a_dit_student() {
     }
     std::fs::create_dir_all(tdir.join("scheduler")).unwrap();
     std::fs::write(tdir.join("scheduler/scheduler_config.json"), FLOW).unwrap();
-    let net = diffuse_models::weights::read_config::<diffuse_models::DenoiserNet>(
-        &tdir.join("transformer"),
-    )
-    .unwrap();
+    let net =
+        diffuse_models::weights::read_config::<diffuse_models::Network>(&tdir.join("transformer"))
+            .unwrap();
     let index =
         diffuse_models::weights::pipeline_index(&net, "FlowMatchEulerDiscreteScheduler", false);
     std::fs::write(tdir.join("model_index.json"), index.to_string()).unwrap();

@@ -7,7 +7,7 @@ use diffuse_core::schedule::NoiseSchedule;
 use diffuse_data::datasets::{Dataset, IdxDataset};
 use diffuse_data::transform::{Fit, Transform};
 use diffuse_models::weights::build_unet;
-use diffuse_models::{DenoiserNet, UNet2DConfig};
+use diffuse_models::{Network, UNet2DConfig};
 use diffuse_train::objective::{
     diffusion_loss, diffusion_loss_with_noise, draw_flow_sigmas, ObjectiveConfig, SigmaSampling,
     TrainRng,
@@ -48,7 +48,7 @@ fn batch() -> (Tensor, Vec<u32>) {
 fn train(prediction: PredictionType, steps: usize, seed: u64) -> Vec<f32> {
     let dev = Device::Cpu;
     let (model, varmap) = build_unet(&tiny_config(), &dev).unwrap();
-    let model = DenoiserNet::from(model);
+    let model = Network::from(model);
     let mut vars: Vec<(String, Var)> = varmap
         .data()
         .lock()
@@ -135,7 +135,7 @@ fn rng_state_resumes_the_stream() {
     let mut a = TrainRng::new(9);
     let (x0, labels) = batch();
     let (model, _) = build_unet(&tiny_config(), &Device::Cpu).unwrap();
-    let model = DenoiserNet::from(model);
+    let model = Network::from(model);
     let schedule =
         NoiseSchedule::from_config(&SchedulerConfig::default_for(SchedulerClass::Ddpm)).unwrap();
     let cfg = ObjectiveConfig {
@@ -164,7 +164,7 @@ fn rng_state_resumes_the_stream() {
 fn paired_noise_flow_loss_is_the_reflow_objective() {
     let (x0, labels) = batch();
     let (model, _) = build_unet(&tiny_config(), &Device::Cpu).unwrap();
-    let model = DenoiserNet::from(model);
+    let model = Network::from(model);
     let schedule =
         NoiseSchedule::from_config(&SchedulerConfig::default_for(SchedulerClass::Ddpm)).unwrap();
     let z = Tensor::randn(0f32, 1.0, x0.shape(), &Device::Cpu).unwrap();

@@ -21,7 +21,7 @@ mod graph;
 mod unet;
 mod vae;
 
-use crate::net::DenoiserNet;
+use crate::net::Network;
 use crate::weights::{self, resolve_model_folder, CONFIG_NAME};
 use crate::{AutoencoderKL, DiTTransformer2DModel, Error, Result, UNet2DModel};
 use candle_core::Device;
@@ -73,10 +73,10 @@ pub fn export_vae_decoder(vae: &AutoencoderKL) -> Result<ModelProto> {
 }
 
 /// A denoising network's graph, UNet or DiT.
-pub fn export_net(net: &DenoiserNet) -> Result<ModelProto> {
+pub fn export_net(net: &Network) -> Result<ModelProto> {
     match net {
-        DenoiserNet::UNet(m) => export_unet(m),
-        DenoiserNet::DiT(m) => export_dit(m),
+        Network::UNet(m) => export_unet(m),
+        Network::DiT(m) => export_dit(m),
     }
 }
 
@@ -213,7 +213,7 @@ pub fn export_folder(dir: &Path, component: Component, no_ema: bool) -> Result<E
     let net_dir = folder.net_dir_to_load(no_ema).to_path_buf();
     let (net, _) = weights::load_net(&net_dir, &dev)?;
     let what = match (&net, component) {
-        (DenoiserNet::DiT(_), Component::Unet) | (DenoiserNet::UNet(_), Component::Transformer) => {
+        (Network::DiT(_), Component::Unet) | (Network::UNet(_), Component::Transformer) => {
             let (has, want) = match component {
                 Component::Unet => ("a DiTTransformer2DModel", "unet"),
                 _ => ("a UNet2DModel", "transformer"),
@@ -224,8 +224,8 @@ pub fn export_folder(dir: &Path, component: Component, no_ema: bool) -> Result<E
                 net_dir.display()
             )));
         }
-        (DenoiserNet::UNet(_), _) => "UNet2DModel",
-        (DenoiserNet::DiT(_), _) => "DiTTransformer2DModel",
+        (Network::UNet(_), _) => "UNet2DModel",
+        (Network::DiT(_), _) => "DiTTransformer2DModel",
     };
     Ok(Exported {
         model: export_net(&net)?,

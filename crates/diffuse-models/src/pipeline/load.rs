@@ -9,7 +9,7 @@
 
 use super::{decode_latents, generate, GenerateOptions, Progress};
 use crate::weights::{resolve_model_folder, ModelFolder};
-use crate::{AutoencoderKL, DenoiserNet, Error, Result};
+use crate::{AutoencoderKL, Error, Network, Result};
 use candle_core::{DType, Device, Tensor};
 use diffuse_core::compat::{self, Cell, Objective};
 use diffuse_core::config::SchedulerConfig;
@@ -55,7 +55,7 @@ pub struct Pipeline {
     /// What the folder turned out to be.
     pub folder: ModelFolder,
     /// The denoising network (UNet or DiT).
-    pub net: DenoiserNet,
+    pub net: Network,
     /// The VAE of a latent pipeline: the network denoises its latents.
     pub vae: Option<AutoencoderKL>,
     /// The folder's scheduler config as written (validated).
@@ -263,8 +263,8 @@ mod tests {
     /// A seeded class-conditional UNet folder, with a pipeline's scheduler when given.
     fn folder(scheduler: Option<&str>) -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = crate::DenoiserConfig::from_json_str(UNET).unwrap();
-        let (_, varmap) = weights::build::<DenoiserNet>(&cfg, &Device::Cpu).unwrap();
+        let cfg = crate::NetworkConfig::from_json_str(UNET).unwrap();
+        let (_, varmap) = weights::build::<Network>(&cfg, &Device::Cpu).unwrap();
         cfg.seeded_init(&varmap, 1).unwrap();
         match scheduler {
             None => weights::save(&cfg, &varmap, dir.path(), DType::F32).unwrap(),

@@ -9,7 +9,7 @@ use crate::quality::{psnr, ssim};
 use crate::{Error, Result};
 use candle_core::{Device, Tensor, Var};
 use diffuse_core::config::SchedulerConfig;
-use diffuse_models::{AutoencoderKL, DenoiserNet};
+use diffuse_models::{AutoencoderKL, Network};
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 use std::path::Path;
@@ -32,7 +32,7 @@ impl Net {
         let tensors = ema_tensors(varmap, names, ema);
         let (grid, cols, metrics) = match self {
             Net::Unet(u) => {
-                let model: DenoiserNet =
+                let model: Network =
                     diffuse_models::weights::from_tensors(&u.cfg, tensors, device)?;
                 let (mut images, cols) = sample_grid(&model, &u.sched_cfg, classes, t, device)?;
                 if let Some((vae, _)) = &u.vae {
@@ -157,7 +157,7 @@ pub(crate) fn preview_scheduler(
 /// Samples for a grid from `model` (the EMA weights): one row per class (or 8×8
 /// unconditional), fixed seed. Returns the images and the grid's column count.
 pub(super) fn sample_grid(
-    model: &DenoiserNet,
+    model: &Network,
     sched_cfg: &SchedulerConfig,
     classes: Option<usize>,
     t: &TrainSection,

@@ -13,7 +13,7 @@ use diffuse_core::schedule::NoiseSchedule;
 use diffuse_data::datasets::{self, Split};
 use diffuse_data::transform::Transform;
 use diffuse_models::weights::build_vae;
-use diffuse_models::{AutoencoderKL, AutoencoderKLConfig, DenoiserConfig, DenoiserNet};
+use diffuse_models::{AutoencoderKL, AutoencoderKLConfig, Network, NetworkConfig};
 use serde_json::{Map, Value};
 use std::path::Path;
 
@@ -28,8 +28,8 @@ pub(super) enum Net {
 
 /// A diffusion network: a UNet or a DiT.
 pub(super) struct UnetTask {
-    pub(super) model: DenoiserNet,
-    pub(super) cfg: DenoiserConfig,
+    pub(super) model: Network,
+    pub(super) cfg: NetworkConfig,
     pub(super) schedule: NoiseSchedule,
     pub(super) objective: ObjectiveConfig,
     pub(super) sched_map: Map<String, Value>,
@@ -104,7 +104,7 @@ pub(super) fn unet_task(
             )))
         }
     }
-    let unet_cfg = DenoiserConfig::from_json_str(&Value::Object(model_map).to_string())
+    let unet_cfg = NetworkConfig::from_json_str(&Value::Object(model_map).to_string())
         .map_err(|e| Error::Invalid(format!("[model] ({kind}): {e}")))?;
     let mut sched_map = config.scheduler.clone();
     sched_map
@@ -135,7 +135,7 @@ pub(super) fn unet_task(
         NoiseSchedule::from_config(&sched_cfg)?
     };
 
-    let (model, varmap) = diffuse_models::weights::build::<DenoiserNet>(&unet_cfg, device)?;
+    let (model, varmap) = diffuse_models::weights::build::<Network>(&unet_cfg, device)?;
     let objective = ObjectiveConfig {
         prediction,
         min_snr_gamma: t.snr_gamma,
@@ -293,7 +293,7 @@ impl Net {
     /// network's low-precision copy under mixed precision.
     pub(super) fn loss(
         &self,
-        low: Option<&DenoiserNet>,
+        low: Option<&Network>,
         x0: &Tensor,
         noise: Option<&Tensor>,
         labels: Option<&[u32]>,

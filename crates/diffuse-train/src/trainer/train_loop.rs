@@ -12,7 +12,7 @@ use super::{io_err, StepReport};
 use crate::dist::Collective;
 use crate::{Error, Result};
 use candle_core::{Device, Var};
-use diffuse_models::DenoiserNet;
+use diffuse_models::Network;
 use std::ops::ControlFlow;
 use std::sync::atomic::AtomicBool;
 
@@ -85,7 +85,7 @@ impl Session<'_> {
             if hook.due(step, step == t.max_steps || out_of_time) {
                 let (d, device) = (&self.config.data, self.device);
                 let names: Vec<String> = self.vars.iter().map(|(k, _)| k.clone()).collect();
-                let model: DenoiserNet = diffuse_models::weights::from_tensors(
+                let model: Network = diffuse_models::weights::from_tensors(
                     &u.cfg,
                     ema_tensors(&self.varmap, &names, &self.ema),
                     device,
