@@ -1856,7 +1856,7 @@ fn reflow_makes_a_few_step_student() {
     };
     assert_one_line_error(
         &eps_reflow(&["--sampler", "flow_heun"]),
-        "flow_heun needs a flow-matching teacher",
+        "sampler `flow_heun` cannot drive this ε-prediction (epsilon) model",
     );
     assert_one_line_error(&eps_reflow(&["--sampler", "euler_a"]), "deterministic");
     let o = eps_reflow(&["--steps", "2"]);
