@@ -1,12 +1,11 @@
 //! DDIM (Song et al. 2021) with η ≥ 0, diffusers `scheduling_ddim.py`.
 
 use super::parts::add_noise;
-use super::{clip_or_threshold, lin, vp_x0, Extra, Plan, Sampler, StepOutput};
+use super::{clip_or_threshold, lin, vp_x0, Extra, Plan, StepIn, StepOutput};
 use crate::config::SchedulerConfig;
 use crate::error::Result;
 use crate::rng::NoiseSource;
 use crate::schedule::NoiseSchedule;
-use candle_core::Tensor;
 
 pub(super) fn plan(config: &SchedulerConfig, schedule: &NoiseSchedule, n: usize) -> Result<Plan> {
     let final_alpha = if config.set_alpha_to_one {
@@ -17,13 +16,8 @@ pub(super) fn plan(config: &SchedulerConfig, schedule: &NoiseSchedule, n: usize)
     Ok(Plan::spaced(config, n, Extra::FinalAlpha(final_alpha)))
 }
 
-pub(super) fn step(
-    s: &Sampler,
-    i: usize,
-    model_output: &Tensor,
-    sample: &Tensor,
-    noise: &mut dyn NoiseSource,
-) -> Result<StepOutput> {
+pub(super) fn step(x: StepIn, noise: &mut dyn NoiseSource) -> Result<StepOutput> {
+    let StepIn(s, i, model_output, sample) = x;
     let t = s.timesteps[i];
     // diffusers steps back by T // N whatever the spacing.
     let prev_t = t as i64 - (s.config.num_train_timesteps / s.num_inference_steps) as i64;

@@ -1,23 +1,17 @@
 //! DDPM ancestral sampling (Ho et al. 2020), diffusers `scheduling_ddpm.py`.
 
 use super::parts::add_noise;
-use super::{clip_or_threshold, lin, vp_x0, Extra, Plan, Sampler, StepOutput};
+use super::{clip_or_threshold, lin, vp_x0, Extra, Plan, StepIn, StepOutput};
 use crate::config::{SchedulerConfig, VarianceType};
 use crate::error::Result;
 use crate::rng::NoiseSource;
-use candle_core::Tensor;
 
 pub(super) fn plan(config: &SchedulerConfig, n: usize) -> Result<Plan> {
     Ok(Plan::spaced(config, n, Extra::FinalAlpha(1.0)))
 }
 
-pub(super) fn step(
-    s: &Sampler,
-    i: usize,
-    model_output: &Tensor,
-    sample: &Tensor,
-    noise: &mut dyn NoiseSource,
-) -> Result<StepOutput> {
+pub(super) fn step(x: StepIn, noise: &mut dyn NoiseSource) -> Result<StepOutput> {
+    let StepIn(s, i, model_output, sample) = x;
     let t = s.timesteps[i];
     // The previous timestep is the next one planned (or "before 0" at the end).
     let ap = s.alpha_cumprod(t)? as f32;

@@ -4,7 +4,7 @@
 //! (`use_flow_sigmas`, `flow_shift`: α_t = 1 − σ, σ_t = σ, as `_sigma_to_alpha_sigma_t` has
 //! it); the flow-σ plan of UniPC (`scheduling_unipc_multistep.py`) is here too.
 
-use super::{lin, sigma_to_alpha_sigma_t, Plan, Sampler, SamplerState, StepOutput};
+use super::{lin, sigma_to_alpha_sigma_t, Plan, SamplerState, StepIn, StepOutput};
 use crate::config::{
     BetaSchedule, DpmAlgorithm, DpmSolverType, FinalSigmas, PredictionType, SchedulerClass,
     SchedulerConfig, TimestepSpacing,
@@ -216,13 +216,11 @@ pub(super) fn convert(
 }
 
 pub(super) fn step(
-    s: &Sampler,
+    x: StepIn,
     st: &mut SamplerState,
-    i: usize,
-    model_output: &Tensor,
-    sample: &Tensor,
     noise: &mut dyn NoiseSource,
 ) -> Result<StepOutput> {
+    let StepIn(s, i, model_output, sample) = x;
     let c = &s.config;
     let sigmas = s.planned_sigmas();
     let n = s.timesteps.len();

@@ -2,14 +2,13 @@
 //! diffusers `scheduling_euler_discrete.py`. Also holds the σ planning the Euler family shares.
 
 use super::parts::{add_noise, churn_gamma};
-use super::{k_x0, Plan, Sampler, StepOutput};
+use super::{k_x0, Plan, StepIn, StepOutput};
 use crate::config::{FinalSigmas, SchedulerConfig, TimestepSpacing};
 use crate::error::Result;
 use crate::rng::NoiseSource;
 use crate::schedule::{
     arange_desc, f32r, interp, karras_sigmas, linspace, round_half_even, sigma_to_t, NoiseSchedule,
 };
-use candle_core::Tensor;
 
 /// Float timesteps of the Euler family for a spacing (float32 values).
 pub(super) fn k_timesteps(config: &SchedulerConfig, n: usize) -> Vec<f64> {
@@ -73,13 +72,8 @@ pub(super) fn plan(config: &SchedulerConfig, schedule: &NoiseSchedule, n: usize)
     Ok(Plan::k_sigmas(config, timesteps, sigmas))
 }
 
-pub(super) fn step(
-    s: &Sampler,
-    i: usize,
-    model_output: &Tensor,
-    sample: &Tensor,
-    noise: &mut dyn NoiseSource,
-) -> Result<StepOutput> {
+pub(super) fn step(x: StepIn, noise: &mut dyn NoiseSource) -> Result<StepOutput> {
+    let StepIn(s, i, model_output, sample) = x;
     let sigmas = s.planned_sigmas();
     let sigma = sigmas[i];
     let o = &s.options;

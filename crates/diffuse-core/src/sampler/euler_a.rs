@@ -2,12 +2,11 @@
 //! diffusers `scheduling_euler_ancestral_discrete.py`.
 
 use super::parts::add_noise;
-use super::{k_x0, Plan, Sampler, StepOutput};
+use super::{k_x0, Plan, StepIn, StepOutput};
 use crate::config::SchedulerConfig;
 use crate::error::Result;
 use crate::rng::NoiseSource;
 use crate::schedule::{f32r, interp, NoiseSchedule};
-use candle_core::Tensor;
 
 pub(super) fn plan(config: &SchedulerConfig, schedule: &NoiseSchedule, n: usize) -> Result<Plan> {
     let timesteps = super::euler::k_timesteps(config, n);
@@ -17,13 +16,8 @@ pub(super) fn plan(config: &SchedulerConfig, schedule: &NoiseSchedule, n: usize)
     Ok(Plan::k_sigmas(config, timesteps, sigmas))
 }
 
-pub(super) fn step(
-    s: &Sampler,
-    i: usize,
-    model_output: &Tensor,
-    sample: &Tensor,
-    noise: &mut dyn NoiseSource,
-) -> Result<StepOutput> {
+pub(super) fn step(x: StepIn, noise: &mut dyn NoiseSource) -> Result<StepOutput> {
+    let StepIn(s, i, model_output, sample) = x;
     let sigmas = s.planned_sigmas();
     let (from, to) = (sigmas[i], sigmas[i + 1]);
     let x0 = k_x0(s.config.prediction_type, model_output, sample, from)?;

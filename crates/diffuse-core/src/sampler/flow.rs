@@ -2,12 +2,11 @@
 //! diffusers `scheduling_flow_match_euler_discrete.py`: x_σ = (1 − σ) x₀ + σ ε, the model
 //! predicts u = ε − x₀, and σ is warped by `shift`: σ' = shift·σ / (1 + (shift − 1)·σ).
 
-use super::{lin, Plan, Sampler, StepOutput};
+use super::{lin, Plan, StepIn, StepOutput};
 use crate::config::SchedulerConfig;
 use crate::error::Result;
 use crate::rng::NoiseSource;
 use crate::schedule::{f32r, linspace};
-use candle_core::Tensor;
 
 /// σ' = shift·σ / (1 + (shift − 1)·σ).
 pub fn shift_sigma(sigma: f64, shift: f64) -> f64 {
@@ -43,13 +42,8 @@ pub(super) fn plan(config: &SchedulerConfig, n: usize) -> Result<Plan> {
     Ok(Plan::unit_noise(timesteps, sigmas))
 }
 
-pub(super) fn step(
-    s: &Sampler,
-    i: usize,
-    model_output: &Tensor,
-    sample: &Tensor,
-    noise: &mut dyn NoiseSource,
-) -> Result<StepOutput> {
+pub(super) fn step(x: StepIn, noise: &mut dyn NoiseSource) -> Result<StepOutput> {
+    let StepIn(s, i, model_output, sample) = x;
     let sigmas = s.planned_sigmas();
     let (sigma, next) = (sigmas[i], sigmas[i + 1]);
     let x0 = lin(1.0, sample, -sigma, model_output)?;

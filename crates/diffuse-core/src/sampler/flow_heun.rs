@@ -5,11 +5,10 @@
 //! (`s_churn`, `s_tmin`, `s_tmax`, `s_noise`) as diffusers has it.
 
 use super::parts::{churn_gamma, heun_first_stage, heun_second_stage};
-use super::{lin, Plan, Sampler, SamplerState, StepOutput};
+use super::{lin, Plan, SamplerState, StepIn, StepOutput};
 use crate::config::SchedulerConfig;
 use crate::error::Result;
 use crate::rng::NoiseSource;
-use candle_core::Tensor;
 
 pub(super) fn plan(config: &SchedulerConfig, n: usize) -> Result<Plan> {
     let sig = super::flow::sigmas(config, n);
@@ -25,13 +24,11 @@ pub(super) fn plan(config: &SchedulerConfig, n: usize) -> Result<Plan> {
 }
 
 pub(super) fn step(
-    s: &Sampler,
+    x: StepIn,
     st: &mut SamplerState,
-    i: usize,
-    model_output: &Tensor,
-    sample: &Tensor,
     noise: &mut dyn NoiseSource,
 ) -> Result<StepOutput> {
+    let StepIn(s, i, model_output, sample) = x;
     let sigmas = s.planned_sigmas();
     let first_order = st.dt.is_none();
     let (sigma, sigma_next) = if first_order {

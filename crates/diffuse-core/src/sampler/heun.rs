@@ -3,11 +3,10 @@
 //! calls, so timesteps run [t0, t1, t1, …, t_{N-1}, t_{N-1}].
 
 use super::parts::{heun_first_stage, heun_second_stage};
-use super::{k_x0, Plan, Sampler, SamplerState, StepOutput};
+use super::{k_x0, Plan, SamplerState, StepIn, StepOutput};
 use crate::config::SchedulerConfig;
 use crate::error::Result;
 use crate::schedule::{f32r, NoiseSchedule};
-use candle_core::Tensor;
 
 pub(super) fn plan(config: &SchedulerConfig, schedule: &NoiseSchedule, n: usize) -> Result<Plan> {
     let (ts, mut sig) = super::euler::k_sigmas(config, schedule, n);
@@ -25,13 +24,8 @@ pub(super) fn plan(config: &SchedulerConfig, schedule: &NoiseSchedule, n: usize)
     Ok(Plan::k_sigmas(config, timesteps, sigmas))
 }
 
-pub(super) fn step(
-    s: &Sampler,
-    st: &mut SamplerState,
-    i: usize,
-    model_output: &Tensor,
-    sample: &Tensor,
-) -> Result<StepOutput> {
+pub(super) fn step(x: StepIn, st: &mut SamplerState) -> Result<StepOutput> {
+    let StepIn(s, i, model_output, sample) = x;
     let sigmas = s.planned_sigmas();
     let first_order = st.dt.is_none();
     let (sigma, sigma_next) = if first_order {

@@ -123,6 +123,10 @@ struct Plan {
     extra: Extra,
 }
 
+/// What every sampler's `step` reads: the plan, the call index, the model output (already in
+/// the class's prediction type) and the sample it was computed on.
+pub(super) struct StepIn<'a>(&'a Sampler, usize, &'a Tensor, &'a Tensor);
+
 impl Sampler {
     /// Plans `num_inference_steps` steps (diffusers `set_timesteps`).
     pub fn new(config: &SchedulerConfig, num_inference_steps: usize) -> Result<Self> {
@@ -272,21 +276,18 @@ impl Sampler {
             }
             _ => model_output,
         };
+        let x = StepIn(self, i, model_output, sample);
         let out = match self.config.class {
-            SchedulerClass::Ddpm => ddpm::step(self, i, model_output, sample, noise),
-            SchedulerClass::Ddim => ddim::step(self, i, model_output, sample, noise),
-            SchedulerClass::Pndm => plms::step(self, state, i, model_output, sample),
-            SchedulerClass::Euler => euler::step(self, i, model_output, sample, noise),
-            SchedulerClass::EulerAncestral => euler_a::step(self, i, model_output, sample, noise),
-            SchedulerClass::Heun => heun::step(self, state, i, model_output, sample),
-            SchedulerClass::DpmSolverMultistep => {
-                dpmpp_2m::step(self, state, i, model_output, sample, noise)
-            }
-            SchedulerClass::UniPcMultistep => unipc::step(self, state, i, model_output, sample),
-            SchedulerClass::FlowMatchEuler => flow::step(self, i, model_output, sample, noise),
-            SchedulerClass::FlowMatchHeun => {
-                flow_heun::step(self, state, i, model_output, sample, noise)
-            }
+            SchedulerClass::Ddpm => ddpm::step(x, noise),
+            SchedulerClass::Ddim => ddim::step(x, noise),
+            SchedulerClass::Pndm => plms::step(x, state),
+            SchedulerClass::Euler => euler::step(x, noise),
+            SchedulerClass::EulerAncestral => euler_a::step(x, noise),
+            SchedulerClass::Heun => heun::step(x, state),
+            SchedulerClass::DpmSolverMultistep => dpmpp_2m::step(x, state, noise),
+            SchedulerClass::UniPcMultistep => unipc::step(x, state),
+            SchedulerClass::FlowMatchEuler => flow::step(x, noise),
+            SchedulerClass::FlowMatchHeun => flow_heun::step(x, state, noise),
         }?;
         state.index += 1;
         Ok(out)

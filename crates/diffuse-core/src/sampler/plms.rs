@@ -2,7 +2,7 @@
 //! diffusers `scheduling_pndm.py`: Runge–Kutta warm-up (PRK) unless `skip_prk_steps`, then
 //! linear multistep (PLMS) over ε.
 
-use super::{lin, Extra, Plan, Sampler, SamplerState, StepOutput};
+use super::{lin, Extra, Plan, Sampler, SamplerState, StepIn, StepOutput};
 use crate::config::{PredictionType, SchedulerConfig, TimestepSpacing};
 use crate::error::{Error, Result};
 use crate::schedule::{arange_desc, linspace, round_half_even, NoiseSchedule};
@@ -77,13 +77,8 @@ pub(super) fn plan(config: &SchedulerConfig, schedule: &NoiseSchedule, n: usize)
     })
 }
 
-pub(super) fn step(
-    s: &Sampler,
-    st: &mut SamplerState,
-    i: usize,
-    model_output: &Tensor,
-    sample: &Tensor,
-) -> Result<StepOutput> {
+pub(super) fn step(x: StepIn, st: &mut SamplerState) -> Result<StepOutput> {
+    let StepIn(s, i, model_output, sample) = x;
     let prk_len = match s.extra {
         Extra::Pndm { prk_len, .. } => prk_len,
         _ => 0,

@@ -2,7 +2,7 @@
 //! `scheduling_unipc_multistep.py`: B(h) = bh1 or bh2, orders 1–3, data or noise prediction,
 //! on the β schedule's σ or on flow-matching σ (`use_flow_sigmas`; plan in `dpmpp_2m.rs`).
 
-use super::{lin, Plan, Sampler, SamplerState, StepOutput};
+use super::{lin, Plan, Sampler, SamplerState, StepIn, StepOutput};
 use crate::config::{SchedulerConfig, UniPcSolverType};
 use crate::error::{Error, Result};
 use crate::schedule::NoiseSchedule;
@@ -12,13 +12,8 @@ pub(super) fn plan(config: &SchedulerConfig, schedule: &NoiseSchedule, n: usize)
     super::dpmpp_2m::multistep_plan(config, schedule, n)
 }
 
-pub(super) fn step(
-    s: &Sampler,
-    st: &mut SamplerState,
-    i: usize,
-    model_output: &Tensor,
-    sample: &Tensor,
-) -> Result<StepOutput> {
+pub(super) fn step(x: StepIn, st: &mut SamplerState) -> Result<StepOutput> {
+    let StepIn(s, i, model_output, sample) = x;
     let c = &s.config;
     let sigmas = s.planned_sigmas();
     let n = s.timesteps.len();
