@@ -23,7 +23,7 @@ pub(crate) fn read_json_object(
     use anyhow::Context;
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read scheduler config {}", path.display()))?;
-    match serde_json::from_str(&text)
+    match diffuse_core::pyjson::parse(&text)
         .map_err(|e| anyhow::anyhow!("{}: malformed JSON: {e}", path.display()))?
     {
         serde_json::Value::Object(m) => Ok(m),

@@ -92,6 +92,29 @@ fn schedule_defaults_to_ddim_and_takes_overrides() {
     assert!(String::from_utf8_lossy(&o.stdout).contains("sigma"));
 }
 
+/// The JSON Python writes: diffusers saves DPMSolverMultistep's default `lambda_min_clipped` as
+/// the bare token `-Infinity`; a really malformed file still names its line and column.
+#[test]
+fn schedule_reads_the_json_python_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("s.json");
+    std::fs::write(
+        &p,
+        "{\n  \"_class_name\": \"DPMSolverMultistepScheduler\",\n  \"lambda_min_clipped\": -Infinity,\n  \"sample_max_value\": 1.0\n}\n",
+    )
+    .unwrap();
+    let o = diffuse(&["schedule", "--config", p.to_str().unwrap(), "--steps", "5"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("DPMSolverMultistepScheduler"));
+    std::fs::write(
+        &p,
+        "{\"_class_name\": \"DDIMScheduler\",\n \"a\": -Infinity, \"b\": 2x}",
+    )
+    .unwrap();
+    let o = diffuse(&["schedule", "--config", p.to_str().unwrap()]);
+    assert_one_line_error(&o, "at line 2 column 24");
+}
+
 #[test]
 fn unknown_keys_are_noted_on_stderr() {
     let dir = tempfile::tempdir().unwrap();

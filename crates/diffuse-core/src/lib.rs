@@ -23,6 +23,7 @@ pub mod config;
 pub mod denoiser;
 pub mod error;
 pub mod noising;
+pub mod pyjson;
 pub mod rng;
 pub mod sampler;
 pub mod schedule;

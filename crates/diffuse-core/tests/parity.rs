@@ -541,11 +541,8 @@ fn saved_flow_solver_configs_and_init_keys_match_diffusers() {
     let saved = f["saved_configs"].as_array().unwrap();
     assert_eq!(saved.len(), 4);
     for s in saved {
+        // As written: DPMSolverMultistep's `"lambda_min_clipped": -Infinity` included.
         let text = s["text"].as_str().unwrap();
-        // diffusers writes the non-JSON literal `-Infinity` (DPMSolverMultistep's default
-        // lambda_min_clipped); serde_json refuses it (issue #20), so it is quoted here, as the
-        // reader accepts "-Infinity" as a string.
-        let text = text.replace(": -Infinity", ": \"-Infinity\"");
         let cfg = SchedulerConfig::from_json_str(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
         assert_eq!(cfg.class.class_name(), s["class"].as_str().unwrap());
         assert!(cfg.ignored_keys.is_empty(), "{:?}", cfg.ignored_keys);
@@ -584,6 +581,73 @@ fn saved_flow_solver_configs_and_init_keys_match_diffusers() {
             "{class:?}"
         );
     }
+}
+
+/// Every scheduler class as diffusers saves it by default (`save_config`, Python-flavoured JSON
+/// with `-Infinity`) loads with no key ignored, and plans the same 10 steps as diffusers.
+#[test]
+fn default_configs_as_diffusers_saves_them_load_and_plan_the_same_steps() {
+    let f = load("saved_configs.json");
+    let saved = f["configs"].as_array().unwrap();
+    assert_eq!(saved.len(), SchedulerClass::ALL.len());
+    let mut failures = Vec::new();
+    for s in saved {
+        let text = s["text"].as_str().unwrap();
+        let class = s["class"].as_str().unwrap();
+        let cfg = SchedulerConfig::from_json_str(text).unwrap_or_else(|e| panic!("{class}: {e}"));
+        assert_eq!(cfg.class.class_name(), class);
+        assert!(
+            cfg.ignored_keys.is_empty(),
+            "{class}: {:?}",
+            cfg.ignored_keys
+        );
+        if text.contains("-Infinity") {
+            assert_eq!(cfg.lambda_min_clipped, f64::NEG_INFINITY, "{class}");
+        }
+        // Written back, the tokens stay Python's, and the text reads back the same.
+        let v = diffuse_core::pyjson::parse(text).unwrap();
+        let back = diffuse_core::pyjson::to_string_pretty(&v);
+        assert_eq!(
+            text.contains("-Infinity"),
+            back.contains(": -Infinity"),
+            "{back}"
+        );
+        assert_eq!(diffuse_core::pyjson::parse(&back).unwrap(), v);
+        let n = s["num_inference_steps"].as_u64().unwrap() as usize;
+        let sampler = Sampler::new(&cfg, n).unwrap();
+        let mut check = |r: Result<(), String>| {
+            if let Err(e) = r {
+                failures.push(format!("{class}: {e}"));
+            }
+        };
+        let want = floats(&s["timesteps"]);
+        check(compare(
+            "timesteps",
+            sampler.timesteps(),
+            &want,
+            SCHEDULE_RTOL,
+            1e-30,
+        ));
+        if !s["sigmas"].is_null() {
+            let got = sampler.sigmas().map(|x| x.to_vec()).unwrap_or_default();
+            check(compare(
+                "sigmas",
+                &got,
+                &floats(&s["sigmas"]),
+                SCHEDULE_RTOL,
+                1e-30,
+            ));
+        }
+        let init = s["init_noise_sigma"].as_f64().unwrap();
+        check(compare(
+            "init_noise_sigma",
+            &[sampler.init_noise_sigma()],
+            &[init],
+            SCHEDULE_RTOL,
+            1e-30,
+        ));
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 #[test]

@@ -45,7 +45,7 @@ impl NetworkConfig {
     /// or a DiTTransformer2DModel; validated.
     pub fn from_json_str(text: &str) -> Result<Self> {
         let v: serde_json::Value =
-            serde_json::from_str(text).map_err(|e| Error::Config(format!("config: {e}")))?;
+            diffuse_core::pyjson::parse(text).map_err(|e| Error::Config(format!("config: {e}")))?;
         match v.get("_class_name").and_then(|c| c.as_str()) {
             Some(c) if DIT_CLASSES.contains(&c) => {
                 Ok(DiTTransformer2DConfig::from_json_str(text)?.into())

@@ -176,7 +176,7 @@ pub fn resolve_model_folder(dir: &Path) -> Result<ModelFolder> {
     let index = dir.join("model_index.json");
     if index.exists() {
         let text = std::fs::read_to_string(&index).map_err(Error::io(&index))?;
-        let v: serde_json::Value = serde_json::from_str(&text)
+        let v: serde_json::Value = diffuse_core::pyjson::parse(&text)
             .map_err(|e| Error::Config(format!("{}: malformed JSON: {e}", index.display())))?;
         let component = ["unet", "transformer"]
             .into_iter()
@@ -302,7 +302,7 @@ pub fn write_latent_pipeline(
         .get("_class_name")
         .and_then(|c| c.as_str())
         .unwrap_or("DDPMScheduler");
-    let text = |v: &serde_json::Value| serde_json::to_string_pretty(v).expect("json");
+    let text = diffuse_core::pyjson::to_string_pretty;
     write(
         &dir.join("scheduler").join("scheduler_config.json"),
         text(&serde_json::Value::Object(scheduler.clone())).as_bytes(),
@@ -457,7 +457,7 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let index = dir.join(format!("{WEIGHTS_NAME}.index.json"));
     if index.exists() {
         let text = std::fs::read_to_string(&index).map_err(Error::io(&index))?;
-        let v: serde_json::Value = serde_json::from_str(&text)
+        let v: serde_json::Value = diffuse_core::pyjson::parse(&text)
             .map_err(|e| Error::Weights(format!("{}: malformed JSON: {e}", index.display())))?;
         let files: BTreeSet<String> = v["weight_map"]
             .as_object()

@@ -86,7 +86,7 @@ impl SchedulerConfig {
     /// Reads a diffusers `scheduler_config.json` text. `_class_name` picks the class; without
     /// it, `DDIMScheduler`.
     pub fn from_json_str(text: &str) -> Result<Self> {
-        let value: Value = serde_json::from_str(text)
+        let value: Value = crate::pyjson::parse(text)
             .map_err(|e| Error::Invalid(format!("malformed JSON: {e}")))?;
         let map = value
             .as_object()

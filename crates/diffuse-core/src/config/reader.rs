@@ -26,12 +26,10 @@ impl Reader<'_> {
     pub(super) fn opt_f64(&mut self, key: &'static str) -> Result<Option<f64>> {
         match self.get(key) {
             None => Ok(None),
-            Some(Value::Number(n)) => Ok(n.as_f64()),
-            // diffusers writes -inf as the JSON extension `-Infinity`; accept it as a string too.
-            Some(Value::String(s)) if s == "-inf" || s == "-Infinity" => {
-                Ok(Some(f64::NEG_INFINITY))
-            }
-            Some(v) => Err(Error::config(key, format!("expected a number, got {v}"))),
+            // Python's `-Infinity`/`Infinity`/`NaN` arrive as strings (crate::pyjson).
+            Some(v) => crate::pyjson::as_f64(v)
+                .map(Some)
+                .ok_or_else(|| Error::config(key, format!("expected a number, got {v}"))),
         }
     }
 
@@ -94,7 +92,7 @@ impl Reader<'_> {
             Some(Value::Array(a)) => a
                 .iter()
                 .map(|v| {
-                    v.as_f64()
+                    crate::pyjson::as_f64(v)
                         .ok_or_else(|| Error::config(key, format!("expected numbers, got {v}")))
                 })
                 .collect::<Result<Vec<_>>>()

@@ -51,8 +51,8 @@ pub enum ActFn {
 /// Parses a model's `config.json` text: `_class_name` first (a config of another model says
 /// so), then each key into its typed field, with errors that name the key.
 fn parse<T: DeserializeOwned>(text: &str, model: &str, classes: &[&str]) -> Result<T> {
-    let value: Value =
-        serde_json::from_str(text).map_err(|e| Error::Config(format!("{model} config: {e}")))?;
+    let value: Value = diffuse_core::pyjson::parse(text)
+        .map_err(|e| Error::Config(format!("{model} config: {e}")))?;
     if let Some(name) = value.get("_class_name").and_then(Value::as_str) {
         check_class_name(name, classes)?;
     }

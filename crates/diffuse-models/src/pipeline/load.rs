@@ -74,7 +74,7 @@ fn read_json_object(path: &Path) -> Result<Map<String, Value>> {
         path: path.display().to_string(),
         source,
     })?;
-    match serde_json::from_str(&text) {
+    match diffuse_core::pyjson::parse(&text) {
         Ok(Value::Object(m)) => Ok(m),
         Ok(_) => Err(Error::Config(format!(
             "{}: a scheduler config must be a JSON object",

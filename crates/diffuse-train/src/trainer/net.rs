@@ -239,7 +239,7 @@ impl Net {
     /// Files beside the weights in every checkpoint and the output: configs, and for a UNet or
     /// DiT the scheduler and `model_index.json` of a pipeline.
     pub(super) fn files(&self) -> Files {
-        let text = |v: &Value| serde_json::to_string_pretty(v).expect("json").into_bytes();
+        let text = |v: &Value| diffuse_core::pyjson::to_string_pretty(v).into_bytes();
         let config = match self {
             Net::Unet(u) => u.cfg.to_json_string().into_bytes(),
             Net::Vae(v) => text(&serde_json::to_value(&v.cfg).expect("json")),
