@@ -280,7 +280,9 @@ mod tests {
             "{msg}"
         );
         match err {
-            LockError::Held { holder: Some(h), .. } => assert_eq!(h.host, hostname()),
+            LockError::Held {
+                holder: Some(h), ..
+            } => assert_eq!(h.host, hostname()),
             e => panic!("{e}"),
         }
         drop(first);
