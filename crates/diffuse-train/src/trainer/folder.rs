@@ -433,4 +433,43 @@ mod tests {
         assert!(dir.path().join("samples/step-20.png").exists());
         assert!(!dir.path().join("samples/step-40.png").exists());
     }
+
+    /// Data parallel: rank 0 claims, the others follow its decision or fail with it (none waits
+    /// for a run that does not start).
+    #[test]
+    fn ranks_follow_rank_0s_claim() {
+        let claim_all = |dir: &Path, start: Start| -> Vec<Result<RunFolder>> {
+            std::thread::scope(|s| {
+                let handles: Vec<_> = crate::dist::threads::ThreadGroup::new(2)
+                    .into_iter()
+                    .map(|g| {
+                        s.spawn(move || RunFolder::claim_rank(dir, start, "diffuse train", &g))
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            })
+        };
+        let dir = tempfile::tempdir().unwrap();
+        finished_run(dir.path());
+        let ok = claim_all(dir.path(), Start::Resume);
+        assert!(ok.iter().all(|r| r.as_ref().is_ok_and(|f| f.resumes())));
+        drop(ok);
+        let held = FolderLock::acquire(dir.path(), "diffuse train").unwrap();
+        let refused = claim_all(dir.path(), Start::Resume);
+        let msgs: Vec<String> = refused
+            .into_iter()
+            .map(|r| r.unwrap_err().to_string())
+            .collect();
+        assert!(msgs[0].contains("is in use by"), "{msgs:?}");
+        assert!(
+            msgs[1].starts_with("rank 1: rank 0 cannot start the run: ")
+                && msgs[1].contains("is in use by"),
+            "{msgs:?}"
+        );
+        drop(held);
+        let refused = claim_all(dir.path(), Start::New);
+        assert!(refused.iter().all(|r| r
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("already holds a run"))));
+    }
 }
