@@ -85,8 +85,15 @@ impl RunFolder {
             set_aside: None,
             notes,
         };
+        // A run that failed before its first step (a bad config) leaves only its train.toml and
+        // an empty metrics.jsonl: nothing to protect, and the corrected command may start.
+        let holds_run = present.iter().any(|e| match *e {
+            "train.toml" => false,
+            "metrics.jsonl" => std::fs::metadata(dir.join(e)).is_ok_and(|m| m.len() > 0),
+            _ => true,
+        });
         match start {
-            Start::New if !present.is_empty() => {
+            Start::New if holds_run => {
                 return Err(Error::Invalid(format!(
                     "{} already holds a run ({}): continue it with --resume {}, or start over with --overwrite (the old run is kept until the new run's first checkpoint)",
                     dir.display(),
@@ -353,9 +360,12 @@ mod tests {
                 && !e.contains('\n'),
             "{e}"
         );
-        // An empty or unrelated folder is fine.
+        // An empty or unrelated folder is fine, as is what a run that failed before its first
+        // step leaves.
         let other = tempfile::tempdir().unwrap();
         std::fs::write(other.path().join("notes.txt"), "mine").unwrap();
+        std::fs::write(other.path().join("train.toml"), "[train]").unwrap();
+        std::fs::write(other.path().join("metrics.jsonl"), "").unwrap();
         let f = RunFolder::claim(other.path(), Start::New, "diffuse train").unwrap();
         assert!(!f.resumes());
     }
