@@ -1,4 +1,5 @@
-//! Plumbing shared by the command modules: device names, progress bars, Ctrl-C, JSON files.
+//! Plumbing shared by the command modules: device names, progress bars, Ctrl-C, JSON files,
+//! folder locks.
 //! Command modules import this, never each other.
 
 use anyhow::{bail, Context, Result};
@@ -59,4 +60,20 @@ pub(crate) fn bar(quiet: bool) -> ProgressBar {
             .progress_chars("=> "),
     );
     b
+}
+
+/// Locks `dir` for `command` (one writer per folder, `diffuse_data::lock`), saying so when it
+/// takes over the lock of a process that died holding it.
+pub(crate) fn lock_folder(
+    dir: &std::path::Path,
+    command: &str,
+) -> Result<diffuse_data::lock::FolderLock> {
+    let lock = diffuse_data::lock::FolderLock::acquire(dir, command)?;
+    if let Some(h) = lock.taken_over() {
+        eprintln!(
+            "warning: took over the lock of {} left by {h}, which ended without releasing it",
+            dir.display()
+        );
+    }
+    Ok(lock)
 }

@@ -207,6 +207,8 @@ pub fn run(cmd: Command) -> Result<()> {
             };
             let start = std::time::Instant::now();
             let dev = crate::common::device(&device)?;
+            // One encoder per cache folder.
+            let _lock = crate::common::lock_folder(&output, "diffuse data encode")?;
             let index = encode_dataset(&vae, &*ds, &opts, &output, &dev, &mut |done, total| {
                 bar.set_length(total as u64);
                 bar.set_position(done as u64);

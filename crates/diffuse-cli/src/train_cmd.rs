@@ -1,7 +1,8 @@
 //! `diffuse train`: train a UNet or DiT (or, with `[vae]`, an AutoencoderKL) from a TOML config
 //! into a diffusers folder, with checkpoints, exact resume, a progress bar and a JSONL metrics
 //! log.
-//! Ctrl-C saves and exits.
+//! Ctrl-C saves and exits. The output folder is one run's ([`RunFolder`]): locked while it
+//! trains, and a new run over an existing one needs `--resume` or `--overwrite`.
 //!
 //! Data parallel, as torchrun: `--gpus N` (or `--nproc-per-node N`) starts N copies of this
 //! command with torchrun's variables (`RANK`, `WORLD_SIZE`, `LOCAL_RANK`, `MASTER_ADDR`,
@@ -10,7 +11,7 @@
 
 use anyhow::{bail, Context, Result};
 use diffuse_train::dist::{self, DistEnv, LaunchPlan};
-use diffuse_train::trainer::TrainConfig;
+use diffuse_train::trainer::{RunFolder, Start, TrainConfig};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -29,6 +30,10 @@ pub struct Args {
     /// Continue the run in DIR from its newest valid checkpoint (its config is DIR/train.toml).
     #[arg(long, value_name = "DIR")]
     resume: Option<PathBuf>,
+    /// Start over in an --output that holds a run: the old run is set aside and deleted once
+    /// the new run's first checkpoint is written.
+    #[arg(long, conflicts_with = "resume")]
+    overwrite: bool,
     /// Override a config value: --set train.learning_rate=1e-3 --set data.batch_size=64
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
@@ -109,12 +114,20 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(s) = args.seed {
         config.train.seed = s;
     }
+    let start_as = match (resume, args.overwrite) {
+        (true, _) => Start::Resume,
+        (false, true) => Start::Overwrite,
+        (false, false) => Start::New,
+    };
     let stop = crate::common::ctrl_c_flag("saving a checkpoint after this step");
     let start = Instant::now();
-    let outcome = match &rank_env {
+    let (outcome, folder) = match &rank_env {
         None => {
             let device = crate::common::device(&args.device)?;
-            crate::training::run_training(&config, &output, resume, &device, args.quiet, &stop)?
+            let mut folder = RunFolder::claim(&output, start_as, "diffuse train")?;
+            let outcome =
+                crate::training::run_training(&config, &mut folder, &device, args.quiet, &stop)?;
+            (outcome, folder)
         }
         Some(env) => {
             // One rank: its GPU is LOCAL_RANK on its node.
@@ -126,16 +139,26 @@ pub fn run(args: Args) -> Result<()> {
             };
             let comm = dist::connect(env, &device, RENDEZVOUS_TIMEOUT)?;
             let quiet = args.quiet || env.rank != 0;
+            // Rank 0 claims the folder; the others hear whether it could.
+            let mut folder = RunFolder::claim_rank(&output, start_as, "diffuse train", &*comm)?;
             let outcome = crate::training::run_training_with(
-                &config, &output, resume, &device, quiet, &stop, &*comm,
+                &config,
+                &mut folder,
+                &device,
+                quiet,
+                &stop,
+                &*comm,
             )?;
             if env.rank != 0 {
                 return Ok(());
             }
-            outcome
+            (outcome, folder)
         }
     };
-    let next = if config.vae.is_some() {
+    let stopped = outcome.steps < config.train.max_steps;
+    let next = if stopped {
+        format!("continue it: diffuse train --resume {}", output.display())
+    } else if config.vae.is_some() {
         format!(
             "encode a data set with it: diffuse data encode --vae {} --data …",
             output.join("vae_ema").display()
@@ -143,10 +166,24 @@ pub fn run(args: Args) -> Result<()> {
     } else {
         format!("sample it: diffuse sample --model {}", output.display())
     };
+    // What the folder holds, which is what the user will load.
+    let weights = match folder.weights_step() {
+        Some(w) => format!("its weights are at step {w}"),
+        None => "no weights written".to_string(),
+    };
+    let (steps, max) = (outcome.steps, config.train.max_steps);
+    // No step taken: a resumed run that was already at (or past) max_steps.
+    let idle = outcome.last_loss.is_nan();
+    let what = match (stopped, idle) {
+        (true, _) => format!("stopped at step {steps} of {max}"),
+        (false, true) => format!("nothing to train: already at step {steps} (max_steps {max})"),
+        (false, false) => format!(
+            "trained to step {steps} (last loss {:.4})",
+            outcome.last_loss
+        ),
+    };
     eprintln!(
-        "trained to step {} (last loss {:.4}) in {:.1} s → {} ({next})",
-        outcome.steps,
-        outcome.last_loss,
+        "{what} in {:.1} s → {}: {weights} ({next})",
         start.elapsed().as_secs_f64(),
         output.display(),
     );

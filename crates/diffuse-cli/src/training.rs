@@ -1,37 +1,38 @@
-//! Training with a progress bar and the `metrics.jsonl` log: what `diffuse train` and the
-//! students of `diffuse distill` run.
+//! Training with a progress bar and the `metrics.jsonl` log into a claimed
+//! [`RunFolder`]: what `diffuse train` and the students of `diffuse distill` run.
 
 use anyhow::{Context, Result};
 use diffuse_train::dist::{Collective, SingleProcess};
-use diffuse_train::trainer::{train_with, TrainConfig, TrainOutcome};
+use diffuse_train::trainer::{train_with, RunFolder, TrainConfig, TrainOutcome};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::Write;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
-/// Saves `config` as `output/train.toml` and trains into `output` with a progress bar and the
-/// `metrics.jsonl` log (`diffuse train`, and the student of `diffuse distill reflow`).
+/// Saves `config` as `train.toml` in the claimed `folder` and trains into it with a progress bar
+/// and the `metrics.jsonl` log (`diffuse train`, and the students of `diffuse distill`),
+/// resuming as the claim decided; what the claim did is said first.
 pub(crate) fn run_training(
     config: &TrainConfig,
-    output: &std::path::Path,
-    resume: bool,
+    folder: &mut RunFolder,
     device: &candle_core::Device,
     quiet: bool,
     stop: &AtomicBool,
 ) -> Result<TrainOutcome> {
-    run_training_with(config, output, resume, device, quiet, stop, &SingleProcess)
+    run_training_with(config, folder, device, quiet, stop, &SingleProcess)
 }
 
 /// [`run_training`] as one rank of `comm`: rank 0 writes `train.toml` and `metrics.jsonl`.
 pub(crate) fn run_training_with(
     config: &TrainConfig,
-    output: &std::path::Path,
-    resume: bool,
+    folder: &mut RunFolder,
     device: &candle_core::Device,
     quiet: bool,
     stop: &AtomicBool,
     comm: &dyn Collective,
 ) -> Result<TrainOutcome> {
+    let output = &folder.dir().to_path_buf();
+    let resume = folder.resumes();
     if comm.rank() != 0 {
         return Ok(train_with(
             config,
@@ -42,6 +43,9 @@ pub(crate) fn run_training_with(
             &mut |_| {},
             comm,
         )?);
+    }
+    for note in folder.take_notes() {
+        eprintln!("warning: {note}");
     }
     std::fs::create_dir_all(output)
         .with_context(|| format!("cannot create {}", output.display()))?;
@@ -106,9 +110,25 @@ pub(crate) fn run_training_with(
                 bar.println(format!("step {}: {}", r.step, evals.join(" · ")));
             }
             let _ = writeln!(log, "{line}");
+            settle(folder, &bar, quiet);
         },
         comm,
-    )?;
+    );
+    settle(folder, &bar, quiet);
     bar.finish_and_clear();
-    Ok(outcome)
+    Ok(outcome?)
+}
+
+/// `--overwrite`: the previous run goes once this run has a checkpoint.
+fn settle(folder: &mut RunFolder, bar: &ProgressBar, quiet: bool) {
+    match folder.settle() {
+        Ok(Some(old)) if !quiet => bar.suspend(|| {
+            eprintln!(
+                "deleted the previous run set aside in {} (this run has its first checkpoint)",
+                old.display()
+            )
+        }),
+        Ok(_) => {}
+        Err(e) => bar.suspend(|| eprintln!("warning: {e}")),
+    }
 }

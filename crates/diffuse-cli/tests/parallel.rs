@@ -5,7 +5,7 @@
 mod common;
 
 use candle_core::{Device, Tensor};
-use common::{assert_one_line_error, diffuse};
+use common::{assert_one_line_error, diffuse, stderr};
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
@@ -89,6 +89,41 @@ fn train_on_two_cpu_processes_equals_one_process() {
     );
     assert!(e < 1e-5, "{e}");
     // Rank 0 alone logs: one line per step.
+    let log = std::fs::read_to_string(two.join("metrics.jsonl")).unwrap();
+    assert_eq!(log.lines().count(), 3, "{log}");
+
+    // The folder holds a run: rank 0 refuses it and rank 1 stops with it (no rank waits);
+    // with --overwrite both train and the folder holds the new run only.
+    let free_port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+            .to_string()
+    };
+    let t0 = std::time::Instant::now();
+    let port = free_port();
+    let o = with(&two, &["--nproc-per-node", "2", "--master-port", &port]);
+    let err = stderr(&o);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("already holds a run"), "{err}");
+    assert!(
+        t0.elapsed().as_secs() < 120,
+        "the refused ranks took {:?}",
+        t0.elapsed()
+    );
+    let port = free_port();
+    check(&with(
+        &two,
+        &[
+            "--nproc-per-node",
+            "2",
+            "--master-port",
+            &port,
+            "--overwrite",
+        ],
+    ));
     let log = std::fs::read_to_string(two.join("metrics.jsonl")).unwrap();
     assert_eq!(log.lines().count(), 3, "{log}");
 }

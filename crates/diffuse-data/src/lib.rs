@@ -2,6 +2,7 @@
 //!
 //! - [`image_io`]: PNG/JPEG ↔ `[b, c, h, w]` tensors in [−1, 1], image grids and strips.
 //! - [`fs`]: atomic file writes (temp file + fsync + rename): a file is whole or absent.
+//! - [`lock`]: one writer per folder (an advisory `flock` lock file naming its holder).
 //! - [`datasets`]: MNIST/Fashion-MNIST IDX, CIFAR-10 binary, image folders; known data sets.
 //! - [`transform`], [`loader`]: preprocessing and a seeded, threaded, resumable batch loader.
 
@@ -9,6 +10,7 @@ pub mod datasets;
 pub mod fs;
 pub mod image_io;
 pub mod loader;
+pub mod lock;
 pub mod transform;
 
 /// Errors from reading and writing data.

@@ -40,6 +40,9 @@ pub enum Error {
     Core(#[from] diffuse_core::Error),
     #[error(transparent)]
     Model(#[from] diffuse_models::Error),
+    /// The output folder is another process's (its lock file names it).
+    #[error(transparent)]
+    Lock(#[from] diffuse_data::lock::LockError),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -200,6 +200,77 @@ pub fn read_records(path: &Path) -> std::io::Result<Vec<Vec<u8>>> {
     Ok(out)
 }
 
+/// The `step` (field 2) of an event proto; `None` when it is malformed.
+fn event_step(mut data: &[u8]) -> Option<i64> {
+    fn read_varint(data: &mut &[u8]) -> Option<u64> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let (&b, rest) = data.split_first()?;
+            *data = rest;
+            v |= u64::from(b & 0x7F) << shift;
+            if b & 0x80 == 0 {
+                return Some(v);
+            }
+        }
+        None
+    }
+    let mut step = 0i64;
+    while !data.is_empty() {
+        let key = read_varint(&mut data)?;
+        let skip = match key & 7 {
+            0 => {
+                let v = read_varint(&mut data)?;
+                if key >> 3 == 2 {
+                    step = v as i64;
+                }
+                0
+            }
+            1 => 8,
+            2 => read_varint(&mut data)? as usize,
+            5 => 4,
+            _ => return None,
+        };
+        data = data.get(skip..)?;
+    }
+    Some(step)
+}
+
+/// Cuts the event file at `path` back to `step`: records of later steps go, as does a torn last
+/// record (a run killed mid-write); the file is rewritten atomically when anything goes.
+/// Returns the number of records dropped.
+pub fn truncate_after(path: &Path, step: i64) -> std::io::Result<usize> {
+    let bytes = std::fs::read(path)?;
+    let mut kept = Vec::with_capacity(bytes.len());
+    let mut dropped = 0;
+    let mut i = 0;
+    while i + 12 <= bytes.len() {
+        let len_bytes = &bytes[i..i + 8];
+        let len = u64::from_le_bytes(len_bytes.try_into().expect("8")) as usize;
+        let start = i + 12;
+        let end = start.saturating_add(len).saturating_add(4);
+        if u32::from_le_bytes(bytes[i + 8..start].try_into().expect("4")) != masked_crc(len_bytes)
+            || end > bytes.len()
+        {
+            break;
+        }
+        let data = &bytes[start..start + len];
+        let dcrc = u32::from_le_bytes(bytes[start + len..end].try_into().expect("4"));
+        if dcrc != masked_crc(data) {
+            break;
+        }
+        match event_step(data) {
+            Some(s) if s <= step => kept.extend_from_slice(&bytes[i..end]),
+            _ => dropped += 1,
+        }
+        i = end;
+    }
+    let torn = i < bytes.len();
+    if dropped > 0 || torn {
+        diffuse_data::fs::write_atomic(path, &kept).map_err(std::io::Error::other)?;
+    }
+    Ok(dropped + usize::from(torn))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,5 +295,31 @@ mod tests {
         assert!(recs[1].windows(4).any(|x| x == b"loss"));
         assert!(recs[1].windows(4).any(|x| x == 0.25f32.to_le_bytes()));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn truncate_after_drops_later_steps_and_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = EventWriter::create(dir.path()).unwrap();
+        for step in 1..=6 {
+            w.scalar("train/loss", step, step as f32).unwrap();
+        }
+        w.image_png("samples", 6, b"png", 1, 1, 1).unwrap();
+        w.flush().unwrap();
+        let path = w.path().to_path_buf();
+        drop(w);
+        // A record cut short by a kill.
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes.extend_from_slice(&[7, 0, 0]);
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(truncate_after(&path, 4).unwrap(), 4);
+        let steps: Vec<i64> = read_records(&path)
+            .unwrap()
+            .iter()
+            .map(|r| event_step(r).unwrap())
+            .collect();
+        assert_eq!(steps, [0, 1, 2, 3, 4]);
+        // Nothing past the step: the file stays as it is.
+        assert_eq!(truncate_after(&path, 4).unwrap(), 0);
     }
 }

@@ -4,6 +4,7 @@
 use anyhow::Result;
 use diffuse_train::progressive::{round_state, round_steps, RoundState};
 use diffuse_train::reflow::teacher_guidance;
+use diffuse_train::trainer::{RunFolder, Start};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -52,6 +53,8 @@ pub(super) fn progressive(a: ProgressiveArgs) -> Result<()> {
     };
     let device = crate::common::device(&a.device)?;
     let user_toml = super::read_train_config(a.train_config.as_deref())?;
+    // OUTPUT is this command's for all rounds; each round's folder is claimed as it trains.
+    let _lock = crate::common::lock_folder(&a.output, "diffuse distill progressive")?;
     let stop = crate::common::ctrl_c_flag("finishing the current training step");
     let mut teacher = a.teacher.clone();
     for (round, steps) in rounds.into_iter().enumerate() {
@@ -99,14 +102,10 @@ pub(super) fn progressive(a: ProgressiveArgs) -> Result<()> {
                 );
             }
             let started = Instant::now();
-            let outcome = crate::training::run_training(
-                &config,
-                &out,
-                newest.is_some(),
-                &device,
-                a.quiet,
-                &stop,
-            )?;
+            let mut folder =
+                RunFolder::claim(&out, Start::Continue, "diffuse distill progressive")?;
+            let outcome =
+                crate::training::run_training(&config, &mut folder, &device, a.quiet, &stop)?;
             if stop.load(Ordering::SeqCst) || outcome.steps < config.train.max_steps {
                 eprintln!(
                     "stopped in round {} at step {}: run the same command again to continue",

@@ -7,7 +7,7 @@ use anyhow::Result;
 use diffuse_train::reflow::{
     generate_pairs, open_teacher, student_config, teacher_guidance, PairOptions,
 };
-use diffuse_train::trainer::newest_checkpoint;
+use diffuse_train::trainer::{RunFolder, Start};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -93,6 +93,8 @@ pub(super) fn reflow(a: ReflowArgs) -> Result<()> {
     if let Some(n) = a.max_steps {
         config.train.max_steps = n;
     }
+    // The folder is this command's from the first pair to the student's last step.
+    let mut folder = RunFolder::claim(&a.output, Start::Continue, "diffuse distill reflow")?;
     let stop = crate::common::ctrl_c_flag("finishing the current pair shard or training step");
 
     let opts = PairOptions {
@@ -162,16 +164,14 @@ pub(super) fn reflow(a: ReflowArgs) -> Result<()> {
     }
     drop(teacher);
 
-    let resume = newest_checkpoint(&a.output.join("checkpoints")).is_some();
-    if resume && !a.quiet {
+    if folder.resumed_step() > 0 && !a.quiet {
         eprintln!(
             "student: resuming from the newest checkpoint in {}",
             a.output.display()
         );
     }
     let started = Instant::now();
-    let outcome =
-        crate::training::run_training(&config, &a.output, resume, &device, a.quiet, &stop)?;
+    let outcome = crate::training::run_training(&config, &mut folder, &device, a.quiet, &stop)?;
     let steps = config.scheduler["num_inference_steps"].clone();
     eprintln!(
         "student trained to step {} (last loss {:.4}) in {:.1} s → {} (made for {steps} steps: diffuse sample --model {})",

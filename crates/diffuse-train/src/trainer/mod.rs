@@ -7,11 +7,13 @@
 //! With `train.mixed_precision` the forward runs in bf16/f16 over f32 master weights
 //! ([`crate::amp`]); [`train_with`] runs the loop as one rank of a data-parallel group
 //! ([`crate::dist`]: each rank takes its slice of every global batch, gradients are averaged
-//! before clipping, rank 0 alone writes).
+//! before clipping, rank 0 alone writes). [`RunFolder`] makes the output folder one run's: locked,
+//! never silently overwritten, its logs cut back to the step a resumed run continues from.
 
 mod checkpoint;
 mod config;
 mod data;
+mod folder;
 mod grids;
 mod net;
 mod run;
@@ -21,6 +23,7 @@ mod train_loop;
 
 pub use checkpoint::newest_checkpoint;
 pub use config::*;
+pub use folder::{RunFolder, Start, RUN_ENTRIES};
 pub(crate) use grids::preview_scheduler;
 pub use run::train_with;
 

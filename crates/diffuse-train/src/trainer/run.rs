@@ -4,7 +4,8 @@
 //!   network, optimizer, EMA, resume — all of it built once into a [`Session`];
 //! - loop ([`super::train_loop`]): [`Session::advance`] takes one optimizer step and does what is
 //!   due after it (logs, grids, evaluation, checkpoint, the stop decision);
-//! - finish (here): the last checkpoint's parts copied into the output folder.
+//! - finish (here): the last checkpoint's parts copied into the output folder, file by file,
+//!   each atomically (readers of the folder never see a half-written file).
 //!
 //! [`train_with`] is only the sequence of the three. The split follows what a reader asks of a
 //! run: what it is made of (the `Session`'s fields, in one place), what one step does, and what
@@ -12,8 +13,8 @@
 //! 600-line function, so each phase can be read, and changed, without scrolling past the
 //! others; the order of every check, draw and write is the one the single function had.
 
-use super::checkpoint::copy_dir;
 use super::checkpoint::newest_checkpoint;
+use super::checkpoint::{copy_dir, write};
 use super::config::TrainConfig;
 use super::data::Batches;
 use super::net::Net;
@@ -130,12 +131,12 @@ impl Session<'_> {
                     copy_dir(&last.join(&part), &output.join(&part))?;
                 }
             }
-            if last.join("model_index.json").exists() {
-                std::fs::copy(
-                    last.join("model_index.json"),
-                    output.join("model_index.json"),
-                )
-                .map_err(io_err(output))?;
+            // Atomically, as every file of the parts above: a reader of the folder (sample,
+            // serve, eval) sees the old file or the new one, never a truncated one.
+            let index = last.join("model_index.json");
+            if index.exists() {
+                let bytes = std::fs::read(&index).map_err(io_err(&index))?;
+                write(&output.join("model_index.json"), &bytes)?;
             }
         }
         comm.barrier()?;
