@@ -543,7 +543,7 @@ fn saved_flow_solver_configs_and_init_keys_match_diffusers() {
     for s in saved {
         // As written: DPMSolverMultistep's `"lambda_min_clipped": -Infinity` included.
         let text = s["text"].as_str().unwrap();
-        let cfg = SchedulerConfig::from_json_str(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
+        let cfg = SchedulerConfig::from_json_str(text).unwrap_or_else(|e| panic!("{text}: {e}"));
         assert_eq!(cfg.class.class_name(), s["class"].as_str().unwrap());
         assert!(cfg.ignored_keys.is_empty(), "{:?}", cfg.ignored_keys);
         assert!(cfg.use_flow_sigmas && cfg.uses_flow_sigmas());
