@@ -37,6 +37,7 @@ pub mod precision;
 pub mod prune;
 pub mod quant;
 pub mod resnet;
+pub mod torch_bin;
 pub mod unet_2d;
 pub mod vae;
 pub mod weights;

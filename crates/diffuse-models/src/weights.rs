@@ -448,24 +448,18 @@ pub fn write_model_folder(dst: &Path, mut config: serde_json::Value, weights: &[
     write(&dst.join(CONFIG_NAME), text.as_bytes())
 }
 
-/// The safetensors file(s) of a model folder.
+/// `.bin` weights of a folder saved with `safe_serialization=False` (read by [`crate::torch_bin`]).
+pub const BIN_WEIGHTS_NAME: &str = "diffusion_pytorch_model.bin";
+
+/// The weight file(s) of a model folder, in diffusers' order of preference: safetensors (one
+/// file, a sharded index, an fp16/bf16 variant), then PyTorch `.bin` (one file, a sharded index).
 pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let plain = dir.join(WEIGHTS_NAME);
     if plain.exists() {
         return Ok(vec![plain]);
     }
-    let index = dir.join(format!("{WEIGHTS_NAME}.index.json"));
-    if index.exists() {
-        let text = std::fs::read_to_string(&index).map_err(Error::io(&index))?;
-        let v: serde_json::Value = diffuse_core::pyjson::parse(&text)
-            .map_err(|e| Error::Weights(format!("{}: malformed JSON: {e}", index.display())))?;
-        let files: BTreeSet<String> = v["weight_map"]
-            .as_object()
-            .ok_or_else(|| Error::Weights(format!("{}: no weight_map", index.display())))?
-            .values()
-            .filter_map(|f| f.as_str().map(String::from))
-            .collect();
-        return Ok(files.into_iter().map(|f| dir.join(f)).collect());
+    if let Some(files) = sharded(dir, WEIGHTS_NAME)? {
+        return Ok(files);
     }
     for variant in ["fp16", "bf16"] {
         let p = dir.join(format!("diffusion_pytorch_model.{variant}.safetensors"));
@@ -473,13 +467,39 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
             return Ok(vec![p]);
         }
     }
+    let bin = dir.join(BIN_WEIGHTS_NAME);
+    if bin.exists() {
+        return Ok(vec![bin]);
+    }
+    if let Some(files) = sharded(dir, BIN_WEIGHTS_NAME)? {
+        return Ok(files);
+    }
     Err(Error::Weights(format!(
-        "{}: no {WEIGHTS_NAME} (nor a sharded index or fp16 variant)",
+        "{}: no {WEIGHTS_NAME} (nor a sharded index, an fp16 variant or {BIN_WEIGHTS_NAME})",
         dir.display()
     )))
 }
 
-/// Reads safetensors files into the model's variables: every variable must be present with
+/// The files of `NAME.index.json`'s `weight_map`, if the index exists.
+fn sharded(dir: &Path, name: &str) -> Result<Option<Vec<PathBuf>>> {
+    let index = dir.join(format!("{name}.index.json"));
+    if !index.exists() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&index).map_err(Error::io(&index))?;
+    let v: serde_json::Value = diffuse_core::pyjson::parse(&text)
+        .map_err(|e| Error::Weights(format!("{}: malformed JSON: {e}", index.display())))?;
+    let files: BTreeSet<String> = v["weight_map"]
+        .as_object()
+        .ok_or_else(|| Error::Weights(format!("{}: no weight_map", index.display())))?
+        .values()
+        .filter_map(|f| f.as_str().map(String::from))
+        .collect();
+    Ok(Some(files.into_iter().map(|f| dir.join(f)).collect()))
+}
+
+/// Reads weight files (safetensors, or `.bin` through [`crate::torch_bin`]) into the model's
+/// variables: every variable must be present with
 /// its exact shape; values are converted to the variable's dtype, int8 weights
 /// (`crate::quant`) dequantised. Returns the names of tensors in the files that the model does
 /// not use.
@@ -493,6 +513,10 @@ pub fn load_into(varmap: &VarMap, files: &[PathBuf]) -> Result<Vec<String>> {
             .unwrap_or(Device::Cpu)
     };
     for f in files {
+        if f.extension().is_some_and(|e| e == "bin") {
+            tensors.extend(crate::torch_bin::read(f, &device)?);
+            continue;
+        }
         let bytes = std::fs::read(f).map_err(Error::io(f))?;
         // int8 weights of `diffuse quantize` come back dequantised to f32 (crate::quant).
         tensors.extend(crate::quant::read_safetensors(&bytes, f, &device)?);
