@@ -3,10 +3,10 @@
 //! round trip and halves sizes.
 
 use anyhow::{Context, Result};
-use candle_core::{DType, Device};
+use candle_core::Device;
 use diffuse_models::weights::{
-    build, load_into, parse_dtype, read_config, resolve_model_folder, save, weight_files,
-    DiffusersModel,
+    build, load_into, parse_dtype, parse_size, read_config, resolve_model_folder, save_as,
+    weight_files, DiffusersModel, Layout,
 };
 use diffuse_models::{AutoencoderKL, Network};
 use std::path::{Path, PathBuf};
@@ -22,10 +22,25 @@ pub struct Args {
     /// Tensor dtype on disk: f32, f16 or bf16.
     #[arg(long, default_value = "f32")]
     dtype: String,
+    /// Write diffusers' variant files (`--variant fp16`: diffusion_pytorch_model.fp16.safetensors),
+    /// which `from_pretrained(..., variant="fp16")` loads.
+    #[arg(long)]
+    variant: Option<String>,
+    /// Split the weights into shards of at most this size (e.g. 10GB, 500MB, 2GiB), with an
+    /// index, as `save_pretrained(max_shard_size=...)` does.
+    #[arg(long)]
+    max_shard_size: Option<String>,
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let dtype = parse_dtype(&args.dtype)?;
+    let layout = Layout {
+        dtype: parse_dtype(&args.dtype)?,
+        variant: args.variant.clone(),
+        max_shard_size: match &args.max_shard_size {
+            Some(s) => Some(parse_size(s).context("--max-shard-size")?),
+            None => None,
+        },
+    };
     let folder = resolve_model_folder(&args.model)?;
     let unet_out = if folder.pipeline_class.is_some() {
         // Copy the pipeline's other parts as they are.
@@ -43,9 +58,9 @@ pub fn run(args: Args) -> Result<()> {
     } else {
         args.output.clone()
     };
-    let mut n = resave::<Network>(&folder.net_dir, &unet_out, dtype)?;
+    let mut n = resave::<Network>(&folder.net_dir, &unet_out, &layout)?;
     if let Some(vae) = &folder.vae_dir {
-        n += resave::<AutoencoderKL>(vae, &args.output.join("vae"), dtype)?;
+        n += resave::<AutoencoderKL>(vae, &args.output.join("vae"), &layout)?;
     }
     eprintln!(
         "wrote {} ({n} parameters, {})",
@@ -57,7 +72,7 @@ pub fn run(args: Args) -> Result<()> {
 
 /// Loads model folder `src` (noting tensors the model does not use) and saves it to `dst`;
 /// returns the parameter count.
-fn resave<M: DiffusersModel>(src: &Path, dst: &Path, dtype: DType) -> Result<usize> {
+fn resave<M: DiffusersModel>(src: &Path, dst: &Path, layout: &Layout) -> Result<usize> {
     let config = read_config::<M>(src)?;
     let (_, varmap) = build::<M>(&config, &Device::Cpu)?;
     let unexpected = load_into(&varmap, &weight_files(src)?)?;
@@ -69,6 +84,6 @@ fn resave<M: DiffusersModel>(src: &Path, dst: &Path, dtype: DType) -> Result<usi
             unexpected.join(", ")
         );
     }
-    save(&config, &varmap, dst, dtype)?;
+    save_as(&config, &varmap, dst, layout)?;
     Ok(varmap.all_vars().iter().map(|v| v.elem_count()).sum())
 }

@@ -2333,3 +2333,74 @@ fn samplers_lists_the_table_and_a_flow_model_refuses_ddim_in_one_line() {
         assert!(o.status.success(), "{ok}: {}", stderr(&o));
     }
 }
+
+/// `.bin` in, diffusers' fp16 variant in shards out (`save_pretrained(variant="fp16",
+/// max_shard_size=...)`'s file names and index), and back to one f32 file with the same values.
+#[test]
+fn convert_reads_bin_and_writes_variants_and_shards() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = model_fixtures().join("bin/unet_basic");
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let o = diffuse(&[
+        "convert",
+        "--model",
+        src.to_str().unwrap(),
+        "--output",
+        a.to_str().unwrap(),
+        "--dtype",
+        "f16",
+        "--variant",
+        "fp16",
+        "--max-shard-size",
+        "100KB",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut names: Vec<String> = std::fs::read_dir(&a)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "config.json",
+            "diffusion_pytorch_model.fp16-00001-of-00004.safetensors",
+            "diffusion_pytorch_model.fp16-00002-of-00004.safetensors",
+            "diffusion_pytorch_model.fp16-00003-of-00004.safetensors",
+            "diffusion_pytorch_model.fp16-00004-of-00004.safetensors",
+            "diffusion_pytorch_model.safetensors.index.fp16.json",
+        ]
+    );
+    let o = diffuse(&[
+        "convert",
+        "--model",
+        a.to_str().unwrap(),
+        "--output",
+        b.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let f16 = |p: &Path| {
+        let (_, vm) = diffuse_models::weights::load_net(p, &candle_core::Device::Cpu).unwrap();
+        let data = vm.data().lock().unwrap();
+        let w = data["conv_in.weight"].as_tensor().clone();
+        w.to_dtype(candle_core::DType::F16)
+            .unwrap()
+            .to_dtype(candle_core::DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    };
+    assert_eq!(f16(&b), f16(&src));
+    let o = diffuse(&[
+        "convert",
+        "--model",
+        src.to_str().unwrap(),
+        "--output",
+        b.to_str().unwrap(),
+        "--max-shard-size",
+        "ten",
+    ]);
+    assert_one_line_error(&o, "--max-shard-size");
+}

@@ -466,6 +466,11 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
         if p.exists() {
             return Ok(vec![p]);
         }
+        if let Some(files) =
+            sharded_index(&dir.join(format!("{WEIGHTS_NAME}.index.{variant}.json")))?
+        {
+            return Ok(files);
+        }
     }
     let bin = dir.join(BIN_WEIGHTS_NAME);
     if bin.exists() {
@@ -482,7 +487,13 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
 
 /// The files of `NAME.index.json`'s `weight_map`, if the index exists.
 fn sharded(dir: &Path, name: &str) -> Result<Option<Vec<PathBuf>>> {
-    let index = dir.join(format!("{name}.index.json"));
+    sharded_index(&dir.join(format!("{name}.index.json")))
+}
+
+/// The files of an index's `weight_map` (beside the index), if the index exists.
+fn sharded_index(index: &Path) -> Result<Option<Vec<PathBuf>>> {
+    let dir = index.parent().unwrap_or(Path::new("."));
+    let index = index.to_path_buf();
     if !index.exists() {
         return Ok(None);
     }
@@ -609,6 +620,125 @@ pub fn save(
     diffuse_data::fs::write_atomic(&dir.join(CONFIG_NAME), text.as_bytes())
         .map_err(|e| Error::Weights(e.to_string()))?;
     Ok(())
+}
+
+/// How `diffuse convert` lays weights out on disk, as diffusers' `save_pretrained(variant=,
+/// max_shard_size=)` does.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Layout {
+    pub dtype: DType,
+    /// `fp16` → `diffusion_pytorch_model.fp16.safetensors`.
+    pub variant: Option<String>,
+    /// Shards of at most this many bytes (`-00001-of-0000N` files and an index); None: one file.
+    pub max_shard_size: Option<u64>,
+}
+
+/// Parses diffusers' `max_shard_size`: bytes, or a number with `KB`/`MB`/`GB` (powers of 1000)
+/// or `KiB`/`MiB`/`GiB` (powers of 1024).
+pub fn parse_size(s: &str) -> Result<u64> {
+    let t = s.trim();
+    let split = t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len());
+    let (num, unit) = (t[..split].trim(), &t[split..]);
+    let mult: u64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        _ => 0,
+    };
+    match num.parse::<f64>() {
+        Ok(n) if n > 0.0 && mult > 0 => Ok((n * mult as f64) as u64),
+        _ => Err(Error::Config(format!(
+            "size {s:?}: expected bytes or a number with KB, MB, GB, KiB, MiB or GiB (e.g. 10GB)"
+        ))),
+    }
+}
+
+/// Writes `dir/config.json` and the weights in `layout` (each file atomically), after removing
+/// the weight files of another layout that `dir` held (so a reader cannot pick a stale one).
+pub fn save_as(
+    config: &impl serde::Serialize,
+    varmap: &VarMap,
+    dir: &Path,
+    layout: &Layout,
+) -> Result<()> {
+    if layout.variant.is_none() && layout.max_shard_size.is_none() {
+        return save(config, varmap, dir, layout.dtype);
+    }
+    std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
+    for entry in std::fs::read_dir(dir).map_err(Error::io(dir))?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("diffusion_pytorch_model") {
+            std::fs::remove_file(entry.path()).map_err(Error::io(&entry.path()))?;
+        }
+    }
+    let stem = match &layout.variant {
+        Some(v) => format!("diffusion_pytorch_model.{v}"),
+        None => "diffusion_pytorch_model".to_string(),
+    };
+    let mut entries: Vec<(String, Tensor)> = {
+        let data = varmap.data().lock().expect("varmap lock");
+        data.iter()
+            .map(|(k, v)| Ok((k.clone(), v.as_tensor().to_dtype(layout.dtype)?)))
+            .collect::<Result<_>>()?
+    };
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    // Greedy in name order, as huggingface_hub's split_torch_state_dict_into_shards.
+    let limit = layout.max_shard_size.unwrap_or(u64::MAX);
+    let mut shards: Vec<Vec<(String, Tensor)>> = vec![Vec::new()];
+    let mut size = 0u64;
+    for (k, t) in entries {
+        let bytes = (t.elem_count() * t.dtype().size_in_bytes()) as u64;
+        if size > 0 && size + bytes > limit {
+            shards.push(Vec::new());
+            size = 0;
+        }
+        size += bytes;
+        shards.last_mut().expect("one shard").push((k, t));
+    }
+    let write = |name: &str, bytes: &[u8]| {
+        diffuse_data::fs::write_atomic(&dir.join(name), bytes)
+            .map_err(|e| Error::Weights(e.to_string()))
+    };
+    if shards.len() == 1 {
+        let bytes = serialize_tensors(shards.pop().expect("one shard"))?;
+        write(&format!("{stem}.safetensors"), &bytes)?;
+    } else {
+        let n = shards.len();
+        let mut map = serde_json::Map::new();
+        let mut total = 0u64;
+        for (i, shard) in shards.into_iter().enumerate() {
+            let file = format!("{stem}-{:05}-of-{n:05}.safetensors", i + 1);
+            for (k, t) in &shard {
+                map.insert(k.clone(), file.clone().into());
+                total += (t.elem_count() * t.dtype().size_in_bytes()) as u64;
+            }
+            write(&file, &serialize_tensors(shard)?)?;
+        }
+        let index = serde_json::json!({"metadata": {"total_size": total}, "weight_map": map});
+        let index_name = match &layout.variant {
+            Some(v) => format!("{WEIGHTS_NAME}.index.{v}.json"),
+            None => format!("{WEIGHTS_NAME}.index.json"),
+        };
+        write(
+            &index_name,
+            serde_json::to_string_pretty(&index)
+                .expect("json")
+                .as_bytes(),
+        )?;
+    }
+    let mut cfg = serde_json::to_value(config).expect("serializable");
+    cfg["_diffusers_version"] = cfg
+        .get("_diffusers_version")
+        .cloned()
+        .unwrap_or_else(|| "0.42.1".into());
+    write(
+        CONFIG_NAME,
+        serde_json::to_string_pretty(&cfg).expect("json").as_bytes(),
+    )
 }
 
 /// Saves a UNet folder (see [`save`]).
