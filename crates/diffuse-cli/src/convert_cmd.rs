@@ -47,7 +47,7 @@ pub fn run(args: Args) -> Result<()> {
         std::fs::create_dir_all(args.output.join("scheduler"))
             .with_context(|| format!("cannot create {}", args.output.display()))?;
         for rel in ["model_index.json", "scheduler/scheduler_config.json"] {
-            let src = args.model.join(rel);
+            let src = folder.root.join(rel);
             if src.exists() {
                 let bytes = std::fs::read(&src)?;
                 diffuse_data::fs::write_atomic(&args.output.join(rel), &bytes)?;

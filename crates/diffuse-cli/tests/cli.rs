@@ -2404,3 +2404,41 @@ fn convert_reads_bin_and_writes_variants_and_shards() {
     ]);
     assert_one_line_error(&o, "--max-shard-size");
 }
+
+/// `--model ORG/NAME` from a Hugging Face cache tree (`HF_HUB_CACHE`), as `snapshot_download`
+/// leaves it; a missing one says where diffuse looked. No network.
+#[test]
+fn hub_ids_resolve_from_the_local_cache() {
+    let cache = tempfile::tempdir().unwrap();
+    let repo = cache.path().join("models--acme--digits");
+    let hash = "89abcdef0123456789abcdef0123456789abcdef";
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), hash).unwrap();
+    let snap = repo.join("snapshots").join(hash);
+    diffuse_models::weights::copy_model_folder(&model_fixtures().join("unet_class_cond"), &snap)
+        .unwrap();
+    let out = cache.path().join("o.safetensors");
+    let run = |model: &str| {
+        common::command(&[
+            "sample",
+            "--model",
+            model,
+            "--class",
+            "3",
+            "--steps",
+            "2",
+            "--num-images",
+            "1",
+            "--quiet",
+            "--output",
+            out.to_str().unwrap(),
+        ])
+        .env("HF_HUB_CACHE", cache.path())
+        .output()
+        .unwrap()
+    };
+    let o = run("acme/digits");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(out.exists());
+    assert_one_line_error(&run("acme/letters"), "not in the Hugging Face cache");
+}

@@ -27,6 +27,7 @@ pub mod denoise;
 pub mod dit;
 pub mod embeddings;
 pub mod flops;
+pub mod hub;
 pub mod kernels;
 pub mod latent_cache;
 pub mod net;

@@ -110,6 +110,8 @@ pub fn model_index(scheduler_class: &str, with_vae: bool) -> serde_json::Value {
 /// What a `--model` folder turned out to be.
 #[derive(Debug, Clone)]
 pub struct ModelFolder {
+    /// The folder itself (a hub id's cached snapshot).
+    pub root: PathBuf,
     /// The folder holding the denoising network's config.json and weights: `unet/`, or
     /// `transformer/` of a DiT pipeline (load it with [`load_net`]).
     pub net_dir: PathBuf,
@@ -165,8 +167,10 @@ fn names_component(v: Option<&serde_json::Value>) -> bool {
 }
 
 /// Resolves a diffusers pipeline folder (`model_index.json`) or a bare model folder (UNet or
-/// DiT).
+/// DiT), given as a path or as a hub id in the local Hugging Face cache ([`crate::hub`]).
 pub fn resolve_model_folder(dir: &Path) -> Result<ModelFolder> {
+    let root = crate::hub::resolve(dir)?;
+    let dir = root.as_path();
     if !dir.is_dir() {
         return Err(Error::Weights(format!(
             "{}: not a folder (expected a diffusers pipeline or UNet folder)",
@@ -202,6 +206,7 @@ pub fn resolve_model_folder(dir: &Path) -> Result<ModelFolder> {
         let sched = dir.join("scheduler").join("scheduler_config.json");
         let ema = dir.join(format!("{component}_ema"));
         return Ok(ModelFolder {
+            root: dir.to_path_buf(),
             net_dir,
             vae_dir,
             ema_net_dir: ema.join(CONFIG_NAME).exists().then_some(ema),
@@ -215,6 +220,7 @@ pub fn resolve_model_folder(dir: &Path) -> Result<ModelFolder> {
     }
     if dir.join(CONFIG_NAME).exists() {
         return Ok(ModelFolder {
+            root: dir.to_path_buf(),
             net_dir: dir.to_path_buf(),
             scheduler_config: None,
             pipeline_class: None,

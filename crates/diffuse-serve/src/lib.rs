@@ -144,10 +144,22 @@ impl AppState {
             ..
         } = pipe;
         let vae = vae.map(Arc::new);
+        // A folder's name, or a hub id's NAME (its snapshot folder is named by a hash).
         let id = dir
             .canonicalize()
             .ok()
-            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .filter(|_| {
+                diffuse_models::hub::parse_id(&dir.to_string_lossy()).is_none() || dir.exists()
+            })
+            .unwrap_or_else(|| dir.to_path_buf())
+            .file_name()
+            .map(|n| {
+                n.to_string_lossy()
+                    .split('@')
+                    .next()
+                    .unwrap_or("model")
+                    .to_string()
+            })
             .unwrap_or_else(|| "model".into());
         if self.models.contains_key(&id) {
             return Err(Error::DuplicateId(id));
