@@ -236,6 +236,31 @@ fn noise_strip_for_gray_and_rgb_images() {
     assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&again).unwrap());
 }
 
+/// A typo in the TOML `[model]` (issue #20 item 4) is one line naming the key and the closest
+/// one, before any data is read; it used to surface as a list-length error.
+#[test]
+fn train_model_key_typo_fails_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("typo.toml");
+    std::fs::write(
+        &cfg,
+        "[model]\nblock_out_channel = [32, 64]\n[data]\nname = \"mnist\"\n[train]\nmax_steps = 1\n",
+    )
+    .unwrap();
+    let out = dir.path().join("run");
+    let o = diffuse(&[
+        "train",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert_one_line_error(
+        &o,
+        "unknown key `block_out_channel` (did you mean `block_out_channels`?)",
+    );
+}
+
 #[test]
 fn noise_bad_input_fails_with_one_line() {
     let dir = tempfile::tempdir().unwrap();

@@ -626,9 +626,11 @@ pub(crate) fn user_scheduler(user: &toml::Table) -> Map<String, Value> {
 
 /// A merged student table as a training config.
 pub(crate) fn into_config(table: toml::Table) -> Result<TrainConfig> {
-    table
-        .try_into()
-        .map_err(|e: toml::de::Error| Error::Invalid(format!("config: {}", e.to_string().trim())))
+    let config: TrainConfig = table.try_into().map_err(|e: toml::de::Error| {
+        Error::Invalid(format!("config: {}", e.to_string().trim()))
+    })?;
+    config.check_model_keys()?;
+    Ok(config)
 }
 
 /// A teacher's scheduler config as a student's `[scheduler]`: without nulls (they mean

@@ -99,6 +99,12 @@ impl Default for DiTTransformer2DConfig {
 }
 
 impl DiTTransformer2DConfig {
+    /// Every key this config takes, sorted: `DiTTransformer2DModel.__init__`'s keys. A user's own
+    /// config (`diffuse train`'s `[model]`) may use only these.
+    pub fn known_keys() -> Vec<String> {
+        super::keys_of::<Self>(&[])
+    }
+
     /// Parses `config.json` text and validates it.
     pub fn from_json_str(text: &str) -> Result<Self> {
         let cfg: DiTTransformer2DConfig = parse(text, CLASS_NAMES[0], &CLASS_NAMES)?;

@@ -1,7 +1,11 @@
 //! `config.json` of `UNet2DModel` (`src/diffusers/models/unets/unet_2d.py`), of
 //! `AutoencoderKL` (`models/autoencoders/autoencoder_kl.py`) and of `DiTTransformer2DModel`
 //! (`models/transformers/dit_transformer_2d.py`), with diffusers' keys and defaults. Unknown keys
-//! are kept and written back.
+//! are kept and written back (diffusers ignores them).
+//!
+//! Legacy configs load as diffusers loads them ([`legacy`]): keys named in
+//! `_use_default_values` take the default, and block types with the old `UNetRes` prefix name
+//! the block without it.
 //!
 //! Options with a fixed set of values are serde enums whose variants serialize to diffusers'
 //! strings; an unknown value fails at load with an error that names the key and lists the
@@ -51,8 +55,9 @@ pub enum ActFn {
 /// Parses a model's `config.json` text: `_class_name` first (a config of another model says
 /// so), then each key into its typed field, with errors that name the key.
 fn parse<T: DeserializeOwned>(text: &str, model: &str, classes: &[&str]) -> Result<T> {
-    let value: Value = diffuse_core::pyjson::parse(text)
+    let mut value: Value = diffuse_core::pyjson::parse(text)
         .map_err(|e| Error::Config(format!("{model} config: {e}")))?;
+    legacy(&mut value);
     if let Some(name) = value.get("_class_name").and_then(Value::as_str) {
         check_class_name(name, classes)?;
     }
@@ -65,6 +70,54 @@ fn parse<T: DeserializeOwned>(text: &str, model: &str, classes: &[&str]) -> Resu
             key_error(&key, inner.to_string())
         }
     })
+}
+
+/// What diffusers 0.42.1 does to an old `config.json` before `__init__` sees it:
+/// - `ConfigMixin.extract_init_dict` drops every key listed in `_use_default_values` (the keys
+///   the saving version filled in with its own defaults), so they take today's defaults; the
+///   list itself is never saved again.
+/// - `get_down_block` / `get_up_block` (`unet_2d_blocks.py`, also used by AutoencoderKL's
+///   encoder and decoder) strip a leading `UNetRes` from a block type (`UNetResDownBlock2D` is
+///   `DownBlock2D`); the stripped name is written back.
+///
+/// Unknown keys need nothing here: they stay in `extra`, unread, as diffusers warns and
+/// ignores them.
+fn legacy(value: &mut Value) {
+    let Some(map) = value.as_object_mut() else {
+        return;
+    };
+    if let Some(Value::Array(defaulted)) = map.remove(USE_DEFAULT_VALUES) {
+        for key in defaulted.iter().filter_map(Value::as_str) {
+            map.remove(key);
+        }
+    }
+    for key in ["down_block_types", "up_block_types"] {
+        if let Some(Value::Array(types)) = map.get_mut(key) {
+            for t in types.iter_mut() {
+                if let Some(name) = t.as_str().and_then(|s| s.strip_prefix(LEGACY_BLOCK_PREFIX)) {
+                    *t = Value::from(name);
+                }
+            }
+        }
+    }
+}
+
+/// diffusers' list of keys that took `__init__`'s default when the config was saved.
+const USE_DEFAULT_VALUES: &str = "_use_default_values";
+/// The prefix `get_down_block` / `get_up_block` strip from a block type.
+const LEGACY_BLOCK_PREFIX: &str = "UNetRes";
+
+/// The keys of a config type: those its default writes, plus `also` (keys it reads but does not
+/// write by default).
+fn keys_of<T: Serialize + Default>(also: &[&str]) -> Vec<String> {
+    let mut keys: Vec<String> = match serde_json::to_value(T::default()) {
+        Ok(Value::Object(m)) => m.keys().cloned().collect(),
+        _ => Vec::new(),
+    };
+    keys.extend(also.iter().map(|k| k.to_string()));
+    keys.sort();
+    keys.dedup();
+    keys
 }
 
 /// `_class_name` must be one of `classes` (the first is the canonical one).

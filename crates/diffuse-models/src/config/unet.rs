@@ -245,6 +245,12 @@ pub enum ClassEmbedding {
 }
 
 impl UNet2DConfig {
+    /// Every key this config takes, sorted: `UNet2DModel.__init__`'s keys and [`RESNET_INNER_KEY`]. A user's own
+    /// config (`diffuse train`'s `[model]`) may use only these.
+    pub fn known_keys() -> Vec<String> {
+        super::keys_of::<Self>(&[RESNET_INNER_KEY])
+    }
+
     /// Parses `config.json` text and validates it.
     pub fn from_json_str(text: &str) -> Result<Self> {
         let cfg: UNet2DConfig = parse(text, "UNet", &[CLASS_NAME])?;

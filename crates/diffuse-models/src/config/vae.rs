@@ -81,6 +81,12 @@ impl Default for AutoencoderKLConfig {
 }
 
 impl AutoencoderKLConfig {
+    /// Every key this config takes, sorted: `AutoencoderKL.__init__`'s keys (`latents_mean` and `latents_std` are kept, unread). A user's own
+    /// config (`diffuse train`'s `[model]`) may use only these.
+    pub fn known_keys() -> Vec<String> {
+        super::keys_of::<Self>(&["latents_mean", "latents_std"])
+    }
+
     /// Parses `config.json` text and validates it.
     pub fn from_json_str(text: &str) -> Result<Self> {
         let cfg: AutoencoderKLConfig = parse(text, CLASS_NAME, &[CLASS_NAME])?;

@@ -7,6 +7,7 @@ use crate::objective::{Reconstruction, SigmaSamplingKind};
 use crate::{Error, Result};
 use diffuse_core::config::PredictionType;
 use diffuse_data::transform::Fit;
+use diffuse_models::{AutoencoderKLConfig, DiTTransformer2DConfig, UNet2DConfig};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -303,9 +304,45 @@ pub struct TrainConfig {
 
 impl TrainConfig {
     pub fn from_toml(text: &str) -> Result<Self> {
-        toml::from_str(text).map_err(|e| {
+        let config: TrainConfig = toml::from_str(text).map_err(|e| {
             Error::Invalid(format!("config: {}", allowed_values(e.to_string().trim())))
-        })
+        })?;
+        config.check_model_keys()?;
+        Ok(config)
+    }
+
+    /// Every key of `[model]` must be one its model takes (the user's own config, unlike a
+    /// model's `config.json`, whose unknown keys are ignored as diffusers does): a typo such as
+    /// `block_out_channel` is named, with the closest key and the allowed ones. Keys starting
+    /// with `_` (`_class_name`, `_diffusers_version`) are diffusers' own and pass.
+    pub fn check_model_keys(&self) -> Result<()> {
+        let (kind, mut allowed) = match (&self.vae, self.model.get("type")) {
+            (Some(_), _) => ("vae", AutoencoderKLConfig::known_keys()),
+            (None, Some(Value::String(t))) if t == "dit" => {
+                ("dit", DiTTransformer2DConfig::known_keys())
+            }
+            (None, None) => ("unet", UNet2DConfig::known_keys()),
+            (None, Some(Value::String(t))) if t == "unet" => ("unet", UNet2DConfig::known_keys()),
+            // A bad `type` gets its own error when the network is built.
+            (None, Some(_)) => return Ok(()),
+        };
+        if kind != "vae" {
+            allowed.push("type".into());
+            allowed.sort();
+        }
+        for key in self.model.keys() {
+            if key.starts_with('_') || allowed.contains(key) {
+                continue;
+            }
+            let hint = closest(key, &allowed)
+                .map(|k| format!(" (did you mean `{k}`?)"))
+                .unwrap_or_default();
+            return Err(Error::Invalid(format!(
+                "config: [model] ({kind}): unknown key `{key}`{hint}; allowed: {}",
+                allowed.join(", ")
+            )));
+        }
+        Ok(())
     }
 
     /// Applies `key.path=value` overrides (`train.max_steps=100`, `data.batch_size=8`).
@@ -330,8 +367,36 @@ impl TrainConfig {
         *self = serde_json::from_value(doc).map_err(|e| {
             Error::Invalid(format!("--set {key}: {}", allowed_values(&e.to_string())))
         })?;
-        Ok(())
+        self.check_model_keys()
+            .map_err(|e| Error::Invalid(format!("--set {key}: {e}")))
     }
+}
+
+/// The key of `allowed` nearest to `key` by edit distance, if it is near enough to be a typo
+/// (at most a third of the key's length).
+fn closest<'a>(key: &str, allowed: &'a [String]) -> Option<&'a str> {
+    allowed
+        .iter()
+        .map(|k| (edit_distance(key, k), k.as_str()))
+        .filter(|&(d, _)| d <= key.len().div_ceil(3))
+        .min_by_key(|&(d, _)| d)
+        .map(|(_, k)| k)
+}
+
+/// Levenshtein distance (insertions, deletions, substitutions) over chars.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
 }
 
 #[cfg(test)]
@@ -472,5 +537,104 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    /// An unknown `[model]` key is named with the closest allowed key and the allowed list;
+    /// every example's `[model]` passes; `_` keys pass; `--set` and reflow students check too.
+    #[test]
+    fn unknown_model_keys_are_named_with_the_closest_one() {
+        let cfg = |model: &str, extra: &str| {
+            TrainConfig::from_toml(&format!(
+                "[model]\n{model}\n[data]\nname = \"mnist\"\n[train]\nmax_steps = 1\n{extra}"
+            ))
+        };
+        for (model, extra, kind, key, near) in [
+            (
+                "block_out_channel = [32, 64]",
+                "",
+                "unet",
+                "block_out_channel",
+                "block_out_channels",
+            ),
+            (
+                "type = \"unet\"\nattn_head_dim = 8",
+                "",
+                "unet",
+                "attn_head_dim",
+                "attention_head_dim",
+            ),
+            (
+                "type = \"dit\"\nnum_layer = 2",
+                "",
+                "dit",
+                "num_layer",
+                "num_layers",
+            ),
+            (
+                "latent_channel = 4",
+                "[vae]\n",
+                "vae",
+                "latent_channel",
+                "latent_channels",
+            ),
+        ] {
+            let e = cfg(model, extra).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!(
+                    "[model] ({kind}): unknown key `{key}` (did you mean `{near}`?)"
+                )) && e.contains("allowed: ")
+                    && !e.contains('\n'),
+                "{e}"
+            );
+        }
+        // Far from every key: no guess, still the list.
+        let e = cfg("wibble = 1", "").unwrap_err().to_string();
+        assert!(
+            e.contains("unknown key `wibble`; allowed: ") && e.contains("block_out_channels"),
+            "{e}"
+        );
+        // `type` is no AutoencoderKL key.
+        let e = cfg("type = \"unet\"", "[vae]\n").unwrap_err().to_string();
+        assert!(e.contains("unknown key `type`"), "{e}");
+        // Every key diffuse reads, and diffusers' private keys, pass.
+        for (model, extra) in [
+            (
+                "_class_name = \"UNet2DModel\"\n_diffusers_version = \"0.42.1\"\nblock_out_channels = [32]\n\
+                 attention_head_dim = 8\ndiffuse_resnet_inner_channels = {}\nnum_train_timesteps = 10",
+                "",
+            ),
+            ("type = \"dit\"\nnum_attention_heads = 2\nnorm_eps = 1e-6", ""),
+            ("latents_mean = [0.0]\nscaling_factor = 0.5\nforce_upcast = false", "[vae]\n"),
+        ] {
+            cfg(model, extra).unwrap();
+        }
+        let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+        for f in std::fs::read_dir(examples).unwrap().flatten() {
+            let text = std::fs::read_to_string(f.path()).unwrap();
+            let sections = |name: &str| text.lines().any(|l| l.trim() == name);
+            if f.path().extension().is_some_and(|e| e == "toml")
+                && sections("[model]")
+                && sections("[train]")
+            {
+                TrainConfig::from_toml(&text)
+                    .unwrap_or_else(|e| panic!("{}: {e}", f.path().display()));
+            }
+        }
+        let mut c = TrainConfig::from_toml(MINIMAL).unwrap();
+        c.set("model.block_out_channels=[32]").unwrap();
+        let e = c
+            .set("model.block_out_channel=[32]")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("--set model.block_out_channel") && e.contains("`block_out_channels`"),
+            "{e}"
+        );
+        let mut t: toml::Table = toml::from_str(MINIMAL).unwrap();
+        t["model"] = toml::Value::Table(toml::from_str("layers_per_blok = 1").unwrap());
+        let e = crate::reflow::into_config(t).unwrap_err().to_string();
+        assert!(e.contains("`layers_per_block`"), "{e}");
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("", "ab"), 2);
     }
 }
