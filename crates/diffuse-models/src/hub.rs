@@ -49,7 +49,7 @@ pub fn resolve_in(cache: &Path, id: &str) -> Result<PathBuf> {
             Ok(h) => h.trim().to_string(),
             Err(_) => {
                 return Err(Error::Weights(format!(
-                    "{id}: no such folder, and not in the Hugging Face cache (looked for {}); \
+                    "{id}: not a folder, and not in the Hugging Face cache (looked for {}); \
                      fetch it with `huggingface-cli download {org}/{name}` (or set HF_HUB_CACHE)",
                     r.display()
                 )))
@@ -76,7 +76,7 @@ pub fn resolve(dir: &Path) -> Result<PathBuf> {
     match dir.to_str().filter(|s| parse_id(s).is_some()) {
         Some(id) => resolve_in(&cache_dir(), id),
         None => Err(Error::Weights(format!(
-            "{}: no such folder (expected a diffusers pipeline or model folder, or a hub id ORG/NAME)",
+            "{}: not a folder (expected a diffusers pipeline or model folder, or a hub id ORG/NAME)",
             dir.display()
         ))),
     }
@@ -141,6 +141,6 @@ mod tests {
         let e = resolve(Path::new("/no/such/model"))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("no such folder"), "{e}");
+        assert!(e.contains("not a folder"), "{e}");
     }
 }
