@@ -3,7 +3,7 @@
 //! (`models/transformers/dit_transformer_2d.py`), with diffusers' keys and defaults. Unknown keys
 //! are kept and written back (diffusers ignores them).
 //!
-//! Legacy configs load as diffusers loads them ([`legacy`]): keys named in
+//! Legacy configs load as diffusers loads them (`legacy`): keys named in
 //! `_use_default_values` take the default, and block types with the old `UNetRes` prefix name
 //! the block without it.
 //!
