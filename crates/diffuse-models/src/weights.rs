@@ -617,6 +617,11 @@ pub fn save(
     let bytes = serialize_vars(varmap, dtype)?;
     diffuse_data::fs::write_atomic(&dir.join(WEIGHTS_NAME), &bytes)
         .map_err(|e| Error::Weights(e.to_string()))?;
+    write_config(config, dir)
+}
+
+/// Writes `dir/config.json` atomically, with diffusers' `_diffusers_version` when it has none.
+fn write_config(config: &impl serde::Serialize, dir: &Path) -> Result<()> {
     let mut cfg = serde_json::to_value(config).expect("serializable");
     cfg["_diffusers_version"] = cfg
         .get("_diffusers_version")
@@ -624,8 +629,7 @@ pub fn save(
         .unwrap_or_else(|| "0.42.1".into());
     let text = serde_json::to_string_pretty(&cfg).expect("serializable");
     diffuse_data::fs::write_atomic(&dir.join(CONFIG_NAME), text.as_bytes())
-        .map_err(|e| Error::Weights(e.to_string()))?;
-    Ok(())
+        .map_err(|e| Error::Weights(e.to_string()))
 }
 
 /// How `diffuse convert` lays weights out on disk, as diffusers' `save_pretrained(variant=,
@@ -736,15 +740,7 @@ pub fn save_as(
                 .as_bytes(),
         )?;
     }
-    let mut cfg = serde_json::to_value(config).expect("serializable");
-    cfg["_diffusers_version"] = cfg
-        .get("_diffusers_version")
-        .cloned()
-        .unwrap_or_else(|| "0.42.1".into());
-    write(
-        CONFIG_NAME,
-        serde_json::to_string_pretty(&cfg).expect("json").as_bytes(),
-    )
+    write_config(config, dir)
 }
 
 /// Saves a UNet folder (see [`save`]).

@@ -147,11 +147,7 @@ impl AppState {
         // A folder's name, or a hub id's NAME (its snapshot folder is named by a hash).
         let id = dir
             .canonicalize()
-            .ok()
-            .filter(|_| {
-                diffuse_models::hub::parse_id(&dir.to_string_lossy()).is_none() || dir.exists()
-            })
-            .unwrap_or_else(|| dir.to_path_buf())
+            .unwrap_or_else(|_| dir.to_path_buf())
             .file_name()
             .map(|n| {
                 n.to_string_lossy()
