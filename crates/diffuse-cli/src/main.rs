@@ -39,6 +39,10 @@ struct Cli {
     /// CPU threads for every command (default: all cores).
     #[arg(long, global = true, env = "DIFFUSE_THREADS")]
     threads: Option<usize>,
+    /// Resolve hub ids (ORG/NAME) from the local Hugging Face cache only, never download (as
+    /// HF_HUB_OFFLINE=1 does).
+    #[arg(long, global = true)]
+    offline: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -87,6 +91,7 @@ fn main() -> ExitCode {
         eprintln!("error: {e}");
         return ExitCode::FAILURE;
     }
+    diffuse_models::hub::set_offline(cli.offline);
     let result = match cli.command {
         Command::Schedule(args) => schedule_cmd::run(args),
         Command::Noise(args) => noise_cmd::run(args),

@@ -2364,7 +2364,7 @@ fn samplers_lists_the_table_and_a_flow_model_refuses_ddim_in_one_line() {
 #[test]
 fn convert_reads_bin_and_writes_variants_and_shards() {
     let dir = tempfile::tempdir().unwrap();
-    let src = model_fixtures().join("bin/unet_basic");
+    let src = model_fixtures().join("layouts/bin/unet_basic");
     let (a, b) = (dir.path().join("a"), dir.path().join("b"));
     let o = diffuse(&[
         "convert",
@@ -2459,6 +2459,7 @@ fn hub_ids_resolve_from_the_local_cache() {
             out.to_str().unwrap(),
         ])
         .env("HF_HUB_CACHE", cache.path())
+        .env("HF_HUB_OFFLINE", "1")
         .output()
         .unwrap()
     };

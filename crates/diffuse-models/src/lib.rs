@@ -61,6 +61,10 @@ pub enum Error {
     /// Inputs that do not fit the model.
     #[error("{0}")]
     Input(String),
+    /// A hub id neither in the local cache nor downloadable (the message says where diffuse
+    /// looked).
+    #[error("{0}")]
+    Hub(String),
     #[error("{path}: {source}")]
     Io {
         path: String,

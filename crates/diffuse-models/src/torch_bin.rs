@@ -109,7 +109,7 @@ mod tests {
 
     fn fixture(rel: &str) -> std::path::PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/bin")
+            .join("tests/fixtures/layouts")
             .join(rel)
     }
 
@@ -132,7 +132,7 @@ mod tests {
     #[test]
     fn state_dicts_saved_by_torch_pass_the_check() {
         for m in ["unet_basic", "dit_p2_rgb", "vae_gray_plain"] {
-            let p = fixture(&format!("{m}/diffusion_pytorch_model.bin"));
+            let p = fixture(&format!("bin/{m}/diffusion_pytorch_model.bin"));
             let t = read(&p, &Device::Cpu).unwrap_or_else(|e| panic!("{m}: {e}"));
             assert!(!t.is_empty(), "{m}");
         }

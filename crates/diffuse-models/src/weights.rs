@@ -158,7 +158,7 @@ impl ModelFolder {
 }
 
 /// Whether a `model_index.json` entry names a component (`[null, null]` and null do not).
-fn names_component(v: Option<&serde_json::Value>) -> bool {
+pub(crate) fn names_component(v: Option<&serde_json::Value>) -> bool {
     match v {
         None | Some(serde_json::Value::Null) => false,
         Some(serde_json::Value::Array(a)) => a.iter().any(|x| !x.is_null()),
@@ -458,32 +458,28 @@ pub fn write_model_folder(dst: &Path, mut config: serde_json::Value, weights: &[
 pub const BIN_WEIGHTS_NAME: &str = "diffusion_pytorch_model.bin";
 
 /// The weight file(s) of a model folder, in diffusers' order of preference: safetensors (one
-/// file, a sharded index, an fp16/bf16 variant), then PyTorch `.bin` (one file, a sharded index).
+/// file, a sharded index), its fp16/bf16 variants, then PyTorch `.bin` the same way.
 pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    let plain = dir.join(WEIGHTS_NAME);
-    if plain.exists() {
-        return Ok(vec![plain]);
-    }
-    if let Some(files) = sharded(dir, WEIGHTS_NAME)? {
-        return Ok(files);
-    }
-    for variant in ["fp16", "bf16"] {
-        let p = dir.join(format!("diffusion_pytorch_model.{variant}.safetensors"));
-        if p.exists() {
-            return Ok(vec![p]);
+    for name in [WEIGHTS_NAME, BIN_WEIGHTS_NAME] {
+        let plain = dir.join(name);
+        if plain.exists() {
+            return Ok(vec![plain]);
         }
-        if let Some(files) =
-            sharded_index(&dir.join(format!("{WEIGHTS_NAME}.index.{variant}.json")))?
-        {
+        if let Some(files) = sharded(dir, name)? {
             return Ok(files);
         }
-    }
-    let bin = dir.join(BIN_WEIGHTS_NAME);
-    if bin.exists() {
-        return Ok(vec![bin]);
-    }
-    if let Some(files) = sharded(dir, BIN_WEIGHTS_NAME)? {
-        return Ok(files);
+        let (stem, ext) = name
+            .rsplit_once('.')
+            .expect("a weight file name has an extension");
+        for variant in ["fp16", "bf16"] {
+            let p = dir.join(format!("{stem}.{variant}.{ext}"));
+            if p.exists() {
+                return Ok(vec![p]);
+            }
+            if let Some(files) = sharded_index(&dir.join(format!("{name}.index.{variant}.json")))? {
+                return Ok(files);
+            }
+        }
     }
     Err(Error::Weights(format!(
         "{}: no {WEIGHTS_NAME} (nor a sharded index, an fp16 variant or {BIN_WEIGHTS_NAME})",
