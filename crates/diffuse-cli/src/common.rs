@@ -1,4 +1,4 @@
-//! Plumbing shared by the command modules: device names, progress bars, Ctrl-C, JSON files,
+//! Plumbing shared by the command modules: device names, progress bars, Ctrl-C and SIGTERM, JSON files,
 //! folder locks.
 //! Command modules import this, never each other.
 
@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// `--device`: cpu, or cuda (a build with --features cuda).
 pub(crate) fn device(name: &str) -> Result<Device> {
@@ -35,18 +35,46 @@ pub(crate) fn read_json_object(
     }
 }
 
-/// A flag that the first Ctrl-C sets (the command finishes its current unit of work — `what` —
-/// and stops cleanly); a second Ctrl-C exits at once.
-pub(crate) fn ctrl_c_flag(what: &'static str) -> Arc<AtomicBool> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    let _ = ctrlc::set_handler(move || {
-        if flag.swap(true, Ordering::SeqCst) {
-            std::process::exit(130);
+/// The stop flag of this process and what the running command does when it is set.
+struct Stop {
+    flag: Arc<AtomicBool>,
+    what: Mutex<Option<&'static str>>,
+}
+
+fn stop_state() -> &'static Stop {
+    static STOP: OnceLock<Stop> = OnceLock::new();
+    STOP.get_or_init(|| Stop {
+        flag: Arc::new(AtomicBool::new(false)),
+        what: Mutex::new(None),
+    })
+}
+
+/// Handles Ctrl-C, SIGTERM and SIGHUP for every command but `serve` (which drains in-flight
+/// requests itself): a command that registered a unit of work with [`stop_flag`] finishes it
+/// and stops cleanly, and a second signal exits at once; any other command exits at once with
+/// status 130. Either way nothing is left half-written: files are written atomically.
+pub(crate) fn install_stop_handler() {
+    let _ = ctrlc::set_handler(|| {
+        let stop = stop_state();
+        let what = *stop.what.lock().unwrap_or_else(|p| p.into_inner());
+        match what {
+            Some(what) if !stop.flag.swap(true, Ordering::SeqCst) => {
+                eprintln!("\nstopping: {what} (Ctrl-C again to abort)");
+            }
+            _ => {
+                eprintln!("\ninterrupted");
+                std::process::exit(130);
+            }
         }
-        eprintln!("\nstopping: {what} (Ctrl-C again to abort)");
     });
-    stop
+}
+
+/// The flag the first Ctrl-C / SIGTERM / SIGHUP sets: the command finishes its current unit
+/// of work — `what` — and stops cleanly.
+pub(crate) fn stop_flag(what: &'static str) -> Arc<AtomicBool> {
+    let stop = stop_state();
+    *stop.what.lock().unwrap_or_else(|p| p.into_inner()) = Some(what);
+    stop.flag.clone()
 }
 
 pub(crate) fn bar(quiet: bool) -> ProgressBar {

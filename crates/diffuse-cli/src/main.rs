@@ -92,6 +92,9 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     diffuse_models::hub::set_offline(cli.offline);
+    if !matches!(cli.command, Command::Serve(_)) {
+        common::install_stop_handler();
+    }
     let result = match cli.command {
         Command::Schedule(args) => schedule_cmd::run(args),
         Command::Noise(args) => noise_cmd::run(args),

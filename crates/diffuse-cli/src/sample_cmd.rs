@@ -10,6 +10,7 @@ use diffuse_models::pipeline::{GenerateOptions, LoadOptions, Pipeline};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 #[derive(clap::Args)]
@@ -173,11 +174,20 @@ pub fn run(args: Args) -> Result<()> {
         b
     };
     let start = Instant::now();
-    let mut images = pipe.generate_latents(&sampler, &opts, &mut |p| {
+    let stop = crate::common::stop_flag("writing no images");
+    let generated = pipe.generate_latents(&sampler, &opts, &mut |p| {
         bar.set_length(p.total as u64);
         bar.set_position(p.done as u64);
-        ControlFlow::Continue(())
-    })?;
+        match stop.load(Ordering::SeqCst) {
+            true => ControlFlow::Break(()),
+            false => ControlFlow::Continue(()),
+        }
+    });
+    if stop.load(Ordering::SeqCst) {
+        bar.finish_and_clear();
+        bail!("stopped before the last image was sampled; nothing was written");
+    }
+    let mut images = generated?;
     bar.finish_and_clear();
     if pipe.vae.is_some() {
         let t = Instant::now();

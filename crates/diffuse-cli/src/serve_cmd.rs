@@ -39,6 +39,13 @@ pub struct Args {
     /// Largest request body in bytes.
     #[arg(long, default_value_t = 65536)]
     max_body_bytes: usize,
+    /// The most work one request may ask for: n × size² × steps (× 2 with guidance); the
+    /// default is 16 images of 64×64 at 100 steps.
+    #[arg(long, default_value_t = 16 * 64 * 64 * 100)]
+    max_request_pixel_steps: u64,
+    /// The most images queued or being denoised at once, over all models; more is a 429.
+    #[arg(long, default_value_t = 256)]
+    max_in_flight_images: usize,
     /// cpu or cuda.
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -55,6 +62,8 @@ pub fn run(args: Args) -> Result<()> {
         max_steps: args.max_steps.max(1),
         max_size: args.max_size,
         max_body_bytes: args.max_body_bytes,
+        max_request_pixel_steps: args.max_request_pixel_steps,
+        max_in_flight_images: args.max_in_flight_images.max(1),
     };
     let mut state = AppState::new(config, Arc::new(Metrics::default()));
     for m in &args.model {

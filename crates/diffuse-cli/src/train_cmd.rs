@@ -119,7 +119,7 @@ pub fn run(args: Args) -> Result<()> {
         (false, true) => Start::Overwrite,
         (false, false) => Start::New,
     };
-    let stop = crate::common::ctrl_c_flag("saving a checkpoint after this step");
+    let stop = crate::common::stop_flag("saving a checkpoint after this step");
     let start = Instant::now();
     let (outcome, folder) = match &rank_env {
         None => {
@@ -201,7 +201,7 @@ fn launch_ranks(n: usize, device: &str, args: &Args) -> Result<()> {
     };
     let exe = std::env::current_exe().context("cannot find the diffuse binary to start ranks")?;
     let argv = dist::launch::rank_args(std::env::args().skip(1), device);
-    let _stop = crate::common::ctrl_c_flag("the ranks save a checkpoint after this step");
+    let _stop = crate::common::stop_flag("the ranks save a checkpoint after this step");
     Ok(dist::launch::launch_ranks(
         &plan, &exe, &argv, device, args.quiet,
     )?)

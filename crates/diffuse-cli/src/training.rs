@@ -85,6 +85,9 @@ pub(crate) fn run_training_with(
                 r.lr,
                 images as f64 / secs
             ));
+            for w in &r.warnings {
+                bar.suspend(|| eprintln!("warning: {w}"));
+            }
             if r.skipped_nonfinite {
                 bar.println(format!(
                     "step {}: non-finite loss or gradient, step skipped",

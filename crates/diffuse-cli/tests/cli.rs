@@ -1119,50 +1119,109 @@ fn train_resume_and_sample_a_tiny_dit() {
     bad("model.type=\"vit\"", "model.type");
 }
 
-/// Ctrl-C (SIGINT) saves a checkpoint after the current step and exits 0.
+/// Ctrl-C (SIGINT), SIGTERM and SIGHUP each save a checkpoint after the current step and
+/// exit 0.
 #[test]
 fn train_ctrl_c_saves_and_exits_cleanly() {
+    for signal in ["INT", "TERM", "HUP"] {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/tiny.toml");
+        let out = dir.path().join("run");
+        let child = Command::new(env!("CARGO_BIN_EXE_diffuse"))
+            .args([
+                "train",
+                "--config",
+                cfg.to_str().unwrap(),
+                "--output",
+                out.to_str().unwrap(),
+                "--max-steps",
+                "1000",
+                "--quiet",
+            ])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = out.join("metrics.jsonl");
+        let t0 = std::time::Instant::now();
+        while std::fs::read_to_string(&log)
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+            < 3
+        {
+            assert!(t0.elapsed().as_secs() < 120, "training did not start");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let _ = Command::new("kill")
+            .args([&format!("-{signal}"), &child.id().to_string()])
+            .status();
+        let o = child.wait_with_output().unwrap();
+        assert!(
+            o.status.success(),
+            "SIG{signal}: exit status {:?}",
+            o.status
+        );
+        assert!(
+            stderr(&o).contains("stopping: saving a checkpoint"),
+            "{}",
+            stderr(&o)
+        );
+        let ckpts: Vec<_> = std::fs::read_dir(out.join("checkpoints"))
+            .unwrap()
+            .flatten()
+            .collect();
+        assert_eq!(
+            ckpts.len(),
+            1,
+            "SIG{signal}: one checkpoint, written at the stop"
+        );
+        assert!(ckpts[0].path().join("training_state.json").exists());
+        assert!(out
+            .join("unet/diffusion_pytorch_model.safetensors")
+            .exists());
+    }
+}
+
+/// SIGTERM stops `sample` between model calls: one line, status 1, nothing written.
+#[test]
+fn sample_stops_on_sigterm_and_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/tiny.toml");
-    let out = dir.path().join("run");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_diffuse"))
+    let out = dir.path().join("o.png");
+    let child = Command::new(env!("CARGO_BIN_EXE_diffuse"))
         .args([
-            "train",
-            "--config",
-            cfg.to_str().unwrap(),
+            "sample",
+            "--model",
+            model_fixtures().join("pipeline_basic").to_str().unwrap(),
+            "--sampler",
+            "euler",
+            "--steps",
+            "1000",
+            "--num-images",
+            "64",
+            "--batch-size",
+            "1",
             "--output",
             out.to_str().unwrap(),
-            "--max-steps",
-            "1000",
             "--quiet",
         ])
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let log = out.join("metrics.jsonl");
-    let t0 = std::time::Instant::now();
-    while std::fs::read_to_string(&log)
-        .map(|s| s.lines().count())
-        .unwrap_or(0)
-        < 3
-    {
-        assert!(t0.elapsed().as_secs() < 120, "training did not start");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    std::thread::sleep(std::time::Duration::from_millis(1500));
     let _ = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
+        .args(["-TERM", &child.id().to_string()])
         .status();
-    let status = child.wait().unwrap();
-    assert!(status.success(), "exit status {status:?}");
-    let ckpts: Vec<_> = std::fs::read_dir(out.join("checkpoints"))
-        .unwrap()
-        .flatten()
-        .collect();
-    assert_eq!(ckpts.len(), 1, "one checkpoint, written at the stop");
-    assert!(ckpts[0].path().join("training_state.json").exists());
-    assert!(out
-        .join("unet/diffusion_pytorch_model.safetensors")
-        .exists());
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("stopping: writing no images"), "{err}");
+    assert!(
+        err.lines()
+            .last()
+            .unwrap_or("")
+            .starts_with("error: stopped before the last image"),
+        "{err}"
+    );
+    assert!(!out.exists());
 }
 
 /// A checkpoint write that fails for lack of space (here: the file-size limit, `ulimit -f`,

@@ -6,6 +6,24 @@ use crate::{Error, Result};
 use std::io::Write;
 use std::path::Path;
 
+/// Bytes free to an unprivileged writer on the file system that holds `path` (or its nearest
+/// existing ancestor); None where the OS does not say.
+pub fn free_bytes(path: &Path) -> Option<u64> {
+    let mut p = path;
+    while !p.exists() {
+        p = p.parent()?;
+    }
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).ok()?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `c` is a NUL-terminated path and `st` a buffer statvfs fills on success.
+    if unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    // SAFETY: statvfs returned 0, so it filled `st`.
+    let st = unsafe { st.assume_init() };
+    Some(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
 /// Writes `bytes` to `path` atomically.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let io = |source| Error::Io {
@@ -45,6 +63,18 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn free_bytes_of_a_folder_and_of_a_path_not_made_yet() {
+        let dir = tempfile::tempdir().unwrap();
+        let free = free_bytes(dir.path()).unwrap();
+        assert!(free > 0);
+        let later = free_bytes(&dir.path().join("a/b/c")).unwrap();
+        assert!(
+            later.abs_diff(free) < free / 10 + (64 << 20),
+            "{later} vs {free}"
+        );
+    }
 
     #[test]
     fn replaces_whole_file_and_leaves_no_temp() {

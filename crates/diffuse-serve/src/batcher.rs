@@ -11,7 +11,7 @@ use diffuse_core::rng::{NoiseSource, SeededNoise};
 use diffuse_core::sampler::{Sampler, SamplerState};
 use diffuse_models::{AutoencoderKL, Network};
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
@@ -30,6 +30,45 @@ pub struct Job {
     pub progress: Option<mpsc::UnboundedSender<(usize, usize)>>,
     pub reply: oneshot::Sender<Result<JobResult, JobError>>,
     pub enqueued: Instant,
+    /// The job's share of the server's in-flight images, given back when the job is dropped
+    /// (done, failed or cancelled).
+    pub admission: Admission,
+}
+
+/// `n` images counted in a shared in-flight total while this lives.
+#[derive(Debug)]
+pub struct Admission {
+    counter: Arc<AtomicUsize>,
+    n: usize,
+}
+
+impl Admission {
+    /// Counts `n` more images in `counter` if the total stays within `max`.
+    pub fn take(counter: &Arc<AtomicUsize>, n: usize, max: usize) -> Option<Admission> {
+        counter
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| {
+                (c + n <= max).then_some(c + n)
+            })
+            .ok()
+            .map(|_| Admission {
+                counter: counter.clone(),
+                n,
+            })
+    }
+
+    /// Outside a server (tests, benchmarks): counted nowhere.
+    pub fn untracked(n: usize) -> Admission {
+        Admission {
+            counter: Arc::new(AtomicUsize::new(n)),
+            n,
+        }
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.counter.fetch_sub(self.n, Ordering::SeqCst);
+    }
 }
 
 /// What a finished job returns.

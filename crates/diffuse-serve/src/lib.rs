@@ -8,7 +8,7 @@
 
 pub mod batcher;
 pub mod metrics;
-mod request;
+pub mod request;
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
@@ -18,7 +18,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine;
-use batcher::{BatchConfig, Batcher, Job, JobResult, SubmitError};
+use batcher::{Admission, BatchConfig, Batcher, Job, JobResult, SubmitError};
 use candle_core::Device;
 use diffuse_core::compat::{self, Objective};
 use diffuse_core::config::SchedulerConfig;
@@ -26,7 +26,7 @@ use diffuse_models::pipeline::{LoadOptions, Pipeline};
 use metrics::Metrics;
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -57,6 +57,11 @@ pub struct ServeConfig {
     pub max_steps: usize,
     pub max_size: usize,
     pub max_body_bytes: usize,
+    /// The most work one request may ask for: n × height × width × steps (× 2 with
+    /// classifier-free guidance), at image size. Memory and time grow with it.
+    pub max_request_pixel_steps: u64,
+    /// The most images queued or being denoised at once, over all models; more is a 429.
+    pub max_in_flight_images: usize,
 }
 
 impl Default for ServeConfig {
@@ -70,6 +75,9 @@ impl Default for ServeConfig {
             max_steps: 200,
             max_size: 256,
             max_body_bytes: 64 * 1024,
+            // 16 images of 64×64 at 100 steps, or one 256×256 image at 100 steps.
+            max_request_pixel_steps: 16 * 64 * 64 * 100,
+            max_in_flight_images: 256,
         }
     }
 }
@@ -108,6 +116,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     images: Mutex<VecDeque<(String, Vec<u8>)>>,
     next_id: AtomicU64,
+    /// Images admitted and not yet finished or dropped ([`batcher::Admission`]).
+    in_flight: Arc<AtomicUsize>,
 }
 
 /// How many generated PNGs are kept for `response_format: "url"`.
@@ -121,7 +131,13 @@ impl AppState {
             metrics,
             images: Mutex::new(VecDeque::new()),
             next_id: AtomicU64::new(1),
+            in_flight: Arc::new(AtomicUsize::new(0)),
         }
+    }
+
+    /// Images admitted and not yet done.
+    pub fn in_flight_images(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
     }
 
     /// Loads a pipeline or model (UNet, DiT) folder and starts its batcher; the id is the folder
@@ -380,6 +396,17 @@ async fn generate_inner(
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
+    if let Err(e) = request::check_work(&req, &planned, entry, &s.config) {
+        return e.into_response();
+    }
+    let Some(admission) = Admission::take(&s.in_flight, req.n, s.config.max_in_flight_images)
+    else {
+        return busy(format!(
+            "{} images are in flight, the most this server takes is {}; retry shortly",
+            s.in_flight_images(),
+            s.config.max_in_flight_images
+        ));
+    };
     let cancel = Arc::new(AtomicBool::new(false));
     let (tx, rx) = tokio::sync::oneshot::channel();
     let (ptx, prx) = if req.stream {
@@ -400,20 +427,11 @@ async fn generate_inner(
         progress: ptx,
         reply: tx,
         enqueued: Instant::now(),
+        admission,
     };
     if let Err(why) = entry.batcher.submit(job) {
         return match why {
-            SubmitError::QueueFull => {
-                let mut r = ApiError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    None,
-                    "the queue is full; retry shortly".into(),
-                )
-                .into_response();
-                r.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-                r
-            }
+            SubmitError::QueueFull => busy("the queue is full; retry shortly".into()),
             SubmitError::ShuttingDown => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 None,
@@ -482,6 +500,14 @@ async fn generate_inner(
                 .into_response()
         }
     }
+}
+
+/// A 429 with `Retry-After: 1`.
+fn busy(message: String) -> Response {
+    let mut r = ApiError::new(StatusCode::TOO_MANY_REQUESTS, None, message).into_response();
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    r
 }
 
 /// Aborts the producing task when the SSE stream (the client) goes away.

@@ -294,3 +294,30 @@ pub fn plan(req: &Request, entry: &ModelEntry) -> Result<Planned, ApiError> {
         size,
     })
 }
+
+/// Refuses a request whose work — n × height × width × model calls, twice that with
+/// classifier-free guidance — is over `cfg.max_request_pixel_steps`; its memory and time grow
+/// with it.
+pub fn check_work(
+    req: &Request,
+    planned: &Planned,
+    entry: &ModelEntry,
+    cfg: &ServeConfig,
+) -> Result<(), ApiError> {
+    let f = entry.vae.as_ref().map_or(1, |v| v.config().downscale());
+    let (h, w) = (planned.size.0 * f, planned.size.1 * f);
+    let calls = planned.sampler.len();
+    let guided = if planned.guidance_scale != 1.0 { 2 } else { 1 };
+    let work = (req.n * h * w * calls * guided) as u64;
+    if work <= cfg.max_request_pixel_steps {
+        return Ok(());
+    }
+    let cfg_note = if guided == 2 { " × 2 (guidance)" } else { "" };
+    Err(ApiError::bad(
+        "n",
+        format!(
+            "the request is too large: n × size² × steps = {} × {h}×{w} × {calls}{cfg_note} = {work} pixel-steps, over this server's limit of {} (--max-request-pixel-steps); ask for fewer images, fewer steps or a smaller size",
+            req.n, cfg.max_request_pixel_steps
+        ),
+    ))
+}

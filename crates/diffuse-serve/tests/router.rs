@@ -756,3 +756,81 @@ async fn a_flow_model_lists_its_samplers_and_refuses_the_others_with_400() {
         assert_eq!(json_of(&b)["data"].as_array().unwrap().len(), 2);
     }
 }
+
+/// Issue 21: one request's work (n × size² × steps, × 2 with guidance) is capped, with a 400
+/// that names the product and the flag.
+#[tokio::test]
+async fn a_request_over_the_work_limit_is_a_400_naming_the_product() {
+    let app = app(state(ServeConfig {
+        max_request_pixel_steps: 4 * 16 * 16 * 10,
+        ..Default::default()
+    }));
+    let ok = json!({"model": "pipeline_basic", "n": 4, "steps": 10, "seed": 1});
+    let (st, _, b) = call(&app, post(ok)).await;
+    assert_eq!(st, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    let big = json!({"model": "pipeline_basic", "n": 4, "steps": 11, "seed": 1});
+    let e = expect_error(&app, post(big), StatusCode::BAD_REQUEST, Some("n")).await;
+    let m = e["error"]["message"].as_str().unwrap();
+    assert!(
+        m.contains("4 × 16×16 × 11") && m.contains("--max-request-pixel-steps"),
+        "{m}"
+    );
+    // Guidance doubles the work of a class-conditional request (8×8 images: 16 × 64 × 10 fits
+    // alone, not twice).
+    let plain = json!({"model": "unet_class_cond", "n": 16, "steps": 10, "seed": 1,
+        "class_label": 1, "guidance_scale": 1.0});
+    assert_eq!(call(&app, post(plain)).await.0, StatusCode::OK);
+    let guided = json!({"model": "unet_class_cond", "n": 16, "steps": 10, "seed": 1,
+        "class_label": 1, "guidance_scale": 3.0});
+    let e = expect_error(&app, post(guided), StatusCode::BAD_REQUEST, Some("n")).await;
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("× 2 (guidance)"),
+        "{e}"
+    );
+}
+
+/// Issue 21: the images queued or running over all models are capped (a 429), and a finished
+/// or abandoned request gives its images back.
+#[tokio::test]
+async fn in_flight_images_are_capped_and_given_back() {
+    let s = state(ServeConfig {
+        max_batch: 1,
+        max_steps: 1000,
+        max_in_flight_images: 3,
+        ..Default::default()
+    });
+    let app = app(s.clone());
+    let long =
+        json!({"model": "pipeline_basic", "n": 2, "steps": 300, "seed": 1, "sampler": "euler"});
+    let a = tokio::spawn(call_owned(app.clone(), long));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(s.in_flight_images(), 2);
+    let two = json!({"model": "pipeline_basic", "n": 2, "steps": 2, "seed": 2});
+    let (st, h, body) = call(&app, post(two.clone())).await;
+    assert_eq!(
+        st,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    assert_eq!(h["retry-after"], "1");
+    assert!(String::from_utf8_lossy(&body).contains("2 images are in flight"));
+    assert_eq!(a.await.unwrap(), StatusCode::OK);
+    assert_eq!(s.in_flight_images(), 0);
+    assert_eq!(call(&app, post(two)).await.0, StatusCode::OK);
+    // A client that goes away: its images are given back once the worker drops the job.
+    let req = post(
+        json!({"model": "pipeline_basic", "n": 3, "steps": 1000, "seed": 1,
+        "sampler": "euler"}),
+    );
+    let r = tokio::time::timeout(Duration::from_millis(150), app.clone().oneshot(req)).await;
+    assert!(r.is_err());
+    let start = std::time::Instant::now();
+    while s.in_flight_images() != 0 && start.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(s.in_flight_images(), 0);
+}

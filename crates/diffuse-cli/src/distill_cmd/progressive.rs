@@ -55,7 +55,7 @@ pub(super) fn progressive(a: ProgressiveArgs) -> Result<()> {
     let user_toml = super::read_train_config(a.train_config.as_deref())?;
     // OUTPUT is this command's for all rounds; each round's folder is claimed as it trains.
     let _lock = crate::common::lock_folder(&a.output, "diffuse distill progressive")?;
-    let stop = crate::common::ctrl_c_flag("finishing the current training step");
+    let stop = crate::common::stop_flag("finishing the current training step");
     let mut teacher = a.teacher.clone();
     for (round, steps) in rounds.into_iter().enumerate() {
         let out = a.output.join(format!("steps-{steps}"));

@@ -95,7 +95,7 @@ pub(super) fn reflow(a: ReflowArgs) -> Result<()> {
     }
     // The folder is this command's from the first pair to the student's last step.
     let mut folder = RunFolder::claim(&a.output, Start::Continue, "diffuse distill reflow")?;
-    let stop = crate::common::ctrl_c_flag("finishing the current pair shard or training step");
+    let stop = crate::common::stop_flag("finishing the current pair shard or training step");
 
     let opts = PairOptions {
         num_pairs: a.num_pairs,

@@ -38,12 +38,63 @@ pub(super) fn write(path: &Path, bytes: &[u8]) -> Result<()> {
     diffuse_data::fs::write_atomic(path, bytes).map_err(|e| Error::Invalid(e.to_string()))
 }
 
+/// Bytes a checkpoint of `vars` takes: the weights, their EMA and AdamW's two moments, f32.
+pub(super) fn checkpoint_bytes(vars: &[(String, Var)]) -> u64 {
+    let params: usize = vars.iter().map(|(_, v)| v.as_tensor().elem_count()).sum();
+    params as u64 * 4 * 4
+}
+
+/// What free disk space allows before a checkpoint of `need` bytes.
+#[derive(Debug, PartialEq)]
+pub(super) enum Disk {
+    Enough,
+    /// Enough for this checkpoint, not for the run's `keep` checkpoints and the final
+    /// pipeline: warn once.
+    Low(String),
+    /// Not enough for this checkpoint: stop before writing anything.
+    Full(String),
+}
+
+const MIB: f64 = 1048576.0;
+
+/// Free space `free` in `dir` against checkpoints of `need` bytes, `keep` of them kept.
+pub(super) fn disk_check(dir: &Path, free: u64, need: u64, keep: usize) -> Disk {
+    // A margin for the config files, the logs and the temporary folder's rename.
+    let margin = need / 20 + (16 << 20);
+    let (f, n) = (free as f64 / MIB, need as f64 / MIB);
+    if free < need + margin {
+        Disk::Full(format!(
+            "not enough free disk space for a checkpoint: it takes {n:.0} MiB and {} has {f:.0} MiB free; free some space (or move the run folder) and continue with --resume",
+            dir.display()
+        ))
+    } else if free < need * (keep as u64 + 2) + margin {
+        Disk::Low(format!(
+            "{} has {f:.0} MiB free; a checkpoint takes {n:.0} MiB and the run keeps {keep} of them plus the final pipeline: it may run out of space",
+            dir.display()
+        ))
+    } else {
+        Disk::Enough
+    }
+}
+
 /// Writes `root/step-N/` via `root/.step-N.tmp/` and a rename: valid or absent, never half.
 /// A failed write (a full disk, a file-size limit) removes the partial folder and says which
 /// earlier checkpoint is still intact.
 pub(super) fn save_checkpoint(root: &Path, parts: &CheckpointParts) -> Result<PathBuf> {
     let st = parts.state;
-    write_checkpoint(root, parts).map_err(|e| {
+    let free = diffuse_data::fs::free_bytes(root);
+    let full =
+        free.and_then(
+            |free| match disk_check(root, free, checkpoint_bytes(parts.vars), 1) {
+                Disk::Full(why) => Some(why),
+                _ => None,
+            },
+        );
+    let written = match full {
+        Some(why) => Err(Error::Invalid(why)),
+        None => write_checkpoint(root, parts),
+    };
+    written.map_err(|e| {
         let _ = std::fs::remove_dir_all(root.join(format!(".step-{}.tmp", st.step)));
         let kept = match newest_checkpoint(root) {
             Some(p) => format!(
@@ -282,4 +333,30 @@ pub(super) fn copy_dir(src: &Path, dst: &Path) -> Result<()> {
         write(&dst.join(e.file_name()), &bytes)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod disk_tests {
+    use super::*;
+
+    #[test]
+    fn low_disk_warns_early_and_a_full_one_stops_before_writing() {
+        let dir = Path::new("runs/x/checkpoints");
+        let mib = 1u64 << 20;
+        assert_eq!(disk_check(dir, 10_000 * mib, 100 * mib, 3), Disk::Enough);
+        match disk_check(dir, 400 * mib, 100 * mib, 3) {
+            Disk::Low(w) => assert!(
+                w.contains("400 MiB free") && w.contains("a checkpoint takes 100 MiB"),
+                "{w}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        match disk_check(dir, 110 * mib, 100 * mib, 3) {
+            Disk::Full(e) => assert!(
+                e.contains("not enough free disk space") && e.contains("--resume"),
+                "{e}"
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
 }

@@ -49,6 +49,8 @@ pub struct StepReport {
     /// Further named values of this step (VAE: reconstruction, kl, kl_weight; eval/psnr when
     /// evaluated).
     pub metrics: Vec<(String, f64)>,
+    /// Things the user should know now (e.g. the disk filling up), said once each.
+    pub warnings: Vec<String>,
 }
 
 /// What a training run produced.

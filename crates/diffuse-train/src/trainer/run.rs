@@ -102,6 +102,8 @@ pub(super) struct Session<'a> {
     pub(super) last_loss: f32,
     /// The checkpoints this run wrote (rank 0).
     pub(super) checkpoints: Vec<PathBuf>,
+    /// Rank 0 checked the free disk space against the run's checkpoints (once, early).
+    pub(super) disk_warned: bool,
 }
 
 impl Session<'_> {

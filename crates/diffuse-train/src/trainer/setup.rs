@@ -220,6 +220,7 @@ impl<'a> Session<'a> {
             nonfinite: 0,
             last_loss: f32::NAN,
             checkpoints: Vec::new(),
+            disk_warned: false,
         })
     }
 }

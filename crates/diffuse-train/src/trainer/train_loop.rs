@@ -44,7 +44,19 @@ impl Session<'_> {
             skipped_nonfinite: result.skipped.is_some(),
             data_wait_s,
             metrics: result.parts,
+            warnings: Vec::new(),
         };
+        if !self.disk_warned && self.comm.rank() == 0 {
+            // Early, at the first step: will the run's checkpoints fit?
+            self.disk_warned = true;
+            let need = checkpoint_bytes(&self.vars);
+            if let Some(free) = diffuse_data::fs::free_bytes(&self.ckpt_root) {
+                let keep = t.keep_checkpoints.max(1);
+                if let Disk::Low(w) = disk_check(&self.ckpt_root, free, need, keep) {
+                    report.warnings.push(w);
+                }
+            }
+        }
         match result.skipped {
             Some(Skipped::NonFiniteLoss) => {
                 self.nonfinite += 1;
