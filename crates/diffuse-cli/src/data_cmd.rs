@@ -2,7 +2,8 @@
 //! `encode`: a data set encoded once into a latent cache (`diffuse_models::latent_cache`).
 
 use anyhow::{bail, Result};
-use diffuse_data::datasets::{self, Split};
+use diffuse_data::datasets::{self, OpenOptions, Split};
+use diffuse_data::image_io::Background;
 use diffuse_data::loader::{Loader, LoaderConfig, Position};
 use diffuse_data::transform::{Fit, Transform};
 use diffuse_models::config::SampleSize;
@@ -36,6 +37,9 @@ pub enum Command {
         /// Skip unreadable samples (and count them) instead of stopping.
         #[arg(long)]
         skip_bad: bool,
+        /// Transparent pixels: white, black, gray, #rrggbb, or alpha (keep a 4th channel).
+        #[arg(long, default_value = "white", value_parser = parse_background)]
+        background: Background,
     },
     /// Encode a data set with an AutoencoderKL into latent shards (mean, std) for latent
     /// diffusion training; the VAE is copied beside them with scaling_factor = 1 / std of the
@@ -72,6 +76,10 @@ pub enum Command {
         #[arg(long)]
         quiet: bool,
     },
+}
+
+fn parse_background(s: &str) -> Result<Background, String> {
+    Background::parse(s).map_err(|e| e.to_string())
 }
 
 pub fn run(cmd: Command) -> Result<()> {
@@ -111,11 +119,12 @@ pub fn run(cmd: Command) -> Result<()> {
             count,
             seed,
             skip_bad,
+            background,
         } => {
             let Some(fit) = Fit::parse(&fit) else {
                 bail!("--fit: unknown value {fit:?}; allowed: pad, resize, center_crop");
             };
-            let ds = datasets::open(&data, Split::Train)?;
+            let ds = datasets::open_with(&data, Split::Train, &OpenOptions { background })?;
             eprintln!("{}", ds.describe());
             let ds: Arc<dyn datasets::Dataset> = Arc::from(ds);
             let mut loader = Loader::new(

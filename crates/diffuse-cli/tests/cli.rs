@@ -774,6 +774,44 @@ fn data_list_and_preview() {
     assert_one_line_error(&o, "/no/such/data");
 }
 
+/// Issue 23: a folder of colour JPEGs (class subfolders) previews, as RGB.
+#[test]
+fn data_preview_reads_a_folder_of_jpegs() {
+    let dir = tempfile::tempdir().unwrap();
+    for (class, n) in [("cat", 3), ("dog", 2)] {
+        let d = dir.path().join("photos").join(class);
+        std::fs::create_dir_all(&d).unwrap();
+        for i in 0..n {
+            image::RgbImage::from_fn(20, 12, |x, y| {
+                image::Rgb([x as u8 * 10, y as u8 * 20, i as u8 * 60])
+            })
+            .save(d.join(format!("{i}.jpg")))
+            .unwrap();
+        }
+    }
+    let png = dir.path().join("p.png");
+    let o = diffuse(&[
+        "data",
+        "preview",
+        "--data",
+        dir.path().join("photos").to_str().unwrap(),
+        "--count",
+        "4",
+        "--size",
+        "16",
+        "--fit",
+        "center_crop",
+        "--output",
+        png.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("2 classes"), "{}", stderr(&o));
+    assert_eq!(
+        png_info(&png),
+        (2 * 16 + 2, 2 * 16 + 2, image::ColorType::Rgb8)
+    );
+}
+
 /// kill -9 in the middle of training (possibly inside a checkpoint write), then `--resume`:
 /// the final weights equal an uninterrupted run's, bit for bit.
 #[test]

@@ -1,40 +1,157 @@
 //! Images ↔ tensors. Pixels map to [−1, 1] as diffusers pipelines do (x/127.5 − 1), and back
-//! with clamping and rounding. Gray images stay one channel; RGBA drops alpha.
+//! with clamping and rounding. Files decode as users expect (PNG 8/16-bit, JPEG, WebP, gray with
+//! alpha), upright by their EXIF orientation, with alpha composited onto a [`Background`] or
+//! kept as a 4th channel.
 
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor};
-use image::{DynamicImage, GrayImage, RgbImage};
+use image::{DynamicImage, GrayImage, ImageDecoder, RgbImage, RgbaImage};
 use std::io::Cursor;
 use std::path::Path;
 
-/// Reads an image file as a `[1, c, h, w]` f32 tensor in [−1, 1] (c = 1 gray, 3 colour).
-pub fn load_image(path: &Path, device: &Device) -> Result<Tensor> {
+/// What transparent pixels become: composited onto a colour, or kept as a 4th channel
+/// (`data.background` in a training config: the names of [`Background::parse`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Background {
+    Color([u8; 3]),
+    /// RGBA: the alpha channel is kept (4 channels).
+    Alpha,
+}
+
+impl Default for Background {
+    fn default() -> Self {
+        Background::Color([255; 3])
+    }
+}
+
+impl Background {
+    /// `white`, `black`, `gray`, `#rrggbb`, or `alpha` (keep it as a 4th channel).
+    pub fn parse(s: &str) -> Result<Self> {
+        let hex = |h: &str| u8::from_str_radix(h, 16).ok();
+        Ok(match s {
+            "white" => Background::Color([255; 3]),
+            "black" => Background::Color([0; 3]),
+            "gray" | "grey" => Background::Color([128; 3]),
+            "alpha" => Background::Alpha,
+            _ => match s.strip_prefix('#').filter(|h| h.len() == 6 && h.is_ascii()) {
+                Some(h) => match (hex(&h[0..2]), hex(&h[2..4]), hex(&h[4..6])) {
+                    (Some(r), Some(g), Some(b)) => Background::Color([r, g, b]),
+                    _ => return Err(bad_background(s)),
+                },
+                None => return Err(bad_background(s)),
+            },
+        })
+    }
+
+    /// The name [`Background::parse`] reads back.
+    pub fn name(&self) -> String {
+        match self {
+            Background::Alpha => "alpha".into(),
+            Background::Color([255, 255, 255]) => "white".into(),
+            Background::Color([0, 0, 0]) => "black".into(),
+            Background::Color([r, g, b]) => format!("#{r:02x}{g:02x}{b:02x}"),
+        }
+    }
+}
+
+impl TryFrom<String> for Background {
+    type Error = Error;
+    fn try_from(s: String) -> Result<Self> {
+        Background::parse(&s)
+    }
+}
+
+impl From<Background> for String {
+    fn from(b: Background) -> String {
+        b.name()
+    }
+}
+
+fn bad_background(s: &str) -> Error {
+    Error::Invalid(format!(
+        "background {s:?}: use white, black, gray, #rrggbb, or alpha (keep a 4th channel)"
+    ))
+}
+
+/// Decodes image file bytes (format from the content), applying the EXIF orientation.
+pub fn decode(bytes: &[u8], path: &Path) -> Result<DynamicImage> {
+    // One line: some decoders end their messages with a newline.
+    let err = |e: &dyn std::fmt::Display| Error::Decode {
+        path: path.display().to_string(),
+        message: e.to_string().trim().replace('\n', " "),
+    };
+    let reader = image::ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| err(&e))?;
+    let mut decoder = reader.into_decoder().map_err(|e| err(&e))?;
+    let orientation = decoder.orientation().map_err(|e| err(&e))?;
+    let mut img = DynamicImage::from_decoder(decoder).map_err(|e| err(&e))?;
+    img.apply_orientation(orientation);
+    Ok(img)
+}
+
+/// Reads and decodes an image file ([`decode`]).
+pub fn open(path: &Path) -> Result<DynamicImage> {
     let bytes = std::fs::read(path).map_err(|source| Error::Io {
         path: path.display().to_string(),
         source,
     })?;
-    let img = image::load_from_memory(&bytes).map_err(|e| Error::Decode {
-        path: path.display().to_string(),
-        message: e.to_string(),
-    })?;
-    image_to_tensor(&img, device)
+    decode(&bytes, path)
 }
 
-/// A decoded image as a `[1, c, h, w]` f32 tensor in [−1, 1].
-pub fn image_to_tensor(img: &DynamicImage, device: &Device) -> Result<Tensor> {
-    let gray = matches!(
-        img,
-        DynamicImage::ImageLuma8(_)
-            | DynamicImage::ImageLumaA8(_)
-            | DynamicImage::ImageLuma16(_)
-            | DynamicImage::ImageLumaA16(_)
-    );
-    let (w, h) = (img.width() as usize, img.height() as usize);
-    let (c, raw) = if gray {
-        (1, img.to_luma8().into_raw())
-    } else {
-        (3, img.to_rgb8().into_raw())
+/// The channels an image becomes: 4 when alpha is kept, else 1 for gray, 3 for colour.
+pub fn channels_of(img: &DynamicImage, bg: Background) -> usize {
+    match bg {
+        Background::Alpha => 4,
+        Background::Color(_) if img.color().has_color() => 3,
+        Background::Color(c) if c[0] != c[1] || c[1] != c[2] => 3,
+        Background::Color(_) => 1,
+    }
+}
+
+/// The image's pixels as HWC u8 with `channels` channels (1, 3 or 4), alpha composited onto
+/// `bg` unless kept.
+pub fn pixels(img: &DynamicImage, channels: usize, bg: Background) -> Vec<u8> {
+    if channels == 4 {
+        return img.to_rgba8().into_raw();
+    }
+    let color = match bg {
+        Background::Color(c) => c,
+        Background::Alpha => [255; 3],
     };
+    let rgb: RgbImage = if img.color().has_alpha() {
+        let rgba: RgbaImage = img.to_rgba8();
+        let (w, h) = rgba.dimensions();
+        let mut out = RgbImage::new(w, h);
+        for (o, p) in out.pixels_mut().zip(rgba.pixels()) {
+            let a = p[3] as u32;
+            for c in 0..3 {
+                o[c] = ((p[c] as u32 * a + color[c] as u32 * (255 - a) + 127) / 255) as u8;
+            }
+        }
+        out
+    } else {
+        img.to_rgb8()
+    };
+    match channels {
+        1 => DynamicImage::ImageRgb8(rgb).to_luma8().into_raw(),
+        _ => rgb.into_raw(),
+    }
+}
+
+/// Reads an image file as a `[1, c, h, w]` f32 tensor in [−1, 1] (c = 1 gray, 3 colour;
+/// transparent pixels on white).
+pub fn load_image(path: &Path, device: &Device) -> Result<Tensor> {
+    image_to_tensor(&open(path)?, device)
+}
+
+/// A decoded image as a `[1, c, h, w]` f32 tensor in [−1, 1] (alpha composited on white).
+pub fn image_to_tensor(img: &DynamicImage, device: &Device) -> Result<Tensor> {
+    let bg = Background::default();
+    let c = channels_of(img, bg);
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let raw = pixels(img, c, bg);
     // [h, w, c] u8 → [1, c, h, w] f32
     let t = Tensor::from_vec(raw, (h, w, c), device)?
         .permute((2, 0, 1))?
@@ -45,9 +162,9 @@ pub fn image_to_tensor(img: &DynamicImage, device: &Device) -> Result<Tensor> {
 /// `[b, c, h, w]` in [−1, 1] → b images (c = 1 gray, c = 3 RGB).
 pub fn tensor_to_images(t: &Tensor) -> Result<Vec<DynamicImage>> {
     let (b, c, h, w) = t.dims4()?;
-    if c != 1 && c != 3 {
+    if !matches!(c, 1 | 3 | 4) {
         return Err(Error::Invalid(format!(
-            "cannot make an image of {c} channels (1 or 3)"
+            "cannot make an image of {c} channels (1, 3 or 4)"
         )));
     }
     // [b, c, h, w] → [b, h, w, c] u8
@@ -64,6 +181,10 @@ pub fn tensor_to_images(t: &Tensor) -> Result<Vec<DynamicImage>> {
             if c == 1 {
                 DynamicImage::ImageLuma8(
                     GrayImage::from_raw(w as u32, h as u32, data).expect("sized"),
+                )
+            } else if c == 4 {
+                DynamicImage::ImageRgba8(
+                    RgbaImage::from_raw(w as u32, h as u32, data).expect("sized"),
                 )
             } else {
                 DynamicImage::ImageRgb8(

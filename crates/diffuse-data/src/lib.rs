@@ -1,6 +1,7 @@
 //! diffuse-data: getting images into tensors and back out to files.
 //!
-//! - [`image_io`]: PNG/JPEG ↔ `[b, c, h, w]` tensors in [−1, 1], image grids and strips.
+//! - [`image_io`]: image files (PNG, JPEG, WebP; EXIF orientation; alpha) ↔ `[b, c, h, w]`
+//!   tensors in [−1, 1], image grids and strips.
 //! - [`fs`]: atomic file writes (temp file + fsync + rename): a file is whole or absent.
 //! - [`lock`]: one writer per folder (an advisory `flock` lock file naming its holder).
 //! - [`datasets`]: MNIST/Fashion-MNIST IDX, CIFAR-10 binary, image folders; known data sets.

@@ -102,6 +102,9 @@ fn resize(s: &Sample, w: usize, h: usize) -> (Vec<u8>, usize, usize) {
     let px = if s.channels == 1 {
         let img = image::GrayImage::from_raw(sw, sh, s.pixels.clone()).expect("sized");
         image::imageops::resize(&img, w as u32, h as u32, FilterType::Triangle).into_raw()
+    } else if s.channels == 4 {
+        let img = image::RgbaImage::from_raw(sw, sh, s.pixels.clone()).expect("sized");
+        image::imageops::resize(&img, w as u32, h as u32, FilterType::Triangle).into_raw()
     } else {
         let img = image::RgbImage::from_raw(sw, sh, s.pixels.clone()).expect("sized");
         image::imageops::resize(&img, w as u32, h as u32, FilterType::Triangle).into_raw()

@@ -1,7 +1,9 @@
-//! A folder of images (PNG/JPEG): one subfolder per class (sorted names = labels 0..k), or
-//! images directly in the folder (unconditional). Files are decoded when asked for.
+//! A folder of images (PNG, JPEG, WebP): one subfolder per class (sorted names = labels 0..k),
+//! or images directly in the folder (unconditional). Files are decoded when asked for, upright
+//! by their EXIF orientation, alpha composited onto the background or kept.
 
 use super::{Dataset, Sample};
+use crate::image_io::{self, Background};
 use crate::{Error, Result};
 use std::path::{Path, PathBuf};
 
@@ -9,6 +11,7 @@ pub struct ImageFolder {
     files: Vec<(PathBuf, Option<u32>)>,
     classes: Vec<String>,
     channels: usize,
+    background: Background,
     root: PathBuf,
 }
 
@@ -18,7 +21,7 @@ fn is_image(p: &Path) -> bool {
             .and_then(|e| e.to_str())
             .map(|e| e.to_ascii_lowercase())
             .as_deref(),
-        Some("png" | "jpg" | "jpeg")
+        Some("png" | "jpg" | "jpeg" | "webp")
     )
 }
 
@@ -36,7 +39,13 @@ fn images_in(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 impl ImageFolder {
+    /// Opens `root` with transparent pixels on white.
     pub fn open(root: &Path) -> Result<Self> {
+        Self::open_with(root, Background::default())
+    }
+
+    /// Opens `root`, compositing alpha onto `background` (or keeping it: 4 channels).
+    pub fn open_with(root: &Path, background: Background) -> Result<Self> {
         let rd = std::fs::read_dir(root).map_err(|source| Error::Io {
             path: root.display().to_string(),
             source,
@@ -66,18 +75,24 @@ impl ImageFolder {
         }
         if files.is_empty() {
             return Err(Error::Invalid(format!(
-                "{}: no PNG or JPEG images (in it or in class subfolders)",
+                "{}: no PNG, JPEG or WebP images (in it or in class subfolders)",
                 root.display()
             )));
         }
-        // Channels from the first readable image: gray stays gray, anything else is RGB.
-        let channels = image::open(&files[0].0)
-            .map(|i| if i.color().has_color() { 3 } else { 1 })
-            .unwrap_or(3);
+        // Channels from the first readable image: gray stays gray, anything else is RGB (RGBA
+        // when alpha is kept).
+        let channels = image_io::open(&files[0].0)
+            .map(|i| image_io::channels_of(&i, background))
+            .unwrap_or(if background == Background::Alpha {
+                4
+            } else {
+                3
+            });
         Ok(ImageFolder {
             files,
             classes,
             channels,
+            background,
             root: root.to_path_buf(),
         })
     }
@@ -90,16 +105,9 @@ impl Dataset for ImageFolder {
 
     fn get(&self, i: usize) -> Result<Sample> {
         let (path, label) = &self.files[i];
-        let img = image::open(path).map_err(|e| Error::Decode {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        })?;
+        let img = image_io::open(path)?;
         let (w, h) = (img.width() as usize, img.height() as usize);
-        let pixels = if self.channels == 1 {
-            img.to_luma8().into_raw()
-        } else {
-            img.to_rgb8().into_raw()
-        };
+        let pixels = image_io::pixels(&img, self.channels, self.background);
         Ok(Sample {
             pixels,
             width: w,

@@ -41,7 +41,7 @@ pub trait Dataset: Send + Sync {
             .map(|c| c.to_string())
             .collect()
     }
-    /// Image channels (1 or 3).
+    /// Image channels (1 gray, 3 colour, 4 colour with alpha).
     fn channels(&self) -> usize;
     /// A one-line description for logs.
     fn describe(&self) -> String;
@@ -114,9 +114,21 @@ pub enum Split {
     Test,
 }
 
+/// How image files become samples.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OpenOptions {
+    /// Transparent pixels: composited onto this, or kept as a 4th channel.
+    pub background: crate::image_io::Background,
+}
+
 /// Opens a data set by name (`mnist`, `fashion-mnist`, `cifar10`) or by path (an IDX folder,
 /// a CIFAR-10 binary folder, or an image folder).
 pub fn open(spec: &str, split: Split) -> Result<Box<dyn Dataset>> {
+    open_with(spec, split, &OpenOptions::default())
+}
+
+/// [`open`] with the options for image files.
+pub fn open_with(spec: &str, split: Split, opts: &OpenOptions) -> Result<Box<dyn Dataset>> {
     let known = known_datasets();
     let dir = match known.iter().find(|k| k.name == spec) {
         Some(k) => k.found.clone().ok_or_else(|| {
@@ -149,5 +161,5 @@ pub fn open(spec: &str, split: Split) -> Result<Box<dyn Dataset>> {
     if dir.join("data_batch_1.bin").exists() || dir.join("test_batch.bin").exists() {
         return Ok(Box::new(Cifar10::open_dir(&dir, split)?));
     }
-    Ok(Box::new(ImageFolder::open(&dir)?))
+    Ok(Box::new(ImageFolder::open_with(&dir, opts.background)?))
 }

@@ -169,9 +169,22 @@ pub struct DataSection {
     pub workers: usize,
     #[serde(default)]
     pub skip_bad: bool,
+    /// Transparent pixels of image files: `white` (default), `black`, `gray`, `#rrggbb`, or
+    /// `alpha` to keep a 4th channel.
+    #[serde(default)]
+    pub background: diffuse_data::image_io::Background,
     /// Train class-conditionally when the data set has labels.
     #[serde(default = "d_true")]
     pub class_conditional: bool,
+}
+
+impl DataSection {
+    /// How the data set's image files become samples.
+    pub fn open_options(&self) -> diffuse_data::datasets::OpenOptions {
+        diffuse_data::datasets::OpenOptions {
+            background: self.background,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -104,7 +104,8 @@ pub(super) fn open_source(config: &TrainConfig, device: &Device) -> Result<Sourc
             Source::Pairs(crate::reflow::load_pairs(Path::new(dir), device)?)
         }
         (None, None, false) => Source::Images(Arc::from(
-            datasets::open(&d.name, Split::Train).map_err(|e| Error::Invalid(e.to_string()))?,
+            datasets::open_with(&d.name, Split::Train, &d.open_options())
+                .map_err(|e| Error::Invalid(e.to_string()))?,
         )),
         _ => {
             return Err(Error::Invalid(

@@ -191,7 +191,7 @@ pub(super) fn vae_task(
     let cfg = AutoencoderKLConfig::from_json_str(&Value::Object(model_map).to_string())?;
     let d = &config.data;
     let holdout = if section.eval_images > 0 {
-        let test = datasets::open(&d.name, Split::Test).map_err(|e| {
+        let test = datasets::open_with(&d.name, Split::Test, &d.open_options()).map_err(|e| {
             Error::Invalid(format!(
                 "vae.eval_images: the held-out images come from the test split ({e}); set vae.eval_images = 0 to train without them"
             ))
