@@ -124,7 +124,11 @@ pub fn run(cmd: Command) -> Result<()> {
             let Some(fit) = Fit::parse(&fit) else {
                 bail!("--fit: unknown value {fit:?}; allowed: pad, resize, center_crop");
             };
-            let ds = datasets::open_with(&data, Split::Train, &OpenOptions { background })?;
+            let opts = OpenOptions {
+                background,
+                size: Some(size),
+            };
+            let ds = datasets::open_with(&data, Split::Train, &opts)?;
             eprintln!("{}", ds.describe());
             let ds: Arc<dyn datasets::Dataset> = Arc::from(ds);
             let mut loader = Loader::new(

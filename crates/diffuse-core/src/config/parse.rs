@@ -5,6 +5,9 @@ use super::reader::Reader;
 use super::*;
 use std::collections::BTreeSet;
 
+/// The longest noise schedule a config may ask for.
+const MAX_TRAIN_TIMESTEPS: usize = 1_000_000;
+
 impl SchedulerConfig {
     pub(super) fn from_map(class: SchedulerClass, map: &Map<String, Value>) -> Result<Self> {
         use SchedulerClass as C;
@@ -17,8 +20,12 @@ impl SchedulerConfig {
             _ => (0.0001, 0.02),
         };
         let num_train_timesteps = r.usize("num_train_timesteps", 1000)?;
-        if num_train_timesteps < 2 {
-            return Err(Error::config("num_train_timesteps", "must be at least 2"));
+        // The tables are this long; diffusers' models use 1000 (a few 4000).
+        if !(2..=MAX_TRAIN_TIMESTEPS).contains(&num_train_timesteps) {
+            return Err(Error::config(
+                "num_train_timesteps",
+                format!("must be in 2..={MAX_TRAIN_TIMESTEPS}, got {num_train_timesteps}"),
+            ));
         }
         let beta_start = r.f64("beta_start", bs)?;
         let beta_end = r.f64("beta_end", be)?;
@@ -67,6 +74,14 @@ impl SchedulerConfig {
             _ => TimestepSpacing::Linspace,
         };
         let steps_offset = r.usize("steps_offset", 0)?;
+        if steps_offset >= num_train_timesteps {
+            return Err(Error::config(
+                "steps_offset",
+                format!(
+                    "must be below num_train_timesteps ({num_train_timesteps}), got {steps_offset}"
+                ),
+            ));
+        }
         let set_alpha_to_one = r.bool("set_alpha_to_one", class == C::Ddim)?;
         let clip_sample = r.bool("clip_sample", matches!(class, C::Ddpm | C::Ddim))?;
         let clip_sample_range = r.f64("clip_sample_range", 1.0)?;

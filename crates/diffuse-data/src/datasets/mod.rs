@@ -7,10 +7,12 @@
 mod cifar;
 mod folder;
 mod idx;
+pub mod openmoji;
 
 pub use cifar::Cifar10;
 pub use folder::ImageFolder;
 pub use idx::{read_idx, IdxDataset};
+pub use openmoji::OpenMoji;
 
 use crate::Result;
 use std::path::PathBuf;
@@ -45,6 +47,10 @@ pub trait Dataset: Send + Sync {
     fn channels(&self) -> usize;
     /// A one-line description for logs.
     fn describe(&self) -> String;
+    /// The credit the data's licence asks for, to print and to write into what is trained on it.
+    fn attribution(&self) -> Option<&'static str> {
+        None
+    }
 }
 
 /// A data set diffuse knows by name.
@@ -98,6 +104,16 @@ pub fn known_datasets() -> Vec<KnownDataset> {
     if let Some(p) = std::env::var_os("DIFFUSE_CIFAR10") {
         cifar.insert(0, PathBuf::from(p));
     }
+    let mut openmoji = vec![bundled_root().join("openmoji")];
+    if let Some(p) = std::env::var_os("DIFFUSE_OPENMOJI") {
+        openmoji.insert(0, PathBuf::from(p));
+    }
+    out.push(KnownDataset {
+        name: "openmoji",
+        description: "OpenMoji 17 colour emoji, 2,456 (no skin-tone variants), 11 classes (groups), rasterised at data.size; CC BY-SA 4.0 (diffuse data fetch openmoji)",
+        found: openmoji.iter().find(|d| openmoji::is_openmoji(d)).cloned(),
+        candidates: openmoji,
+    });
     out.push(KnownDataset {
         name: "cifar10",
         description: "CIFAR-10 binary version, 50k/10k, 32×32 RGB, 10 classes (bring your own: DIFFUSE_CIFAR10=folder)",
@@ -119,10 +135,12 @@ pub enum Split {
 pub struct OpenOptions {
     /// Transparent pixels: composited onto this, or kept as a 4th channel.
     pub background: crate::image_io::Background,
+    /// The size vector data (OpenMoji's SVGs) is rasterised at (default 72, its design grid).
+    pub size: Option<usize>,
 }
 
-/// Opens a data set by name (`mnist`, `fashion-mnist`, `cifar10`) or by path (an IDX folder,
-/// a CIFAR-10 binary folder, or an image folder).
+/// Opens a data set by name (`mnist`, `fashion-mnist`, `cifar10`, `openmoji`) or by path (an
+/// IDX folder, a CIFAR-10 binary folder, OpenMoji, or an image folder).
 pub fn open(spec: &str, split: Split) -> Result<Box<dyn Dataset>> {
     open_with(spec, split, &OpenOptions::default())
 }
@@ -145,7 +163,7 @@ pub fn open_with(spec: &str, split: Split, opts: &OpenOptions) -> Result<Box<dyn
     };
     if !dir.is_dir() {
         return Err(crate::Error::Invalid(format!(
-            "{}: no such data set folder (known names: mnist, fashion-mnist, cifar10)",
+            "{}: no such data set folder (known names: mnist, fashion-mnist, cifar10, openmoji)",
             dir.display()
         )));
     }
@@ -160,6 +178,11 @@ pub fn open_with(spec: &str, split: Split, opts: &OpenOptions) -> Result<Box<dyn
     }
     if dir.join("data_batch_1.bin").exists() || dir.join("test_batch.bin").exists() {
         return Ok(Box::new(Cifar10::open_dir(&dir, split)?));
+    }
+    if openmoji::is_openmoji(&dir) {
+        // One split: the set is small, and FID compares against all of it.
+        let size = opts.size.unwrap_or(72);
+        return Ok(Box::new(OpenMoji::open(&dir, size, opts.background)?));
     }
     Ok(Box::new(ImageFolder::open_with(&dir, opts.background)?))
 }

@@ -183,6 +183,7 @@ impl DataSection {
     pub fn open_options(&self) -> diffuse_data::datasets::OpenOptions {
         diffuse_data::datasets::OpenOptions {
             background: self.background,
+            size: Some(self.size),
         }
     }
 }

@@ -41,6 +41,9 @@ pub(super) struct UnetTask {
     pub(super) vae: Option<(AutoencoderKL, Files)>,
     /// `[distill]`: the teacher whose two DDIM steps each student step learns.
     pub(super) distill: Option<crate::progressive::Progressive>,
+    /// The credit the training data's licence asks for, kept in `model_index.json`
+    /// (`_diffuse_data_attribution`).
+    pub(super) attribution: Option<&'static str>,
 }
 
 pub(super) struct VaeTask {
@@ -168,6 +171,7 @@ pub(super) fn unet_task(
     let task = UnetTask {
         sampling,
         distill,
+        attribution: None,
         model,
         cfg: unet_cfg,
         schedule,
@@ -254,6 +258,9 @@ impl Net {
             let class = sched["_class_name"].as_str().unwrap_or("DDPMScheduler");
             let mut index = diffuse_models::weights::pipeline_index(&u.cfg, class, u.vae.is_some());
             u.sampling.write_into(&mut index);
+            if let Some(a) = u.attribution {
+                index["_diffuse_data_attribution"] = a.into();
+            }
             files.push(("scheduler/scheduler_config.json".into(), text(&sched)));
             files.push(("model_index.json".into(), text(&index)));
             if let Some((_, vae_files)) = &u.vae {

@@ -76,6 +76,9 @@ impl<'a> Session<'a> {
             None => unet_task(config, model_map, classes, latent_vae, device)?,
             Some(v) => vae_task(config, v, model_map, device)?,
         };
+        if let (Net::Unet(u), Source::Images(ds)) = (&mut net, &source) {
+            u.attribution = ds.attribution();
+        }
         net.set_gradient_checkpointing(t.gradient_checkpointing);
         net.seeded_init(&varmap, t.seed)?;
         if let Some(dir) = &t.init_from {

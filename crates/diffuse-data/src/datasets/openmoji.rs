@@ -1,0 +1,233 @@
+//! OpenMoji 17 (the npm package `openmoji`, graphics CC BY-SA 4.0): colour emoji SVGs on a
+//! 72×72 grid, rasterised with resvg at the training size, one class per `group` of
+//! `data/openmoji.csv`. Left out: the `component` group and skin-tone variants (2,030 of the
+//! 2,418 people-body emoji), so no class is mostly one face in five shades. The raster is
+//! cached beside the data (`cache/rgba-SIZEpx-N.bin`), so a second run starts at once.
+
+use super::{Dataset, Sample};
+use crate::image_io::{self, Background};
+use crate::{Error, Result};
+use std::path::{Path, PathBuf};
+
+/// The attribution OpenMoji's licence asks for: printed when it is fetched, written into every
+/// pipeline trained on it.
+pub const ATTRIBUTION: &str = "All emojis designed by OpenMoji – the open-source emoji and icon project. License: CC BY-SA 4.0";
+
+/// The classes, in label order.
+pub const GROUPS: [&str; 11] = [
+    "smileys-emotion",
+    "people-body",
+    "animals-nature",
+    "food-drink",
+    "travel-places",
+    "activities",
+    "objects",
+    "symbols",
+    "flags",
+    "extras-openmoji",
+    "extras-unicode",
+];
+
+pub struct OpenMoji {
+    /// Straight (not premultiplied) RGBA, `size × size` per emoji.
+    rgba: Vec<u8>,
+    size: usize,
+    labels: Vec<u32>,
+    hexcodes: Vec<String>,
+    background: Background,
+    dir: PathBuf,
+}
+
+/// Whether `dir` holds OpenMoji as `diffuse data fetch openmoji` leaves it.
+pub fn is_openmoji(dir: &Path) -> bool {
+    dir.join("data/openmoji.csv").is_file() && dir.join("color/svg").is_dir()
+}
+
+/// An SVG rasterised to `size × size` straight RGBA (the viewBox scaled to fit).
+pub fn rasterize(svg: &[u8], size: usize, name: &str) -> Result<Vec<u8>> {
+    let bad = |m: String| Error::Decode {
+        path: name.to_string(),
+        message: m,
+    };
+    let tree = resvg::usvg::Tree::from_data(svg, &resvg::usvg::Options::default())
+        .map_err(|e| bad(e.to_string()))?;
+    let mut pixmap = resvg::tiny_skia::Pixmap::new(size as u32, size as u32)
+        .ok_or_else(|| bad(format!("cannot make a {size}×{size} raster")))?;
+    let s = tree.size();
+    let scale = (size as f32 / s.width()).min(size as f32 / s.height());
+    resvg::render(
+        &tree,
+        resvg::tiny_skia::Transform::from_scale(scale, scale),
+        &mut pixmap.as_mut(),
+    );
+    Ok(pixmap
+        .pixels()
+        .iter()
+        .flat_map(|p| {
+            let c = p.demultiply();
+            [c.red(), c.green(), c.blue(), c.alpha()]
+        })
+        .collect())
+}
+
+impl OpenMoji {
+    /// Opens the set in `dir` rendered at `size` px (from the cache when it is there).
+    pub fn open(dir: &Path, size: usize, background: Background) -> Result<Self> {
+        if !(1..=1024).contains(&size) {
+            return Err(Error::Invalid(format!(
+                "openmoji: size {size} is not in 1..=1024"
+            )));
+        }
+        let csv_path = dir.join("data/openmoji.csv");
+        let mut reader = csv::Reader::from_path(&csv_path)
+            .map_err(|e| Error::Invalid(format!("{}: {e}", csv_path.display())))?;
+        let headers = reader
+            .headers()
+            .map_err(|e| Error::Invalid(format!("{}: {e}", csv_path.display())))?
+            .clone();
+        let col = |name: &str| {
+            headers.iter().position(|h| h == name).ok_or_else(|| {
+                Error::Invalid(format!("{}: no `{name}` column", csv_path.display()))
+            })
+        };
+        let (hex_c, group_c, skin_c) = (col("hexcode")?, col("group")?, col("skintone")?);
+        let mut hexcodes = Vec::new();
+        let mut labels = Vec::new();
+        for (i, row) in reader.records().enumerate() {
+            let row = row.map_err(|e| {
+                Error::Invalid(format!("{}: row {}: {e}", csv_path.display(), i + 2))
+            })?;
+            let (hex, group) = (&row[hex_c], &row[group_c]);
+            if !row[skin_c].is_empty() {
+                continue;
+            }
+            if let Some(label) = GROUPS.iter().position(|g| *g == group) {
+                hexcodes.push(hex.to_string());
+                labels.push(label as u32);
+            }
+        }
+        if hexcodes.is_empty() {
+            return Err(Error::Invalid(format!(
+                "{}: no emoji of the groups {}",
+                csv_path.display(),
+                GROUPS.join(", ")
+            )));
+        }
+        let per = size * size * 4;
+        let cache = dir
+            .join("cache")
+            .join(format!("rgba-{size}px-{}.bin", hexcodes.len()));
+        let rgba = match std::fs::read(&cache) {
+            Ok(b) if b.len() == per * hexcodes.len() => b,
+            _ => {
+                let rgba = render_all(dir, &hexcodes, size)?;
+                // A cache that cannot be written (a read-only data folder) only costs time.
+                if std::fs::create_dir_all(cache.parent().expect("cache/")).is_ok() {
+                    let _ = crate::fs::write_atomic(&cache, &rgba);
+                }
+                rgba
+            }
+        };
+        Ok(OpenMoji {
+            rgba,
+            size,
+            labels,
+            hexcodes,
+            background,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// The emoji's hexcode (its file name in `color/svg/`).
+    pub fn hexcode(&self, i: usize) -> &str {
+        &self.hexcodes[i]
+    }
+}
+
+/// Rasterises every emoji, on all cores.
+fn render_all(dir: &Path, hexcodes: &[String], size: usize) -> Result<Vec<u8>> {
+    let per = size * size * 4;
+    let mut out = vec![0u8; per * hexcodes.len()];
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = hexcodes.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let jobs: Vec<_> = out
+            .chunks_mut(per * chunk)
+            .zip(hexcodes.chunks(chunk))
+            .map(|(dst, hexes)| {
+                scope.spawn(move || -> Result<()> {
+                    for (d, hex) in dst.chunks_mut(per).zip(hexes) {
+                        let p = dir.join("color/svg").join(format!("{hex}.svg"));
+                        let svg = std::fs::read(&p).map_err(|source| Error::Io {
+                            path: p.display().to_string(),
+                            source,
+                        })?;
+                        d.copy_from_slice(&rasterize(&svg, size, &p.display().to_string())?);
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        jobs.into_iter()
+            .try_for_each(|j| j.join().expect("a rasterising thread panicked"))
+    })?;
+    Ok(out)
+}
+
+impl Dataset for OpenMoji {
+    fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    fn get(&self, i: usize) -> Result<Sample> {
+        let per = self.size * self.size * 4;
+        let rgba = image::RgbaImage::from_raw(
+            self.size as u32,
+            self.size as u32,
+            self.rgba[i * per..(i + 1) * per].to_vec(),
+        )
+        .expect("sized");
+        let channels = self.channels();
+        Ok(Sample {
+            pixels: image_io::pixels(
+                &image::DynamicImage::ImageRgba8(rgba),
+                channels,
+                self.background,
+            ),
+            width: self.size,
+            height: self.size,
+            channels,
+            label: Some(self.labels[i]),
+        })
+    }
+
+    fn num_classes(&self) -> Option<usize> {
+        Some(GROUPS.len())
+    }
+
+    fn class_names(&self) -> Vec<String> {
+        GROUPS.iter().map(|g| g.to_string()).collect()
+    }
+
+    fn channels(&self) -> usize {
+        match self.background {
+            Background::Alpha => 4,
+            Background::Color(_) => 3,
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "{} OpenMoji emoji ({} px, {} channels), {} classes (groups) from {}; {ATTRIBUTION}",
+            self.len(),
+            self.size,
+            self.channels(),
+            GROUPS.len(),
+            self.dir.display()
+        )
+    }
+
+    fn attribution(&self) -> Option<&'static str> {
+        Some(ATTRIBUTION)
+    }
+}
