@@ -41,6 +41,20 @@ pub enum Command {
         #[arg(long, default_value = "white", value_parser = parse_background)]
         background: Background,
     },
+    /// Download a public data set (mnist, fashion-mnist, cifar10, openmoji) from where its
+    /// authors publish it, check its checksum and install it where `data list` looks.
+    Fetch {
+        /// mnist, fashion-mnist, cifar10 or openmoji.
+        name: String,
+        /// Install here (default: the project's data/ folder, DIFFUSE_DATA_ROOT).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Use this local file (or a folder holding the files) instead of the network.
+        #[arg(long)]
+        from: Option<PathBuf>,
+        #[arg(long)]
+        quiet: bool,
+    },
     /// Encode a data set with an AutoencoderKL into latent shards (mean, std) for latent
     /// diffusion training; the VAE is copied beside them with scaling_factor = 1 / std of the
     /// latents.
@@ -78,6 +92,49 @@ pub enum Command {
     },
 }
 
+fn fetch(
+    name: &str,
+    dir: Option<PathBuf>,
+    from: Option<&std::path::Path>,
+    quiet: bool,
+) -> Result<()> {
+    let mirror = std::env::var("DIFFUSE_DATA_MIRROR").ok();
+    let sources = diffuse_data::fetch::sources(mirror.as_deref());
+    let Some(source) = sources.iter().find(|s| s.name == name) else {
+        bail!(
+            "unknown data set {name:?}; `data fetch` knows: {}",
+            sources
+                .iter()
+                .map(|s| s.name)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    };
+    let dir = dir.unwrap_or_else(|| datasets::fetch_dir(name));
+    let _lock = crate::common::lock_folder(&dir, "diffuse data fetch")?;
+    let bar = if quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(0).with_style(
+            ProgressStyle::with_template(
+                "{msg} [{bar:30}] {bytes}/{total_bytes} · {bytes_per_sec} · eta {eta}",
+            )
+            .expect("template")
+            .progress_chars("=> "),
+        )
+    };
+    let out = diffuse_data::fetch::fetch(source, &dir, from, &mut |file, done, total| {
+        bar.set_message(file.to_string());
+        if let Some(t) = total {
+            bar.set_length(t);
+        }
+        bar.set_position(done);
+    })?;
+    bar.finish_and_clear();
+    eprintln!("{name} is in {} ({})", out.display(), source.notice);
+    Ok(())
+}
+
 fn parse_background(s: &str) -> Result<Background, String> {
     Background::parse(s).map_err(|e| e.to_string())
 }
@@ -110,6 +167,12 @@ pub fn run(cmd: Command) -> Result<()> {
             println!("Any folder works too: IDX files, CIFAR-10 binary batches, or images (class = subfolder).");
             Ok(())
         }
+        Command::Fetch {
+            name,
+            dir,
+            from,
+            quiet,
+        } => fetch(&name, dir, from.as_deref(), quiet),
         Command::Preview {
             data,
             output,

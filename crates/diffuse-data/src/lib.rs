@@ -8,6 +8,7 @@
 //! - [`transform`], [`loader`]: preprocessing and a seeded, threaded, resumable batch loader.
 
 pub mod datasets;
+pub mod fetch;
 pub mod fs;
 pub mod image_io;
 pub mod loader;

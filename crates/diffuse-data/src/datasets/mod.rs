@@ -89,7 +89,10 @@ pub fn known_datasets() -> Vec<KnownDataset> {
         found: mnist.iter().find(|d| idx_present(d)).cloned(),
         candidates: mnist,
     });
-    let mut fashion = vec![PathBuf::from("/usr/share/datasets/fashion-mnist")];
+    let mut fashion = vec![
+        bundled_root().join("fashion-mnist"),
+        PathBuf::from("/usr/share/datasets/fashion-mnist"),
+    ];
     if let Some(p) = std::env::var_os("DIFFUSE_FASHION_MNIST") {
         fashion.insert(0, PathBuf::from(p));
     }
@@ -121,6 +124,15 @@ pub fn known_datasets() -> Vec<KnownDataset> {
         candidates: cifar,
     });
     out
+}
+
+/// Where `diffuse data fetch NAME` installs a data set by default: the project's `data/`
+/// folder (`DIFFUSE_DATA_ROOT`), where [`known_datasets`] looks first.
+pub fn fetch_dir(name: &str) -> PathBuf {
+    bundled_root().join(match name {
+        "cifar10" => "cifar-10-batches-bin",
+        other => other,
+    })
 }
 
 /// Which split of a named data set.

@@ -231,3 +231,62 @@ impl Dataset for OpenMoji {
         Some(ATTRIBUTION)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GRADIENT: &str = r##"<svg viewBox="0 0 72 72" xmlns="http://www.w3.org/2000/svg">
+  <defs><linearGradient id="g" x1="0" x2="1" y1="0" y2="0">
+    <stop offset="0" stop-color="#ff0000"/><stop offset="1" stop-color="#0000ff"/>
+  </linearGradient></defs>
+  <rect x="0" y="0" width="72" height="36" fill="url(#g)"/>
+</svg>"##;
+
+    #[test]
+    fn an_svg_with_a_gradient_rasterises_at_the_asked_size() {
+        let px = rasterize(GRADIENT.as_bytes(), 16, "g.svg").unwrap();
+        assert_eq!(px.len(), 16 * 16 * 4);
+        let at = |x: usize, y: usize| &px[(y * 16 + x) * 4..(y * 16 + x) * 4 + 4];
+        let (left, right, below) = (at(0, 2), at(15, 2), at(8, 12));
+        assert!(left[0] > 200 && left[2] < 60 && left[3] == 255, "{left:?}");
+        assert!(right[2] > 200 && right[0] < 60, "{right:?}");
+        assert_eq!(below[3], 0, "transparent below the rect");
+        let e = rasterize(b"<svg", 16, "bad.svg").unwrap_err().to_string();
+        assert!(e.contains("bad.svg"), "{e}");
+    }
+
+    #[test]
+    fn groups_are_classes_skin_tones_and_components_are_left_out_and_the_raster_is_cached() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("data")).unwrap();
+        std::fs::create_dir_all(dir.path().join("color/svg")).unwrap();
+        std::fs::write(
+            dir.path().join("data/openmoji.csv"),
+            "emoji,hexcode,group,subgroups,annotation,tags,skintone\n\
+             a,1F600,smileys-emotion,face,\"grinning, face\",x,\n\
+             b,1F44B-1F3FB,people-body,hand,wave,x,1\n\
+             c,1F3FB,component,skin,light,x,\n\
+             d,1F34E,food-drink,fruit,apple,x,\n",
+        )
+        .unwrap();
+        for hex in ["1F600", "1F44B-1F3FB", "1F3FB", "1F34E"] {
+            std::fs::write(dir.path().join(format!("color/svg/{hex}.svg")), GRADIENT).unwrap();
+        }
+        assert!(is_openmoji(dir.path()));
+        let ds = OpenMoji::open(dir.path(), 8, Background::default()).unwrap();
+        assert_eq!(ds.len(), 2);
+        assert_eq!((ds.hexcode(0), ds.hexcode(1)), ("1F600", "1F34E"));
+        let s = ds.get(1).unwrap();
+        assert_eq!((s.label, s.channels, s.width), (Some(3), 3, 8));
+        // Transparent bottom half on white.
+        assert_eq!(&s.pixels[(7 * 8) * 3..(7 * 8) * 3 + 3], &[255, 255, 255]);
+        assert!(dir.path().join("cache/rgba-8px-2.bin").exists());
+        // From the cache: the SVGs are not read again.
+        std::fs::remove_dir_all(dir.path().join("color/svg")).unwrap();
+        std::fs::create_dir_all(dir.path().join("color/svg")).unwrap();
+        let again = OpenMoji::open(dir.path(), 8, Background::Alpha).unwrap();
+        assert_eq!(again.get(1).unwrap().channels, 4);
+        assert_eq!(again.attribution(), Some(ATTRIBUTION));
+    }
+}
