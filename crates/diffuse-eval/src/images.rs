@@ -383,7 +383,8 @@ pub fn open_images(
         && !is_known
         && !path.join("train-images-idx3-ubyte.gz").exists()
         && !path.join("train-images-idx3-ubyte").exists()
-        && !path.join("data_batch_1.bin").exists();
+        && !path.join("data_batch_1.bin").exists()
+        && !datasets::openmoji::is_openmoji(path);
     if is_plain_folder && size.is_none() {
         let f = FolderImages::open(path)?;
         return Ok(match limit {
@@ -397,10 +398,15 @@ pub fn open_images(
     }
     if !is_known && !path.exists() {
         return Err(Error::Input(format!(
-            "{spec}: no such folder or data set (known names: mnist, fashion-mnist, cifar10)"
+            "{spec}: no such folder or data set (known names: mnist, fashion-mnist, cifar10, openmoji)"
         )));
     }
-    let ds = datasets::open(spec, split)?;
+    // Vector data (OpenMoji) is rasterised at the size it is compared at.
+    let opts = datasets::OpenOptions {
+        size,
+        ..Default::default()
+    };
+    let ds = datasets::open_with(spec, split, &opts)?;
     Ok(Box::new(DatasetImages::new(ds, limit, size)?))
 }
 

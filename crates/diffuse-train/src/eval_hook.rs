@@ -186,8 +186,13 @@ impl EvalHook {
                 let name = section.real.as_deref().or(default_real).ok_or_else(|| {
                     bad("real: name the real images (a data set or a folder); a latent cache does not say which".into())
                 })?;
-                let ds =
-                    datasets::open(name, Split::Train).map_err(|e| bad(format!("real: {e}")))?;
+                // Vector data (OpenMoji) rasterised at the size it is compared at.
+                let opts = datasets::OpenOptions {
+                    size: Some(size),
+                    ..Default::default()
+                };
+                let ds = datasets::open_with(name, Split::Train, &opts)
+                    .map_err(|e| bad(format!("real: {e}")))?;
                 let images =
                     DatasetImages::new(ds, Some(section.num_real), Some(size)).map_err(eval_err)?;
                 let bs = net.default_batch_size();
