@@ -151,3 +151,17 @@ fn a_jpeg_folder_reads_with_its_classes_and_a_truncated_file_is_named() {
         bad[0]
     );
 }
+
+/// Found by fuzzing: a PNG header that claims 6 × 4,278,124,549 pixels (77 GB once decoded;
+/// `fuzz/regressions/image/`) is an error under the image crate's 512 MiB limit, not an abort.
+#[test]
+fn a_header_that_claims_a_huge_image_is_refused() {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fuzz/regressions/image/png_claims_77gb.png");
+    let bytes = std::fs::read(&p).unwrap();
+    let e = image_io::decode(&bytes, &p).unwrap_err().to_string();
+    assert!(
+        e.contains("png_claims_77gb.png") && !e.contains('\n'),
+        "{e}"
+    );
+}
