@@ -6,6 +6,13 @@
 //! table and writes `bench/results/serve_load.json`.
 //!
 //! `cargo run --release -p serve-load -- [--clients 200] [--requests 5] [--steps 10] [--max-batch 16]`
+//!
+//! `cargo run --release -p serve-load -- soak --minutes 30 …` is the soak test instead: mixed
+//! valid and hostile traffic for a bounded time while the server's RSS, open fds and p99 latency
+//! are sampled (see `soak.rs`).
+
+mod plot;
+mod soak;
 
 use anyhow::{bail, Context, Result};
 use serde_json::json;
@@ -21,7 +28,7 @@ struct Opts {
     max_batch: usize,
 }
 
-fn opts() -> Result<Opts> {
+fn opts(args: &[String]) -> Result<Opts> {
     let mut o = Opts {
         diffuse: "target/release/diffuse".into(),
         model: "crates/diffuse-models/tests/fixtures/pipeline_basic".into(),
@@ -30,7 +37,6 @@ fn opts() -> Result<Opts> {
         steps: 10,
         max_batch: 16,
     };
-    let args: Vec<String> = std::env::args().skip(1).collect();
     for pair in args.chunks(2) {
         let v = pair.get(1).context("every flag takes a value")?;
         match pair[0].as_str() {
@@ -40,7 +46,7 @@ fn opts() -> Result<Opts> {
             "--requests" => o.requests = v.parse()?,
             "--steps" => o.steps = v.parse()?,
             "--max-batch" => o.max_batch = v.parse()?,
-            f => bail!("unknown flag {f}"),
+            f => bail!("unknown flag {f} (flags: --diffuse --model --clients --requests --steps --max-batch; or `soak --help`)"),
         }
     }
     Ok(o)
@@ -163,7 +169,7 @@ async fn run(o: &Opts, max_batch: usize) -> Result<Run> {
     Ok(run)
 }
 
-fn pct(v: &[f64], p: f64) -> f64 {
+pub(crate) fn pct(v: &[f64], p: f64) -> f64 {
     if v.is_empty() {
         return f64::NAN;
     }
@@ -172,7 +178,11 @@ fn pct(v: &[f64], p: f64) -> f64 {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let o = opts()?;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("soak") {
+        return soak::main(&args[1..]).await;
+    }
+    let o = opts(&args)?;
     let total = o.clients * o.requests;
     let mut rows = Vec::new();
     for mb in [1, o.max_batch] {
