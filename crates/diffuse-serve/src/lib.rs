@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod request;
 
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -350,9 +351,29 @@ impl Drop for CancelOnDrop {
     }
 }
 
-async fn generate(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn generate(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     let started = Instant::now();
-    let resp = generate_inner(&s, &headers, &body, started).await;
+    // A body over `max_body_bytes` (or one that broke off) is the API's JSON error, counted in
+    // the metrics like every other answer; axum's own rejection is plain text.
+    let resp = match body {
+        Ok(body) => generate_inner(&s, &headers, &body, started).await,
+        Err(e) => {
+            let status = e.status();
+            let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                format!(
+                    "the body is over {} bytes (--max-body-bytes)",
+                    s.config.max_body_bytes
+                )
+            } else {
+                format!("cannot read the body: {}", e.body_text())
+            };
+            ApiError::new(status, Some("body"), message).into_response()
+        }
+    };
     // Streams account for themselves when they end.
     if resp.headers().get(header::CONTENT_TYPE)
         != Some(&HeaderValue::from_static("text/event-stream"))
