@@ -86,10 +86,11 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<DynamicImage> {
         .map_err(|e| err(&e))?;
     let mut decoder = reader.into_decoder().map_err(|e| err(&e))?;
     // `into_decoder` leaves the decoder unlimited: a header may claim a 77 GB image (found by
-    // fuzzing). The image crate's default limit, 512 MiB, is what `load_from_memory` applies.
-    decoder
-        .set_limits(image::Limits::default())
-        .map_err(|e| err(&e))?;
+    // fuzzing). The image crate's default limit, 512 MiB, is what `load_from_memory` applies:
+    // `set_limits` checks only the dimensions, `reserve` the bytes the decoded image takes.
+    let mut limits = image::Limits::default();
+    limits.reserve(decoder.total_bytes()).map_err(|e| err(&e))?;
+    decoder.set_limits(limits).map_err(|e| err(&e))?;
     let orientation = decoder.orientation().map_err(|e| err(&e))?;
     let mut img = DynamicImage::from_decoder(decoder).map_err(|e| err(&e))?;
     img.apply_orientation(orientation);
