@@ -74,7 +74,11 @@ fn bad_background(s: &str) -> Error {
     ))
 }
 
-/// Decodes image file bytes (format from the content), applying the EXIF orientation.
+/// The most bytes one decoded image may take (about 44 megapixels of 8-bit RGB).
+pub const MAX_DECODED_BYTES: u64 = 128 << 20;
+
+/// Decodes image file bytes (format from the content), applying the EXIF orientation; an image
+/// over [`MAX_DECODED_BYTES`] decoded is refused before decoding.
 pub fn decode(bytes: &[u8], path: &Path) -> Result<DynamicImage> {
     // One line: some decoders end their messages with a newline.
     let err = |e: &dyn std::fmt::Display| Error::Decode {
@@ -86,9 +90,12 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<DynamicImage> {
         .map_err(|e| err(&e))?;
     let mut decoder = reader.into_decoder().map_err(|e| err(&e))?;
     // `into_decoder` leaves the decoder unlimited: a header may claim a 77 GB image (found by
-    // fuzzing). The image crate's default limit, 512 MiB, is what `load_from_memory` applies:
-    // `set_limits` checks only the dimensions, `reserve` the bytes the decoded image takes.
+    // fuzzing). `set_limits` checks only the dimensions, `reserve` the bytes the decoded image
+    // takes. 512 MiB, the image crate's default, still let a JPEG claiming 57,601 × 2,310 pixels
+    // take 2.1 GB with the decoder's own buffers (also found by fuzzing): the cap is 128 MiB
+    // decoded, about 44 megapixels of RGB, far above any training size.
     let mut limits = image::Limits::default();
+    limits.max_alloc = Some(MAX_DECODED_BYTES);
     limits.reserve(decoder.total_bytes()).map_err(|e| err(&e))?;
     decoder.set_limits(limits).map_err(|e| err(&e))?;
     let orientation = decoder.orientation().map_err(|e| err(&e))?;

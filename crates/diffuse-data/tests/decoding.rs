@@ -165,3 +165,15 @@ fn a_header_that_claims_a_huge_image_is_refused() {
         "{e}"
     );
 }
+
+/// Found by fuzzing: a JPEG claiming 57,601 × 2,310 pixels (400 MB decoded, 2.1 GB with the
+/// decoder's buffers) is over the 128 MiB cap and refused before decoding.
+#[test]
+fn a_jpeg_over_the_decoded_size_cap_is_refused() {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fuzz/regressions/image/jpeg_claims_57601x2310.jpg");
+    let e = image_io::decode(&std::fs::read(&p).unwrap(), &p)
+        .unwrap_err()
+        .to_string();
+    assert!(e.to_lowercase().contains("limit"), "{e}");
+}
