@@ -3,7 +3,7 @@
 //! (`$HF_HUB_CACHE`, else `$HF_HOME/hub`, else `~/.cache/huggingface/hub`), where
 //! `models--ORG--NAME/refs/REVISION` (default `main`) holds a commit hash and the files lie in
 //! `models--ORG--NAME/snapshots/HASH/` (a 40-hex revision names the snapshot directly); then,
-//! unless offline (`HF_HUB_OFFLINE=1` or [`set_offline`]), the hub itself ([`download`]).
+//! unless offline (`HF_HUB_OFFLINE=1` or [`set_offline`]), the hub itself ([`Hub::snapshot`]).
 
 mod download;
 
