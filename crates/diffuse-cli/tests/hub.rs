@@ -165,6 +165,17 @@ fn repo_root() -> tempfile::TempDir {
     dir
 }
 
+/// `models--ORG--NAME` in `cache` as `snapshot_download` leaves it: `refs/main` naming [`SHA`],
+/// and the (empty) snapshot folder, returned.
+fn cached_repo(cache: &Path, org: &str, name: &str) -> PathBuf {
+    let repo = cache.join(format!("models--{org}--{name}"));
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), SHA).unwrap();
+    let snap = repo.join("snapshots").join(SHA);
+    std::fs::create_dir_all(&snap).unwrap();
+    snap
+}
+
 fn sample(model: &str, cache: &Path, endpoint: &str, extra: &[&str]) -> std::process::Output {
     let out = cache.join("o.safetensors");
     let mut args = vec![
@@ -259,6 +270,40 @@ fn hub_ids_download_once_into_the_cache_then_work_offline() {
     );
 }
 
+/// `--model ORG/NAME` from a Hugging Face cache tree (`HF_HUB_CACHE`) alone, offline; a
+/// missing one says where diffuse looked.
+#[test]
+fn hub_ids_resolve_from_the_local_cache() {
+    let cache = tempfile::tempdir().unwrap();
+    let snap = cached_repo(cache.path(), "acme", "digits");
+    diffuse_models::weights::copy_model_folder(&fixtures().join("unet_class_cond"), &snap).unwrap();
+    let out = cache.path().join("o.safetensors");
+    let run = |model: &str| {
+        command(&[
+            "sample",
+            "--model",
+            model,
+            "--class",
+            "3",
+            "--steps",
+            "2",
+            "--num-images",
+            "1",
+            "--quiet",
+            "--output",
+            out.to_str().unwrap(),
+        ])
+        .env("HF_HUB_CACHE", cache.path())
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap()
+    };
+    let o = run("acme/digits");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(out.exists());
+    assert_one_line_error(&run("acme/letters"), "not in the Hugging Face cache");
+}
+
 #[test]
 fn an_unreachable_hub_is_one_line_that_suggests_offline() {
     let cache = tempfile::tempdir().unwrap();
@@ -301,10 +346,7 @@ fn init_from_and_convert_take_hub_ids() {
     };
     let o = train(&base, None);
     assert!(o.status.success(), "{}", stderr(&o));
-    let snap = dir
-        .path()
-        .join("cache/models--acme--tiny/snapshots")
-        .join(SHA);
+    let snap = cached_repo(&dir.path().join("cache"), "acme", "tiny");
     // The pipeline part of the run folder, as a hub repository holds it.
     let mut files = Vec::new();
     files_under(&base, &base, &mut files);
@@ -317,8 +359,6 @@ fn init_from_and_convert_take_hub_ids() {
         std::fs::create_dir_all(snap.join(f).parent().unwrap()).unwrap();
         std::fs::copy(base.join(f), snap.join(f)).unwrap();
     }
-    std::fs::create_dir_all(dir.path().join("cache/models--acme--tiny/refs")).unwrap();
-    std::fs::write(dir.path().join("cache/models--acme--tiny/refs/main"), SHA).unwrap();
 
     let o = train(&dir.path().join("ft"), Some("acme/tiny"));
     assert!(o.status.success(), "{}", stderr(&o));
