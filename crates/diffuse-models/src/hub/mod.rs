@@ -92,47 +92,58 @@ fn lookup(cache: &Path, org: &str, name: &str, rev: &str) -> Cached {
     }
 }
 
-/// The snapshot folder of hub id `id` in `cache`, without the network.
-pub fn resolve_in(cache: &Path, id: &str) -> Result<PathBuf> {
+/// Why a hub id is not in the cache: where diffuse looked, and how to fetch it by hand.
+struct Miss {
+    looked: String,
+    fetch: String,
+}
+
+/// The snapshot folder of hub id `id` in `cache`, or why it is not there.
+fn find(cache: &Path, id: &str) -> Result<Result<PathBuf, Miss>> {
     let (org, name, rev) =
         parse_id(id).ok_or_else(|| Error::Hub(format!("{id}: not a hub id (ORG/NAME[@REV])")))?;
-    match lookup(cache, org, name, rev) {
+    Ok(match lookup(cache, org, name, rev) {
         Cached::Snapshot(s) => Ok(s),
-        Cached::NoRef(r) => Err(Error::Hub(format!(
-            "{id}: not a folder, and not in the Hugging Face cache (looked for {}); \
-             fetch it with `huggingface-cli download {org}/{name}` (or set HF_HUB_CACHE)",
-            r.display()
-        ))),
-        Cached::NoSnapshot(hash, snap) => Err(Error::Hub(format!(
-            "{id}: the Hugging Face cache names snapshot {hash} but {} is missing; fetch it \
-             again with `huggingface-cli download {org}/{name}`",
-            snap.display()
-        ))),
-    }
+        Cached::NoRef(r) => Err(Miss {
+            looked: format!(
+                "{id}: not a folder, and not in the Hugging Face cache (looked for {})",
+                r.display()
+            ),
+            fetch: format!(
+                "fetch it with `huggingface-cli download {org}/{name}` (or set HF_HUB_CACHE)"
+            ),
+        }),
+        Cached::NoSnapshot(hash, snap) => Err(Miss {
+            looked: format!(
+                "{id}: the Hugging Face cache names snapshot {hash} but {} is missing",
+                snap.display()
+            ),
+            fetch: format!("fetch it again with `huggingface-cli download {org}/{name}`"),
+        }),
+    })
+}
+
+/// The snapshot folder of hub id `id` in `cache`, without the network.
+pub fn resolve_in(cache: &Path, id: &str) -> Result<PathBuf> {
+    find(cache, id)?.map_err(|m| Error::Hub(format!("{}; {}", m.looked, m.fetch)))
 }
 
 /// The snapshot folder of hub id `id`: from `cache` when it is there, else downloaded through
 /// `hub` into `cache` (None: offline, the cache only).
 pub fn resolve_id(cache: &Path, id: &str, hub: Option<&Hub>) -> Result<PathBuf> {
-    let e = match resolve_in(cache, id) {
+    let miss = match find(cache, id)? {
         Ok(snap) => return Ok(snap),
-        Err(e) => e.to_string(),
+        Err(m) => m,
     };
-    // "ID: not … (looked for …)" and, apart, "; fetch it with …".
-    let (looked, fetch) = e.split_once("; fetch").unwrap_or((&e, ""));
     match hub {
         None => Err(Error::Hub(format!(
-            "{looked}; downloading is off (--offline or HF_HUB_OFFLINE){}",
-            if fetch.is_empty() {
-                String::new()
-            } else {
-                format!(": fetch{fetch}")
-            }
+            "{}; downloading is off (--offline or HF_HUB_OFFLINE): {}",
+            miss.looked, miss.fetch
         ))),
         Some(hub) => hub.snapshot(cache, id).map_err(|d| {
             let d = d.to_string();
             let why = d.strip_prefix(&format!("{id}: ")).unwrap_or(&d);
-            Error::Hub(format!("{looked}; and {why}"))
+            Error::Hub(format!("{}; and {why}", miss.looked))
         }),
     }
 }
