@@ -26,8 +26,8 @@ pub enum Command {
         #[arg(long, default_value_t = 32)]
         size: usize,
         /// pad, resize or center_crop
-        #[arg(long, default_value = "pad")]
-        fit: String,
+        #[arg(long, default_value = "pad", value_parser = parse_fit)]
+        fit: Fit,
         #[arg(long)]
         hflip: bool,
         #[arg(long, default_value_t = 64)]
@@ -37,6 +37,32 @@ pub enum Command {
         /// Skip unreadable samples (and count them) instead of stopping.
         #[arg(long)]
         skip_bad: bool,
+        /// Transparent pixels: white, black, gray, #rrggbb, or alpha (keep a 4th channel).
+        #[arg(long, default_value = "white", value_parser = parse_background)]
+        background: Background,
+    },
+    /// Decode, fit and store every image once (a pre-resized pixel cache) for data sets whose
+    /// decoding costs more than a training step; train on it with `data.name = "OUTPUT"`.
+    Cache(CacheArgs),
+    /// Measure the loader alone (decode, fit, batch; no training step), to set against a
+    /// training run's images/s and `data_wait_s`.
+    Bench {
+        /// A known name or a folder (as `data.name`).
+        #[arg(long)]
+        data: String,
+        #[arg(long, default_value_t = 32)]
+        size: usize,
+        /// pad, resize or center_crop
+        #[arg(long, default_value = "pad", value_parser = parse_fit)]
+        fit: Fit,
+        #[arg(long, default_value_t = 32)]
+        batch_size: usize,
+        /// Decoding threads, as `data.workers`.
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        /// Batches timed after the first.
+        #[arg(long, default_value_t = 50)]
+        batches: usize,
         /// Transparent pixels: white, black, gray, #rrggbb, or alpha (keep a 4th channel).
         #[arg(long, default_value = "white", value_parser = parse_background)]
         background: Background,
@@ -62,7 +88,7 @@ pub enum Command {
         /// An AutoencoderKL folder (config.json + weights), or a latent pipeline's `vae/`.
         #[arg(long)]
         vae: PathBuf,
-        /// A known name (mnist, fashion-mnist, cifar10) or a folder.
+        /// A known name (mnist, fashion-mnist, cifar10, openmoji) or a folder.
         #[arg(long)]
         data: String,
         /// train or test
@@ -74,8 +100,11 @@ pub enum Command {
         #[arg(long)]
         size: Option<usize>,
         /// pad, resize or center_crop
-        #[arg(long, default_value = "pad")]
-        fit: String,
+        #[arg(long, default_value = "pad", value_parser = parse_fit)]
+        fit: Fit,
+        /// Transparent pixels: white, black, gray or #rrggbb (as `data.background`).
+        #[arg(long, default_value = "white", value_parser = parse_background)]
+        background: Background,
         #[arg(long, default_value_t = 64)]
         batch_size: usize,
         /// Images per shard file.
@@ -135,6 +164,96 @@ fn fetch(
     Ok(())
 }
 
+#[derive(clap::Args)]
+pub struct CacheArgs {
+    /// A known name or a folder (as `data.name`).
+    #[arg(long)]
+    pub data: String,
+    #[arg(long)]
+    pub output: PathBuf,
+    /// The side the images are brought to (train at this `data.size`).
+    #[arg(long)]
+    pub size: usize,
+    /// pad, resize or center_crop
+    #[arg(long, default_value = "pad", value_parser = parse_fit)]
+    pub fit: Fit,
+    /// Transparent pixels: white, black, gray, #rrggbb, or alpha (keep a 4th channel).
+    #[arg(long, default_value = "white", value_parser = parse_background)]
+    pub background: Background,
+    /// Decoding threads (default: all cores).
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Leave unreadable images out (they are listed in the index) instead of stopping.
+    #[arg(long)]
+    pub skip_bad: bool,
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+fn cache(a: CacheArgs) -> Result<()> {
+    let CacheArgs {
+        data,
+        output,
+        size,
+        fit,
+        background,
+        workers,
+        skip_bad,
+        quiet,
+    } = a;
+    let opts = OpenOptions {
+        background,
+        size: Some(size),
+    };
+    let ds = datasets::open_with(&data, Split::Train, &opts)?;
+    if !quiet {
+        eprintln!("{}", ds.describe());
+    }
+    let workers = workers.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    let _lock = crate::common::lock_folder(&output, "diffuse data cache")?;
+    let bar = if quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(ds.len() as u64).with_style(
+            ProgressStyle::with_template(
+                "caching [{bar:30}] {pos}/{len} images · {per_sec} · eta {eta}",
+            )
+            .expect("template")
+            .progress_chars("=> "),
+        )
+    };
+    let start = std::time::Instant::now();
+    let index = diffuse_data::datasets::pixel_cache::write_cache(
+        &*ds,
+        size,
+        fit,
+        workers,
+        skip_bad,
+        &output,
+        &mut |done, _| bar.set_position(done as u64),
+    )?;
+    bar.finish_and_clear();
+    for s in &index.skipped {
+        eprintln!("skipped: {s}");
+    }
+    eprintln!(
+        "{} images at {size}×{size}×{} in {:.1} s ({} skipped) → {}; train with data.name = {:?}, data.size = {size}",
+        index.count,
+        index.channels,
+        start.elapsed().as_secs_f64(),
+        index.skipped.len(),
+        output.display(),
+        output.display().to_string()
+    );
+    Ok(())
+}
+
+fn parse_fit(s: &str) -> Result<Fit, String> {
+    Fit::parse(s).ok_or_else(|| format!("unknown value {s:?}; allowed: pad, resize, center_crop"))
+}
+
 fn parse_background(s: &str) -> Result<Background, String> {
     Background::parse(s).map_err(|e| e.to_string())
 }
@@ -173,6 +292,45 @@ pub fn run(cmd: Command) -> Result<()> {
             from,
             quiet,
         } => fetch(&name, dir, from.as_deref(), quiet),
+        Command::Cache(a) => cache(a),
+        Command::Bench {
+            data,
+            size,
+            fit,
+            batch_size,
+            workers,
+            batches,
+            background,
+        } => {
+            let opts = OpenOptions {
+                background,
+                size: Some(size),
+            };
+            let ds = datasets::open_with(&data, Split::Train, &opts)?;
+            eprintln!("{}", ds.describe());
+            let config = LoaderConfig {
+                batch_size,
+                seed: 0,
+                workers,
+                shuffle: true,
+                skip_bad: false,
+                transform: Transform {
+                    size,
+                    fit,
+                    hflip: true,
+                },
+            };
+            let t = diffuse_data::loader::measure(Arc::from(ds), config, batches)?;
+            println!(
+                "loader alone: {} images in {:.2} s = {:.1} images/s with {workers} worker{} at {size} px (first batch {:.2} s)",
+                t.images,
+                t.seconds,
+                t.images_per_s(),
+                if workers == 1 { "" } else { "s" },
+                t.first_batch_s
+            );
+            Ok(())
+        }
         Command::Preview {
             data,
             output,
@@ -184,9 +342,6 @@ pub fn run(cmd: Command) -> Result<()> {
             skip_bad,
             background,
         } => {
-            let Some(fit) = Fit::parse(&fit) else {
-                bail!("--fit: unknown value {fit:?}; allowed: pad, resize, center_crop");
-            };
             let opts = OpenOptions {
                 background,
                 size: Some(size),
@@ -233,15 +388,13 @@ pub fn run(cmd: Command) -> Result<()> {
             output,
             size,
             fit,
+            background,
             batch_size,
             shard_size,
             limit,
             device,
             quiet,
         } => {
-            let Some(fit) = Fit::parse(&fit) else {
-                bail!("--fit: unknown value {fit:?}; allowed: pad, resize, center_crop");
-            };
             let split = match split.as_str() {
                 "train" => Split::Train,
                 "test" => Split::Test,
@@ -256,7 +409,11 @@ pub fn run(cmd: Command) -> Result<()> {
                     bail!("the VAE's sample_size is not square: give --size")
                 }
             };
-            let ds = datasets::open(&data, split)?;
+            let opts = OpenOptions {
+                background,
+                size: Some(size),
+            };
+            let ds = datasets::open_with(&data, split, &opts)?;
             if !quiet {
                 eprintln!("{}", ds.describe());
             }

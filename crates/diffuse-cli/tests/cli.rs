@@ -774,12 +774,11 @@ fn data_list_and_preview() {
     assert_one_line_error(&o, "/no/such/data");
 }
 
-/// Issue 23: a folder of colour JPEGs (class subfolders) previews, as RGB.
-#[test]
-fn data_preview_reads_a_folder_of_jpegs() {
-    let dir = tempfile::tempdir().unwrap();
+/// A folder of colour JPEGs in two class subfolders (cat: 3, dog: 2).
+fn jpeg_classes(dir: &Path) -> PathBuf {
+    let root = dir.join("photos");
     for (class, n) in [("cat", 3), ("dog", 2)] {
-        let d = dir.path().join("photos").join(class);
+        let d = root.join(class);
         std::fs::create_dir_all(&d).unwrap();
         for i in 0..n {
             image::RgbImage::from_fn(20, 12, |x, y| {
@@ -789,12 +788,15 @@ fn data_preview_reads_a_folder_of_jpegs() {
             .unwrap();
         }
     }
-    let png = dir.path().join("p.png");
-    let o = diffuse(&[
+    root
+}
+
+fn preview(data: &Path, png: &Path) -> std::process::Output {
+    diffuse(&[
         "data",
         "preview",
         "--data",
-        dir.path().join("photos").to_str().unwrap(),
+        data.to_str().unwrap(),
         "--count",
         "4",
         "--size",
@@ -803,13 +805,67 @@ fn data_preview_reads_a_folder_of_jpegs() {
         "center_crop",
         "--output",
         png.to_str().unwrap(),
-    ]);
+    ])
+}
+
+/// Issue 23: a folder of colour JPEGs (class subfolders) previews, as RGB.
+#[test]
+fn data_preview_reads_a_folder_of_jpegs() {
+    let dir = tempfile::tempdir().unwrap();
+    let photos = jpeg_classes(dir.path());
+    let png = dir.path().join("p.png");
+    let o = preview(&photos, &png);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("2 classes"), "{}", stderr(&o));
     assert_eq!(
         png_info(&png),
         (2 * 16 + 2, 2 * 16 + 2, image::ColorType::Rgb8)
     );
+}
+
+/// Issue 23: `data cache` stores the fitted pixels once; the loader then gives the same
+/// batch from the cache as from the JPEGs, and `data bench` measures the loader alone.
+#[test]
+fn data_cache_gives_the_loader_the_same_batches_and_data_bench_measures_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let photos = jpeg_classes(dir.path());
+    let cache = dir.path().join("cache");
+    let o = diffuse(&[
+        "data",
+        "cache",
+        "--data",
+        photos.to_str().unwrap(),
+        "--size",
+        "16",
+        "--fit",
+        "center_crop",
+        "--output",
+        cache.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("5 images at 16×16×3"), "{}", stderr(&o));
+    let (a, b) = (dir.path().join("a.png"), dir.path().join("b.png"));
+    assert!(preview(&photos, &a).status.success());
+    let o = preview(&cache, &b);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("cached in"), "{}", stderr(&o));
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+    let o = diffuse(&[
+        "data",
+        "bench",
+        "--data",
+        cache.to_str().unwrap(),
+        "--size",
+        "16",
+        "--batch-size",
+        "2",
+        "--batches",
+        "3",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("loader alone: 6 images in"), "{out}");
 }
 
 /// kill -9 in the middle of training (possibly inside a checkpoint write), then `--resume`:

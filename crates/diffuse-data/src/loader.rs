@@ -244,6 +244,45 @@ impl Loader {
     }
 }
 
+/// What [`measure`] saw of the loader alone, with nothing else consuming its batches.
+#[derive(Debug, Clone, Copy)]
+pub struct Throughput {
+    /// Images in the timed batches (the first batch is timed apart).
+    pub images: usize,
+    pub seconds: f64,
+    /// The first batch, which also waits for the workers to start.
+    pub first_batch_s: f64,
+}
+
+impl Throughput {
+    pub fn images_per_s(&self) -> f64 {
+        self.images as f64 / self.seconds.max(1e-9)
+    }
+}
+
+/// Times `batches` batches after the first from a fresh loader over `dataset`: how fast the
+/// loader can feed a training step that costs nothing.
+pub fn measure(
+    dataset: Arc<dyn Dataset>,
+    config: LoaderConfig,
+    batches: usize,
+) -> Result<Throughput> {
+    let start = std::time::Instant::now();
+    let mut loader = Loader::new(dataset, config, Position::default())?;
+    loader.next_batch()?;
+    let first_batch_s = start.elapsed().as_secs_f64();
+    let start = std::time::Instant::now();
+    let mut images = 0;
+    for _ in 0..batches {
+        images += loader.next_batch()?.shape[0];
+    }
+    Ok(Throughput {
+        images,
+        seconds: start.elapsed().as_secs_f64(),
+        first_batch_s,
+    })
+}
+
 impl Drop for Loader {
     fn drop(&mut self) {
         self.jobs.take(); // workers see the closed channel and exit

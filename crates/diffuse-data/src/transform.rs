@@ -54,6 +54,11 @@ impl Transform {
         out
     }
 
+    /// The sample fitted to `size × size`, still u8 HWC (what a pixel cache stores).
+    pub fn fit_u8(&self, s: &Sample) -> Vec<u8> {
+        self.fit_hwc(s).0
+    }
+
     fn fit_hwc(&self, s: &Sample) -> (Vec<u8>, usize, usize) {
         let n = self.size;
         if s.width == n && s.height == n {

@@ -298,3 +298,25 @@ fn sharded_loaders_hand_out_contiguous_slices_of_the_global_batches() {
         "512 rows do not split over 3 ranks"
     );
 }
+
+#[test]
+fn the_loader_alone_is_measured_over_whole_batches_past_an_epoch_end() {
+    let ds: Arc<dyn Dataset> = Arc::new(IdxDataset::open_dir(&mnist_dir(), "t10k").unwrap());
+    let config = LoaderConfig {
+        batch_size: 512,
+        seed: 7,
+        workers: 2,
+        shuffle: true,
+        skip_bad: false,
+        transform: Transform {
+            size: 32,
+            fit: Fit::Pad,
+            hflip: false,
+        },
+    };
+    // 19 batches per epoch: 25 timed batches cross into the second epoch.
+    let t = diffuse_data::loader::measure(ds, config, 25).unwrap();
+    assert_eq!(t.images, 25 * 512);
+    assert!(t.seconds > 0.0 && t.first_batch_s > 0.0);
+    assert!(t.images_per_s() > 0.0 && t.images_per_s().is_finite());
+}

@@ -64,6 +64,9 @@ pub struct LatentIndex {
     pub latent_std: f64,
     /// 1 / latent_std, as written into `vae/config.json`.
     pub scaling_factor: f64,
+    /// The credit the data's licence asks for, carried into pipelines trained on the cache.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attribution: Option<String>,
 }
 
 /// Running sums for the latents' mean and variance, in f64.
@@ -195,6 +198,7 @@ pub fn encode_dataset(
         latent_mean,
         latent_std,
         scaling_factor: vae_cfg.scaling_factor,
+        attribution: dataset.attribution().map(str::to_string),
     };
     let text = serde_json::to_string_pretty(&index).expect("json");
     diffuse_data::fs::write_atomic(&out.join(INDEX_NAME), text.as_bytes()).map_err(fs_err)?;

@@ -1,18 +1,21 @@
 //! Data sets: where images come from, one sample at a time.
 //!
 //! IDX files (MNIST, Fashion-MNIST; raw or gzip), CIFAR-10 binary batches, and image folders
-//! (class = subfolder name, or unconditional). In-memory formats copy a sample out; folders
-//! decode the file when the sample is asked for, on the loader's worker threads.
+//! (class = subfolder name, or unconditional), OpenMoji, and pixel caches (`diffuse data
+//! cache`). In-memory formats copy a sample out; folders decode the file when the sample is
+//! asked for, on the loader's worker threads; a pixel cache reads one pre-resized row.
 
 mod cifar;
 mod folder;
 mod idx;
 pub mod openmoji;
+pub mod pixel_cache;
 
 pub use cifar::Cifar10;
 pub use folder::ImageFolder;
 pub use idx::{read_idx, IdxDataset};
 pub use openmoji::OpenMoji;
+pub use pixel_cache::PixelCache;
 
 use crate::Result;
 use std::path::PathBuf;
@@ -48,7 +51,7 @@ pub trait Dataset: Send + Sync {
     /// A one-line description for logs.
     fn describe(&self) -> String;
     /// The credit the data's licence asks for, to print and to write into what is trained on it.
-    fn attribution(&self) -> Option<&'static str> {
+    fn attribution(&self) -> Option<&str> {
         None
     }
 }
@@ -152,7 +155,7 @@ pub struct OpenOptions {
 }
 
 /// Opens a data set by name (`mnist`, `fashion-mnist`, `cifar10`, `openmoji`) or by path (an
-/// IDX folder, a CIFAR-10 binary folder, OpenMoji, or an image folder).
+/// IDX folder, a CIFAR-10 binary folder, a pixel cache, OpenMoji, or an image folder).
 pub fn open(spec: &str, split: Split) -> Result<Box<dyn Dataset>> {
     open_with(spec, split, &OpenOptions::default())
 }
@@ -190,6 +193,9 @@ pub fn open_with(spec: &str, split: Split, opts: &OpenOptions) -> Result<Box<dyn
     }
     if dir.join("data_batch_1.bin").exists() || dir.join("test_batch.bin").exists() {
         return Ok(Box::new(Cifar10::open_dir(&dir, split)?));
+    }
+    if pixel_cache::is_pixel_cache(&dir) {
+        return Ok(Box::new(PixelCache::open(&dir)?));
     }
     if openmoji::is_openmoji(&dir) {
         // One split: the set is small, and FID compares against all of it.

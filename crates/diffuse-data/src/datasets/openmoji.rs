@@ -227,7 +227,7 @@ impl Dataset for OpenMoji {
         )
     }
 
-    fn attribution(&self) -> Option<&'static str> {
+    fn attribution(&self) -> Option<&str> {
         Some(ATTRIBUTION)
     }
 }

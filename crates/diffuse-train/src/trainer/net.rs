@@ -43,7 +43,7 @@ pub(super) struct UnetTask {
     pub(super) distill: Option<crate::progressive::Progressive>,
     /// The credit the training data's licence asks for, kept in `model_index.json`
     /// (`_diffuse_data_attribution`).
-    pub(super) attribution: Option<&'static str>,
+    pub(super) attribution: Option<String>,
 }
 
 pub(super) struct VaeTask {
@@ -258,8 +258,8 @@ impl Net {
             let class = sched["_class_name"].as_str().unwrap_or("DDPMScheduler");
             let mut index = diffuse_models::weights::pipeline_index(&u.cfg, class, u.vae.is_some());
             u.sampling.write_into(&mut index);
-            if let Some(a) = u.attribution {
-                index["_diffuse_data_attribution"] = a.into();
+            if let Some(a) = &u.attribution {
+                index["_diffuse_data_attribution"] = a.as_str().into();
             }
             files.push(("scheduler/scheduler_config.json".into(), text(&sched)));
             files.push(("model_index.json".into(), text(&index)));

@@ -76,8 +76,12 @@ impl<'a> Session<'a> {
             None => unet_task(config, model_map, classes, latent_vae, device)?,
             Some(v) => vae_task(config, v, model_map, device)?,
         };
-        if let (Net::Unet(u), Source::Images(ds)) = (&mut net, &source) {
-            u.attribution = ds.attribution();
+        if let Net::Unet(u) = &mut net {
+            u.attribution = match &source {
+                Source::Images(ds) => ds.attribution().map(str::to_string),
+                Source::Latents(set, _) => set.index.attribution.clone(),
+                Source::Pairs(_) => None,
+            };
         }
         net.set_gradient_checkpointing(t.gradient_checkpointing);
         net.seeded_init(&varmap, t.seed)?;
