@@ -839,3 +839,44 @@ fn unknown_config_keys_from_real_diffusers_configs_are_tolerated() {
         );
     }
 }
+
+/// Issue 26: image-to-image starts where diffusers' img2img pipelines start it — the same
+/// first call (`get_timesteps`), the same remaining timesteps, and the same noised sample
+/// (`add_noise`, `scale_noise`) — for every scheduler class, 10 and 25 steps, 7 strengths.
+#[test]
+fn img2img_start_matches_diffusers() {
+    let v = load("img2img.json");
+    let shape = [1usize, 1, 2, 3];
+    let x0 = tensor(&floats(&v["provenance"]["x0"]), &shape);
+    let eps = tensor(&floats(&v["provenance"]["noise"]), &shape);
+    let cases = v["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 182);
+    let mut noised_cases = 0;
+    for case in cases {
+        let cfg = config_of(&case["config"]);
+        let n = case["num_inference_steps"].as_u64().unwrap() as usize;
+        let strength = case["strength"].as_f64().unwrap();
+        let what = format!("{} N={n} strength {strength}", cfg.class.class_name());
+        let s = Sampler::new(&cfg, n).unwrap();
+        let begin = s.begin_index(strength).unwrap();
+        let want = floats(&case["timesteps"]);
+        if want.is_empty() {
+            assert_eq!(begin, s.len(), "{what}: no step runs");
+            continue;
+        }
+        assert_eq!(
+            begin,
+            case["begin_index"].as_u64().unwrap() as usize,
+            "{what}"
+        );
+        compare(&what, &s.timesteps()[begin..], &want, 1e-6, 1.0).unwrap();
+        let got = to_f64(&s.add_noise(&x0, &eps, begin).unwrap());
+        // α x₀ + σ ε of O(1) terms: float32 rounding is absolute, hence the floor of 1.
+        compare(&what, &got, &floats(&case["noised"]), 1e-6, 1.0).unwrap();
+        noised_cases += 1;
+    }
+    println!(
+        "img2img: {noised_cases} noised starts, worst relative error {:.2e}",
+        take_worst()
+    );
+}

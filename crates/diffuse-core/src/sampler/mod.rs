@@ -9,6 +9,7 @@
 mod ddim;
 mod ddpm;
 mod dpmpp_2m;
+pub mod edit;
 mod euler;
 mod euler_a;
 mod flow;
@@ -234,6 +235,15 @@ impl Sampler {
         SamplerState::default()
     }
 
+    /// A fresh state whose next call is `index` (a run that starts mid-plan: image-to-image,
+    /// or a RePaint jump back; multistep solvers start their history again there).
+    pub fn state_at(&self, index: usize) -> SamplerState {
+        SamplerState {
+            index,
+            ..SamplerState::default()
+        }
+    }
+
     /// The input the model sees at step `index` (k-diffusion samplers divide by sqrt(σ²+1)).
     pub fn scale_model_input(&self, sample: &Tensor, index: usize) -> Result<Tensor> {
         match self.config.class {
@@ -402,14 +412,58 @@ pub fn sample(
     noise: &mut dyn NoiseSource,
     on_step: &mut dyn FnMut(StepInfo<'_>) -> ControlFlow<()>,
 ) -> Result<Tensor> {
-    let mut x = (initial_noise * sampler.init_noise_sigma())?;
-    let mut state = sampler.new_state();
+    let x = (initial_noise * sampler.init_noise_sigma())?;
+    sample_from(sampler, model, x, 0, noise, on_step)
+}
+
+/// The loop from call `begin` of the plan, `x` being the sample there (image-to-image starts
+/// mid-plan: [`Sampler::begin_index`], [`Sampler::add_noise`]).
+pub fn sample_from(
+    sampler: &Sampler,
+    model: &dyn Denoiser,
+    x: Tensor,
+    begin: usize,
+    noise: &mut dyn NoiseSource,
+    on_step: &mut dyn FnMut(StepInfo<'_>) -> ControlFlow<()>,
+) -> Result<Tensor> {
+    let mut state = sampler.state_at(begin);
+    let mut keep = |_: usize, x: Tensor, _: &mut dyn NoiseSource| Ok(x);
+    run(
+        sampler,
+        model,
+        x,
+        &mut state,
+        sampler.len(),
+        noise,
+        &mut keep,
+        on_step,
+    )
+}
+
+/// What [`run`] may do to the sample after each step, given the index it is now at
+/// (inpainting puts the known pixels back).
+pub(crate) type AfterStep<'a> =
+    dyn FnMut(usize, Tensor, &mut dyn NoiseSource) -> Result<Tensor> + 'a;
+
+/// Calls `state.index()..end` of the plan from `x`: scale → model → step → `after`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn run(
+    sampler: &Sampler,
+    model: &dyn Denoiser,
+    mut x: Tensor,
+    state: &mut SamplerState,
+    end: usize,
+    noise: &mut dyn NoiseSource,
+    after: &mut AfterStep<'_>,
+    on_step: &mut dyn FnMut(StepInfo<'_>) -> ControlFlow<()>,
+) -> Result<Tensor> {
     let total = sampler.len();
-    for (i, &t) in sampler.timesteps().iter().enumerate() {
+    while state.index < end.min(total) {
+        let (i, t) = (state.index, sampler.timesteps[state.index]);
         let x_in = sampler.scale_model_input(&x, i)?;
         let out = model.predict(&x_in, t)?;
-        let step = sampler.step(&mut state, &out, &x, noise)?;
-        x = step.prev_sample;
+        let step = sampler.step(state, &out, &x, noise)?;
+        x = after(i + 1, step.prev_sample, noise)?;
         let flow = on_step(StepInfo {
             index: i,
             total,
