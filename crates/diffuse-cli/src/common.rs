@@ -105,3 +105,9 @@ pub(crate) fn lock_folder(
     }
     Ok(lock)
 }
+
+/// `--fit`: pad, resize or center_crop.
+pub fn parse_fit(s: &str) -> Result<diffuse_data::transform::Fit, String> {
+    diffuse_data::transform::Fit::parse(s)
+        .ok_or_else(|| format!("unknown value {s:?}; allowed: pad, resize, center_crop"))
+}

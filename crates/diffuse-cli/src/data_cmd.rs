@@ -26,7 +26,7 @@ pub enum Command {
         #[arg(long, default_value_t = 32)]
         size: usize,
         /// pad, resize or center_crop
-        #[arg(long, default_value = "pad", value_parser = parse_fit)]
+        #[arg(long, default_value = "pad", value_parser = crate::common::parse_fit)]
         fit: Fit,
         #[arg(long)]
         hflip: bool,
@@ -53,7 +53,7 @@ pub enum Command {
         #[arg(long, default_value_t = 32)]
         size: usize,
         /// pad, resize or center_crop
-        #[arg(long, default_value = "pad", value_parser = parse_fit)]
+        #[arg(long, default_value = "pad", value_parser = crate::common::parse_fit)]
         fit: Fit,
         #[arg(long, default_value_t = 32)]
         batch_size: usize,
@@ -100,7 +100,7 @@ pub enum Command {
         #[arg(long)]
         size: Option<usize>,
         /// pad, resize or center_crop
-        #[arg(long, default_value = "pad", value_parser = parse_fit)]
+        #[arg(long, default_value = "pad", value_parser = crate::common::parse_fit)]
         fit: Fit,
         /// Transparent pixels: white, black, gray or #rrggbb (as `data.background`).
         #[arg(long, default_value = "white", value_parser = parse_background)]
@@ -175,7 +175,7 @@ pub struct CacheArgs {
     #[arg(long)]
     pub size: usize,
     /// pad, resize or center_crop
-    #[arg(long, default_value = "pad", value_parser = parse_fit)]
+    #[arg(long, default_value = "pad", value_parser = crate::common::parse_fit)]
     pub fit: Fit,
     /// Transparent pixels: white, black, gray, #rrggbb, or alpha (keep a 4th channel).
     #[arg(long, default_value = "white", value_parser = parse_background)]
@@ -248,10 +248,6 @@ fn cache(a: CacheArgs) -> Result<()> {
         output.display().to_string()
     );
     Ok(())
-}
-
-fn parse_fit(s: &str) -> Result<Fit, String> {
-    Fit::parse(s).ok_or_else(|| format!("unknown value {s:?}; allowed: pad, resize, center_crop"))
 }
 
 fn parse_background(s: &str) -> Result<Background, String> {

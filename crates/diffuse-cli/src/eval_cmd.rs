@@ -141,6 +141,7 @@ impl ModelSampler {
             guidance_scale,
             null_class: None,
             initial_noise: None,
+            edit: None,
         };
         let started = std::time::Instant::now();
         let images = self.pipe.generate(&sampler, &opts, 16, &mut |p| {

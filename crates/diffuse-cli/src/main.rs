@@ -11,6 +11,7 @@ mod common;
 mod convert_cmd;
 mod data_cmd;
 mod distill_cmd;
+mod edit_cmd;
 mod eval_cmd;
 mod export_cmd;
 mod noise_cmd;
@@ -55,6 +56,10 @@ enum Command {
     Noise(noise_cmd::Args),
     /// Generate images from a diffusers pipeline or model (UNet, DiT) folder.
     Sample(sample_cmd::Args),
+    /// Invert an image to the x_T a deterministic sampler turns back into it (DDIM inversion).
+    Invert(edit_cmd::InvertArgs),
+    /// Frames between two images or two seeds (slerp in x_T): a PNG strip and a GIF.
+    Interpolate(edit_cmd::InterpolateArgs),
     /// Which samplers drive which models: the table, or one model's samplers and defaults.
     Samplers(samplers_cmd::Args),
     /// Re-save a diffusers UNet, DiT or pipeline folder (e.g. as f16), in the diffusers layout.
@@ -99,6 +104,8 @@ fn main() -> ExitCode {
         Command::Schedule(args) => schedule_cmd::run(args),
         Command::Noise(args) => noise_cmd::run(args),
         Command::Sample(args) => sample_cmd::run(args),
+        Command::Invert(args) => edit_cmd::invert(args),
+        Command::Interpolate(args) => edit_cmd::interpolate(args),
         Command::Samplers(args) => samplers_cmd::run(args),
         Command::Convert(args) => convert_cmd::run(args),
         Command::Export(cmd) => export_cmd::run(cmd),

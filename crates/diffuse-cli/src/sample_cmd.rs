@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use diffuse_core::sampler::SamplerOptions;
 use diffuse_data::image_io;
-use diffuse_models::pipeline::{GenerateOptions, LoadOptions, Pipeline};
+use diffuse_models::pipeline::{Edit, GenerateOptions, Inpaint, LoadOptions, Pipeline};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
@@ -79,6 +79,98 @@ pub struct Args {
     /// (`transformer_ema/`) (default: EMA).
     #[arg(long)]
     no_ema: bool,
+    #[command(flatten)]
+    edit: EditArgs,
+}
+
+/// Editing: start from an image instead of pure noise (docs/editing.md).
+#[derive(clap::Args)]
+pub struct EditArgs {
+    /// Image-to-image (SDEdit): start from this image noised to `--strength`; with
+    /// `--num-images` > 1, variations of it. Other sizes and channel counts are converted and
+    /// fitted (`--fit`) as `data` does.
+    #[arg(long)]
+    init_image: Option<PathBuf>,
+    /// How much of the plan runs from the image: 0 returns it, 1 starts from pure noise.
+    /// Default 0.8, or 1 with `--mask`.
+    #[arg(long)]
+    strength: Option<f64>,
+    /// Inpainting: regenerate where this image is white, keep where it is black (needs
+    /// `--init-image`).
+    #[arg(long)]
+    mask: Option<PathBuf>,
+    /// How the kept region is imposed: blend (diffusers' inpaint pipelines) or repaint
+    /// (RePaint resampling: `--jump`, `--resample`).
+    #[arg(long, value_enum, default_value = "blend")]
+    inpaint: InpaintMethod,
+    /// RePaint: steps per jump back.
+    #[arg(long, default_value_t = 10)]
+    jump: usize,
+    /// RePaint: times each block of `--jump` steps is denoised (1: no resampling).
+    #[arg(long, default_value_t = 10)]
+    resample: usize,
+    /// How the init image and mask are brought to the model's size: pad, resize or center_crop.
+    #[arg(long, default_value = "center_crop", value_parser = crate::common::parse_fit)]
+    fit: diffuse_data::transform::Fit,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum InpaintMethod {
+    Blend,
+    Repaint,
+}
+
+impl EditArgs {
+    /// The edit the flags ask for, in the pipeline's denoising space, at `size` (the
+    /// network's h, w); the conversions done to the files are printed.
+    fn load(&self, pipe: &Pipeline, (h, w): (usize, usize), quiet: bool) -> Result<Option<Edit>> {
+        let Some(path) = &self.init_image else {
+            if self.mask.is_some() || self.strength.is_some() {
+                bail!("--mask and --strength edit an image: give it with --init-image");
+            }
+            return Ok(None);
+        };
+        let f = pipe.downscale();
+        if h != w {
+            bail!("editing needs a square model size; this one is {h}×{w}");
+        }
+        let size = h * f;
+        let cpu = Device::Cpu;
+        let (image, notes) =
+            image_io::load_fitted(path, pipe.image_channels(), size, self.fit, &cpu)?;
+        if !notes.is_empty() && !quiet {
+            eprintln!("--init-image {}: {}", path.display(), notes.join(", "));
+        }
+        let mask = match &self.mask {
+            Some(m) => {
+                let (mask, notes) = image_io::load_mask(m, size, self.fit, &cpu)?;
+                if !notes.is_empty() && !quiet {
+                    eprintln!("--mask {}: {}", m.display(), notes.join(", "));
+                }
+                Some(mask)
+            }
+            None => None,
+        };
+        let strength = self
+            .strength
+            .unwrap_or(if mask.is_some() { 1.0 } else { 0.8 });
+        if !(0.0..=1.0).contains(&strength) {
+            bail!("--strength {strength}: must be between 0 and 1");
+        }
+        let (images, mask) = pipe.to_denoising_space(&image, mask.as_ref())?;
+        Ok(Some(Edit {
+            images,
+            mask,
+            strength,
+            inpaint: match self.inpaint {
+                InpaintMethod::Blend => Inpaint::Blend,
+                InpaintMethod::Repaint => Inpaint::RePaint {
+                    jump: self.jump,
+                    resample: self.resample,
+                },
+            },
+        }))
+    }
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -148,6 +240,7 @@ pub fn run(args: Args) -> Result<()> {
         }
         None => size,
     };
+    let edit = args.edit.load(&pipe, size, args.quiet)?;
     let opts = GenerateOptions {
         num_images,
         batch_size: args.batch_size,
@@ -159,6 +252,7 @@ pub fn run(args: Args) -> Result<()> {
             .unwrap_or_else(|| pipe.default_guidance()),
         null_class: args.null_class,
         initial_noise,
+        edit,
     };
     let bar = if args.quiet {
         ProgressBar::hidden()
@@ -175,6 +269,7 @@ pub fn run(args: Args) -> Result<()> {
     };
     let start = Instant::now();
     let stop = crate::common::stop_flag("writing no images");
+    let calls = diffuse_models::pipeline::model_calls(&sampler, opts.edit.as_ref())?;
     let generated = pipe.generate_latents(&sampler, &opts, &mut |p| {
         bar.set_length(p.total as u64);
         bar.set_position(p.done as u64);
@@ -205,7 +300,7 @@ pub fn run(args: Args) -> Result<()> {
         "{num_images} images in {secs:.2} s ({:.2} images/s, {} × {} model calls) → {}",
         num_images as f64 / secs,
         num_images.div_ceil(args.batch_size),
-        sampler.len(),
+        calls,
         args.output.display()
     );
     Ok(())

@@ -172,6 +172,58 @@ pub fn image_to_tensor(img: &DynamicImage, device: &Device) -> Result<Tensor> {
     Ok(((t / 127.5)? - 1.0)?.unsqueeze(0)?)
 }
 
+/// An image file as a model of `channels` channels at `size × size` takes it: `[1, c, s, s]`
+/// f32 in [−1, 1], its channels converted (alpha onto white) and fitted as `data` does. The
+/// second value says what was changed, for the caller to tell the user (empty: nothing).
+pub fn load_fitted(
+    path: &Path,
+    channels: usize,
+    size: usize,
+    fit: crate::transform::Fit,
+    device: &Device,
+) -> Result<(Tensor, Vec<String>)> {
+    let img = open(path)?;
+    let bg = Background::default();
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let mut notes = Vec::new();
+    let had = channels_of(&img, bg);
+    if !(1..=4).contains(&channels) {
+        return Err(Error::Invalid(format!("a model of {channels} channels")));
+    }
+    if had != channels {
+        notes.push(format!("{had} → {channels} channels"));
+    }
+    if (w, h) != (size, size) {
+        notes.push(format!("{w}×{h} → {size}×{size} ({})", fit.name()));
+    }
+    let sample = crate::datasets::Sample {
+        pixels: pixels(&img, channels, bg),
+        width: w,
+        height: h,
+        channels,
+        label: None,
+    };
+    let t = crate::transform::Transform {
+        size,
+        fit,
+        hflip: false,
+    };
+    let chw = Tensor::from_vec(t.apply(&sample, false), (1, channels, size, size), device)?;
+    Ok((chw, notes))
+}
+
+/// A mask image as `[1, 1, s, s]` of 0 and 1: white (≥ ½ gray after fitting as
+/// [`load_fitted`]) is 1, regenerate; black is 0, keep (diffusers' inpainting convention).
+pub fn load_mask(
+    path: &Path,
+    size: usize,
+    fit: crate::transform::Fit,
+    device: &Device,
+) -> Result<(Tensor, Vec<String>)> {
+    let (gray, notes) = load_fitted(path, 1, size, fit, device)?;
+    Ok((gray.ge(0.0)?.to_dtype(DType::F32)?, notes))
+}
+
 /// `[b, c, h, w]` in [−1, 1] → b images (c = 1 gray, c = 3 RGB).
 pub fn tensor_to_images(t: &Tensor) -> Result<Vec<DynamicImage>> {
     let (b, c, h, w) = t.dims4()?;
@@ -230,6 +282,31 @@ pub fn grid(images: &Tensor, cols: usize, pad: usize, pad_value: f64) -> Result<
         canvas = canvas.slice_assign(&[0..c, y..y + h, x..x + w], &images.get(i)?)?;
     }
     Ok(canvas.unsqueeze(0)?)
+}
+
+/// `[n, c, h, w]` as an animated GIF that plays the frames forth and back, looping, each
+/// shown `delay_ms`; written atomically.
+pub fn save_gif(frames: &Tensor, path: &Path, delay_ms: u32) -> Result<()> {
+    use image::codecs::gif::{GifEncoder, Repeat};
+    let images = tensor_to_images(frames)?;
+    let back = images
+        .iter()
+        .rev()
+        .skip(1)
+        .take(images.len().saturating_sub(2));
+    let order: Vec<&DynamicImage> = images.iter().chain(back).collect();
+    let mut bytes = Vec::new();
+    {
+        let mut enc = GifEncoder::new_with_speed(&mut bytes, 10);
+        let gif_err = |e: image::ImageError| Error::Invalid(format!("{}: {e}", path.display()));
+        enc.set_repeat(Repeat::Infinite).map_err(gif_err)?;
+        for img in order {
+            let delay = image::Delay::from_numer_denom_ms(delay_ms, 1);
+            enc.encode_frame(image::Frame::from_parts(img.to_rgba8(), 0, 0, delay))
+                .map_err(gif_err)?;
+        }
+    }
+    crate::fs::write_atomic(path, &bytes)
 }
 
 /// Encodes one image of a `[1, c, h, w]` tensor as PNG and writes it atomically.

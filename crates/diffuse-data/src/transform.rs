@@ -25,6 +25,15 @@ impl Fit {
             _ => return None,
         })
     }
+
+    /// The name [`Fit::parse`] reads back.
+    pub fn name(self) -> &'static str {
+        match self {
+            Fit::Pad => "pad",
+            Fit::Resize => "resize",
+            Fit::CenterCrop => "center_crop",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]

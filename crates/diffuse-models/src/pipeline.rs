@@ -10,10 +10,12 @@ use crate::{AutoencoderKL, AutoencoderKLConfig, Error, Result, UNet2DConfig};
 use candle_core::{DType, Device, Shape, Tensor};
 use diffuse_core::denoiser::{ClassifierFreeGuidance, Denoiser};
 use diffuse_core::rng::{NoiseSource, SeededNoise};
-use diffuse_core::sampler::{sample, Sampler};
+use diffuse_core::sampler::edit::{img2img, inpaint};
+use diffuse_core::sampler::{sample, Sampler, StepInfo};
 use std::ops::ControlFlow;
 
 mod load;
+pub use diffuse_core::sampler::edit::Inpaint;
 pub use load::{LoadOptions, Pipeline, DEFAULT_SCHEDULER, DEFAULT_STEPS};
 
 /// What to generate.
@@ -34,6 +36,22 @@ pub struct GenerateOptions {
     pub null_class: Option<u32>,
     /// A given x_T of shape [K, C, H, W] (unit variance, before init_noise_sigma).
     pub initial_noise: Option<Tensor>,
+    /// Start from given images instead of pure noise (image-to-image, inpainting).
+    pub edit: Option<Edit>,
+}
+
+/// Images to edit, in the space the network denoises (latents for a latent pipeline:
+/// [`Pipeline::edit_in_latent_space`] brings pixel images and masks there).
+#[derive(Debug, Clone)]
+pub struct Edit {
+    /// `[1 or K, C, H, W]` in the model's range; one image is used for all K.
+    pub images: Tensor,
+    /// Where to regenerate (1) and keep (0), `[1 or K, 1, H, W]`; none: image-to-image.
+    pub mask: Option<Tensor>,
+    /// How much of the plan runs: 0 returns the images, 1 starts from pure noise.
+    pub strength: f64,
+    /// How the kept region is imposed (with a mask).
+    pub inpaint: Inpaint,
 }
 
 impl Default for GenerateOptions {
@@ -47,6 +65,7 @@ impl Default for GenerateOptions {
             guidance_scale: 1.0,
             null_class: None,
             initial_noise: None,
+            edit: None,
         }
     }
 }
@@ -80,6 +99,15 @@ pub fn generate(
                 n.dims(),
                 shape.0
             )));
+        }
+    }
+    if let Some(e) = &opts.edit {
+        check_edit(e, k, shape)?;
+        if opts.initial_noise.is_some() {
+            return Err(Error::Input(
+                "an edit starts from its images: give initial noise or images to edit, not both"
+                    .into(),
+            ));
         }
     }
     let labels: Option<Vec<u32>> = match (&opts.class_labels, model.is_class_conditional()) {
@@ -127,7 +155,7 @@ pub fn generate(
         .step_by(opts.batch_size)
         .map(|s| (s, opts.batch_size.min(k - s)))
         .collect();
-    let total = chunks.len() * sampler.len();
+    let total = chunks.len() * model_calls(sampler, opts.edit.as_ref())?;
     let mut done = 0usize;
     let mut outputs = Vec::with_capacity(chunks.len());
     for (start, n) in chunks {
@@ -163,18 +191,143 @@ pub fn generate(
             _ => &plain,
         };
         let mut cancelled = false;
-        let out = sample(sampler, den, &x_t, &mut noise, &mut |_| {
+        let mut on_step = |_: StepInfo<'_>| {
             done += 1;
             let flow = on_progress(Progress { done, total });
             cancelled = flow.is_break();
             flow
-        });
+        };
+        let out = match &opts.edit {
+            None => sample(sampler, den, &x_t, &mut noise, &mut on_step),
+            Some(e) => {
+                let rows = |t: &Tensor| -> Result<Tensor> {
+                    let t = t.to_dtype(DType::F32)?.to_device(device)?;
+                    Ok(match t.dim(0)? {
+                        1 => t.repeat((n, 1, 1, 1))?,
+                        _ => t.narrow(0, start, n)?,
+                    })
+                };
+                let x0 = rows(&e.images)?;
+                match &e.mask {
+                    None => img2img(sampler, den, &x0, e.strength, &mut noise, &mut on_step),
+                    Some(m) => inpaint(
+                        sampler,
+                        den,
+                        &x0,
+                        &rows(m)?,
+                        e.strength,
+                        e.inpaint,
+                        &mut noise,
+                        &mut on_step,
+                    ),
+                }
+            }
+        };
         if cancelled {
             return Err(Error::Input("generation cancelled".into()));
         }
         outputs.push(out?);
     }
     Ok(Tensor::cat(&outputs, 0)?)
+}
+
+/// ODE inversion of images `[K, C, H, W]` in the denoising space to the unit noise x_T that
+/// [`generate`] (as `initial_noise`, same sampler) turns back into them:
+/// [`diffuse_core::sampler::edit::invert`] with the class labels (one or K; no guidance), in
+/// chunks of `batch_size`, divided by init_noise_sigma.
+pub fn invert_images(
+    model: &Network,
+    sampler: &Sampler,
+    images: &Tensor,
+    class_labels: Option<&[u32]>,
+    batch_size: usize,
+    device: &Device,
+    on_progress: &mut dyn FnMut(Progress) -> ControlFlow<()>,
+) -> Result<Tensor> {
+    let k = images.dim(0)?;
+    let labels: Option<Vec<u32>> = match (class_labels, model.is_class_conditional()) {
+        (None, true) => {
+            return Err(Error::Input(
+                "the model is class-conditional: give the class the images are".into(),
+            ))
+        }
+        (Some(_), false) => {
+            return Err(Error::Input(
+                "the model is not class-conditional: it takes no class label".into(),
+            ))
+        }
+        (None, false) => None,
+        (Some(l), true) if l.len() == 1 => Some(vec![l[0]; k]),
+        (Some(l), true) if l.len() == k => Some(l.to_vec()),
+        (Some(l), true) => {
+            return Err(Error::Input(format!(
+                "{} class labels for {k} images (give one or {k})",
+                l.len()
+            )))
+        }
+    };
+    let batch_size = batch_size.max(1);
+    let total = k.div_ceil(batch_size) * sampler.len();
+    let mut done = 0;
+    let mut out = Vec::new();
+    for start in (0..k).step_by(batch_size) {
+        let n = batch_size.min(k - start);
+        let x0 = images
+            .narrow(0, start, n)?
+            .to_dtype(DType::F32)?
+            .to_device(device)?;
+        let class_labels = match &labels {
+            Some(l) => Some(Tensor::from_vec(l[start..start + n].to_vec(), n, device)?),
+            None => None,
+        };
+        let den = NetDenoiser {
+            model,
+            class_labels,
+        };
+        let x_t = diffuse_core::sampler::edit::invert(sampler, &den, &x0, 0, &mut |_| {
+            done += 1;
+            on_progress(Progress { done, total })
+        })?;
+        out.push((x_t / sampler.init_noise_sigma())?);
+    }
+    Ok(Tensor::cat(&out, 0)?)
+}
+
+/// Model calls per batch: the plan's, or what an edit runs of it.
+pub fn model_calls(sampler: &Sampler, edit: Option<&Edit>) -> Result<usize> {
+    let Some(e) = edit else {
+        return Ok(sampler.len());
+    };
+    let run = sampler.len() - sampler.begin_index(e.strength)?;
+    Ok(match (&e.mask, e.inpaint) {
+        (Some(_), Inpaint::RePaint { resample, .. }) => run * resample.max(1),
+        _ => run,
+    })
+}
+
+/// Images and mask of `e` fit K images of `shape` (channels, h, w).
+fn check_edit(e: &Edit, k: usize, (c, h, w): (usize, usize, usize)) -> Result<()> {
+    let d = e.images.dims();
+    if d.len() != 4 || d[1..] != [c, h, w] || (d[0] != 1 && d[0] != k) {
+        return Err(Error::Input(format!(
+            "images to edit have shape {d:?}; expected [1 or {k}, {c}, {h}, {w}]"
+        )));
+    }
+    if let Some(m) = &e.mask {
+        let md = m.dims();
+        if md.len() != 4 || md[1..] != [1, h, w] || (md[0] != 1 && md[0] != k) {
+            return Err(Error::Input(format!(
+                "mask has shape {md:?}; expected [1 or {k}, 1, {h}, {w}]"
+            )));
+        }
+    }
+    if !(0.0..=1.0).contains(&e.strength) {
+        return Err(Error::Input(format!(
+            "strength must be in [0, 1], got {}",
+            e.strength
+        )));
+    }
+    Ok(())
 }
 
 /// A UNet can denoise a VAE's latents only if both sides have `latent_channels` channels.

@@ -243,6 +243,7 @@ impl EvalHook {
             guidance_scale: self.guidance,
             null_class: None,
             initial_noise: None,
+            edit: None,
         };
         let started = std::time::Instant::now();
         let mut images = generate(model, &self.sampler, &opts, device, &mut |_| {

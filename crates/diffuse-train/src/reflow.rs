@@ -411,6 +411,7 @@ pub fn generate_pairs(
                 guidance_scale: spec.guidance_scale,
                 null_class: None,
                 initial_noise: Some(z.clone()),
+                edit: None,
             };
             let x0 = generate(&teacher.model, &sampler, &gen, device, &mut |_| {
                 ControlFlow::Continue(())

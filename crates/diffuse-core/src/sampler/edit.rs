@@ -33,6 +33,21 @@ impl Sampler {
         Ok(((n - init) * self.order()).min(self.len()))
     }
 
+    /// Whether a run draws no noise after x_T (an ODE solver), as inversion needs.
+    pub fn is_deterministic(&self) -> bool {
+        use SchedulerClass as C;
+        match self.config.class {
+            C::Ddpm | C::EulerAncestral => false,
+            C::Ddim => self.options.eta == 0.0,
+            C::Euler | C::Heun => self.options.s_churn == 0.0,
+            C::DpmSolverMultistep => {
+                self.config.algorithm_type != crate::config::DpmAlgorithm::SdeDpmSolverPP
+            }
+            C::FlowMatchEuler | C::FlowMatchHeun => !self.config.stochastic_sampling,
+            C::Pndm | C::UniPcMultistep => true,
+        }
+    }
+
     /// Model calls per step (diffusers' `scheduler.order`): 2 for the Heun classes.
     fn order(&self) -> usize {
         match self.config.class {
@@ -235,6 +250,12 @@ pub fn invert(
     on_step: &mut dyn FnMut(StepInfo<'_>) -> ControlFlow<()>,
 ) -> Result<Tensor> {
     let len = sampler.len();
+    if !sampler.is_deterministic() {
+        return Err(Error::Sampler(format!(
+            "{} draws noise while it samples, so it has no inverse; invert with a deterministic one (ddim with eta 0, euler, dpmpp_2m, unipc, flow_euler)",
+            sampler.config.class.short_name()
+        )));
+    }
     if begin >= len {
         return Err(Error::Sampler(format!(
             "inversion to call {begin} of a {len}-call plan"

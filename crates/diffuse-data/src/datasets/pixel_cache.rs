@@ -53,14 +53,6 @@ fn io_err(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
     }
 }
 
-fn fit_name(fit: Fit) -> &'static str {
-    match fit {
-        Fit::Pad => "pad",
-        Fit::Resize => "resize",
-        Fit::CenterCrop => "center_crop",
-    }
-}
-
 /// Decodes every sample of `dataset` on `workers` threads, fits it to `size × size` and writes
 /// the cache into `out`. `progress(done, total)` is called as chunks finish. An unreadable
 /// sample stops the run, or is left out and listed with `skip_bad`.
@@ -161,7 +153,7 @@ pub fn write_cache(
         count,
         size,
         channels: c,
-        fit: fit_name(fit).into(),
+        fit: fit.name().into(),
         classes: if labelled {
             dataset.class_names()
         } else {

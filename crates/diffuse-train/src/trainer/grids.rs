@@ -189,6 +189,7 @@ pub(super) fn sample_grid(
         },
         null_class: None,
         initial_noise: None,
+        edit: None,
     };
     let images = diffuse_models::pipeline::generate(model, &sampler, &opts, device, &mut |_| {
         std::ops::ControlFlow::Continue(())
