@@ -121,12 +121,16 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // One line: the context chain joined, no backtrace.
-            let msg = e
-                .chain()
-                .map(|c| c.to_string())
-                .collect::<Vec<_>>()
-                .join(": ");
+            // One line: the context chain joined, no backtrace. A cause its error already
+            // shows (`{path}: {source}` with `#[source]`) is not repeated.
+            let mut msg = String::new();
+            for c in e.chain().map(|c| c.to_string()) {
+                if msg.is_empty() {
+                    msg = c;
+                } else if !msg.ends_with(&c) {
+                    msg = format!("{msg}: {c}");
+                }
+            }
             eprintln!("error: {}", msg.replace('\n', " "));
             ExitCode::FAILURE
         }
