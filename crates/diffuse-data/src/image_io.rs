@@ -326,6 +326,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn files_are_fitted_to_the_model_and_say_what_changed_and_masks_are_binary() {
+        use crate::transform::Fit;
+        let dir = tempfile::tempdir().unwrap();
+        let (img, mask) = (dir.path().join("rgb.png"), dir.path().join("mask.png"));
+        image::RgbImage::from_fn(8, 4, |x, _| image::Rgb([x as u8 * 30, 0, 255]))
+            .save(&img)
+            .unwrap();
+        let (t, notes) = load_fitted(&img, 1, 4, Fit::CenterCrop, &Device::Cpu).unwrap();
+        assert_eq!(t.dims(), [1, 1, 4, 4]);
+        assert_eq!(notes, ["3 → 1 channels", "8×4 → 4×4 (center_crop)"]);
+        let (_, notes) = load_fitted(&img, 3, 4, Fit::Resize, &Device::Cpu).unwrap();
+        assert_eq!(notes, ["8×4 → 4×4 (resize)"]);
+        image::GrayImage::from_fn(4, 4, |x, _| image::Luma([[0, 100, 130, 255][x as usize]]))
+            .save(&mask)
+            .unwrap();
+        let (m, notes) = load_mask(&mask, 4, Fit::Pad, &Device::Cpu).unwrap();
+        assert!(notes.is_empty());
+        let row = m.flatten_all().unwrap().to_vec1::<f32>().unwrap()[..4].to_vec();
+        assert_eq!(row, [0.0, 0.0, 1.0, 1.0]);
+        let e = load_mask(&dir.path().join("none.png"), 4, Fit::Pad, &Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("none.png"), "{e}");
+    }
+
+    #[test]
     fn round_trip_gray_and_rgb() {
         let dir = tempfile::tempdir().unwrap();
         let dev = Device::Cpu;
