@@ -201,14 +201,7 @@ fn cache(a: CacheArgs) -> Result<()> {
         skip_bad,
         quiet,
     } = a;
-    let opts = OpenOptions {
-        background,
-        size: Some(size),
-    };
-    let ds = datasets::open_with(&data, Split::Train, &opts)?;
-    if !quiet {
-        eprintln!("{}", ds.describe());
-    }
+    let ds = open_train(&data, size, background, quiet)?;
     let workers = workers.unwrap_or_else(|| {
         std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
     });
@@ -248,6 +241,24 @@ fn cache(a: CacheArgs) -> Result<()> {
         output.display().to_string()
     );
     Ok(())
+}
+
+/// The training split of `data` (vector data rasterised at `size`), described unless `quiet`.
+fn open_train(
+    data: &str,
+    size: usize,
+    background: Background,
+    quiet: bool,
+) -> Result<Box<dyn datasets::Dataset>> {
+    let opts = OpenOptions {
+        background,
+        size: Some(size),
+    };
+    let ds = datasets::open_with(data, Split::Train, &opts)?;
+    if !quiet {
+        eprintln!("{}", ds.describe());
+    }
+    Ok(ds)
 }
 
 fn parse_background(s: &str) -> Result<Background, String> {
@@ -298,12 +309,7 @@ pub fn run(cmd: Command) -> Result<()> {
             batches,
             background,
         } => {
-            let opts = OpenOptions {
-                background,
-                size: Some(size),
-            };
-            let ds = datasets::open_with(&data, Split::Train, &opts)?;
-            eprintln!("{}", ds.describe());
+            let ds = open_train(&data, size, background, false)?;
             let config = LoaderConfig {
                 batch_size,
                 seed: 0,
@@ -338,12 +344,7 @@ pub fn run(cmd: Command) -> Result<()> {
             skip_bad,
             background,
         } => {
-            let opts = OpenOptions {
-                background,
-                size: Some(size),
-            };
-            let ds = datasets::open_with(&data, Split::Train, &opts)?;
-            eprintln!("{}", ds.describe());
+            let ds = open_train(&data, size, background, false)?;
             let ds: Arc<dyn datasets::Dataset> = Arc::from(ds);
             let mut loader = Loader::new(
                 ds,

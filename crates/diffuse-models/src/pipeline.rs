@@ -110,27 +110,7 @@ pub fn generate(
             ));
         }
     }
-    let labels: Option<Vec<u32>> = match (&opts.class_labels, model.is_class_conditional()) {
-        (None, true) => {
-            return Err(Error::Input(
-                "the model is class-conditional: give a class label".into(),
-            ))
-        }
-        (Some(_), false) => {
-            return Err(Error::Input(
-                "the model is not class-conditional: it takes no class label".into(),
-            ))
-        }
-        (None, false) => None,
-        (Some(l), true) if l.len() == 1 => Some(vec![l[0]; k]),
-        (Some(l), true) if l.len() == k => Some(l.clone()),
-        (Some(l), true) => {
-            return Err(Error::Input(format!(
-                "{} class labels for {k} images (give one or {k})",
-                l.len()
-            )))
-        }
-    };
+    let labels = labels_for(model, opts.class_labels.as_deref(), k)?;
     let guided = opts.guidance_scale != 1.0;
     let null = if guided {
         let classes = match model.num_classes() {
@@ -245,27 +225,7 @@ pub fn invert_images(
     on_progress: &mut dyn FnMut(Progress) -> ControlFlow<()>,
 ) -> Result<Tensor> {
     let k = images.dim(0)?;
-    let labels: Option<Vec<u32>> = match (class_labels, model.is_class_conditional()) {
-        (None, true) => {
-            return Err(Error::Input(
-                "the model is class-conditional: give the class the images are".into(),
-            ))
-        }
-        (Some(_), false) => {
-            return Err(Error::Input(
-                "the model is not class-conditional: it takes no class label".into(),
-            ))
-        }
-        (None, false) => None,
-        (Some(l), true) if l.len() == 1 => Some(vec![l[0]; k]),
-        (Some(l), true) if l.len() == k => Some(l.to_vec()),
-        (Some(l), true) => {
-            return Err(Error::Input(format!(
-                "{} class labels for {k} images (give one or {k})",
-                l.len()
-            )))
-        }
-    };
+    let labels = labels_for(model, class_labels, k)?;
     let batch_size = batch_size.max(1);
     let total = k.div_ceil(batch_size) * sampler.len();
     let mut done = 0;
@@ -291,6 +251,25 @@ pub fn invert_images(
         out.push((x_t / sampler.init_noise_sigma())?);
     }
     Ok(Tensor::cat(&out, 0)?)
+}
+
+/// One class label per image from one or K given, as the model takes them.
+fn labels_for(model: &Network, given: Option<&[u32]>, k: usize) -> Result<Option<Vec<u32>>> {
+    match (given, model.is_class_conditional()) {
+        (None, true) => Err(Error::Input(
+            "the model is class-conditional: give a class label".into(),
+        )),
+        (Some(_), false) => Err(Error::Input(
+            "the model is not class-conditional: it takes no class label".into(),
+        )),
+        (None, false) => Ok(None),
+        (Some(l), true) if l.len() == 1 => Ok(Some(vec![l[0]; k])),
+        (Some(l), true) if l.len() == k => Ok(Some(l.to_vec())),
+        (Some(l), true) => Err(Error::Input(format!(
+            "{} class labels for {k} images (give one or {k})",
+            l.len()
+        ))),
+    }
 }
 
 /// Model calls per batch: the plan's, or what an edit runs of it.
