@@ -28,7 +28,7 @@ with tempfile.TemporaryDirectory() as tmp:
     for g in scales:
         rows = []
         for c, _ in enumerate(names):
-            d = os.path.join(tmp, f"g{g}-c{c}")
+            d = os.path.join(tmp, f"g{scales.index(g)}-c{c}")
             subprocess.run([a.bin, "sample", "--model", a.model, "--class", str(c),
                             "--guidance-scale", g, "--steps", str(a.steps), "--num-images",
                             str(a.per_class), "--batch-size", str(a.per_class), "--seed", "0",

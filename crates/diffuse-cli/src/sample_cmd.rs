@@ -319,7 +319,10 @@ pub fn write_output(images: &Tensor, out: &Path) -> Result<()> {
             diffuse_data::fs::write_atomic(out, &bytes)?;
         }
         "png" => image_io::save_png(&image_io::grid(&images, cols, 2, 1.0)?, out)?,
-        "" => {
+        // A file type this cannot write is refused; any other name (`runs/g7.5`) is a folder.
+        "jpg" | "jpeg" | "webp" | "gif" | "bmp" | "tif" | "tiff" | "pt" | "pth" | "bin" | "npy"
+        | "npz" => bail!("--output: cannot write .{ext}; use a folder, .png or .safetensors"),
+        _ => {
             std::fs::create_dir_all(out)
                 .with_context(|| format!("cannot create {}", out.display()))?;
             for i in 0..k {
@@ -330,7 +333,6 @@ pub fn write_output(images: &Tensor, out: &Path) -> Result<()> {
                 &out.join("grid.png"),
             )?;
         }
-        other => bail!("--output: unknown extension .{other}; use a folder, .png or .safetensors"),
     }
     Ok(())
 }

@@ -2685,6 +2685,12 @@ fn sample_edits_an_image_and_invert_and_interpolate_run() {
         &out("x.png"),
     ]);
     assert_one_line_error(&o, "--init-image");
+    // A folder name with a dot is a folder; a file type `sample` cannot write is one line.
+    let o = sample(&["--strength", "0"], &out("g7.5"));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(dir.path().join("g7.5/00000.png").exists());
+    let o = sample(&["--strength", "0"], &out("x.jpg"));
+    assert_one_line_error(&o, "cannot write .jpg");
     // Invert, then sample from the inverted noise.
     let x_t = out("x_t.safetensors");
     let o = diffuse(&[
