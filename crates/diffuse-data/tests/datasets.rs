@@ -174,6 +174,14 @@ fn image_folder_with_classes_and_bad_files() {
         b"\x89PNG but not really",
     )
     .unwrap();
+    // Hidden folders and files (a notebook's checkpoints, macOS's `._` files) are no data.
+    std::fs::create_dir_all(dir.path().join(".ipynb_checkpoints")).unwrap();
+    std::fs::copy(
+        dir.path().join("cats/0.png"),
+        dir.path().join(".ipynb_checkpoints/0.png"),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("cats/._0.png"), b"AppleDouble").unwrap();
     let ds = ImageFolder::open(dir.path()).unwrap();
     assert_eq!(ds.len(), 6);
     assert_eq!(ds.class_names(), vec!["cats", "dogs"]);

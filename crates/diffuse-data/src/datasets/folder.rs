@@ -25,6 +25,13 @@ fn is_image(p: &Path) -> bool {
     )
 }
 
+/// Hidden entries (`.ipynb_checkpoints`, `._photo.jpg` from macOS, a cache) are no data.
+fn is_hidden(p: &Path) -> bool {
+    p.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with('.'))
+}
+
 fn images_in(dir: &Path) -> Result<Vec<PathBuf>> {
     let rd = std::fs::read_dir(dir).map_err(|source| Error::Io {
         path: dir.display().to_string(),
@@ -32,7 +39,7 @@ fn images_in(dir: &Path) -> Result<Vec<PathBuf>> {
     })?;
     let mut v: Vec<PathBuf> = rd
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file() && is_image(p))
+        .filter(|p| p.is_file() && is_image(p) && !is_hidden(p))
         .collect();
     v.sort();
     Ok(v)
@@ -52,7 +59,7 @@ impl ImageFolder {
         })?;
         let mut subdirs: Vec<PathBuf> = rd
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.is_dir())
+            .filter(|p| p.is_dir() && !is_hidden(p))
             .collect();
         subdirs.sort();
         let mut files = Vec::new();
