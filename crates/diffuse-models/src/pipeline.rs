@@ -41,7 +41,7 @@ pub struct GenerateOptions {
 }
 
 /// Images to edit, in the space the network denoises (latents for a latent pipeline:
-/// [`Pipeline::edit_in_latent_space`] brings pixel images and masks there).
+/// [`Pipeline::to_denoising_space`] brings pixel images and masks there).
 #[derive(Debug, Clone)]
 pub struct Edit {
     /// `[1 or K, C, H, W]` in the model's range; one image is used for all K.

@@ -1,4 +1,4 @@
-//! Editing with any sampler, on the one loop of [`super::run`]:
+//! Editing with any sampler, on the one sampling loop ([`super::sample_from`]):
 //! - image-to-image (SDEdit, Meng et al. 2022) as diffusers' img2img pipelines start it
 //!   (`get_timesteps`, then `scheduler.add_noise` / `scale_noise` at the first timestep);
 //! - inpainting by blending the known region's forward-noised pixels after every step
