@@ -114,40 +114,33 @@ impl Sampler {
         super::lin(k, x, std, &z)
     }
 
-    /// The model output at a sample of level (α, σ) as (x₀, ε), for the output type the
-    /// model gives (`model_prediction_type`, else `prediction_type`).
+    /// The model output at a sample of level (α, σ) as (x₀, ε) ([`crate::noising::to_x0_eps`]),
+    /// for the output type the model gives (`model_prediction_type`, else `prediction_type`).
     fn x0_eps(&self, out: &Tensor, x: &Tensor, (a, s): (f64, f64)) -> Result<(Tensor, Tensor)> {
         use PredictionType as P;
         let kind = self
             .config
             .model_prediction_type
             .unwrap_or(self.config.prediction_type);
-        let r = (a * a + s * s).sqrt();
-        Ok(match kind {
-            P::Epsilon => ((super::lin(1.0, x, -s, out)? / a)?, out.clone()),
-            P::Sample => {
-                if s == 0.0 {
-                    return Err(Error::Sampler(
-                        "an x₀-predicting model has no ε at σ = 0; invert from a noise level above 0".into(),
-                    ));
-                }
-                (out.clone(), (super::lin(1.0, x, -a, out)? / s)?)
-            }
-            // v = α̃ ε − σ̃ x₀ on the variance-preserving sample x/r.
+        if kind == P::Sample && s == 0.0 {
+            return Err(Error::Sampler(
+                "an x₀-predicting model has no ε at σ = 0; invert from a noise level above 0"
+                    .into(),
+            ));
+        }
+        let rows = x.dim(0)?;
+        let split = |x: &Tensor, a: f64, s: f64| {
+            crate::noising::to_x0_eps(kind, out, x, &vec![a; rows], &vec![s; rows])
+        };
+        match kind {
+            // v = α̃ ε − σ̃ x₀ on the variance-preserving sample x/r (the σ-space classes hold
+            // x = x₀ + σ ε, r = √(1 + σ²)).
             P::VPrediction => {
-                let (a, s) = (a / r, s / r);
-                (
-                    super::lin(a / r, x, -s, out)?,
-                    super::lin(s / r, x, a, out)?,
-                )
+                let r = (a * a + s * s).sqrt();
+                split(&(x / r)?, a / r, s / r)
             }
-            // u = ε − x₀ with x = (1 − σ) x₀ + σ ε.
-            P::Flow => {
-                let x0 = super::lin(1.0, x, -s, out)?;
-                let eps = (&x0 + out)?;
-                (x0, eps)
-            }
-        })
+            _ => split(x, a, s),
+        }
     }
 }
 
@@ -274,11 +267,7 @@ pub fn invert(
         let out = model.predict(&x_in, t)?;
         // At σ = 0 an x₀-predictor's ε comes from the level it was told (DDIMInverse's view).
         let (x0_hat, eps) = match sampler.x0_eps(&out, &x, here) {
-            Err(_) if here.1 == 0.0 => {
-                let x0_hat = out.clone();
-                let eps = (super::lin(1.0, &x, -level.0, &x0_hat)? / level.1)?;
-                (x0_hat, eps)
-            }
+            Err(_) if here.1 == 0.0 => sampler.x0_eps(&out, &x, level)?,
             r => r?,
         };
         x = super::lin(level.0, &x0_hat, level.1, &eps)?;
