@@ -147,7 +147,7 @@ pub fn fetch(
     progress: OnProgress,
 ) -> Result<PathBuf> {
     let staging = dir.join(".download");
-    std::fs::create_dir_all(&staging).map_err(io(&staging))?;
+    std::fs::create_dir_all(&staging).map_err(Error::io(&staging))?;
     let mut got = Vec::new();
     for r in &source.files {
         let path = match from {
@@ -183,7 +183,7 @@ pub fn fetch(
             Install::Files => {
                 let dst = dir.join(r.file);
                 if *path != dst {
-                    std::fs::copy(path, &dst).map_err(io(&dst))?;
+                    std::fs::copy(path, &dst).map_err(Error::io(&dst))?;
                 }
             }
             Install::TarGz { prefix, keep } => untar(path, dir, prefix, keep)?,
@@ -191,13 +191,6 @@ pub fn fetch(
     }
     let _ = std::fs::remove_dir_all(&staging);
     Ok(dir.to_path_buf())
-}
-
-fn io(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
-    move |source| Error::Io {
-        path: path.display().to_string(),
-        source,
-    }
 }
 
 /// GET `url` into `dst`, resuming `dst.part` with a range request when one is left.
@@ -226,7 +219,7 @@ fn download(url: &str, dst: &Path, progress: &mut dyn FnMut(u64, Option<u64>)) -
         .append(resumed)
         .truncate(!resumed)
         .open(&part)
-        .map_err(io(&part))?;
+        .map_err(Error::io(&part))?;
     let mut done = if resumed { have } else { 0 };
     let mut reader = resp.into_reader();
     let mut buf = vec![0u8; 1 << 16];
@@ -239,23 +232,23 @@ fn download(url: &str, dst: &Path, progress: &mut dyn FnMut(u64, Option<u64>)) -
         if n == 0 {
             break;
         }
-        file.write_all(&buf[..n]).map_err(io(&part))?;
+        file.write_all(&buf[..n]).map_err(Error::io(&part))?;
         done += n as u64;
         progress(done, total);
     }
-    file.sync_all().map_err(io(&part))?;
+    file.sync_all().map_err(Error::io(&part))?;
     if total.is_some_and(|t| t != done) {
         return Err(Error::Invalid(format!(
             "{url}: got {done} of {} bytes; run the command again to resume",
             total.unwrap_or(0)
         )));
     }
-    std::fs::rename(&part, dst).map_err(io(dst))
+    std::fs::rename(&part, dst).map_err(Error::io(dst))
 }
 
 /// Checks `path` against `check`: one line naming the file, the expected and the actual digest.
 pub fn verify(path: &Path, check: Check) -> Result<()> {
-    let bytes = std::fs::read(path).map_err(io(path))?;
+    let bytes = std::fs::read(path).map_err(Error::io(path))?;
     let (want, got) = match check {
         Check::GunzipMd5(want) => {
             let mut out = Vec::new();
@@ -285,7 +278,7 @@ fn hex(d: &[u8]) -> String {
 
 /// Unpacks the entries of a `.tar.gz` under `prefix` whose rest starts with one of `keep`.
 fn untar(archive: &Path, dir: &Path, prefix: &str, keep: &[&str]) -> Result<()> {
-    let f = std::fs::File::open(archive).map_err(io(archive))?;
+    let f = std::fs::File::open(archive).map_err(Error::io(archive))?;
     let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(f));
     let bad = |e: std::io::Error| Error::Invalid(format!("{}: {e}", archive.display()));
     let mut n = 0;
@@ -307,7 +300,7 @@ fn untar(archive: &Path, dir: &Path, prefix: &str, keep: &[&str]) -> Result<()> 
         }
         let dst = dir.join(rest);
         if let Some(p) = dst.parent() {
-            std::fs::create_dir_all(p).map_err(io(p))?;
+            std::fs::create_dir_all(p).map_err(Error::io(p))?;
         }
         entry.unpack(&dst).map_err(bad)?;
         n += 1;

@@ -46,13 +46,6 @@ pub fn is_pixel_cache(dir: &Path) -> bool {
     dir.join(INDEX_NAME).is_file()
 }
 
-fn io_err(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
-    move |source| Error::Io {
-        path: path.display().to_string(),
-        source,
-    }
-}
-
 /// Decodes every sample of `dataset` on `workers` threads, fits it to `size × size` and writes
 /// the cache into `out`. `progress(done, total)` is called as chunks finish. An unreadable
 /// sample stops the run, or is left out and listed with `skip_bad`.
@@ -68,10 +61,10 @@ pub fn write_cache(
     if size == 0 {
         return Err(Error::Invalid("--size must be at least 1".into()));
     }
-    std::fs::create_dir_all(out).map_err(io_err(out))?;
+    std::fs::create_dir_all(out).map_err(Error::io(out))?;
     // A finished cache is replaced only once the new one is whole.
     let tmp = out.join(format!("{PIXELS_NAME}.partial"));
-    let mut file = std::io::BufWriter::new(File::create(&tmp).map_err(io_err(&tmp))?);
+    let mut file = std::io::BufWriter::new(File::create(&tmp).map_err(Error::io(&tmp))?);
     let t = Transform {
         size,
         fit,
@@ -122,7 +115,7 @@ pub fn write_cache(
         for (_, r) in done {
             match r {
                 Ok(s) => {
-                    std::io::Write::write_all(&mut file, &s.pixels).map_err(io_err(&tmp))?;
+                    std::io::Write::write_all(&mut file, &s.pixels).map_err(Error::io(&tmp))?;
                     labels.push(s.label.unwrap_or(0));
                     count += 1;
                 }
@@ -138,8 +131,8 @@ pub fn write_cache(
     }
     let file = file
         .into_inner()
-        .map_err(|e| io_err(&tmp)(e.into_error()))?;
-    file.sync_all().map_err(io_err(&tmp))?;
+        .map_err(|e| Error::io(&tmp)(e.into_error()))?;
+    file.sync_all().map_err(Error::io(&tmp))?;
     drop(file);
     if count == 0 {
         let _ = std::fs::remove_file(&tmp);
@@ -168,10 +161,10 @@ pub fn write_cache(
     // mismatched one.
     let index_path = out.join(INDEX_NAME);
     if index_path.exists() {
-        std::fs::remove_file(&index_path).map_err(io_err(&index_path))?;
+        std::fs::remove_file(&index_path).map_err(Error::io(&index_path))?;
     }
     let pixels = out.join(PIXELS_NAME);
-    std::fs::rename(&tmp, &pixels).map_err(io_err(&pixels))?;
+    std::fs::rename(&tmp, &pixels).map_err(Error::io(&pixels))?;
     let text = serde_json::to_string_pretty(&index).expect("json");
     crate::fs::write_atomic(&index_path, text.as_bytes())?;
     Ok(index)
@@ -187,7 +180,7 @@ pub struct PixelCache {
 impl PixelCache {
     pub fn open(dir: &Path) -> Result<Self> {
         let index_path = dir.join(INDEX_NAME);
-        let text = std::fs::read_to_string(&index_path).map_err(io_err(&index_path))?;
+        let text = std::fs::read_to_string(&index_path).map_err(Error::io(&index_path))?;
         let index: CacheIndex = serde_json::from_str(&text).map_err(|e| {
             Error::Invalid(format!(
                 "{}: not a pixel cache index ({e}); rebuild it with `diffuse data cache`",
@@ -202,9 +195,9 @@ impl PixelCache {
             )));
         }
         let pixels = dir.join(PIXELS_NAME);
-        let file = File::open(&pixels).map_err(io_err(&pixels))?;
+        let file = File::open(&pixels).map_err(Error::io(&pixels))?;
         let want = (index.count * index.size * index.size * index.channels) as u64;
-        let have = file.metadata().map_err(io_err(&pixels))?.len();
+        let have = file.metadata().map_err(Error::io(&pixels))?.len();
         let labels_ok = index.labels.as_ref().is_none_or(|l| {
             l.len() == index.count && l.iter().all(|&l| (l as usize) < index.classes.len())
         });
@@ -258,10 +251,8 @@ impl Dataset for PixelCache {
     fn get(&self, i: usize) -> Result<Sample> {
         let (n, c) = (self.index.size, self.index.channels);
         let mut pixels = vec![0u8; n * n * c];
-        read_at(&self.file, &mut pixels, (i * n * n * c) as u64).map_err(|source| Error::Io {
-            path: self.dir.join(PIXELS_NAME).display().to_string(),
-            source,
-        })?;
+        read_at(&self.file, &mut pixels, (i * n * n * c) as u64)
+            .map_err(Error::io(&self.dir.join(PIXELS_NAME)))?;
         Ok(Sample {
             pixels,
             width: n,
