@@ -180,12 +180,14 @@ pub fn generate(
         let out = match &opts.edit {
             None => sample(sampler, den, &x_t, &mut noise, &mut on_step),
             Some(e) => {
+                // This chunk's rows only, then to the device (not all K for every chunk).
                 let rows = |t: &Tensor| -> Result<Tensor> {
+                    let (t, copies) = match t.dim(0)? {
+                        1 => (t.clone(), n),
+                        _ => (t.narrow(0, start, n)?, 1),
+                    };
                     let t = t.to_dtype(DType::F32)?.to_device(device)?;
-                    Ok(match t.dim(0)? {
-                        1 => t.repeat((n, 1, 1, 1))?,
-                        _ => t.narrow(0, start, n)?,
-                    })
+                    Ok(t.repeat((copies, 1, 1, 1))?)
                 };
                 let x0 = rows(&e.images)?;
                 match &e.mask {
