@@ -111,3 +111,34 @@ pub fn parse_fit(s: &str) -> Result<diffuse_data::transform::Fit, String> {
     diffuse_data::transform::Fit::parse(s)
         .ok_or_else(|| format!("unknown value {s:?}; allowed: pad, resize, center_crop"))
 }
+
+/// The pixel side of the images an edit of `pipe` works on: its network size `(h, w)` (square)
+/// times the VAE's downscale.
+pub fn edit_size(
+    pipe: &diffuse_models::pipeline::Pipeline,
+    (h, w): (usize, usize),
+) -> Result<usize> {
+    if h != w {
+        bail!("editing needs a square model size; this one is {h}×{w}");
+    }
+    Ok(h * pipe.downscale())
+}
+
+/// An image file as `pipe`'s images are, `[1, C, size, size]` in pixel space, converted and
+/// fitted as `data` does; what that changed is printed after `flag` (`--init-image a.png: 28×28
+/// → 16×16 (resize)`) unless `quiet`.
+pub fn load_edit_image(
+    pipe: &diffuse_models::pipeline::Pipeline,
+    size: usize,
+    path: &std::path::Path,
+    fit: diffuse_data::transform::Fit,
+    flag: &str,
+    quiet: bool,
+) -> Result<candle_core::Tensor> {
+    let (image, notes) =
+        diffuse_data::image_io::load_fitted(path, pipe.image_channels(), size, fit, &Device::Cpu)?;
+    if !notes.is_empty() && !quiet {
+        eprintln!("{flag}{}: {}", path.display(), notes.join(", "));
+    }
+    Ok(image)
+}

@@ -63,16 +63,8 @@ impl ModelArgs {
 
     /// An image file fitted to the model and brought to its denoising space, `[1, C, h, w]`.
     fn image(&self, l: &Loaded, path: &Path) -> Result<Tensor> {
-        let (h, w) = l.hw;
-        if h != w {
-            bail!("editing needs a square model size; this one is {h}×{w}");
-        }
-        let size = h * l.pipe.downscale();
-        let (img, notes) =
-            image_io::load_fitted(path, l.pipe.image_channels(), size, self.fit, &Device::Cpu)?;
-        if !notes.is_empty() {
-            eprintln!("{}: {}", path.display(), notes.join(", "));
-        }
+        let size = crate::common::edit_size(&l.pipe, l.hw)?;
+        let img = crate::common::load_edit_image(&l.pipe, size, path, self.fit, "", false)?;
         Ok(l.pipe.to_denoising_space(&img, None)?.0)
     }
 

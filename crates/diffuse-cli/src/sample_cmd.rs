@@ -123,27 +123,19 @@ enum InpaintMethod {
 impl EditArgs {
     /// The edit the flags ask for, in the pipeline's denoising space, at `size` (the
     /// network's h, w); the conversions done to the files are printed.
-    fn load(&self, pipe: &Pipeline, (h, w): (usize, usize), quiet: bool) -> Result<Option<Edit>> {
+    fn load(&self, pipe: &Pipeline, hw: (usize, usize), quiet: bool) -> Result<Option<Edit>> {
         let Some(path) = &self.init_image else {
             if self.mask.is_some() || self.strength.is_some() {
                 bail!("--mask and --strength edit an image: give it with --init-image");
             }
             return Ok(None);
         };
-        let f = pipe.downscale();
-        if h != w {
-            bail!("editing needs a square model size; this one is {h}×{w}");
-        }
-        let size = h * f;
-        let cpu = Device::Cpu;
-        let (image, notes) =
-            image_io::load_fitted(path, pipe.image_channels(), size, self.fit, &cpu)?;
-        if !notes.is_empty() && !quiet {
-            eprintln!("--init-image {}: {}", path.display(), notes.join(", "));
-        }
+        let size = crate::common::edit_size(pipe, hw)?;
+        let image =
+            crate::common::load_edit_image(pipe, size, path, self.fit, "--init-image ", quiet)?;
         let mask = match &self.mask {
             Some(m) => {
-                let (mask, notes) = image_io::load_mask(m, size, self.fit, &cpu)?;
+                let (mask, notes) = image_io::load_mask(m, size, self.fit, &Device::Cpu)?;
                 if !notes.is_empty() && !quiet {
                     eprintln!("--mask {}: {}", m.display(), notes.join(", "));
                 }
