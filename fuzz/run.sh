@@ -12,7 +12,7 @@ shift || true
 WORK=${WORK:-/tmp/diffuse-fuzz}
 LANES=${LANES:-2}
 TARGETS=("$@")
-[ ${#TARGETS[@]} -eq 0 ] && TARGETS=(safetensors pickle config_json train_toml image idx cifar onnx_roundtrip serve_body)
+[ ${#TARGETS[@]} -eq 0 ] && TARGETS=(safetensors pickle config_json train_toml image idx cifar onnx_roundtrip serve_body serve_form)
 cargo fuzz build -s none -O >/dev/null || exit 1
 BIN=target/x86_64-unknown-linux-gnu/release
 mkdir -p "$WORK/artifacts"

@@ -33,12 +33,15 @@ pub struct Args {
     /// Most denoising steps per request.
     #[arg(long, default_value_t = 200)]
     max_steps: usize,
-    /// Largest image side a request may ask for.
+    /// Largest image side a request may ask for, and an uploaded image may have.
     #[arg(long, default_value_t = 256)]
     max_size: usize,
-    /// Largest request body in bytes.
+    /// Largest JSON request body in bytes.
     #[arg(long, default_value_t = 65536)]
     max_body_bytes: usize,
+    /// Largest form of /v1/images/edits and /variations (image and mask files) in bytes.
+    #[arg(long, default_value_t = 4 << 20)]
+    max_upload_bytes: usize,
     /// The most work one request may ask for: n × size² × steps (× 2 with guidance); the
     /// default is 16 images of 64×64 at 100 steps.
     #[arg(long, default_value_t = 16 * 64 * 64 * 100)]
@@ -62,6 +65,7 @@ pub fn run(args: Args) -> Result<()> {
         max_steps: args.max_steps.max(1),
         max_size: args.max_size,
         max_body_bytes: args.max_body_bytes,
+        max_upload_bytes: args.max_upload_bytes,
         max_request_pixel_steps: args.max_request_pixel_steps,
         max_in_flight_images: args.max_in_flight_images.max(1),
     };

@@ -80,6 +80,12 @@ pub const MAX_DECODED_BYTES: u64 = 128 << 20;
 /// Decodes image file bytes (format from the content), applying the EXIF orientation; an image
 /// over [`MAX_DECODED_BYTES`] decoded is refused before decoding.
 pub fn decode(bytes: &[u8], path: &Path) -> Result<DynamicImage> {
+    decode_within(bytes, path, u32::MAX)
+}
+
+/// [`decode`], refusing an image wider or taller than `max_side` pixels from its header
+/// ([`Error::TooLarge`]) before anything is decoded (an upload to `serve`).
+pub fn decode_within(bytes: &[u8], path: &Path, max_side: u32) -> Result<DynamicImage> {
     // One line: some decoders end their messages with a newline.
     let err = |e: &dyn std::fmt::Display| Error::Decode {
         path: path.display().to_string(),
@@ -89,6 +95,15 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<DynamicImage> {
         .with_guessed_format()
         .map_err(|e| err(&e))?;
     let mut decoder = reader.into_decoder().map_err(|e| err(&e))?;
+    let (w, h) = decoder.dimensions();
+    if w.max(h) > max_side {
+        return Err(Error::TooLarge {
+            path: path.display().to_string(),
+            width: w,
+            height: h,
+            max_side,
+        });
+    }
     // `into_decoder` leaves the decoder unlimited: a header may claim a 77 GB image (found by
     // fuzzing). `set_limits` checks only the dimensions, `reserve` the bytes the decoded image
     // takes. 512 MiB, the image crate's default, still let a JPEG claiming 57,601 × 2,310 pixels
@@ -182,11 +197,21 @@ pub fn load_fitted(
     fit: crate::transform::Fit,
     device: &Device,
 ) -> Result<(Tensor, Vec<String>)> {
-    let img = open(path)?;
+    fit_image(&open(path)?, channels, size, fit, device)
+}
+
+/// [`load_fitted`] for an image already decoded.
+pub fn fit_image(
+    img: &DynamicImage,
+    channels: usize,
+    size: usize,
+    fit: crate::transform::Fit,
+    device: &Device,
+) -> Result<(Tensor, Vec<String>)> {
     let bg = Background::default();
     let (w, h) = (img.width() as usize, img.height() as usize);
     let mut notes = Vec::new();
-    let had = channels_of(&img, bg);
+    let had = channels_of(img, bg);
     if !(1..=4).contains(&channels) {
         return Err(Error::Invalid(format!("a model of {channels} channels")));
     }
@@ -197,7 +222,7 @@ pub fn load_fitted(
         notes.push(format!("{w}×{h} → {size}×{size} ({})", fit.name()));
     }
     let sample = crate::datasets::Sample {
-        pixels: pixels(&img, channels, bg),
+        pixels: pixels(img, channels, bg),
         width: w,
         height: h,
         channels,
@@ -220,7 +245,17 @@ pub fn load_mask(
     fit: crate::transform::Fit,
     device: &Device,
 ) -> Result<(Tensor, Vec<String>)> {
-    let (gray, notes) = load_fitted(path, 1, size, fit, device)?;
+    mask_of(&open(path)?, size, fit, device)
+}
+
+/// [`load_mask`] for an image already decoded.
+pub fn mask_of(
+    img: &DynamicImage,
+    size: usize,
+    fit: crate::transform::Fit,
+    device: &Device,
+) -> Result<(Tensor, Vec<String>)> {
+    let (gray, notes) = fit_image(img, 1, size, fit, device)?;
     Ok((gray.ge(0.0)?.to_dtype(DType::F32)?, notes))
 }
 

@@ -26,6 +26,13 @@ pub enum Error {
     },
     #[error("{path}: cannot decode image: {message}")]
     Decode { path: String, message: String },
+    #[error("{path}: the image is {width}×{height}, over the {max_side}-pixel limit on a side")]
+    TooLarge {
+        path: String,
+        width: u32,
+        height: u32,
+        max_side: u32,
+    },
     #[error("{0}")]
     Invalid(String),
     #[error(transparent)]

@@ -146,5 +146,62 @@ fn main() {
     {
         put("serve_body", &format!("body{i}.json"), b.as_bytes());
     }
+
+    // Edit forms: a gray and an RGBA PNG, a mask, text fields.
+    let png = |img: image::DynamicImage| {
+        let mut out = Vec::new();
+        img.write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
+            .unwrap();
+        out
+    };
+    let gray =
+        png(image::GrayImage::from_fn(12, 12, |x, y| image::Luma([(x * 20 + y) as u8])).into());
+    let rgba = png(image::RgbaImage::from_fn(20, 10, |x, y| {
+        image::Rgba([x as u8 * 9, y as u8 * 20, 90, 200])
+    })
+    .into());
+    let mask =
+        png(
+            image::GrayImage::from_fn(12, 12, |x, _| image::Luma([if x > 5 { 255 } else { 0 }]))
+                .into(),
+        );
+    let b = diffuse_fuzz::targets::FORM_BOUNDARY;
+    let form = |text: &[(&str, &str)], files: &[(&str, &[u8])]| {
+        let mut body = Vec::new();
+        for (k, v) in text {
+            body.extend(
+                format!("--{b}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n")
+                    .bytes(),
+            );
+        }
+        for (k, v) in files {
+            body.extend(format!("--{b}\r\nContent-Disposition: form-data; name=\"{k}\"; filename=\"{k}.png\"\r\nContent-Type: image/png\r\n\r\n").bytes());
+            body.extend(*v);
+            body.extend(b"\r\n");
+        }
+        body.extend(format!("--{b}--\r\n").bytes());
+        body
+    };
+    put(
+        "serve_form",
+        "img2img",
+        &form(
+            &[("n", "2"), ("strength", "0.6"), ("class_label", "3")],
+            &[("image", &gray)],
+        ),
+    );
+    put(
+        "serve_form",
+        "inpaint",
+        &form(
+            &[("seed", "5"), ("sampler", "ddim")],
+            &[("image", &gray), ("mask", &mask)],
+        ),
+    );
+    put(
+        "serve_form",
+        "rgba",
+        &form(&[("steps", "20"), ("stream", "true")], &[("image", &rgba)]),
+    );
     println!("wrote fuzz/corpus");
 }

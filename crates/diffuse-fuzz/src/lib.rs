@@ -22,6 +22,7 @@ pub const TARGETS: &[Target] = &[
     ("cifar", targets::cifar),
     ("onnx_roundtrip", targets::onnx_roundtrip),
     ("serve_body", targets::serve_body),
+    ("serve_form", targets::serve_form),
 ];
 
 /// Bytes that break parsers: bounds, signs, NaN and Infinity spelt out, digits.

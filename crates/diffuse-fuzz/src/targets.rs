@@ -175,3 +175,21 @@ pub fn serve_body(data: &[u8]) {
     let cfg = diffuse_serve::ServeConfig::default();
     let _ = diffuse_serve::request::parse(data, &cfg);
 }
+
+/// The boundary of the `serve_form` bodies (the seeds use it).
+pub const FORM_BOUNDARY: &str = "diffuse-fuzz";
+
+/// Every multipart body of `POST /v1/images/edits` with the default limits, then its image and
+/// mask decoded and fitted as for a 1-channel 16 px model.
+pub fn serve_form(data: &[u8]) {
+    use diffuse_serve::upload::{self, Endpoint};
+    let cfg = diffuse_serve::ServeConfig::default();
+    let ct = format!("multipart/form-data; boundary={FORM_BOUNDARY}");
+    let body = data.to_vec().into();
+    let parsed = futures_executor::block_on(upload::parse(Some(&ct), body, &cfg, Endpoint::Edits));
+    if let Ok(req) = parsed {
+        if let Some(up) = &req.edit {
+            let _ = diffuse_serve::request::decode_upload(up, 1, 16, cfg.max_size);
+        }
+    }
+}

@@ -141,13 +141,6 @@ pub fn generate(
     for (start, n) in chunks {
         let mut noise =
             SeededNoise::from_streams((start..start + n).map(|i| (opts.seed, i as u64)));
-        let x_t = match &opts.initial_noise {
-            Some(t) => t
-                .narrow(0, start, n)?
-                .to_dtype(DType::F32)?
-                .to_device(device)?,
-            None => noise.randn(&Shape::from((n, shape.0, h, w)), DType::F32, device)?,
-        };
         let chunk_labels = labels.as_ref().map(|l| l[start..start + n].to_vec());
         let label_tensor = match &chunk_labels {
             Some(l) => Some(Tensor::from_vec(l.clone(), n, device)?),
@@ -178,7 +171,17 @@ pub fn generate(
             flow
         };
         let out = match &opts.edit {
-            None => sample(sampler, den, &x_t, &mut noise, &mut on_step),
+            None => {
+                let x_t = match &opts.initial_noise {
+                    Some(t) => t
+                        .narrow(0, start, n)?
+                        .to_dtype(DType::F32)?
+                        .to_device(device)?,
+                    None => noise.randn(&Shape::from((n, shape.0, h, w)), DType::F32, device)?,
+                };
+                sample(sampler, den, &x_t, &mut noise, &mut on_step)
+            }
+            // An edit draws its noise itself (first: strength 1 starts from the same x_T).
             Some(e) => {
                 // This chunk's rows only, then to the device (not all K for every chunk).
                 let rows = |t: &Tensor| -> Result<Tensor> {
@@ -339,4 +342,26 @@ pub fn check_latent_channels(net: &NetworkConfig, vae: &AutoencoderKLConfig) -> 
 /// decode(z / scaling_factor + shift_factor), `slice` latents at a time (0: all at once).
 pub fn decode_latents(vae: &AutoencoderKL, latents: &Tensor, slice: usize) -> Result<Tensor> {
     vae.decode_sliced(&vae.unscale_latents(latents)?, slice)
+}
+
+/// Pixel images `[K, C, H, W]` in [−1, 1] and a pixel mask `[K, 1, H, W]` (1: regenerate) in
+/// the space the network denoises, on the images' device. With a VAE (latent pipeline) the
+/// images are encoded (the posterior mean, scaled as in training) and the mask shrunk by the
+/// VAE's downscale, a latent regenerated where any of its pixels is; without, they are returned.
+pub fn edit_space(
+    vae: Option<&AutoencoderKL>,
+    images: &Tensor,
+    mask: Option<&Tensor>,
+) -> Result<(Tensor, Option<Tensor>)> {
+    let mask = mask.map(|m| m.to_device(images.device())).transpose()?;
+    match vae {
+        None => Ok((images.clone(), mask)),
+        Some(vae) => {
+            let z = vae.scale_latents(&vae.encode(images)?.mean)?;
+            let mask = mask
+                .map(|m| m.max_pool2d(vae.config().downscale()))
+                .transpose()?;
+            Ok((z.to_dtype(candle_core::DType::F32)?, mask))
+        }
+    }
 }

@@ -4,6 +4,11 @@
 //! scale; only the network call (UNet or DiT) is shared (it takes a timestep per row). Inference runs on a
 //! plain thread per model, off the async runtime. A latent pipeline's VAE decodes each job's
 //! latents after the loop.
+//!
+//! An edit ([`JobEdit`]) starts mid-plan from its image noised to the strength's level and,
+//! with a mask, puts the known region back after every step, as
+//! [`diffuse_core::sampler::edit::img2img`] and `inpaint` (blend) do: it batches with any job
+//! that has as many calls left, each at its own timestep.
 
 use crate::metrics::Metrics;
 use candle_core::{DType, Device, Shape, Tensor};
@@ -33,6 +38,25 @@ pub struct Job {
     /// The job's share of the server's in-flight images, given back when the job is dropped
     /// (done, failed or cancelled).
     pub admission: Admission,
+    /// Start from an image instead of pure noise.
+    pub edit: Option<JobEdit>,
+}
+
+/// An image to edit, at image (pixel) size, on the CPU; a latent pipeline's worker encodes it.
+pub struct JobEdit {
+    /// `[1, C, H, W]` in [−1, 1], used for all n images.
+    pub images: Tensor,
+    /// `[1, 1, H, W]`, 1 where the image is regenerated; none: image-to-image.
+    pub mask: Option<Tensor>,
+    /// The call of the plan the edit starts at ([`Sampler::begin_index`] of its strength).
+    pub begin: usize,
+}
+
+impl Job {
+    /// Model calls left to run.
+    fn calls(&self) -> usize {
+        self.sampler.len() - self.edit.as_ref().map_or(0, |e| e.begin)
+    }
 }
 
 /// `n` images counted in a shared in-flight total while this lives.
@@ -176,7 +200,7 @@ impl Batcher {
 }
 
 fn key(j: &Job) -> (usize, (usize, usize)) {
-    (j.sampler.len(), j.size)
+    (j.calls(), j.size)
 }
 
 fn worker(
@@ -240,10 +264,59 @@ struct Running {
     state: SamplerState,
     noise: SeededNoise,
     x: Tensor,
+    /// Inpainting: the known region put back after every step.
+    blend: Option<Blend>,
+}
+
+/// The known sample, its noise (drawn once, as diffusers' inpaint pipelines) and the mask.
+struct Blend {
+    known: Tensor,
+    eps: Tensor,
+    mask: Tensor,
+    keep: Tensor,
 }
 
 /// Latents decoded at a time by a latent pipeline's VAE.
 const VAE_SLICE: usize = 8;
+
+/// A job's first sample (x_T, or its image noised to the edit's level), state and blend.
+fn start(
+    job: &Job,
+    channels: usize,
+    vae: Option<&AutoencoderKL>,
+    device: &Device,
+    noise: &mut SeededNoise,
+) -> diffuse_models::Result<(Tensor, SamplerState, Option<Blend>)> {
+    let (h, w) = job.size;
+    let shape = Shape::from((job.n, channels, h, w));
+    let sampler = &job.sampler;
+    let Some(e) = &job.edit else {
+        let x = (noise.randn(&shape, DType::F32, device)? * sampler.init_noise_sigma())?;
+        return Ok((x, sampler.new_state(), None));
+    };
+    let images = e.images.to_device(device)?;
+    let (known, mask) = diffuse_models::pipeline::edit_space(vae, &images, e.mask.as_ref())?;
+    let known = known.repeat((job.n, 1, 1, 1))?;
+    let eps = noise.randn(&shape, DType::F32, device)?;
+    let x = if e.begin == sampler.len() {
+        known.clone()
+    } else {
+        sampler.add_noise(&known, &eps, e.begin)?
+    };
+    let blend = match mask {
+        Some(m) => {
+            let mask = m.broadcast_as(known.shape())?.contiguous()?;
+            Some(Blend {
+                keep: (1.0 - &mask)?,
+                mask,
+                known,
+                eps,
+            })
+        }
+        None => None,
+    };
+    Ok((x, sampler.state_at(e.begin), blend))
+}
 
 fn run_batch(
     model: &Network,
@@ -252,7 +325,7 @@ fn run_batch(
     jobs: Vec<Job>,
     metrics: &Metrics,
 ) {
-    let start = Instant::now();
+    let start_time = Instant::now();
     let batch_images: usize = jobs.iter().map(|j| j.n).sum();
     metrics.observe_batch(batch_images);
     let mut running = Vec::with_capacity(jobs.len());
@@ -263,26 +336,23 @@ fn run_batch(
             continue;
         }
         let mut noise = SeededNoise::from_streams((0..job.n as u64).map(|i| (job.seed, i)));
-        let (h, w) = job.size;
-        let x = noise
-            .randn(&Shape::from((job.n, c, h, w)), DType::F32, device)
-            .and_then(|t| Ok((t * job.sampler.init_noise_sigma())?));
-        match x {
-            Ok(x) => running.push(Running {
-                state: job.sampler.new_state(),
+        match start(&job, c, vae, device, &mut noise) {
+            Ok((x, state, blend)) => running.push(Running {
+                state,
                 job,
                 noise,
                 x,
+                blend,
             }),
             Err(e) => {
-                let _ = job.reply.send(Err(diffuse_models::Error::from(e).into()));
+                let _ = job.reply.send(Err(e.into()));
             }
         }
     }
     if running.is_empty() {
         return;
     }
-    let total = running[0].job.sampler.len();
+    let total = running[0].job.calls();
     for i in 0..total {
         running.retain(|r| {
             let c = r.job.cancel.load(Ordering::SeqCst);
@@ -294,7 +364,7 @@ fn run_batch(
         if running.is_empty() {
             return;
         }
-        if let Err(e) = step_all(model, &mut running, i) {
+        if let Err(e) = step_all(model, &mut running) {
             let e = JobError::from(e);
             for r in running {
                 let _ = r.job.reply.send(Err(e.clone()));
@@ -316,10 +386,10 @@ fn run_batch(
             None => Ok(r.x.clone()),
         })
         .collect();
-    let compute_ms = start.elapsed().as_secs_f64() * 1e3;
-    metrics.observe_compute(batch_images, total, start.elapsed());
+    let compute_ms = start_time.elapsed().as_secs_f64() * 1e3;
+    metrics.observe_compute(batch_images, total, start_time.elapsed());
     for (r, images) in running.into_iter().zip(decoded) {
-        let queue_ms = (start - r.job.enqueued).as_secs_f64() * 1e3;
+        let queue_ms = (start_time - r.job.enqueued).as_secs_f64() * 1e3;
         let _ = r.job.reply.send(images.map(|images| JobResult {
             images,
             queue_ms,
@@ -329,14 +399,16 @@ fn run_batch(
     }
 }
 
-/// One model call for every running job, then each job's own sampler step.
-fn step_all(model: &Network, running: &mut [Running], i: usize) -> diffuse_models::Result<()> {
+/// One model call for every running job, each at its own call of its plan, then each job's
+/// own sampler step (and blend).
+fn step_all(model: &Network, running: &mut [Running]) -> diffuse_models::Result<()> {
     let mut inputs = Vec::new();
     let mut ts: Vec<f32> = Vec::new();
     let mut labels: Vec<u32> = Vec::new();
     let conditional = model.is_class_conditional();
     for r in running.iter() {
         let j = &r.job;
+        let i = r.state.index();
         let x_in = j.sampler.scale_model_input(&r.x, i)?;
         let t = j.sampler.timesteps()[i] as f32;
         let guided = j.guidance_scale != 1.0;
@@ -377,11 +449,15 @@ fn step_all(model: &Network, running: &mut [Running], i: usize) -> diffuse_model
         } else {
             cond
         };
-        let step = r
-            .job
-            .sampler
-            .step(&mut r.state, &model_out, &r.x, &mut r.noise)?;
-        r.x = step.prev_sample;
+        let sampler = &r.job.sampler;
+        let step = sampler.step(&mut r.state, &model_out, &r.x, &mut r.noise)?;
+        r.x = match &r.blend {
+            None => step.prev_sample,
+            Some(b) => {
+                let k = sampler.add_noise(&b.known, &b.eps, r.state.index())?;
+                ((step.prev_sample * &b.mask)? + (k * &b.keep)?)?
+            }
+        };
     }
     Ok(())
 }

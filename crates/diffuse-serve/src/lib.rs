@@ -3,12 +3,14 @@
 //!
 //! `app(state)` is the whole service as an axum `Router` (tested without a socket, as in axum's
 //! `examples/testing`): `POST /v1/images/generations` (JSON or server-sent events),
+//! `POST /v1/images/edits` and `/v1/images/variations` (multipart forms, [`upload`]),
 //! `GET /v1/models`, `/v1/images/{id}.png`, `/healthz`, `/readyz`, `/metrics`, and a web page
 //! at `/`. Requests go through a per-model [`batcher::Batcher`].
 
 pub mod batcher;
 pub mod metrics;
 pub mod request;
+pub mod upload;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -58,6 +60,8 @@ pub struct ServeConfig {
     pub max_steps: usize,
     pub max_size: usize,
     pub max_body_bytes: usize,
+    /// The largest form body of the edit endpoints (image and mask files included).
+    pub max_upload_bytes: usize,
     /// The most work one request may ask for: n × height × width × steps (× 2 with
     /// classifier-free guidance), at image size. Memory and time grow with it.
     pub max_request_pixel_steps: u64,
@@ -76,6 +80,7 @@ impl Default for ServeConfig {
             max_steps: 200,
             max_size: 256,
             max_body_bytes: 64 * 1024,
+            max_upload_bytes: 4 << 20,
             // 16 images of 64×64 at 100 steps, or one 256×256 image at 100 steps.
             max_request_pixel_steps: 16 * 64 * 64 * 100,
             max_in_flight_images: 256,
@@ -228,6 +233,10 @@ impl AppState {
 /// The service.
 pub fn app(state: Arc<AppState>) -> Router {
     let limit = state.config.max_body_bytes;
+    let uploads = Router::new()
+        .route("/v1/images/edits", post(edits))
+        .route("/v1/images/variations", post(variations))
+        .layer(DefaultBodyLimit::max(state.config.max_upload_bytes));
     Router::new()
         .route("/", get(index))
         .route("/v1/images/generations", post(generate))
@@ -237,6 +246,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .layer(DefaultBodyLimit::max(limit))
+        .merge(uploads)
         .with_state(state)
 }
 
@@ -351,23 +361,76 @@ impl Drop for CancelOnDrop {
     }
 }
 
+/// How a request body is read.
+#[derive(Clone, Copy)]
+enum Body {
+    Json,
+    Form(upload::Endpoint),
+}
+
 async fn generate(
     State(s): State<Arc<AppState>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    answer(&s, &headers, body, Body::Json).await
+}
+
+async fn edits(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    answer(&s, &headers, body, Body::Form(upload::Endpoint::Edits)).await
+}
+
+async fn variations(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    answer(&s, &headers, body, Body::Form(upload::Endpoint::Variations)).await
+}
+
+async fn answer(
+    s: &Arc<AppState>,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    kind: Body,
+) -> Response {
     let started = Instant::now();
-    // A body over `max_body_bytes` (or one that broke off) is the API's JSON error, counted in
-    // the metrics like every other answer; axum's own rejection is plain text.
-    let resp = match body {
-        Ok(body) => generate_inner(&s, &headers, &body, started).await,
-        Err(e) => {
+    // A body over the limit (or one that broke off) is the API's JSON error, counted in the
+    // metrics like every other answer; axum's own rejection is plain text.
+    let resp = match (body, check_key(s, headers)) {
+        (_, Err(e)) => e.into_response(),
+        (Ok(body), Ok(())) => {
+            let req = match kind {
+                Body::Json => request::parse(&body, &s.config),
+                Body::Form(endpoint) => {
+                    let ct = headers
+                        .get(header::CONTENT_TYPE)
+                        .and_then(|v| v.to_str().ok());
+                    upload::parse(ct, body, &s.config, endpoint).await
+                }
+            };
+            match req {
+                Ok(req) => generate_inner(s, req, started).await,
+                Err(e) => e.into_response(),
+            }
+        }
+        (Err(e), Ok(())) => {
             let status = e.status();
             let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
-                format!(
-                    "the body is over {} bytes (--max-body-bytes)",
-                    s.config.max_body_bytes
-                )
+                match kind {
+                    Body::Json => format!(
+                        "the body is over {} bytes (--max-body-bytes)",
+                        s.config.max_body_bytes
+                    ),
+                    Body::Form(_) => format!(
+                        "the form is over {} bytes (--max-upload-bytes); send a smaller image",
+                        s.config.max_upload_bytes
+                    ),
+                }
             } else {
                 format!("cannot read the body: {}", e.body_text())
             };
@@ -383,19 +446,7 @@ async fn generate(
     resp
 }
 
-async fn generate_inner(
-    s: &Arc<AppState>,
-    headers: &HeaderMap,
-    body: &[u8],
-    started: Instant,
-) -> Response {
-    if let Err(e) = check_key(s, headers) {
-        return e.into_response();
-    }
-    let req = match request::parse(body, &s.config) {
-        Ok(r) => r,
-        Err(e) => return e.into_response(),
-    };
+async fn generate_inner(s: &Arc<AppState>, req: request::Request, started: Instant) -> Response {
     let model_id = if req.model.is_empty() && s.models.len() == 1 {
         s.models.keys().next().cloned().unwrap_or_default()
     } else {
@@ -413,7 +464,7 @@ async fn generate_inner(
         )
         .into_response();
     };
-    let planned = match request::plan(&req, entry) {
+    let planned = match request::plan(&req, entry, &s.config) {
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
@@ -449,6 +500,7 @@ async fn generate_inner(
         reply: tx,
         enqueued: Instant::now(),
         admission,
+        edit: planned.edit,
     };
     if let Err(why) = entry.batcher.submit(job) {
         return match why {

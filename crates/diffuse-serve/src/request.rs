@@ -1,5 +1,7 @@
-//! The generation request: parsed by hand from JSON so that every error names its field.
+//! The generation request: parsed by hand from JSON (or, for edits, from the form fields of
+//! [`crate::upload`]) so that every error names its field.
 
+use crate::batcher::JobEdit;
 use crate::{ModelEntry, ServeConfig};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -36,7 +38,7 @@ impl ApiError {
         }
     }
 
-    fn bad(field: &str, message: impl Into<String>) -> Self {
+    pub(crate) fn bad(field: &str, message: impl Into<String>) -> Self {
         ApiError::new(StatusCode::BAD_REQUEST, Some(field), message.into())
     }
 }
@@ -75,9 +77,21 @@ pub struct Request {
     pub response_format: String,
     pub stream: bool,
     pub size: Option<usize>,
+    /// `/v1/images/edits` and `/variations`: the image to start from.
+    pub edit: Option<EditUpload>,
 }
 
-const FIELDS: [&str; 11] = [
+/// An uploaded image to edit: its file bytes, a mask's (white: regenerate), and how much of
+/// the plan runs from it (0 returns it, 1 starts from pure noise).
+#[derive(Debug, Clone)]
+pub struct EditUpload {
+    pub image: Vec<u8>,
+    pub mask: Option<Vec<u8>>,
+    pub strength: f64,
+}
+
+/// The fields of `POST /v1/images/generations`; the edit endpoints add [`EDIT_FIELDS`].
+pub const FIELDS: [&str; 11] = [
     "model",
     "n",
     "class_label",
@@ -135,6 +149,9 @@ fn string(m: &Map<String, Value>, k: &str) -> Result<Option<String>, ApiError> {
     }
 }
 
+/// What the edit endpoints take besides [`FIELDS`] (`mask` on `/edits` only).
+pub const EDIT_FIELDS: [&str; 3] = ["image", "mask", "strength"];
+
 /// Parses and range-checks the body.
 pub fn parse(body: &[u8], cfg: &ServeConfig) -> Result<Request, ApiError> {
     let v: Value = serde_json::from_slice(body)
@@ -142,12 +159,26 @@ pub fn parse(body: &[u8], cfg: &ServeConfig) -> Result<Request, ApiError> {
     let m = v
         .as_object()
         .ok_or_else(|| ApiError::bad("body", "the body must be a JSON object"))?;
-    if let Some(k) = m.keys().find(|k| !FIELDS.contains(&k.as_str())) {
-        return Err(ApiError::bad(
+    check_fields(m.keys().map(String::as_str), &FIELDS)?;
+    parse_fields(m, cfg)
+}
+
+/// A 400 naming the first of `keys` not in `allowed`.
+pub(crate) fn check_fields<'a>(
+    mut keys: impl Iterator<Item = &'a str>,
+    allowed: &[&str],
+) -> Result<(), ApiError> {
+    match keys.find(|k| !allowed.contains(k)) {
+        Some(k) => Err(ApiError::bad(
             k,
-            format!("unknown field `{k}`; allowed: {}", FIELDS.join(", ")),
-        ));
+            format!("unknown field `{k}`; allowed: {}", allowed.join(", ")),
+        )),
+        None => Ok(()),
     }
+}
+
+/// The checked fields of [`FIELDS`] (others are ignored: the caller checked them).
+pub(crate) fn parse_fields(m: &Map<String, Value>, cfg: &ServeConfig) -> Result<Request, ApiError> {
     let response_format = string(m, "response_format")?.unwrap_or_else(|| "b64_json".into());
     if !matches!(response_format.as_str(), "b64_json" | "url") {
         return Err(ApiError::bad(
@@ -205,19 +236,34 @@ pub fn parse(body: &[u8], cfg: &ServeConfig) -> Result<Request, ApiError> {
             None | Some(Value::Null) => None,
             Some(_) => Some(uint(m, "size", 0, 1, cfg.max_size as u64)? as usize),
         },
+        edit: None,
     })
 }
 
-/// The model-specific part: sampler plan, labels, guidance, size (of what the UNet denoises).
+/// `strength` of an edit: default 0.8 (diffusers' img2img), 1 with a mask (its inpainting).
+pub(crate) fn strength(m: &Map<String, Value>, masked: bool) -> Result<f64, ApiError> {
+    number(m, "strength", if masked { 1.0 } else { 0.8 }, 0.0, 1.0)
+}
+
+/// The model-specific part: sampler plan, labels, guidance, size (of what the UNet denoises),
+/// and an edit's decoded image.
 pub struct Planned {
     pub sampler: Sampler,
     pub guidance_scale: f64,
     pub labels: Option<Vec<u32>>,
     pub null_class: u32,
     pub size: (usize, usize),
+    pub edit: Option<JobEdit>,
 }
 
-pub fn plan(req: &Request, entry: &ModelEntry) -> Result<Planned, ApiError> {
+impl Planned {
+    /// Model calls per image (twice that with guidance): what an edit runs of the plan.
+    pub fn calls(&self) -> usize {
+        self.sampler.len() - self.edit.as_ref().map_or(0, |e| e.begin)
+    }
+}
+
+pub fn plan(req: &Request, entry: &ModelEntry, cfg: &ServeConfig) -> Result<Planned, ApiError> {
     let name = req.sampler.as_deref().unwrap_or(entry.default_sampler);
     let config =
         compat::resolve_sampler(name, &entry.model_scheduler).map_err(ApiError::sampler)?;
@@ -246,6 +292,16 @@ pub fn plan(req: &Request, entry: &ModelEntry) -> Result<Planned, ApiError> {
                 }
             }
             Some(vec![l; req.n])
+        }
+        // An edit without a class is guided by its image alone: the null class, unguided.
+        (None, true) if req.edit.is_some() && classes.is_some() => {
+            if req.guidance_scale.is_some_and(|g| g != 1.0) {
+                return Err(ApiError::bad(
+                    "guidance_scale",
+                    "guidance pulls towards a class: give `class_label` too",
+                ));
+            }
+            Some(vec![classes.map_or(0, |k| k as u32 - 1); req.n])
         }
         (None, true) => {
             return Err(ApiError::bad(
@@ -283,16 +339,104 @@ pub fn plan(req: &Request, entry: &ModelEntry) -> Result<Planned, ApiError> {
         None => entry.size,
     };
     let size = (h / f, w / f);
+    let edit = match &req.edit {
+        Some(up) => Some(decode_edit(up, &sampler, entry, (h, w), cfg)?),
+        None => None,
+    };
+    let guidance_scale = match (classes, req.class_label, &edit) {
+        (None, _, _) => 1.0,
+        (Some(_), None, Some(_)) => 1.0,
+        (Some(_), _, _) => req.guidance_scale.unwrap_or(entry.default_guidance),
+    };
     Ok(Planned {
         sampler,
-        guidance_scale: match classes {
-            Some(_) => req.guidance_scale.unwrap_or(entry.default_guidance),
-            None => 1.0,
-        },
+        guidance_scale,
         labels,
         null_class: classes.map(|k| k as u32 - 1).unwrap_or(0),
         size,
+        edit,
     })
+}
+
+/// The uploaded image (and mask) of a request for `entry` at `h × w` pixels, and the call of
+/// the plan its strength starts at.
+fn decode_edit(
+    up: &EditUpload,
+    sampler: &Sampler,
+    entry: &ModelEntry,
+    (h, w): (usize, usize),
+    cfg: &ServeConfig,
+) -> Result<JobEdit, ApiError> {
+    if h != w {
+        return Err(ApiError::bad(
+            "size",
+            format!("editing needs a square image size; this model's is {h}×{w}"),
+        ));
+    }
+    let channels = match &entry.vae {
+        Some(v) => v.config().in_channels,
+        None => entry.model.in_channels(),
+    };
+    let (images, mask) = decode_upload(up, channels, h, cfg.max_size)?;
+    let begin = sampler
+        .begin_index(up.strength)
+        .map_err(|e| ApiError::bad("strength", e.to_string()))?;
+    Ok(JobEdit {
+        images,
+        mask,
+        begin,
+    })
+}
+
+/// The uploaded image `[1, channels, size, size]` in [−1, 1] and mask `[1, 1, size, size]` of
+/// 0/1, decoded, converted and fitted as `data` does (centre crop). A file over `max_side` on a
+/// side, one that does not decode, or a mask of another size than the image is a 400 naming
+/// its field.
+pub fn decode_upload(
+    up: &EditUpload,
+    channels: usize,
+    size: usize,
+    max_side: usize,
+) -> Result<(candle_core::Tensor, Option<candle_core::Tensor>), ApiError> {
+    use diffuse_data::image_io;
+    use diffuse_data::transform::Fit;
+    let max_side = u32::try_from(max_side).unwrap_or(u32::MAX);
+    let decode = |field: &str, bytes: &[u8]| {
+        image_io::decode_within(bytes, std::path::Path::new(field), max_side)
+            .map_err(|e| ApiError::bad(field, format!("`{field}`: {}", strip_path(field, &e))))
+    };
+    let internal = |field: &str, e: diffuse_data::Error| ApiError::bad(field, e.to_string());
+    let image = decode("image", &up.image)?;
+    let cpu = candle_core::Device::Cpu;
+    let (images, _) = image_io::fit_image(&image, channels, size, Fit::CenterCrop, &cpu)
+        .map_err(|e| internal("image", e))?;
+    let Some(bytes) = &up.mask else {
+        return Ok((images, None));
+    };
+    let m = decode("mask", bytes)?;
+    if (m.width(), m.height()) != (image.width(), image.height()) {
+        return Err(ApiError::bad(
+            "mask",
+            format!(
+                "`mask` is {}×{}, the image {}×{}: give a mask of the image's size",
+                m.width(),
+                m.height(),
+                image.width(),
+                image.height()
+            ),
+        ));
+    }
+    let (mask, _) =
+        image_io::mask_of(&m, size, Fit::CenterCrop, &cpu).map_err(|e| internal("mask", e))?;
+    Ok((images, Some(mask)))
+}
+
+/// An image error without its made-up path (the field is named instead).
+fn strip_path(field: &str, e: &diffuse_data::Error) -> String {
+    let s = e.to_string();
+    s.strip_prefix(&format!("{field}: "))
+        .unwrap_or(&s)
+        .to_string()
 }
 
 /// Refuses a request whose work — n × height × width × model calls, twice that with
@@ -306,7 +450,7 @@ pub fn check_work(
 ) -> Result<(), ApiError> {
     let f = entry.vae.as_ref().map_or(1, |v| v.config().downscale());
     let (h, w) = (planned.size.0 * f, planned.size.1 * f);
-    let calls = planned.sampler.len();
+    let calls = planned.calls();
     let guided = if planned.guidance_scale != 1.0 { 2 } else { 1 };
     let work = (req.n * h * w * calls * guided) as u64;
     if work <= cfg.max_request_pixel_steps {

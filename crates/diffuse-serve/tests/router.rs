@@ -1,70 +1,17 @@
 //! Router tests without a socket (axum `oneshot`), for every endpoint and error code.
 
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
+mod common;
+use common::*;
+
+use axum::http::StatusCode;
 use axum::Router;
-use base64::Engine;
 use candle_core::Device;
 use diffuse_serve::{app, metrics::Metrics, AppState, ServeConfig};
-use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tower::ServiceExt;
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../diffuse-models/tests/fixtures")
-}
-
-fn state(config: ServeConfig) -> Arc<AppState> {
-    let mut s = AppState::new(config, Arc::new(Metrics::default()));
-    s.add_model(&fixtures().join("pipeline_basic"), &Device::Cpu)
-        .unwrap();
-    s.add_model(&fixtures().join("unet_class_cond"), &Device::Cpu)
-        .unwrap();
-    Arc::new(s)
-}
-
-async fn call(app: &Router, req: Request<Body>) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
-    let resp = app.clone().oneshot(req).await.unwrap();
-    let status = resp.status();
-    let headers = resp.headers().clone();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .unwrap()
-        .to_bytes()
-        .to_vec();
-    (status, headers, body)
-}
-
-fn post(body: Value) -> Request<Body> {
-    post_raw(body.to_string())
-}
-
-fn post_raw(body: String) -> Request<Body> {
-    Request::post("/v1/images/generations")
-        .header("content-type", "application/json")
-        .body(Body::from(body))
-        .unwrap()
-}
-
-fn get(uri: &str) -> Request<Body> {
-    Request::get(uri).body(Body::empty()).unwrap()
-}
-
-fn json_of(b: &[u8]) -> Value {
-    serde_json::from_slice(b).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(b)))
-}
-
-fn decode_png(b64: &str) -> image::DynamicImage {
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(b64)
-        .unwrap();
-    image::load_from_memory(&bytes).unwrap()
-}
 
 #[tokio::test]
 async fn health_ready_models_metrics_and_page() {
@@ -184,22 +131,6 @@ async fn same_seed_same_image_whatever_shares_the_batch() {
             .unwrap();
         assert!(d <= 1, "image {i} differs by {d} levels when batched");
     }
-}
-
-async fn expect_error(
-    app: &Router,
-    req: Request<Body>,
-    status: StatusCode,
-    field: Option<&str>,
-) -> Value {
-    let (s, _, b) = call(app, req).await;
-    assert_eq!(s, status, "{}", String::from_utf8_lossy(&b));
-    let e = json_of(&b);
-    if let Some(f) = field {
-        assert_eq!(e["error"]["field"], f, "{e}");
-    }
-    assert!(e["error"]["message"].as_str().unwrap().len() > 5);
-    e
 }
 
 #[tokio::test]

@@ -244,25 +244,13 @@ impl Pipeline {
     }
 
     /// Pixel images `[K, C, H, W]` in [−1, 1] and a pixel mask `[K, 1, H, W]` (1: regenerate)
-    /// in the space the network denoises, for [`super::Edit`]. A latent pipeline encodes the
-    /// images (the posterior mean, scaled as in training) and shrinks the mask by the VAE's
-    /// downscale, a latent regenerated where any of its pixels is; pixel pipelines return them.
+    /// in the space the network denoises, for [`super::Edit`] ([`super::edit_space`]).
     pub fn to_denoising_space(
         &self,
         images: &Tensor,
         mask: Option<&Tensor>,
     ) -> Result<(Tensor, Option<Tensor>)> {
-        let images = images.to_device(&self.device)?;
-        let mask = mask.map(|m| m.to_device(&self.device)).transpose()?;
-        match &self.vae {
-            None => Ok((images, mask)),
-            Some(vae) => {
-                let z = vae.scale_latents(&vae.encode(&images)?.mean)?;
-                let f = vae.config().downscale();
-                let mask = mask.map(|m| m.max_pool2d(f)).transpose()?;
-                Ok((z.to_dtype(candle_core::DType::F32)?, mask))
-            }
-        }
+        super::edit_space(self.vae.as_ref(), &images.to_device(&self.device)?, mask)
     }
 
     /// Images `[K, C, H, W]` in the model's output range (not clipped): generation, then
