@@ -87,7 +87,8 @@ pub struct Args {
 #[derive(clap::Args)]
 pub struct EditArgs {
     /// Image-to-image (SDEdit): start from this image noised to `--strength`; with
-    /// `--num-images` > 1, variations of it. Other sizes and channel counts are converted and
+    /// `--num-images` > 1, variations of it. A folder: each of its images once, in name order
+    /// (`--num-images` is their count). Other sizes and channel counts are converted and
     /// fitted (`--fit`) as `data` does.
     #[arg(long)]
     init_image: Option<PathBuf>,
@@ -131,8 +132,23 @@ impl EditArgs {
             return Ok(None);
         };
         let size = crate::common::edit_size(pipe, hw)?;
-        let image =
-            crate::common::load_edit_image(pipe, size, path, self.fit, "--init-image ", quiet)?;
+        let files = match path.is_dir() {
+            true => diffuse_data::datasets::images_in(path)?,
+            false => vec![path.clone()],
+        };
+        if files.is_empty() {
+            bail!(
+                "--init-image {}: no PNG, JPEG or WebP images in the folder",
+                path.display()
+            );
+        }
+        let images = files
+            .iter()
+            .map(|f| {
+                crate::common::load_edit_image(pipe, size, f, self.fit, "--init-image ", quiet)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let image = Tensor::cat(&images, 0)?;
         let mask = match &self.mask {
             Some(m) => {
                 let (mask, notes) = image_io::load_mask(m, size, self.fit, &Device::Cpu)?;
@@ -233,6 +249,11 @@ pub fn run(args: Args) -> Result<()> {
         None => size,
     };
     let edit = args.edit.load(&pipe, size, args.quiet)?;
+    // A folder of images to edit: one output each.
+    let num_images = match &edit {
+        Some(e) if e.images.dim(0)? > 1 => e.images.dim(0)?,
+        _ => num_images,
+    };
     let opts = GenerateOptions {
         num_images,
         batch_size: args.batch_size,

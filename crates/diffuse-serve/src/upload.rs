@@ -41,14 +41,14 @@ pub async fn parse(
     cfg: &ServeConfig,
     endpoint: Endpoint,
 ) -> Result<Request, ApiError> {
-    let form_hint = "send multipart/form-data, e.g. curl -F image=@in.png -F strength=0.6";
+    let form_hint = "send it as multipart/form-data, e.g. curl -F image=@in.png -F strength=0.6";
     let boundary = content_type
         .and_then(|ct| multer::parse_boundary(ct).ok())
         .ok_or_else(|| {
             ApiError::bad(
                 "body",
                 format!(
-                    "the body is {}, not a form: {form_hint}",
+                    "the body is {}, not multipart/form-data: {form_hint}",
                     content_type.unwrap_or("of no content type")
                 ),
             )

@@ -32,7 +32,8 @@ fn is_hidden(p: &Path) -> bool {
         .is_some_and(|n| n.starts_with('.'))
 }
 
-fn images_in(dir: &Path) -> Result<Vec<PathBuf>> {
+/// The image files (PNG, JPEG, WebP) directly in `dir`, sorted, hidden ones skipped.
+pub fn images_in(dir: &Path) -> Result<Vec<PathBuf>> {
     let rd = std::fs::read_dir(dir).map_err(|source| Error::Io {
         path: dir.display().to_string(),
         source,

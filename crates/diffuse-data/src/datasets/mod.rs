@@ -12,7 +12,7 @@ pub mod openmoji;
 pub mod pixel_cache;
 
 pub use cifar::Cifar10;
-pub use folder::ImageFolder;
+pub use folder::{images_in, ImageFolder};
 pub use idx::{read_idx, IdxDataset};
 pub use openmoji::OpenMoji;
 pub use pixel_cache::PixelCache;
