@@ -36,6 +36,11 @@ done
 "$BIN" interpolate --model "$MODEL" --fit resize --from "$T/digit3.png" --to "$T/digit1.png" --class 0 \
   --frames 10 --guidance-scale 1 --output "$T/interp_images.png" --gif "$OUT/editing-interpolation.gif"
 "$BIN" interpolate --model "$MODEL" --seeds 1,2 --class 8 --frames 10 --output "$T/interp_seeds.png"
+# 4. Class embeddings: one seed, class 3 → 8 and 1 → 7 (guidance 2).
+"$BIN" interpolate --model "$MODEL" --seeds 1,1 --class 3 --to-class 8 --frames 10 --guidance-scale 2 \
+  --output "$T/interp_class_38.png"
+"$BIN" interpolate --model "$MODEL" --seeds 5,5 --class 1 --to-class 7 --frames 10 --guidance-scale 2 \
+  --output "$T/interp_class_17.png"
 "$PY" - "$T" "$OUT" <<'PY'
 import os, sys
 from PIL import Image, ImageDraw
@@ -66,6 +71,8 @@ def strip(path, n=10):
     g = Image.open(path).convert("RGB"); w = (g.width - 2 * (n - 1)) // n
     return [g.crop((k * (w + 2), 0, k * (w + 2) + w, g.height)) for k in range(n)]
 table([("test 0 to test 2 (inverted)", strip(f"{t}/interp_images.png")),
-       ("seed 1 to seed 2, class 8", strip(f"{t}/interp_seeds.png"))], f"{out}/editing-interpolation.png")
+       ("seed 1 to seed 2, class 8", strip(f"{t}/interp_seeds.png")),
+       ("seed 1, class 3 to 8", strip(f"{t}/interp_class_38.png")),
+       ("seed 5, class 1 to 7", strip(f"{t}/interp_class_17.png"))], f"{out}/editing-interpolation.png")
 print("wrote", out + "/editing-{img2img,inpaint,interpolation}.png and editing-interpolation.gif")
 PY

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Drives the diffuse serve web page in headless Chromium: take the model's own sampler, steps
 # and guidance as the page preselects them, generate, wait for the images, check that they are
-# not blank, then the same with dpmpp_2m; save a screenshot to docs/web-page.png. Installs what
+# not blank, then the same with dpmpp_2m; save a screenshot to docs/web-page.png. Then the
+# editor: upload an image, paint a mask with the mouse, inpaint, check the kept part is kept and
+# the painted part redrawn; screenshot docs/web-editor.png. Installs what
 # it needs (Debian chromium and chromium-driver; selenium into tools/webtest/.venv). Not part of
 # CI (it needs apt).
 # Usage: bash tools/webtest/run.sh [MODEL_DIR]

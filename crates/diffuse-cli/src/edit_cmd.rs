@@ -1,5 +1,6 @@
 //! `diffuse invert` and `diffuse interpolate`: ODE inversion of images to their x_T, and
-//! interpolation between two images or two seeds by slerp in x_T (docs/editing.md).
+//! interpolation between two images or two seeds by slerp in x_T, and between two classes by
+//! linear interpolation of their embeddings (docs/editing.md).
 
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Shape, Tensor};
@@ -7,7 +8,9 @@ use diffuse_core::rng::{NoiseSource, SeededNoise};
 use diffuse_core::sampler::{Sampler, SamplerOptions};
 use diffuse_data::image_io;
 use diffuse_data::transform::Fit;
-use diffuse_models::pipeline::{invert_images, GenerateOptions, LoadOptions, Pipeline};
+use diffuse_models::pipeline::{
+    class_weights_between, invert_images, GenerateOptions, LoadOptions, Pipeline,
+};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
@@ -68,10 +71,10 @@ impl ModelArgs {
         Ok(l.pipe.to_denoising_space(&img, None)?.0)
     }
 
-    /// x_T of an image: its inversion.
-    fn invert(&self, l: &Loaded, path: &Path) -> Result<Tensor> {
+    /// x_T of an image of class `class`: its inversion.
+    fn invert(&self, l: &Loaded, path: &Path, class: Option<u32>) -> Result<Tensor> {
         let x0 = self.image(l, path)?;
-        let labels = self.class_label.map(|c| vec![c]);
+        let labels = class.map(|c| vec![c]);
         Ok(invert_images(
             &l.pipe.net,
             &l.sampler,
@@ -99,7 +102,7 @@ pub struct InvertArgs {
 pub fn invert(args: InvertArgs) -> Result<()> {
     let l = args.model.load()?;
     let start = std::time::Instant::now();
-    let x_t = args.model.invert(&l, &args.image)?;
+    let x_t = args.model.invert(&l, &args.image, args.model.class_label)?;
     let bytes = diffuse_models::weights::serialize_tensors(vec![(
         "noise".into(),
         x_t.to_device(&Device::Cpu)?.to_dtype(DType::F32)?,
@@ -133,6 +136,10 @@ pub struct InterpolateArgs {
     /// Frames, both ends included.
     #[arg(long, default_value_t = 8)]
     frames: usize,
+    /// The class of the last frame (and of `--to`): the frames' class embeddings go linearly
+    /// from `--class` to this one. `--seeds S,S` keeps the noise and changes only the class.
+    #[arg(long, requires = "class_label")]
+    to_class: Option<u32>,
     /// Classifier-free guidance scale of the frames (default: the pipeline's; inversion
     /// itself runs unguided, so 1 reproduces the ends best).
     #[arg(long)]
@@ -152,7 +159,10 @@ pub fn interpolate(args: InterpolateArgs) -> Result<()> {
     let m = &args.model;
     let l = m.load()?;
     let (a, b) = match (&args.from, &args.to, args.seeds.as_slice()) {
-        (Some(from), Some(to), []) => (m.invert(&l, from)?, m.invert(&l, to)?),
+        (Some(from), Some(to), []) => (
+            m.invert(&l, from, m.class_label)?,
+            m.invert(&l, to, args.to_class.or(m.class_label))?,
+        ),
         (None, None, &[sa, sb]) => {
             let (h, w) = l.hw;
             let shape = Shape::from((1, l.pipe.net.in_channels(), h, w));
@@ -170,11 +180,24 @@ pub fn interpolate(args: InterpolateArgs) -> Result<()> {
             diffuse_core::sampler::edit::slerp(&a, &b, t)
         })
         .collect::<diffuse_core::Result<Vec<_>>>()?;
+    let class_weights = match (m.class_label, args.to_class) {
+        (Some(a), Some(b)) => {
+            let Some(k) = l.pipe.net.num_classes() else {
+                bail!("--to-class interpolates class embeddings: this model has no class table");
+            };
+            Some(class_weights_between(k, a, b, args.frames, &l.pipe.device)?)
+        }
+        _ => None,
+    };
     let opts = GenerateOptions {
         num_images: args.frames,
         batch_size: args.frames,
         size: l.hw,
-        class_labels: m.class_label.map(|c| vec![c]),
+        class_labels: match class_weights {
+            Some(_) => None,
+            None => m.class_label.map(|c| vec![c]),
+        },
+        class_weights,
         guidance_scale: args
             .guidance_scale
             .unwrap_or_else(|| l.pipe.default_guidance()),

@@ -138,6 +138,7 @@ impl ModelSampler {
             seed,
             size: self.size,
             class_labels: labels.clone(),
+            class_weights: None,
             guidance_scale,
             null_class: None,
             initial_noise: None,

@@ -260,6 +260,7 @@ pub fn run(args: Args) -> Result<()> {
         seed: args.seed,
         size,
         class_labels: args.class_label.map(|c| vec![c]),
+        class_weights: None,
         guidance_scale: args
             .guidance_scale
             .unwrap_or_else(|| pipe.default_guidance()),

@@ -54,14 +54,21 @@ impl<M: ConditionalDenoiser> Denoiser for ClassifierFreeGuidance<'_, M> {
         let mut labels = self.labels.clone();
         labels.extend(std::iter::repeat_n(self.null_label, b));
         let out = self.model.predict_cond(&x2, t, &labels)?;
-        let cond = out.narrow(0, 0, b)?;
-        let uncond = out.narrow(0, b, b)?;
-        let mut shape = vec![1usize; x_in.rank()];
-        shape[0] = b;
-        let s: Vec<f32> = self.scales.iter().map(|&s| s as f32).collect();
-        let s = Tensor::from_vec(s, shape, x_in.device())?.to_dtype(x_in.dtype())?;
-        Ok((&uncond + (cond - &uncond)?.broadcast_mul(&s)?)?)
+        guide(&out, &self.scales)
     }
+}
+
+/// uncond + s · (cond − uncond) per sample, from one output `[2b, ...]` whose first half is
+/// conditional and second unconditional.
+pub fn guide(out: &Tensor, scales: &[f64]) -> Result<Tensor> {
+    let b = scales.len();
+    let cond = out.narrow(0, 0, b)?;
+    let uncond = out.narrow(0, b, b)?;
+    let mut shape = vec![1usize; out.rank()];
+    shape[0] = b;
+    let s: Vec<f32> = scales.iter().map(|&s| s as f32).collect();
+    let s = Tensor::from_vec(s, shape, out.device())?.to_dtype(out.dtype())?;
+    Ok((&uncond + (cond - &uncond)?.broadcast_mul(&s)?)?)
 }
 
 #[cfg(test)]

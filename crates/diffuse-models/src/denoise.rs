@@ -88,3 +88,39 @@ impl ConditionalDenoiser for UNet2DModel {
         predict_cond(self, x_in, t, labels)
     }
 }
+
+/// Classifier-free guidance with soft class labels: `weights` `[b, classes]` (the null class
+/// included) mix the class embeddings of the conditional half; the unconditional half is the
+/// null class. Both halves in one batch of 2b.
+pub struct SoftClassGuidance<'a, N: LabelledNet + ?Sized = Network> {
+    pub model: &'a N,
+    pub weights: Tensor,
+    pub null_label: u32,
+    pub scale: f64,
+}
+
+impl<N: LabelledNet + ?Sized> Denoiser for SoftClassGuidance<'_, N> {
+    fn predict(&self, x_in: &Tensor, t: f64) -> diffuse_core::Result<Tensor> {
+        let (b, k) = self.weights.dims2()?;
+        if self.scale == 1.0 {
+            return self
+                .model
+                .predict_labelled(x_in, &[t as f32], Some(&self.weights))
+                .map_err(core_err);
+        }
+        let null: Vec<f32> = (0..b * k)
+            .map(|i| f32::from(i % k == self.null_label as usize))
+            .collect();
+        let null = Tensor::from_vec(null, (b, k), self.weights.device())?;
+        let w2 = Tensor::cat(
+            &[&self.weights.to_dtype(candle_core::DType::F32)?, &null],
+            0,
+        )?;
+        let x2 = Tensor::cat(&[x_in, x_in], 0)?;
+        let out = self
+            .model
+            .predict_labelled(&x2, &[t as f32], Some(&w2))
+            .map_err(core_err)?;
+        diffuse_core::denoiser::guide(&out, &vec![self.scale; b])
+    }
+}

@@ -106,10 +106,14 @@ impl Conditioning {
         })
     }
 
-    /// `t_proj`: [b, 256]; `labels`: [b] u32 → [b, dim].
+    /// `t_proj`: [b, 256]; `labels`: [b] u32, or [b, classes + 1] weights (soft labels) → [b, dim].
     fn forward(&self, t_proj: &Tensor, labels: &Tensor) -> Result<Tensor> {
         let t = self.timestep_embedder.forward(t_proj)?;
-        let y = candle_nn::Module::forward(&self.embedding_table, labels)?.to_dtype(t.dtype())?;
+        let y = match labels.rank() {
+            2 => crate::unet_2d::soft_embedding(&self.embedding_table, labels, labels.dim(0)?)?,
+            _ => candle_nn::Module::forward(&self.embedding_table, labels)?,
+        };
+        let y = y.to_dtype(t.dtype())?;
         Ok((t + y)?)
     }
 }
@@ -284,7 +288,8 @@ impl DiTTransformer2DModel {
 
     /// `sample`: [b, in_channels, h, w]; `timesteps`: b values (or one, broadcast);
     /// `class_labels`: `[b]` integer labels in 0..=num_embeds_ada_norm (the last is the null
-    /// class), or None for the null class everywhere. Returns [b, out_channels, h, w], the
+    /// class), `[b, num_embeds_ada_norm + 1]` weights over them (soft labels), or None for the
+    /// null class everywhere. Returns [b, out_channels, h, w], the
     /// learned-variance half included (see [`split_learned_sigma`]).
     pub fn forward(
         &self,
@@ -316,6 +321,16 @@ impl DiTTransformer2DModel {
         let null = self.null_class();
         let labels = match class_labels {
             None => Tensor::from_vec(vec![null; b], b, dev)?,
+            Some(l) if l.rank() == 2 => {
+                if l.dims() != [b, null as usize + 1] {
+                    return Err(Error::Input(format!(
+                        "class weights have shape {:?}; expected [{b}, {}] (the null class included)",
+                        l.dims(),
+                        null + 1
+                    )));
+                }
+                l.to_dtype(DType::F32)?.to_device(dev)?
+            }
             Some(l) => {
                 let l = l.flatten_all()?.to_dtype(DType::U32)?.to_device(dev)?;
                 if l.dim(0)? != b {

@@ -4,7 +4,7 @@
 //! guidance. Latent diffusion: the same loop over an AutoencoderKL's latents, then
 //! [`decode_latents`]. [`Pipeline`] loads a folder (network, VAE, scheduler config) for it.
 
-use crate::denoise::NetDenoiser;
+use crate::denoise::{NetDenoiser, SoftClassGuidance};
 use crate::net::{Network, NetworkConfig};
 use crate::{AutoencoderKL, AutoencoderKLConfig, Error, Result, UNet2DConfig};
 use candle_core::{DType, Device, Shape, Tensor};
@@ -30,6 +30,9 @@ pub struct GenerateOptions {
     pub size: (usize, usize),
     /// Class label per image (one value is used for all), for class-conditional models.
     pub class_labels: Option<Vec<u32>>,
+    /// Instead of `class_labels`: `[K, classes]` weights per image over the model's classes
+    /// (null included) mixing their embeddings ([`class_weights_between`]).
+    pub class_weights: Option<Tensor>,
     /// Classifier-free guidance scale; 1 disables guidance.
     pub guidance_scale: f64,
     /// The "no class" label for guidance; default: the model's last class.
@@ -62,6 +65,7 @@ impl Default for GenerateOptions {
             seed: 0,
             size: (32, 32),
             class_labels: None,
+            class_weights: None,
             guidance_scale: 1.0,
             null_class: None,
             initial_noise: None,
@@ -110,7 +114,13 @@ pub fn generate(
             ));
         }
     }
-    let labels = labels_for(model, opts.class_labels.as_deref(), k)?;
+    let labels = match &opts.class_weights {
+        None => labels_for(model, opts.class_labels.as_deref(), k)?,
+        Some(w) => {
+            check_weights(model, w, k, opts.class_labels.is_some())?;
+            None
+        }
+    };
     let guided = opts.guidance_scale != 1.0;
     let null = if guided {
         let classes = match model.num_classes() {
@@ -151,8 +161,22 @@ pub fn generate(
             class_labels: label_tensor,
         };
         let cfg_den;
-        let den: &dyn Denoiser = match (null, &chunk_labels) {
-            (Some(null_label), Some(l)) => {
+        let soft_den;
+        let den: &dyn Denoiser = match (null, &chunk_labels, &opts.class_weights) {
+            (_, _, Some(w)) => {
+                soft_den = SoftClassGuidance {
+                    model,
+                    weights: w.narrow(0, start, n)?.to_device(device)?,
+                    null_label: null.unwrap_or(0),
+                    scale: if null.is_some() {
+                        opts.guidance_scale
+                    } else {
+                        1.0
+                    },
+                };
+                &soft_den
+            }
+            (Some(null_label), Some(l), None) => {
                 cfg_den = ClassifierFreeGuidance {
                     model,
                     labels: l.clone(),
@@ -275,6 +299,50 @@ fn labels_for(model: &Network, given: Option<&[u32]>, k: usize) -> Result<Option
             l.len()
         ))),
     }
+}
+
+/// Soft class labels `[K, classes]` fit a class-conditional `model` with a class table.
+fn check_weights(model: &Network, w: &Tensor, k: usize, labels_too: bool) -> Result<()> {
+    if labels_too {
+        return Err(Error::Input(
+            "give class labels or class weights, not both".into(),
+        ));
+    }
+    let Some(classes) = model.num_classes() else {
+        return Err(Error::Input(
+            "class weights mix the embeddings of a class table: this model has none".into(),
+        ));
+    };
+    if w.dims() != [k, classes] {
+        return Err(Error::Input(format!(
+            "class weights have shape {:?}; expected [{k}, {classes}]",
+            w.dims()
+        )));
+    }
+    Ok(())
+}
+
+/// Soft class labels `[frames, classes]` from class `a` to class `b`: frame i weighs them
+/// (1 − t, t), t = i / (frames − 1), so its class embedding is their linear interpolation.
+pub fn class_weights_between(
+    classes: usize,
+    a: u32,
+    b: u32,
+    frames: usize,
+    device: &Device,
+) -> Result<Tensor> {
+    if a.max(b) as usize >= classes || frames < 2 {
+        return Err(Error::Input(format!(
+            "classes {a} and {b} of 0..{classes}, over {frames} frames (at least 2)"
+        )));
+    }
+    let mut w = vec![0f32; frames * classes];
+    for i in 0..frames {
+        let t = i as f32 / (frames - 1) as f32;
+        w[i * classes + a as usize] += 1.0 - t;
+        w[i * classes + b as usize] += t;
+    }
+    Ok(Tensor::from_vec(w, (frames, classes), device)?)
 }
 
 /// Model calls per batch: the plan's, or what an edit runs of it.

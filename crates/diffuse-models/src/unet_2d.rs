@@ -251,8 +251,9 @@ impl UNet2DModel {
     }
 
     /// `sample`: [b, in_channels, h, w]; `timesteps`: b values (or one, broadcast);
-    /// `class_labels`: `[b]` integer labels (table), `[b]` numbers (timestep type) or
-    /// [b, time_embed_dim] (identity). Returns [b, out_channels, h, w].
+    /// `class_labels`: `[b]` integer labels or `[b, classes]` weights over them (table; see
+    /// [`soft_embedding`]), `[b]` numbers (timestep type) or [b, time_embed_dim] (identity).
+    /// Returns [b, out_channels, h, w].
     pub fn forward(
         &self,
         sample: &Tensor,
@@ -300,6 +301,10 @@ impl UNet2DModel {
                     "this model is class-conditional: class labels are required".into(),
                 ))
             }
+            // Soft labels: weights over the classes mix their embeddings (interpolation).
+            (ClassEmb::Table(t), Some(l)) if l.rank() == 2 => {
+                emb = (emb + soft_embedding(t, l, b)?.to_dtype(dtype)?)?;
+            }
             (ClassEmb::Table(t), Some(l)) => {
                 let l = l.to_dtype(DType::U32)?;
                 let k = t.embeddings().dim(0)?;
@@ -343,4 +348,19 @@ impl UNet2DModel {
         }
         Ok(h)
     }
+}
+
+/// Soft class labels: `weights` `[b, classes]` × the embedding table `[classes, dim]`, the
+/// weighted mix of the class embeddings (a one-hot row is that class's embedding: linear
+/// interpolation of class embeddings is a row of (1 − t, t)).
+pub fn soft_embedding(table: &candle_nn::Embedding, weights: &Tensor, b: usize) -> Result<Tensor> {
+    let e = table.embeddings();
+    let k = e.dim(0)?;
+    if weights.dims() != [b, k] {
+        return Err(Error::Input(format!(
+            "class weights have shape {:?}; expected [{b}, {k}] (one weight per class, null included)",
+            weights.dims()
+        )));
+    }
+    Ok(weights.to_dtype(e.dtype())?.matmul(e)?)
 }

@@ -240,6 +240,7 @@ impl EvalHook {
             seed: self.section.seed,
             size,
             class_labels: labels.clone(),
+            class_weights: None,
             guidance_scale: self.guidance,
             null_class: None,
             initial_noise: None,

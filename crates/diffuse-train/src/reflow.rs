@@ -408,6 +408,7 @@ pub fn generate_pairs(
                 seed: opts.seed,
                 size: (h, w),
                 class_labels: batch_labels.clone(),
+                class_weights: None,
                 guidance_scale: spec.guidance_scale,
                 null_class: None,
                 initial_noise: Some(z.clone()),

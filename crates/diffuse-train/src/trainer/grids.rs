@@ -182,6 +182,7 @@ pub(super) fn sample_grid(
         seed: 1234,
         size,
         class_labels: (!labels.is_empty()).then_some(labels),
+        class_weights: None,
         guidance_scale: if classes.is_some() {
             t.sample_guidance
         } else {
