@@ -2746,4 +2746,42 @@ fn sample_edits_an_image_and_invert_and_interpolate_run() {
     ))
     .unwrap();
     assert_eq!(image::AnimationDecoder::into_frames(frames).count(), 8);
+    // Class embeddings: class 2 to 7 on one seed; refused for a model without classes.
+    let cond = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../diffuse-models/tests/fixtures/unet_class_cond");
+    let classes = |m: &str, extra: &[&str]| {
+        let mut a = vec![
+            "interpolate",
+            "--model",
+            m,
+            "--steps",
+            "4",
+            "--seeds",
+            "1,1",
+        ];
+        a.extend_from_slice(&["--frames", "3", "--output", &strip]);
+        a.extend_from_slice(extra);
+        diffuse(&a)
+    };
+    let o = classes(cond.to_str().unwrap(), &["--class", "2", "--to-class", "7"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(png_info(Path::new(&strip)).0, 3 * 8 + 2 * 2);
+    let o = classes(model, &["--class", "2", "--to-class", "7"]);
+    assert_one_line_error(&o, "no class table");
+    // A folder of images: one edit each, in name order.
+    let folder = dir.path().join("many");
+    std::fs::create_dir(&folder).unwrap();
+    std::fs::copy(&img, folder.join("a.png")).unwrap();
+    image::imageops::flip_horizontal(&image::open(&img).unwrap())
+        .save(folder.join("b.png"))
+        .unwrap();
+    let mut args = vec!["sample", "--model", model, "--strength", "0", "--quiet"];
+    args.extend_from_slice(&["--init-image", folder.to_str().unwrap()]);
+    let two = out("two.safetensors");
+    args.extend_from_slice(&["--output", &two]);
+    let o = diffuse(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let got = images(&two);
+    assert_eq!(got.len(), 2 * 3 * 256, "one output per image in the folder");
+    assert_eq!(got[..3 * 256], want[..]);
 }

@@ -376,20 +376,7 @@ async fn bad_forms_are_400_or_413_naming_the_field() {
 async fn a_latent_pipeline_edits_in_latent_space() {
     use diffuse_models::pipeline::{decode_latents, LoadOptions, Pipeline};
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("latent");
-    let text =
-        std::fs::read_to_string(fixtures().join("pipeline_latent/scheduler/scheduler_config.json"));
-    let sched = serde_json::from_str(&text.unwrap()).unwrap();
-    diffuse_models::weights::write_latent_pipeline(
-        &dir,
-        &fixtures().join("unet_timestep_class"),
-        &fixtures().join("vae_gray_plain"),
-        &sched,
-    )
-    .unwrap();
-    let mut s = diffuse_serve::AppState::new(ServeConfig::default(), Default::default());
-    s.add_model(&dir, &Device::Cpu).unwrap();
-    let app = app(std::sync::Arc::new(s));
+    let (app, dir, _) = latent_app(tmp.path());
     // A 16×16 picture and its lower half masked: 4×4 latents, the mask shrunk to them.
     let img = image::GrayImage::from_fn(16, 16, |x, y| image::Luma([(x * 13 + y * 3) as u8]));
     let mask =

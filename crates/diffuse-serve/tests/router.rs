@@ -379,18 +379,8 @@ async fn serves_a_latent_pipeline_decoding_with_its_vae() {
     use diffuse_models::pipeline::{decode_latents, generate, GenerateOptions};
     use diffuse_models::weights;
     let tmp = tempfile::tempdir().unwrap();
-    let pipe = tmp.path().join("latent");
-    let text =
-        std::fs::read_to_string(fixtures().join("pipeline_latent/scheduler/scheduler_config.json"));
-    let sched = serde_json::from_str(&text.unwrap()).unwrap();
-    let (unet_dir, vae_dir) = (
-        fixtures().join("unet_timestep_class"),
-        fixtures().join("vae_gray_plain"),
-    );
-    weights::write_latent_pipeline(&pipe, &unet_dir, &vae_dir, &sched).unwrap();
-    let mut s = AppState::new(ServeConfig::default(), Arc::new(Metrics::default()));
-    s.add_model(&pipe, &Device::Cpu).unwrap();
-    let app = app(Arc::new(s));
+    let (app, pipe, sched) = latent_app(tmp.path());
+    let (unet_dir, vae_dir) = (pipe.join("unet"), pipe.join("vae"));
     let (st, _, b) = call(&app, get("/v1/models")).await;
     assert_eq!(st, StatusCode::OK);
     let m = &json_of(&b)["data"][0];

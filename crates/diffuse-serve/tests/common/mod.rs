@@ -86,3 +86,23 @@ pub async fn expect_error(
     assert!(e["error"]["message"].as_str().unwrap().len() > 5);
     e
 }
+
+/// A latent pipeline folder `root/latent` (UNet `unet_timestep_class` on the VAE
+/// `vae_gray_plain`, 64 px images from its config) served alone: the app, the
+/// folder and its scheduler config.
+pub fn latent_app(root: &std::path::Path) -> (Router, PathBuf, serde_json::Map<String, Value>) {
+    let dir = root.join("latent");
+    let text =
+        std::fs::read_to_string(fixtures().join("pipeline_latent/scheduler/scheduler_config.json"));
+    let sched = serde_json::from_str(&text.unwrap()).unwrap();
+    diffuse_models::weights::write_latent_pipeline(
+        &dir,
+        &fixtures().join("unet_timestep_class"),
+        &fixtures().join("vae_gray_plain"),
+        &sched,
+    )
+    .unwrap();
+    let mut s = AppState::new(ServeConfig::default(), Arc::new(Metrics::default()));
+    s.add_model(&dir, &Device::Cpu).unwrap();
+    (diffuse_serve::app(Arc::new(s)), dir, sched)
+}
