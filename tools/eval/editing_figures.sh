@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The pictures of docs/editing.md, made with the CLI from a trained class-conditional MNIST
 # pipeline (the quick start's: runs/mnist) and test digits.
-# Usage: tools/eval/editing_figures.sh [MODEL=runs/mnist] [OUT=docs]   (needs Pillow)
+# Usage: tools/eval/editing_figures.sh [MODEL=runs/mnist] [OUT=docs] [COLOUR_MODEL]   (needs Pillow)
 set -euo pipefail
 MODEL="${1:-runs/mnist}"; OUT="${2:-docs}"
 BIN="${DIFFUSE:-target/release/diffuse}"
@@ -76,3 +76,62 @@ table([("test 0 to test 2 (inverted)", strip(f"{t}/interp_images.png")),
        ("seed 5, class 1 to 7", strip(f"{t}/interp_class_17.png"))], f"{out}/editing-interpolation.png")
 print("wrote", out + "/editing-{img2img,inpaint,interpolation}.png and editing-interpolation.gif")
 PY
+
+# 5. Colour (optional 3rd argument: a class-conditional OpenMoji pipeline, e.g. runs/openmoji32):
+# a red apple and a grinning face from data/openmoji's raster cache, re-drawn towards other
+# groups, half inpainted, and a class interpolation.
+COLOUR="${3:-}"
+if [ -n "$COLOUR" ]; then
+  S=$(sed -n 's/.*"sample_size": *\([0-9]*\).*/\1/p' "$COLOUR/unet/config.json" | head -1)
+  "$PY" - "$T" "$S" <<'PY'
+import csv, sys
+import numpy as np
+from PIL import Image
+t, s = sys.argv[1], int(sys.argv[2])
+groups = ["smileys-emotion", "people-body", "animals-nature", "food-drink", "travel-places", "activities",
+          "objects", "symbols", "flags", "extras-openmoji", "extras-unicode"]
+rows = [r for r in csv.DictReader(open("data/openmoji/data/openmoji.csv", encoding="utf-8"))
+        if not r["skintone"] and r["group"] in groups]
+raw = np.fromfile(f"data/openmoji/cache/rgba-{s}px-{len(rows)}.bin", np.uint8).reshape(len(rows), s, s, 4)
+for name, hexcode in (("apple", "1F34E"), ("face", "1F600")):
+    i = next(k for k, r in enumerate(rows) if r["hexcode"] == hexcode)
+    rgba = raw[i].astype(np.float32) / 255
+    rgb = rgba[..., :3] * rgba[..., 3:] + (1 - rgba[..., 3:])  # on white, as the training data
+    Image.fromarray((rgb * 255).round().astype(np.uint8)).save(f"{t}/{name}.png")
+m = np.zeros((s, s), np.uint8); m[:, s // 2:] = 255; Image.fromarray(m).save(f"{t}/mask_right.png")
+PY
+  c=(--model "$COLOUR" --quiet --seed 0 --num-images 4 --guidance-scale 3)
+  for s in 0.5 0.8; do
+    "$BIN" sample "${c[@]}" --init-image "$T/apple.png" --strength "$s" --class 2 --output "$T/apple_animal_${s/./}"
+  done
+  "$BIN" sample "${c[@]}" --init-image "$T/face.png" --mask "$T/mask_right.png" --class 0 --output "$T/face_blend"
+  "$BIN" sample "${c[@]}" --init-image "$T/face.png" --mask "$T/mask_right.png" --class 0 \
+    --inpaint repaint --jump 5 --resample 4 --output "$T/face_repaint"
+  "$BIN" interpolate --model "$COLOUR" --seeds 3,3 --class 3 --to-class 2 --frames 8 --guidance-scale 3 \
+    --output "$T/interp_colour.png"
+  "$PY" - "$T" "$OUT" <<'PY'
+import os, sys
+from PIL import Image, ImageDraw
+t, out = sys.argv[1], sys.argv[2]
+def tiles(folder):
+    return [Image.open(os.path.join(folder, f)).convert("RGB")
+            for f in sorted(os.listdir(folder)) if f != "grid.png" and f.endswith(".png")]
+g = Image.open(f"{t}/interp_colour.png").convert("RGB"); w = (g.width - 2 * 7) // 8
+interp = [g.crop((k * (w + 2), 0, k * (w + 2) + w, g.height)) for k in range(8)]
+rows = [("apple as animals, strength 0.5", [Image.open(f"{t}/apple.png").convert("RGB")] + tiles(f"{t}/apple_animal_05")),
+        ("apple as animals, strength 0.8", [None] + tiles(f"{t}/apple_animal_08")),
+        ("face, right half: blend", [Image.open(f"{t}/face.png").convert("RGB")] + tiles(f"{t}/face_blend")),
+        ("face, right half: RePaint 5x4", [None] + tiles(f"{t}/face_repaint")),
+        ("seed 3, food to animals", interp)]
+tw, gap, lw = 96, 4, 210
+c = Image.new("RGB", (lw + 8 * (tw + gap), len(rows) * (tw + gap)), "white"); d = ImageDraw.Draw(c)
+for k, (label, r) in enumerate(rows):
+    y = k * (tw + gap)
+    d.text((4, y + tw // 2 - 7), label, fill="black", font_size=13)
+    for j, im in enumerate(r):
+        if im:
+            c.paste(im.resize((tw, tw), Image.NEAREST), (lw + j * (tw + gap), y))
+c.save(f"{out}/editing-colour.png")
+print("wrote", out + "/editing-colour.png")
+PY
+fi
