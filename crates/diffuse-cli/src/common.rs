@@ -142,3 +142,19 @@ pub fn load_edit_image(
     }
     Ok(image)
 }
+
+/// `--guidance-interval`: `LO,HI` noise levels, or `all` (guide every step).
+#[derive(Debug, Clone, Copy)]
+pub enum GuidanceChoice {
+    All,
+    Interval(diffuse_core::denoiser::GuidanceInterval),
+}
+
+pub fn parse_guidance_interval(s: &str) -> Result<GuidanceChoice, String> {
+    if s == "all" {
+        return Ok(GuidanceChoice::All);
+    }
+    diffuse_core::denoiser::GuidanceInterval::parse(s)
+        .map(GuidanceChoice::Interval)
+        .map_err(|e| format!("{e}, or `all`"))
+}

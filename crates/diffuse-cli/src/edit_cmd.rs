@@ -201,6 +201,7 @@ pub fn interpolate(args: InterpolateArgs) -> Result<()> {
         guidance_scale: args
             .guidance_scale
             .unwrap_or_else(|| l.pipe.default_guidance()),
+        guidance_interval: l.pipe.default_guidance_interval(),
         initial_noise: Some(Tensor::cat(&frames, 0)?),
         ..Default::default()
     };

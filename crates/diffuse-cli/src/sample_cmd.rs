@@ -2,6 +2,7 @@
 //! for a latent pipeline (`vae/` beside `unet/` or `transformer/`) the network denoises latents
 //! and the VAE decodes them.
 
+use crate::common::GuidanceChoice;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use diffuse_core::sampler::SamplerOptions;
@@ -45,6 +46,10 @@ pub struct Args {
     /// The null ("unconditional") class for guidance.
     #[arg(long)]
     null_class: Option<u32>,
+    /// Guide only at noise levels σ (EDM's σ/α) in LO,HI, e.g. 0.3,5 (Kynkäänniemi et al.
+    /// 2024); `all` guides every step. Default: the pipeline's recorded interval, else all.
+    #[arg(long, value_parser = crate::common::parse_guidance_interval)]
+    guidance_interval: Option<GuidanceChoice>,
     #[arg(long, default_value_t = 16)]
     num_images: usize,
     #[arg(long, default_value_t = 16)]
@@ -264,6 +269,11 @@ pub fn run(args: Args) -> Result<()> {
         guidance_scale: args
             .guidance_scale
             .unwrap_or_else(|| pipe.default_guidance()),
+        guidance_interval: match args.guidance_interval {
+            Some(GuidanceChoice::All) => None,
+            Some(GuidanceChoice::Interval(g)) => Some(g),
+            None => pipe.default_guidance_interval(),
+        },
         null_class: args.null_class,
         initial_noise,
         edit,

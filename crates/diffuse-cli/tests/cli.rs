@@ -1116,7 +1116,8 @@ fn train_resume_and_sample_a_tiny_dit() {
         diffuse(&args)
     };
     let full = dir.path().join("full");
-    let o = train(&full, "6", &[]);
+    let interval = ["--set", "train.sample_guidance_interval=[0.3, 5.0]"];
+    let o = train(&full, "6", &interval);
     assert!(o.status.success(), "{}", stderr(&o));
     let json = |p: PathBuf| -> Value {
         serde_json::from_str(&std::fs::read_to_string(&p).unwrap_or_else(|e| {
@@ -1141,6 +1142,11 @@ fn train_resume_and_sample_a_tiny_dit() {
     );
     let index = json(full.join("model_index.json"));
     assert_eq!(index["_class_name"], "DiTPipeline");
+    assert_eq!(
+        index["_diffuse_sampling"]["guidance_interval"],
+        serde_json::json!([0.3, 5.0]),
+        "the grids' guidance interval is the pipeline's default"
+    );
     assert_eq!(index["vae"], serde_json::json!([null, null]));
     assert!(full
         .join("transformer_ema/diffusion_pytorch_model.safetensors")

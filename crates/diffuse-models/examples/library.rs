@@ -9,7 +9,7 @@
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use diffuse_core::config::SchedulerConfig;
-use diffuse_core::denoiser::ClassifierFreeGuidance;
+use diffuse_core::denoiser::{ClassifierFreeGuidance, GuidanceInterval};
 use diffuse_core::noising::add_noise;
 use diffuse_core::rng::{NoiseSource, SeededNoise};
 use diffuse_core::sampler::{sample, Sampler};
@@ -75,6 +75,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         labels: classes.to_vec(),
         null_label: 10,
         scales: vec![2.0; classes.len()],
+        // Guide only at noise levels σ in [0.3, 5] (None: every step).
+        guided: Some(sampler.guided_timesteps(&GuidanceInterval::new(0.3, 5.0)?)?),
     };
     let images: Tensor = sample(&sampler, &guided, &x_big_t, &mut noise, &mut |step| {
         println!(

@@ -97,12 +97,15 @@ pub struct SoftClassGuidance<'a, N: LabelledNet + ?Sized = Network> {
     pub weights: Tensor,
     pub null_label: u32,
     pub scale: f64,
+    /// As [`diffuse_core::denoiser::ClassifierFreeGuidance::guided`].
+    pub guided: Option<Vec<f64>>,
 }
 
 impl<N: LabelledNet + ?Sized> Denoiser for SoftClassGuidance<'_, N> {
     fn predict(&self, x_in: &Tensor, t: f64) -> diffuse_core::Result<Tensor> {
         let (b, k) = self.weights.dims2()?;
-        if self.scale == 1.0 {
+        let outside = self.guided.as_ref().is_some_and(|g| !g.contains(&t));
+        if outside || self.scale == 1.0 {
             return self
                 .model
                 .predict_labelled(x_in, &[t as f32], Some(&self.weights))

@@ -15,6 +15,7 @@ use diffuse_core::sampler::{sample, Sampler, StepInfo};
 use std::ops::ControlFlow;
 
 mod load;
+pub use diffuse_core::denoiser::GuidanceInterval;
 pub use diffuse_core::sampler::edit::Inpaint;
 pub use load::{LoadOptions, Pipeline, DEFAULT_SCHEDULER, DEFAULT_STEPS};
 
@@ -35,6 +36,8 @@ pub struct GenerateOptions {
     pub class_weights: Option<Tensor>,
     /// Classifier-free guidance scale; 1 disables guidance.
     pub guidance_scale: f64,
+    /// Guide only at noise levels σ in this interval (none: at every step).
+    pub guidance_interval: Option<GuidanceInterval>,
     /// The "no class" label for guidance; default: the model's last class.
     pub null_class: Option<u32>,
     /// A given x_T of shape [K, C, H, W] (unit variance, before init_noise_sigma).
@@ -67,6 +70,7 @@ impl Default for GenerateOptions {
             class_labels: None,
             class_weights: None,
             guidance_scale: 1.0,
+            guidance_interval: None,
             null_class: None,
             initial_noise: None,
             edit: None,
@@ -141,6 +145,10 @@ pub fn generate(
         None
     };
 
+    let guided = opts
+        .guidance_interval
+        .map(|g| sampler.guided_timesteps(&g))
+        .transpose()?;
     let chunks: Vec<(usize, usize)> = (0..k)
         .step_by(opts.batch_size)
         .map(|s| (s, opts.batch_size.min(k - s)))
@@ -173,6 +181,7 @@ pub fn generate(
                     } else {
                         1.0
                     },
+                    guided: guided.clone(),
                 };
                 &soft_den
             }
@@ -182,6 +191,7 @@ pub fn generate(
                     labels: l.clone(),
                     null_label,
                     scales: vec![opts.guidance_scale; n],
+                    guided: guided.clone(),
                 };
                 &cfg_den
             }

@@ -49,6 +49,9 @@ pub struct SamplingDefaults {
     pub num_inference_steps: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guidance_scale: Option<f64>,
+    /// `[σ_lo, σ_hi]`: guide only at these noise levels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guidance_interval: Option<diffuse_core::denoiser::GuidanceInterval>,
 }
 
 impl SamplingDefaults {

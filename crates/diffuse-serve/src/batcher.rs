@@ -12,6 +12,7 @@
 
 use crate::metrics::Metrics;
 use candle_core::{DType, Device, Shape, Tensor};
+use diffuse_core::denoiser::GuidanceInterval;
 use diffuse_core::rng::{NoiseSource, SeededNoise};
 use diffuse_core::sampler::{Sampler, SamplerState};
 use diffuse_models::{AutoencoderKL, Network};
@@ -28,6 +29,8 @@ pub struct Job {
     /// One label per image (class-conditional models).
     pub labels: Option<Vec<u32>>,
     pub guidance_scale: f64,
+    /// Guide only at noise levels in this interval.
+    pub guidance_interval: Option<GuidanceInterval>,
     pub null_class: u32,
     pub sampler: Sampler,
     pub size: (usize, usize),
@@ -406,12 +409,15 @@ fn step_all(model: &Network, running: &mut [Running]) -> diffuse_models::Result<
     let mut ts: Vec<f32> = Vec::new();
     let mut labels: Vec<u32> = Vec::new();
     let conditional = model.is_class_conditional();
+    let mut guided_rows = Vec::with_capacity(running.len());
     for r in running.iter() {
         let j = &r.job;
         let i = r.state.index();
         let x_in = j.sampler.scale_model_input(&r.x, i)?;
         let t = j.sampler.timesteps()[i] as f32;
-        let guided = j.guidance_scale != 1.0;
+        let guided =
+            j.guidance_scale != 1.0 && j.sampler.guided_at(i, j.guidance_interval.as_ref())?;
+        guided_rows.push(guided);
         let copies = if guided { 2 } else { 1 };
         for copy in 0..copies {
             inputs.push(x_in.clone());
@@ -437,11 +443,11 @@ fn step_all(model: &Network, running: &mut [Running]) -> diffuse_models::Result<
     };
     let out = model.predict(&x_all, &ts, label_tensor.as_ref())?;
     let mut row = 0;
-    for r in running.iter_mut() {
+    for (r, guided) in running.iter_mut().zip(guided_rows) {
         let n = r.job.n;
         let cond = out.narrow(0, row, n)?;
         row += n;
-        let model_out = if r.job.guidance_scale != 1.0 {
+        let model_out = if guided {
             let uncond = out.narrow(0, row, n)?;
             row += n;
             let diff = (&cond - &uncond)?;

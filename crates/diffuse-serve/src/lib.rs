@@ -102,6 +102,7 @@ pub struct ModelEntry {
     pub default_sampler: &'static str,
     pub default_steps: usize,
     pub default_guidance: f64,
+    pub default_guidance_interval: Option<diffuse_core::denoiser::GuidanceInterval>,
     /// Default image size (for a latent pipeline: the UNet's sample_size times the VAE's downscale).
     pub size: (usize, usize),
     /// The VAE of a latent pipeline: the UNet denoises its latents, the batcher decodes them.
@@ -157,6 +158,7 @@ impl AppState {
             .unwrap_or((DEFAULT_SIZE / f, DEFAULT_SIZE / f));
         let size = (h * f, w * f);
         let (default_steps, default_guidance) = (pipe.default_steps(), pipe.default_guidance());
+        let default_guidance_interval = pipe.default_guidance_interval();
         let Pipeline {
             net: model,
             vae,
@@ -204,6 +206,7 @@ impl AppState {
                 default_sampler,
                 default_steps,
                 default_guidance,
+                default_guidance_interval,
                 size,
                 vae,
                 batcher,
@@ -302,6 +305,7 @@ async fn list_models(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Resp
                 "default_sampler": m.default_sampler,
                 "default_steps": m.default_steps,
                 "default_guidance_scale": m.default_guidance,
+                "default_guidance_interval": m.default_guidance_interval,
             })
         })
         .collect();
@@ -492,6 +496,7 @@ async fn generate_inner(s: &Arc<AppState>, req: request::Request, started: Insta
         seed: req.seed,
         labels: planned.labels,
         guidance_scale: planned.guidance_scale,
+        guidance_interval: planned.guidance_interval,
         null_class: planned.null_class,
         sampler: planned.sampler,
         size: planned.size,

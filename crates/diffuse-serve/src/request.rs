@@ -7,6 +7,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use diffuse_core::compat::{self, CompatError};
+use diffuse_core::denoiser::GuidanceInterval;
 use diffuse_core::sampler::{Sampler, SamplerOptions};
 use serde_json::{json, Map, Value};
 
@@ -65,6 +66,9 @@ pub struct Request {
     pub class_label: Option<u32>,
     /// Given guidance; default: the model's recorded scale (1 for an unconditional model).
     pub guidance_scale: Option<f64>,
+    /// Given interval of noise levels to guide at (`Some(None)`: every step, from JSON null);
+    /// default: the model's recorded one.
+    pub guidance_interval: Option<Option<GuidanceInterval>>,
     /// Given sampler; default: the model's own scheduler.
     pub sampler: Option<String>,
     /// Given steps; default: the model's scheduler config's `num_inference_steps` (a distilled
@@ -91,11 +95,12 @@ pub struct EditUpload {
 }
 
 /// The fields of `POST /v1/images/generations`; the edit endpoints add [`EDIT_FIELDS`].
-pub const FIELDS: [&str; 11] = [
+pub const FIELDS: [&str; 12] = [
     "model",
     "n",
     "class_label",
     "guidance_scale",
+    "guidance_interval",
     "sampler",
     "steps",
     "eta",
@@ -222,6 +227,16 @@ pub(crate) fn parse_fields(m: &Map<String, Value>, cfg: &ServeConfig) -> Result<
             None | Some(Value::Null) => None,
             Some(_) => Some(number(m, "guidance_scale", 1.0, 0.0, 100.0)?),
         },
+        guidance_interval: match m.get("guidance_interval") {
+            None => None,
+            Some(Value::Null) => Some(None),
+            Some(v) => Some(Some(serde_json::from_value(v.clone()).map_err(|e| {
+                ApiError::bad(
+                    "guidance_interval",
+                    format!("`guidance_interval` must be [σ_lo, σ_hi] with 0 ≤ σ_lo < σ_hi, or null: {e}"),
+                )
+            })?)),
+        },
         sampler: string(m, "sampler")?,
         steps: match m.get("steps") {
             None | Some(Value::Null) => None,
@@ -250,6 +265,7 @@ pub(crate) fn strength(m: &Map<String, Value>, masked: bool) -> Result<f64, ApiE
 pub struct Planned {
     pub sampler: Sampler,
     pub guidance_scale: f64,
+    pub guidance_interval: Option<GuidanceInterval>,
     pub labels: Option<Vec<u32>>,
     pub null_class: u32,
     pub size: (usize, usize),
@@ -351,6 +367,9 @@ pub fn plan(req: &Request, entry: &ModelEntry, cfg: &ServeConfig) -> Result<Plan
     Ok(Planned {
         sampler,
         guidance_scale,
+        guidance_interval: req
+            .guidance_interval
+            .unwrap_or(entry.default_guidance_interval),
         labels,
         null_class: classes.map(|k| k as u32 - 1).unwrap_or(0),
         size,

@@ -613,6 +613,7 @@ fn flow_pipeline(root: &std::path::Path) -> PathBuf {
     weights::SamplingDefaults {
         num_inference_steps: Some(20),
         guidance_scale: Some(2.0),
+        guidance_interval: Some(diffuse_core::denoiser::GuidanceInterval::new(0.3, 5.0).unwrap()),
     }
     .write_into(&mut index);
     std::fs::write(pipe.join("model_index.json"), index.to_string()).unwrap();
@@ -644,6 +645,7 @@ async fn a_flow_model_lists_its_samplers_and_refuses_the_others_with_400() {
         ),
         "{m}"
     );
+    assert_eq!(m["default_guidance_interval"], json!([0.3, 5.0]), "{m}");
     let works: Vec<&str> = m["samplers"]
         .as_array()
         .unwrap()
@@ -768,4 +770,69 @@ async fn in_flight_images_are_capped_and_given_back() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(s.in_flight_images(), 0);
+}
+
+#[tokio::test]
+async fn a_guidance_interval_guides_only_there_as_the_library_does() {
+    use diffuse_core::denoiser::GuidanceInterval;
+    use diffuse_models::pipeline::{generate, GenerateOptions, LoadOptions, Pipeline};
+    let app = app(state(ServeConfig::default()));
+    let images = |v: Value| {
+        let app = app.clone();
+        async move {
+            let (st, _, b) = call(&app, post(v)).await;
+            assert_eq!(st, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+            let r = json_of(&b);
+            decode_png(r["data"][0]["b64_json"].as_str().unwrap()).to_luma8()
+        }
+    };
+    let base = json!({"model": "unet_class_cond", "class_label": 4, "steps": 8, "seed": 2, "sampler": "euler", "guidance_scale": 3});
+    let with = |g: Value| {
+        let mut v = base.clone();
+        v["guidance_interval"] = g;
+        v
+    };
+    let everywhere = images(base.clone()).await;
+    assert_eq!(images(with(json!([0.0, 1e9]))).await, everywhere);
+    assert_eq!(images(with(Value::Null)).await, everywhere);
+    let mut unguided = base.clone();
+    unguided["guidance_scale"] = json!(1);
+    assert_eq!(
+        images(with(json!([1e8, 1e9]))).await,
+        images(unguided).await
+    );
+    // [0.3, 5]: some steps guided, some not; as the library's.
+    let got = images(with(json!([0.3, 5.0]))).await;
+    assert_ne!(got, everywhere);
+    let dir = fixtures().join("unet_class_cond");
+    let pipe = Pipeline::load(&dir, &LoadOptions::default(), &Device::Cpu).unwrap();
+    let cfg = diffuse_core::compat::resolve_sampler("euler", &pipe.model_scheduler).unwrap();
+    let sampler = diffuse_core::sampler::Sampler::new(&cfg, 8).unwrap();
+    let guided = sampler
+        .guided_timesteps(&GuidanceInterval::new(0.3, 5.0).unwrap())
+        .unwrap();
+    assert!(!guided.is_empty() && guided.len() < 8, "{guided:?}");
+    let opts = GenerateOptions {
+        seed: 2,
+        size: (8, 8),
+        class_labels: Some(vec![4]),
+        guidance_scale: 3.0,
+        guidance_interval: Some(GuidanceInterval::new(0.3, 5.0).unwrap()),
+        ..Default::default()
+    };
+    let want = generate(&pipe.net, &sampler, &opts, &Device::Cpu, &mut |_| {
+        std::ops::ControlFlow::Continue(())
+    })
+    .unwrap();
+    let w: Vec<f32> = want.flatten_all().unwrap().to_vec1().unwrap();
+    let d = got
+        .pixels()
+        .zip(&w)
+        .map(|(p, &x)| (p[0] as f32 - (x.clamp(-1.0, 1.0) + 1.0) * 127.5).abs())
+        .fold(0f32, f32::max);
+    assert!(d <= 1.0, "differs from the library by {d} levels");
+    let bad = StatusCode::BAD_REQUEST;
+    for g in [json!([5, 1]), json!([1]), json!("0.3,5")] {
+        expect_error(&app, post(with(g)), bad, Some("guidance_interval")).await;
+    }
 }

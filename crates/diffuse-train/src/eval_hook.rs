@@ -241,6 +241,7 @@ impl EvalHook {
             size,
             class_labels: labels.clone(),
             class_weights: None,
+            guidance_interval: None,
             guidance_scale: self.guidance,
             null_class: None,
             initial_noise: None,

@@ -409,6 +409,7 @@ pub fn generate_pairs(
                 size: (h, w),
                 class_labels: batch_labels.clone(),
                 class_weights: None,
+                guidance_interval: None,
                 guidance_scale: spec.guidance_scale,
                 null_class: None,
                 initial_noise: Some(z.clone()),

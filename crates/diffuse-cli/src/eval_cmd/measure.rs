@@ -42,6 +42,10 @@ pub(super) struct RunArgs {
     pub(super) steps: usize,
     #[arg(long, default_value_t = 1.0)]
     pub(super) guidance_scale: f64,
+    /// Guide only at noise levels σ in LO,HI, or `all` (default: the pipeline's recorded
+    /// interval, else all).
+    #[arg(long, value_parser = crate::common::parse_guidance_interval)]
+    pub(super) guidance_interval: Option<crate::common::GuidanceChoice>,
     /// Class of every sample (default: classes 0, 1, …, k−1 in turn).
     #[arg(long = "class")]
     pub(super) class_label: Option<u32>,

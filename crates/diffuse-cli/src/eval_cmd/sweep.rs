@@ -168,6 +168,7 @@ pub fn run_sweep(a: SweepArgs) -> Result<()> {
             a.num_samples,
             a.guidance_scale,
             None,
+            None,
             a.seed,
             a.batch_size,
             &dev,

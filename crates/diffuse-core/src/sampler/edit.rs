@@ -12,7 +12,7 @@
 
 use super::{run, Sampler, StepInfo};
 use crate::config::{PredictionType, SchedulerClass};
-use crate::denoiser::Denoiser;
+use crate::denoiser::{Denoiser, GuidanceInterval};
 use crate::error::{Error, Result};
 use crate::rng::NoiseSource;
 use candle_core::Tensor;
@@ -83,6 +83,32 @@ impl Sampler {
                 (1.0 - s, s)
             }
         })
+    }
+
+    /// EDM's noise level σ/α at call `index` (infinite at a flow schedule's pure-noise end).
+    pub fn sigma_edm(&self, index: usize) -> Result<f64> {
+        let (a, s) = self.noise_level(index)?;
+        Ok(if a == 0.0 { f64::INFINITY } else { s / a })
+    }
+
+    /// Whether guidance runs at call `index` under `interval` (always without one).
+    pub fn guided_at(&self, index: usize, interval: Option<&GuidanceInterval>) -> Result<bool> {
+        match interval {
+            None => Ok(true),
+            Some(g) => Ok(g.contains(self.sigma_edm(index)?)),
+        }
+    }
+
+    /// The timesteps of the calls whose σ ([`Self::sigma_edm`]) is in `interval`: what
+    /// [`crate::denoiser::ClassifierFreeGuidance::guided`] takes.
+    pub fn guided_timesteps(&self, interval: &GuidanceInterval) -> Result<Vec<f64>> {
+        let mut v = Vec::new();
+        for i in 0..self.len() {
+            if interval.contains(self.sigma_edm(i)?) {
+                v.push(self.timesteps[i]);
+            }
+        }
+        Ok(v)
     }
 
     /// The sample at call `index` for clean `x0` and unit noise `eps`: α x₀ + σ ε (diffusers'

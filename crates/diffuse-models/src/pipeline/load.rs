@@ -7,7 +7,7 @@
 //! on the model's objective, converted, or is refused in one line. `diffuse sample`, `eval`, `serve` and
 //! the distillation teachers load through it.
 
-use super::{decode_latents, generate, GenerateOptions, Progress};
+use super::{decode_latents, generate, GenerateOptions, GuidanceInterval, Progress};
 use crate::weights::{resolve_model_folder, ModelFolder};
 use crate::{AutoencoderKL, Error, Network, Result};
 use candle_core::{DType, Device, Tensor};
@@ -192,6 +192,11 @@ impl Pipeline {
             Some(_) => self.folder.sampling.guidance_scale.unwrap_or(1.0),
             None => 1.0,
         }
+    }
+
+    /// The guidance interval when the caller gives none: the folder's recorded one, if any.
+    pub fn default_guidance_interval(&self) -> Option<GuidanceInterval> {
+        self.folder.sampling.guidance_interval
     }
 
     /// The scheduler config that runs `sampler` (a name or diffusers class name; default

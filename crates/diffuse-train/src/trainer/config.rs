@@ -258,6 +258,10 @@ pub struct TrainSection {
     /// Guidance scale for the grids of class-conditional models.
     #[serde(default = "default_sample_guidance")]
     pub sample_guidance: f64,
+    /// Guide the grids only at noise levels σ in `[lo, hi]`; recorded with the scale as the
+    /// pipeline's default.
+    #[serde(default)]
+    pub sample_guidance_interval: Option<diffuse_core::denoiser::GuidanceInterval>,
     /// Stop after this many non-finite losses in a row.
     #[serde(default = "default_max_nonfinite")]
     pub max_nonfinite: u32,

@@ -188,6 +188,7 @@ pub(super) fn sample_grid(
         } else {
             1.0
         },
+        guidance_interval: t.sample_guidance_interval,
         null_class: None,
         initial_noise: None,
         edit: None,

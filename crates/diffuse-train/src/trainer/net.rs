@@ -167,6 +167,7 @@ pub(super) fn unet_task(
     let sampling = diffuse_models::weights::SamplingDefaults {
         num_inference_steps: sched_cfg.class.is_flow().then_some(t.sample_steps),
         guidance_scale: classes.map(|_| t.sample_guidance),
+        guidance_interval: classes.and(t.sample_guidance_interval),
     };
     let task = UnetTask {
         sampling,
