@@ -42,38 +42,21 @@ done
 "$BIN" interpolate --model "$MODEL" --seeds 5,5 --class 1 --to-class 7 --frames 10 --guidance-scale 2 \
   --output "$T/interp_class_17.png"
 "$PY" - "$T" "$OUT" <<'PY'
-import os, sys
-from PIL import Image, ImageDraw
+import sys
+from PIL import Image
+sys.path.insert(0, "tools/eval")
+from figlib import strip, table, tiles
 t, out = sys.argv[1], sys.argv[2]
-def tiles(folder):
-    return [Image.open(os.path.join(folder, f)).convert("RGB")
-            for f in sorted(os.listdir(folder)) if f != "grid.png" and f.endswith(".png")]
-def table(rows, path, scale=3, gap=4, lw=170):
-    """rows: (label, [images or None for a gap])"""
-    tw = max(i.width for _, r in rows for i in r if i) * scale
-    w = lw + max(len(r) for _, r in rows) * (tw + gap)
-    h = len(rows) * (tw + gap)
-    c = Image.new("RGB", (w, h), "white"); d = ImageDraw.Draw(c)
-    for k, (label, r) in enumerate(rows):
-        y = k * (tw + gap)
-        d.text((4, y + tw // 2 - 7), label, fill="black", font_size=13)
-        for j, im in enumerate(r):
-            if im:
-                c.paste(im.resize((tw, tw), Image.NEAREST), (lw + j * (tw + gap), y))
-    c.save(path)
 src = Image.open(f"{t}/digit0.png").convert("RGB")
 table([("input: a test 7", [src])] + [(f"as a 3, strength {s}", tiles(f"{t}/redraw_{s.replace('.', '')}")) for s in ("0.3", "0.6", "0.9")],
       f"{out}/editing-img2img.png")
 table([("top half kept", [src, None, None, None, None, src])] +
       [(f"class {c}: blend | RePaint", tiles(f"{t}/blend_{c}") + [None] + tiles(f"{t}/repaint_{c}")) for c in range(10)],
       f"{out}/editing-inpaint.png")
-def strip(path, n=10):
-    g = Image.open(path).convert("RGB"); w = (g.width - 2 * (n - 1)) // n
-    return [g.crop((k * (w + 2), 0, k * (w + 2) + w, g.height)) for k in range(n)]
-table([("test 0 to test 2 (inverted)", strip(f"{t}/interp_images.png")),
-       ("seed 1 to seed 2, class 8", strip(f"{t}/interp_seeds.png")),
-       ("seed 1, class 3 to 8", strip(f"{t}/interp_class_38.png")),
-       ("seed 5, class 1 to 7", strip(f"{t}/interp_class_17.png"))], f"{out}/editing-interpolation.png")
+table([("test 0 to test 2 (inverted)", strip(f"{t}/interp_images.png", 10)),
+       ("seed 1 to seed 2, class 8", strip(f"{t}/interp_seeds.png", 10)),
+       ("seed 1, class 3 to 8", strip(f"{t}/interp_class_38.png", 10)),
+       ("seed 5, class 1 to 7", strip(f"{t}/interp_class_17.png", 10))], f"{out}/editing-interpolation.png")
 print("wrote", out + "/editing-{img2img,inpaint,interpolation}.png and editing-interpolation.gif")
 PY
 
@@ -110,28 +93,18 @@ PY
   "$BIN" interpolate --model "$COLOUR" --seeds 3,3 --class 3 --to-class 2 --frames 8 --guidance-scale 3 \
     --output "$T/interp_colour.png"
   "$PY" - "$T" "$OUT" <<'PY'
-import os, sys
-from PIL import Image, ImageDraw
+import sys
+from PIL import Image
+sys.path.insert(0, "tools/eval")
+from figlib import strip, table, tiles
 t, out = sys.argv[1], sys.argv[2]
-def tiles(folder):
-    return [Image.open(os.path.join(folder, f)).convert("RGB")
-            for f in sorted(os.listdir(folder)) if f != "grid.png" and f.endswith(".png")]
-g = Image.open(f"{t}/interp_colour.png").convert("RGB"); w = (g.width - 2 * 7) // 8
-interp = [g.crop((k * (w + 2), 0, k * (w + 2) + w, g.height)) for k in range(8)]
+interp = strip(f"{t}/interp_colour.png", 8)
 rows = [("apple as animals, strength 0.5", [Image.open(f"{t}/apple.png").convert("RGB")] + tiles(f"{t}/apple_animal_05")),
         ("apple as animals, strength 0.8", [None] + tiles(f"{t}/apple_animal_08")),
         ("face, right half: blend", [Image.open(f"{t}/face.png").convert("RGB")] + tiles(f"{t}/face_blend")),
         ("face, right half: RePaint 5x4", [None] + tiles(f"{t}/face_repaint")),
         ("seed 3, food to animals", interp)]
-tw, gap, lw = 96, 4, 210
-c = Image.new("RGB", (lw + 8 * (tw + gap), len(rows) * (tw + gap)), "white"); d = ImageDraw.Draw(c)
-for k, (label, r) in enumerate(rows):
-    y = k * (tw + gap)
-    d.text((4, y + tw // 2 - 7), label, fill="black", font_size=13)
-    for j, im in enumerate(r):
-        if im:
-            c.paste(im.resize((tw, tw), Image.NEAREST), (lw + j * (tw + gap), y))
-c.save(f"{out}/editing-colour.png")
+table(rows, f"{out}/editing-colour.png", lw=210)
 print("wrote", out + "/editing-colour.png")
 PY
 fi
