@@ -150,6 +150,21 @@ pub enum GuidanceChoice {
     Interval(diffuse_core::denoiser::GuidanceInterval),
 }
 
+impl GuidanceChoice {
+    /// The interval to sample with: the given one, none for `all`, else the pipeline's
+    /// recorded one.
+    pub fn resolve(
+        choice: Option<Self>,
+        pipe: &diffuse_models::pipeline::Pipeline,
+    ) -> Option<diffuse_core::denoiser::GuidanceInterval> {
+        match choice {
+            Some(GuidanceChoice::All) => None,
+            Some(GuidanceChoice::Interval(g)) => Some(g),
+            None => pipe.default_guidance_interval(),
+        }
+    }
+}
+
 pub fn parse_guidance_interval(s: &str) -> Result<GuidanceChoice, String> {
     if s == "all" {
         return Ok(GuidanceChoice::All);

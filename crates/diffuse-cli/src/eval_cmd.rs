@@ -140,11 +140,10 @@ impl ModelSampler {
             size: self.size,
             class_labels: labels.clone(),
             class_weights: None,
-            guidance_interval: match guidance_interval {
-                Some(crate::common::GuidanceChoice::All) => None,
-                Some(crate::common::GuidanceChoice::Interval(g)) => Some(g),
-                None => self.pipe.default_guidance_interval(),
-            },
+            guidance_interval: crate::common::GuidanceChoice::resolve(
+                guidance_interval,
+                &self.pipe,
+            ),
             guidance_scale,
             null_class: None,
             initial_noise: None,

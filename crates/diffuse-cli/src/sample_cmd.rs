@@ -269,11 +269,7 @@ pub fn run(args: Args) -> Result<()> {
         guidance_scale: args
             .guidance_scale
             .unwrap_or_else(|| pipe.default_guidance()),
-        guidance_interval: match args.guidance_interval {
-            Some(GuidanceChoice::All) => None,
-            Some(GuidanceChoice::Interval(g)) => Some(g),
-            None => pipe.default_guidance_interval(),
-        },
+        guidance_interval: GuidanceChoice::resolve(args.guidance_interval, &pipe),
         null_class: args.null_class,
         initial_noise,
         edit,

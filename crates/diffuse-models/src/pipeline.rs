@@ -145,7 +145,7 @@ pub fn generate(
         None
     };
 
-    let guided = opts
+    let guided_timesteps = opts
         .guidance_interval
         .map(|g| sampler.guided_timesteps(&g))
         .transpose()?;
@@ -181,7 +181,7 @@ pub fn generate(
                     } else {
                         1.0
                     },
-                    guided: guided.clone(),
+                    guided: guided_timesteps.clone(),
                 };
                 &soft_den
             }
@@ -191,7 +191,7 @@ pub fn generate(
                     labels: l.clone(),
                     null_label,
                     scales: vec![opts.guidance_scale; n],
-                    guided: guided.clone(),
+                    guided: guided_timesteps.clone(),
                 };
                 &cfg_den
             }

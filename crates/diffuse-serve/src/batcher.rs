@@ -14,6 +14,7 @@ use crate::metrics::Metrics;
 use candle_core::{DType, Device, Shape, Tensor};
 use diffuse_core::denoiser::GuidanceInterval;
 use diffuse_core::rng::{NoiseSource, SeededNoise};
+use diffuse_core::sampler::edit::blend_known;
 use diffuse_core::sampler::{Sampler, SamplerState};
 use diffuse_models::{AutoencoderKL, Network};
 use std::collections::VecDeque;
@@ -55,10 +56,15 @@ pub struct JobEdit {
     pub begin: usize,
 }
 
+/// Model calls per image of `sampler`'s plan from where `edit` starts it (all without one).
+pub fn calls_left(sampler: &Sampler, edit: Option<&JobEdit>) -> usize {
+    sampler.len() - edit.map_or(0, |e| e.begin)
+}
+
 impl Job {
     /// Model calls left to run.
     fn calls(&self) -> usize {
-        self.sampler.len() - self.edit.as_ref().map_or(0, |e| e.begin)
+        calls_left(&self.sampler, self.edit.as_ref())
     }
 }
 
@@ -445,24 +451,30 @@ fn step_all(model: &Network, running: &mut [Running]) -> diffuse_models::Result<
     let mut row = 0;
     for (r, guided) in running.iter_mut().zip(guided_rows) {
         let n = r.job.n;
-        let cond = out.narrow(0, row, n)?;
-        row += n;
         let model_out = if guided {
-            let uncond = out.narrow(0, row, n)?;
-            row += n;
-            let diff = (&cond - &uncond)?;
-            (&uncond + (diff * r.job.guidance_scale)?)?
+            // [cond n, uncond n]
+            let out = diffuse_core::denoiser::guide(
+                &out.narrow(0, row, 2 * n)?,
+                &vec![r.job.guidance_scale; n],
+            )?;
+            row += 2 * n;
+            out
         } else {
-            cond
+            row += n;
+            out.narrow(0, row - n, n)?
         };
         let sampler = &r.job.sampler;
         let step = sampler.step(&mut r.state, &model_out, &r.x, &mut r.noise)?;
         r.x = match &r.blend {
             None => step.prev_sample,
-            Some(b) => {
-                let k = sampler.add_noise(&b.known, &b.eps, r.state.index())?;
-                ((step.prev_sample * &b.mask)? + (k * &b.keep)?)?
-            }
+            Some(b) => blend_known(
+                sampler,
+                &step.prev_sample,
+                &b.known,
+                &b.eps,
+                (&b.mask, &b.keep),
+                r.state.index(),
+            )?,
         };
     }
     Ok(())

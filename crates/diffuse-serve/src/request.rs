@@ -275,7 +275,7 @@ pub struct Planned {
 impl Planned {
     /// Model calls per image (twice that with guidance): what an edit runs of the plan.
     pub fn calls(&self) -> usize {
-        self.sampler.len() - self.edit.as_ref().map_or(0, |e| e.begin)
+        crate::batcher::calls_left(&self.sampler, self.edit.as_ref())
     }
 }
 
@@ -296,6 +296,8 @@ pub fn plan(req: &Request, entry: &ModelEntry, cfg: &ServeConfig) -> Result<Plan
     )
     .map_err(|e| ApiError::bad("steps", e.to_string()))?;
     let classes = entry.num_classes();
+    // The last class is the null ("unconditional") one.
+    let null_class = classes.map(|k| k as u32 - 1).unwrap_or(0);
     let conditional = entry.model.is_class_conditional();
     let labels = match (req.class_label, conditional) {
         (Some(l), true) => {
@@ -317,7 +319,7 @@ pub fn plan(req: &Request, entry: &ModelEntry, cfg: &ServeConfig) -> Result<Plan
                     "guidance pulls towards a class: give `class_label` too",
                 ));
             }
-            Some(vec![classes.map_or(0, |k| k as u32 - 1); req.n])
+            Some(vec![null_class; req.n])
         }
         (None, true) => {
             return Err(ApiError::bad(
@@ -371,7 +373,7 @@ pub fn plan(req: &Request, entry: &ModelEntry, cfg: &ServeConfig) -> Result<Plan
             .guidance_interval
             .unwrap_or(entry.default_guidance_interval),
         labels,
-        null_class: classes.map(|k| k as u32 - 1).unwrap_or(0),
+        null_class,
         size,
         edit,
     })

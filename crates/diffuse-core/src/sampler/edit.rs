@@ -104,7 +104,7 @@ impl Sampler {
     pub fn guided_timesteps(&self, interval: &GuidanceInterval) -> Result<Vec<f64>> {
         let mut v = Vec::new();
         for i in 0..self.len() {
-            if interval.contains(self.sigma_edm(i)?) {
+            if self.guided_at(i, Some(interval))? {
                 v.push(self.timesteps[i]);
             }
         }
@@ -189,6 +189,20 @@ pub fn img2img(
     super::sample_from(sampler, model, x, begin, noise, on_step)
 }
 
+/// `x` where `mask` is 1, and the known sample noised to call `index`'s level with `eps`
+/// where `keep` (= 1 − mask) is: the blend step of inpainting after a step to `index`.
+pub fn blend_known(
+    sampler: &Sampler,
+    x: &Tensor,
+    known: &Tensor,
+    eps: &Tensor,
+    (mask, keep): (&Tensor, &Tensor),
+    index: usize,
+) -> Result<Tensor> {
+    let k = sampler.add_noise(known, eps, index)?;
+    Ok(((x * mask)? + (k * keep)?)?)
+}
+
 /// How the masked region is made consistent with the rest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Inpaint {
@@ -231,8 +245,7 @@ pub fn inpaint(
         } else {
             eps.clone()
         };
-        let k = sampler.add_noise(known, &e, i)?;
-        Ok(((x * &mask)? + (k * &keep)?)?)
+        blend_known(sampler, &x, known, &e, (&mask, &keep), i)
     };
     let (jump, resample) = match method {
         Inpaint::Blend => (sampler.len(), 1),
