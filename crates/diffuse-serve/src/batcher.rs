@@ -66,6 +66,16 @@ impl Job {
     fn calls(&self) -> usize {
         calls_left(&self.sampler, self.edit.as_ref())
     }
+
+    /// Gives the job's in-flight images back, then answers: a client that has its answer can
+    /// be admitted again at once.
+    fn finish(self, result: Result<JobResult, JobError>) {
+        let Job {
+            reply, admission, ..
+        } = self;
+        drop(admission);
+        let _ = reply.send(result);
+    }
 }
 
 /// `n` images counted in a shared in-flight total while this lives.
@@ -354,7 +364,7 @@ fn run_batch(
                 blend,
             }),
             Err(e) => {
-                let _ = job.reply.send(Err(e.into()));
+                job.finish(Err(e.into()));
             }
         }
     }
@@ -376,7 +386,7 @@ fn run_batch(
         if let Err(e) = step_all(model, &mut running) {
             let e = JobError::from(e);
             for r in running {
-                let _ = r.job.reply.send(Err(e.clone()));
+                r.job.finish(Err(e.clone()));
             }
             return;
         }
@@ -399,7 +409,7 @@ fn run_batch(
     metrics.observe_compute(batch_images, total, start_time.elapsed());
     for (r, images) in running.into_iter().zip(decoded) {
         let queue_ms = (start_time - r.job.enqueued).as_secs_f64() * 1e3;
-        let _ = r.job.reply.send(images.map(|images| JobResult {
+        r.job.finish(images.map(|images| JobResult {
             images,
             queue_ms,
             compute_ms,
