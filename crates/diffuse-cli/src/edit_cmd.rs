@@ -20,7 +20,8 @@ pub struct ModelArgs {
     /// A diffusers pipeline folder or a UNet/DiT model folder (as `sample --model`).
     #[arg(long)]
     model: PathBuf,
-    /// A deterministic sampler (ddim, euler, heun, dpmpp_2m, unipc, flow_euler, flow_heun);
+    /// A deterministic sampler (ddim, euler, heun, dpmpp_2m, unipc, flow_euler, flow_heun,
+    /// edm_euler, edm_dpmpp_2m);
     /// default: the pipeline's scheduler.
     #[arg(long)]
     sampler: Option<String>,

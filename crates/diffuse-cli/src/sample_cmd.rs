@@ -20,9 +20,9 @@ pub struct Args {
     /// and vae/ for latent diffusion) or a UNet or DiT model folder.
     #[arg(long)]
     model: PathBuf,
-    /// Sampler: ddpm, ddim, plms, euler, euler_a, heun, dpmpp_2m, unipc, flow_euler, flow_heun
-    /// (or a diffusers scheduler class name). Default: the pipeline's scheduler. Which samplers
-    /// drive which models (ε, x₀, v, flow): docs/samplers.md; a sampler that cannot drive the
+    /// Sampler: ddpm, ddim, plms, euler, euler_a, heun, dpmpp_2m, unipc, flow_euler, flow_heun,
+    /// edm_euler, edm_dpmpp_2m (or a diffusers scheduler class name). Default: the pipeline's
+    /// scheduler. Which samplers drive which models (ε, x₀, v, flow, EDM): docs/samplers.md; a sampler that cannot drive the
     /// model is refused with the list of those that can.
     #[arg(long)]
     sampler: Option<String>,

@@ -21,7 +21,7 @@ pub fn run(args: Args) -> Result<()> {
     };
     let pipe = Pipeline::load(dir, &LoadOptions::default(), &candle_core::Device::Cpu)?;
     println!(
-        "{}: a {} model; default sampler {}, {} steps, guidance {}",
+        "{}: objective {}; default sampler {}, {} steps, guidance {}",
         dir.display(),
         pipe.objective(),
         pipe.default_sampler,

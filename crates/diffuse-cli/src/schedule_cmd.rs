@@ -20,7 +20,7 @@ pub struct Args {
     #[arg(long)]
     json: bool,
     /// Scheduler class: a diffusers class name or ddpm, ddim, plms, euler, euler_a, heun,
-    /// dpmpp_2m, unipc, flow_euler, flow_heun.
+    /// dpmpp_2m, unipc, flow_euler, flow_heun, edm_euler, edm_dpmpp_2m.
     #[arg(long = "class")]
     class_name: Option<String>,
     #[arg(long)]
@@ -141,7 +141,7 @@ pub fn run(args: Args) -> Result<()> {
             "timesteps": timesteps,
             "init_noise_sigma": sampler.init_noise_sigma(),
         });
-        if !config.uses_flow_sigmas() {
+        if config.class.has_beta_schedule() && !config.uses_flow_sigmas() {
             out["alphas_cumprod"] = json!(sampler.schedule().alphas_cumprod);
         }
         if let Some(s) = sampler.sigmas() {
@@ -155,6 +155,25 @@ pub fn run(args: Args) -> Result<()> {
 }
 
 fn print_table(config: &SchedulerConfig, sampler: &Sampler, integer_timesteps: bool) {
+    print_header(config, sampler);
+    print_body(config, sampler, integer_timesteps);
+}
+
+fn print_header(config: &SchedulerConfig, sampler: &Sampler) {
+    if config.class.is_edm() {
+        println!(
+            "{} · {} steps · σ in [{}, {}] · {:?} ρ = {} · σ_data {} · timestep = ¼ ln σ · init_noise_sigma {:.6}",
+            config.class.class_name(),
+            sampler.num_inference_steps(),
+            config.sigma_min.unwrap_or_default(),
+            config.sigma_max.unwrap_or_default(),
+            config.sigma_schedule,
+            config.rho,
+            config.sigma_data,
+            sampler.init_noise_sigma()
+        );
+        return;
+    }
     println!(
         "{} · {} steps ({} model calls) · T = {} · beta_schedule {} · spacing {:?} · init_noise_sigma {:.6}",
         config.class.class_name(),
@@ -165,7 +184,10 @@ fn print_table(config: &SchedulerConfig, sampler: &Sampler, integer_timesteps: b
         config.timestep_spacing,
         sampler.init_noise_sigma()
     );
-    let vp = !config.uses_flow_sigmas();
+}
+
+fn print_body(config: &SchedulerConfig, sampler: &Sampler, integer_timesteps: bool) {
+    let vp = config.class.has_beta_schedule() && !config.uses_flow_sigmas();
     print!("{:>5}  {:>12}", "step", "timestep");
     if sampler.sigmas().is_some() {
         print!("  {:>14}", "sigma");

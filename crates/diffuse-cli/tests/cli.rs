@@ -2479,7 +2479,7 @@ fn samplers_lists_the_table_and_a_flow_model_refuses_ddim_in_one_line() {
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(
         text.contains(
-            "flow matching (flow_prediction) model; default sampler flow_euler, 50 steps"
+            "objective flow matching (flow_prediction); default sampler flow_euler, 50 steps"
         ),
         "{text}"
     );

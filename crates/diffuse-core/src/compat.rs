@@ -13,6 +13,7 @@
 //! |---|---|
 //! | ε, x₀, v | the β schedule (VP): x_t = √ᾱ x₀ + √(1 − ᾱ) ε |
 //! | flow | rectified flow: x_σ = (1 − σ) x₀ + σ ε, output u = ε − x₀ |
+//! | edm | x_σ = x₀ + σ ε, network preconditioned (`crate::edm`): x₀ = c_skip x + c_out F |
 //!
 //! [`resolve_sampler`] turns a name and a model's [`SchedulerConfig`] into the config to plan
 //! with; [`compatible_samplers`] lists every name's [`Outcome`] for an objective;
@@ -34,19 +35,27 @@ pub enum Objective {
     VPrediction,
     /// The rectified-flow velocity ε − x₀ on flow-matching σ.
     Flow,
+    /// EDM's preconditioned F (Karras et al. 2022) on x_σ = x₀ + σ ε: the EDM schedulers'
+    /// models (diffusers calls F `epsilon` there).
+    Edm,
 }
 
 impl Objective {
-    pub const ALL: [Objective; 4] = [
+    pub const ALL: [Objective; 5] = [
         Objective::Epsilon,
         Objective::Sample,
         Objective::VPrediction,
         Objective::Flow,
+        Objective::Edm,
     ];
 
     /// The objective of a model whose scheduler config is `config` (its `prediction_type`; the
-    /// FlowMatch classes and DPM-Solver/UniPC with flow σ and `flow_prediction` are flow models).
+    /// FlowMatch classes and DPM-Solver/UniPC with flow σ and `flow_prediction` are flow models;
+    /// an EDM class's model is an EDM model whatever its `prediction_type`).
     pub fn of(config: &SchedulerConfig) -> Objective {
+        if config.class.is_edm() {
+            return Objective::Edm;
+        }
         match config
             .model_prediction_type
             .unwrap_or(config.prediction_type)
@@ -58,23 +67,24 @@ impl Objective {
         }
     }
 
-    /// The diffusers `prediction_type` of the objective.
+    /// The diffusers `prediction_type` of the objective (EDM's F is `epsilon` there).
     pub fn prediction_type(self) -> PredictionType {
         match self {
-            Objective::Epsilon => PredictionType::Epsilon,
+            Objective::Epsilon | Objective::Edm => PredictionType::Epsilon,
             Objective::Sample => PredictionType::Sample,
             Objective::VPrediction => PredictionType::VPrediction,
             Objective::Flow => PredictionType::Flow,
         }
     }
 
-    /// Short name: `epsilon`, `sample`, `v_prediction`, `flow`.
+    /// Short name: `epsilon`, `sample`, `v_prediction`, `flow`, `edm`.
     pub fn name(self) -> &'static str {
         match self {
             Objective::Epsilon => "epsilon",
             Objective::Sample => "sample",
             Objective::VPrediction => "v_prediction",
             Objective::Flow => "flow",
+            Objective::Edm => "edm",
         }
     }
 
@@ -85,6 +95,7 @@ impl Objective {
             Objective::Sample => "x₀-prediction (sample)",
             Objective::VPrediction => "v-prediction (v_prediction)",
             Objective::Flow => "flow matching (flow_prediction)",
+            Objective::Edm => "EDM-preconditioned (edm)",
         }
     }
 }
@@ -97,7 +108,7 @@ impl fmt::Display for Objective {
 
 /// The sampler names users type, in table order. A diffusers class name means the same as its
 /// short name (`EulerDiscreteScheduler` is `euler`).
-pub const SAMPLERS: [&str; 10] = [
+pub const SAMPLERS: [&str; 12] = [
     "ddpm",
     "ddim",
     "plms",
@@ -108,6 +119,8 @@ pub const SAMPLERS: [&str; 10] = [
     "unipc",
     "flow_euler",
     "flow_heun",
+    "edm_euler",
+    "edm_dpmpp_2m",
 ];
 
 /// How one sampler drives one objective.
@@ -169,6 +182,9 @@ impl Cell {
     /// How the cell reads in the table.
     pub fn describe(&self) -> String {
         match (self.outcome, self.class) {
+            (Outcome::Supported, Some(class)) if self.objective == Objective::Edm => {
+                format!("yes: {}", class.class_name())
+            }
             (Outcome::Supported, Some(class)) if self.objective == Objective::Flow => {
                 if class.is_flow() {
                     format!("yes: {}", class.class_name())
@@ -260,7 +276,26 @@ pub fn cell(sampler: &str, objective: Objective) -> Option<Cell> {
     let sampler = canonical_name(sampler)?;
     let class = SchedulerClass::parse(sampler).ok()?;
     let flow = objective == O::Flow;
+    let edm = objective == O::Edm;
     let (class, outcome) = match class {
+        // EDM: only the EDM classes precondition the network; euler and dpmpp_2m name them.
+        C::EdmEuler | C::EdmDpmSolverMultistep if edm => (Some(class), Outcome::Supported),
+        C::Euler if edm => (Some(C::EdmEuler), Outcome::Supported),
+        C::DpmSolverMultistep if edm => (Some(C::EdmDpmSolverMultistep), Outcome::Supported),
+        _ if edm => (
+            None,
+            Outcome::Refused(
+                "an EDM model takes c_in·x at time ¼ ln σ and outputs F, which only the EDM \
+                 samplers feed and read",
+            ),
+        ),
+        C::EdmEuler | C::EdmDpmSolverMultistep => (
+            None,
+            Outcome::Refused(
+                "it preconditions an EDM network (c_in, c_noise, c_skip, c_out), and this model \
+                 is not one",
+            ),
+        ),
         // FlowMatch: the velocity only.
         C::FlowMatchEuler | C::FlowMatchHeun if flow => (Some(class), Outcome::Supported),
         C::FlowMatchEuler | C::FlowMatchHeun => (
@@ -333,8 +368,8 @@ pub fn working_samplers(objective: Objective) -> Vec<&'static str> {
 /// conversions and refusals spelled out.
 pub fn table_markdown() -> String {
     let mut s = String::from(
-        "| sampler | ε (`epsilon`) | x₀ (`sample`) | v (`v_prediction`) | flow (`flow_prediction`) |\n\
-         |---|---|---|---|---|\n",
+        "| sampler | ε (`epsilon`) | x₀ (`sample`) | v (`v_prediction`) | flow (`flow_prediction`) | EDM (`edm`) |\n\
+         |---|---|---|---|---|---|\n",
     );
     let mut notes = Vec::new();
     for name in SAMPLERS {
@@ -345,7 +380,10 @@ pub fn table_markdown() -> String {
                 (Outcome::Supported, Some(class)) if o == Objective::Flow && !class.is_flow() => {
                     format!("yes ({}, flow σ)", class.class_name())
                 }
-                (Outcome::Supported, Some(class)) if o == Objective::Flow => {
+                (Outcome::Supported, Some(class))
+                    if o == Objective::Flow
+                        || (o == Objective::Edm && class.short_name() != name) =>
+                {
                     format!("yes ({})", class.class_name())
                 }
                 (Outcome::Supported, _) => "yes".to_string(),
@@ -367,7 +405,8 @@ pub fn table_markdown() -> String {
          of that name runs the model's prediction type as diffusers does; on a flow model \
          `dpmpp_2m`/`unipc` run with `use_flow_sigmas`, `prediction_type = \"flow_prediction\"` \
          and `flow_shift` = the model's `shift`, and `euler`/`heun` are the FlowMatch \
-         Euler/Heun samplers.\n\n¹ diffusers' PNDMScheduler and EulerAncestralDiscreteScheduler refuse \
+         Euler/Heun samplers; on an EDM model `euler` and `dpmpp_2m` are EDMEulerScheduler and \
+         EDMDPMSolverMultistepScheduler.\n\n¹ diffusers' PNDMScheduler and EulerAncestralDiscreteScheduler refuse \
          `sample`; diffuse turns the model's x₀ into the ε they take.\n\n",
     );
     for n in notes {
@@ -439,6 +478,16 @@ pub fn diffusers_init_keys(class: SchedulerClass) -> &'static [&'static str] {
             "stochastic_sampling",
         ],
         C::FlowMatchHeun => &["num_train_timesteps", "shift"],
+        C::EdmEuler => &[
+            "sigma_min", "sigma_max", "sigma_data", "sigma_schedule", "num_train_timesteps",
+            "prediction_type", "rho", "final_sigmas_type",
+        ],
+        C::EdmDpmSolverMultistep => &[
+            "sigma_min", "sigma_max", "sigma_data", "sigma_schedule", "num_train_timesteps",
+            "prediction_type", "rho", "solver_order", "thresholding", "dynamic_thresholding_ratio",
+            "sample_max_value", "algorithm_type", "solver_type", "lower_order_final",
+            "euler_at_final", "final_sigmas_type",
+        ],
     }
 }
 
@@ -525,7 +574,17 @@ fn carried_over(
     {
         map.remove("variance_type");
     }
-    if objective == Objective::Flow {
+    if objective == Objective::Edm {
+        // The preconditioning and σ range are the model's; the rest is the sampler's own.
+        let (lo, hi) = (model.sigma_min, model.sigma_max);
+        map.insert("sigma_min".into(), lo.map_or(Value::Null, Value::from));
+        map.insert("sigma_max".into(), hi.map_or(Value::Null, Value::from));
+        map.insert("sigma_data".into(), model.sigma_data.into());
+        map.insert(
+            "prediction_type".into(),
+            model.prediction_type.name().into(),
+        );
+    } else if objective == Objective::Flow {
         let shift = if model.class.is_flow() {
             model.shift
         } else {
@@ -595,6 +654,9 @@ mod tests {
             Objective::Flow => model(
                 r#"{"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000, "shift": 3.0}"#,
             ),
+            Objective::Edm => model(
+                r#"{"_class_name": "EDMEulerScheduler", "sigma_min": 0.002, "sigma_max": 80.0, "sigma_data": 0.5, "prediction_type": "epsilon"}"#,
+            ),
             _ => model(&format!(
                 r#"{{"_class_name": "DDPMScheduler", "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012, "prediction_type": "{}", "variance_type": "fixed_small", "clip_sample": false}}"#,
                 o.prediction_type().name()
@@ -602,18 +664,20 @@ mod tests {
         }
     }
 
-    /// The table, written out: S supported, C converted, R refused (columns ε, x₀, v, flow).
-    const EXPECTED: [(&str, [char; 4]); 10] = [
-        ("ddpm", ['S', 'S', 'S', 'R']),
-        ("ddim", ['S', 'S', 'S', 'R']),
-        ("plms", ['S', 'C', 'S', 'R']),
-        ("euler", ['S', 'S', 'S', 'S']),
-        ("euler_a", ['S', 'C', 'S', 'R']),
-        ("heun", ['S', 'S', 'S', 'S']),
-        ("dpmpp_2m", ['S', 'S', 'S', 'S']),
-        ("unipc", ['S', 'S', 'S', 'S']),
-        ("flow_euler", ['R', 'R', 'R', 'S']),
-        ("flow_heun", ['R', 'R', 'R', 'S']),
+    /// The table, written out: S supported, C converted, R refused (columns ε, x₀, v, flow, EDM).
+    const EXPECTED: [(&str, [char; 5]); 12] = [
+        ("ddpm", ['S', 'S', 'S', 'R', 'R']),
+        ("ddim", ['S', 'S', 'S', 'R', 'R']),
+        ("plms", ['S', 'C', 'S', 'R', 'R']),
+        ("euler", ['S', 'S', 'S', 'S', 'S']),
+        ("euler_a", ['S', 'C', 'S', 'R', 'R']),
+        ("heun", ['S', 'S', 'S', 'S', 'R']),
+        ("dpmpp_2m", ['S', 'S', 'S', 'S', 'S']),
+        ("unipc", ['S', 'S', 'S', 'S', 'R']),
+        ("flow_euler", ['R', 'R', 'R', 'S', 'R']),
+        ("flow_heun", ['R', 'R', 'R', 'S', 'R']),
+        ("edm_euler", ['R', 'R', 'R', 'R', 'S']),
+        ("edm_dpmpp_2m", ['R', 'R', 'R', 'R', 'S']),
     ];
 
     #[test]
@@ -684,6 +748,10 @@ mod tests {
                                 cfg.flow_shift
                             };
                             assert_eq!(shift, 3.0, "{}", c.sampler);
+                        } else if o == Objective::Edm {
+                            assert!(cfg.class.is_edm(), "{}", c.sampler);
+                            assert_eq!((cfg.sigma_min, cfg.sigma_max), (Some(0.002), Some(80.0)));
+                            assert_eq!(cfg.sigma_data, 0.5);
                         } else {
                             assert_eq!(cfg.beta_schedule.name(), "scaled_linear");
                             assert_eq!((cfg.beta_start, cfg.beta_end), (0.00085, 0.012));
@@ -870,6 +938,7 @@ mod tests {
         }
         assert!(md.contains("converted¹") && md.contains("x₀ → ε"));
         assert!(md.contains("yes (DPMSolverMultistepScheduler, flow σ)"));
-        assert_eq!(md.lines().filter(|l| l.starts_with("| `")).count(), 10);
+        assert!(md.contains("yes (EDMEulerScheduler)"));
+        assert_eq!(md.lines().filter(|l| l.starts_with("| `")).count(), 12);
     }
 }

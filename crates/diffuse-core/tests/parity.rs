@@ -224,6 +224,9 @@ fn timesteps_and_sigmas_match_diffusers() {
 }
 
 /// The exact posterior mean E[x₀ | x_t] for x₀ ~ N(μ, s²) — the denoiser the fixtures used.
+/// For the EDM classes (`tools/fixtures/gen_edm.py`'s `edm_model`): σ = exp(4t) from the
+/// timestep t = c_noise, x = x_in/c_in(σ), and the F whose preconditioned D = c_skip x + c_out F
+/// is that posterior mean under x = x₀ + σε (c_out negated for v_prediction), all in f64.
 fn analytic(
     x_in: &[f64],
     t: f64,
@@ -232,6 +235,25 @@ fn analytic(
     mu: &[f64],
     std: f64,
 ) -> Vec<f64> {
+    if cfg.class.is_edm() {
+        let sigma = (4.0 * t).exp();
+        let (sd2, sig2, s2) = (cfg.sigma_data * cfg.sigma_data, sigma * sigma, std * std);
+        let c_in = 1.0 / (sig2 + sd2).sqrt();
+        let c_skip = sd2 / (sig2 + sd2);
+        let mut c_out = sigma * cfg.sigma_data / (sig2 + sd2).sqrt();
+        if cfg.prediction_type == PredictionType::VPrediction {
+            c_out = -c_out;
+        }
+        return x_in
+            .iter()
+            .zip(mu)
+            .map(|(&x_in, &m)| {
+                let x = x_in / c_in;
+                let x0 = m + s2 / (s2 + sig2) * (x - m);
+                (x0 - c_skip * x) / c_out
+            })
+            .collect();
+    }
     let (a, b) = if cfg.uses_flow_sigmas() {
         let sigma = t / cfg.num_train_timesteps as f64;
         (1.0 - sigma, sigma)
@@ -532,6 +554,95 @@ fn flow_solvers_match_diffusers() {
     }
 }
 
+/// EDMEulerScheduler and EDMDPMSolverMultistepScheduler (`tools/fixtures/gen_edm.py`):
+/// `set_timesteps` timesteps (c_noise = ¼ ln σ), σ (final σ included) and init_noise_sigma to
+/// 1e-6 for both classes (Karras N = 1, 2, 10, 50; exponential; custom σ_min, σ_max, ρ; final σ
+/// `sigma_min`; σ_data = 1); closed-loop trajectories with the analytic EDM denoiser to 1e-5:
+/// Euler (Karras, v_prediction, exponential, churn with recorded noise, final `sigma_min`,
+/// σ_data = 1) and DPM-Solver++ (orders 1–3, midpoint/Heun, SDE with recorded noise, final
+/// `sigma_min`, v_prediction, exponential, euler_at_final, no lower_order_final); and a
+/// perturbed fixture value is caught.
+#[test]
+fn edm_schedulers_match_diffusers() {
+    let f = load("edm.json");
+    let mut failures = Vec::new();
+    let cases = f["timesteps"].as_array().unwrap();
+    assert_eq!(cases.len(), 16);
+    take_worst();
+    let mut classes = std::collections::BTreeSet::new();
+    for case in cases {
+        let cfg = config_of(&case["config"]);
+        assert!(cfg.class.is_edm(), "{:?}", cfg.class);
+        assert!(cfg.ignored_keys.is_empty(), "{:?}", cfg.ignored_keys);
+        classes.insert(cfg.class.short_name());
+        let n = case["num_inference_steps"].as_u64().unwrap() as usize;
+        let name = format!(
+            "{} {:?} sigma [{:?}, {:?}] rho={} sigma_data={} final={:?} N={n}",
+            cfg.class.short_name(),
+            cfg.sigma_schedule,
+            cfg.sigma_min,
+            cfg.sigma_max,
+            cfg.rho,
+            cfg.sigma_data,
+            cfg.final_sigmas_type
+        );
+        let s = match Sampler::new(&cfg, n) {
+            Ok(s) => s,
+            Err(e) => {
+                failures.push(format!("{name}: {e}"));
+                continue;
+            }
+        };
+        for (what, got, want) in [
+            (
+                "timesteps",
+                s.timesteps().to_vec(),
+                floats(&case["timesteps"]),
+            ),
+            (
+                "sigmas",
+                s.sigmas().unwrap().to_vec(),
+                floats(&case["sigmas"]),
+            ),
+            (
+                "init_noise_sigma",
+                vec![s.init_noise_sigma()],
+                vec![case["init_noise_sigma"].as_f64().unwrap()],
+            ),
+        ] {
+            if let Err(e) = compare(what, &got, &want, SCHEDULE_RTOL, 1e-30) {
+                failures.push(format!("{name}: {e}"));
+            }
+        }
+    }
+    assert_eq!(classes.len(), 2, "{classes:?}");
+    let schedule_worst = take_worst();
+    let cases = f["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 16);
+    failures.extend(cases.iter().filter_map(|c| run_trajectory(c, None).err()));
+    let trajectory_worst = take_worst();
+    assert!(
+        failures.is_empty(),
+        "{} mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    println!(
+        "edm.json: schedules max rel err {schedule_worst:e}, trajectories max err \
+         {trajectory_worst:e} (relative, absolute below magnitude 1)"
+    );
+    // Both stochastic cases draw noise every step, and the check can fail.
+    for name in ["edm_euler_churn1", "edm_dpm_sde"] {
+        let case = cases.iter().find(|c| c["name"] == name).unwrap();
+        assert_eq!(case["steps"][3]["noises"].as_array().unwrap().len(), 1);
+    }
+    for name in ["edm_euler_churn1", "edm_dpm_o3_n20"] {
+        let case = cases.iter().find(|c| c["name"] == name).unwrap();
+        let err = run_trajectory(case, Some((4, 7))).unwrap_err();
+        assert!(err.contains("step 4"), "{err}");
+    }
+}
+
 /// `scheduler_config.json` as diffusers' `save_config` writes it for the two flow-sigma
 /// classes reads back as the same scheduler, without ignored keys; the `__init__` keys
 /// `compat::resolve_sampler` carries over are diffusers' own.
@@ -655,6 +766,7 @@ fn every_sampler_and_prediction_type_is_covered() {
     let f = load("trajectories.json");
     let heun = load("flow_heun.json");
     let solvers = load("flow_solvers.json");
+    let edm = load("edm.json");
     let mut seen = std::collections::BTreeSet::new();
     for c in f["cases"]
         .as_array()
@@ -662,13 +774,17 @@ fn every_sampler_and_prediction_type_is_covered() {
         .iter()
         .chain(heun["cases"].as_array().unwrap())
         .chain(solvers["cases"].as_array().unwrap())
+        .chain(edm["cases"].as_array().unwrap())
     {
         let cfg = config_of(&c["config"]);
         seen.insert((cfg.class.short_name(), cfg.prediction_type.name()));
     }
     for class in SchedulerClass::ALL {
         let preds: &[&str] = match class {
-            SchedulerClass::Pndm | SchedulerClass::EulerAncestral => &["epsilon", "v_prediction"],
+            SchedulerClass::Pndm
+            | SchedulerClass::EulerAncestral
+            | SchedulerClass::EdmEuler
+            | SchedulerClass::EdmDpmSolverMultistep => &["epsilon", "v_prediction"],
             SchedulerClass::FlowMatchEuler | SchedulerClass::FlowMatchHeun => &["flow_prediction"],
             SchedulerClass::DpmSolverMultistep | SchedulerClass::UniPcMultistep => {
                 &["epsilon", "sample", "v_prediction", "flow_prediction"]

@@ -1,7 +1,7 @@
 //! UNet2DModel parity with diffusers 0.42.1 (fixtures of `tools/fixtures/gen_unet.py`): random
 //! weights in every block type, both time embeddings, scale-shift, three kinds of class
-//! conditioning; f16/bf16 weights on disk; 5-step DDIM and DPM-Solver++ loops; save/load round
-//! trips; and one-line errors for broken files.
+//! conditioning; f16/bf16 weights on disk; 5-step DDIM, DPM-Solver++ and EDM (Euler,
+//! DPM-Solver++) loops; save/load round trips; and one-line errors for broken files.
 
 use candle_core::{DType, Device, Tensor};
 use diffuse_core::config::SchedulerConfig;
@@ -91,6 +91,49 @@ fn five_step_ddim_and_dpmpp_match_a_diffusers_loop() {
         let e = rel_err(&out, &s[&format!("{key}_images")]);
         eprintln!("{key} 5 steps: max relative error {e:e}");
         assert!(e <= 1e-3, "{key}: relative error {e:e}");
+    }
+}
+
+/// EDMEulerScheduler and EDMDPMSolverMultistepScheduler (`tools/fixtures/gen_edm.py`): their
+/// `scheduler_config.json` as diffusers saves it, parsed, drives unet_basic through 5 steps from
+/// the same noise (preconditioned input c_in·x at time c_noise = ¼ ln σ); the final images match
+/// diffusers' loops to 1e-4 relative.
+#[test]
+fn five_step_edm_loops_match_diffusers() {
+    let index: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("edm_fixtures.json")).unwrap(),
+    )
+    .unwrap();
+    let (model, _) = load_unet(&fixtures().join("unet_basic"), &Device::Cpu).unwrap();
+    let s = load_st(&fixtures().join("edm_samples.safetensors"));
+    let den = NetDenoiser {
+        model: &model,
+        class_labels: None,
+    };
+    for key in ["edm_euler", "edm_dpmpp_2m"] {
+        let lp = &index["loops"][key];
+        let cfg = SchedulerConfig::from_json_str(lp["scheduler_config"].as_str().unwrap()).unwrap();
+        assert_eq!(cfg.class.short_name(), key);
+        assert!(cfg.ignored_keys.is_empty(), "{key}: {:?}", cfg.ignored_keys);
+        let n = lp["num_inference_steps"].as_u64().unwrap() as usize;
+        let sampler = Sampler::new(&cfg, n).unwrap();
+        // float32 timesteps (c_noise): equal up to one float32 rounding of ¼ ln σ.
+        let want = timesteps(&s[&format!("{key}_timesteps")]);
+        assert_eq!(sampler.timesteps().len(), want.len());
+        for (&a, &b) in sampler.timesteps().iter().zip(&want) {
+            assert!(
+                (a - b as f64).abs() <= 1e-6 * (b.abs() as f64).max(1.0),
+                "{key}: {a} vs {b}"
+            );
+        }
+        let mut noise = ReplayNoise::default();
+        let out = sample(&sampler, &den, &s["noise"], &mut noise, &mut |_| {
+            std::ops::ControlFlow::Continue(())
+        })
+        .unwrap();
+        let e = rel_err(&out, &s[&format!("{key}_images")]);
+        eprintln!("{key} 5 steps: max relative error {e:e}");
+        assert!(e <= 1e-4, "{key}: relative error {e:e}");
     }
 }
 

@@ -3,7 +3,10 @@
 //! target per prediction type (ε, x₀, v), MSE per sample, optional Min-SNR-γ weights; or
 //! rectified flow: σ ~ U(0, 1) or logit-normal (Esser et al. 2024), warped by the scheduler's
 //! `shift` (σ' = shift·σ / (1 + (shift − 1)·σ), as SD3 trains and samples), x_σ = (1 − σ)x₀ + σε,
-//! target ε − x₀, model time T·σ. The noise ε may be given (reflow: the noise that the teacher
+//! target ε − x₀, model time T·σ; or EDM (Karras et al. 2022): ln σ ~ N(P_mean, P_std²),
+//! x_σ = x₀ + σε, the network sees c_in·x_σ at time ¼ ln σ and its target is
+//! (x₀ − c_skip x_σ)/c_out, whose plain MSE is EDM's λ(σ)-weighted loss (`diffuse_core::edm`).
+//! The noise ε may be given (reflow: the noise that the teacher
 //! turned into x₀). Classifier-free guidance training replaces labels by the null class with
 //! probability p. The VAE objective ([`vae_loss`]) is diffusers' VAE fine-tuning script's:
 //! reconstruction (L1 or L2, mean) of a posterior sample + β·KL (per-sample sum, batch mean).
@@ -189,6 +192,17 @@ pub struct ObjectiveConfig {
     pub flow_shift: f64,
     /// Flow matching: model time is σ·T with this T (the scheduler's `num_train_timesteps`).
     pub flow_num_train_timesteps: usize,
+    /// EDM training (with `prediction` = ε, the name EDM's F has in diffusers).
+    pub edm: Option<EdmTraining>,
+}
+
+/// EDM's preconditioning and training σ distribution.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EdmTraining {
+    pub precond: diffuse_core::edm::Precond,
+    /// ln σ ~ N(p_mean, p_std²).
+    pub p_mean: f64,
+    pub p_std: f64,
 }
 
 impl Default for ObjectiveConfig {
@@ -204,6 +218,7 @@ impl Default for ObjectiveConfig {
             },
             flow_shift: 1.0,
             flow_num_train_timesteps: 1000,
+            edm: None,
         }
     }
 }
@@ -286,7 +301,25 @@ pub fn diffusion_loss_with_noise(
     let per_row = |v: &[f32]| -> Result<Tensor> {
         Ok(Tensor::from_vec(v.to_vec(), (b, 1, 1, 1), dev)?.to_dtype(x0.dtype())?)
     };
-    let (x_t, target, model_t, weights) = if cfg.prediction == PredictionType::Flow {
+    let (x_t, target, model_t, weights) = if let Some(edm) = &cfg.edm {
+        let sigmas: Vec<f64> = rng.rows(b, |r| {
+            let z: f64 = r.sample(StandardNormal);
+            diffuse_core::edm::lognormal_sigma(edm.p_mean, edm.p_std, z)
+        });
+        let col = |f: &dyn Fn(f64) -> f64| {
+            per_row(&sigmas.iter().map(|&s| f(s) as f32).collect::<Vec<_>>())
+        };
+        let x_sigma = (x0 + noise.broadcast_mul(&col(&|s| s)?)?)?;
+        let p = edm.precond;
+        let target = (x0.broadcast_mul(&col(&|s| p.target_coefficients(s).0)?)?
+            + x_sigma.broadcast_mul(&col(&|s| p.target_coefficients(s).1)?)?)?;
+        let x_in = x_sigma.broadcast_mul(&col(&|s| p.c_in(s))?)?;
+        let t = sigmas
+            .iter()
+            .map(|&s| diffuse_core::edm::Precond::c_noise(s) as f32)
+            .collect();
+        (x_in, target, t, None)
+    } else if cfg.prediction == PredictionType::Flow {
         let sigmas = draw_flow_sigmas(cfg.sigma_sampling, cfg.flow_shift, b, rng);
         let s = per_row(&sigmas)?;
         let one_minus = per_row(&sigmas.iter().map(|s| 1.0 - s).collect::<Vec<_>>())?;

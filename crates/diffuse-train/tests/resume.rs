@@ -101,3 +101,59 @@ fn stopped_and_resumed_equals_uninterrupted() {
         .unwrap()
         .ends_with("step-6"));
 }
+
+/// `train.max_minutes` plans the run's length after timing its first steps and ends the LR
+/// schedule there; the plan is kept in the checkpoint, so a run stopped after planning and
+/// resumed (with more minutes: the plan holds) ends bit-identical to a plain run of the planned
+/// length. Warm-up covers the steps before the plan, so both runs see the same LR throughout.
+#[test]
+fn a_time_budget_plans_its_schedule_and_resumes_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (b, c) = (dir.path().join("b"), dir.path().join("c"));
+    let base = [
+        "data.size=8",
+        "train.max_steps=100000",
+        "train.lr_warmup_steps=30",
+        "train.checkpoint_every=100000",
+        "train.log_every=100000",
+    ];
+    let budget = config_with(&[&base[..], &["train.max_minutes=0.25"]].concat());
+    let stop = AtomicBool::new(false);
+    let mut plan_note = None;
+    train(&budget, &b, false, &Device::Cpu, &stop, &mut |r| {
+        if let Some(w) = r.warnings.iter().find(|w| w.contains("fit in the budget")) {
+            plan_note = Some((r.step, r.max_steps, w.clone()));
+        }
+        if r.step == 24 {
+            stop.store(true, Ordering::SeqCst);
+        }
+    })
+    .unwrap();
+    let (at, planned, note) = plan_note.expect("the run planned its length");
+    assert_eq!(at, 22, "{note}");
+    assert!(
+        planned > 24,
+        "a 15 s budget fits more than 24 tiny steps: {note}"
+    );
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(b.join("checkpoints/step-24/training_state.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(state["budget"]["planned_steps"].as_u64(), Some(planned));
+    assert!(state["budget"]["elapsed_s"].as_f64().unwrap() > 0.0);
+    let more = config_with(&[&base[..], &["train.max_minutes=10"]].concat());
+    let never = AtomicBool::new(false);
+    let resumed = train(&more, &b, true, &Device::Cpu, &never, &mut |_| {}).unwrap();
+    assert_eq!(resumed.steps, planned);
+    let plain = config_with(&[&base[..], &[&format!("train.max_steps={planned}")[..]]].concat());
+    train(&plain, &c, false, &Device::Cpu, &never, &mut |_| {}).unwrap();
+    for f in [
+        "unet/diffusion_pytorch_model.safetensors",
+        "unet_ema/diffusion_pytorch_model.safetensors",
+    ] {
+        assert!(
+            std::fs::read(b.join(f)).unwrap() == std::fs::read(c.join(f)).unwrap(),
+            "{f} differs"
+        );
+    }
+}

@@ -1,8 +1,9 @@
 //! Every sampler on every objective, on tiny models really trained by `diffuse train`'s trainer
-//! (ε, x₀, v and flow matching, from `examples/tiny.toml`), loaded through `Pipeline::load` as
+//! (ε, x₀, v, flow matching and EDM, from `examples/tiny.toml`), loaded through `Pipeline::load` as
 //! `sample`, `eval` and `serve` load them. Each cell of `diffuse_core::compat` is checked:
 //! - a deterministic sampler at 50 steps lands within [`ODE_TOL`] (relative L2) of a fine solve
-//!   of the same probability-flow ODE (DPM-Solver++(2M) with 250 steps; flow Heun with 200);
+//!   of the same probability-flow ODE (DPM-Solver++(2M) with 250 steps; flow Heun with 200;
+//!   EDM's DPM-Solver++(2M) with 250);
 //! - a stochastic one (DDPM, Euler ancestral) matches the batch mean and per-image spread of a
 //!   fine ancestral solve (DDPM with 250 steps) within [`STAT_TOL`] of that spread: it samples
 //!   the reverse SDE's distribution, not the ODE's path, and the two part ways where a briefly
@@ -52,6 +53,11 @@ fn trained(objective: Objective, out: &Path) -> Pipeline {
             "train.prediction_type=\"flow\"".into(),
             "scheduler._class_name=\"FlowMatchEulerDiscreteScheduler\"".into(),
         ]),
+        Objective::Edm => {
+            c.scheduler.clear();
+            c.train.snr_gamma = None;
+            sets.push("train.prediction_type=\"edm\"".into());
+        }
         o => sets.extend([
             format!("train.prediction_type=\"{}\"", o.prediction_type().name()),
             // diffusers' DDPMScheduler clips x₀ by default, which is not an ODE step.
@@ -121,11 +127,12 @@ fn every_sampler_drives_every_objective_or_is_refused_in_one_line() {
         let pipe = trained(objective, &dir.path().join(objective.name()));
         let reference = match objective {
             Objective::Flow => sample(&pipe, "flow_heun", 200),
+            Objective::Edm => sample(&pipe, "edm_dpmpp_2m", 250),
             _ => sample(&pipe, "dpmpp_2m", 250),
         }
         .unwrap();
         let ancestral = match objective {
-            Objective::Flow => None,
+            Objective::Flow | Objective::Edm => None,
             _ => Some(sample(&pipe, "ddpm", 250).unwrap()),
         };
         let (ref_mean, ref_std) = stats(ancestral.as_ref().unwrap_or(&reference));

@@ -1,5 +1,5 @@
 //! A tiny class-conditional UNet learns: the loss on a fixed MNIST batch falls under AdamW, for
-//! the ε and the flow-matching objectives; runs are bitwise repeatable and the RNG resumes.
+//! the ε, flow-matching and EDM objectives; runs are bitwise repeatable and the RNG resumes.
 
 use candle_core::{Device, Tensor, Var};
 use diffuse_core::config::{PredictionType, SchedulerClass, SchedulerConfig};
@@ -9,8 +9,8 @@ use diffuse_data::transform::{Fit, Transform};
 use diffuse_models::weights::build_unet;
 use diffuse_models::{Network, UNet2DConfig};
 use diffuse_train::objective::{
-    diffusion_loss, diffusion_loss_with_noise, draw_flow_sigmas, ObjectiveConfig, SigmaSampling,
-    TrainRng,
+    diffusion_loss, diffusion_loss_with_noise, draw_flow_sigmas, EdmTraining, ObjectiveConfig,
+    SigmaSampling, TrainRng,
 };
 use diffuse_train::optim::{clip_grad_norm, AdamW, AdamWConfig};
 
@@ -45,7 +45,12 @@ fn batch() -> (Tensor, Vec<u32>) {
     )
 }
 
-fn train(prediction: PredictionType, steps: usize, seed: u64) -> Vec<f32> {
+fn train(
+    prediction: PredictionType,
+    edm: Option<EdmTraining>,
+    steps: usize,
+    seed: u64,
+) -> Vec<f32> {
     let dev = Device::Cpu;
     let (model, varmap) = build_unet(&tiny_config(), &dev).unwrap();
     let model = Network::from(model);
@@ -69,7 +74,8 @@ fn train(prediction: PredictionType, steps: usize, seed: u64) -> Vec<f32> {
         NoiseSchedule::from_config(&SchedulerConfig::default_for(SchedulerClass::Ddpm)).unwrap();
     let cfg = ObjectiveConfig {
         prediction,
-        min_snr_gamma: if prediction == PredictionType::Epsilon {
+        edm,
+        min_snr_gamma: if prediction == PredictionType::Epsilon && edm.is_none() {
             Some(5.0)
         } else {
             None
@@ -113,21 +119,109 @@ fn mean(v: &[f32]) -> f32 {
 
 #[test]
 fn epsilon_and_flow_losses_fall_and_runs_repeat() {
-    for p in [PredictionType::Epsilon, PredictionType::Flow] {
-        let losses = train(p, 60, 3);
+    let edm = Some(EDM);
+    for (p, edm) in [
+        (PredictionType::Epsilon, None),
+        (PredictionType::Flow, None),
+        (PredictionType::Epsilon, edm),
+    ] {
+        let p = (p, edm.is_some());
+        let losses = train(p.0, edm, 60, 3);
         let (first, last) = (mean(&losses[..10]), mean(&losses[50..]));
         assert!(
             last < 0.7 * first,
             "{p:?}: loss {first} → {last}: {losses:?}"
         );
         assert!(losses.iter().all(|l| l.is_finite()));
-        let again = train(p, 12, 3);
+        let again = train(p.0, edm, 12, 3);
         assert_eq!(
             &losses[..12],
             &again[..],
             "{p:?}: the same seed must give the same run"
         );
     }
+}
+
+const EDM: EdmTraining = EdmTraining {
+    precond: diffuse_core::edm::Precond {
+        sigma_data: 0.5,
+        negate_out: false,
+    },
+    p_mean: -1.2,
+    p_std: 1.2,
+};
+
+/// EDM's loss (Karras et al. 2022, eq. 2 with Table 1's preconditioning), by hand from the same
+/// stream: ln σ ~ N(−1.2, 1.2²), D = c_skip x_σ + c_out F(c_in x_σ, ¼ ln σ), loss = mean over
+/// samples of λ(σ)·mean‖D − x₀‖² with λ = (σ² + σ_d²)/(σ σ_d)².
+#[test]
+fn edm_loss_is_the_lambda_weighted_denoiser_loss() {
+    let (x0, labels) = batch();
+    let (model, _) = build_unet(&tiny_config(), &Device::Cpu).unwrap();
+    let model = Network::from(model);
+    let schedule =
+        NoiseSchedule::from_config(&SchedulerConfig::default_for(SchedulerClass::Ddpm)).unwrap();
+    let z = Tensor::randn(0f32, 1.0, x0.shape(), &Device::Cpu).unwrap();
+    let cfg = ObjectiveConfig {
+        edm: Some(EDM),
+        cond_dropout: 0.0,
+        ..Default::default()
+    };
+    let mut rng = TrainRng::new(7);
+    let parts = diffusion_loss_with_noise(
+        &model,
+        &schedule,
+        &x0,
+        Some(&z),
+        Some(&labels),
+        &cfg,
+        &mut rng,
+    )
+    .unwrap();
+    let mut r = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(7);
+    let sigmas: Vec<f64> = (0..8)
+        .map(|_| {
+            let n: f64 = rand::Rng::sample(&mut r, rand_distr::StandardNormal);
+            (-1.2 + 1.2 * n).exp()
+        })
+        .collect();
+    let sd = 0.5f64;
+    let mut want = 0.0;
+    let label_t = Tensor::from_vec(labels.clone(), 8, &Device::Cpu).unwrap();
+    for (i, &s) in sigmas.iter().enumerate() {
+        let x = (x0.get(i).unwrap() + (z.get(i).unwrap() * s).unwrap()).unwrap();
+        let c_in = 1.0 / (s * s + sd * sd).sqrt();
+        let t = (0.25 * s.ln()) as f32;
+        assert!((parts.timesteps[i] - t).abs() < 1e-6);
+        let f = model
+            .predict(
+                &(&x * c_in).unwrap().unsqueeze(0).unwrap(),
+                &[t],
+                Some(&label_t.narrow(0, i, 1).unwrap()),
+            )
+            .unwrap()
+            .squeeze(0)
+            .unwrap();
+        let (c_skip, c_out) = (
+            sd * sd / (s * s + sd * sd),
+            s * sd / (s * s + sd * sd).sqrt(),
+        );
+        let d = ((&x * c_skip).unwrap() + (f * c_out).unwrap()).unwrap();
+        let mse = (d - x0.get(i).unwrap())
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .mean_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap() as f64;
+        want += (s * s + sd * sd) / (s * sd).powi(2) * mse / 8.0;
+    }
+    let got = parts.loss.to_scalar::<f32>().unwrap() as f64;
+    assert!(
+        (got - want).abs() <= 1e-4 * want,
+        "loss {got} vs by hand {want}"
+    );
 }
 
 #[test]

@@ -15,10 +15,12 @@ pub enum SchedulerClass {
     UniPcMultistep,
     FlowMatchEuler,
     FlowMatchHeun,
+    EdmEuler,
+    EdmDpmSolverMultistep,
 }
 
 impl SchedulerClass {
-    pub const ALL: [SchedulerClass; 10] = [
+    pub const ALL: [SchedulerClass; 12] = [
         SchedulerClass::Ddpm,
         SchedulerClass::Ddim,
         SchedulerClass::Pndm,
@@ -29,6 +31,8 @@ impl SchedulerClass {
         SchedulerClass::UniPcMultistep,
         SchedulerClass::FlowMatchEuler,
         SchedulerClass::FlowMatchHeun,
+        SchedulerClass::EdmEuler,
+        SchedulerClass::EdmDpmSolverMultistep,
     ];
 
     /// The diffusers class name.
@@ -44,6 +48,8 @@ impl SchedulerClass {
             SchedulerClass::UniPcMultistep => "UniPCMultistepScheduler",
             SchedulerClass::FlowMatchEuler => "FlowMatchEulerDiscreteScheduler",
             SchedulerClass::FlowMatchHeun => "FlowMatchHeunDiscreteScheduler",
+            SchedulerClass::EdmEuler => "EDMEulerScheduler",
+            SchedulerClass::EdmDpmSolverMultistep => "EDMDPMSolverMultistepScheduler",
         }
     }
 
@@ -60,6 +66,8 @@ impl SchedulerClass {
             SchedulerClass::UniPcMultistep => "unipc",
             SchedulerClass::FlowMatchEuler => "flow_euler",
             SchedulerClass::FlowMatchHeun => "flow_heun",
+            SchedulerClass::EdmEuler => "edm_euler",
+            SchedulerClass::EdmDpmSolverMultistep => "edm_dpmpp_2m",
         }
     }
 
@@ -91,6 +99,8 @@ impl SchedulerClass {
                 | SchedulerClass::UniPcMultistep
                 | SchedulerClass::FlowMatchEuler
                 | SchedulerClass::FlowMatchHeun
+                | SchedulerClass::EdmEuler
+                | SchedulerClass::EdmDpmSolverMultistep
         )
     }
 
@@ -101,5 +111,19 @@ impl SchedulerClass {
             self,
             SchedulerClass::FlowMatchEuler | SchedulerClass::FlowMatchHeun
         )
+    }
+
+    /// Whether the class is an EDM scheduler (Karras et al. 2022): x_σ = x₀ + σε with the
+    /// network preconditioned by c_in, c_noise, c_skip, c_out (`crate::edm`), no β schedule.
+    pub fn is_edm(self) -> bool {
+        matches!(
+            self,
+            SchedulerClass::EdmEuler | SchedulerClass::EdmDpmSolverMultistep
+        )
+    }
+
+    /// Whether the class plans on a β schedule (ᾱ), i.e. neither flow matching nor EDM.
+    pub fn has_beta_schedule(self) -> bool {
+        !self.is_flow() && !self.is_edm()
     }
 }

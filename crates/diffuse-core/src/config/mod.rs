@@ -58,6 +58,12 @@ pub struct SchedulerConfig {
     /// (the FlowMatch schedulers call it `shift`).
     pub flow_shift: f64,
     pub stochastic_sampling: bool,
+    /// EDM: the data's standard deviation σ_data of the preconditioning (default 0.5).
+    pub sigma_data: f64,
+    /// EDM: how σ is spaced between `sigma_max` and `sigma_min`.
+    pub sigma_schedule: SigmaSchedule,
+    /// EDM: the ρ of the Karras ramp (default 7).
+    pub rho: f64,
     /// diffuse's own key: the step count the model was made for (a reflowed or distilled
     /// student); `diffuse sample` uses it as its default `--steps`. Not a diffusers key:
     /// diffusers ignores it when it loads the config.

@@ -134,3 +134,12 @@ pub enum UniPcSolverType {
     Bh1,
     Bh2,
 }
+
+/// How the EDM schedulers space σ (`sigma_schedule`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SigmaSchedule {
+    /// Karras et al.'s ρ-ramp between σ_max and σ_min.
+    Karras,
+    /// log σ evenly spaced (k-diffusion's `get_sigmas_exponential`).
+    Exponential,
+}

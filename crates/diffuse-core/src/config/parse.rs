@@ -34,7 +34,7 @@ impl SchedulerConfig {
             BetaSchedule::from_name(&s).expect("checked")
         };
         let trained_betas = r.opt_f64_list("trained_betas")?;
-        if trained_betas.is_none() && !class.is_flow() {
+        if trained_betas.is_none() && class.has_beta_schedule() {
             if !(beta_start > 0.0 && beta_start < 1.0) {
                 return Err(Error::config(
                     "beta_start",
@@ -102,6 +102,9 @@ impl SchedulerConfig {
                 &["epsilon", "sample", "v_prediction", "flow_prediction"]
             }
             C::Euler | C::Heun | C::Ddpm | C::Ddim => &["epsilon", "sample", "v_prediction"],
+            // EDM's "epsilon" is its F-prediction (`precondition_outputs`); diffusers lists
+            // "sample" for the DPM class but raises on it.
+            C::EdmEuler | C::EdmDpmSolverMultistep => &["epsilon", "v_prediction"],
         };
         let prediction_type = if class.is_flow() {
             // The FlowMatch schedulers have no prediction_type key: it is always the velocity.
@@ -155,8 +158,41 @@ impl SchedulerConfig {
                 format!("not supported by {}", class.class_name()),
             ));
         }
-        let sigma_min = r.opt_f64("sigma_min")?;
-        let sigma_max = r.opt_f64("sigma_max")?;
+        let (sigma_min, sigma_max) = if class.is_edm() {
+            let (lo, hi) = (r.f64("sigma_min", 0.002)?, r.f64("sigma_max", 80.0)?);
+            if !(lo > 0.0 && lo < hi && hi.is_finite()) {
+                return Err(Error::config(
+                    "sigma_min",
+                    format!("EDM needs 0 < sigma_min < sigma_max, got {lo} and {hi}"),
+                ));
+            }
+            (Some(lo), Some(hi))
+        } else {
+            (r.opt_f64("sigma_min")?, r.opt_f64("sigma_max")?)
+        };
+        let (sigma_data, sigma_schedule, rho) = if class.is_edm() {
+            let sigma_data = r.f64("sigma_data", 0.5)?;
+            if !(sigma_data > 0.0 && sigma_data.is_finite()) {
+                return Err(Error::config(
+                    "sigma_data",
+                    format!("must be > 0, got {sigma_data}"),
+                ));
+            }
+            let schedule = match r
+                .choice("sigma_schedule", "karras", &["karras", "exponential"])?
+                .as_str()
+            {
+                "karras" => SigmaSchedule::Karras,
+                _ => SigmaSchedule::Exponential,
+            };
+            let rho = r.f64("rho", 7.0)?;
+            if !(rho > 0.0 && rho.is_finite()) {
+                return Err(Error::config("rho", format!("must be > 0, got {rho}")));
+            }
+            (sigma_data, schedule, rho)
+        } else {
+            (0.5, SigmaSchedule::Karras, 7.0)
+        };
         let final_sigmas_type = match r
             .choice("final_sigmas_type", "zero", &["zero", "sigma_min"])?
             .as_str()
@@ -172,15 +208,17 @@ impl SchedulerConfig {
                 format!("{solver_order} is not supported; allowed: 1..={max_order}"),
             ));
         }
+        // The EDM class has no noise-prediction DPM-Solver and maps "deis" onto "dpmsolver++".
+        let algorithms: &[&str] = if class == C::EdmDpmSolverMultistep {
+            &["dpmsolver++", "sde-dpmsolver++", "deis"]
+        } else {
+            &["dpmsolver++", "dpmsolver", "sde-dpmsolver++"]
+        };
         let algorithm_type = match r
-            .choice(
-                "algorithm_type",
-                "dpmsolver++",
-                &["dpmsolver++", "dpmsolver", "sde-dpmsolver++"],
-            )?
+            .choice("algorithm_type", "dpmsolver++", algorithms)?
             .as_str()
         {
-            "dpmsolver++" => DpmAlgorithm::DpmSolverPP,
+            "dpmsolver++" | "deis" => DpmAlgorithm::DpmSolverPP,
             "dpmsolver" => DpmAlgorithm::DpmSolver,
             _ => DpmAlgorithm::SdeDpmSolverPP,
         };
@@ -192,10 +230,10 @@ impl SchedulerConfig {
         let solver_type = r.choice(
             "solver_type",
             default_solver,
-            &["midpoint", "heun", "bh1", "bh2"],
+            &["midpoint", "heun", "bh1", "bh2", "logrho"],
         )?;
-        // diffusers maps the other family's names onto its own (DPM: bh* → midpoint; UniPC:
-        // midpoint/heun → bh2).
+        // diffusers maps the other family's names onto its own (DPM: bh*, logrho → midpoint;
+        // UniPC: midpoint/heun/logrho → bh2).
         let dpm_solver_type = match solver_type.as_str() {
             "heun" => DpmSolverType::Heun,
             _ => DpmSolverType::Midpoint,
@@ -369,6 +407,9 @@ impl SchedulerConfig {
             use_flow_sigmas,
             flow_shift,
             stochastic_sampling,
+            sigma_data,
+            sigma_schedule,
+            rho,
             num_inference_steps,
             extra,
             ignored_keys,

@@ -148,9 +148,11 @@ pub(super) fn plan(config: &SchedulerConfig, schedule: &NoiseSchedule, n: usize)
 }
 
 /// (α_t, σ_t) of a planned σ (diffusers `_sigma_to_alpha_sigma_t`, float32): (1 − σ, σ) on flow
-/// σ, else the VP pair of a k-diffusion σ.
+/// σ, (1, σ) for EDM (its inputs are preconditioned), else the VP pair of a k-diffusion σ.
 pub(super) fn alpha_sigma(config: &SchedulerConfig, sigma: f64) -> (f64, f64) {
-    if config.use_flow_sigmas {
+    if config.class.is_edm() {
+        (1.0, sigma)
+    } else if config.use_flow_sigmas {
         ((1.0f32 - sigma as f32) as f64, sigma)
     } else {
         sigma_to_alpha_sigma_t(sigma)
@@ -175,6 +177,9 @@ pub(super) fn convert(
     let p = config.prediction_type;
     if data_prediction {
         let x0 = match p {
+            _ if config.class.is_edm() => {
+                super::edm::denoised(config, sample, model_output, sigma)?
+            }
             PredictionType::Epsilon => (lin(1.0, sample, -s, model_output)? / a)?,
             PredictionType::Sample => model_output.clone(),
             PredictionType::VPrediction => lin(a, sample, -s, model_output)?,

@@ -39,8 +39,8 @@ impl Sampler {
         match self.config.class {
             C::Ddpm | C::EulerAncestral => false,
             C::Ddim => self.options.eta == 0.0,
-            C::Euler | C::Heun => self.options.s_churn == 0.0,
-            C::DpmSolverMultistep => {
+            C::Euler | C::Heun | C::EdmEuler => self.options.s_churn == 0.0,
+            C::DpmSolverMultistep | C::EdmDpmSolverMultistep => {
                 self.config.algorithm_type != crate::config::DpmAlgorithm::SdeDpmSolverPP
             }
             C::FlowMatchEuler | C::FlowMatchHeun => !self.config.stochastic_sampling,
@@ -74,7 +74,9 @@ impl Sampler {
                 } as f32;
                 (abar.sqrt() as f64, (1.0 - abar).sqrt() as f64)
             }
-            C::Euler | C::EulerAncestral | C::Heun => (1.0, self.sigma(index)?),
+            C::Euler | C::EulerAncestral | C::Heun | C::EdmEuler | C::EdmDpmSolverMultistep => {
+                (1.0, self.sigma(index)?)
+            }
             C::DpmSolverMultistep | C::UniPcMultistep => {
                 super::dpmpp_2m::alpha_sigma(&self.config, self.sigma(index)?)
             }

@@ -10,6 +10,7 @@ mod ddim;
 mod ddpm;
 mod dpmpp_2m;
 pub mod edit;
+mod edm;
 mod euler;
 mod euler_a;
 mod flow;
@@ -157,7 +158,7 @@ impl Sampler {
                 options.eta
             )));
         }
-        let schedule = if config.class.is_flow() {
+        let schedule = if !config.class.has_beta_schedule() {
             NoiseSchedule {
                 betas: vec![],
                 alphas_cumprod: vec![],
@@ -177,6 +178,9 @@ impl Sampler {
             SchedulerClass::UniPcMultistep => unipc::plan(config, &schedule, n),
             SchedulerClass::FlowMatchEuler => flow::plan(config, n),
             SchedulerClass::FlowMatchHeun => flow_heun::plan(config, n),
+            SchedulerClass::EdmEuler | SchedulerClass::EdmDpmSolverMultistep => {
+                edm::plan(config, n)
+            }
         }?;
         Ok(Sampler {
             config: config.clone(),
@@ -244,13 +248,18 @@ impl Sampler {
         }
     }
 
-    /// The input the model sees at step `index` (k-diffusion samplers divide by sqrt(σ²+1)).
+    /// The input the model sees at step `index` (k-diffusion samplers divide by sqrt(σ²+1),
+    /// EDM multiplies by c_in(σ)).
     pub fn scale_model_input(&self, sample: &Tensor, index: usize) -> Result<Tensor> {
         match self.config.class {
             SchedulerClass::Euler | SchedulerClass::EulerAncestral | SchedulerClass::Heun => {
                 let sigma = self.sigma(index)? as f32;
                 let scale = (sigma * sigma + 1.0).sqrt();
                 Ok((sample / scale as f64)?)
+            }
+            SchedulerClass::EdmEuler | SchedulerClass::EdmDpmSolverMultistep => {
+                let c_in = edm::precond(&self.config).c_in(self.sigma(index)?);
+                Ok((sample * c_in)?)
             }
             _ => Ok(sample.clone()),
         }
@@ -298,6 +307,8 @@ impl Sampler {
             SchedulerClass::UniPcMultistep => unipc::step(x, state),
             SchedulerClass::FlowMatchEuler => flow::step(x, noise),
             SchedulerClass::FlowMatchHeun => flow_heun::step(x, state, noise),
+            SchedulerClass::EdmEuler => edm::euler_step(x, noise),
+            SchedulerClass::EdmDpmSolverMultistep => dpmpp_2m::step(x, state, noise),
         }?;
         state.index += 1;
         Ok(out)

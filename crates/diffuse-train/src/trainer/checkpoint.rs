@@ -18,6 +18,8 @@ pub(super) struct TrainingState {
     pub(super) rng_word_pos: u128,
     /// fp16: the loss scaler's (scale, growth tracker).
     pub(super) scaler: Option<(f64, u64)>,
+    /// `train.max_minutes`: minutes spent and the planned end of the schedule.
+    pub(super) budget: Option<super::budget::BudgetState>,
 }
 
 /// What a checkpoint holds: the trained weights and their EMA, the optimizer and the loop's
@@ -164,6 +166,9 @@ fn write_checkpoint(root: &Path, parts: &CheckpointParts) -> Result<PathBuf> {
     if let Some((scale, tracker)) = st.scaler {
         meta["grad_scaler"] = json!({"scale": scale, "growth_tracker": tracker});
     }
+    if let Some(b) = st.budget {
+        meta["budget"] = json!({"elapsed_s": b.elapsed_s, "planned_steps": b.planned_steps});
+    }
     // Written last: its presence marks the checkpoint complete.
     write(
         &tmp.join("training_state.json"),
@@ -277,6 +282,12 @@ pub(super) fn load_checkpoint(
             .ok_or_else(|| {
                 Error::Invalid(format!("{}: bad `rng.word_pos`", meta_path.display()))
             })?,
+        budget: meta["budget"]["elapsed_s"]
+            .as_f64()
+            .map(|elapsed_s| super::budget::BudgetState {
+                elapsed_s,
+                planned_steps: meta["budget"]["planned_steps"].as_u64(),
+            }),
         scaler: meta["grad_scaler"]["scale"].as_f64().map(|s| {
             (
                 s,

@@ -18,6 +18,9 @@ pub const DEFAULT_LEARNING_RATE: f64 = 1e-4;
 pub const DEFAULT_MAX_GRAD_NORM: f64 = 1.0;
 pub const DEFAULT_GRADIENT_ACCUMULATION_STEPS: u64 = 1;
 pub const DEFAULT_FLOW_LOGIT_STD: f64 = 1.0;
+/// EDM's training σ: ln σ ~ N(−1.2, 1.2²) (Karras et al. 2022, Table 1).
+pub const DEFAULT_EDM_P_MEAN: f64 = -1.2;
+pub const DEFAULT_EDM_P_STD: f64 = 1.2;
 pub const DEFAULT_COND_DROPOUT: f64 = 0.1;
 pub const DEFAULT_CHECKPOINT_EVERY: u64 = 500;
 pub const DEFAULT_KEEP_CHECKPOINTS: usize = 3;
@@ -45,6 +48,8 @@ default_fns! {
     default_max_grad_norm -> f64 = DEFAULT_MAX_GRAD_NORM;
     default_gradient_accumulation_steps -> u64 = DEFAULT_GRADIENT_ACCUMULATION_STEPS;
     default_flow_logit_std -> f64 = DEFAULT_FLOW_LOGIT_STD;
+    default_edm_p_mean -> f64 = DEFAULT_EDM_P_MEAN;
+    default_edm_p_std -> f64 = DEFAULT_EDM_P_STD;
     default_cond_dropout -> f64 = DEFAULT_COND_DROPOUT;
     default_checkpoint_every -> u64 = DEFAULT_CHECKPOINT_EVERY;
     default_keep_checkpoints -> usize = DEFAULT_KEEP_CHECKPOINTS;
@@ -62,7 +67,8 @@ pub(crate) fn d_true() -> bool {
 }
 
 /// `train.prediction_type`: what the network predicts (diffusers' names; `flow` is flow
-/// matching, also accepted as `flow_prediction`).
+/// matching, also accepted as `flow_prediction`; `edm` is EDM's preconditioned F, which an
+/// EDM scheduler config calls `epsilon`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Prediction {
@@ -73,13 +79,14 @@ pub enum Prediction {
     VPrediction,
     #[serde(alias = "flow_prediction")]
     Flow,
+    Edm,
 }
 
 impl Prediction {
-    /// The scheduler's prediction type.
+    /// The scheduler's prediction type (EDM's F is `epsilon` in an EDM scheduler config).
     pub fn to_core(self) -> PredictionType {
         match self {
-            Prediction::Epsilon => PredictionType::Epsilon,
+            Prediction::Epsilon | Prediction::Edm => PredictionType::Epsilon,
             Prediction::Sample => PredictionType::Sample,
             Prediction::VPrediction => PredictionType::VPrediction,
             Prediction::Flow => PredictionType::Flow,
@@ -192,8 +199,11 @@ impl DataSection {
 #[serde(deny_unknown_fields)]
 pub struct TrainSection {
     pub max_steps: u64,
-    /// Stop (with a checkpoint and the output pipeline) after this many minutes of this
-    /// invocation, for comparisons at the same wall-clock budget.
+    /// A wall-clock budget in minutes for the whole run (resumed invocations included): after
+    /// its first steps are timed the run plans how many fit (at most `max_steps`) and ends its
+    /// LR schedule there, so the model is annealed when the time is up. The plan and the time
+    /// spent are kept in each checkpoint; reaching the budget before the plan stops the run
+    /// with a checkpoint and the output pipeline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_minutes: Option<f64>,
     #[serde(default)]
@@ -235,6 +245,11 @@ pub struct TrainSection {
     pub flow_logit_mean: f64,
     #[serde(default = "default_flow_logit_std")]
     pub flow_logit_std: f64,
+    /// EDM: ln σ ~ N(edm_p_mean, edm_p_std²) (the paper's P_mean, P_std).
+    #[serde(default = "default_edm_p_mean")]
+    pub edm_p_mean: f64,
+    #[serde(default = "default_edm_p_std")]
+    pub edm_p_std: f64,
     /// Start from these weights instead of a random init: a pipeline folder (its EMA UNet when
     /// it has `unet_ema/`) or a UNet folder; every tensor must match `[model]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -448,7 +463,7 @@ mod tests {
             (
                 "train",
                 "prediction_type",
-                "epsilon, sample, v_prediction, flow",
+                "epsilon, sample, v_prediction, flow, edm",
             ),
             ("train", "flow_sigma_sampling", "logit_normal, uniform"),
             ("data", "fit", "pad, resize, center_crop"),

@@ -134,8 +134,13 @@ pub(crate) fn preview_scheduler(
     name: Option<&str>,
 ) -> Result<SchedulerConfig> {
     let flow = sched_cfg.class.is_flow();
-    if flow && name.is_none() {
+    if (flow || sched_cfg.class.is_edm()) && name.is_none() {
         return Ok(sched_cfg.clone());
+    }
+    if sched_cfg.class.is_edm() {
+        let name = name.expect("checked");
+        return diffuse_core::compat::resolve_sampler(name, sched_cfg)
+            .map_err(|e| crate::Error::Invalid(e.to_string()));
     }
     let mut map: Map<String, Value> = serde_json::from_value(json!({
         "_class_name": name.unwrap_or("DDIMScheduler"),

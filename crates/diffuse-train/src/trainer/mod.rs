@@ -10,6 +10,7 @@
 //! before clipping, rank 0 alone writes). [`RunFolder`] makes the output folder one run's: locked,
 //! never silently overwritten, its logs cut back to the step a resumed run continues from.
 
+mod budget;
 mod checkpoint;
 mod config;
 mod data;

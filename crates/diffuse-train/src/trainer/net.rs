@@ -110,14 +110,37 @@ pub(super) fn unet_task(
     let unet_cfg = NetworkConfig::from_json_str(&Value::Object(model_map).to_string())
         .map_err(|e| Error::Invalid(format!("[model] ({kind}): {e}")))?;
     let mut sched_map = config.scheduler.clone();
+    let edm = t.prediction_type == Prediction::Edm;
+    let default_class = if edm {
+        "EDMEulerScheduler"
+    } else {
+        "DDPMScheduler"
+    };
     sched_map
         .entry("_class_name")
-        .or_insert("DDPMScheduler".into());
+        .or_insert(default_class.into());
     let prediction = t.prediction_type.to_core();
     if prediction != PredictionType::Flow {
         sched_map.insert("prediction_type".into(), prediction.name().into());
     }
-    let flow_class = SchedulerConfig::from_json_map(&sched_map).is_ok_and(|c| c.class.is_flow());
+    let parsed_class = SchedulerConfig::from_json_map(&sched_map).map(|c| c.class);
+    let flow_class = parsed_class.as_ref().is_ok_and(|c| c.is_flow());
+    let edm_class = parsed_class.as_ref().is_ok_and(|c| c.is_edm());
+    if edm != edm_class {
+        return Err(Error::Invalid(if edm {
+            "train.prediction_type = \"edm\" needs an EDM scheduler: leave [scheduler] _class_name out or set it to EDMEulerScheduler or EDMDPMSolverMultistepScheduler".to_string()
+        } else {
+            format!(
+                "[scheduler] is an EDM scheduler but train.prediction_type is {:?}; set prediction_type = \"edm\"",
+                config_name(&t.prediction_type)
+            )
+        }));
+    }
+    if edm && t.snr_gamma.is_some() {
+        return Err(Error::Invalid(
+            "train.snr_gamma: EDM weighs its loss by λ(σ) already; remove snr_gamma".into(),
+        ));
+    }
     if prediction == PredictionType::Flow && !flow_class {
         sched_map.insert(
             "_class_name".into(),
@@ -130,7 +153,7 @@ pub(super) fn unet_task(
         )));
     }
     let sched_cfg = SchedulerConfig::from_json_map(&sched_map)?;
-    let schedule = if prediction == PredictionType::Flow {
+    let schedule = if prediction == PredictionType::Flow || edm {
         NoiseSchedule::from_config(&SchedulerConfig::default_for(
             diffuse_core::config::SchedulerClass::Ddpm,
         ))?
@@ -152,7 +175,18 @@ pub(super) fn unet_task(
         // SD3 trains and samples with the same shift (FlowMatchEulerDiscreteScheduler's).
         flow_shift: sched_cfg.shift,
         flow_num_train_timesteps: sched_cfg.num_train_timesteps,
+        edm: edm.then(|| crate::objective::EdmTraining {
+            precond: diffuse_core::edm::Precond::new(sched_cfg.sigma_data),
+            p_mean: t.edm_p_mean,
+            p_std: t.edm_p_std,
+        }),
     };
+    if edm && !(t.edm_p_std > 0.0 && t.edm_p_std.is_finite() && t.edm_p_mean.is_finite()) {
+        return Err(Error::Invalid(format!(
+            "train.edm_p_std must be > 0 and edm_p_mean finite, got {} and {}",
+            t.edm_p_mean, t.edm_p_std
+        )));
+    }
     if let Some((v, _)) = &vae {
         diffuse_models::pipeline::check_latent_channels(&unet_cfg, v.config())?;
     }
@@ -162,10 +196,11 @@ pub(super) fn unet_task(
         )?),
         None => None,
     };
-    // Grids sample flow models with the pipeline's own scheduler (others with DDIM), so
-    // their step count is a default for the pipeline only then.
+    // Grids sample flow and EDM models with the pipeline's own scheduler (others with DDIM),
+    // so their step count is a default for the pipeline only then.
+    let own_sampler = sched_cfg.class.is_flow() || sched_cfg.class.is_edm();
     let sampling = diffuse_models::weights::SamplingDefaults {
-        num_inference_steps: sched_cfg.class.is_flow().then_some(t.sample_steps),
+        num_inference_steps: own_sampler.then_some(t.sample_steps),
         guidance_scale: classes.map(|_| t.sample_guidance),
         guidance_interval: classes.and(t.sample_guidance_interval),
     };

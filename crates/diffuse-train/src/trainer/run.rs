@@ -49,7 +49,7 @@ pub fn train_with(
     comm: &dyn Collective,
 ) -> Result<TrainOutcome> {
     let mut session = Session::setup(config, output, resume, device, comm)?;
-    while session.step < config.train.max_steps {
+    while session.step < session.max_steps {
         if session.advance(stop, on_step)?.is_break() {
             break;
         }
@@ -79,6 +79,10 @@ pub(super) struct Session<'a> {
     pub(super) opt: AdamW,
     pub(super) ema: Ema,
     pub(super) lr: LrSchedule,
+    /// The step the run ends at: `train.max_steps`, or the plan of a time budget.
+    pub(super) max_steps: u64,
+    /// `train.max_minutes`: the budget this run spends and plans its schedule over.
+    pub(super) budget: Option<super::budget::Budget>,
     /// Mixed precision: the weights that are not trained, entering the low-precision copy as
     /// they are.
     pub(super) fixed: HashMap<String, Tensor>,

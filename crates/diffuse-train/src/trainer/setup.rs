@@ -141,7 +141,7 @@ impl<'a> Session<'a> {
                 ..ema_defaults
             },
         )?;
-        let lr = LrSchedule::new(t.lr_scheduler, t.lr_warmup_steps, t.max_steps);
+        let mut lr = LrSchedule::new(t.lr_scheduler, t.lr_warmup_steps, t.max_steps);
         // Mixed precision: the weights that are not trained enter the low-precision copy as
         // they are; fp16 scales the loss.
         let fixed: HashMap<String, Tensor> = match amp {
@@ -158,6 +158,7 @@ impl<'a> Session<'a> {
         let mut step = 0u64;
         let mut position = Position::default();
         let mut rng = TrainRng::new(t.seed);
+        let mut budget_state = None;
         if resume {
             // Rank 0 picks the checkpoint; every rank loads that one.
             let newest = if root {
@@ -183,12 +184,22 @@ impl<'a> Session<'a> {
                 step = st.step;
                 position = st.position;
                 rng = TrainRng::from_state(st.rng_seed, st.rng_word_pos);
+                budget_state = st.budget;
                 if let (Some(s), Some((scale, tracker))) = (&mut scaler, st.scaler) {
                     *s = GradScaler::from_state(scale, tracker);
                 }
             }
         }
         let batches = open_batches(config, source, position, rank, world)?;
+        // A time budget's plan (from the checkpoint) ends the schedule early.
+        let budget = t
+            .max_minutes
+            .map(|m| super::budget::Budget::new(m, budget_state));
+        let max_steps = budget
+            .as_ref()
+            .and_then(|b| b.planned())
+            .map_or(t.max_steps, |n| n.min(t.max_steps));
+        lr.total = max_steps;
 
         if root {
             std::fs::create_dir_all(output).map_err(io_err(output))?;
@@ -222,6 +233,8 @@ impl<'a> Session<'a> {
             batches,
             tb,
             started: std::time::Instant::now(),
+            max_steps,
+            budget,
             seen_images: 0,
             smoothed: None,
             nonfinite: 0,

@@ -36,7 +36,7 @@ impl Session<'_> {
         let loss = result.loss;
         let mut report = StepReport {
             step: step + 1,
-            max_steps: t.max_steps,
+            max_steps: self.max_steps,
             loss,
             lr: lr_now,
             grad_norm: result.grad_norm,
@@ -80,21 +80,35 @@ impl Session<'_> {
         self.ema.step(&self.plain)?;
         self.step += 1;
         let step = self.step;
-        // A wall-clock budget ends the run like Ctrl-C: last evaluation, checkpoint, stop.
-        let out_of_time = t
-            .max_minutes
-            .is_some_and(|m| self.started.elapsed().as_secs_f64() >= m * 60.0);
+        // A time budget plans the run's length once its first steps are timed; the LR schedule
+        // then ends there.
+        if let Some(n) = self
+            .budget
+            .as_mut()
+            .and_then(|b| b.after_step(step, t.max_steps))
+        {
+            let n = self.planned_steps(n)?;
+            self.max_steps = n;
+            self.lr.total = n;
+            report.max_steps = n;
+            report.warnings.push(format!(
+                "train.max_minutes: {n} steps fit in the budget; the learning-rate schedule now ends at step {n}"
+            ));
+        }
+        // Reaching the budget before the plan ends the run like Ctrl-C: last evaluation,
+        // checkpoint, stop.
+        let out_of_time = self.budget.as_ref().is_some_and(|b| b.out_of_time());
         self.last_loss = loss;
         self.log_step(&report, lr_now)?;
         // Sample / reconstruction grids (and evaluation values, reported with this step).
         let preview_due = t.sample_every > 0 && step.is_multiple_of(t.sample_every);
         let root = self.comm.rank() == 0;
-        if root && (preview_due || (t.sample_every > 0 && step == t.max_steps)) {
+        if root && (preview_due || (t.sample_every > 0 && step == self.max_steps)) {
             let m = self.preview()?;
             report.metrics.extend(m);
         }
         if let (Some(hook), Net::Unet(u)) = (&self.eval_hook, &self.net) {
-            if hook.due(step, step == t.max_steps || out_of_time) {
+            if hook.due(step, step == self.max_steps || out_of_time) {
                 let (d, device) = (&self.config.data, self.device);
                 let names: Vec<String> = self.vars.iter().map(|(k, _)| k.clone()).collect();
                 let model: Network = diffuse_models::weights::from_tensors(
@@ -123,7 +137,7 @@ impl Session<'_> {
             // One rank's Ctrl-C or time budget stops every rank after this step.
             stopping = agree(self.comm, vec![if stopping { 1.0 } else { 0.0 }])?[0] > 0.0;
         }
-        let last = step == t.max_steps || stopping;
+        let last = step == self.max_steps || stopping;
         let checkpoint_due =
             (t.checkpoint_every > 0 && step.is_multiple_of(t.checkpoint_every)) || last;
         if checkpoint_due && self.sync {
@@ -132,7 +146,7 @@ impl Session<'_> {
         if checkpoint_due && root {
             self.checkpoint()?;
         }
-        if root && t.sample_every > 0 && stopping && !preview_due && step != t.max_steps {
+        if root && t.sample_every > 0 && stopping && !preview_due && step != self.max_steps {
             self.preview()?;
         }
         if step.is_multiple_of(10) || last {
@@ -202,6 +216,15 @@ impl Session<'_> {
 
     /// This step's TensorBoard scalars: loss (raw and smoothed), learning rate, gradient norm,
     /// data wait, throughput and the loss's named parts.
+    /// Data parallel: every rank takes rank 0's plan (their step timings differ).
+    fn planned_steps(&self, n: u64) -> Result<u64> {
+        if !self.sync {
+            return Ok(n);
+        }
+        let mine = if self.comm.rank() == 0 { n as f32 } else { 0.0 };
+        Ok(agree(self.comm, vec![mine])?[0] as u64)
+    }
+
     fn log_step(&mut self, report: &StepReport, lr_now: f64) -> Result<()> {
         let loss = report.loss;
         self.seen_images += report.images;
@@ -255,6 +278,7 @@ impl Session<'_> {
             rng_seed: self.rng.state().0,
             rng_word_pos: self.rng.state().1,
             scaler: self.scaler.as_ref().map(|s| s.state()),
+            budget: self.budget.as_ref().map(|b| b.state()),
         };
         let files = self.net.files();
         let parts = CheckpointParts {
