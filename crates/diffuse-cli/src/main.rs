@@ -12,6 +12,7 @@ mod convert_cmd;
 mod data_cmd;
 mod distill_cmd;
 mod edit_cmd;
+mod ema_cmd;
 mod eval_cmd;
 mod export_cmd;
 mod noise_cmd;
@@ -62,6 +63,8 @@ enum Command {
     Interpolate(edit_cmd::InterpolateArgs),
     /// Which samplers drive which models: the table, or one model's samplers and defaults.
     Samplers(samplers_cmd::Args),
+    /// Post-hoc EMA (EDM2): a finished run's EMA of any width σ_rel, from its snapshots.
+    Ema(ema_cmd::Args),
     /// Re-save a diffusers UNet, DiT or pipeline folder (e.g. as f16), in the diffusers layout.
     Convert(convert_cmd::Args),
     /// Export a model's network to another format: `onnx`.
@@ -107,6 +110,7 @@ fn main() -> ExitCode {
         Command::Invert(args) => edit_cmd::invert(args),
         Command::Interpolate(args) => edit_cmd::interpolate(args),
         Command::Samplers(args) => samplers_cmd::run(args),
+        Command::Ema(args) => ema_cmd::run(args),
         Command::Convert(args) => convert_cmd::run(args),
         Command::Export(cmd) => export_cmd::run(cmd),
         Command::Quantize(args) => quantize_cmd::run(args),

@@ -155,7 +155,8 @@ pub fn run(args: Args) -> Result<()> {
             (outcome, folder)
         }
     };
-    let stopped = outcome.steps < config.train.max_steps;
+    // A time budget's plan may end the run before `train.max_steps`.
+    let stopped = outcome.steps < outcome.max_steps;
     let next = if stopped {
         format!("continue it: diffuse train --resume {}", output.display())
     } else if config.vae.is_some() {
@@ -171,7 +172,7 @@ pub fn run(args: Args) -> Result<()> {
         Some(w) => format!("its weights are at step {w}"),
         None => "no weights written".to_string(),
     };
-    let (steps, max) = (outcome.steps, config.train.max_steps);
+    let (steps, max) = (outcome.steps, outcome.max_steps);
     // No step taken: a resumed run that was already at (or past) max_steps.
     let idle = outcome.last_loss.is_nan();
     let what = match (stopped, idle) {

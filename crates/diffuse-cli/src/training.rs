@@ -78,6 +78,7 @@ pub(crate) fn run_training_with(
         &mut |r| {
             images += r.images;
             let secs = start.elapsed().as_secs_f64().max(1e-9);
+            bar.set_length(r.max_steps);
             bar.set_position(r.step);
             bar.set_message(format!(
                 "loss {:.4} · lr {:.2e} · {:.1} img/s",
@@ -87,6 +88,9 @@ pub(crate) fn run_training_with(
             ));
             for w in &r.warnings {
                 bar.suspend(|| eprintln!("warning: {w}"));
+            }
+            for n in &r.notes {
+                bar.suspend(|| eprintln!("{n}"));
             }
             if r.skipped_nonfinite {
                 bar.println(format!(

@@ -1835,8 +1835,8 @@ fn train_eval_hook_plots_and_sampler_sweep() {
     assert_one_line_error(&o, "unknown feature net \"vgg\"");
 }
 
-/// `train.max_minutes`: the run stops on its wall-clock budget with a checkpoint and a
-/// complete output pipeline, as after Ctrl-C.
+/// `train.max_minutes`: the run ends within its wall-clock budget (at its planned step, or
+/// stopped by the budget as after Ctrl-C) with a checkpoint and a complete output pipeline.
 #[test]
 fn train_stops_at_its_time_budget() {
     let dir = tempfile::tempdir().unwrap();

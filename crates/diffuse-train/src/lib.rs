@@ -24,6 +24,7 @@ pub mod eval_hook;
 pub mod lr;
 pub mod objective;
 pub mod optim;
+pub mod phema;
 pub mod progressive;
 pub mod quality;
 pub mod reflow;

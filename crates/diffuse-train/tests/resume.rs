@@ -121,7 +121,7 @@ fn a_time_budget_plans_its_schedule_and_resumes_exactly() {
     let stop = AtomicBool::new(false);
     let mut plan_note = None;
     train(&budget, &b, false, &Device::Cpu, &stop, &mut |r| {
-        if let Some(w) = r.warnings.iter().find(|w| w.contains("fit in the budget")) {
+        if let Some(w) = r.notes.iter().find(|w| w.contains("fit in the budget")) {
             plan_note = Some((r.step, r.max_steps, w.clone()));
         }
         if r.step == 24 {
@@ -156,4 +156,58 @@ fn a_time_budget_plans_its_schedule_and_resumes_exactly() {
             "{f} differs"
         );
     }
+}
+
+/// Post-hoc EMA: `train.posthoc_ema` snapshots both profiles at each checkpoint, a stopped and
+/// resumed run writes the same snapshots as an uninterrupted one, a snapshot's own width comes
+/// back as itself, another width is a finite blend, and the result is a pipeline `sample` loads.
+#[test]
+fn posthoc_ema_snapshots_resume_exactly_and_reconstruct() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let cfg = config_with(&["train.posthoc_ema=[0.05, 0.10]"]);
+    let never = AtomicBool::new(false);
+    train(&cfg, &a, false, &Device::Cpu, &never, &mut |_| {}).unwrap();
+    let snaps = diffuse_train::phema::snapshots(&a).unwrap();
+    let found: Vec<(u64, f64)> = snaps.iter().map(|s| (s.0, s.1)).collect();
+    assert_eq!(found, [(3, 0.05), (3, 0.1), (6, 0.05), (6, 0.1)]);
+    let stop = AtomicBool::new(false);
+    train(&cfg, &b, false, &Device::Cpu, &stop, &mut |r| {
+        if r.step == 4 {
+            stop.store(true, Ordering::SeqCst);
+        }
+    })
+    .unwrap();
+    train(&cfg, &b, true, &Device::Cpu, &never, &mut |_| {}).unwrap();
+    for s in &snaps {
+        let name = s.2.file_name().unwrap();
+        assert!(
+            std::fs::read(&s.2).unwrap() == std::fs::read(b.join("phema").join(name)).unwrap(),
+            "{name:?} differs after resume"
+        );
+    }
+    let own = diffuse_train::phema::reconstruct(&a, 0.10, None).unwrap();
+    let c: Vec<f64> = own.coefficients.iter().map(|c| c.2).collect();
+    assert!(
+        (c[3] - 1.0).abs() < 1e-6 && c[..3].iter().all(|x| x.abs() < 1e-6),
+        "{c:?}"
+    );
+    let snap = candle_core::safetensors::load(&snaps[3].2, &Device::Cpu).unwrap();
+    for (n, t) in &own.tensors {
+        let d = (t - &snap[n]).unwrap().abs().unwrap().max_all().unwrap();
+        assert!(d.to_scalar::<f32>().unwrap() < 1e-5, "{n}");
+    }
+    let mid = diffuse_train::phema::reconstruct(&a, 0.07, None).unwrap();
+    let out = dir.path().join("ema-0.07");
+    diffuse_train::phema::write_pipeline(&a, &mid, &out).unwrap();
+    let pipe = diffuse_models::pipeline::Pipeline::load(
+        &out,
+        &diffuse_models::pipeline::LoadOptions::default(),
+        &Device::Cpu,
+    )
+    .unwrap();
+    assert_eq!(pipe.sample_hw().unwrap(), (16, 16));
+    // A run without snapshots says how to get them.
+    let e = diffuse_train::phema::reconstruct(dir.path(), 0.1, None).unwrap_err();
+    assert!(e.to_string().contains("train.posthoc_ema"), "{e}");
 }

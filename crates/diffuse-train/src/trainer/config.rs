@@ -284,6 +284,11 @@ pub struct TrainSection {
     pub ema_decay: Option<f64>,
     #[serde(default)]
     pub ema_power: Option<f64>,
+    /// Post-hoc EMA (EDM2): keep power-function EMAs of these relative widths σ_rel (EDM2:
+    /// [0.05, 0.10]) and snapshot them into `phema/` at every checkpoint; `diffuse ema`
+    /// reconstructs any width afterwards. Empty: off.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub posthoc_ema: Vec<f64>,
     /// Forward precision, accelerate's names: "no" (f32), "bf16" or "fp16" (with dynamic loss
     /// scaling); weights, gradients, AdamW and EMA stay f32 ([`crate::amp`]).
     #[serde(default)]

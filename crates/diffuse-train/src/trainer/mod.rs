@@ -52,11 +52,15 @@ pub struct StepReport {
     pub metrics: Vec<(String, f64)>,
     /// Things the user should know now (e.g. the disk filling up), said once each.
     pub warnings: Vec<String>,
+    /// Things that changed the run's course (a time budget's plan), said once each.
+    pub notes: Vec<String>,
 }
 
 /// What a training run produced.
 pub struct TrainOutcome {
     pub steps: u64,
+    /// The step the run was to end at: `train.max_steps`, or a time budget's plan.
+    pub max_steps: u64,
     pub last_loss: f32,
     pub checkpoints: Vec<PathBuf>,
 }

@@ -78,6 +78,8 @@ pub(super) struct Session<'a> {
     pub(super) plain: Vec<Var>,
     pub(super) opt: AdamW,
     pub(super) ema: Ema,
+    /// `train.posthoc_ema`: the power-function EMAs snapshotted at each checkpoint.
+    pub(super) phema: Option<crate::phema::PowerEma>,
     pub(super) lr: LrSchedule,
     /// The step the run ends at: `train.max_steps`, or the plan of a time budget.
     pub(super) max_steps: u64,
@@ -120,6 +122,7 @@ impl Session<'_> {
             net,
             ckpt_root,
             step,
+            max_steps,
             last_loss,
             checkpoints,
             ..
@@ -148,6 +151,7 @@ impl Session<'_> {
         comm.barrier()?;
         Ok(TrainOutcome {
             steps: step,
+            max_steps,
             last_loss,
             checkpoints,
         })

@@ -141,6 +141,11 @@ impl<'a> Session<'a> {
                 ..ema_defaults
             },
         )?;
+        let mut phema = if t.posthoc_ema.is_empty() {
+            None
+        } else {
+            Some(crate::phema::PowerEma::new(&plain, &t.posthoc_ema)?)
+        };
         let mut lr = LrSchedule::new(t.lr_scheduler, t.lr_warmup_steps, t.max_steps);
         // Mixed precision: the weights that are not trained enter the low-precision copy as
         // they are; fp16 scales the loss.
@@ -185,6 +190,17 @@ impl<'a> Session<'a> {
                 position = st.position;
                 rng = TrainRng::from_state(st.rng_seed, st.rng_word_pos);
                 budget_state = st.budget;
+                if let Some(p) = &mut phema {
+                    let path = dir.join(crate::phema::CHECKPOINT_FILE);
+                    let state = candle_core::safetensors::load(&path, device).map_err(|e| {
+                        Error::Invalid(format!(
+                            "{}: {e} (train.posthoc_ema was turned on after this checkpoint; resume without it or start over)",
+                            path.display()
+                        ))
+                    })?;
+                    let names: Vec<String> = vars.iter().map(|(k, _)| k.clone()).collect();
+                    p.load_state(&names, &state, device)?;
+                }
                 if let (Some(s), Some((scale, tracker))) = (&mut scaler, st.scaler) {
                     *s = GradScaler::from_state(scale, tracker);
                 }
@@ -223,6 +239,7 @@ impl<'a> Session<'a> {
             plain,
             opt,
             ema,
+            phema,
             lr,
             fixed,
             scaler,

@@ -45,6 +45,7 @@ impl Session<'_> {
             data_wait_s,
             metrics: result.parts,
             warnings: Vec::new(),
+            notes: Vec::new(),
         };
         if !self.disk_warned && self.comm.rank() == 0 {
             // Early, at the first step: will the run's checkpoints fit?
@@ -80,6 +81,9 @@ impl Session<'_> {
         self.ema.step(&self.plain)?;
         self.step += 1;
         let step = self.step;
+        if let Some(p) = &mut self.phema {
+            p.step(&self.plain, step)?;
+        }
         // A time budget plans the run's length once its first steps are timed; the LR schedule
         // then ends there.
         if let Some(n) = self
@@ -91,7 +95,7 @@ impl Session<'_> {
             self.max_steps = n;
             self.lr.total = n;
             report.max_steps = n;
-            report.warnings.push(format!(
+            report.notes.push(format!(
                 "train.max_minutes: {n} steps fit in the budget; the learning-rate schedule now ends at step {n}"
             ));
         }
@@ -280,7 +284,20 @@ impl Session<'_> {
             scaler: self.scaler.as_ref().map(|s| s.state()),
             budget: self.budget.as_ref().map(|b| b.state()),
         };
-        let files = self.net.files();
+        let mut files = self.net.files();
+        if let Some(p) = &self.phema {
+            // The profiles for resume, and this step's snapshot for `diffuse ema`.
+            let names: Vec<String> = self.vars.iter().map(|(k, _)| k.clone()).collect();
+            files.push((
+                crate::phema::CHECKPOINT_FILE.to_string(),
+                diffuse_models::weights::serialize_tensors(p.state(&names))?,
+            ));
+            p.snapshot(
+                &self.output.join(crate::phema::SNAPSHOT_DIR),
+                self.step,
+                &names,
+            )?;
+        }
         let parts = CheckpointParts {
             component: self.net.component(),
             files: &files,
