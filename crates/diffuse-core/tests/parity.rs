@@ -106,6 +106,60 @@ fn compare(
     Ok(())
 }
 
+/// `set_timesteps(n)` of `cfg` against a recorded case: timesteps, σ and init_noise_sigma to
+/// [`SCHEDULE_RTOL`]; the mismatches, each named by `name`.
+fn check_plan(cfg: &SchedulerConfig, n: usize, case: &Value, name: &str) -> Vec<String> {
+    let s = match Sampler::new(cfg, n) {
+        Ok(s) => s,
+        Err(e) => return vec![format!("{name}: {e}")],
+    };
+    let mut failures = Vec::new();
+    for (what, got, want) in [
+        (
+            "timesteps",
+            s.timesteps().to_vec(),
+            floats(&case["timesteps"]),
+        ),
+        (
+            "sigmas",
+            s.sigmas().unwrap().to_vec(),
+            floats(&case["sigmas"]),
+        ),
+        (
+            "init_noise_sigma",
+            vec![s.init_noise_sigma()],
+            // null where the class has none (FlowMatch Heun).
+            case["init_noise_sigma"].as_f64().into_iter().collect(),
+        ),
+    ] {
+        if what == "init_noise_sigma" && want.is_empty() {
+            continue;
+        }
+        if let Err(e) = compare(what, &got, &want, SCHEDULE_RTOL, 1e-30) {
+            failures.push(format!("{name}: {e}"));
+        }
+    }
+    failures
+}
+
+/// Runs every recorded trajectory of `file` after its schedules were checked (their mismatches
+/// in `failures`); fails on any mismatch and prints the worst errors of both.
+fn check_trajectories(file: &str, cases: &[Value], mut failures: Vec<String>) {
+    let schedule_worst = take_worst();
+    failures.extend(cases.iter().filter_map(|c| run_trajectory(c, None).err()));
+    let trajectory_worst = take_worst();
+    assert!(
+        failures.is_empty(),
+        "{} mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    println!(
+        "{file}: schedules max rel err {schedule_worst:e}, trajectories max err \
+         {trajectory_worst:e} (relative, absolute below magnitude 1)"
+    );
+}
+
 fn config_of(v: &Value) -> SchedulerConfig {
     SchedulerConfig::from_json_map(v.as_object().expect("config object"))
         .unwrap_or_else(|e| panic!("config {v}: {e}"))
@@ -413,22 +467,7 @@ fn flow_heun_matches_diffusers() {
         );
         let s = Sampler::new(&cfg, n).unwrap();
         assert_eq!(s.len(), 2 * n - 1, "{name}: model calls");
-        for (what, got, want) in [
-            (
-                "timesteps",
-                s.timesteps().to_vec(),
-                floats(&case["timesteps"]),
-            ),
-            (
-                "sigmas",
-                s.sigmas().unwrap().to_vec(),
-                floats(&case["sigmas"]),
-            ),
-        ] {
-            if let Err(e) = compare(what, &got, &want, SCHEDULE_RTOL, 1e-30) {
-                failures.push(format!("{name}: {e}"));
-            }
-        }
+        failures.extend(check_plan(&cfg, n, case, &name));
     }
     let cases = f["cases"].as_array().unwrap();
     assert!(cases.len() >= 5);
@@ -476,51 +515,12 @@ fn flow_solvers_match_diffusers() {
             cfg.num_train_timesteps,
             cfg.final_sigmas_type
         );
-        let s = match Sampler::new(&cfg, n) {
-            Ok(s) => s,
-            Err(e) => {
-                failures.push(format!("{name}: {e}"));
-                continue;
-            }
-        };
-        for (what, got, want) in [
-            (
-                "timesteps",
-                s.timesteps().to_vec(),
-                floats(&case["timesteps"]),
-            ),
-            (
-                "sigmas",
-                s.sigmas().unwrap().to_vec(),
-                floats(&case["sigmas"]),
-            ),
-            (
-                "init_noise_sigma",
-                vec![s.init_noise_sigma()],
-                vec![case["init_noise_sigma"].as_f64().unwrap()],
-            ),
-        ] {
-            if let Err(e) = compare(what, &got, &want, SCHEDULE_RTOL, 1e-30) {
-                failures.push(format!("{name}: {e}"));
-            }
-        }
+        failures.extend(check_plan(&cfg, n, case, &name));
     }
     assert_eq!(classes.len(), 2, "{classes:?}");
-    let schedule_worst = take_worst();
     let cases = f["cases"].as_array().unwrap();
     assert!(cases.len() >= 24);
-    failures.extend(cases.iter().filter_map(|c| run_trajectory(c, None).err()));
-    let trajectory_worst = take_worst();
-    assert!(
-        failures.is_empty(),
-        "{} mismatches:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
-    println!(
-        "flow_solvers.json: schedules max rel err {schedule_worst:e}, trajectories max err \
-         {trajectory_worst:e} (relative, absolute below magnitude 1)"
-    );
+    check_trajectories("flow_solvers.json", cases, failures);
     // The loops cover both classes, orders 1–3 and the stochastic variant, and a flow case
     // that differs by 1e-4 in one value fails.
     let orders: std::collections::BTreeSet<_> = cases
@@ -586,51 +586,12 @@ fn edm_schedulers_match_diffusers() {
             cfg.sigma_data,
             cfg.final_sigmas_type
         );
-        let s = match Sampler::new(&cfg, n) {
-            Ok(s) => s,
-            Err(e) => {
-                failures.push(format!("{name}: {e}"));
-                continue;
-            }
-        };
-        for (what, got, want) in [
-            (
-                "timesteps",
-                s.timesteps().to_vec(),
-                floats(&case["timesteps"]),
-            ),
-            (
-                "sigmas",
-                s.sigmas().unwrap().to_vec(),
-                floats(&case["sigmas"]),
-            ),
-            (
-                "init_noise_sigma",
-                vec![s.init_noise_sigma()],
-                vec![case["init_noise_sigma"].as_f64().unwrap()],
-            ),
-        ] {
-            if let Err(e) = compare(what, &got, &want, SCHEDULE_RTOL, 1e-30) {
-                failures.push(format!("{name}: {e}"));
-            }
-        }
+        failures.extend(check_plan(&cfg, n, case, &name));
     }
     assert_eq!(classes.len(), 2, "{classes:?}");
-    let schedule_worst = take_worst();
     let cases = f["cases"].as_array().unwrap();
     assert_eq!(cases.len(), 16);
-    failures.extend(cases.iter().filter_map(|c| run_trajectory(c, None).err()));
-    let trajectory_worst = take_worst();
-    assert!(
-        failures.is_empty(),
-        "{} mismatches:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
-    println!(
-        "edm.json: schedules max rel err {schedule_worst:e}, trajectories max err \
-         {trajectory_worst:e} (relative, absolute below magnitude 1)"
-    );
+    check_trajectories("edm.json", cases, failures);
     // Both stochastic cases draw noise every step, and the check can fail.
     for name in ["edm_euler_churn1", "edm_dpm_sde"] {
         let case = cases.iter().find(|c| c["name"] == name).unwrap();

@@ -28,6 +28,25 @@ fn run_io(model_dir: &Path, io: &Path) -> (Tensor, Tensor) {
     (out, io["output"].clone())
 }
 
+/// A 5-step loop of `sampler` from the recorded unit noise ends within `tol` (relative) of
+/// diffusers' `{key}_images`.
+fn loop_matches(
+    sampler: &Sampler,
+    den: &dyn diffuse_core::denoiser::Denoiser,
+    s: &HashMap<String, Tensor>,
+    key: &str,
+    tol: f32,
+) {
+    let mut noise = ReplayNoise::default();
+    let out = sample(sampler, den, &s["noise"], &mut noise, &mut |_| {
+        std::ops::ControlFlow::Continue(())
+    })
+    .unwrap();
+    let e = rel_err(&out, &s[&format!("{key}_images")]);
+    eprintln!("{key} 5 steps: max relative error {e:e}");
+    assert!(e <= tol, "{key}: relative error {e:e}");
+}
+
 #[test]
 fn unet_outputs_match_diffusers() {
     let names = [
@@ -83,14 +102,7 @@ fn five_step_ddim_and_dpmpp_match_a_diffusers_loop() {
                 .map(|&t| t as f64)
                 .collect::<Vec<_>>()
         );
-        let mut noise = ReplayNoise::default();
-        let out = sample(&sampler, &den, &s["noise"], &mut noise, &mut |_| {
-            std::ops::ControlFlow::Continue(())
-        })
-        .unwrap();
-        let e = rel_err(&out, &s[&format!("{key}_images")]);
-        eprintln!("{key} 5 steps: max relative error {e:e}");
-        assert!(e <= 1e-3, "{key}: relative error {e:e}");
+        loop_matches(&sampler, &den, &s, key, 1e-3);
     }
 }
 
@@ -126,14 +138,7 @@ fn five_step_edm_loops_match_diffusers() {
                 "{key}: {a} vs {b}"
             );
         }
-        let mut noise = ReplayNoise::default();
-        let out = sample(&sampler, &den, &s["noise"], &mut noise, &mut |_| {
-            std::ops::ControlFlow::Continue(())
-        })
-        .unwrap();
-        let e = rel_err(&out, &s[&format!("{key}_images")]);
-        eprintln!("{key} 5 steps: max relative error {e:e}");
-        assert!(e <= 1e-4, "{key}: relative error {e:e}");
+        loop_matches(&sampler, &den, &s, key, 1e-4);
     }
 }
 

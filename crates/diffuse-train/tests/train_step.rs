@@ -142,6 +142,44 @@ fn epsilon_and_flow_losses_fall_and_runs_repeat() {
     }
 }
 
+/// One loss of the tiny UNet on the MNIST batch with given noise z, from `TrainRng::new(7)`.
+struct Paired {
+    x0: Tensor,
+    labels: Vec<u32>,
+    model: Network,
+    z: Tensor,
+    parts: diffuse_train::objective::LossParts,
+    rng: TrainRng,
+}
+
+fn paired_noise_loss(cfg: &ObjectiveConfig) -> Paired {
+    let (x0, labels) = batch();
+    let (model, _) = build_unet(&tiny_config(), &Device::Cpu).unwrap();
+    let model = Network::from(model);
+    let schedule =
+        NoiseSchedule::from_config(&SchedulerConfig::default_for(SchedulerClass::Ddpm)).unwrap();
+    let z = Tensor::randn(0f32, 1.0, x0.shape(), &Device::Cpu).unwrap();
+    let mut rng = TrainRng::new(7);
+    let parts = diffusion_loss_with_noise(
+        &model,
+        &schedule,
+        &x0,
+        Some(&z),
+        Some(&labels),
+        cfg,
+        &mut rng,
+    )
+    .unwrap();
+    Paired {
+        x0,
+        labels,
+        model,
+        z,
+        parts,
+        rng,
+    }
+}
+
 const EDM: EdmTraining = EdmTraining {
     precond: diffuse_core::edm::Precond {
         sigma_data: 0.5,
@@ -156,28 +194,19 @@ const EDM: EdmTraining = EdmTraining {
 /// samples of λ(σ)·mean‖D − x₀‖² with λ = (σ² + σ_d²)/(σ σ_d)².
 #[test]
 fn edm_loss_is_the_lambda_weighted_denoiser_loss() {
-    let (x0, labels) = batch();
-    let (model, _) = build_unet(&tiny_config(), &Device::Cpu).unwrap();
-    let model = Network::from(model);
-    let schedule =
-        NoiseSchedule::from_config(&SchedulerConfig::default_for(SchedulerClass::Ddpm)).unwrap();
-    let z = Tensor::randn(0f32, 1.0, x0.shape(), &Device::Cpu).unwrap();
     let cfg = ObjectiveConfig {
         edm: Some(EDM),
         cond_dropout: 0.0,
         ..Default::default()
     };
-    let mut rng = TrainRng::new(7);
-    let parts = diffusion_loss_with_noise(
-        &model,
-        &schedule,
-        &x0,
-        Some(&z),
-        Some(&labels),
-        &cfg,
-        &mut rng,
-    )
-    .unwrap();
+    let Paired {
+        x0,
+        labels,
+        model,
+        z,
+        parts,
+        ..
+    } = paired_noise_loss(&cfg);
     let mut r = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(7);
     let sigmas: Vec<f64> = (0..8)
         .map(|_| {
@@ -256,12 +285,6 @@ fn rng_state_resumes_the_stream() {
 /// σ drawn (and shifted) as configured; the stream is not used for noise.
 #[test]
 fn paired_noise_flow_loss_is_the_reflow_objective() {
-    let (x0, labels) = batch();
-    let (model, _) = build_unet(&tiny_config(), &Device::Cpu).unwrap();
-    let model = Network::from(model);
-    let schedule =
-        NoiseSchedule::from_config(&SchedulerConfig::default_for(SchedulerClass::Ddpm)).unwrap();
-    let z = Tensor::randn(0f32, 1.0, x0.shape(), &Device::Cpu).unwrap();
     let cfg = ObjectiveConfig {
         prediction: PredictionType::Flow,
         sigma_sampling: SigmaSampling::Uniform,
@@ -269,17 +292,14 @@ fn paired_noise_flow_loss_is_the_reflow_objective() {
         flow_num_train_timesteps: 1000,
         ..Default::default()
     };
-    let mut rng = TrainRng::new(7);
-    let parts = diffusion_loss_with_noise(
-        &model,
-        &schedule,
-        &x0,
-        Some(&z),
-        Some(&labels),
-        &cfg,
-        &mut rng,
-    )
-    .unwrap();
+    let Paired {
+        x0,
+        labels,
+        model,
+        z,
+        parts,
+        mut rng,
+    } = paired_noise_loss(&cfg);
     // By hand, from the same stream: only the σ draws are consumed.
     let mut r = TrainRng::new(7);
     let sigmas = draw_flow_sigmas(SigmaSampling::Uniform, 3.0, 8, &mut r);
@@ -303,6 +323,8 @@ fn paired_noise_flow_loss_is_the_reflow_objective() {
     assert!((got - want).abs() <= 1e-5 * want.abs(), "{got} vs {want}");
     // A noise tensor of the wrong shape is refused.
     let bad = z.narrow(0, 0, 4).unwrap();
+    let schedule =
+        NoiseSchedule::from_config(&SchedulerConfig::default_for(SchedulerClass::Ddpm)).unwrap();
     let e = diffusion_loss_with_noise(&model, &schedule, &x0, Some(&bad), None, &cfg, &mut rng)
         .err()
         .unwrap();

@@ -4,7 +4,7 @@
 //! steps are DPM-Solver++'s with α = 1, in `dpmpp_2m.rs`). Both precondition the network as
 //! [`crate::edm::Precond`] says: input c_in·x, time c_noise(σ), x₀ = c_skip x + c_out F.
 
-use super::parts::{add_noise, churn_gamma};
+use super::parts::churned;
 use super::{lin, Extra, Plan, StepIn, StepOutput};
 use crate::config::{FinalSigmas, PredictionType, SchedulerClass, SchedulerConfig, SigmaSchedule};
 use crate::edm::Precond;
@@ -29,44 +29,34 @@ fn range(config: &SchedulerConfig) -> (f64, f64) {
     )
 }
 
-/// `torch.linspace(start, end, n)` (float64) as the pinned torch computes it on the CPU: the
-/// first half `start + i·step`, the second `end − (n−1−i)·step`, each with one rounding (its
-/// kernel is compiled with FMA contraction). Checked against torch 2.15 on four ranges (float32:
-/// n = 2..69, 100, 1000; float64: n = 1..119, 1000, 1001); the unfused products of `schedule::linspace_f32` differ from it by an
-/// ulp here and there (float32 n = 10: 0.6666666 for torch's 0.6666667 at i = 6), which moved
-/// EDMDPMSolverMultistep's Karras σ and c_noise by more than 1e-6 relative.
-fn torch_linspace_f64(start: f64, end: f64, n: usize) -> Vec<f64> {
-    if n == 1 {
-        return vec![start];
-    }
-    let step = (end - start) / (n - 1) as f64;
-    (0..n)
-        .map(|i| {
-            if i < n / 2 {
-                step.mul_add(i as f64, start)
-            } else {
-                (-step).mul_add((n - 1 - i) as f64, end)
+/// `torch.linspace(start, end, n)` as the pinned torch computes it on the CPU, in float64 and
+/// float32: the first half `start + i·step`, the second `end − (n−1−i)·step`, each with one
+/// rounding (its kernel is compiled with FMA contraction). Checked against torch 2.15 on four
+/// ranges (float32: n = 2..69, 100, 1000; float64: n = 1..119, 1000, 1001); the unfused
+/// products of `schedule::linspace_f32` differ from it by an ulp here and there (float32
+/// n = 10: 0.6666666 for torch's 0.6666667 at i = 6), which moved EDMDPMSolverMultistep's
+/// Karras σ and c_noise by more than 1e-6 relative.
+macro_rules! torch_linspace {
+    ($name:ident, $t:ty) => {
+        fn $name(start: $t, end: $t, n: usize) -> Vec<$t> {
+            if n == 1 {
+                return vec![start];
             }
-        })
-        .collect()
+            let step = (end - start) / (n - 1) as $t;
+            (0..n)
+                .map(|i| {
+                    if i < n / 2 {
+                        step.mul_add(i as $t, start)
+                    } else {
+                        (-step).mul_add((n - 1 - i) as $t, end)
+                    }
+                })
+                .collect()
+        }
+    };
 }
-
-/// [`torch_linspace_f64`] in float32 (`torch.linspace`'s default dtype).
-fn torch_linspace_f32(start: f32, end: f32, n: usize) -> Vec<f32> {
-    if n == 1 {
-        return vec![start];
-    }
-    let step = (end - start) / (n - 1) as f32;
-    (0..n)
-        .map(|i| {
-            if i < n / 2 {
-                step.mul_add(i as f32, start)
-            } else {
-                (-step).mul_add((n - 1 - i) as f32, end)
-            }
-        })
-        .collect()
-}
+torch_linspace!(torch_linspace_f64, f64);
+torch_linspace!(torch_linspace_f32, f32);
 
 /// `n` σ from σ_max down to σ_min. The Euler class ramps in float64 and rounds to float32; the
 /// DPM class computes the Karras ramp in float32 (its `torch.linspace` default dtype); the
@@ -140,15 +130,7 @@ pub(super) fn denoised(
 pub(super) fn euler_step(x: StepIn, noise: &mut dyn NoiseSource) -> Result<StepOutput> {
     let StepIn(s, i, model_output, sample) = x;
     let sigmas = s.planned_sigmas();
-    let sigma = sigmas[i];
-    let o = &s.options;
-    let gamma = churn_gamma(o, sigma, sigmas.len());
-    let sigma_hat = f32r(sigma * (gamma + 1.0));
-    let mut x = sample.clone();
-    if gamma > 0.0 {
-        let extra = (sigma_hat * sigma_hat - sigma * sigma).sqrt() * o.s_noise;
-        x = add_noise(x, extra, sample, noise)?;
-    }
+    let (x, sigma_hat) = churned(s, i, sample, noise)?;
     let x0 = denoised(&s.config, &x, model_output, sigma_hat)?;
     let derivative = ((&x - &x0)? / sigma_hat)?;
     let dt = sigmas[i + 1] - sigma_hat;

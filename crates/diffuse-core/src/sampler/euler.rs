@@ -1,7 +1,7 @@
 //! Euler method in σ space (Karras et al. 2022, Alg. 2 with optional churn),
 //! diffusers `scheduling_euler_discrete.py`. Also holds the σ planning the Euler family shares.
 
-use super::parts::{add_noise, churn_gamma};
+use super::parts::churned;
 use super::{k_x0, Plan, StepIn, StepOutput};
 use crate::config::{FinalSigmas, SchedulerConfig, TimestepSpacing};
 use crate::error::Result;
@@ -76,14 +76,7 @@ pub(super) fn step(x: StepIn, noise: &mut dyn NoiseSource) -> Result<StepOutput>
     let StepIn(s, i, model_output, sample) = x;
     let sigmas = s.planned_sigmas();
     let sigma = sigmas[i];
-    let o = &s.options;
-    let gamma = churn_gamma(o, sigma, sigmas.len());
-    let sigma_hat = sigma * (gamma + 1.0);
-    let mut x = sample.clone();
-    if gamma > 0.0 {
-        let extra = (sigma_hat * sigma_hat - sigma * sigma).sqrt() * o.s_noise;
-        x = add_noise(x, extra, sample, noise)?;
-    }
+    let (x, sigma_hat) = churned(s, i, sample, noise)?;
     let x0 = match s.config.prediction_type {
         // diffusers uses σ̂ for ε and σ for v.
         crate::config::PredictionType::Epsilon => {

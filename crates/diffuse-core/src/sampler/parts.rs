@@ -81,6 +81,27 @@ pub(super) fn add_noise(
     Ok((x + (z * std)?)?)
 }
 
+/// Karras et al.'s churn before step `i` of a σ-space Euler step: γ at σ_i, σ̂ = σ_i(1 + γ)
+/// (float32, as diffusers' tensor), and `sample` with fresh noise raising its level to σ̂.
+pub(super) fn churned(
+    s: &Sampler,
+    i: usize,
+    sample: &Tensor,
+    noise: &mut dyn NoiseSource,
+) -> Result<(Tensor, f64)> {
+    let sigmas = s.planned_sigmas();
+    let sigma = sigmas[i];
+    let o = &s.options;
+    let gamma = churn_gamma(o, sigma, sigmas.len());
+    let sigma_hat = crate::schedule::f32r(sigma * (gamma + 1.0));
+    let mut x = sample.clone();
+    if gamma > 0.0 {
+        let extra = (sigma_hat * sigma_hat - sigma * sigma).sqrt() * o.s_noise;
+        x = add_noise(x, extra, sample, noise)?;
+    }
+    Ok((x, sigma_hat))
+}
+
 /// Karras et al.'s churn γ at `sigma` (Alg. 2): `s_churn` spread over the `n_sigmas − 1`
 /// steps, capped at √2 − 1, only within [`s_tmin`, `s_tmax`].
 pub(super) fn churn_gamma(o: &SamplerOptions, sigma: f64, n_sigmas: usize) -> f64 {
