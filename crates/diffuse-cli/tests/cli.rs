@@ -1661,14 +1661,15 @@ fn eval_bad_inputs_are_one_line_errors() {
 
 /// `[eval]` during training: classifier metrics of EMA samples at the chosen steps, in the
 /// metrics log and TensorBoard; `eval plot` draws them; `eval sweep` measures a sampler table
-/// (resumable) with plots; bad settings are one-line errors.
+/// (resumable) with plots, and post-hoc EMA widths; bad settings are one-line errors.
 #[test]
 fn train_eval_hook_plots_and_sampler_sweep() {
     let dir = tempfile::tempdir().unwrap();
     let tiny = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/tiny.toml");
-    let base = std::fs::read_to_string(&tiny)
-        .unwrap()
-        .replace("max_steps = 40", "max_steps = 8");
+    let base = std::fs::read_to_string(&tiny).unwrap().replace(
+        "max_steps = 40",
+        "max_steps = 8\nposthoc_ema = [0.05, 0.10]",
+    );
     let cfg = dir.path().join("eval.toml");
     std::fs::write(
         &cfg,
@@ -1763,6 +1764,25 @@ fn train_eval_hook_plots_and_sampler_sweep() {
     assert!(o.status.success(), "{}", stderr(&o));
     let again = std::fs::read_to_string(sweep.join("table.jsonl")).unwrap();
     assert_eq!(again, rows);
+    // Post-hoc EMA widths (snapshots at the last step, 8): one row per width and sampler.
+    let ema_sweep = dir.path().join("ema-sweep");
+    let mut ema_args = args.to_vec();
+    let out = ema_sweep.to_str().unwrap();
+    let at = ema_args.len() - 2;
+    ema_args[at] = out;
+    ema_args[5] = "ddim:2";
+    ema_args.extend(["--ema-widths", "0.05,0.1"]);
+    let o = diffuse(&ema_args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let md = String::from_utf8_lossy(&o.stdout).to_string();
+    for w in ["0.05", "0.1"] {
+        assert!(
+            md.contains(&format!("| ddim · EMA σ_rel {w} | 2 | 2 | 20 |")),
+            "{md}"
+        );
+        assert!(ema_sweep.join(format!("ema-{w}/unet_ema")).is_dir());
+        assert!(ema_sweep.join(format!("grid-ddim-2-ema{w}.png")).exists());
+    }
     // Two sweeps in one plot by network evaluations, each labelled.
     let both = dir.path().join("both");
     let a = format!("teacher={}", sweep.display());

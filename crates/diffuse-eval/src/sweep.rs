@@ -28,6 +28,9 @@ pub struct SweepRow {
     pub guidance_scale: Option<f64>,
     #[serde(default)]
     pub seed: u64,
+    /// Post-hoc EMA: the σ_rel the weights were reconstructed at (`eval sweep --ema-widths`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ema_sigma_rel: Option<f64>,
     /// What the real row measured (e.g. "mnist test (first 1000)").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub what: Option<String>,
@@ -101,6 +104,15 @@ impl SweepRow {
         self.sampler == REAL
     }
 
+    /// The sampler, with the post-hoc EMA width where the row has one
+    /// (`flow_euler · EMA σ_rel 0.05`): a table row's name and a plot's line.
+    pub fn label(&self) -> String {
+        match self.ema_sigma_rel {
+            Some(w) => format!("{} · EMA σ_rel {w}", self.sampler),
+            None => self.sampler.clone(),
+        }
+    }
+
     /// Whether `other` measures the same thing (sampler, steps, samples, guidance, seed): a
     /// rerun skips rows already in the table.
     pub fn same_run(&self, other: &SweepRow) -> bool {
@@ -109,6 +121,7 @@ impl SweepRow {
             && self.num_samples == other.num_samples
             && self.guidance_scale == other.guidance_scale
             && self.seed == other.seed
+            && self.ema_sigma_rel == other.ema_sigma_rel
     }
 
     /// Takes the numbers of an evaluation report.
@@ -132,7 +145,7 @@ impl SweepRow {
 
     /// One progress line: `ddim 10 · fid 12.25 · class_accuracy 0.900`.
     pub fn line(&self) -> String {
-        let mut s = format!("{} {}", self.sampler, self.steps);
+        let mut s = format!("{} {}", self.label(), self.steps);
         for c in &COLUMNS {
             if let Some(v) = (c.get)(self) {
                 s += &format!(" · {} {v:.d$}", c.key, d = c.digits);
@@ -321,7 +334,7 @@ pub fn table_md(rows: &[SweepRow], model: &Path, real: &str, num_real: usize) ->
             ("*real test images*".to_string(), "–".into(), "–".into())
         } else {
             let nfe = r.nfe.map_or("–".into(), |v| v.to_string());
-            (r.sampler.clone(), r.steps.to_string(), nfe)
+            (r.label(), r.steps.to_string(), nfe)
         };
         s += &format!("| {name} | {steps} | {nfe} | {} |", r.num_samples);
         for c in &cols {
@@ -369,9 +382,10 @@ pub fn plot_sweep(rows: &[SweepRow], out: &Path, title: &str, by_nfe: bool) -> R
             };
             lo = lo.min(k as f64);
             hi = hi.max(k as f64);
-            match series.iter_mut().find(|s| s.name == r.sampler) {
+            let name = r.label();
+            match series.iter_mut().find(|s| s.name == name) {
                 Some(s) => s.points.push((k as f64, v)),
-                None => series.push(Series::new(r.sampler.as_str(), vec![(k as f64, v)])),
+                None => series.push(Series::new(name.as_str(), vec![(k as f64, v)])),
             }
         }
         if series.is_empty() {

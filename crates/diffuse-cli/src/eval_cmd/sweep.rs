@@ -1,4 +1,5 @@
-//! `diffuse eval sweep`: one model sampled with several samplers and step counts, each row
+//! `diffuse eval sweep`: one model (or, `--ema-widths`, a run's post-hoc EMA widths) sampled
+//! with several samplers and step counts, each row
 //! measured (classifier/Inception FID, KID, precision/recall, class accuracy, IS, images/s),
 //! written as `table.jsonl` + `table.md`, per-class sample grids and metric-vs-steps plots (the
 //! DDIM paper's table as a picture).
@@ -44,6 +45,11 @@ pub struct SweepArgs {
     batch_size: usize,
     #[arg(long)]
     no_ema: bool,
+    /// Post-hoc EMA widths σ_rel (comma-separated, e.g. 0.05,0.1,0.2): MODEL is a run folder
+    /// trained with `train.posthoc_ema`; each width is reconstructed (as `diffuse ema` does,
+    /// into OUTPUT/ema-σ) and every `--runs` row is measured with it.
+    #[arg(long, value_delimiter = ',')]
+    ema_widths: Vec<f64>,
     /// Output folder (default: MODEL/sweep).
     #[arg(long)]
     output: Option<PathBuf>,
@@ -84,7 +90,18 @@ pub fn run_sweep(a: SweepArgs) -> Result<()> {
     let dev = crate::common::device(&a.features.device)?;
     let out = a.output.clone().unwrap_or_else(|| a.model.join("sweep"));
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
-    let ms = ModelSampler::load(&a.model, a.no_ema, &dev)?;
+    // The weights each block of rows samples with: the model's, or one per post-hoc EMA width.
+    let mut variants: Vec<(Option<f64>, ModelSampler)> = Vec::new();
+    if a.ema_widths.is_empty() {
+        variants.push((None, ModelSampler::load(&a.model, a.no_ema, &dev)?));
+    }
+    for &w in &a.ema_widths {
+        let r = diffuse_train::phema::reconstruct(&a.model, w, None)?;
+        let dir = out.join(format!("ema-{w}"));
+        diffuse_train::phema::write_pipeline(&a.model, &r, &dir)?;
+        variants.push((Some(w), ModelSampler::load(&dir, false, &dev)?));
+    }
+    let ms = &variants[0].1;
     if metrics.contains(&Metric::Cls) && ms.classes.is_none() {
         bail!(
             "--metrics cls: {} is not class-conditional",
@@ -156,12 +173,16 @@ pub fn run_sweep(a: SweepArgs) -> Result<()> {
         row.record(&measure(test.as_ref(), labels.as_deref())?);
         append(row, &mut log)?;
     }
-    for (sampler, steps) in &runs {
+    for ((sampler, steps), (ema, ms)) in variants
+        .iter()
+        .flat_map(|v| runs.iter().map(move |r| (r, v)))
+    {
         let mut row = SweepRow::sampled(sampler, *steps, a.num_samples, a.guidance_scale, a.seed);
+        row.ema_sigma_rel = *ema;
         if log.has(&row) {
             continue; // measured by an earlier (interrupted) sweep
         }
-        b.set_message(format!("{sampler}:{steps}"));
+        b.set_message(row.label());
         let g = ms.generate(
             Some(sampler),
             *steps,
@@ -175,7 +196,11 @@ pub fn run_sweep(a: SweepArgs) -> Result<()> {
             &b,
         )?;
         let grid = class_grid(&g.images, g.labels.as_deref(), 8)?;
-        diffuse_data::image_io::save_png(&grid, &out.join(format!("grid-{sampler}-{steps}.png")))?;
+        let grid_name = match ema {
+            Some(w) => format!("grid-{sampler}-{steps}-ema{w}.png"),
+            None => format!("grid-{sampler}-{steps}.png"),
+        };
+        diffuse_data::image_io::save_png(&grid, &out.join(grid_name))?;
         let report = measure(&g.images, g.labels.as_deref())?;
         let nfe = ms
             .scheduler(Some(sampler))
