@@ -6,7 +6,7 @@
 //! c_skip = σ_d²/(σ² + σ_d²), c_out = σ σ_d/√(σ² + σ_d²), c_in = 1/√(σ² + σ_d²). diffusers
 //! calls this F-prediction `prediction_type = "epsilon"`; its `"v_prediction"` negates c_out.
 //! Training draws ln σ ~ N(P_mean, P_std²) and weighs ‖D − x₀‖² by λ = 1/c_out², which is the
-//! plain MSE of F against [`Precond::target`]. Scalars follow diffusers' float32 tensor math.
+//! plain MSE of F against [`Precond::target_coefficients`]. Scalars follow diffusers' float32 tensor math.
 
 /// The four coefficients for one σ_data (and the sign of c_out).
 #[derive(Debug, Clone, Copy, PartialEq)]
