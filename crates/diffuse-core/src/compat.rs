@@ -415,82 +415,6 @@ pub fn table_markdown() -> String {
     s
 }
 
-/// diffusers 0.42.1 `__init__` keys of each class: what `from_config` can carry over to it
-/// (checked against diffusers by the parity tests).
-#[rustfmt::skip]
-pub fn diffusers_init_keys(class: SchedulerClass) -> &'static [&'static str] {
-    use SchedulerClass as C;
-    match class {
-        C::Ddpm => &[
-            "num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
-            "variance_type", "clip_sample", "prediction_type", "thresholding",
-            "dynamic_thresholding_ratio", "clip_sample_range", "sample_max_value",
-            "timestep_spacing", "steps_offset", "rescale_betas_zero_snr",
-        ],
-        C::Ddim => &[
-            "num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
-            "clip_sample", "set_alpha_to_one", "steps_offset", "prediction_type", "thresholding",
-            "dynamic_thresholding_ratio", "clip_sample_range", "sample_max_value",
-            "timestep_spacing", "rescale_betas_zero_snr",
-        ],
-        C::Pndm => &[
-            "num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
-            "skip_prk_steps", "set_alpha_to_one", "prediction_type", "timestep_spacing",
-            "steps_offset",
-        ],
-        C::Euler => &[
-            "num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
-            "prediction_type", "interpolation_type", "use_karras_sigmas", "use_exponential_sigmas",
-            "use_beta_sigmas", "sigma_min", "sigma_max", "timestep_spacing", "timestep_type",
-            "steps_offset", "rescale_betas_zero_snr", "final_sigmas_type",
-        ],
-        C::EulerAncestral => &[
-            "num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
-            "prediction_type", "timestep_spacing", "steps_offset", "rescale_betas_zero_snr",
-        ],
-        C::Heun => &[
-            "num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
-            "prediction_type", "use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas",
-            "clip_sample", "clip_sample_range", "timestep_spacing", "steps_offset",
-        ],
-        C::DpmSolverMultistep => &[
-            "num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
-            "solver_order", "prediction_type", "thresholding", "dynamic_thresholding_ratio",
-            "sample_max_value", "algorithm_type", "solver_type", "lower_order_final",
-            "euler_at_final", "use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas",
-            "use_lu_lambdas", "use_flow_sigmas", "flow_shift", "final_sigmas_type",
-            "lambda_min_clipped", "variance_type", "timestep_spacing", "steps_offset",
-            "rescale_betas_zero_snr", "use_dynamic_shifting", "time_shift_type",
-        ],
-        C::UniPcMultistep => &[
-            "num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
-            "solver_order", "prediction_type", "thresholding", "dynamic_thresholding_ratio",
-            "sample_max_value", "predict_x0", "solver_type", "lower_order_final",
-            "disable_corrector", "solver_p", "use_karras_sigmas", "use_exponential_sigmas",
-            "use_beta_sigmas", "use_flow_sigmas", "flow_shift", "timestep_spacing", "steps_offset",
-            "final_sigmas_type", "rescale_betas_zero_snr", "use_dynamic_shifting",
-            "time_shift_type", "sigma_min", "sigma_max", "shift_terminal",
-        ],
-        C::FlowMatchEuler => &[
-            "num_train_timesteps", "shift", "use_dynamic_shifting", "base_shift", "max_shift",
-            "base_image_seq_len", "max_image_seq_len", "invert_sigmas", "shift_terminal",
-            "use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "time_shift_type",
-            "stochastic_sampling",
-        ],
-        C::FlowMatchHeun => &["num_train_timesteps", "shift"],
-        C::EdmEuler => &[
-            "sigma_min", "sigma_max", "sigma_data", "sigma_schedule", "num_train_timesteps",
-            "prediction_type", "rho", "final_sigmas_type",
-        ],
-        C::EdmDpmSolverMultistep => &[
-            "sigma_min", "sigma_max", "sigma_data", "sigma_schedule", "num_train_timesteps",
-            "prediction_type", "rho", "solver_order", "thresholding", "dynamic_thresholding_ratio",
-            "sample_max_value", "algorithm_type", "solver_type", "lower_order_final",
-            "euler_at_final", "final_sigmas_type",
-        ],
-    }
-}
-
 /// The scheduler config that runs `sampler` (a name from [`SAMPLERS`] or a diffusers class
 /// name) on the model whose scheduler config is `model`, or why it cannot.
 ///
@@ -555,7 +479,10 @@ fn carried_over(
         Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect(),
         _ => Vec::new(),
     };
-    let (from_keys, to_keys) = (diffusers_init_keys(model.class), diffusers_init_keys(class));
+    let (from_keys, to_keys) = (
+        model.class.diffusers_init_keys(),
+        class.diffusers_init_keys(),
+    );
     let mut map: Map<String, Value> = model
         .given
         .iter()

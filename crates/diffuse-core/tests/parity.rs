@@ -647,11 +647,7 @@ fn saved_flow_solver_configs_and_init_keys_match_diffusers() {
             .iter()
             .map(|v| v.as_str().unwrap())
             .collect();
-        assert_eq!(
-            diffuse_core::compat::diffusers_init_keys(class),
-            want.as_slice(),
-            "{class:?}"
-        );
+        assert_eq!(class.diffusers_init_keys(), want.as_slice(), "{class:?}");
     }
 }
 

@@ -9,8 +9,10 @@
 //! of two power-function profiles are in closed form), which [`reconstruct`] writes as the
 //! EMA weights of a pipeline folder.
 
-use crate::{Error, Result};
+use crate::trainer::{copy_dir, write};
+use crate::{io_err, Error, Result};
 use candle_core::{Device, Tensor, Var};
+use diffuse_models::weights::CONFIG_NAME;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -156,8 +158,7 @@ impl PowerEma {
 
     /// Writes one snapshot file per profile for step `step` into `dir`.
     pub fn snapshot(&self, dir: &Path, step: u64, names: &[String]) -> Result<()> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| Error::Invalid(format!("{}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
         for p in &self.profiles {
             let tensors: Vec<(String, Tensor)> = names
                 .iter()
@@ -166,8 +167,7 @@ impl PowerEma {
                 .collect();
             let bytes = diffuse_models::weights::serialize_tensors(tensors)?;
             let path = dir.join(snapshot_name(step, p.sigma_rel));
-            diffuse_data::fs::write_atomic(&path, &bytes)
-                .map_err(|e| Error::Invalid(e.to_string()))?;
+            write(&path, &bytes)?;
         }
         Ok(())
     }
@@ -283,46 +283,33 @@ pub fn reconstruct(run: &Path, sigma_rel: f64, step: Option<u64>) -> Result<Reco
 pub fn write_pipeline(run: &Path, r: &Reconstruction, out: &Path) -> Result<()> {
     let component = ["unet", "transformer"]
         .into_iter()
-        .find(|c| {
-            run.join(c)
-                .join(diffuse_models::weights::CONFIG_NAME)
-                .exists()
-        })
+        .find(|c| run.join(c).join(CONFIG_NAME).exists())
         .ok_or_else(|| {
             Error::Invalid(format!(
                 "{}: no unet/ or transformer/ folder (is it a finished diffuse train run?)",
                 run.display()
             ))
         })?;
-    let io = |p: &Path| {
-        let p = p.to_path_buf();
-        move |e: std::io::Error| Error::Invalid(format!("{}: {e}", p.display()))
-    };
-    std::fs::create_dir_all(out).map_err(io(out))?;
-    std::fs::copy(run.join("model_index.json"), out.join("model_index.json"))
-        .map_err(io(&run.join("model_index.json")))?;
+    // The parts as the trainer's finish copies them from a checkpoint.
     for dir in ["scheduler", "vae", component] {
-        let src = run.join(dir);
-        if !src.is_dir() {
-            continue;
-        }
-        let dst = out.join(dir);
-        std::fs::create_dir_all(&dst).map_err(io(&dst))?;
-        for f in std::fs::read_dir(&src).map_err(io(&src))?.flatten() {
-            if f.path().is_file() {
-                std::fs::copy(f.path(), dst.join(f.file_name())).map_err(io(&f.path()))?;
-            }
+        if run.join(dir).is_dir() {
+            copy_dir(&run.join(dir), &out.join(dir))?;
         }
     }
+    let index = run.join("model_index.json");
+    write(
+        &out.join("model_index.json"),
+        &std::fs::read(&index).map_err(io_err(&index))?,
+    )?;
     let ema = out.join(format!("{component}_ema"));
-    std::fs::create_dir_all(&ema).map_err(io(&ema))?;
-    let config = run
-        .join(component)
-        .join(diffuse_models::weights::CONFIG_NAME);
-    std::fs::copy(&config, ema.join(diffuse_models::weights::CONFIG_NAME)).map_err(io(&config))?;
+    std::fs::create_dir_all(&ema).map_err(io_err(&ema))?;
+    let config = run.join(component).join(CONFIG_NAME);
+    write(
+        &ema.join(CONFIG_NAME),
+        &std::fs::read(&config).map_err(io_err(&config))?,
+    )?;
     let bytes = diffuse_models::weights::serialize_tensors(r.tensors.clone())?;
-    diffuse_data::fs::write_atomic(&ema.join(diffuse_models::weights::WEIGHTS_NAME), &bytes)
-        .map_err(|e| Error::Invalid(e.to_string()))
+    write(&ema.join(diffuse_models::weights::WEIGHTS_NAME), &bytes)
 }
 
 #[cfg(test)]

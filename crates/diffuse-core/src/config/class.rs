@@ -126,4 +126,81 @@ impl SchedulerClass {
     pub fn has_beta_schedule(self) -> bool {
         !self.is_flow() && !self.is_edm()
     }
+
+    /// diffusers 0.42.1 `__init__` keys of the class: what `from_config` (and so
+    /// `compat::resolve_sampler`) can carry over to it; checked against diffusers by the parity
+    /// tests.
+    #[rustfmt::skip]
+    pub fn diffusers_init_keys(self) -> &'static [&'static str] {
+        use SchedulerClass as C;
+        match self {
+            C::Ddpm => &[
+                "num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
+                "variance_type", "clip_sample", "prediction_type", "thresholding",
+                "dynamic_thresholding_ratio", "clip_sample_range", "sample_max_value",
+                "timestep_spacing", "steps_offset", "rescale_betas_zero_snr",
+            ],
+            C::Ddim => &[
+                "num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
+                "clip_sample", "set_alpha_to_one", "steps_offset", "prediction_type", "thresholding",
+                "dynamic_thresholding_ratio", "clip_sample_range", "sample_max_value",
+                "timestep_spacing", "rescale_betas_zero_snr",
+            ],
+            C::Pndm => &[
+                "num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
+                "skip_prk_steps", "set_alpha_to_one", "prediction_type", "timestep_spacing",
+                "steps_offset",
+            ],
+            C::Euler => &[
+                "num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
+                "prediction_type", "interpolation_type", "use_karras_sigmas", "use_exponential_sigmas",
+                "use_beta_sigmas", "sigma_min", "sigma_max", "timestep_spacing", "timestep_type",
+                "steps_offset", "rescale_betas_zero_snr", "final_sigmas_type",
+            ],
+            C::EulerAncestral => &[
+                "num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
+                "prediction_type", "timestep_spacing", "steps_offset", "rescale_betas_zero_snr",
+            ],
+            C::Heun => &[
+                "num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
+                "prediction_type", "use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas",
+                "clip_sample", "clip_sample_range", "timestep_spacing", "steps_offset",
+            ],
+            C::DpmSolverMultistep => &[
+                "num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
+                "solver_order", "prediction_type", "thresholding", "dynamic_thresholding_ratio",
+                "sample_max_value", "algorithm_type", "solver_type", "lower_order_final",
+                "euler_at_final", "use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas",
+                "use_lu_lambdas", "use_flow_sigmas", "flow_shift", "final_sigmas_type",
+                "lambda_min_clipped", "variance_type", "timestep_spacing", "steps_offset",
+                "rescale_betas_zero_snr", "use_dynamic_shifting", "time_shift_type",
+            ],
+            C::UniPcMultistep => &[
+                "num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
+                "solver_order", "prediction_type", "thresholding", "dynamic_thresholding_ratio",
+                "sample_max_value", "predict_x0", "solver_type", "lower_order_final",
+                "disable_corrector", "solver_p", "use_karras_sigmas", "use_exponential_sigmas",
+                "use_beta_sigmas", "use_flow_sigmas", "flow_shift", "timestep_spacing", "steps_offset",
+                "final_sigmas_type", "rescale_betas_zero_snr", "use_dynamic_shifting",
+                "time_shift_type", "sigma_min", "sigma_max", "shift_terminal",
+            ],
+            C::FlowMatchEuler => &[
+                "num_train_timesteps", "shift", "use_dynamic_shifting", "base_shift", "max_shift",
+                "base_image_seq_len", "max_image_seq_len", "invert_sigmas", "shift_terminal",
+                "use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "time_shift_type",
+                "stochastic_sampling",
+            ],
+            C::FlowMatchHeun => &["num_train_timesteps", "shift"],
+            C::EdmEuler => &[
+                "sigma_min", "sigma_max", "sigma_data", "sigma_schedule", "num_train_timesteps",
+                "prediction_type", "rho", "final_sigmas_type",
+            ],
+            C::EdmDpmSolverMultistep => &[
+                "sigma_min", "sigma_max", "sigma_data", "sigma_schedule", "num_train_timesteps",
+                "prediction_type", "rho", "solver_order", "thresholding", "dynamic_thresholding_ratio",
+                "sample_max_value", "algorithm_type", "solver_type", "lower_order_final",
+                "euler_at_final", "final_sigmas_type",
+            ],
+        }
+    }
 }

@@ -36,7 +36,7 @@ pub(super) struct CheckpointParts<'a> {
     pub state: &'a TrainingState,
 }
 
-pub(super) fn write(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write(path: &Path, bytes: &[u8]) -> Result<()> {
     diffuse_data::fs::write_atomic(path, bytes).map_err(|e| Error::Invalid(e.to_string()))
 }
 
@@ -337,7 +337,8 @@ pub(super) fn init_from(varmap: &candle_nn::VarMap, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-pub(super) fn copy_dir(src: &Path, dst: &Path) -> Result<()> {
+/// Copies the files of `src` into `dst`, each written atomically.
+pub(crate) fn copy_dir(src: &Path, dst: &Path) -> Result<()> {
     std::fs::create_dir_all(dst).map_err(io_err(dst))?;
     for e in std::fs::read_dir(src).map_err(io_err(src))?.flatten() {
         let bytes = std::fs::read(e.path()).map_err(io_err(&e.path()))?;

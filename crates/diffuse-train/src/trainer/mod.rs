@@ -23,6 +23,7 @@ mod step;
 mod train_loop;
 
 pub use checkpoint::newest_checkpoint;
+pub(crate) use checkpoint::{copy_dir, write};
 pub use config::*;
 pub use folder::{RunFolder, Start, RUN_ENTRIES};
 pub(crate) use grids::preview_scheduler;
