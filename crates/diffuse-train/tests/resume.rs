@@ -102,10 +102,10 @@ fn stopped_and_resumed_equals_uninterrupted() {
         .ends_with("step-6"));
 }
 
-/// `train.max_minutes` plans the run's length after timing its first steps and ends the LR
-/// schedule there; the plan is kept in the checkpoint, so a run stopped after planning and
-/// resumed (with more minutes: the plan holds) ends bit-identical to a plain run of the planned
-/// length. Warm-up covers the steps before the plan, so both runs see the same LR throughout.
+/// `train.max_minutes` plans the run's length after timing its first steps, plans it again at
+/// fixed fractions of the plan and ends the LR schedule there. The plan and the re-plans done
+/// are kept in the checkpoint: a run stopped after its last re-plan and resumed with any
+/// budget keeps the plan, and two such resumes end bit-identical.
 #[test]
 fn a_time_budget_plans_its_schedule_and_resumes_exactly() {
     let dir = tempfile::tempdir().unwrap();
@@ -113,40 +113,57 @@ fn a_time_budget_plans_its_schedule_and_resumes_exactly() {
     let base = [
         "data.size=8",
         "train.max_steps=100000",
-        "train.lr_warmup_steps=30",
+        "train.lr_warmup_steps=10",
         "train.checkpoint_every=100000",
         "train.log_every=100000",
     ];
-    let budget = config_with(&[&base[..], &["train.max_minutes=0.25"]].concat());
+    let budget = config_with(&[&base[..], &["train.max_minutes=0.2"]].concat());
     let stop = AtomicBool::new(false);
-    let mut plan_note = None;
+    let mut plans = Vec::new();
+    let mut stopped_at = None;
     train(&budget, &b, false, &Device::Cpu, &stop, &mut |r| {
-        if let Some(w) = r.notes.iter().find(|w| w.contains("fit in the budget")) {
-            plan_note = Some((r.step, r.max_steps, w.clone()));
+        if r.notes.iter().any(|w| w.contains("fit in the budget")) {
+            plans.push((r.step, r.max_steps));
         }
-        if r.step == 24 {
+        // Past the last re-plan (90 %, or up to 20 steps later): stop, as Ctrl-C does.
+        let last_plan = plans.last().map_or(u64::MAX, |p| p.0);
+        if stopped_at.is_none()
+            && r.step as f64 >= 0.95 * r.max_steps as f64
+            && r.step >= last_plan.saturating_add(25)
+        {
             stop.store(true, Ordering::SeqCst);
+            stopped_at = Some(r.step);
         }
     })
     .unwrap();
-    let (at, planned, note) = plan_note.expect("the run planned its length");
-    assert_eq!(at, 22, "{note}");
-    assert!(
-        planned > 24,
-        "a 15 s budget fits more than 24 tiny steps: {note}"
-    );
+    assert_eq!(plans.first().map(|p| p.0), Some(22), "{plans:?}");
+    let at = stopped_at.unwrap_or_else(|| panic!("the budget ran out first: {plans:?}"));
+    let planned = plans.last().unwrap().1;
+    assert!(planned > at, "{plans:?}, stopped at {at}");
     let state: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(b.join("checkpoints/step-24/training_state.json")).unwrap(),
+        &std::fs::read_to_string(b.join(format!("checkpoints/step-{at}/training_state.json")))
+            .unwrap(),
     )
     .unwrap();
     assert_eq!(state["budget"]["planned_steps"].as_u64(), Some(planned));
+    assert_eq!(state["budget"]["replans"].as_u64(), Some(4), "{plans:?}");
     assert!(state["budget"]["elapsed_s"].as_f64().unwrap() > 0.0);
-    let more = config_with(&[&base[..], &["train.max_minutes=10"]].concat());
+    copy_dir(&b, &c);
     let never = AtomicBool::new(false);
-    let resumed = train(&more, &b, true, &Device::Cpu, &never, &mut |_| {}).unwrap();
-    assert_eq!(resumed.steps, planned);
-    let plain = config_with(&[&base[..], &[&format!("train.max_steps={planned}")[..]]].concat());
-    train(&plain, &c, false, &Device::Cpu, &never, &mut |_| {}).unwrap();
+    for (dir, minutes) in [(&b, 10), (&c, 20)] {
+        let more =
+            config_with(&[&base[..], &[&format!("train.max_minutes={minutes}")[..]]].concat());
+        let mut notes = Vec::new();
+        let resumed = train(&more, dir, true, &Device::Cpu, &never, &mut |r| {
+            notes.extend(r.notes.clone())
+        })
+        .unwrap();
+        assert_eq!(resumed.steps, planned, "{notes:?}");
+        assert!(
+            notes.iter().all(|n| !n.contains("fit in the budget")),
+            "{notes:?}"
+        );
+    }
     for f in [
         "unet/diffusion_pytorch_model.safetensors",
         "unet_ema/diffusion_pytorch_model.safetensors",
@@ -155,6 +172,19 @@ fn a_time_budget_plans_its_schedule_and_resumes_exactly() {
             std::fs::read(b.join(f)).unwrap() == std::fs::read(c.join(f)).unwrap(),
             "{f} differs"
         );
+    }
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dst = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dst);
+        } else {
+            std::fs::copy(e.path(), dst).unwrap();
+        }
     }
 }
 

@@ -1,9 +1,12 @@
 //! `train.max_minutes` as a schedule, not a cut: the run times its first steps, turns the
 //! minutes left into a step count and ends its LR schedule there, so "train for 15 minutes"
-//! gives an annealed model. The plan and the minutes used so far go into every checkpoint: a
-//! resumed run keeps the same plan (its steps are then those of an uninterrupted run, bit for
-//! bit) and spends only the minutes that are left. The budget still stops a run that reaches
-//! it before its plan (a busier machine), as Ctrl-C does.
+//! gives an annealed model. The first steps are a poor sample of a run's pace (allocations,
+//! a loader filling up, a neighbour on the machine), so the plan is made again from the pace
+//! since the last plan at fixed fractions of it ([`REPLAN_AT`]); the last re-plan, at 90 %, leaves
+//! little time to miss. The plan, the re-plans done and the minutes used so far go into every
+//! checkpoint: a resumed run keeps them and spends only the minutes that are left (resumed
+//! after the last re-plan, its steps are those of an uninterrupted run, bit for bit). The
+//! budget still stops a run that reaches it before its plan, as Ctrl-C does.
 
 use std::time::Instant;
 
@@ -14,6 +17,8 @@ const TIMED: u64 = 20;
 /// The share of the minutes left that the plan fills; the rest covers checkpoints, grids and
 /// evaluations, which the timed steps need not include.
 const SAFETY: f64 = 0.95;
+/// Fractions of the plan at which it is made again from the pace since the last plan.
+pub(super) const REPLAN_AT: [f64; 4] = [0.25, 0.5, 0.75, 0.9];
 
 /// What a checkpoint records of the budget.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -22,6 +27,8 @@ pub(super) struct BudgetState {
     pub(super) elapsed_s: f64,
     /// The step the schedule ends at, once planned.
     pub(super) planned_steps: Option<u64>,
+    /// How many of [`REPLAN_AT`] are behind the run.
+    pub(super) replans: u32,
 }
 
 /// The wall-clock budget of one invocation of a run.
@@ -30,10 +37,11 @@ pub(super) struct Budget {
     budget_s: f64,
     before_s: f64,
     started: Instant,
-    /// This invocation's steps so far, and when the timed window began.
+    /// This invocation's steps so far, and when the timed window began (at which of them).
     steps: u64,
-    window: Option<Instant>,
+    window: Option<(Instant, u64)>,
     planned: Option<u64>,
+    replans: u32,
 }
 
 impl Budget {
@@ -46,6 +54,7 @@ impl Budget {
             steps: 0,
             window: None,
             planned: resumed.and_then(|r| r.planned_steps),
+            replans: resumed.map_or(0, |r| r.replans),
         }
     }
 
@@ -57,6 +66,7 @@ impl Budget {
         BudgetState {
             elapsed_s: self.elapsed_s(),
             planned_steps: self.planned,
+            replans: self.replans,
         }
     }
 
@@ -68,22 +78,46 @@ impl Budget {
         self.elapsed_s() >= self.budget_s
     }
 
-    /// Called after optimizer step `step` (1-based) of a run capped at `max_steps`: the step
-    /// count planned at this step, if the plan is made now.
+    /// Called after optimizer step `step` (1-based) of a run capped at `max_steps`: the new
+    /// planned step count when the plan is made or changed now.
     pub(super) fn after_step(&mut self, step: u64, max_steps: u64) -> Option<u64> {
-        if self.planned.is_some() {
-            return None;
-        }
         self.steps += 1;
         if self.steps == SKIP {
-            self.window = Some(Instant::now());
+            self.window = Some((Instant::now(), SKIP));
         }
-        let start = self.window.filter(|_| self.steps == SKIP + TIMED)?;
-        let per_step = start.elapsed().as_secs_f64() / TIMED as f64;
+        // The pace since the last plan (or since this invocation's first steps), once enough
+        // steps are timed: it follows a machine that slows down or speeds up.
+        let (since, timed) = self.window?;
+        let timed = self.steps - timed;
+        if timed < TIMED {
+            return None;
+        }
+        let per_step = since.elapsed().as_secs_f64() / timed as f64;
+        let due = match self.planned {
+            None => true,
+            Some(p) => {
+                let passed = REPLAN_AT[self.replans as usize..]
+                    .iter()
+                    .take_while(|&&f| step as f64 >= f * p as f64)
+                    .count() as u32;
+                self.replans += passed;
+                passed > 0
+            }
+        };
+        if !due {
+            return None;
+        }
         let left = (self.budget_s - self.elapsed_s()).max(0.0);
         let n = plan_steps(step, per_step, left, max_steps);
+        let changed = self.planned != Some(n);
         self.planned = Some(n);
-        Some(n)
+        self.window = Some((Instant::now(), self.steps));
+        // A new plan may already be past the next fractions: they are spent with it.
+        self.replans += REPLAN_AT[self.replans as usize..]
+            .iter()
+            .take_while(|&&f| step as f64 >= f * n as f64)
+            .count() as u32;
+        changed.then_some(n)
     }
 }
 
@@ -121,6 +155,7 @@ mod tests {
             Some(BudgetState {
                 elapsed_s: 59.0,
                 planned_steps: Some(300),
+                replans: 1,
             }),
         );
         assert_eq!(b.planned(), Some(300));
@@ -130,6 +165,7 @@ mod tests {
             Some(BudgetState {
                 elapsed_s: 60.0,
                 planned_steps: None,
+                replans: 0,
             }),
         );
         assert!(spent.out_of_time());
@@ -139,5 +175,35 @@ mod tests {
         assert!(plans[..21].iter().all(Option::is_none));
         assert!(plans[21].is_some_and(|n| n > 22), "{plans:?}");
         assert!(plans[22..].iter().all(Option::is_none));
+    }
+
+    /// A run that slows down after its first plan: the re-plans pull the plan in, so it ends
+    /// at its plan inside the budget instead of being cut with the LR still high.
+    #[test]
+    fn re_plans_follow_a_slower_pace_and_end_inside_the_budget() {
+        let mut b = Budget::new(0.03, None); // 1.8 s
+        let mut plans = Vec::new();
+        let mut step = 0;
+        let mut end = u64::MAX;
+        while step < end && !b.out_of_time() {
+            step += 1;
+            let ms = if step <= 30 { 2 } else { 6 };
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+            if let Some(n) = b.after_step(step, 1_000_000) {
+                plans.push((step, n));
+                end = n;
+            }
+        }
+        let (first_at, first) = plans[0];
+        assert_eq!(first_at, SKIP + TIMED, "{plans:?}");
+        assert!(
+            plans.len() >= 2,
+            "the slower pace changes the plan: {plans:?}"
+        );
+        assert!(end < first, "{plans:?}");
+        assert_eq!(b.state().replans, REPLAN_AT.len() as u32, "{plans:?}");
+        // It ends at its plan, or a step or two short where a busy machine stretched the last
+        // tenth: the LR is annealed either way.
+        assert!(step + 2 >= end, "step {step}: {plans:?}");
     }
 }

@@ -167,7 +167,11 @@ fn write_checkpoint(root: &Path, parts: &CheckpointParts) -> Result<PathBuf> {
         meta["grad_scaler"] = json!({"scale": scale, "growth_tracker": tracker});
     }
     if let Some(b) = st.budget {
-        meta["budget"] = json!({"elapsed_s": b.elapsed_s, "planned_steps": b.planned_steps});
+        meta["budget"] = json!({
+            "elapsed_s": b.elapsed_s,
+            "planned_steps": b.planned_steps,
+            "replans": b.replans,
+        });
     }
     // Written last: its presence marks the checkpoint complete.
     write(
@@ -287,6 +291,7 @@ pub(super) fn load_checkpoint(
             .map(|elapsed_s| super::budget::BudgetState {
                 elapsed_s,
                 planned_steps: meta["budget"]["planned_steps"].as_u64(),
+                replans: meta["budget"]["replans"].as_u64().unwrap_or(0) as u32,
             }),
         scaler: meta["grad_scaler"]["scale"].as_f64().map(|s| {
             (

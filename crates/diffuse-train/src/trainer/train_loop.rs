@@ -84,8 +84,8 @@ impl Session<'_> {
         if let Some(p) = &mut self.phema {
             p.step(&self.plain, step)?;
         }
-        // A time budget plans the run's length once its first steps are timed; the LR schedule
-        // then ends there.
+        // A time budget plans the run's length once its first steps are timed, and again at
+        // fixed fractions of the plan; the LR schedule then ends there.
         if let Some(n) = self
             .budget
             .as_mut()
@@ -96,7 +96,7 @@ impl Session<'_> {
             self.lr.total = n;
             report.max_steps = n;
             report.notes.push(format!(
-                "train.max_minutes: {n} steps fit in the budget; the learning-rate schedule now ends at step {n}"
+                "train.max_minutes: {n} steps fit in the budget (planned at step {step}); the learning-rate schedule now ends at step {n}"
             ));
         }
         // Reaching the budget before the plan ends the run like Ctrl-C: last evaluation,
