@@ -179,11 +179,13 @@ fn generate_from_model(a: &RunArgs, dev: &Device) -> Result<(MemoryImages, Optio
     let ms = ModelSampler::load(model_dir, a.no_ema, dev)?;
     let b = crate::common::bar(a.quiet);
     b.set_message("sampling");
+    // Unset steps and guidance are the pipeline's recorded ones, as for `diffuse sample`.
     let g = ms.generate(
         a.sampler.as_deref(),
-        a.steps,
+        a.steps.unwrap_or_else(|| ms.pipe.default_steps()),
         a.num_samples,
-        a.guidance_scale,
+        a.guidance_scale
+            .unwrap_or_else(|| ms.pipe.default_guidance()),
         a.guidance_interval,
         a.class_label,
         a.seed,

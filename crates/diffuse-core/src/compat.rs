@@ -108,7 +108,7 @@ impl fmt::Display for Objective {
 
 /// The sampler names users type, in table order. A diffusers class name means the same as its
 /// short name (`EulerDiscreteScheduler` is `euler`).
-pub const SAMPLERS: [&str; 12] = [
+pub const SAMPLERS: [&str; 13] = [
     "ddpm",
     "ddim",
     "plms",
@@ -121,6 +121,7 @@ pub const SAMPLERS: [&str; 12] = [
     "flow_heun",
     "edm_euler",
     "edm_dpmpp_2m",
+    "edm_heun",
 ];
 
 /// How one sampler drives one objective.
@@ -279,8 +280,11 @@ pub fn cell(sampler: &str, objective: Objective) -> Option<Cell> {
     let edm = objective == O::Edm;
     let (class, outcome) = match class {
         // EDM: only the EDM classes precondition the network; euler and dpmpp_2m name them.
-        C::EdmEuler | C::EdmDpmSolverMultistep if edm => (Some(class), Outcome::Supported),
+        C::EdmEuler | C::EdmDpmSolverMultistep | C::EdmHeun if edm => {
+            (Some(class), Outcome::Supported)
+        }
         C::Euler if edm => (Some(C::EdmEuler), Outcome::Supported),
+        C::Heun if edm => (Some(C::EdmHeun), Outcome::Supported),
         C::DpmSolverMultistep if edm => (Some(C::EdmDpmSolverMultistep), Outcome::Supported),
         _ if edm => (
             None,
@@ -289,7 +293,7 @@ pub fn cell(sampler: &str, objective: Objective) -> Option<Cell> {
                  samplers feed and read",
             ),
         ),
-        C::EdmEuler | C::EdmDpmSolverMultistep => (
+        C::EdmEuler | C::EdmDpmSolverMultistep | C::EdmHeun => (
             None,
             Outcome::Refused(
                 "it preconditions an EDM network (c_in, c_noise, c_skip, c_out), and this model \
@@ -406,7 +410,8 @@ pub fn table_markdown() -> String {
          `dpmpp_2m`/`unipc` run with `use_flow_sigmas`, `prediction_type = \"flow_prediction\"` \
          and `flow_shift` = the model's `shift`, and `euler`/`heun` are the FlowMatch \
          Euler/Heun samplers; on an EDM model `euler` and `dpmpp_2m` are EDMEulerScheduler and \
-         EDMDPMSolverMultistepScheduler.\n\n¹ diffusers' PNDMScheduler and EulerAncestralDiscreteScheduler refuse \
+         EDMDPMSolverMultistepScheduler, and `heun` is `edm_heun` (EDM's Heun sampler, Karras \
+         et al. 2022 Alg. 1, which diffusers lacks: diffuse's own, on EDMEulerScheduler's σ).\n\n¹ diffusers' PNDMScheduler and EulerAncestralDiscreteScheduler refuse \
          `sample`; diffuse turns the model's x₀ into the ε they take.\n\n",
     );
     for n in notes {
@@ -592,19 +597,20 @@ mod tests {
     }
 
     /// The table, written out: S supported, C converted, R refused (columns ε, x₀, v, flow, EDM).
-    const EXPECTED: [(&str, [char; 5]); 12] = [
+    const EXPECTED: [(&str, [char; 5]); 13] = [
         ("ddpm", ['S', 'S', 'S', 'R', 'R']),
         ("ddim", ['S', 'S', 'S', 'R', 'R']),
         ("plms", ['S', 'C', 'S', 'R', 'R']),
         ("euler", ['S', 'S', 'S', 'S', 'S']),
         ("euler_a", ['S', 'C', 'S', 'R', 'R']),
-        ("heun", ['S', 'S', 'S', 'S', 'R']),
+        ("heun", ['S', 'S', 'S', 'S', 'S']),
         ("dpmpp_2m", ['S', 'S', 'S', 'S', 'S']),
         ("unipc", ['S', 'S', 'S', 'S', 'R']),
         ("flow_euler", ['R', 'R', 'R', 'S', 'R']),
         ("flow_heun", ['R', 'R', 'R', 'S', 'R']),
         ("edm_euler", ['R', 'R', 'R', 'R', 'S']),
         ("edm_dpmpp_2m", ['R', 'R', 'R', 'R', 'S']),
+        ("edm_heun", ['R', 'R', 'R', 'R', 'S']),
     ];
 
     #[test]
@@ -865,7 +871,7 @@ mod tests {
         }
         assert!(md.contains("converted¹") && md.contains("x₀ → ε"));
         assert!(md.contains("yes (DPMSolverMultistepScheduler, flow σ)"));
-        assert!(md.contains("yes (EDMEulerScheduler)"));
-        assert_eq!(md.lines().filter(|l| l.starts_with("| `")).count(), 12);
+        assert!(md.contains("yes (EDMEulerScheduler)") && md.contains("yes (EDMHeunScheduler)"));
+        assert_eq!(md.lines().filter(|l| l.starts_with("| `")).count(), 13);
     }
 }

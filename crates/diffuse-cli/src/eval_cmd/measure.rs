@@ -38,10 +38,12 @@ pub(super) struct RunArgs {
     /// Sampler for --model (ddim, dpmpp_2m, euler, unipc, …; default: the pipeline's).
     #[arg(long)]
     pub(super) sampler: Option<String>,
-    #[arg(long, default_value_t = 20)]
-    pub(super) steps: usize,
-    #[arg(long, default_value_t = 1.0)]
-    pub(super) guidance_scale: f64,
+    /// Sampling steps for --model (default: the pipeline's recorded steps, else 20).
+    #[arg(long)]
+    pub(super) steps: Option<usize>,
+    /// Guidance scale for --model (default: the pipeline's recorded scale, else 1).
+    #[arg(long)]
+    pub(super) guidance_scale: Option<f64>,
     /// Guide only at noise levels σ in LO,HI, or `all` (default: the pipeline's recorded
     /// interval, else all).
     #[arg(long, value_parser = crate::common::parse_guidance_interval)]

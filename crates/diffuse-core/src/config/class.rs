@@ -17,10 +17,13 @@ pub enum SchedulerClass {
     FlowMatchHeun,
     EdmEuler,
     EdmDpmSolverMultistep,
+    /// EDM's Heun sampler (Karras et al. 2022, Alg. 1/2; k-diffusion `sample_heun`): diffuse's
+    /// own, diffusers has no such class ([`SchedulerClass::in_diffusers`]).
+    EdmHeun,
 }
 
 impl SchedulerClass {
-    pub const ALL: [SchedulerClass; 12] = [
+    pub const ALL: [SchedulerClass; 13] = [
         SchedulerClass::Ddpm,
         SchedulerClass::Ddim,
         SchedulerClass::Pndm,
@@ -33,6 +36,7 @@ impl SchedulerClass {
         SchedulerClass::FlowMatchHeun,
         SchedulerClass::EdmEuler,
         SchedulerClass::EdmDpmSolverMultistep,
+        SchedulerClass::EdmHeun,
     ];
 
     /// The diffusers class name.
@@ -50,6 +54,7 @@ impl SchedulerClass {
             SchedulerClass::FlowMatchHeun => "FlowMatchHeunDiscreteScheduler",
             SchedulerClass::EdmEuler => "EDMEulerScheduler",
             SchedulerClass::EdmDpmSolverMultistep => "EDMDPMSolverMultistepScheduler",
+            SchedulerClass::EdmHeun => "EDMHeunScheduler",
         }
     }
 
@@ -68,7 +73,14 @@ impl SchedulerClass {
             SchedulerClass::FlowMatchHeun => "flow_heun",
             SchedulerClass::EdmEuler => "edm_euler",
             SchedulerClass::EdmDpmSolverMultistep => "edm_dpmpp_2m",
+            SchedulerClass::EdmHeun => "edm_heun",
         }
+    }
+
+    /// Whether diffusers has the class (every one but [`SchedulerClass::EdmHeun`]): only those
+    /// may be a pipeline's `scheduler/`.
+    pub fn in_diffusers(self) -> bool {
+        self != SchedulerClass::EdmHeun
     }
 
     /// Parses a diffusers class name or one of our short names.
@@ -101,6 +113,7 @@ impl SchedulerClass {
                 | SchedulerClass::FlowMatchHeun
                 | SchedulerClass::EdmEuler
                 | SchedulerClass::EdmDpmSolverMultistep
+                | SchedulerClass::EdmHeun
         )
     }
 
@@ -118,7 +131,9 @@ impl SchedulerClass {
     pub fn is_edm(self) -> bool {
         matches!(
             self,
-            SchedulerClass::EdmEuler | SchedulerClass::EdmDpmSolverMultistep
+            SchedulerClass::EdmEuler
+                | SchedulerClass::EdmDpmSolverMultistep
+                | SchedulerClass::EdmHeun
         )
     }
 
@@ -191,7 +206,8 @@ impl SchedulerClass {
                 "stochastic_sampling",
             ],
             C::FlowMatchHeun => &["num_train_timesteps", "shift"],
-            C::EdmEuler => &[
+            // EDMHeunScheduler reads EDMEulerScheduler's config.
+            C::EdmEuler | C::EdmHeun => &[
                 "sigma_min", "sigma_max", "sigma_data", "sigma_schedule", "num_train_timesteps",
                 "prediction_type", "rho", "final_sigmas_type",
             ],

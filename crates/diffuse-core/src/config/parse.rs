@@ -104,7 +104,7 @@ impl SchedulerConfig {
             C::Euler | C::Heun | C::Ddpm | C::Ddim => &["epsilon", "sample", "v_prediction"],
             // EDM's "epsilon" is its F-prediction (`precondition_outputs`); diffusers lists
             // "sample" for the DPM class but raises on it.
-            C::EdmEuler | C::EdmDpmSolverMultistep => &["epsilon", "v_prediction"],
+            C::EdmEuler | C::EdmDpmSolverMultistep | C::EdmHeun => &["epsilon", "v_prediction"],
         };
         let prediction_type = if class.is_flow() {
             // The FlowMatch schedulers have no prediction_type key: it is always the velocity.

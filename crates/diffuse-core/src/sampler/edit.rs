@@ -39,7 +39,7 @@ impl Sampler {
         match self.config.class {
             C::Ddpm | C::EulerAncestral => false,
             C::Ddim => self.options.eta == 0.0,
-            C::Euler | C::Heun | C::EdmEuler => self.options.s_churn == 0.0,
+            C::Euler | C::Heun | C::EdmEuler | C::EdmHeun => self.options.s_churn == 0.0,
             C::DpmSolverMultistep | C::EdmDpmSolverMultistep => {
                 self.config.algorithm_type != crate::config::DpmAlgorithm::SdeDpmSolverPP
             }
@@ -51,7 +51,7 @@ impl Sampler {
     /// Model calls per step (diffusers' `scheduler.order`): 2 for the Heun classes.
     fn order(&self) -> usize {
         match self.config.class {
-            SchedulerClass::Heun | SchedulerClass::FlowMatchHeun => 2,
+            SchedulerClass::Heun | SchedulerClass::FlowMatchHeun | SchedulerClass::EdmHeun => 2,
             _ => 1,
         }
     }
@@ -74,9 +74,12 @@ impl Sampler {
                 } as f32;
                 (abar.sqrt() as f64, (1.0 - abar).sqrt() as f64)
             }
-            C::Euler | C::EulerAncestral | C::Heun | C::EdmEuler | C::EdmDpmSolverMultistep => {
-                (1.0, self.sigma(index)?)
-            }
+            C::Euler
+            | C::EulerAncestral
+            | C::Heun
+            | C::EdmEuler
+            | C::EdmDpmSolverMultistep
+            | C::EdmHeun => (1.0, self.sigma(index)?),
             C::DpmSolverMultistep | C::UniPcMultistep => {
                 super::dpmpp_2m::alpha_sigma(&self.config, self.sigma(index)?)
             }

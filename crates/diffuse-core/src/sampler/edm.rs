@@ -1,11 +1,14 @@
 //! The EDM schedulers (Karras et al. 2022): diffusers `scheduling_edm_euler.py`
-//! (EDMEulerScheduler: Euler in σ with optional churn, Alg. 2 without its second stage) and
-//! the plan of `scheduling_edm_dpmsolver_multistep.py` (EDMDPMSolverMultistepScheduler, whose
-//! steps are DPM-Solver++'s with α = 1, in `dpmpp_2m.rs`). Both precondition the network as
-//! [`crate::edm::Precond`] says: input c_in·x, time c_noise(σ), x₀ = c_skip x + c_out F.
+//! (EDMEulerScheduler: Euler in σ with optional churn, Alg. 2 without its second stage), the
+//! plan of `scheduling_edm_dpmsolver_multistep.py` (EDMDPMSolverMultistepScheduler, whose
+//! steps are DPM-Solver++'s with α = 1, in `dpmpp_2m.rs`), and EDM's own Heun sampler
+//! (Alg. 1, with Alg. 2's churn; k-diffusion `sample_heun`), which diffusers lacks: on
+//! EDMEulerScheduler's σ, every step but the last corrected by a second model call at its end.
+//! All precondition the network as [`crate::edm::Precond`] says: input c_in·x, time
+//! c_noise(σ), x₀ = c_skip x + c_out F.
 
-use super::parts::churned;
-use super::{lin, Extra, Plan, StepIn, StepOutput};
+use super::parts::{churned, heun_first_stage, heun_second_stage};
+use super::{lin, Extra, Plan, SamplerState, StepIn, StepOutput};
 use crate::config::{FinalSigmas, PredictionType, SchedulerClass, SchedulerConfig, SigmaSchedule};
 use crate::edm::Precond;
 use crate::error::Result;
@@ -58,14 +61,14 @@ macro_rules! torch_linspace {
 torch_linspace!(torch_linspace_f64, f64);
 torch_linspace!(torch_linspace_f32, f32);
 
-/// `n` σ from σ_max down to σ_min. The Euler class ramps in float64 and rounds to float32; the
-/// DPM class computes the Karras ramp in float32 (its `torch.linspace` default dtype); the
-/// exponential schedule is float32 in both.
+/// `n` σ from σ_max down to σ_min. The Euler (and Heun) class ramps in float64 and rounds to
+/// float32; the DPM class computes the Karras ramp in float32 (its `torch.linspace` default
+/// dtype); the exponential schedule is float32 in all.
 fn sigmas(config: &SchedulerConfig, n: usize) -> Vec<f64> {
     let (lo, hi) = range(config);
     let rho = config.rho;
     match config.sigma_schedule {
-        SigmaSchedule::Karras if config.class == SchedulerClass::EdmEuler => {
+        SigmaSchedule::Karras if config.class != SchedulerClass::EdmDpmSolverMultistep => {
             let (min_inv, max_inv) = (lo.powf(1.0 / rho), hi.powf(1.0 / rho));
             torch_linspace_f64(0.0, 1.0, n)
                 .into_iter()
@@ -98,8 +101,8 @@ pub(super) fn plan(config: &SchedulerConfig, n: usize) -> Result<Plan> {
     let timesteps = s.iter().map(|&x| Precond::c_noise(x)).collect();
     let last = match config.final_sigmas_type {
         FinalSigmas::Zero => 0.0,
-        // The Euler class repeats its last σ; the DPM class takes the config's σ_min.
-        FinalSigmas::SigmaMin if config.class == SchedulerClass::EdmEuler => {
+        // The Euler (and Heun) class repeats its last σ; the DPM class takes the config's σ_min.
+        FinalSigmas::SigmaMin if config.class != SchedulerClass::EdmDpmSolverMultistep => {
             *s.last().expect("n >= 1")
         }
         FinalSigmas::SigmaMin => f32r(range(config).0),
@@ -136,4 +139,46 @@ pub(super) fn euler_step(x: StepIn, noise: &mut dyn NoiseSource) -> Result<StepO
     let dt = sigmas[i + 1] - sigma_hat;
     let prev = (x + (derivative * dt)?)?;
     StepOutput::with_x0(prev, x0)
+}
+
+/// EDM Heun's plan: the Euler class's σ with every σ after the first twice, so the calls run
+/// [σ₀, σ₁, σ₁, …, σ_{N−1}, σ_{N−1}] (2N − 1) and the last step, to the final σ, is Euler.
+pub(super) fn heun_plan(config: &SchedulerConfig, n: usize) -> Result<Plan> {
+    let p = plan(config, n)?;
+    let sig = p.sigmas.as_deref().expect("EDM plans have σ");
+    let mut sigmas = vec![sig[0]];
+    let mut timesteps = vec![p.timesteps[0]];
+    for i in 1..n {
+        sigmas.extend([sig[i], sig[i]]);
+        timesteps.extend([p.timesteps[i], p.timesteps[i]]);
+    }
+    sigmas.push(sig[n]);
+    Ok(Plan {
+        timesteps,
+        sigmas: Some(sigmas),
+        ..p
+    })
+}
+
+/// EDM Heun's `step`: at a step's first call, churn and an Euler step from σ̂ (as
+/// [`euler_step`]); at its second, the slope at the step's end averaged with the first.
+pub(super) fn heun_step(
+    x: StepIn,
+    st: &mut SamplerState,
+    noise: &mut dyn NoiseSource,
+) -> Result<StepOutput> {
+    let StepIn(s, i, model_output, sample) = x;
+    let sigmas = s.planned_sigmas();
+    if st.dt.is_none() {
+        let (x, sigma_hat) = churned(s, i, sample, noise)?;
+        let x0 = denoised(&s.config, &x, model_output, sigma_hat)?;
+        let derivative = ((&x - &x0)? / sigma_hat)?;
+        let dt = sigmas[i + 1] - sigma_hat;
+        StepOutput::with_x0(heun_first_stage(st, x, derivative, dt)?, x0)
+    } else {
+        let sigma = sigmas[i];
+        let x0 = denoised(&s.config, sample, model_output, sigma)?;
+        let d2 = ((sample - &x0)? / sigma)?;
+        StepOutput::with_x0(heun_second_stage(st, d2)?, x0)
+    }
 }

@@ -181,6 +181,7 @@ impl Sampler {
             SchedulerClass::EdmEuler | SchedulerClass::EdmDpmSolverMultistep => {
                 edm::plan(config, n)
             }
+            SchedulerClass::EdmHeun => edm::heun_plan(config, n),
         }?;
         Ok(Sampler {
             config: config.clone(),
@@ -257,7 +258,9 @@ impl Sampler {
                 let scale = (sigma * sigma + 1.0).sqrt();
                 Ok((sample / scale as f64)?)
             }
-            SchedulerClass::EdmEuler | SchedulerClass::EdmDpmSolverMultistep => {
+            SchedulerClass::EdmEuler
+            | SchedulerClass::EdmDpmSolverMultistep
+            | SchedulerClass::EdmHeun => {
                 let c_in = edm::precond(&self.config).c_in(self.sigma(index)?);
                 Ok((sample * c_in)?)
             }
@@ -308,6 +311,7 @@ impl Sampler {
             SchedulerClass::FlowMatchEuler => flow::step(x, noise),
             SchedulerClass::FlowMatchHeun => flow_heun::step(x, state, noise),
             SchedulerClass::EdmEuler => edm::euler_step(x, noise),
+            SchedulerClass::EdmHeun => edm::heun_step(x, state, noise),
             SchedulerClass::EdmDpmSolverMultistep => dpmpp_2m::step(x, state, noise),
         }?;
         state.index += 1;

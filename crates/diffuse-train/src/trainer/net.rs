@@ -136,6 +136,16 @@ pub(super) fn unet_task(
             )
         }));
     }
+    // The pipeline's scheduler/ must be one diffusers can load.
+    if let Some(c) = parsed_class.as_ref().ok().filter(|c| !c.in_diffusers()) {
+        return Err(Error::Invalid(format!(
+            "[scheduler] _class_name {:?} is diffuse's own sampler and cannot be a pipeline's \
+             scheduler (diffusers has no such class); train with EDMEulerScheduler and sample \
+             with `--sampler {}`",
+            c.class_name(),
+            c.short_name()
+        )));
+    }
     if edm && t.snr_gamma.is_some() {
         return Err(Error::Invalid(
             "train.snr_gamma: EDM weighs its loss by λ(σ) already; remove snr_gamma".into(),
