@@ -148,9 +148,9 @@ pub(super) fn heun_plan(config: &SchedulerConfig, n: usize) -> Result<Plan> {
     let sig = p.sigmas.as_deref().expect("EDM plans have σ");
     let mut sigmas = vec![sig[0]];
     let mut timesteps = vec![p.timesteps[0]];
-    for i in 1..n {
-        sigmas.extend([sig[i], sig[i]]);
-        timesteps.extend([p.timesteps[i], p.timesteps[i]]);
+    for (&s, &t) in sig[1..n].iter().zip(&p.timesteps[1..]) {
+        sigmas.extend([s, s]);
+        timesteps.extend([t, t]);
     }
     sigmas.push(sig[n]);
     Ok(Plan {
