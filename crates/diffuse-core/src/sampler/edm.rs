@@ -7,7 +7,7 @@
 //! All precondition the network as [`crate::edm::Precond`] says: input c_in·x, time
 //! c_noise(σ), x₀ = c_skip x + c_out F.
 
-use super::parts::{churned, heun_first_stage, heun_second_stage};
+use super::parts::{churned, heun_calls, heun_first_stage, heun_second_stage};
 use super::{lin, Extra, Plan, SamplerState, StepIn, StepOutput};
 use crate::config::{FinalSigmas, PredictionType, SchedulerClass, SchedulerConfig, SigmaSchedule};
 use crate::edm::Precond;
@@ -146,15 +146,10 @@ pub(super) fn euler_step(x: StepIn, noise: &mut dyn NoiseSource) -> Result<StepO
 pub(super) fn heun_plan(config: &SchedulerConfig, n: usize) -> Result<Plan> {
     let p = plan(config, n)?;
     let sig = p.sigmas.as_deref().expect("EDM plans have σ");
-    let mut sigmas = vec![sig[0]];
-    let mut timesteps = vec![p.timesteps[0]];
-    for (&s, &t) in sig[1..n].iter().zip(&p.timesteps[1..]) {
-        sigmas.extend([s, s]);
-        timesteps.extend([t, t]);
-    }
+    let mut sigmas = heun_calls(&sig[..n]);
     sigmas.push(sig[n]);
     Ok(Plan {
-        timesteps,
+        timesteps: heun_calls(&p.timesteps),
         sigmas: Some(sigmas),
         ..p
     })

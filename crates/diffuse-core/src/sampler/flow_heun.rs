@@ -4,7 +4,7 @@
 //! (2N − 1 calls) and the last step, to σ = 0, is an Euler step. Optional Karras "churn"
 //! (`s_churn`, `s_tmin`, `s_tmax`, `s_noise`) as diffusers has it.
 
-use super::parts::{churn_gamma, heun_first_stage, heun_second_stage};
+use super::parts::{churn_gamma, heun_calls, heun_first_stage, heun_second_stage};
 use super::{lin, Plan, SamplerState, StepIn, StepOutput};
 use crate::config::SchedulerConfig;
 use crate::error::Result;
@@ -12,15 +12,13 @@ use crate::rng::NoiseSource;
 
 pub(super) fn plan(config: &SchedulerConfig, n: usize) -> Result<Plan> {
     let sig = super::flow::sigmas(config, n);
-    let mut timesteps = vec![super::flow::sigma_to_t(config, sig[0])];
-    let mut sigmas = vec![sig[0]];
-    for &s in &sig[1..] {
-        let t = super::flow::sigma_to_t(config, s);
-        timesteps.extend([t, t]);
-        sigmas.extend([s, s]);
-    }
+    let ts: Vec<f64> = sig
+        .iter()
+        .map(|&s| super::flow::sigma_to_t(config, s))
+        .collect();
+    let mut sigmas = heun_calls(&sig);
     sigmas.push(0.0);
-    Ok(Plan::unit_noise(timesteps, sigmas))
+    Ok(Plan::unit_noise(heun_calls(&ts), sigmas))
 }
 
 pub(super) fn step(

@@ -2,26 +2,19 @@
 //! diffusers `scheduling_heun_discrete.py`: every step but the first is taken in two model
 //! calls, so timesteps run [t0, t1, t1, …, t_{N-1}, t_{N-1}].
 
-use super::parts::{heun_first_stage, heun_second_stage};
+use super::parts::{heun_calls, heun_first_stage, heun_second_stage};
 use super::{k_x0, Plan, SamplerState, StepIn, StepOutput};
 use crate::config::SchedulerConfig;
 use crate::error::Result;
 use crate::schedule::{f32r, NoiseSchedule};
 
 pub(super) fn plan(config: &SchedulerConfig, schedule: &NoiseSchedule, n: usize) -> Result<Plan> {
-    let (ts, mut sig) = super::euler::k_sigmas(config, schedule, n);
-    sig.push(0.0);
+    let (ts, sig) = super::euler::k_sigmas(config, schedule, n);
     let sig: Vec<f64> = sig.into_iter().map(f32r).collect();
-    let mut sigmas = vec![sig[0]];
-    for &s in &sig[1..sig.len() - 1] {
-        sigmas.extend([s, s]);
-    }
+    let mut sigmas = heun_calls(&sig);
     sigmas.push(0.0);
-    let mut timesteps = vec![f32r(ts[0])];
-    for &t in &ts[1..] {
-        timesteps.extend([f32r(t), f32r(t)]);
-    }
-    Ok(Plan::k_sigmas(config, timesteps, sigmas))
+    let ts: Vec<f64> = ts.into_iter().map(f32r).collect();
+    Ok(Plan::k_sigmas(config, heun_calls(&ts), sigmas))
 }
 
 pub(super) fn step(x: StepIn, st: &mut SamplerState) -> Result<StepOutput> {

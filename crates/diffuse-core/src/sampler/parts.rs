@@ -112,6 +112,16 @@ pub(super) fn churn_gamma(o: &SamplerOptions, sigma: f64, n_sigmas: usize) -> f6
     }
 }
 
+/// The per-call values of a Heun plan from the per-step ones: every value after the first
+/// twice, [v₀, v₁, v₁, …, v_{N−1}, v_{N−1}] (2N − 1 model calls).
+pub(super) fn heun_calls(per_step: &[f64]) -> Vec<f64> {
+    let mut v = per_step[..1].to_vec();
+    for &x in &per_step[1..] {
+        v.extend([x, x]);
+    }
+    v
+}
+
 /// Heun's first stage: an Euler step of `dt` along `derivative` from `sample`; the slope, the
 /// step size and the start are kept in `st` for the second stage.
 pub(super) fn heun_first_stage(
