@@ -2,7 +2,7 @@
 //! one (weights, EMA weights), and the output is a diffusers pipeline folder.
 
 use candle_core::Device;
-use diffuse_train::trainer::{newest_checkpoint, train, TrainConfig};
+use diffuse_train::trainer::{newest_checkpoint, train, TrainConfig, TrainOutcome};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 fn config() -> TrainConfig {
@@ -30,6 +30,17 @@ fn config_with(extra: &[&str]) -> TrainConfig {
     c
 }
 
+/// Trains `cfg` into `dir` and stops after step `step`, as Ctrl-C does.
+fn train_stopped_after(cfg: &TrainConfig, dir: &std::path::Path, step: u64) -> TrainOutcome {
+    let stop = AtomicBool::new(false);
+    train(cfg, dir, false, &Device::Cpu, &stop, &mut |r| {
+        if r.step == step {
+            stop.store(true, Ordering::SeqCst);
+        }
+    })
+    .unwrap()
+}
+
 #[test]
 fn gradient_accumulation_runs_and_resumes_exactly() {
     let dir = tempfile::tempdir().unwrap();
@@ -42,13 +53,7 @@ fn gradient_accumulation_runs_and_resumes_exactly() {
     })
     .unwrap();
     assert_eq!((full.steps, images), (6, 6 * 2 * 4));
-    let stop = AtomicBool::new(false);
-    train(&cfg, &b, false, &Device::Cpu, &stop, &mut |r| {
-        if r.step == 2 {
-            stop.store(true, Ordering::SeqCst);
-        }
-    })
-    .unwrap();
+    train_stopped_after(&cfg, &b, 2);
     train(&cfg, &b, true, &Device::Cpu, &never, &mut |_| {}).unwrap();
     let f = "unet/diffusion_pytorch_model.safetensors";
     assert!(std::fs::read(a.join(f)).unwrap() == std::fs::read(b.join(f)).unwrap());
@@ -61,13 +66,7 @@ fn stopped_and_resumed_equals_uninterrupted() {
     let never = AtomicBool::new(false);
     let full = train(&config(), &a, false, &Device::Cpu, &never, &mut |_| {}).unwrap();
     assert_eq!(full.steps, 6);
-    let stop = AtomicBool::new(false);
-    let part = train(&config(), &b, false, &Device::Cpu, &stop, &mut |r| {
-        if r.step == 4 {
-            stop.store(true, Ordering::SeqCst);
-        }
-    })
-    .unwrap();
+    let part = train_stopped_after(&config(), &b, 4);
     assert_eq!(part.steps, 4);
     assert!(newest_checkpoint(&b.join("checkpoints"))
         .unwrap()
@@ -201,13 +200,7 @@ fn posthoc_ema_snapshots_resume_exactly_and_reconstruct() {
     let snaps = diffuse_train::phema::snapshots(&a).unwrap();
     let found: Vec<(u64, f64)> = snaps.iter().map(|s| (s.0, s.1)).collect();
     assert_eq!(found, [(3, 0.05), (3, 0.1), (6, 0.05), (6, 0.1)]);
-    let stop = AtomicBool::new(false);
-    train(&cfg, &b, false, &Device::Cpu, &stop, &mut |r| {
-        if r.step == 4 {
-            stop.store(true, Ordering::SeqCst);
-        }
-    })
-    .unwrap();
+    train_stopped_after(&cfg, &b, 4);
     train(&cfg, &b, true, &Device::Cpu, &never, &mut |_| {}).unwrap();
     for s in &snaps {
         let name = s.2.file_name().unwrap();

@@ -128,17 +128,21 @@ pub(super) fn denoised(
     lin(c_skip, sample, c_out, model_output)
 }
 
-/// EDMEulerScheduler's `step`: churn (γ from `s_churn`, fresh noise to σ̂), x₀ at σ̂, one
-/// Euler step to the next σ.
-pub(super) fn euler_step(x: StepIn, noise: &mut dyn NoiseSource) -> Result<StepOutput> {
+/// The Euler part of both EDM samplers' step: churn (γ from `s_churn`, fresh noise to σ̂), x₀
+/// at σ̂, and the slope and step size from σ̂ to the next σ; the churned sample comes first.
+fn euler_slope(x: StepIn, noise: &mut dyn NoiseSource) -> Result<(Tensor, Tensor, Tensor, f64)> {
     let StepIn(s, i, model_output, sample) = x;
-    let sigmas = s.planned_sigmas();
     let (x, sigma_hat) = churned(s, i, sample, noise)?;
     let x0 = denoised(&s.config, &x, model_output, sigma_hat)?;
     let derivative = ((&x - &x0)? / sigma_hat)?;
-    let dt = sigmas[i + 1] - sigma_hat;
-    let prev = (x + (derivative * dt)?)?;
-    StepOutput::with_x0(prev, x0)
+    let dt = s.planned_sigmas()[i + 1] - sigma_hat;
+    Ok((x, x0, derivative, dt))
+}
+
+/// EDMEulerScheduler's `step`: one Euler step from σ̂ to the next σ.
+pub(super) fn euler_step(x: StepIn, noise: &mut dyn NoiseSource) -> Result<StepOutput> {
+    let (x, x0, derivative, dt) = euler_slope(x, noise)?;
+    StepOutput::with_x0((x + (derivative * dt)?)?, x0)
 }
 
 /// EDM Heun's plan: the Euler class's σ with every σ after the first twice, so the calls run
@@ -162,16 +166,12 @@ pub(super) fn heun_step(
     st: &mut SamplerState,
     noise: &mut dyn NoiseSource,
 ) -> Result<StepOutput> {
-    let StepIn(s, i, model_output, sample) = x;
-    let sigmas = s.planned_sigmas();
     if st.dt.is_none() {
-        let (x, sigma_hat) = churned(s, i, sample, noise)?;
-        let x0 = denoised(&s.config, &x, model_output, sigma_hat)?;
-        let derivative = ((&x - &x0)? / sigma_hat)?;
-        let dt = sigmas[i + 1] - sigma_hat;
+        let (x, x0, derivative, dt) = euler_slope(x, noise)?;
         StepOutput::with_x0(heun_first_stage(st, x, derivative, dt)?, x0)
     } else {
-        let sigma = sigmas[i];
+        let StepIn(s, i, model_output, sample) = x;
+        let sigma = s.planned_sigmas()[i];
         let x0 = denoised(&s.config, sample, model_output, sigma)?;
         let d2 = ((sample - &x0)? / sigma)?;
         StepOutput::with_x0(heun_second_stage(st, d2)?, x0)

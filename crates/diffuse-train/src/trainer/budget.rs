@@ -87,22 +87,15 @@ impl Budget {
         }
         // The pace since the last plan (or since this invocation's first steps), once enough
         // steps are timed: it follows a machine that slows down or speeds up.
-        let (since, timed) = self.window?;
-        let timed = self.steps - timed;
+        let (since, from) = self.window?;
+        let timed = self.steps - from;
         if timed < TIMED {
             return None;
         }
         let per_step = since.elapsed().as_secs_f64() / timed as f64;
         let due = match self.planned {
             None => true,
-            Some(p) => {
-                let passed = REPLAN_AT[self.replans as usize..]
-                    .iter()
-                    .take_while(|&&f| step as f64 >= f * p as f64)
-                    .count() as u32;
-                self.replans += passed;
-                passed > 0
-            }
+            Some(p) => self.pass_fractions(step, p) > 0,
         };
         if !due {
             return None;
@@ -113,11 +106,19 @@ impl Budget {
         self.planned = Some(n);
         self.window = Some((Instant::now(), self.steps));
         // A new plan may already be past the next fractions: they are spent with it.
-        self.replans += REPLAN_AT[self.replans as usize..]
-            .iter()
-            .take_while(|&&f| step as f64 >= f * n as f64)
-            .count() as u32;
+        self.pass_fractions(step, n);
         changed.then_some(n)
+    }
+
+    /// Counts the re-plan fractions of `plan` that `step` has reached and are not yet done as
+    /// done; how many.
+    fn pass_fractions(&mut self, step: u64, plan: u64) -> u32 {
+        let passed = REPLAN_AT[self.replans as usize..]
+            .iter()
+            .take_while(|&&f| step as f64 >= f * plan as f64)
+            .count() as u32;
+        self.replans += passed;
+        passed
     }
 }
 
