@@ -30,6 +30,15 @@ fn config_with(extra: &[&str]) -> TrainConfig {
     c
 }
 
+/// The time-budget test plans from the machine's pace, which the other tests of this file
+/// would slow down unevenly (its plan then fell to ~115 steps, too few for its last re-plan):
+/// it takes the machine alone, the others share it among themselves.
+static MACHINE: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+fn shared() -> std::sync::RwLockReadGuard<'static, ()> {
+    MACHINE.read().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Trains `cfg` into `dir` and stops after step `step`, as Ctrl-C does.
 fn train_stopped_after(cfg: &TrainConfig, dir: &std::path::Path, step: u64) -> TrainOutcome {
     let stop = AtomicBool::new(false);
@@ -43,6 +52,7 @@ fn train_stopped_after(cfg: &TrainConfig, dir: &std::path::Path, step: u64) -> T
 
 #[test]
 fn gradient_accumulation_runs_and_resumes_exactly() {
+    let _machine = shared();
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (dir.path().join("a"), dir.path().join("b"));
     let cfg = config_with(&["train.gradient_accumulation_steps=2", "data.batch_size=4"]);
@@ -61,6 +71,7 @@ fn gradient_accumulation_runs_and_resumes_exactly() {
 
 #[test]
 fn stopped_and_resumed_equals_uninterrupted() {
+    let _machine = shared();
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (dir.path().join("a"), dir.path().join("b"));
     let never = AtomicBool::new(false);
@@ -107,6 +118,7 @@ fn stopped_and_resumed_equals_uninterrupted() {
 /// budget keeps the plan, and two such resumes end bit-identical.
 #[test]
 fn a_time_budget_plans_its_schedule_and_resumes_exactly() {
+    let _machine = MACHINE.write().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let (b, c) = (dir.path().join("b"), dir.path().join("c"));
     let base = [
@@ -124,12 +136,10 @@ fn a_time_budget_plans_its_schedule_and_resumes_exactly() {
         if r.notes.iter().any(|w| w.contains("fit in the budget")) {
             plans.push((r.step, r.max_steps));
         }
-        // Past the last re-plan (90 %, or up to 20 steps later): stop, as Ctrl-C does.
-        let last_plan = plans.last().map_or(u64::MAX, |p| p.0);
-        if stopped_at.is_none()
-            && r.step as f64 >= 0.95 * r.max_steps as f64
-            && r.step >= last_plan.saturating_add(25)
-        {
+        // Three steps before the plan's end, past its last re-plan (at 90 %, or 20 steps after
+        // the one before; checked below): stop, as Ctrl-C does. A re-plan is said only when it
+        // moves the plan, so the notes cannot say when the last one ran.
+        if stopped_at.is_none() && r.step + 3 >= r.max_steps {
             stop.store(true, Ordering::SeqCst);
             stopped_at = Some(r.step);
         }
@@ -192,6 +202,7 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
 /// back as itself, another width is a finite blend, and the result is a pipeline `sample` loads.
 #[test]
 fn posthoc_ema_snapshots_resume_exactly_and_reconstruct() {
+    let _machine = shared();
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (dir.path().join("a"), dir.path().join("b"));
     let cfg = config_with(&["train.posthoc_ema=[0.05, 0.10]"]);
