@@ -52,6 +52,12 @@ def main():
             ours, theirs = load(f"{d}/diffuse_{kind}.json"), load(f"{d}/torch_{kind}.json")
             if ours is None or theirs is None:
                 continue
+            onnx = load(f"{d}/ort_{kind}.json")
+            ort_by_name = {m["name"]: m for m in onnx["measurements"]} if onnx else {}
+            if onnx:
+                info["onnxruntime_version"] = onnx["versions"]["onnxruntime"]
+                for key, val in onnx.get("checks", {}).items():
+                    checks[f"onnxruntime_{key}"] = val
             peak = peak or ours["machine_peak"]
             flops = ours["flops_forward_per_image"]
             info.update({
@@ -75,12 +81,17 @@ def main():
                 # The CPU's peak means nothing for a GPU run.
                 cpu = ours.get("device", "cpu") == "cpu"
                 t["peak_fraction"] = t["gflops_per_s"] / peak["gflops"] if cpu and peak["gflops"] else None
-                rows.append({
+                row = {
                     "case": m["name"], "kind": m["kind"], "batch": m["batch"],
                     "diffuse": m, "pytorch": t,
                     "ratio_diffuse_over_pytorch": m["median_s"] / t["median_s"],
                     "speedup_pytorch_time_over_diffuse_time": t["median_s"] / m["median_s"],
-                })
+                }
+                o = ort_by_name.get(m["name"])
+                if o is not None:
+                    row["onnxruntime"] = o
+                    row["speedup_onnxruntime_time_over_diffuse_time"] = o["median_s"] / m["median_s"]
+                rows.append(row)
                 if m["kind"] == "train":
                     dl, tl = m.get("first_loss"), t.get("first_loss")
                     if dl is not None and tl is not None:
@@ -97,13 +108,15 @@ def main():
         info["rows"] = rows
         models.append(info)
 
-    def speedup(model, kind):
+    def speedup(model, kind, case=None, key="speedup_pytorch_time_over_diffuse_time"):
         for m in models:
             if m["name"] == model:
                 for r in m["rows"]:
-                    if r["kind"] == kind:
-                        return r["speedup_pytorch_time_over_diffuse_time"]
+                    if r["kind"] == kind and (case is None or r["case"] == case):
+                        return r.get(key)
         return None
+
+    ort_key = "speedup_onnxruntime_time_over_diffuse_time"
 
     result = dict(meta)
     result.update({
@@ -112,6 +125,8 @@ def main():
         "speedup_model": a.primary,
         "train_step_speedup": speedup(a.primary, "train"),
         "sampling_speedup": speedup(a.primary, "sample"),
+        "onnxruntime_forward_b1_speedup": speedup(a.primary, "forward", "forward_b1", ort_key),
+        "onnxruntime_sampling_speedup": speedup(a.primary, "sample", key=ort_key),
         "speedups_by_model": {m["name"]: {"train_step_speedup": speedup(m["name"], "train"),
                                           "sampling_speedup": speedup(m["name"], "sample")}
                               for m in models},
@@ -138,21 +153,28 @@ def main():
               f"at the end: {meta.get('loadavg_at_end', '?').strip()}.\n")
     md.append("Times are medians (s); ratio = diffuse / PyTorch (< 1: diffuse faster); GFLOP/s from the "
               "analytic FLOP count (train step = 3× forward); RSS = peak resident MB of the case.\n")
-    md.append("| model | case | diffuse s | PyTorch s | ratio | diffuse img/s | PyTorch img/s "
-              "| diffuse GFLOP/s (% peak) | PyTorch GFLOP/s (% peak) | RSS diffuse | RSS PyTorch |")
-    md.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    md.append("ONNX Runtime (ORT): the same UNet exported by `diffuse export onnx`, same threads; "
+              "ORT ratio = diffuse / ORT.\n")
+    md.append("| model | case | diffuse s | PyTorch s | ratio | ORT s | ORT ratio | diffuse img/s | PyTorch img/s "
+              "| diffuse GFLOP/s (% peak) | PyTorch GFLOP/s (% peak) | RSS diffuse | RSS PyTorch | RSS ORT |")
+    md.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for m in models:
         for r in m["rows"]:
             d, t = r["diffuse"], r["pytorch"]
             pf = lambda x: "" if x.get("peak_fraction") is None else f" ({100 * x['peak_fraction']:.1f} %)"  # noqa: E731
+            o = r.get("onnxruntime")
+            ort_s = f"{o['median_s']:.4f} | {d['median_s'] / o['median_s']:.2f}" if o else " | "
             md.append(f"| {m['name']} | {r['case']} | {d['median_s']:.4f} | {t['median_s']:.4f} "
-                      f"| {r['ratio_diffuse_over_pytorch']:.2f} | {d['images_per_s']:.2f} | {t['images_per_s']:.2f} "
+                      f"| {r['ratio_diffuse_over_pytorch']:.2f} | {ort_s} | {d['images_per_s']:.2f} | {t['images_per_s']:.2f} "
                       f"| {d['gflops_per_s']:.1f}{pf(d)} | {t['gflops_per_s']:.1f}{pf(t)} "
-                      f"| {mb(d.get('peak_rss_bytes'))} | {mb(t.get('peak_rss_bytes'))} |")
+                      f"| {mb(d.get('peak_rss_bytes'))} | {mb(t.get('peak_rss_bytes'))} "
+                      f"| {mb(o.get('peak_rss_bytes')) if o else ''} |")
     md.append("")
     fmt = lambda x: "n/a" if x is None else f"{x:.2f}"  # noqa: E731
     md.append(f"**train_step_speedup** (PyTorch / diffuse, {a.primary}, batch 32): "
-              f"{fmt(result['train_step_speedup'])}; **sampling_speedup** (DDIM): {fmt(result['sampling_speedup'])}\n")
+              f"{fmt(result['train_step_speedup'])}; **sampling_speedup** (DDIM): {fmt(result['sampling_speedup'])}; "
+              f"**onnxruntime_forward_b1_speedup** (ORT / diffuse): {fmt(result['onnxruntime_forward_b1_speedup'])}; "
+              f"**onnxruntime_sampling_speedup**: {fmt(result['onnxruntime_sampling_speedup'])}\n")
     for m in models:
         f = m.get("flops_forward_per_image") or {}
         tc = m.get("flops_forward_per_image_torch_counter")

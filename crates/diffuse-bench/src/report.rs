@@ -77,6 +77,17 @@ impl BenchReport {
             f.linear as f64 / 1e9,
             f.attention as f64 / 1e9
         ));
+        let e = &f.conv_executed;
+        s.push_str(&format!(
+            "conv FLOPs executed by the CPU kernels (Winograd-reduced) per image: forward {:.3} GFLOP \
+             of {:.3} nominal ({:.2}×), training step (forward + dX + dW) {:.3} of {:.3} ({:.2}×)\n",
+            e.forward as f64 / 1e9,
+            f.conv as f64 / 1e9,
+            f.conv as f64 / e.forward.max(1) as f64,
+            e.total() as f64 / 1e9,
+            3.0 * f.conv as f64 / 1e9,
+            3.0 * f.conv as f64 / e.total().max(1) as f64,
+        ));
         s.push_str(&format!(
             "peak: {} ({})\n\n",
             self.machine_peak.how, self.machine_peak.cpu_model

@@ -16,6 +16,23 @@ pub struct FlopCount {
     pub linear: u64,
     /// q·kᵀ and softmax·v.
     pub attention: u64,
+    /// The convolutions' multiply-adds as diffuse's CPU kernels execute them (2 FLOPs each),
+    /// per pass: Winograd-reduced where `kernels::tune` picks a Winograd tile, nominal else.
+    pub conv_executed: ConvPasses,
+}
+
+/// Convolution FLOPs per pass of a training step.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ConvPasses {
+    pub forward: u64,
+    pub grad_input: u64,
+    pub grad_weight: u64,
+}
+
+impl ConvPasses {
+    pub fn total(&self) -> u64 {
+        self.forward + self.grad_input + self.grad_weight
+    }
 }
 
 impl FlopCount {
@@ -23,7 +40,30 @@ impl FlopCount {
         self.conv + self.linear + self.attention
     }
     fn conv(&mut self, cin: usize, cout: usize, k: usize, h: usize, w: usize) {
-        self.conv += 2 * (cin * cout * k * k * h * w) as u64;
+        self.conv_strided(cin, cout, k, h, w, 1);
+    }
+    /// A convolution with output size h×w (a stride-2 one reads a 2h×2w input).
+    fn conv_strided(&mut self, cin: usize, cout: usize, k: usize, h: usize, w: usize, s: usize) {
+        use crate::kernels::tune::{choose, Algo, Pass};
+        let nominal = 2 * (cin * cout * k * k * h * w) as u64;
+        self.conv += nominal;
+        let pad = k / 2;
+        let geometry = crate::kernels::conv2d::Geometry::new(
+            &[1, cin, h * s, w * s],
+            &[cout, cin, k, k],
+            s,
+            pad,
+        );
+        let executed = |pass| match geometry.as_ref().map(|g| choose(g, pass)) {
+            Ok(Algo::Winograd(v)) => {
+                let m = v.tile();
+                (2 * cin * cout * v.xis() * h.div_ceil(m) * w.div_ceil(m)) as u64
+            }
+            _ => nominal,
+        };
+        self.conv_executed.forward += executed(Pass::Forward);
+        self.conv_executed.grad_input += executed(Pass::GradInput);
+        self.conv_executed.grad_weight += executed(Pass::GradWeight);
     }
     fn linear(&mut self, din: usize, dout: usize, rows: usize) {
         self.linear += 2 * (din * dout * rows) as u64;
@@ -127,6 +167,8 @@ pub fn forward_flops(cfg: &UNet2DConfig, h: usize, w: usize) -> FlopCount {
     let resample = |f: &mut FlopCount, prefix: &str, resnet: bool, c: usize, h, w| {
         if resnet {
             rn(f, prefix, c, c, h, w);
+        } else if prefix.contains("down") {
+            f.conv_strided(c, c, 3, h, w, 2);
         } else {
             f.conv(c, c, 3, h, w);
         }

@@ -4,6 +4,7 @@
 //! candle's matmul uses). Batches split over threads image by image; a batch smaller than the
 //! thread count lets each GEMM use the threads instead. Scratch buffers are per thread and reused.
 
+use super::tune::{Algo, Pass};
 use super::{
     f32_slice, split_range, tensor_from, threads, uninit_vec, winograd, with_f32, with_scratch,
 };
@@ -65,16 +66,13 @@ impl Geometry {
     fn in_len(&self) -> usize {
         self.ci * self.h * self.w
     }
-    /// A 3×3, stride-1, padding-1 conv: computed with Winograd F(2×2, 3×3) unless
-    /// `DIFFUSE_WINOGRAD=0`.
-    fn winograd(&self) -> bool {
-        use std::sync::OnceLock;
-        static ON: OnceLock<bool> = OnceLock::new();
-        self.kh == 3
-            && self.kw == 3
-            && self.stride == 1
-            && self.pad == 1
-            && *ON.get_or_init(|| std::env::var("DIFFUSE_WINOGRAD").as_deref() != Ok("0"))
+    /// How `pass` of this convolution runs (`super::tune`).
+    pub fn algo(&self, pass: Pass) -> Algo {
+        super::tune::choose(self, pass)
+    }
+    /// A 3×3, stride-1, padding-1 conv: the shape Winograd applies to.
+    pub fn winograd_shape(&self) -> bool {
+        self.kh == 3 && self.kw == 3 && self.stride == 1 && self.pad == 1
     }
     /// The output columns `ox_lo..ox_hi` whose input column `ox·s + j − pad` (kernel column
     /// `j`) lies inside the image; the others read padding.
@@ -281,15 +279,30 @@ fn plan(b: usize) -> (bool, Parallelism) {
 /// `y = conv(x, w) + bias`: x `[b, ci, h, w]`, w `[co, ci, kh, kw]`, bias `[co]` or, per
 /// image, `[b, co]` (a conv bias plus a time-embedding shift in one) → `[b, co, ho, wo]`.
 pub fn forward(x: &[f32], w: &[f32], bias: &[f32], g: &Geometry) -> Vec<f32> {
+    forward_packed(x, w, bias, g, None)
+}
+
+/// `forward`, with the Winograd-domain weights taken from the packed-weight cache under the
+/// weight's id when `packed` names one (inference: `kernels::packed`).
+fn forward_packed(
+    x: &[f32],
+    w: &[f32],
+    bias: &[f32],
+    g: &Geometry,
+    packed: Option<candle_core::TensorId>,
+) -> Vec<f32> {
     assert_eq!(x.len(), g.b * g.in_len());
     assert_eq!(w.len(), g.co * g.k());
     assert!(
         bias.len() == g.co || bias.len() == g.b * g.co,
         "conv2d: bias length"
     );
-    if g.winograd() {
-        let u = winograd::transform_weights(w, g.co, g.ci);
-        return winograd::conv3x3(x, &u, Some(bias), g.b, g.ci, g.co, g.h, g.w, threads());
+    if let Algo::Winograd(var) = g.algo(Pass::Forward) {
+        let u = match packed {
+            Some(id) => super::packed::winograd(id, var, w, g.co, g.ci),
+            None => std::sync::Arc::new(winograd::transform_weights(var, w, g.co, g.ci)),
+        };
+        return winograd::conv3x3(var, x, &u, Some(bias), g.b, g.ci, g.co, g.h, g.w, threads());
     }
     let (p, k) = (g.p(), g.k());
     let mut out = uninit_vec(g.b * g.co * p);
@@ -344,14 +357,34 @@ pub fn backward(x: &[f32], w: &[f32], dy: &[f32], g: &Geometry) -> (Vec<f32>, Ve
     let (p, k, inl) = (g.p(), g.k(), g.in_len());
     assert_eq!(x.len(), g.b * inl);
     assert_eq!(dy.len(), g.b * g.co * p);
-    let wino = g.winograd();
-    let mut dx = if wino {
+    let dx_wino = match g.algo(Pass::GradInput) {
+        Algo::Winograd(var) => Some(var),
+        Algo::Im2col => None,
+    };
+    let mut dx = if let Some(var) = dx_wino {
         // dX = conv(dY, W rotated 180° with in/out swapped), also stride 1, padding 1.
-        let u = winograd::transform_weights(&winograd::flip_weights(w, g.co, g.ci), g.ci, g.co);
-        winograd::conv3x3(dy, &u, None, g.b, g.co, g.ci, g.h, g.w, threads())
+        let flipped = winograd::flip_weights(w, g.co, g.ci);
+        let u = winograd::transform_weights(var, &flipped, g.ci, g.co);
+        winograd::conv3x3(var, dy, &u, None, g.b, g.co, g.ci, g.h, g.w, threads())
     } else {
         uninit_vec(g.b * inl)
     };
+    let dw_wino = match g.algo(Pass::GradWeight) {
+        Algo::Winograd(var) => Some(winograd::grad_weight(
+            var,
+            x,
+            dy,
+            g.b,
+            g.ci,
+            g.co,
+            g.h,
+            g.w,
+            threads(),
+        )),
+        Algo::Im2col => None,
+    };
+    // Nothing left for the per-image loop below but db.
+    let im2col_free = dx_wino.is_some() && dw_wino.is_some();
     let (parallel, par) = plan(g.b);
     let ranges = split_range(g.b, if parallel { threads() } else { 1 });
     // dx slices for each range of images.
@@ -371,7 +404,11 @@ pub fn backward(x: &[f32], w: &[f32], dy: &[f32], g: &Geometry) -> (Vec<f32>, Ve
         rest = b;
     }
     let work = |((r, dxr), dbr): ((std::ops::Range<usize>, &mut [f32]), &mut [f32])| -> Vec<f32> {
-        let mut dwt = vec![0f32; k * g.co]; // [K, co]
+        let mut dwt = if dw_wino.is_some() {
+            Vec::new()
+        } else {
+            vec![0f32; k * g.co] // [K, co]
+        };
         for (i, n) in r.enumerate() {
             let db = &mut dbr[i * g.co..(i + 1) * g.co];
             let xn = &x[n * inl..(n + 1) * inl];
@@ -379,6 +416,9 @@ pub fn backward(x: &[f32], w: &[f32], dy: &[f32], g: &Geometry) -> (Vec<f32>, Ve
             let dxn = &mut dxr[i * inl..(i + 1) * inl];
             for (o, row) in dyn_.chunks_exact(p).enumerate() {
                 db[o] = row.iter().sum::<f32>();
+            }
+            if im2col_free {
+                continue;
             }
             // dW [co, K], kept column-major (= dWᵀ row-major), += dYₙ · colₙᵀ
             let dw_acc = |dwt: &mut [f32], colt: Mat| {
@@ -402,11 +442,13 @@ pub fn backward(x: &[f32], w: &[f32], dy: &[f32], g: &Geometry) -> (Vec<f32>, Ve
                     par,
                 );
             } else {
-                with_scratch(&COL, k * p, |col| {
-                    im2col(xn, g, col);
-                    dw_acc(&mut dwt, Mat::transposed(col, p));
-                });
-                if wino {
+                if dw_wino.is_none() {
+                    with_scratch(&COL, k * p, |col| {
+                        im2col(xn, g, col);
+                        dw_acc(&mut dwt, Mat::transposed(col, p));
+                    });
+                }
+                if dx_wino.is_some() {
                     continue;
                 }
                 with_scratch(&DCOL, k * p, |dcol| {
@@ -433,6 +475,9 @@ pub fn backward(x: &[f32], w: &[f32], dy: &[f32], g: &Geometry) -> (Vec<f32>, Ve
     } else {
         jobs.into_iter().map(work).collect()
     };
+    if let Some(dw) = dw_wino {
+        return (dx, dw, db);
+    }
     let mut it = parts.into_iter();
     let mut dwt = it.next().expect("at least one range");
     for pw in it {
@@ -448,6 +493,8 @@ pub fn backward(x: &[f32], w: &[f32], dy: &[f32], g: &Geometry) -> (Vec<f32>, Ve
 pub struct Conv2d {
     pub stride: usize,
     pub padding: usize,
+    /// The weight's id when its transformed form may be cached (`kernels::packed`).
+    pub packed: Option<candle_core::TensorId>,
 }
 
 impl CustomOp3 for Conv2d {
@@ -466,11 +513,12 @@ impl CustomOp3 for Conv2d {
     ) -> Result<(CpuStorage, Shape)> {
         super::count_forward();
         let g = Geometry::new(l1.dims(), l2.dims(), self.stride, self.padding)?;
-        let y = forward(
+        let y = forward_packed(
             f32_slice(s1, l1)?,
             f32_slice(s2, l2)?,
             f32_slice(s3, l3)?,
             &g,
+            self.packed,
         );
         Ok((CpuStorage::F32(y), Shape::from((g.b, g.co, g.ho, g.wo))))
     }
@@ -520,10 +568,17 @@ pub fn conv2d(
             &zeros
         }
     };
+    // Inference (a constant weight, an input that tracks no gradient): the weight's
+    // transformed form is packed once and reused.
+    let packed = (!w.is_variable() && !x.track_op() && w.is_contiguous()).then(|| w.id());
     x.contiguous()?.apply_op3(
         &w.contiguous()?,
         &bias.contiguous()?,
-        Conv2d { stride, padding },
+        Conv2d {
+            stride,
+            padding,
+            packed,
+        },
     )
 }
 
@@ -626,6 +681,33 @@ mod tests {
             ];
             gradcheck(&f, &inputs, 12, 2e-3);
         }
+    }
+
+    #[test]
+    fn packed_weights_are_reused_and_never_stale() {
+        // An inference conv (constant weight, untracked input) caches its Winograd-domain
+        // weight; a detached view of a variable changed in place must be transformed again.
+        let var = candle_core::Var::from_tensor(&rand_tensor(&[6, 5, 3, 3], 1)).unwrap();
+        let w = var.as_tensor().detach();
+        let x = rand_tensor(&[2, 5, 12, 12], 2);
+        let bias = rand_tensor(&[6], 3);
+        let first = conv2d(&x, &w, Some(&bias), 1, 1).unwrap();
+        let entries = super::super::packed::cached_entries();
+        assert!(entries >= 1, "an inference conv fills the cache");
+        let again = conv2d(&x, &w, Some(&bias), 1, 1).unwrap();
+        assert_eq!(max_rel(&again, &first), 0.0);
+        var.set(&rand_tensor(&[6, 5, 3, 3], 4)).unwrap();
+        let changed = conv2d(&x, &w, Some(&bias), 1, 1).unwrap();
+        let want = reference(&x, &w, &bias, 1, 1);
+        assert!(
+            max_rel(&changed, &want) < 1e-5,
+            "served a stale packed weight"
+        );
+        // Training (a variable weight) never fills it.
+        let before = super::super::packed::cached_entries();
+        let v2 = candle_core::Var::from_tensor(&rand_tensor(&[6, 5, 3, 3], 5)).unwrap();
+        conv2d(&x, &v2, Some(&bias), 1, 1).unwrap();
+        assert!(super::super::packed::cached_entries() <= before);
     }
 
     #[test]

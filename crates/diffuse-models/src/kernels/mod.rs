@@ -6,16 +6,19 @@
 /// AVX-512, else AVX2+FMA, when the CPU has them (checked at run time), else as built.
 macro_rules! multiversion {
     ($generic:ident, $fast:ident, fn($($a:ident: $t:ty),* $(,)?)) => {
-        #[allow(clippy::too_many_arguments)]
-        fn $fast($($a: $t),*) {
+        crate::kernels::multiversion!($generic, $fast, fn($($a: $t),*) -> ());
+    };
+    ($generic:ident, $fast:ident, fn($($a:ident: $t:ty),* $(,)?) -> $r:ty) => {
+        #[allow(clippy::too_many_arguments, clippy::unused_unit)]
+        fn $fast($($a: $t),*) -> $r {
             #[cfg(target_arch = "x86_64")]
             {
                 #[allow(clippy::too_many_arguments)]
                 #[target_feature(enable = "avx512f,avx2,fma")]
-                unsafe fn wide($($a: $t),*) { $generic($($a),*) }
+                unsafe fn wide($($a: $t),*) -> $r { $generic($($a),*) }
                 #[allow(clippy::too_many_arguments)]
                 #[target_feature(enable = "avx2,fma")]
-                unsafe fn avx2($($a: $t),*) { $generic($($a),*) }
+                unsafe fn avx2($($a: $t),*) -> $r { $generic($($a),*) }
                 if std::arch::is_x86_feature_detected!("avx512f") {
                     // SAFETY: the CPU has the features `wide` is compiled for.
                     return unsafe { wide($($a),*) };
@@ -35,6 +38,8 @@ pub(crate) use multiversion;
 
 pub mod conv2d;
 pub mod group_norm;
+mod packed;
+pub mod tune;
 pub mod winograd;
 
 use candle_core::{bail, CpuStorage, Layout, Result, Storage, Tensor};

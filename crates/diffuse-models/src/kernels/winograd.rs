@@ -1,45 +1,167 @@
-//! Winograd F(2×2, 3×3) for stride-1, padding-1 3×3 convolutions (Lavin & Gray 2016, "Fast
-//! Algorithms for Convolutional Neural Networks"): each 2×2 output tile costs 16 multiplies
-//! per (in, out) channel pair instead of 36, so the GEMM work is 2.25× smaller than im2col's.
-//! Y = Aᵀ[(G g Gᵀ) ⊙ (Bᵀ d B)]A, with the ⊙ over input channels done as 16 GEMMs
-//! `M[ξ] (co × tiles) = U[ξ] (co × ci) · V[ξ] (ci × tiles)`. Images are grouped so that every
-//! GEMM has at least ~512 columns; groups run on separate threads. The same routine computes
-//! the input gradient: dX = conv(dY, W rotated by 180° with in/out swapped).
+//! Winograd convolution for stride-1, padding-1 3×3 layers (Lavin & Gray 2016, "Fast
+//! Algorithms for Convolutional Neural Networks"), in two tile sizes: F(2×2, 3×3) (`f2`, 16
+//! multiplies per tile and channel pair where direct convolution needs 36) and F(4×4, 3×3)
+//! (`f4`, 36 where direct needs 144). Y = Aᵀ[(G g Gᵀ) ⊙ (Bᵀ d B)]A, with the ⊙ over input
+//! channels done as α² GEMMs `M[ξ] (co × tiles) = U[ξ] (co × ci) · V[ξ] (ci × tiles)`.
+//!
+//! All three passes of a layer run here:
+//! - forward: `conv3x3` with `transform_weights(w)`;
+//! - input gradient: the same routine, dX = conv(dY, W rotated by 180° with in/out swapped);
+//! - weight gradient: `grad_weight`, the adjoint of the forward in the Winograd domain,
+//!   dU[ξ] = Σ_tiles (A dY Aᵀ)[ξ] · V[ξ]ᵀ and dW = Gᵀ dU G (α² GEMMs over the tiles).
+//!
+//! Images are grouped so that every GEMM has at least ~64 columns; groups run on separate
+//! threads. A batch smaller than the thread count splits each group's transforms by channel
+//! and its GEMMs by ξ instead, so batch 1 uses every core.
+
+mod f2;
+mod f4;
 
 use super::uninit_vec;
 use gemm::Parallelism;
 use rayon::prelude::*;
 use std::cell::RefCell;
+use std::ops::Range;
 
 thread_local! {
     static V: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     static M: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// `U[ξ][o][c] = (G g Gᵀ)[ξ]` for w `[co, ci, 3, 3]`.
-pub fn transform_weights(w: &[f32], co: usize, ci: usize) -> Vec<f32> {
-    let mut u = vec![0f32; 16 * co * ci];
-    for o in 0..co {
-        for c in 0..ci {
-            let g = &w[(o * ci + c) * 9..][..9];
-            // t = G g: [4, 3]
-            let mut t = [[0f32; 3]; 4];
-            for j in 0..3 {
-                let (g0, g1, g2) = (g[j], g[3 + j], g[6 + j]);
-                t[0][j] = g0;
-                t[1][j] = 0.5 * (g0 + g1 + g2);
-                t[2][j] = 0.5 * (g0 - g1 + g2);
-                t[3][j] = g2;
-            }
-            for (i, ti) in t.iter().enumerate() {
-                let (a, b, cc) = (ti[0], ti[1], ti[2]);
-                let row = [a, 0.5 * (a + b + cc), 0.5 * (a - b + cc), cc];
-                for (j, v) in row.iter().enumerate() {
-                    u[((i * 4 + j) * co + o) * ci + c] = *v;
+/// Tiles the lane-batched transforms work on at once (an AVX2 register of f32).
+const L: usize = 8;
+type Lanes = [f32; L];
+
+/// The Winograd tile size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Variant {
+    /// F(2×2, 3×3): 4×4 input tiles.
+    F2,
+    /// F(4×4, 3×3): 6×6 input tiles.
+    F4,
+}
+
+impl Variant {
+    /// Output tile side m.
+    pub fn tile(self) -> usize {
+        match self {
+            Variant::F2 => 2,
+            Variant::F4 => 4,
+        }
+    }
+    /// Points of the Winograd domain, α² = (m + 2)².
+    pub fn xis(self) -> usize {
+        (self.tile() + 2).pow(2)
+    }
+    /// Multiplies per output pixel and channel pair, against direct convolution's 9.
+    pub fn mults_per_output(self) -> f64 {
+        self.xis() as f64 / (self.tile() * self.tile()) as f64
+    }
+}
+
+/// A mutable slice that several threads write disjoint parts of.
+struct Shared<'a> {
+    ptr: *mut f32,
+    len: usize,
+    _data: std::marker::PhantomData<&'a mut [f32]>,
+}
+
+// SAFETY: threads only reach the data through `slice`, whose callers keep their parts disjoint.
+unsafe impl Sync for Shared<'_> {}
+
+impl<'a> Shared<'a> {
+    fn new(s: &'a mut [f32]) -> Self {
+        Shared {
+            ptr: s.as_mut_ptr(),
+            len: s.len(),
+            _data: std::marker::PhantomData,
+        }
+    }
+    /// `n` elements from `start`.
+    ///
+    /// # Safety
+    /// No other live reference may overlap the returned range.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn slice(&self, start: usize, n: usize) -> &mut [f32] {
+        assert!(start + n <= self.len, "winograd: write out of bounds");
+        std::slice::from_raw_parts_mut(self.ptr.add(start), n)
+    }
+}
+
+/// Splits a zero-padded row into its `P` column phases: `ph[p·len + k] = padded[P·k + p]`
+/// with `padded[j] = row[j − off]` (zero outside, and zero for a missing row).
+#[inline(always)]
+fn phases<const P: usize>(row: Option<&[f32]>, off: usize, ph: &mut [f32], len: usize) {
+    ph.fill(0.0);
+    if let Some(row) = row {
+        for (x, v) in row.iter().enumerate() {
+            let j = x + off;
+            ph[(j % P) * len + j / P] = *v;
+        }
+    }
+}
+
+/// Sizes of one call.
+#[derive(Clone, Copy)]
+struct Dims {
+    ci: usize,
+    co: usize,
+    h: usize,
+    w: usize,
+    th: usize,
+    tw: usize,
+}
+
+impl Dims {
+    fn new(var: Variant, ci: usize, co: usize, h: usize, w: usize) -> Self {
+        let m = var.tile();
+        Dims {
+            ci,
+            co,
+            h,
+            w,
+            th: h.div_ceil(m),
+            tw: w.div_ceil(m),
+        }
+    }
+    fn tiles(&self) -> usize {
+        self.th * self.tw
+    }
+}
+
+/// `U[ξ][o][c] = (G g Gᵀ)[ξ]` for w `[co, ci, 3, 3]`, output channels split over the threads.
+/// Filters are transformed 16 input channels at a time, so that each of the α² planes (their
+/// stride a multiple of 4 KiB, which maps them onto the same cache sets) is written a whole
+/// cache line at once.
+pub fn transform_weights(var: Variant, w: &[f32], co: usize, ci: usize) -> Vec<f32> {
+    const CB: usize = 16;
+    let xis = var.xis();
+    let mut u = uninit_vec(xis * co * ci);
+    let us = Shared::new(&mut u);
+    let parts = if co * ci >= 4096 { super::threads() } else { 1 };
+    split(co, parts, |os| {
+        let mut block = [[0f32; CB]; 36];
+        for o in os {
+            for c0 in (0..ci).step_by(CB) {
+                let n = CB.min(ci - c0);
+                for k in 0..n {
+                    let g = &w[(o * ci + c0 + k) * 9..][..9];
+                    let t: &[f32] = match var {
+                        Variant::F2 => &f2::weight(g),
+                        Variant::F4 => &f4::weight(g),
+                    };
+                    for (xi, v) in t.iter().enumerate() {
+                        block[xi][k] = *v;
+                    }
+                }
+                for (xi, b) in block[..xis].iter().enumerate() {
+                    // SAFETY: each part writes its own output channels.
+                    let dst = unsafe { us.slice((xi * co + o) * ci + c0, n) };
+                    dst.copy_from_slice(&b[..n]);
                 }
             }
         }
-    }
+    });
     u
 }
 
@@ -56,158 +178,187 @@ pub fn flip_weights(w: &[f32], co: usize, ci: usize) -> Vec<f32> {
     f
 }
 
-/// Sizes of one call.
-#[derive(Clone, Copy)]
-struct Dims {
-    ci: usize,
-    co: usize,
-    h: usize,
-    w: usize,
-    th: usize,
-    tw: usize,
-}
-
-impl Dims {
-    fn tiles(&self) -> usize {
-        self.th * self.tw
-    }
-}
-
-/// V[ξ][c][col0 + t] = (Bᵀ d B)[ξ] for each 4×4 input patch d of image `x` (one image).
-/// Row by row of tiles: the 4 input rows are split into the padded row's even and odd
-/// columns (tile `tx` reads even[tx], odd[tx], even[tx+1], odd[tx+1]), Bᵀ runs over whole
-/// rows and B over tiles — every loop contiguous, so they vectorize.
-#[inline(always)]
-fn input_transform(x: &[f32], d: &Dims, v: &mut [f32], ld: usize, col0: usize) {
-    let tw = d.tw;
-    let n = tw + 1;
-    // [row 0..4][even | odd] of the zero-padded row (padded index j holds x[j − 1]).
-    let mut rows = vec![0f32; 8 * n];
-    let mut q = vec![0f32; 8 * n];
-    for c in 0..d.ci {
-        let xc = &x[c * d.h * d.w..(c + 1) * d.h * d.w];
-        for ty in 0..d.th {
-            for (i, r) in rows.chunks_exact_mut(2 * n).enumerate() {
-                let yy = (2 * ty + i) as isize - 1;
-                r.fill(0.0);
-                if yy < 0 || yy >= d.h as isize {
-                    continue;
-                }
-                let xr = &xc[yy as usize * d.w..][..d.w];
-                let (even, odd) = r.split_at_mut(n);
-                // padded 2k + 1 = x[2k] → odd[k]; padded 2k + 2 = x[2k + 1] → even[k + 1]
-                let pairs = xr.chunks_exact(2);
-                if let [last] = pairs.remainder() {
-                    odd[d.w / 2] = *last;
-                }
-                for ((o, e), pair) in odd.iter_mut().zip(&mut even[1..]).zip(pairs) {
-                    *o = pair[0];
-                    *e = pair[1];
-                }
+/// dW `[co, ci, 3, 3]` from the Winograd-domain gradient dU `[ξ][o][c]`, read 16 input
+/// channels at a time (the planes alias in the caches as in `transform_weights`).
+fn weight_grads(var: Variant, du: &[f32], co: usize, ci: usize) -> Vec<f32> {
+    const CB: usize = 16;
+    let xis = var.xis();
+    let mut dw = uninit_vec(co * ci * 9);
+    let mut block = [[0f32; CB]; 36];
+    let mut d = [0f32; 36];
+    for o in 0..co {
+        for c0 in (0..ci).step_by(CB) {
+            let n = CB.min(ci - c0);
+            for (xi, b) in block[..xis].iter_mut().enumerate() {
+                b[..n].copy_from_slice(&du[(xi * co + o) * ci + c0..][..n]);
             }
-            // Bᵀ over the 4 rows (both halves at once).
-            let (r0, rest) = rows.split_at(2 * n);
-            let (r1, rest) = rest.split_at(2 * n);
-            let (r2, r3) = rest.split_at(2 * n);
-            let (q0, rest) = q.split_at_mut(2 * n);
-            let (q1, rest) = rest.split_at_mut(2 * n);
-            let (q2, q3) = rest.split_at_mut(2 * n);
-            for k in 0..2 * n {
-                q0[k] = r0[k] - r2[k];
-                q1[k] = r1[k] + r2[k];
-                q2[k] = r2[k] - r1[k];
-                q3[k] = r1[k] - r3[k];
-            }
-            let t0 = col0 + ty * tw;
-            let stride = d.ci * ld;
-            for (i, qi) in [&*q0, &*q1, &*q2, &*q3].into_iter().enumerate() {
-                let (e, o) = qi.split_at(n);
-                let (a, b, cc, dd) = (&e[..tw], &o[..tw], &e[1..n], &o[1..n]);
-                let base = (i * 4 * d.ci + c) * ld + t0;
-                let (v0, rest) = v[base..].split_at_mut(stride);
-                let (v1, rest) = rest.split_at_mut(stride);
-                let (v2, v3) = rest.split_at_mut(stride);
-                let (v0, v1, v2, v3) = (&mut v0[..tw], &mut v1[..tw], &mut v2[..tw], &mut v3[..tw]);
-                for tx in 0..tw {
-                    v0[tx] = a[tx] - cc[tx];
-                    v1[tx] = b[tx] + cc[tx];
-                    v2[tx] = cc[tx] - b[tx];
-                    v3[tx] = b[tx] - dd[tx];
+            for k in 0..n {
+                for (xi, v) in d[..xis].iter_mut().enumerate() {
+                    *v = block[xi][k];
                 }
+                let g = match var {
+                    Variant::F2 => f2::weight_grad(&d[..16]),
+                    Variant::F4 => f4::weight_grad(&d),
+                };
+                dw[(o * ci + c0 + k) * 9..][..9].copy_from_slice(&g);
             }
         }
     }
+    dw
 }
 
-/// y[o][2ty + i][2tx + j] = (Aᵀ m A)[i][j] + bias[o] for one image, a row of tiles at a time.
 #[inline(always)]
-fn output_transform(
+fn input(var: Variant, x: &[f32], d: &Dims, cs: Range<usize>, v: &Shared, ld: usize, col0: usize) {
+    match var {
+        Variant::F2 => f2::input(x, d, cs, v, ld, col0),
+        Variant::F4 => f4::input(x, d, cs, v, ld, col0),
+    }
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn output(
+    var: Variant,
     m: &[f32],
     d: &Dims,
+    os: Range<usize>,
     ld: usize,
     col0: usize,
     bias: Option<&[f32]>,
-    y: &mut [f32],
+    y: &Shared,
+    y0: usize,
 ) {
-    let tw = d.tw;
-    let mut r = vec![0f32; 8 * tw]; // r[i][j][tx]: Aᵀ over the 4 tile rows
-    let mut out = vec![0f32; 2 * tw];
-    for o in 0..d.co {
-        let yo = &mut y[o * d.h * d.w..(o + 1) * d.h * d.w];
-        let b = bias.map_or(0.0, |b| b[o]);
-        for ty in 0..d.th {
-            let t0 = col0 + ty * tw;
-            let row = |xi: usize| &m[(xi * d.co + o) * ld + t0..][..tw];
-            for j in 0..4 {
-                let (m0, m1, m2, m3) = (row(j), row(4 + j), row(8 + j), row(12 + j));
-                let (ra, rb) = r.split_at_mut(4 * tw);
-                let (ra, rb) = (&mut ra[j * tw..(j + 1) * tw], &mut rb[j * tw..(j + 1) * tw]);
-                for tx in 0..tw {
-                    ra[tx] = m0[tx] + m1[tx] + m2[tx];
-                    rb[tx] = m1[tx] - m2[tx] - m3[tx];
-                }
-            }
-            for i in 0..2 {
-                let yy = 2 * ty + i;
-                if yy >= d.h {
-                    continue;
-                }
-                let ri = &r[i * 4 * tw..(i + 1) * 4 * tw];
-                let (a0, a1, a2, a3) = (
-                    &ri[..tw],
-                    &ri[tw..2 * tw],
-                    &ri[2 * tw..3 * tw],
-                    &ri[3 * tw..],
-                );
-                for tx in 0..tw {
-                    out[2 * tx] = a0[tx] + a1[tx] + a2[tx] + b;
-                    out[2 * tx + 1] = a1[tx] - a2[tx] - a3[tx] + b;
-                }
-                yo[yy * d.w..(yy + 1) * d.w].copy_from_slice(&out[..d.w]);
-            }
-        }
+    match var {
+        Variant::F2 => f2::output(m, d, os, ld, col0, bias, y, y0),
+        Variant::F4 => f4::output(m, d, os, ld, col0, bias, y, y0),
+    }
+}
+
+#[inline(always)]
+fn output_grad(
+    var: Variant,
+    dy: &[f32],
+    d: &Dims,
+    os: Range<usize>,
+    dm: &Shared,
+    ld: usize,
+    col0: usize,
+) {
+    match var {
+        Variant::F2 => f2::output_grad(dy, d, os, dm, ld, col0),
+        Variant::F4 => f4::output_grad(dy, d, os, dm, ld, col0),
     }
 }
 
 crate::kernels::multiversion!(
-    input_transform,
-    input_transform_mv,
-    fn(x: &[f32], d: &Dims, v: &mut [f32], ld: usize, col0: usize)
+    input,
+    input_mv,
+    fn(var: Variant, x: &[f32], d: &Dims, cs: Range<usize>, v: &Shared, ld: usize, col0: usize)
 );
 crate::kernels::multiversion!(
-    output_transform,
-    output_transform_mv,
-    fn(m: &[f32], d: &Dims, ld: usize, col0: usize, bias: Option<&[f32]>, y: &mut [f32])
+    output,
+    output_mv,
+    fn(
+        var: Variant,
+        m: &[f32],
+        d: &Dims,
+        os: Range<usize>,
+        ld: usize,
+        col0: usize,
+        bias: Option<&[f32]>,
+        y: &Shared,
+        y0: usize,
+    )
+);
+crate::kernels::multiversion!(
+    output_grad,
+    output_grad_mv,
+    fn(var: Variant, dy: &[f32], d: &Dims, os: Range<usize>, dm: &Shared, ld: usize, col0: usize)
 );
 
-/// Columns each group's GEMMs aim for.
-const TARGET_COLS: usize = 256;
+/// Columns (tiles) each group's GEMMs aim for: 64 keeps a group's V and M in L2 for 64
+/// channels (F(4×4): 36 · 64 · 64 floats = 590 kB each), measured 1.2–2× faster than 256 at
+/// batch 32 (`examples/conv_algos.rs`).
+const TARGET_COLS: usize = 64;
+
+/// How a batch of `b` images with `t` tiles each is cut: images per group, group count, and
+/// whether groups run in parallel (else each group splits its own work over the threads).
+fn grouping(b: usize, t: usize, threads: usize) -> (usize, usize, bool) {
+    let per_group = TARGET_COLS.div_ceil(t).clamp(1, b.max(1));
+    // Keep at least one group per thread when the batch allows it.
+    let per_group = per_group.min(b.div_ceil(threads).max(1));
+    let groups = b.div_ceil(per_group);
+    (per_group, groups, groups >= threads && threads > 1)
+}
+
+/// Runs `f` on `parts` near-equal ranges of `0..n`, in parallel when `parts > 1`.
+fn split(n: usize, parts: usize, f: impl Fn(Range<usize>) + Sync) {
+    if parts <= 1 || n <= 1 {
+        f(0..n);
+    } else {
+        super::split_range(n, parts)
+            .into_par_iter()
+            .for_each(&f);
+    }
+}
+
+/// Runs `f(image, channels)` over the items `i·per + c` of `r`, one call per image touched.
+fn per_image(r: Range<usize>, per: usize, mut f: impl FnMut(usize, Range<usize>)) {
+    let mut k = r.start;
+    while k < r.end {
+        let (i, c) = (k / per, k % per);
+        let end = (per - c).min(r.end - k) + c;
+        f(i, c..end);
+        k += end - c;
+    }
+}
+
+/// `dst (m × n) (+)= lhs (m × k) · rhs (k × n)`, each operand given by its row and column
+/// strides.
+#[allow(clippy::too_many_arguments)]
+fn gemm(
+    dst: &Shared,
+    dst_at: usize,
+    (m, n, k): (usize, usize, usize),
+    acc: bool,
+    lhs: (&[f32], isize, isize),
+    rhs: (&[f32], isize, isize),
+) {
+    // SAFETY: `dst_at` starts a row-major m×n block in bounds (checked by `slice`) that no other
+    // thread writes; lhs and rhs strides address their slices' elements only (the callers'
+    // geometry).
+    unsafe {
+        let d = dst.slice(dst_at, m * n);
+        gemm::gemm(
+            m,
+            n,
+            k,
+            d.as_mut_ptr(),
+            1,
+            n as isize,
+            acc,
+            lhs.0.as_ptr(),
+            lhs.2,
+            lhs.1,
+            rhs.0.as_ptr(),
+            rhs.2,
+            rhs.1,
+            1.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            Parallelism::None,
+        )
+    }
+}
 
 /// 3×3, stride 1, padding 1 convolution of x `[b, ci, h, w]` with pre-transformed weights
-/// `u = transform_weights(w)`, plus `bias` (`[co]` or per image `[b, co]`): returns
+/// `u = transform_weights(var, w)`, plus `bias` (`[co]` or per image `[b, co]`): returns
 /// `[b, co, h, w]`.
 #[allow(clippy::too_many_arguments)]
 pub fn conv3x3(
+    var: Variant,
     x: &[f32],
     u: &[f32],
     bias: Option<&[f32]>,
@@ -218,116 +369,195 @@ pub fn conv3x3(
     w: usize,
     threads: usize,
 ) -> Vec<f32> {
-    let d = Dims {
-        ci,
-        co,
-        h,
-        w,
-        th: h.div_ceil(2),
-        tw: w.div_ceil(2),
-    };
+    let d = Dims::new(var, ci, co, h, w);
+    let xis = var.xis();
     assert_eq!(x.len(), b * ci * h * w);
-    assert_eq!(u.len(), 16 * co * ci);
+    assert_eq!(u.len(), xis * co * ci);
     let (t, inl, outl) = (d.tiles(), ci * h * w, co * h * w);
-    let per_group = TARGET_COLS.div_ceil(t).clamp(1, b.max(1));
-    // Keep at least one group per thread when the batch allows it.
-    let per_group = per_group.min(b.div_ceil(threads).max(1));
+    let (per_group, _, outer) = grouping(b, t, threads);
+    let inner = if outer { 1 } else { threads };
     let mut y = uninit_vec(b * outl);
-    let group = |g: usize, yg: &mut [f32], par: Parallelism| {
+    let group = |g: usize, yg: &mut [f32]| {
         let n0 = g * per_group;
         let nb = yg.len() / outl;
         let ld = nb * t;
-        super::with_scratch(&V, 16 * ci * ld, |v| {
-            for i in 0..nb {
-                input_transform_mv(&x[(n0 + i) * inl..(n0 + i + 1) * inl], &d, v, ld, i * t);
-            }
-            super::with_scratch(&M, 16 * co * ld, |m| {
-                for xi in 0..16 {
-                    // SAFETY: u[ξ] is co×ci, v[ξ] ci×ld and m[ξ] co×ld, all row-major in bounds.
-                    unsafe {
-                        gemm::gemm(
-                            co,
-                            ld,
-                            ci,
-                            m[xi * co * ld..].as_mut_ptr(),
-                            1,
-                            ld as isize,
-                            false,
-                            u[xi * co * ci..].as_ptr(),
-                            1,
-                            ci as isize,
-                            v[xi * ci * ld..].as_ptr(),
-                            1,
-                            ld as isize,
-                            0.0f32,
-                            1.0f32,
-                            false,
-                            false,
-                            false,
-                            par,
-                        )
+        let ys = Shared::new(yg);
+        super::with_scratch(&V, xis * ci * ld, |v| {
+            let vs = Shared::new(v);
+            split(nb * ci, inner, |r| {
+                per_image(r, ci, |i, cs| {
+                    let xi = &x[(n0 + i) * inl..(n0 + i + 1) * inl];
+                    input_mv(var, xi, &d, cs, &vs, ld, i * t)
+                })
+            });
+            // SAFETY: the transforms above are done; from here V is only read.
+            let v = unsafe { vs.slice(0, xis * ci * ld) };
+            super::with_scratch(&M, xis * co * ld, |m| {
+                let ms = Shared::new(m);
+                split(xis, inner, |r| {
+                    for xi in r {
+                        let lhs = (&u[xi * co * ci..], ci as isize, 1);
+                        let rhs = (&v[xi * ci * ld..], ld as isize, 1);
+                        gemm(&ms, xi * co * ld, (co, ld, ci), false, lhs, rhs);
                     }
-                }
-                for i in 0..nb {
-                    let bias = bias.map(|b| super::conv2d::image_bias(b, n0 + i, co));
-                    output_transform_mv(m, &d, ld, i * t, bias, &mut yg[i * outl..(i + 1) * outl]);
-                }
+                });
+                // SAFETY: the GEMMs are done; from here M is only read.
+                let m = unsafe { ms.slice(0, xis * co * ld) };
+                split(nb * co, inner, |r| {
+                    per_image(r, co, |i, os| {
+                        let bias = bias.map(|b| super::conv2d::image_bias(b, n0 + i, co));
+                        output_mv(var, m, &d, os, ld, i * t, bias, &ys, i * outl)
+                    })
+                });
             });
         });
     };
-    let groups = b.div_ceil(per_group);
-    if groups >= threads && threads > 1 {
+    if outer {
         y.par_chunks_mut(per_group * outl)
             .enumerate()
-            .for_each(|(g, yg)| group(g, yg, Parallelism::None));
+            .for_each(|(g, yg)| group(g, yg));
     } else {
-        let par = if threads > 1 {
-            Parallelism::Rayon(threads)
-        } else {
-            Parallelism::None
-        };
         y.chunks_mut(per_group * outl)
             .enumerate()
-            .for_each(|(g, yg)| group(g, yg, par));
+            .for_each(|(g, yg)| group(g, yg));
     }
     y
+}
+
+/// The weight gradient `[co, ci, 3, 3]` of a 3×3, stride 1, padding 1 convolution of x
+/// `[b, ci, h, w]` with output gradient dy `[b, co, h, w]`: the forward's adjoint in the
+/// Winograd domain (exact up to rounding, like the forward).
+#[allow(clippy::too_many_arguments)]
+pub fn grad_weight(
+    var: Variant,
+    x: &[f32],
+    dy: &[f32],
+    b: usize,
+    ci: usize,
+    co: usize,
+    h: usize,
+    w: usize,
+    threads: usize,
+) -> Vec<f32> {
+    let d = Dims::new(var, ci, co, h, w);
+    let xis = var.xis();
+    assert_eq!(x.len(), b * ci * h * w);
+    assert_eq!(dy.len(), b * co * h * w);
+    let (t, inl, outl) = (d.tiles(), ci * h * w, co * h * w);
+    let (per_group, groups, outer) = grouping(b, t, threads);
+    let inner = if outer { 1 } else { threads };
+    // dU[ξ] (co × ci) += dM[ξ] (co × ld) · V[ξ]ᵀ (ld × ci), for one group of images.
+    let group = |g: usize, du: &mut [f32], acc: bool| {
+        let n0 = g * per_group;
+        let nb = per_group.min(b - n0);
+        let ld = nb * t;
+        super::with_scratch(&V, xis * ci * ld, |v| {
+            let vs = Shared::new(v);
+            split(nb * ci, inner, |r| {
+                per_image(r, ci, |i, cs| {
+                    let xi = &x[(n0 + i) * inl..(n0 + i + 1) * inl];
+                    input_mv(var, xi, &d, cs, &vs, ld, i * t)
+                })
+            });
+            super::with_scratch(&M, xis * co * ld, |m| {
+                let ms = Shared::new(m);
+                split(nb * co, inner, |r| {
+                    per_image(r, co, |i, os| {
+                        let dyi = &dy[(n0 + i) * outl..(n0 + i + 1) * outl];
+                        output_grad_mv(var, dyi, &d, os, &ms, ld, i * t)
+                    })
+                });
+                // SAFETY: the transforms are done; from here V and dM are only read.
+                let (v, m) = unsafe { (vs.slice(0, xis * ci * ld), ms.slice(0, xis * co * ld)) };
+                let dus = Shared::new(du);
+                split(xis, inner, |r| {
+                    for xi in r {
+                        let lhs = (&m[xi * co * ld..], ld as isize, 1);
+                        let rhs = (&v[xi * ci * ld..], 1, ld as isize);
+                        gemm(&dus, xi * co * ci, (co, ci, ld), acc, lhs, rhs);
+                    }
+                });
+            });
+        });
+    };
+    let du = if outer {
+        (0..groups)
+            .into_par_iter()
+            .fold(
+                || (vec![0f32; xis * co * ci], false),
+                |(mut du, started), g| {
+                    group(g, &mut du, started);
+                    (du, true)
+                },
+            )
+            .map(|(du, _)| du)
+            .reduce_with(|mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+                a
+            })
+            .expect("at least one group")
+    } else {
+        let mut du = uninit_vec(xis * co * ci);
+        for g in 0..groups {
+            group(g, &mut du, g > 0);
+        }
+        du
+    };
+    weight_grads(var, &du, co, ci)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::kernels::testutil::{max_rel, rand_tensor};
-    use candle_core::Tensor;
+    use candle_core::{Device, Tensor};
+
+    fn vec(t: &Tensor) -> Vec<f32> {
+        t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    }
+
+    /// (b, ci, co, h, w): odd sizes, 1×1 and 2×1 images, batches split into several groups,
+    /// images narrower than a lane batch of tiles and wider than several.
+    const CASES: [(usize, usize, usize, usize, usize); 7] = [
+        (2, 3, 4, 8, 8),
+        (7, 5, 6, 5, 7),
+        (3, 2, 3, 1, 1),
+        (4, 3, 2, 2, 1),
+        (9, 8, 16, 6, 6),
+        (1, 16, 8, 33, 17),
+        (2, 4, 5, 9, 70),
+    ];
 
     #[test]
     fn matches_direct_convolution_on_odd_sizes_batches_and_thread_counts() {
-        // (b, ci, co, h, w): odd sizes, 1×1 and 2×1 images, batches split into several groups.
-        let cases = [
-            (2, 3, 4, 8, 8),
-            (7, 5, 6, 5, 7),
-            (3, 2, 3, 1, 1),
-            (4, 3, 2, 2, 1),
-            (9, 8, 16, 6, 6),
-            (1, 16, 8, 33, 17),
-        ];
-        for (i, &(b, ci, co, h, w)) in cases.iter().enumerate() {
-            let x = rand_tensor(&[b, ci, h, w], i as u64);
-            let wt = rand_tensor(&[co, ci, 3, 3], 50 + i as u64);
-            let bias = rand_tensor(&[co], 90 + i as u64);
-            let want = x
-                .conv2d(&wt, 1, 1, 1, 1)
-                .unwrap()
-                .broadcast_add(&bias.reshape((1, co, 1, 1)).unwrap())
-                .unwrap();
-            let xs = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            let ws = wt.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            let bs = bias.to_vec1::<f32>().unwrap();
-            let u = transform_weights(&ws, co, ci);
-            for threads in [1, 2, 3] {
-                let y = conv3x3(&xs, &u, Some(&bs), b, ci, co, h, w, threads);
-                let got = Tensor::from_vec(y, (b, co, h, w), &candle_core::Device::Cpu).unwrap();
-                let e = max_rel(&got, &want);
-                assert!(e < 1e-5, "case {i} threads {threads}: {e}");
+        for var in [Variant::F2, Variant::F4] {
+            for (i, &(b, ci, co, h, w)) in CASES.iter().enumerate() {
+                let x = rand_tensor(&[b, ci, h, w], i as u64);
+                let wt = rand_tensor(&[co, ci, 3, 3], 50 + i as u64);
+                let bias = rand_tensor(&[co], 90 + i as u64);
+                let want = x
+                    .conv2d(&wt, 1, 1, 1, 1)
+                    .unwrap()
+                    .broadcast_add(&bias.reshape((1, co, 1, 1)).unwrap())
+                    .unwrap();
+                let u = transform_weights(var, &vec(&wt), co, ci);
+                for threads in [1, 2, 3] {
+                    let y = conv3x3(
+                        var,
+                        &vec(&x),
+                        &u,
+                        Some(&vec(&bias)),
+                        b,
+                        ci,
+                        co,
+                        h,
+                        w,
+                        threads,
+                    );
+                    let got = Tensor::from_vec(y, (b, co, h, w), &Device::Cpu).unwrap();
+                    let e = max_rel(&got, &want);
+                    assert!(e < 1e-5, "{var:?} case {i} threads {threads}: {e}");
+                }
             }
         }
     }
@@ -336,39 +566,73 @@ mod tests {
     fn flipped_weights_give_the_input_gradient() {
         // <conv(x, w), dy> = <x, conv(dy, flip(w))> for stride 1, padding 1.
         let (b, ci, co, h, w) = (2, 3, 5, 6, 7);
-        let x = rand_tensor(&[b, ci, h, w], 1)
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        let wt = rand_tensor(&[co, ci, 3, 3], 2)
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        let dy = rand_tensor(&[b, co, h, w], 3)
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        let y = conv3x3(
-            &x,
-            &transform_weights(&wt, co, ci),
-            None,
-            b,
-            ci,
-            co,
-            h,
-            w,
-            1,
-        );
-        let flipped = transform_weights(&flip_weights(&wt, co, ci), ci, co);
-        let dx = conv3x3(&dy, &flipped, None, b, co, ci, h, w, 2);
-        let lhs: f64 = y.iter().zip(&dy).map(|(a, b)| *a as f64 * *b as f64).sum();
-        let rhs: f64 = x.iter().zip(&dx).map(|(a, b)| *a as f64 * *b as f64).sum();
-        assert!(
-            (lhs - rhs).abs() < 1e-4 * lhs.abs().max(1.0),
-            "{lhs} vs {rhs}"
-        );
+        let x = vec(&rand_tensor(&[b, ci, h, w], 1));
+        let wt = vec(&rand_tensor(&[co, ci, 3, 3], 2));
+        let dy = vec(&rand_tensor(&[b, co, h, w], 3));
+        for var in [Variant::F2, Variant::F4] {
+            let y = conv3x3(
+                var,
+                &x,
+                &transform_weights(var, &wt, co, ci),
+                None,
+                b,
+                ci,
+                co,
+                h,
+                w,
+                1,
+            );
+            let flipped = transform_weights(var, &flip_weights(&wt, co, ci), ci, co);
+            let dx = conv3x3(var, &dy, &flipped, None, b, co, ci, h, w, 2);
+            let lhs: f64 = y.iter().zip(&dy).map(|(a, b)| *a as f64 * *b as f64).sum();
+            let rhs: f64 = x.iter().zip(&dx).map(|(a, b)| *a as f64 * *b as f64).sum();
+            assert!(
+                (lhs - rhs).abs() < 1e-4 * lhs.abs().max(1.0),
+                "{var:?}: {lhs} vs {rhs}"
+            );
+        }
+    }
+
+    #[test]
+    fn weight_gradient_matches_candle() {
+        for var in [Variant::F2, Variant::F4] {
+            for (i, &(b, ci, co, h, w)) in CASES.iter().enumerate() {
+                let x = rand_tensor(&[b, ci, h, w], i as u64);
+                let wt = candle_core::Var::from_tensor(&rand_tensor(&[co, ci, 3, 3], 7)).unwrap();
+                let dy = rand_tensor(&[b, co, h, w], 30 + i as u64);
+                let loss = (x.conv2d(&wt, 1, 1, 1, 1).unwrap() * &dy).unwrap();
+                let grads = loss.sum_all().unwrap().backward().unwrap();
+                let want = grads.get(&wt).unwrap();
+                for threads in [1, 2, 3] {
+                    let dw = grad_weight(var, &vec(&x), &vec(&dy), b, ci, co, h, w, threads);
+                    let got = Tensor::from_vec(dw, (co, ci, 3, 3), &Device::Cpu).unwrap();
+                    let e = max_rel(&got, want);
+                    assert!(e < 1e-5, "{var:?} case {i} threads {threads}: {e}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn transforms_invert_on_single_filters() {
+        // Gᵀ (G g Gᵀ) G is not g, but the weight-gradient transform is the adjoint of the
+        // weight transform: <transform(g), d> = <g, grad_transform(d)>.
+        let g = vec(&rand_tensor(&[9], 1));
+        for var in [Variant::F2, Variant::F4] {
+            let n = var.xis();
+            let d = vec(&rand_tensor(&[n], 2));
+            let u = transform_weights(var, &g, 1, 1);
+            let back = weight_grads(var, &d, 1, 1);
+            let lhs: f64 = u.iter().zip(&d).map(|(a, b)| *a as f64 * *b as f64).sum();
+            let rhs: f64 = g
+                .iter()
+                .zip(&back)
+                .map(|(a, b)| *a as f64 * *b as f64)
+                .sum();
+            assert!(
+                (lhs - rhs).abs() < 1e-6 * lhs.abs().max(1.0),
+                "{var:?}: {lhs} vs {rhs}"
+            );
+        }
     }
 }

@@ -1,0 +1,96 @@
+//! Weights transformed once for inference (as oneDNN's and ONNX Runtime's pre-packed
+//! weights): the Winograd-domain filters of a convolution whose weight is not a variable and
+//! whose input tracks no gradient, kept across calls instead of re-transformed per forward.
+//!
+//! Entries are keyed by the weight tensor's id and the tile size, and carry a 64-bit hash of the
+//! weight's contents that is checked on every hit, so a weight changed in place (a detached
+//! view of a variable that an optimizer then updated) is transformed again, never served stale.
+//! The cache holds at most `CAP_BYTES`; the oldest entries go first.
+
+use super::winograd::{transform_weights, Variant};
+use candle_core::TensorId;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+/// The most transformed weights kept (an F(4×4) filter bank is 4× its weights).
+const CAP_BYTES: usize = 512 << 20;
+
+struct Entry {
+    id: TensorId,
+    var: Variant,
+    hash: u64,
+    u: Arc<Vec<f32>>,
+}
+
+static CACHE: Mutex<VecDeque<Entry>> = Mutex::new(VecDeque::new());
+
+/// A hash of the weight's bits: eight independent multiply–xor (FNV-1a style) chains over
+/// 32-bit words, which vectorize, folded into 64 bits.
+#[inline(always)]
+fn fingerprint_lanes(w: &[f32]) -> u64 {
+    const PRIME: u32 = 0x0100_0193;
+    let mut h = [0x811c_9dc5u32; 8];
+    for (k, hk) in h.iter_mut().enumerate() {
+        *hk ^= k as u32;
+    }
+    let chunks = w.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for k in 0..8 {
+            h[k] = (h[k] ^ c[k].to_bits()).wrapping_mul(PRIME);
+            h[k] ^= h[k] >> 15;
+        }
+    }
+    for (k, v) in rest.iter().enumerate() {
+        h[k] = (h[k] ^ v.to_bits()).wrapping_mul(PRIME);
+    }
+    h.iter().fold(w.len() as u64, |acc, &x| {
+        (acc ^ x as u64)
+            .wrapping_mul(0xff51_afd7_ed55_8ccd)
+            .rotate_left(29)
+    })
+}
+
+crate::kernels::multiversion!(fingerprint_lanes, fingerprint_mv, fn(w: &[f32]) -> u64);
+
+/// `transform_weights(var, w, co, ci)`, from the cache when weight `id` was transformed
+/// before with the same contents.
+pub(crate) fn winograd(
+    id: TensorId,
+    var: Variant,
+    w: &[f32],
+    co: usize,
+    ci: usize,
+) -> Arc<Vec<f32>> {
+    let hash = fingerprint_mv(w);
+    {
+        let cache = CACHE.lock().expect("packed-weight cache lock");
+        if let Some(e) = cache
+            .iter()
+            .find(|e| e.id == id && e.var == var && e.hash == hash)
+        {
+            return e.u.clone();
+        }
+    }
+    let u = Arc::new(transform_weights(var, w, co, ci));
+    let mut cache = CACHE.lock().expect("packed-weight cache lock");
+    cache.retain(|e| !(e.id == id && e.var == var));
+    let bytes = |c: &VecDeque<Entry>| c.iter().map(|e| e.u.len() * 4).sum::<usize>();
+    while !cache.is_empty() && bytes(&cache) + u.len() * 4 > CAP_BYTES {
+        cache.pop_front();
+    }
+    if u.len() * 4 <= CAP_BYTES {
+        cache.push_back(Entry {
+            id,
+            var,
+            hash,
+            u: u.clone(),
+        });
+    }
+    u
+}
+
+#[cfg(test)]
+pub(crate) fn cached_entries() -> usize {
+    CACHE.lock().unwrap().len()
+}

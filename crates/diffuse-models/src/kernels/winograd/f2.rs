@@ -1,0 +1,218 @@
+//! Winograd F(2×2, 3×3) (Lavin & Gray 2016, §4): each 2×2 output tile costs 16 multiplies
+//! per channel pair instead of 36. Bᵀ = [1 0 −1 0; 0 1 1 0; 0 −1 1 0; 0 1 0 −1],
+//! G = [1 0 0; ½ ½ ½; ½ −½ ½; 0 0 1], Aᵀ = [1 1 1 0; 0 1 −1 −1]. Its rounding error is the
+//! smallest of the tile sizes; it wins on small images, where F(4×4)'s tiles are mostly padding.
+
+use super::{phases, Dims, Lanes, Shared, L};
+
+/// G g Gᵀ for one 3×3 filter, row-major 4×4.
+pub fn weight(g: &[f32]) -> [f32; 16] {
+    let col = |a: f32, b: f32, c: f32| [a, 0.5 * (a + b + c), 0.5 * (a - b + c), c];
+    let mut t = [[0f32; 3]; 4]; // G g
+    for j in 0..3 {
+        for (i, v) in col(g[j], g[3 + j], g[6 + j]).into_iter().enumerate() {
+            t[i][j] = v;
+        }
+    }
+    let mut u = [0f32; 16];
+    for (i, ti) in t.iter().enumerate() {
+        u[i * 4..i * 4 + 4].copy_from_slice(&col(ti[0], ti[1], ti[2]));
+    }
+    u
+}
+
+/// Gᵀ d G for one 4×4 Winograd-domain gradient: the 3×3 filter gradient.
+pub fn weight_grad(d: &[f32]) -> [f32; 9] {
+    let row = |u: &[f32]| {
+        [
+            u[0] + 0.5 * (u[1] + u[2]),
+            0.5 * (u[1] - u[2]),
+            0.5 * (u[1] + u[2]) + u[3],
+        ]
+    };
+    let mut t = [[0f32; 4]; 3]; // (d G)ᵀ
+    for i in 0..4 {
+        for (j, v) in row(&d[i * 4..i * 4 + 4]).into_iter().enumerate() {
+            t[j][i] = v;
+        }
+    }
+    let mut g = [0f32; 9];
+    for (j, tj) in t.iter().enumerate() {
+        for (i, v) in row(tj).into_iter().enumerate() {
+            g[i * 3 + j] = v;
+        }
+    }
+    g
+}
+
+/// V[ξ][c][col0 + t] = (Bᵀ d B)[ξ] for each 4×4 input patch d of one image, channels `cs`.
+/// Row by row of tiles: the 4 input rows are split into the padded row's even and odd
+/// columns (tile `tx` reads even[tx], odd[tx], even[tx+1], odd[tx+1]), Bᵀ runs over whole
+/// rows and B over tiles — every loop contiguous, so they vectorize.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)]
+pub(super) fn input(
+    x: &[f32],
+    d: &Dims,
+    cs: std::ops::Range<usize>,
+    v: &Shared,
+    ld: usize,
+    col0: usize,
+) {
+    let tw = d.tw;
+    let n = tw + 1;
+    // [row 0..4][even | odd] of the zero-padded row (padded index j holds x[j − 1]).
+    let mut rows = vec![0f32; 8 * n];
+    let mut q = vec![0f32; 8 * n];
+    for c in cs {
+        let xc = &x[c * d.h * d.w..(c + 1) * d.h * d.w];
+        for ty in 0..d.th {
+            for (i, r) in rows.chunks_exact_mut(2 * n).enumerate() {
+                let yy = (2 * ty + i) as isize - 1;
+                let row = (yy >= 0 && yy < d.h as isize).then(|| &xc[yy as usize * d.w..][..d.w]);
+                phases::<2>(row, 1, r, n);
+            }
+            // Bᵀ over the 4 rows (both halves at once).
+            let (r0, rest) = rows.split_at(2 * n);
+            let (r1, rest) = rest.split_at(2 * n);
+            let (r2, r3) = rest.split_at(2 * n);
+            let (q0, rest) = q.split_at_mut(2 * n);
+            let (q1, rest) = rest.split_at_mut(2 * n);
+            let (q2, q3) = rest.split_at_mut(2 * n);
+            for k in 0..2 * n {
+                q0[k] = r0[k] - r2[k];
+                q1[k] = r1[k] + r2[k];
+                q2[k] = r2[k] - r1[k];
+                q3[k] = r1[k] - r3[k];
+            }
+            let t0 = col0 + ty * tw;
+            for (i, qi) in [&*q0, &*q1, &*q2, &*q3].into_iter().enumerate() {
+                let (e, o) = qi.split_at(n);
+                let (a, b, cc, dd) = (&e[..tw], &o[..tw], &e[1..n], &o[1..n]);
+                // SAFETY: each caller writes a disjoint range of channels.
+                let (v0, v1, v2, v3) = unsafe {
+                    let at = |j: usize| v.slice(((i * 4 + j) * d.ci + c) * ld + t0, tw);
+                    (at(0), at(1), at(2), at(3))
+                };
+                for tx in 0..tw {
+                    v0[tx] = a[tx] - cc[tx];
+                    v1[tx] = b[tx] + cc[tx];
+                    v2[tx] = cc[tx] - b[tx];
+                    v3[tx] = b[tx] - dd[tx];
+                }
+            }
+        }
+    }
+}
+
+/// y[o][2ty + i][2tx + j] = (Aᵀ m A)[i][j] + bias[o] for output channels `os` of one image,
+/// a row of tiles at a time.
+#[inline(always)]
+#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+pub(super) fn output(
+    m: &[f32],
+    d: &Dims,
+    os: std::ops::Range<usize>,
+    ld: usize,
+    col0: usize,
+    bias: Option<&[f32]>,
+    y: &Shared,
+    y0: usize,
+) {
+    let tw = d.tw;
+    let mut r = vec![0f32; 8 * tw]; // r[i][j][tx]: Aᵀ over the 4 tile rows
+    let mut out = vec![0f32; 2 * tw];
+    for o in os {
+        // SAFETY: each caller writes a disjoint range of output channels.
+        let yo = unsafe { y.slice(y0 + o * d.h * d.w, d.h * d.w) };
+        let b = bias.map_or(0.0, |b| b[o]);
+        for ty in 0..d.th {
+            let t0 = col0 + ty * tw;
+            let row = |xi: usize| &m[(xi * d.co + o) * ld + t0..][..tw];
+            for j in 0..4 {
+                let (m0, m1, m2, m3) = (row(j), row(4 + j), row(8 + j), row(12 + j));
+                let (ra, rb) = r.split_at_mut(4 * tw);
+                let (ra, rb) = (&mut ra[j * tw..(j + 1) * tw], &mut rb[j * tw..(j + 1) * tw]);
+                for tx in 0..tw {
+                    ra[tx] = m0[tx] + m1[tx] + m2[tx];
+                    rb[tx] = m1[tx] - m2[tx] - m3[tx];
+                }
+            }
+            for i in 0..2 {
+                let yy = 2 * ty + i;
+                if yy >= d.h {
+                    continue;
+                }
+                let ri = &r[i * 4 * tw..(i + 1) * 4 * tw];
+                let (a0, a1, a2, a3) = (
+                    &ri[..tw],
+                    &ri[tw..2 * tw],
+                    &ri[2 * tw..3 * tw],
+                    &ri[3 * tw..],
+                );
+                for tx in 0..tw {
+                    out[2 * tx] = a0[tx] + a1[tx] + a2[tx] + b;
+                    out[2 * tx + 1] = a1[tx] - a2[tx] - a3[tx] + b;
+                }
+                yo[yy * d.w..(yy + 1) * d.w].copy_from_slice(&out[..d.w]);
+            }
+        }
+    }
+}
+
+/// A applied to two lane vectors: (Aᵀ)ᵀ y, the adjoint of the output transform.
+#[inline(always)]
+fn a(y0: &Lanes, y1: &Lanes) -> [Lanes; 4] {
+    let mut r = [[0f32; L]; 4];
+    for l in 0..L {
+        r[0][l] = y0[l];
+        r[1][l] = y0[l] + y1[l];
+        r[2][l] = y0[l] - y1[l];
+        r[3][l] = -y1[l];
+    }
+    r
+}
+
+/// dM[ξ][o][col0 + t] = (A dY Aᵀ)[ξ] for every 2×2 tile t of one image's output gradient,
+/// output channels `os` (tiles past the image's edge read zeros).
+#[inline(always)]
+#[allow(clippy::needless_range_loop)]
+pub(super) fn output_grad(
+    dy: &[f32],
+    d: &Dims,
+    os: std::ops::Range<usize>,
+    dm: &Shared,
+    ld: usize,
+    col0: usize,
+) {
+    let len = d.tw + L;
+    let mut ph = vec![0f32; 2 * 2 * len]; // [row k][phase q][tile]
+    for o in os {
+        let yo = &dy[o * d.h * d.w..(o + 1) * d.h * d.w];
+        for ty in 0..d.th {
+            for k in 0..2 {
+                let yy = 2 * ty + k;
+                let row = (yy < d.h).then(|| &yo[yy * d.w..(yy + 1) * d.w]);
+                phases::<2>(row, 0, &mut ph[k * 2 * len..(k + 1) * 2 * len], len);
+            }
+            for tx0 in (0..d.tw).step_by(L) {
+                let n = L.min(d.tw - tx0);
+                let lane = |k: usize, q: usize| -> &Lanes {
+                    ph[(k * 2 + q) * len + tx0..][..L]
+                        .try_into()
+                        .expect("L lanes")
+                };
+                let z0 = a(lane(0, 0), lane(0, 1));
+                let z1 = a(lane(1, 0), lane(1, 1));
+                let t0 = col0 + ty * d.tw + tx0;
+                for j in 0..4 {
+                    for (i, vals) in a(&z0[j], &z1[j]).iter().enumerate() {
+                        // SAFETY: each caller writes a disjoint range of output channels.
+                        let dst = unsafe { dm.slice(((i * 4 + j) * d.co + o) * ld + t0, n) };
+                        dst.copy_from_slice(&vals[..n]);
+                    }
+                }
+            }
+        }
+    }
+}

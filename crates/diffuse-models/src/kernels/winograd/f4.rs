@@ -1,0 +1,297 @@
+//! Winograd F(4×4, 3×3) (Lavin & Gray 2016, §4; interpolation points 0, ±1, ±2, ∞, the
+//! matrices NNPACK and oneDNN use): each 4×4 output tile costs 36 multiplies per channel pair
+//! instead of 144, 4× fewer than direct convolution and 1.78× fewer than F(2×2, 3×3), at a
+//! larger rounding error (the transforms scale by up to 8 and divide by 24).
+//!
+//! Bᵀ = [4 0 −5 0 1 0; 0 −4 −4 1 1 0; 0 4 −4 −1 1 0; 0 −2 −1 2 1 0; 0 2 −1 −2 1 0; 0 4 0 −5 0 1]
+//! G  = [¼ 0 0; −⅙ −⅙ −⅙; −⅙ ⅙ −⅙; 1⁄24 1⁄12 ⅙; 1⁄24 −1⁄12 ⅙; 0 0 1]
+//! Aᵀ = [1 1 1 1 1 0; 0 1 −1 2 −2 0; 0 1 1 4 4 0; 0 1 −1 8 −8 1]
+//!
+//! The transforms run on 8 tiles at once (`Lanes`): each tile row is split into its four
+//! column phases first, so every lane load is a contiguous slice and the loops vectorize.
+
+use super::{phases, Dims, Lanes, Shared, L};
+
+/// Bᵀ applied to six lane vectors.
+#[inline(always)]
+fn bt(d: [&Lanes; 6]) -> [Lanes; 6] {
+    let mut r = [[0f32; L]; 6];
+    for l in 0..L {
+        let (d0, d1, d2, d3, d4, d5) = (d[0][l], d[1][l], d[2][l], d[3][l], d[4][l], d[5][l]);
+        r[0][l] = 4.0 * d0 - 5.0 * d2 + d4;
+        r[1][l] = d3 + d4 - 4.0 * (d1 + d2);
+        r[2][l] = d4 - d3 + 4.0 * (d1 - d2);
+        r[3][l] = d4 - d2 + 2.0 * (d3 - d1);
+        r[4][l] = d4 - d2 + 2.0 * (d1 - d3);
+        r[5][l] = 4.0 * d1 - 5.0 * d3 + d5;
+    }
+    r
+}
+
+/// Aᵀ applied to six lane vectors.
+#[inline(always)]
+fn at(m: [&Lanes; 6]) -> [Lanes; 4] {
+    let mut r = [[0f32; L]; 4];
+    for l in 0..L {
+        let (a, b) = (m[1][l] + m[2][l], m[1][l] - m[2][l]);
+        let (c, d) = (m[3][l] + m[4][l], m[3][l] - m[4][l]);
+        r[0][l] = m[0][l] + a + c;
+        r[1][l] = b + 2.0 * d;
+        r[2][l] = a + 4.0 * c;
+        r[3][l] = b + 8.0 * d + m[5][l];
+    }
+    r
+}
+
+/// (Aᵀ)ᵀ = A applied to four lane vectors: the adjoint of `at` (the weight gradient's dY).
+#[inline(always)]
+fn a(y: [&Lanes; 4]) -> [Lanes; 6] {
+    let mut r = [[0f32; L]; 6];
+    for l in 0..L {
+        let (y0, y1, y2, y3) = (y[0][l], y[1][l], y[2][l], y[3][l]);
+        let (e, o) = (y0 + y2, y1 + y3);
+        let (e4, o8) = (y0 + 4.0 * y2, 2.0 * y1 + 8.0 * y3);
+        r[0][l] = y0;
+        r[1][l] = e + o;
+        r[2][l] = e - o;
+        r[3][l] = e4 + o8;
+        r[4][l] = e4 - o8;
+        r[5][l] = y3;
+    }
+    r
+}
+
+const SIXTH: f32 = 1.0 / 6.0;
+const TWELFTH: f32 = 1.0 / 12.0;
+const T24TH: f32 = 1.0 / 24.0;
+
+/// G applied to one column (g0, g1, g2) of a filter.
+#[inline(always)]
+fn g_col(g0: f32, g1: f32, g2: f32) -> [f32; 6] {
+    let (s, d) = (g0 + g2, g1);
+    [
+        0.25 * g0,
+        -SIXTH * (s + d),
+        -SIXTH * (s - d),
+        T24TH * g0 + TWELFTH * g1 + SIXTH * g2,
+        T24TH * g0 - TWELFTH * g1 + SIXTH * g2,
+        g2,
+    ]
+}
+
+/// G g Gᵀ for one 3×3 filter, row-major 6×6.
+#[inline(always)]
+pub fn weight(g: &[f32]) -> [f32; 36] {
+    // t = G g: [6, 3]
+    let c: [[f32; 6]; 3] = std::array::from_fn(|j| g_col(g[j], g[3 + j], g[6 + j]));
+    let mut u = [0f32; 36];
+    for i in 0..6 {
+        u[i * 6..i * 6 + 6].copy_from_slice(&g_col(c[0][i], c[1][i], c[2][i]));
+    }
+    u
+}
+
+/// Gᵀ applied to a 6-vector.
+#[inline(always)]
+fn gt_row(u: &[f32]) -> [f32; 3] {
+    let (p, m) = (u[1] + u[2], u[2] - u[1]);
+    let (p34, m34) = (u[3] + u[4], u[3] - u[4]);
+    [
+        0.25 * u[0] - SIXTH * p + T24TH * p34,
+        SIXTH * m + TWELFTH * m34,
+        SIXTH * (p34 - p) + u[5],
+    ]
+}
+
+/// Gᵀ d G for one 6×6 Winograd-domain gradient (row-major): the 3×3 filter gradient.
+pub fn weight_grad(d: &[f32]) -> [f32; 9] {
+    // t = (d G)ᵀ: [3, 6]
+    let mut t = [[0f32; 6]; 3];
+    for i in 0..6 {
+        for (j, v) in gt_row(&d[i * 6..i * 6 + 6]).into_iter().enumerate() {
+            t[j][i] = v;
+        }
+    }
+    let mut g = [0f32; 9];
+    for (j, tj) in t.iter().enumerate() {
+        for (i, v) in gt_row(tj).into_iter().enumerate() {
+            g[i * 3 + j] = v;
+        }
+    }
+    g
+}
+
+/// V[ξ][c][col0 + t] = (Bᵀ d B)[ξ] for the 6×6 input patch d of every tile t of one image,
+/// for the channels `cs`.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)]
+pub(super) fn input(
+    x: &[f32],
+    d: &Dims,
+    cs: std::ops::Range<usize>,
+    v: &Shared,
+    ld: usize,
+    col0: usize,
+) {
+    let len = d.tw + 1 + L;
+    let mut ph = vec![0f32; 6 * 4 * len]; // [row i][phase p][k]
+    for c in cs {
+        let xc = &x[c * d.h * d.w..(c + 1) * d.h * d.w];
+        for ty in 0..d.th {
+            for i in 0..6 {
+                let yy = (4 * ty + i) as isize - 1;
+                let row = (yy >= 0 && (yy as usize) < d.h)
+                    .then(|| &xc[yy as usize * d.w..(yy as usize + 1) * d.w]);
+                phases::<4>(row, 1, &mut ph[i * 4 * len..(i + 1) * 4 * len], len);
+            }
+            for tx0 in (0..d.tw).step_by(L) {
+                let n = L.min(d.tw - tx0);
+                // d[i][j] lanes = padded row i, column 4(tx0 + l) + j
+                let lane = |i: usize, j: usize| -> &Lanes {
+                    let s = &ph[(i * 4 + j % 4) * len + tx0 + j / 4..][..L];
+                    s.try_into().expect("L lanes")
+                };
+                // t[k][j] = Σᵢ Bᵀ[k][i] d[i][j]
+                let mut t = [[[0f32; L]; 6]; 6];
+                for j in 0..6 {
+                    let col = bt([
+                        lane(0, j),
+                        lane(1, j),
+                        lane(2, j),
+                        lane(3, j),
+                        lane(4, j),
+                        lane(5, j),
+                    ]);
+                    for k in 0..6 {
+                        t[k][j] = col[k];
+                    }
+                }
+                let t0 = col0 + ty * d.tw + tx0;
+                for (k, tk) in t.iter().enumerate() {
+                    let row = bt([&tk[0], &tk[1], &tk[2], &tk[3], &tk[4], &tk[5]]);
+                    for (m, vals) in row.iter().enumerate() {
+                        // SAFETY: each caller writes a disjoint range of channels.
+                        let dst = unsafe { v.slice(((k * 6 + m) * d.ci + c) * ld + t0, n) };
+                        dst.copy_from_slice(&vals[..n]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Gathers the lanes `m[ξ][row][t0 .. t0 + n]` (zero past n) for the 36 ξ.
+#[inline(always)]
+fn gather36(m: &[f32], rows: usize, row: usize, ld: usize, t0: usize, n: usize) -> [Lanes; 36] {
+    let mut mm = [[0f32; L]; 36];
+    for (xi, lanes) in mm.iter_mut().enumerate() {
+        lanes[..n].copy_from_slice(&m[(xi * rows + row) * ld + t0..][..n]);
+    }
+    mm
+}
+
+/// y[o][4ty + i][4tx + j] = (Aᵀ m A)[i][j] + bias[o] for the output channels `os` of one image.
+#[inline(always)]
+#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+pub(super) fn output(
+    m: &[f32],
+    d: &Dims,
+    os: std::ops::Range<usize>,
+    ld: usize,
+    col0: usize,
+    bias: Option<&[f32]>,
+    y: &Shared,
+    y0: usize,
+) {
+    let hw = d.h * d.w;
+    for o in os {
+        let b = bias.map_or(0.0, |b| b[o]);
+        // SAFETY: each caller writes a disjoint range of output channels.
+        let yo = unsafe { y.slice(y0 + o * hw, hw) };
+        for ty in 0..d.th {
+            for tx0 in (0..d.tw).step_by(L) {
+                let n = L.min(d.tw - tx0);
+                let mm = gather36(m, d.co, o, ld, col0 + ty * d.tw + tx0, n);
+                // s[k][j] = Σᵢ Aᵀ[k][i] m[i][j]
+                let mut s = [[[0f32; L]; 6]; 4];
+                for j in 0..6 {
+                    let col = at([
+                        &mm[j],
+                        &mm[6 + j],
+                        &mm[12 + j],
+                        &mm[18 + j],
+                        &mm[24 + j],
+                        &mm[30 + j],
+                    ]);
+                    for k in 0..4 {
+                        s[k][j] = col[k];
+                    }
+                }
+                for (k, sk) in s.iter().enumerate() {
+                    let yy = 4 * ty + k;
+                    if yy >= d.h {
+                        break;
+                    }
+                    let r = at([&sk[0], &sk[1], &sk[2], &sk[3], &sk[4], &sk[5]]);
+                    let out = &mut yo[yy * d.w..(yy + 1) * d.w];
+                    for l in 0..n {
+                        for (q, rq) in r.iter().enumerate() {
+                            let xx = 4 * (tx0 + l) + q;
+                            if xx < d.w {
+                                out[xx] = rq[l] + b;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// dM[ξ][o][col0 + t] = (A dY Aᵀ)[ξ] for every 4×4 tile t of one image's output gradient, for
+/// the output channels `os` (tiles past the image's edge read zeros).
+#[inline(always)]
+#[allow(clippy::needless_range_loop)]
+pub(super) fn output_grad(
+    dy: &[f32],
+    d: &Dims,
+    os: std::ops::Range<usize>,
+    dm: &Shared,
+    ld: usize,
+    col0: usize,
+) {
+    let len = d.tw + L;
+    let mut ph = vec![0f32; 4 * 4 * len]; // [row k][phase q][tile]
+    for o in os {
+        let yo = &dy[o * d.h * d.w..(o + 1) * d.h * d.w];
+        for ty in 0..d.th {
+            for k in 0..4 {
+                let yy = 4 * ty + k;
+                let row = (yy < d.h).then(|| &yo[yy * d.w..(yy + 1) * d.w]);
+                phases::<4>(row, 0, &mut ph[k * 4 * len..(k + 1) * 4 * len], len);
+            }
+            for tx0 in (0..d.tw).step_by(L) {
+                let n = L.min(d.tw - tx0);
+                let lane = |k: usize, q: usize| -> &Lanes {
+                    ph[(k * 4 + q) * len + tx0..][..L]
+                        .try_into()
+                        .expect("L lanes")
+                };
+                // z[k][j] = Σ_q dY[k][q] Aᵀ[q][j]
+                let mut z = [[[0f32; L]; 6]; 4];
+                for (k, zk) in z.iter_mut().enumerate() {
+                    *zk = a([lane(k, 0), lane(k, 1), lane(k, 2), lane(k, 3)]);
+                }
+                let t0 = col0 + ty * d.tw + tx0;
+                for j in 0..6 {
+                    let col = a([&z[0][j], &z[1][j], &z[2][j], &z[3][j]]);
+                    for (i, vals) in col.iter().enumerate() {
+                        // SAFETY: each caller writes a disjoint range of output channels.
+                        let dst = unsafe { dm.slice(((i * 6 + j) * d.co + o) * ld + t0, n) };
+                        dst.copy_from_slice(&vals[..n]);
+                    }
+                }
+            }
+        }
+    }
+}
