@@ -73,19 +73,30 @@ impl Ema {
         let d = self.decay(self.optimization_step);
         self.last_decay = d;
         for (s, v) in self.shadow.iter_mut().zip(vars) {
+            // In place on the CPU (the shadow's storage is this struct's alone: `new` and
+            // `set_shadow` copy, `shadow()` readers copy or use it at once).
+            if diffuse_models::kernels::adamw::applies(&[s, v.as_tensor()]) {
+                diffuse_models::kernels::adamw::ema_step(s, v.as_tensor(), (1.0 - d) as f32)?;
+                continue;
+            }
             let p = v.as_tensor().detach();
             *s = (&*s - ((&*s - &p)? * (1.0 - d))?)?.detach();
         }
         Ok(())
     }
 
+    /// The shadow weights. On the CPU `step` updates them in place: copy what must outlive it.
     pub fn shadow(&self) -> &[Tensor] {
         &self.shadow
     }
 
     /// Restores shadow weights (from a checkpoint).
     pub fn set_shadow(&mut self, shadow: Vec<Tensor>, optimization_step: u64) {
-        self.shadow = shadow;
+        // Copies of their own: `step` updates the shadow in place.
+        self.shadow = shadow
+            .into_iter()
+            .map(|t| t.copy().unwrap_or(t))
+            .collect();
         self.optimization_step = optimization_step;
     }
 }

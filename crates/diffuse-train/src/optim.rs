@@ -5,6 +5,7 @@
 use crate::{Error, Result};
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, Var};
+use diffuse_models::kernels;
 use std::collections::HashMap;
 
 #[derive(Debug, Clone, Copy)]
@@ -67,8 +68,23 @@ impl AdamW {
         let t = self.step as i32;
         let bc1 = 1.0 - c.beta1.powi(t);
         let bc2_sqrt = (1.0 - c.beta2.powi(t)).sqrt();
+        // The in-place CPU passes: the same f32 operations as below, with no temporaries.
+        let fused = kernels::adamw::AdamWStep {
+            one_minus_beta1: (1.0 - c.beta1) as f32,
+            beta2: c.beta2 as f32,
+            one_minus_beta2: (1.0 - c.beta2) as f32,
+            inv_bias_correction2: (1.0 / bc2_sqrt) as f32,
+            eps: c.eps as f32,
+            decay: (1.0 - lr * c.weight_decay) as f32,
+            step_size: (lr / bc1) as f32,
+        };
         for (i, (_, var)) in self.vars.iter().enumerate() {
             let Some(g) = grads.get(var) else { continue };
+            let (m, v) = (&self.m[i], &self.v[i]);
+            if kernels::adamw::applies(&[var.as_tensor(), g, m, v]) {
+                kernels::adamw::step(var.as_tensor(), g, m, v, fused)?;
+                continue;
+            }
             // Gradients carry the backward graph; the moments must not (they would keep every
             // step's activations alive).
             let g = g.detach().to_dtype(DType::F32)?;
@@ -109,7 +125,8 @@ impl AdamW {
                         var.dims()
                     )));
                 }
-                *slot = t.to_dtype(DType::F32)?.to_device(var.device())?;
+                // A copy of its own: the CPU update writes the moments in place.
+                *slot = t.to_dtype(DType::F32)?.to_device(var.device())?.copy()?;
             }
         }
         self.step = step;
@@ -123,6 +140,10 @@ pub fn clip_grad_norm(grads: &mut GradStore, vars: &[(String, Var)], max_norm: f
     let mut total = 0f64;
     for (_, v) in vars {
         if let Some(g) = grads.get(v) {
+            if let Some(sq) = kernels::adamw::sum_squares(g)? {
+                total += sq;
+                continue;
+            }
             let n: f32 = g
                 .to_dtype(DType::F32)?
                 .sqr()?

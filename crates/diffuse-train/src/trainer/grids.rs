@@ -122,7 +122,8 @@ pub(super) fn ema_tensors(
         names
             .iter()
             .cloned()
-            .zip(ema.shadow().iter().map(|s| s.detach())),
+            // Copies: the EMA updates its shadow in place while these may live on.
+            .zip(ema.shadow().iter().map(|s| s.copy().unwrap_or_else(|_| s.detach()))),
     );
     tensors
 }
