@@ -211,10 +211,21 @@ pub fn run(opts: &BenchOptions, device: &Device, log: &mut dyn FnMut(&str)) -> R
         for &b in &opts.forward_batches {
             let x = randn(opts.seed + 1, (b, c, h, w), device)?;
             let ts = spread_timesteps(b);
+            let mut calls = 0;
             let r = measure(opts.runs, opts.warmup, device, || {
+                if calls == opts.warmup {
+                    diffuse_models::profile::reset(); // the timed runs only
+                }
+                calls += 1;
                 model.forward(&x, &ts, None)?;
                 Ok(())
             })?;
+            if diffuse_models::profile::enabled() {
+                log(&format!(
+                    "per-op profile of forward_b{b} (DIFFUSE_PROFILE; ms per forward):\n{}",
+                    diffuse_models::profile::report(r.0.len(), r.0.iter().sum())
+                ));
+            }
             let m = finish(
                 format!("forward_b{b}"),
                 "forward",

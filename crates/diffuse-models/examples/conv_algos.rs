@@ -59,7 +59,7 @@ fn main() {
                         pinned(a, || median_ms(runs, || drop(forward(&x, &w, &bias, &g))))
                     }
                     Algo::Winograd(v) => {
-                        let u = winograd::transform_weights(v, &w, co, ci);
+                        let u = winograd::prepare_weights(v, &w, co, ci);
                         let t = candle_core::utils::get_num_threads();
                         median_ms(runs, || {
                             drop(winograd::conv3x3(
@@ -96,7 +96,7 @@ fn main() {
             for v in [Variant::F2, Variant::F4] {
                 dx.push(median_ms(runs, || {
                     let f = winograd::flip_weights(&w, co, ci);
-                    let u = winograd::transform_weights(v, &f, ci, co);
+                    let u = winograd::prepare_weights(v, &f, ci, co);
                     drop(winograd::conv3x3(v, &dy, &u, None, b, co, ci, hw, hw, t))
                 }));
                 dwt.push(median_ms(runs, || {

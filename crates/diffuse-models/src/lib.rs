@@ -35,6 +35,7 @@ pub mod onnx;
 pub mod ops;
 pub mod pipeline;
 pub mod precision;
+pub mod profile;
 pub mod prune;
 pub mod quant;
 pub mod resnet;

@@ -44,8 +44,20 @@ fn cpu_bf16_widened(x: &Tensor, conv: &candle_nn::Conv2d) -> Result<Option<candl
     )))
 }
 
+/// The profile label of a convolution layer.
+fn conv_label(conv: &candle_nn::Conv2d) -> &'static str {
+    let k = conv.weight().dims().get(2).copied().unwrap_or(0);
+    match (k, conv.config().stride) {
+        (3, 1) => "conv 3×3",
+        (3, _) => "conv 3×3, stride 2",
+        (1, _) => "conv 1×1",
+        _ => "conv, other",
+    }
+}
+
 /// 2-D convolution with the layer's padding/stride: `[b, c, h, w]` → `[b, c', h', w']`.
 pub fn conv2d(x: &Tensor, conv: &candle_nn::Conv2d) -> Result<Tensor> {
+    let _t = crate::profile::scope(conv_label(conv));
     if let Some(wide) = cpu_bf16_widened(x, conv)? {
         return conv2d(&x.to_dtype(DType::F32)?, &wide)?.to_dtype(DType::BF16);
     }
@@ -60,6 +72,7 @@ pub fn conv2d(x: &Tensor, conv: &candle_nn::Conv2d) -> Result<Tensor> {
 /// `conv2d(x) + shift` with a per-image, per-channel `shift` `[b, c']` (the ResNet block's
 /// time embedding), added through the conv's bias in our kernel: no extra pass over the output.
 pub fn conv2d_shifted(x: &Tensor, conv: &candle_nn::Conv2d, shift: &Tensor) -> Result<Tensor> {
+    let _t = crate::profile::scope(conv_label(conv));
     if let Some(wide) = cpu_bf16_widened(x, conv)? {
         let (x, shift) = (x.to_dtype(DType::F32)?, shift.to_dtype(DType::F32)?);
         return conv2d_shifted(&x, &wide, &shift)?.to_dtype(DType::BF16);
@@ -102,6 +115,11 @@ impl GroupNorm {
 
 /// Group normalization, optionally followed by SiLU (the pair every ResNet block runs).
 pub fn group_norm(x: &Tensor, norm: &GroupNorm, then_silu: bool) -> Result<Tensor> {
+    let _t = crate::profile::scope(if then_silu {
+        "group_norm + SiLU"
+    } else {
+        "group_norm"
+    });
     if is_low_precision(x) {
         let f32_norm = GroupNorm {
             weight: norm.weight.to_dtype(DType::F32)?,
@@ -140,6 +158,7 @@ pub fn group_norm(x: &Tensor, norm: &GroupNorm, then_silu: bool) -> Result<Tenso
 /// `Linear` on a transposed 3-D input (its broadcast-weight matmul path) returns wrong values
 /// on the CPU (found by the UNet parity tests: attention over `[b, c, L]ᵀ`).
 pub fn linear(x: &Tensor, l: &candle_nn::Linear) -> Result<Tensor> {
+    let _t = crate::profile::scope("linear");
     if x.is_contiguous() {
         l.forward(x)
     } else {
@@ -173,6 +192,7 @@ pub fn layer_norm(x: &Tensor, eps: f64, affine: Option<(&Tensor, &Tensor)>) -> R
 /// On the CPU a bf16 input goes through f32 (exact: a copy), as candle's backward of the
 /// upsampling is a grouped convolution, which has no bf16 CPU kernel.
 pub fn upsample_nearest2x(x: &Tensor) -> Result<Tensor> {
+    let _t = crate::profile::scope("upsample");
     if x.dtype() == DType::BF16 && x.device().is_cpu() {
         return upsample_nearest2x(&x.to_dtype(DType::F32)?)?.to_dtype(DType::BF16);
     }
@@ -187,6 +207,7 @@ const ATTENTION_CHUNK_BYTES: usize = 128 << 20;
 /// Queries are processed in chunks so the score matrix never exceeds ~128 MiB; the softmax is
 /// candle's composed one, which has a backward (`softmax_last_dim` has none).
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+    let _t = crate::profile::scope("attention (q·kᵀ, softmax, ·v)");
     attention_with_budget(q, k, v, scale, ATTENTION_CHUNK_BYTES)
 }
 

@@ -93,10 +93,7 @@ impl Ema {
     /// Restores shadow weights (from a checkpoint).
     pub fn set_shadow(&mut self, shadow: Vec<Tensor>, optimization_step: u64) {
         // Copies of their own: `step` updates the shadow in place.
-        self.shadow = shadow
-            .into_iter()
-            .map(|t| t.copy().unwrap_or(t))
-            .collect();
+        self.shadow = shadow.into_iter().map(|t| t.copy().unwrap_or(t)).collect();
         self.optimization_step = optimization_step;
     }
 }

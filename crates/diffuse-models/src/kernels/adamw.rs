@@ -5,7 +5,9 @@
 //! same f32 operations in the same order as the tensor path (`diffuse_train::optim`), so both
 //! give the same bits.
 
-use candle_core::{bail, CpuStorage, DType, InplaceOp2, InplaceOp3, Layout, Result, Storage, Tensor};
+use candle_core::{
+    bail, CpuStorage, DType, InplaceOp2, InplaceOp3, Layout, Result, Storage, Tensor,
+};
 
 /// The scalars of one AdamW step, already in the f32 form the tensor path multiplies by.
 #[derive(Debug, Clone, Copy)]
@@ -178,7 +180,10 @@ mod tests {
             step_size: (1e-3 / (1.0 - 0.9f64.powi(3))) as f32,
         };
         let (p, g) = (rand_tensor(&[37, 5], 1), rand_tensor(&[37, 5], 2));
-        let (m, v) = (rand_tensor(&[37, 5], 3), rand_tensor(&[37, 5], 4).abs().unwrap());
+        let (m, v) = (
+            rand_tensor(&[37, 5], 3),
+            rand_tensor(&[37, 5], 4).abs().unwrap(),
+        );
         // The tensor path of diffuse_train::optim, operation by operation.
         let m2 = (&m + ((&g - &m).unwrap() * (1.0 - 0.9)).unwrap()).unwrap();
         let v2 = ((&v * 0.999).unwrap() + (g.sqr().unwrap() * (1.0 - 0.999)).unwrap()).unwrap();
@@ -191,7 +196,13 @@ mod tests {
         assert!(applies(&[&p1, &g, &m1, &v1]));
         step(&p1, &g, &m1, &v1, c).unwrap();
         let bits = |t: &Tensor| -> Vec<u32> {
-            t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits()).collect()
+            t.flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+                .iter()
+                .map(|x| x.to_bits())
+                .collect()
         };
         assert_eq!(bits(&m1), bits(&m2));
         assert_eq!(bits(&v1), bits(&v2));
@@ -206,7 +217,11 @@ mod tests {
         let got = s.copy().unwrap();
         ema_step(&got, &p, (1.0 - d) as f32).unwrap();
         let bits = |t: &Tensor| -> Vec<u32> {
-            t.to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits()).collect()
+            t.to_vec1::<f32>()
+                .unwrap()
+                .iter()
+                .map(|x| x.to_bits())
+                .collect()
         };
         assert_eq!(bits(&got), bits(&want));
     }
@@ -214,7 +229,12 @@ mod tests {
     #[test]
     fn sum_of_squares() {
         let g = rand_tensor(&[1031], 5);
-        let want: f64 = g.to_vec1::<f32>().unwrap().iter().map(|&x| x as f64 * x as f64).sum();
+        let want: f64 = g
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .map(|&x| x as f64 * x as f64)
+            .sum();
         let got = sum_squares(&g).unwrap().unwrap();
         assert!((got - want).abs() < 1e-5 * want, "{got} vs {want}");
     }

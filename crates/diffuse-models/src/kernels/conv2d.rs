@@ -300,7 +300,7 @@ fn forward_packed(
     if let Algo::Winograd(var) = g.algo(Pass::Forward) {
         let u = match packed {
             Some(id) => super::packed::winograd(id, var, w, g.co, g.ci),
-            None => std::sync::Arc::new(winograd::transform_weights(var, w, g.co, g.ci)),
+            None => std::sync::Arc::new(winograd::prepare_weights(var, w, g.co, g.ci)),
         };
         return winograd::conv3x3(var, x, &u, Some(bias), g.b, g.ci, g.co, g.h, g.w, threads());
     }
@@ -364,7 +364,7 @@ pub fn backward(x: &[f32], w: &[f32], dy: &[f32], g: &Geometry) -> (Vec<f32>, Ve
     let mut dx = if let Some(var) = dx_wino {
         // dX = conv(dY, W rotated 180° with in/out swapped), also stride 1, padding 1.
         let flipped = winograd::flip_weights(w, g.co, g.ci);
-        let u = winograd::transform_weights(var, &flipped, g.ci, g.co);
+        let u = winograd::prepare_weights(var, &flipped, g.ci, g.co);
         winograd::conv3x3(var, dy, &u, None, g.b, g.co, g.ci, g.h, g.w, threads())
     } else {
         uninit_vec(g.b * inl)

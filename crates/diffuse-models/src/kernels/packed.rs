@@ -7,7 +7,7 @@
 //! view of a variable that an optimizer then updated) is transformed again, never served stale.
 //! The cache holds at most `CAP_BYTES`; the oldest entries go first.
 
-use super::winograd::{transform_weights, Variant};
+use super::winograd::{prepare_weights, Variant};
 use candle_core::TensorId;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -25,24 +25,29 @@ struct Entry {
 static CACHE: Mutex<VecDeque<Entry>> = Mutex::new(VecDeque::new());
 
 /// A hash of the weight's bits: eight independent multiply–xor (FNV-1a style) chains over
-/// 32-bit words, which vectorize, folded into 64 bits.
+/// 32-bit words, which vectorize, folded into 64 bits. Large weights are sampled, 8 words of
+/// every 64 (one cache line in four), which keeps the check at a quarter of a pass over the
+/// weights: an in-place change of a constant weight comes from an optimizer step through a
+/// detached view, and that changes every element.
 #[inline(always)]
 fn fingerprint_lanes(w: &[f32]) -> u64 {
     const PRIME: u32 = 0x0100_0193;
+    const STRIDE: usize = 64;
     let mut h = [0x811c_9dc5u32; 8];
     for (k, hk) in h.iter_mut().enumerate() {
         *hk ^= k as u32;
     }
-    let chunks = w.chunks_exact(8);
-    let rest = chunks.remainder();
-    for c in chunks {
-        for k in 0..8 {
-            h[k] = (h[k] ^ c[k].to_bits()).wrapping_mul(PRIME);
+    let mut mix = |c: &[f32]| {
+        for (k, v) in c.iter().enumerate() {
+            h[k] = (h[k] ^ v.to_bits()).wrapping_mul(PRIME);
             h[k] ^= h[k] >> 15;
         }
-    }
-    for (k, v) in rest.iter().enumerate() {
-        h[k] = (h[k] ^ v.to_bits()).wrapping_mul(PRIME);
+    };
+    if w.len() <= 4096 {
+        w.chunks(8).for_each(&mut mix);
+    } else {
+        w.chunks(STRIDE).for_each(|c| mix(&c[..8.min(c.len())]));
+        mix(&w[w.len() - 8..]);
     }
     h.iter().fold(w.len() as u64, |acc, &x| {
         (acc ^ x as u64)
@@ -53,7 +58,7 @@ fn fingerprint_lanes(w: &[f32]) -> u64 {
 
 crate::kernels::multiversion!(fingerprint_lanes, fingerprint_mv, fn(w: &[f32]) -> u64);
 
-/// `transform_weights(var, w, co, ci)`, from the cache when weight `id` was transformed
+/// `prepare_weights(var, w, co, ci)`, from the cache when weight `id` was transformed
 /// before with the same contents.
 pub(crate) fn winograd(
     id: TensorId,
@@ -72,7 +77,7 @@ pub(crate) fn winograd(
             return e.u.clone();
         }
     }
-    let u = Arc::new(transform_weights(var, w, co, ci));
+    let u = Arc::new(prepare_weights(var, w, co, ci));
     let mut cache = CACHE.lock().expect("packed-weight cache lock");
     cache.retain(|e| !(e.id == id && e.var == var));
     let bytes = |c: &VecDeque<Entry>| c.iter().map(|e| e.u.len() * 4).sum::<usize>();

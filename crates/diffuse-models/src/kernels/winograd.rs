@@ -5,7 +5,7 @@
 //! channels done as α² GEMMs `M[ξ] (co × tiles) = U[ξ] (co × ci) · V[ξ] (ci × tiles)`.
 //!
 //! All three passes of a layer run here:
-//! - forward: `conv3x3` with `transform_weights(w)`;
+//! - forward: `conv3x3` with `prepare_weights(w)` (transformed, then packed for `micro`);
 //! - input gradient: the same routine, dX = conv(dY, W rotated by 180° with in/out swapped);
 //! - weight gradient: `grad_weight`, the adjoint of the forward in the Winograd domain,
 //!   dU[ξ] = Σ_tiles (A dY Aᵀ)[ξ] · V[ξ]ᵀ and dW = Gᵀ dU G (α² GEMMs over the tiles).
@@ -16,6 +16,7 @@
 
 mod f2;
 mod f4;
+mod micro;
 
 use super::uninit_vec;
 use gemm::Parallelism;
@@ -101,6 +102,18 @@ fn phases<const P: usize>(row: Option<&[f32]>, off: usize, ph: &mut [f32], len: 
     }
 }
 
+/// Writes the first `dst.len()` (≤ L) lanes of `vals`: a full vector as one register move
+/// instead of a `memcpy` call per 32 bytes.
+#[inline(always)]
+fn put(dst: &mut [f32], vals: &Lanes) {
+    if let Ok(full) = <&mut Lanes>::try_from(&mut *dst) {
+        *full = *vals;
+    } else {
+        let n = dst.len();
+        dst.copy_from_slice(&vals[..n]);
+    }
+}
+
 /// Sizes of one call.
 #[derive(Clone, Copy)]
 struct Dims {
@@ -163,6 +176,11 @@ pub fn transform_weights(var: Variant, w: &[f32], co: usize, ci: usize) -> Vec<f
         }
     });
     u
+}
+
+/// The weights `conv3x3` takes: `transform_weights` packed into the micro-kernel's panels.
+pub fn prepare_weights(var: Variant, w: &[f32], co: usize, ci: usize) -> Vec<f32> {
+    micro::pack(&transform_weights(var, w, co, ci), var.xis(), co, ci)
 }
 
 /// Weights for the input gradient: `w'[c][o] = w[o][c]` rotated by 180°.
@@ -270,6 +288,35 @@ crate::kernels::multiversion!(
         y0: usize,
     )
 );
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn micro_gemm(
+    panels: &[f32],
+    co: usize,
+    ci: usize,
+    v: &[f32],
+    ld: usize,
+    cols: Range<usize>,
+    m: &Shared,
+    m0: usize,
+) {
+    micro::gemm(panels, co, ci, v, ld, cols, m, m0)
+}
+
+crate::kernels::multiversion!(
+    micro_gemm,
+    gemm_mv,
+    fn(
+        panels: &[f32],
+        co: usize,
+        ci: usize,
+        v: &[f32],
+        ld: usize,
+        cols: Range<usize>,
+        m: &Shared,
+        m0: usize,
+    )
+);
 crate::kernels::multiversion!(
     output_grad,
     output_grad_mv,
@@ -296,9 +343,7 @@ fn split(n: usize, parts: usize, f: impl Fn(Range<usize>) + Sync) {
     if parts <= 1 || n <= 1 {
         f(0..n);
     } else {
-        super::split_range(n, parts)
-            .into_par_iter()
-            .for_each(&f);
+        super::split_range(n, parts).into_par_iter().for_each(&f);
     }
 }
 
@@ -353,8 +398,8 @@ fn gemm(
     }
 }
 
-/// 3×3, stride 1, padding 1 convolution of x `[b, ci, h, w]` with pre-transformed weights
-/// `u = transform_weights(var, w)`, plus `bias` (`[co]` or per image `[b, co]`): returns
+/// 3×3, stride 1, padding 1 convolution of x `[b, ci, h, w]` with prepared weights
+/// `u = prepare_weights(var, w)`, plus `bias` (`[co]` or per image `[b, co]`): returns
 /// `[b, co, h, w]`.
 #[allow(clippy::too_many_arguments)]
 pub fn conv3x3(
@@ -372,7 +417,8 @@ pub fn conv3x3(
     let d = Dims::new(var, ci, co, h, w);
     let xis = var.xis();
     assert_eq!(x.len(), b * ci * h * w);
-    assert_eq!(u.len(), xis * co * ci);
+    let panel_len = co.div_ceil(micro::MR) * ci * micro::MR;
+    assert_eq!(u.len(), xis * panel_len);
     let (t, inl, outl) = (d.tiles(), ci * h * w, co * h * w);
     let (per_group, _, outer) = grouping(b, t, threads);
     let inner = if outer { 1 } else { threads };
@@ -396,9 +442,9 @@ pub fn conv3x3(
                 let ms = Shared::new(m);
                 split(xis, inner, |r| {
                     for xi in r {
-                        let lhs = (&u[xi * co * ci..], ci as isize, 1);
-                        let rhs = (&v[xi * ci * ld..], ld as isize, 1);
-                        gemm(&ms, xi * co * ld, (co, ld, ci), false, lhs, rhs);
+                        let panels = &u[xi * panel_len..][..panel_len];
+                        let vx = &v[xi * ci * ld..][..ci * ld];
+                        gemm_mv(panels, co, ci, vx, ld, 0..ld, &ms, xi * co * ld);
                     }
                 });
                 // SAFETY: the GEMMs are done; from here M is only read.
@@ -540,7 +586,7 @@ mod tests {
                     .unwrap()
                     .broadcast_add(&bias.reshape((1, co, 1, 1)).unwrap())
                     .unwrap();
-                let u = transform_weights(var, &vec(&wt), co, ci);
+                let u = prepare_weights(var, &vec(&wt), co, ci);
                 for threads in [1, 2, 3] {
                     let y = conv3x3(
                         var,
@@ -573,7 +619,7 @@ mod tests {
             let y = conv3x3(
                 var,
                 &x,
-                &transform_weights(var, &wt, co, ci),
+                &prepare_weights(var, &wt, co, ci),
                 None,
                 b,
                 ci,
@@ -582,7 +628,7 @@ mod tests {
                 w,
                 1,
             );
-            let flipped = transform_weights(var, &flip_weights(&wt, co, ci), ci, co);
+            let flipped = prepare_weights(var, &flip_weights(&wt, co, ci), ci, co);
             let dx = conv3x3(var, &dy, &flipped, None, b, co, ci, h, w, 2);
             let lhs: f64 = y.iter().zip(&dy).map(|(a, b)| *a as f64 * *b as f64).sum();
             let rhs: f64 = x.iter().zip(&dx).map(|(a, b)| *a as f64 * *b as f64).sum();

@@ -123,7 +123,11 @@ pub(super) fn ema_tensors(
             .iter()
             .cloned()
             // Copies: the EMA updates its shadow in place while these may live on.
-            .zip(ema.shadow().iter().map(|s| s.copy().unwrap_or_else(|_| s.detach()))),
+            .zip(
+                ema.shadow()
+                    .iter()
+                    .map(|s| s.copy().unwrap_or_else(|_| s.detach())),
+            ),
     );
     tensors
 }

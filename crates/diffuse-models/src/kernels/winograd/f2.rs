@@ -209,7 +209,7 @@ pub(super) fn output_grad(
                     for (i, vals) in a(&z0[j], &z1[j]).iter().enumerate() {
                         // SAFETY: each caller writes a disjoint range of output channels.
                         let dst = unsafe { dm.slice(((i * 4 + j) * d.co + o) * ld + t0, n) };
-                        dst.copy_from_slice(&vals[..n]);
+                        super::put(dst, vals);
                     }
                 }
             }

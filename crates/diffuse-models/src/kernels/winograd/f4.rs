@@ -172,7 +172,7 @@ pub(super) fn input(
                     for (m, vals) in row.iter().enumerate() {
                         // SAFETY: each caller writes a disjoint range of channels.
                         let dst = unsafe { v.slice(((k * 6 + m) * d.ci + c) * ld + t0, n) };
-                        dst.copy_from_slice(&vals[..n]);
+                        super::put(dst, vals);
                     }
                 }
             }
@@ -185,7 +185,12 @@ pub(super) fn input(
 fn gather36(m: &[f32], rows: usize, row: usize, ld: usize, t0: usize, n: usize) -> [Lanes; 36] {
     let mut mm = [[0f32; L]; 36];
     for (xi, lanes) in mm.iter_mut().enumerate() {
-        lanes[..n].copy_from_slice(&m[(xi * rows + row) * ld + t0..][..n]);
+        let src = &m[(xi * rows + row) * ld + t0..][..n];
+        if let Ok(full) = <&Lanes>::try_from(src) {
+            *lanes = *full; // a register move, not a memcpy call
+        } else {
+            lanes[..n].copy_from_slice(src);
+        }
     }
     mm
 }
@@ -288,7 +293,7 @@ pub(super) fn output_grad(
                     for (i, vals) in col.iter().enumerate() {
                         // SAFETY: each caller writes a disjoint range of output channels.
                         let dst = unsafe { dm.slice(((i * 6 + j) * d.co + o) * ld + t0, n) };
-                        dst.copy_from_slice(&vals[..n]);
+                        super::put(dst, vals);
                     }
                 }
             }

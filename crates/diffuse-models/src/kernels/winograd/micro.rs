@@ -1,0 +1,97 @@
+//! The Winograd-domain GEMMs M[ξ] = U[ξ] · V[ξ] with U packed once (the BLIS/GotoBLAS register
+//! blocking, Goto & van de Geijn 2008): U[ξ] (co × ci) is stored in panels of `MR` output
+//! channels, `[ξ][panel][c][MR]`, so the micro-kernel reads it sequentially; V[ξ] (ci × cols)
+//! is read in place, `NR` columns of one row at a time. An `MR × NR` tile of M stays in
+//! registers over the whole ci loop. The `gemm` crate packs both operands on every call, which
+//! costs more than the multiplications for batch-1 layers (64 × 64 by 64 columns per ξ).
+
+use super::super::uninit_vec;
+
+/// Output channels per register tile.
+pub const MR: usize = 6;
+/// Columns per register tile (two AVX2 vectors).
+pub const NR: usize = 16;
+
+/// U `[ξ][co][ci]` → panels `[ξ][⌈co/MR⌉][ci][MR]`, zero rows past co.
+pub fn pack(u: &[f32], xis: usize, co: usize, ci: usize) -> Vec<f32> {
+    let panels = co.div_ceil(MR);
+    let mut p = uninit_vec(xis * panels * ci * MR);
+    for xi in 0..xis {
+        for pb in 0..panels {
+            let dst = &mut p[(xi * panels + pb) * ci * MR..][..ci * MR];
+            for r in 0..MR {
+                let o = pb * MR + r;
+                if o < co {
+                    let src = &u[(xi * co + o) * ci..][..ci];
+                    for (c, v) in src.iter().enumerate() {
+                        dst[c * MR + r] = *v;
+                    }
+                } else {
+                    for c in 0..ci {
+                        dst[c * MR + r] = 0.0;
+                    }
+                }
+            }
+        }
+    }
+    p
+}
+
+/// `acc[r][j] = Σ_c panel[c][r] · v[c·ld + j]` for one MR × NR tile.
+#[inline(always)]
+fn tile(panel: &[f32], v: &[f32], ld: usize, ci: usize) -> [[f32; NR]; MR] {
+    let mut acc = [[0f32; NR]; MR];
+    for c in 0..ci {
+        let row: &[f32; NR] = v[c * ld..][..NR].try_into().expect("NR columns");
+        let col: &[f32; MR] = panel[c * MR..][..MR].try_into().expect("MR rows");
+        for r in 0..MR {
+            for j in 0..NR {
+                acc[r][j] = col[r].mul_add(row[j], acc[r][j]);
+            }
+        }
+    }
+    acc
+}
+
+/// M[o][t] for all o and the columns `cols` of one ξ: `panels` of U, V `[ci][ld]`, M `[co][ld]`
+/// written through `put(o, t0, values)`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(super) fn gemm(
+    panels: &[f32],
+    co: usize,
+    ci: usize,
+    v: &[f32],
+    ld: usize,
+    cols: std::ops::Range<usize>,
+    m: &super::Shared,
+    m0: usize,
+) {
+    let mut pad = vec![0f32; ci * NR];
+    let mut t = cols.start;
+    while t < cols.end {
+        let n = NR.min(cols.end - t);
+        // A full tile reads V in place; a tail goes through a zero-padded copy.
+        let (src, sld) = if n == NR && t + NR <= ld {
+            (&v[t..], ld)
+        } else {
+            for c in 0..ci {
+                pad[c * NR..c * NR + n].copy_from_slice(&v[c * ld + t..][..n]);
+                pad[c * NR + n..(c + 1) * NR].fill(0.0);
+            }
+            (&pad[..], NR)
+        };
+        for pb in 0..co.div_ceil(MR) {
+            let acc = tile(&panels[pb * ci * MR..][..ci * MR], src, sld, ci);
+            for (r, row) in acc.iter().enumerate() {
+                let o = pb * MR + r;
+                if o < co {
+                    // SAFETY: each caller writes its own columns of M.
+                    let dst = unsafe { m.slice(m0 + o * ld + t, n) };
+                    dst.copy_from_slice(&row[..n]);
+                }
+            }
+        }
+        t += n;
+    }
+}
