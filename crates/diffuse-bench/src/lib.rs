@@ -30,7 +30,7 @@ pub mod timing;
 pub use machine::{machine_peak, peak_rss_bytes, reset_peak_rss, MachinePeak};
 pub use presets::{preset, scheduler_config_json, PRESETS};
 pub use report::{BenchReport, Measurement};
-pub use run::{run, BenchOptions, Phase, CHECK_STEPS};
+pub use run::{run, tune_convs, BenchOptions, Phase, CHECK_STEPS};
 
 /// Errors of a bench run.
 #[derive(Debug, thiserror::Error)]

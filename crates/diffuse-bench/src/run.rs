@@ -361,6 +361,45 @@ pub fn run(opts: &BenchOptions, device: &Device, log: &mut dyn FnMut(&str)) -> R
 }
 
 /// The training batch: images, timesteps and the regression target (seeded).
+/// Measures the convolution algorithms on this model's layer shapes
+/// (`diffuse_models::kernels::tune::measure`): the shapes of a forward at each of
+/// `opts.forward_batches` and of a training step's backward at `opts.train_batch`, recorded by
+/// running them once; `runs` timed runs per candidate.
+pub fn tune_convs(
+    opts: &BenchOptions,
+    device: &Device,
+    runs: usize,
+    log: &mut dyn FnMut(&str),
+) -> Result<Vec<diffuse_models::kernels::tune::Entry>> {
+    use diffuse_models::kernels::tune::{measure, record};
+    let cfg = &opts.config;
+    let (h, w) = cfg.sample_hw().ok_or(Error::NoSampleSize)?;
+    let c = cfg.in_channels;
+    let (train_model, varmap) = build_unet(cfg, device)?;
+    seeded_init(&varmap, opts.seed)?;
+    let model = inference_model(cfg, &varmap, device)?;
+    let mut shapes = Vec::new();
+    for &b in &opts.forward_batches {
+        let x = randn(opts.seed + 1, (b, c, h, w), device)?;
+        let (y, seen) = record(|| model.forward(&x, &spread_timesteps(b), None));
+        y?;
+        shapes.extend(seen);
+    }
+    let b = opts.train_batch;
+    let (x, ts, _) = train_inputs(opts, (b, c, h, w), device)?;
+    let (grads, seen) = record(|| -> Result<_> {
+        let y = train_model.forward(&x, &ts, None)?;
+        Ok(y.sqr()?.mean_all()?.backward()?)
+    });
+    grads?;
+    shapes.extend(seen);
+    log(&format!(
+        "measuring {} convolution shapes × passes, 3 algorithms each",
+        shapes.len()
+    ));
+    Ok(measure(&shapes, runs))
+}
+
 fn train_inputs(
     opts: &BenchOptions,
     shape: (usize, usize, usize, usize),

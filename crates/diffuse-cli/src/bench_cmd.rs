@@ -64,6 +64,12 @@ pub struct Args {
     /// precision (bf16 forward over f32 master weights), as `train.mixed_precision = "bf16"`.
     #[arg(long, default_value = "f32")]
     dtype: String,
+    /// Measure the convolution algorithms (im2col, Winograd F(2×2), F(4×4)) on this model's
+    /// layer shapes at --batches and --train-batch, and keep the fastest per shape and pass in
+    /// the table every later diffuse process reads ($DIFFUSE_CONV_TABLE, else
+    /// ~/.cache/diffuse/conv-table.json), instead of the built-in rule; then exit.
+    #[arg(long)]
+    tune_convs: bool,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -105,11 +111,51 @@ pub fn run(args: Args) -> Result<()> {
     opts.save_check = args.save_check;
     opts.dtype = diffuse_models::weights::parse_dtype(&args.dtype)
         .map_err(|e| anyhow::anyhow!("--dtype: {e}"))?;
+    if args.tune_convs {
+        return tune_convs(&opts, &dev, args.runs);
+    }
     let report = bench::run(&opts, &dev, &mut |line| eprintln!("{line}"))?;
     print!("{}", report.to_table());
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&report)?;
         diffuse_data::fs::write_atomic(path, text.as_bytes())?;
     }
+    Ok(())
+}
+
+/// `--tune-convs`: measure, merge into the table file, print what was chosen.
+fn tune_convs(opts: &BenchOptions, dev: &candle_core::Device, runs: usize) -> Result<()> {
+    use diffuse_models::kernels::tune::{read_table, table_path, Algo, Table};
+    let path = table_path()
+        .context("--tune-convs: no place for the table: set DIFFUSE_CONV_TABLE or HOME")?;
+    let entries = bench::tune_convs(opts, dev, runs, &mut |line| eprintln!("{line}"))?;
+    let mut table = if path.exists() {
+        read_table(&path).unwrap_or_default()
+    } else {
+        Table::default()
+    };
+    table.cpu = diffuse_bench::machine_peak(1).cpu_model;
+    println!("| pass | b | ci→co | h×w | threads | im2col ms | F(2×2) ms | F(4×4) ms | chosen |");
+    println!("|---|---:|---|---|---:|---:|---:|---:|---|");
+    for e in &entries {
+        let chosen = match e.algo {
+            Algo::Im2col => "im2col".to_string(),
+            Algo::Winograd(v) => format!("F({0}×{0}, 3×3)", v.tile()),
+        };
+        println!(
+            "| {:?} | {} | {}→{} | {}×{} | {} | {:.3} | {:.3} | {:.3} | {chosen} |",
+            e.pass, e.b, e.ci, e.co, e.h, e.w, e.threads, e.ms[0], e.ms[1], e.ms[2]
+        );
+    }
+    table.merge(entries);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    diffuse_data::fs::write_atomic(&path, serde_json::to_string_pretty(&table)?.as_bytes())?;
+    eprintln!(
+        "wrote {} ({} entries); remove it to go back to the built-in rule",
+        path.display(),
+        table.entries.len()
+    );
     Ok(())
 }

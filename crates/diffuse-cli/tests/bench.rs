@@ -121,3 +121,48 @@ fn bench_errors_are_one_line() {
         assert!(err.starts_with("error: ") && err.contains(needle), "{err}");
     }
 }
+
+#[test]
+fn tune_convs_writes_a_table_that_later_runs_read_and_a_corrupt_one_is_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = dir.path().join("cache").join("conv-table.json");
+    let env = [("DIFFUSE_CONV_TABLE", table.to_str().unwrap())];
+    let mut args = vec!["--threads", "1"];
+    args.extend(TINY);
+    args.push("--tune-convs");
+    let o = diffuse(&args, &env);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let printed = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        printed.contains("| Forward |") && printed.contains("| GradWeight |"),
+        "{printed}"
+    );
+    let t: Value = serde_json::from_str(&std::fs::read_to_string(&table).unwrap()).unwrap();
+    let entries = t["entries"].as_array().unwrap();
+    assert!(!entries.is_empty());
+    for e in entries {
+        assert_eq!(e["threads"], 1);
+        assert!(e["ms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m.as_f64().unwrap() > 0.0));
+    }
+    // A later run reads it without a word; a corrupt table is named once and ignored.
+    let mut run = vec!["--threads", "1"];
+    run.extend(TINY);
+    run.extend(["--only", "forward"]);
+    let o = diffuse(&run, &env);
+    assert!(o.status.success());
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("convolution table"));
+    std::fs::write(&table, "{ not json").unwrap();
+    let o = diffuse(&run, &env);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(
+        err.matches("ignoring the convolution table").count(),
+        1,
+        "{err}"
+    );
+    assert!(err.contains("--tune-convs"), "{err}");
+}

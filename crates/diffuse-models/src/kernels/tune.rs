@@ -1,17 +1,19 @@
 //! Which algorithm each convolution pass runs: im2col + GEMM, Winograd F(2×2, 3×3) or
 //! F(4×4, 3×3), per layer shape, as cuDNN's and oneDNN's algorithm selection do.
 //!
-//! The choice is a pure function of the shape (and of `DIFFUSE_WINOGRAD`), so a run is
-//! reproducible and a resumed run takes the same path: a rule measured on the development
-//! machine (`docs/performance.md`), unless a table measured on this machine by
-//! `diffuse bench --tune-convs` is in the cache (`$DIFFUSE_CONV_TABLE`, else
-//! `$XDG_CACHE_HOME/diffuse/conv-table.json`, else `~/.cache/diffuse/conv-table.json`).
+//! The choice is a pure function of the shape, the thread count and two inputs read once per
+//! process, so a run is reproducible and a resumed run takes the same path:
+//! 1. `DIFFUSE_WINOGRAD=0|2|4` forces im2col, F(2×2) or F(4×4) wherever Winograd applies;
+//! 2. else the table measured on this machine by `diffuse bench --tune-convs` (`measure`,
+//!    written to `$DIFFUSE_CONV_TABLE`, else `$XDG_CACHE_HOME/diffuse/conv-table.json`, else
+//!    `~/.cache/diffuse/conv-table.json`), for the shapes it holds;
+//! 3. else `rule`, measured once on the development machine (`docs/performance.md`).
 
 use super::conv2d::Geometry;
 use super::winograd::Variant;
 
 /// One pass of a convolution layer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Pass {
     Forward,
     GradInput,
@@ -19,7 +21,7 @@ pub enum Pass {
 }
 
 /// How a pass runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Algo {
     Im2col,
     Winograd(Variant),
@@ -59,24 +61,307 @@ pub fn choose(g: &Geometry, pass: Pass) -> Algo {
     if let Some(a) = PINNED.with(|p| p.get()) {
         return a;
     }
+    RECORDING.with(|r| {
+        if let Some(seen) = r.borrow_mut().as_mut() {
+            if !seen.contains(&(*g, pass)) {
+                seen.push((*g, pass));
+            }
+        }
+    });
     match forced() {
         Some(Some(v)) => Algo::Winograd(v),
         Some(None) => Algo::Im2col,
-        None => rule(g, pass),
+        None => table()
+            .and_then(|t| t.lookup(g, pass, super::threads()))
+            .unwrap_or_else(|| rule(g, pass)),
     }
 }
 
-/// The built-in rule, from `examples/conv_algos.rs` on the 2-core development machine
-/// (docs/performance.md): F(4×4) where images are large enough for its 4×4 tiles to be mostly
-/// inside the image, F(2×2) below, and im2col for the gradients of 4×4 images, whose GEMMs
-/// have too few columns for the α² Winograd GEMMs to pay.
-fn rule(g: &Geometry, pass: Pass) -> Algo {
+thread_local! {
+    static RECORDING: std::cell::RefCell<Option<Vec<(Geometry, Pass)>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` and returns, beside its result, every (shape, pass) of a Winograd-shaped
+/// convolution that it ran on this thread.
+pub fn record<R>(f: impl FnOnce() -> R) -> (R, Vec<(Geometry, Pass)>) {
+    RECORDING.with(|r| *r.borrow_mut() = Some(Vec::new()));
+    let out = f();
+    let seen = RECORDING
+        .with(|r| r.borrow_mut().take())
+        .unwrap_or_default();
+    (out, seen)
+}
+
+/// One measured choice: the fastest algorithm for a pass of one shape at a thread count, and
+/// the median milliseconds of each candidate (im2col, F(2×2), F(4×4)).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Entry {
+    pub pass: Pass,
+    pub b: usize,
+    pub ci: usize,
+    pub co: usize,
+    pub h: usize,
+    pub w: usize,
+    pub threads: usize,
+    pub algo: Algo,
+    pub ms: [f64; 3],
+}
+
+/// The table `diffuse bench --tune-convs` measures and writes.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Table {
+    pub cpu: String,
+    pub entries: Vec<Entry>,
+}
+
+impl Table {
+    /// The measured algorithm for exactly this pass, shape and thread count.
+    pub fn lookup(&self, g: &Geometry, pass: Pass, threads: usize) -> Option<Algo> {
+        self.entries
+            .iter()
+            .find(|e| {
+                e.pass == pass
+                    && (e.b, e.ci, e.co, e.h, e.w, e.threads)
+                        == (g.b, g.ci, g.co, g.h, g.w, threads)
+            })
+            .map(|e| e.algo)
+    }
+    /// Adds `new`, replacing entries for the same pass, shape and thread count.
+    pub fn merge(&mut self, new: Vec<Entry>) {
+        for e in new {
+            self.entries.retain(|x| {
+                (x.pass, x.b, x.ci, x.co, x.h, x.w, x.threads)
+                    != (e.pass, e.b, e.ci, e.co, e.h, e.w, e.threads)
+            });
+            self.entries.push(e);
+        }
+    }
+}
+
+/// Where the measured table lives: `$DIFFUSE_CONV_TABLE`, else the user's cache directory.
+pub fn table_path() -> Option<std::path::PathBuf> {
+    if let Some(p) = std::env::var_os("DIFFUSE_CONV_TABLE") {
+        return Some(p.into());
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".cache")))?;
+    Some(cache.join("diffuse").join("conv-table.json"))
+}
+
+/// Reads a table file.
+pub fn read_table(path: &std::path::Path) -> crate::Result<Table> {
+    let text = std::fs::read_to_string(path).map_err(crate::Error::io(path))?;
+    serde_json::from_str(&text).map_err(|e| {
+        crate::Error::Config(format!(
+            "{}: not a convolution table ({e}); remove it or rerun `diffuse bench --tune-convs`",
+            path.display()
+        ))
+    })
+}
+
+/// The measured table, read once; an unreadable one is reported once on stderr and ignored.
+fn table() -> Option<&'static Table> {
+    use std::sync::OnceLock;
+    static T: OnceLock<Option<Table>> = OnceLock::new();
+    T.get_or_init(|| {
+        let path = table_path()?;
+        if !path.exists() {
+            return None;
+        }
+        match read_table(&path) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                eprintln!("diffuse: ignoring the convolution table: {e}");
+                None
+            }
+        }
+    })
+    .as_ref()
+}
+
+/// Times every candidate for each recorded (shape, pass) on `threads`, `runs` timed runs after
+/// one warm-up, and keeps the fastest. The forward is timed with prepared (packed) Winograd
+/// weights, as inference runs it; the two gradients together, one algorithm for both, as a
+/// training step runs them (the entry is written for both passes).
+pub fn measure(shapes: &[(Geometry, Pass)], runs: usize) -> Vec<Entry> {
+    use super::winograd::{conv3x3, prepare_weights};
+    let threads = super::threads();
+    let median = |mut f: Box<dyn FnMut() + '_>| -> f64 {
+        f();
+        let mut t: Vec<f64> = (0..runs.max(1))
+            .map(|_| {
+                let s = std::time::Instant::now();
+                f();
+                s.elapsed().as_secs_f64() * 1e3
+            })
+            .collect();
+        t.sort_by(f64::total_cmp);
+        t[t.len() / 2]
+    };
+    let candidates = [
+        Algo::Im2col,
+        Algo::Winograd(Variant::F2),
+        Algo::Winograd(Variant::F4),
+    ];
+    let mut out = Vec::new();
+    let mut done: Vec<(Geometry, bool)> = Vec::new();
+    for &(g, pass) in shapes {
+        let forward = pass == Pass::Forward;
+        if !g.winograd_shape() || done.contains(&(g, forward)) {
+            continue;
+        }
+        done.push((g, forward));
+        let x: Vec<f32> = (0..g.b * g.ci * g.h * g.w)
+            .map(|i| ((i % 13) as f32 - 6.0) * 0.1)
+            .collect();
+        let wt: Vec<f32> = (0..g.co * g.ci * 9)
+            .map(|i| ((i % 7) as f32 - 3.0) * 0.01)
+            .collect();
+        let dy: Vec<f32> = (0..g.b * g.co * g.h * g.w)
+            .map(|i| ((i % 5) as f32 - 2.0) * 0.1)
+            .collect();
+        let bias = vec![0f32; g.co];
+        let mut ms = [0f64; 3];
+        for (slot, &algo) in ms.iter_mut().zip(&candidates) {
+            *slot = match (forward, algo) {
+                (true, Algo::Winograd(v)) => {
+                    let u = prepare_weights(v, &wt, g.co, g.ci);
+                    median(Box::new(|| {
+                        let y = conv3x3(v, &x, &u, Some(&bias), g.b, g.ci, g.co, g.h, g.w, threads);
+                        std::hint::black_box(y);
+                    }))
+                }
+                (true, Algo::Im2col) => pinned(algo, || {
+                    median(Box::new(|| {
+                        std::hint::black_box(super::conv2d::forward(&x, &wt, &bias, &g));
+                    }))
+                }),
+                (false, _) => pinned(algo, || {
+                    median(Box::new(|| {
+                        std::hint::black_box(super::conv2d::backward(&x, &wt, &dy, &g));
+                    }))
+                }),
+            };
+        }
+        let best = (0..3)
+            .min_by(|&a, &b| ms[a].total_cmp(&ms[b]))
+            .expect("three candidates");
+        let passes: &[Pass] = if forward {
+            &[Pass::Forward]
+        } else {
+            &[Pass::GradInput, Pass::GradWeight]
+        };
+        for &p in passes {
+            out.push(Entry {
+                pass: p,
+                b: g.b,
+                ci: g.ci,
+                co: g.co,
+                h: g.h,
+                w: g.w,
+                threads,
+                algo: candidates[best],
+                ms,
+            });
+        }
+    }
+    out
+}
+
+/// The built-in rule, from `diffuse bench --tune-convs` on the bench U-Net and
+/// `examples/conv_algos.rs` on the 2-core development machine (docs/performance.md):
+/// - im2col for a layer with ≤ 4 input or output channels (the image layers `conv_in` and
+///   `conv_out`), whose Winograd transforms cost more than their tiny GEMMs;
+/// - F(4×4) where images are large enough for its tiles to be mostly inside the image;
+/// - F(2×2) below, and im2col for the gradients of 4×4 images, whose GEMMs have too few
+///   columns for the α² Winograd GEMMs to pay.
+pub fn rule(g: &Geometry, pass: Pass) -> Algo {
     let side = g.h.min(g.w);
     match pass {
+        _ if g.ci.min(g.co) <= 4 => Algo::Im2col,
         _ if side >= 24 => Algo::Winograd(Variant::F4),
         Pass::Forward if side >= 16 => Algo::Winograd(Variant::F4),
         Pass::Forward => Algo::Winograd(Variant::F2),
         _ if side > 6 => Algo::Winograd(Variant::F2),
         _ => Algo::Im2col,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn geo(b: usize, ci: usize, co: usize, hw: usize) -> Geometry {
+        Geometry::new(&[b, ci, hw, hw], &[co, ci, 3, 3], 1, 1).unwrap()
+    }
+
+    #[test]
+    fn rule_by_shape_and_pass() {
+        let f4 = Algo::Winograd(Variant::F4);
+        let f2 = Algo::Winograd(Variant::F2);
+        assert_eq!(rule(&geo(1, 64, 64, 32), Pass::Forward), f4);
+        assert_eq!(rule(&geo(32, 64, 64, 32), Pass::GradWeight), f4);
+        assert_eq!(rule(&geo(32, 128, 128, 16), Pass::Forward), f4);
+        assert_eq!(rule(&geo(32, 128, 128, 16), Pass::GradInput), f2);
+        assert_eq!(rule(&geo(1, 128, 128, 8), Pass::Forward), f2);
+        assert_eq!(rule(&geo(32, 64, 64, 4), Pass::GradWeight), Algo::Im2col);
+        assert_eq!(rule(&geo(32, 1, 64, 32), Pass::Forward), Algo::Im2col);
+        assert_eq!(rule(&geo(32, 64, 3, 32), Pass::GradInput), Algo::Im2col);
+        // Not Winograd-shaped: im2col whatever the rule says.
+        let strided = Geometry::new(&[1, 64, 32, 32], &[64, 64, 3, 3], 2, 1).unwrap();
+        assert_eq!(choose(&strided, Pass::Forward), Algo::Im2col);
+    }
+
+    #[test]
+    fn a_table_answers_for_its_shapes_and_merges_by_key() {
+        let entry = |pass, b, algo| Entry {
+            pass,
+            b,
+            ci: 64,
+            co: 64,
+            h: 32,
+            w: 32,
+            threads: 2,
+            algo,
+            ms: [1.0, 2.0, 3.0],
+        };
+        let mut t = Table::default();
+        t.merge(vec![entry(Pass::Forward, 8, Algo::Im2col)]);
+        t.merge(vec![
+            entry(Pass::Forward, 8, Algo::Winograd(Variant::F2)),
+            entry(Pass::GradWeight, 8, Algo::Im2col),
+        ]);
+        assert_eq!(t.entries.len(), 2, "same key replaced");
+        let g = geo(8, 64, 64, 32);
+        assert_eq!(
+            t.lookup(&g, Pass::Forward, 2),
+            Some(Algo::Winograd(Variant::F2))
+        );
+        assert_eq!(t.lookup(&g, Pass::GradWeight, 2), Some(Algo::Im2col));
+        assert_eq!(t.lookup(&g, Pass::Forward, 4), None, "another thread count");
+        assert_eq!(t.lookup(&geo(1, 64, 64, 32), Pass::Forward, 2), None);
+        let text = serde_json::to_string(&t).unwrap();
+        assert_eq!(serde_json::from_str::<Table>(&text).unwrap(), t);
+    }
+
+    #[test]
+    fn recording_sees_each_shape_and_pass_once() {
+        let g = geo(2, 8, 8, 16);
+        let ((), seen) = record(|| {
+            for _ in 0..3 {
+                choose(&g, Pass::Forward);
+                choose(&g, Pass::GradWeight);
+            }
+        });
+        assert_eq!(seen, vec![(g, Pass::Forward), (g, Pass::GradWeight)]);
+        let picked = measure(&seen, 1);
+        assert_eq!(
+            picked.len(),
+            3,
+            "forward, and one backward entry per gradient"
+        );
+        assert!(picked.iter().all(|e| e.ms.iter().all(|m| *m > 0.0)));
     }
 }

@@ -34,7 +34,7 @@ const L: usize = 8;
 type Lanes = [f32; L];
 
 /// The Winograd tile size.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Variant {
     /// F(2×2, 3×3): 4×4 input tiles.
     F2,
