@@ -55,25 +55,7 @@ _iu._transformers_available = False
 _iu._peft_available = False
 from diffusers import DDIMScheduler  # noqa: E402
 from safetensors.numpy import load_file  # noqa: E402
-
-
-def reset_peak_rss():
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
-
-
-def peak_rss_bytes():
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+from bench_util import peak_rss_bytes, reset_peak_rss, summary  # noqa: E402  (this folder)
 
 
 def measure(runs, warmup, fn):
@@ -86,15 +68,6 @@ def measure(runs, warmup, fn):
         fn()
         times.append(time.perf_counter() - t0)
     return times, peak_rss_bytes()
-
-
-def summary(name, kind, batch, steps, warmup, times, rss):
-    s = sorted(times)
-    n = len(s)
-    med = s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
-    return {"name": name, "kind": kind, "batch": batch, "steps": steps, "runs": n, "warmup": warmup,
-            "median_s": med, "min_s": s[0], "max_s": s[-1], "times_s": times,
-            "images_per_s": batch / med, "peak_rss_bytes": rss}
 
 
 def errors(a, b):

@@ -74,26 +74,7 @@ _iu._transformers_available = False
 _iu._peft_available = False
 from diffusers import DDIMScheduler, UNet2DModel  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
-
-
-def reset_peak_rss():
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def peak_rss_bytes():
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+from bench_util import peak_rss_bytes, reset_peak_rss, summary  # noqa: E402  (this folder)
 
 
 def sync():
@@ -113,17 +94,6 @@ def measure(runs, warmup, fn):
         sync()
         times.append(time.perf_counter() - t0)
     return times, peak_rss_bytes()
-
-
-def summary(name, kind, batch, steps, warmup, times, rss, first_loss=None):
-    s = sorted(times)
-    n = len(s)
-    med = s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
-    return {
-        "name": name, "kind": kind, "batch": batch, "steps": steps, "runs": n, "warmup": warmup,
-        "median_s": med, "min_s": s[0], "max_s": s[-1], "times_s": times,
-        "images_per_s": batch / med, "peak_rss_bytes": rss, "first_loss": first_loss,
-    }
 
 
 def autocast():

@@ -684,6 +684,26 @@ mod tests {
     }
 
     #[test]
+    fn finite_differences_for_each_algorithm() {
+        // Forward, dX and dW of a stride-1 3×3 layer on each algorithm the tuner can pick.
+        use crate::kernels::tune::{pinned, Algo};
+        use crate::kernels::winograd::Variant;
+        for algo in [
+            Algo::Im2col,
+            Algo::Winograd(Variant::F2),
+            Algo::Winograd(Variant::F4),
+        ] {
+            let f = |t: &[Tensor]| conv2d(&t[0], &t[1], Some(&t[2]), 1, 1).unwrap();
+            let inputs = [
+                rand_tensor(&[2, 3, 9, 7], 11),
+                rand_tensor(&[4, 3, 3, 3], 12),
+                rand_tensor(&[4], 13),
+            ];
+            pinned(algo, || gradcheck(&f, &inputs, 12, 2e-3));
+        }
+    }
+
+    #[test]
     fn packed_weights_are_reused_and_never_stale() {
         // An inference conv (constant weight, untracked input) caches its Winograd-domain
         // weight; a detached view of a variable changed in place must be transformed again.

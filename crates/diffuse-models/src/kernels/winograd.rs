@@ -8,7 +8,7 @@
 //! - forward: `conv3x3` with `prepare_weights(w)` (transformed, then packed for `micro`);
 //! - input gradient: the same routine, dX = conv(dY, W rotated by 180° with in/out swapped);
 //! - weight gradient: `grad_weight`, the adjoint of the forward in the Winograd domain,
-//!   dU[ξ] = Σ_tiles (A dY Aᵀ)[ξ] · V[ξ]ᵀ and dW = Gᵀ dU G (α² GEMMs over the tiles).
+//!   `dU[ξ] = Σ_tiles (A dY Aᵀ)[ξ] · V[ξ]ᵀ` and `dW = Gᵀ dU G` (α² GEMMs over the tiles).
 //!
 //! Images are grouped so that every GEMM has at least ~64 columns; groups run on separate
 //! threads. A batch smaller than the thread count splits each group's transforms by channel
@@ -112,6 +112,38 @@ fn put(dst: &mut [f32], vals: &Lanes) {
         let n = dst.len();
         dst.copy_from_slice(&vals[..n]);
     }
+}
+
+/// G g Gᵀ for one 3×3 filter g into `u` (α×α, row-major), given G on one filter column.
+#[inline(always)]
+fn filter_transform<const A: usize>(
+    g: &[f32],
+    gcol: impl Fn(f32, f32, f32) -> [f32; A],
+    u: &mut [f32],
+) {
+    let t: [[f32; A]; 3] = std::array::from_fn(|j| gcol(g[j], g[3 + j], g[6 + j])); // (G g)ᵀ
+    for i in 0..A {
+        u[i * A..(i + 1) * A].copy_from_slice(&gcol(t[0][i], t[1][i], t[2][i]));
+    }
+}
+
+/// Gᵀ d G for one α×α Winograd-domain gradient d (row-major), given Gᵀ on one α-vector: the
+/// 3×3 filter gradient.
+#[inline(always)]
+fn filter_grad<const A: usize>(d: &[f32], gt: impl Fn(&[f32]) -> [f32; 3]) -> [f32; 9] {
+    let mut t = [[0f32; A]; 3]; // (d G)ᵀ
+    for i in 0..A {
+        for (j, v) in gt(&d[i * A..(i + 1) * A]).into_iter().enumerate() {
+            t[j][i] = v;
+        }
+    }
+    let mut g = [0f32; 9];
+    for (j, tj) in t.iter().enumerate() {
+        for (i, v) in gt(tj).into_iter().enumerate() {
+            g[i * 3 + j] = v;
+        }
+    }
+    g
 }
 
 /// Sizes of one call.
@@ -398,6 +430,27 @@ fn gemm(
     }
 }
 
+/// V of images `n0 .. n0 + nb` of x (each `inl` long, `t` tiles) into `vs` (`ld` columns),
+/// channels split over `parts` threads.
+#[allow(clippy::too_many_arguments)]
+fn transform_inputs(
+    var: Variant,
+    x: &[f32],
+    d: &Dims,
+    (n0, nb): (usize, usize),
+    (inl, t): (usize, usize),
+    vs: &Shared,
+    ld: usize,
+    parts: usize,
+) {
+    split(nb * d.ci, parts, |r| {
+        per_image(r, d.ci, |i, cs| {
+            let xi = &x[(n0 + i) * inl..(n0 + i + 1) * inl];
+            input_mv(var, xi, d, cs, vs, ld, i * t)
+        })
+    });
+}
+
 /// 3×3, stride 1, padding 1 convolution of x `[b, ci, h, w]` with prepared weights
 /// `u = prepare_weights(var, w)`, plus `bias` (`[co]` or per image `[b, co]`): returns
 /// `[b, co, h, w]`.
@@ -430,12 +483,7 @@ pub fn conv3x3(
         let ys = Shared::new(yg);
         super::with_scratch(&V, xis * ci * ld, |v| {
             let vs = Shared::new(v);
-            split(nb * ci, inner, |r| {
-                per_image(r, ci, |i, cs| {
-                    let xi = &x[(n0 + i) * inl..(n0 + i + 1) * inl];
-                    input_mv(var, xi, &d, cs, &vs, ld, i * t)
-                })
-            });
+            transform_inputs(var, x, &d, (n0, nb), (inl, t), &vs, ld, inner);
             // SAFETY: the transforms above are done; from here V is only read.
             let v = unsafe { vs.slice(0, xis * ci * ld) };
             super::with_scratch(&M, xis * co * ld, |m| {
@@ -499,12 +547,7 @@ pub fn grad_weight(
         let ld = nb * t;
         super::with_scratch(&V, xis * ci * ld, |v| {
             let vs = Shared::new(v);
-            split(nb * ci, inner, |r| {
-                per_image(r, ci, |i, cs| {
-                    let xi = &x[(n0 + i) * inl..(n0 + i + 1) * inl];
-                    input_mv(var, xi, &d, cs, &vs, ld, i * t)
-                })
-            });
+            transform_inputs(var, x, &d, (n0, nb), (inl, t), &vs, ld, inner);
             super::with_scratch(&M, xis * co * ld, |m| {
                 let ms = Shared::new(m);
                 split(nb * co, inner, |r| {

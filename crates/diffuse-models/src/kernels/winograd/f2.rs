@@ -5,44 +5,28 @@
 
 use super::{phases, Dims, Lanes, Shared, L};
 
+/// G applied to one filter column.
+#[inline(always)]
+fn g_col(a: f32, b: f32, c: f32) -> [f32; 4] {
+    [a, 0.5 * (a + b + c), 0.5 * (a - b + c), c]
+}
+
 /// G g Gᵀ for one 3×3 filter, row-major 4×4.
 pub fn weight(g: &[f32]) -> [f32; 16] {
-    let col = |a: f32, b: f32, c: f32| [a, 0.5 * (a + b + c), 0.5 * (a - b + c), c];
-    let mut t = [[0f32; 3]; 4]; // G g
-    for j in 0..3 {
-        for (i, v) in col(g[j], g[3 + j], g[6 + j]).into_iter().enumerate() {
-            t[i][j] = v;
-        }
-    }
     let mut u = [0f32; 16];
-    for (i, ti) in t.iter().enumerate() {
-        u[i * 4..i * 4 + 4].copy_from_slice(&col(ti[0], ti[1], ti[2]));
-    }
+    super::filter_transform(g, g_col, &mut u);
     u
 }
 
 /// Gᵀ d G for one 4×4 Winograd-domain gradient: the 3×3 filter gradient.
 pub fn weight_grad(d: &[f32]) -> [f32; 9] {
-    let row = |u: &[f32]| {
+    super::filter_grad::<4>(d, |u| {
         [
             u[0] + 0.5 * (u[1] + u[2]),
             0.5 * (u[1] - u[2]),
             0.5 * (u[1] + u[2]) + u[3],
         ]
-    };
-    let mut t = [[0f32; 4]; 3]; // (d G)ᵀ
-    for i in 0..4 {
-        for (j, v) in row(&d[i * 4..i * 4 + 4]).into_iter().enumerate() {
-            t[j][i] = v;
-        }
-    }
-    let mut g = [0f32; 9];
-    for (j, tj) in t.iter().enumerate() {
-        for (i, v) in row(tj).into_iter().enumerate() {
-            g[i * 3 + j] = v;
-        }
-    }
-    g
+    })
 }
 
 /// V[ξ][c][col0 + t] = (Bᵀ d B)[ξ] for each 4×4 input patch d of one image, channels `cs`.

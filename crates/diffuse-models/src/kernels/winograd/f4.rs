@@ -82,12 +82,8 @@ fn g_col(g0: f32, g1: f32, g2: f32) -> [f32; 6] {
 /// G g Gᵀ for one 3×3 filter, row-major 6×6.
 #[inline(always)]
 pub fn weight(g: &[f32]) -> [f32; 36] {
-    // t = G g: [6, 3]
-    let c: [[f32; 6]; 3] = std::array::from_fn(|j| g_col(g[j], g[3 + j], g[6 + j]));
     let mut u = [0f32; 36];
-    for i in 0..6 {
-        u[i * 6..i * 6 + 6].copy_from_slice(&g_col(c[0][i], c[1][i], c[2][i]));
-    }
+    super::filter_transform(g, g_col, &mut u);
     u
 }
 
@@ -105,20 +101,7 @@ fn gt_row(u: &[f32]) -> [f32; 3] {
 
 /// Gᵀ d G for one 6×6 Winograd-domain gradient (row-major): the 3×3 filter gradient.
 pub fn weight_grad(d: &[f32]) -> [f32; 9] {
-    // t = (d G)ᵀ: [3, 6]
-    let mut t = [[0f32; 6]; 3];
-    for i in 0..6 {
-        for (j, v) in gt_row(&d[i * 6..i * 6 + 6]).into_iter().enumerate() {
-            t[j][i] = v;
-        }
-    }
-    let mut g = [0f32; 9];
-    for (j, tj) in t.iter().enumerate() {
-        for (i, v) in gt_row(tj).into_iter().enumerate() {
-            g[i * 3 + j] = v;
-        }
-    }
-    g
+    super::filter_grad::<6>(d, gt_row)
 }
 
 /// V[ξ][c][col0 + t] = (Bᵀ d B)[ξ] for the 6×6 input patch d of every tile t of one image,
