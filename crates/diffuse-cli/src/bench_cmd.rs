@@ -125,37 +125,15 @@ pub fn run(args: Args) -> Result<()> {
 
 /// `--tune-convs`: measure, merge into the table file, print what was chosen.
 fn tune_convs(opts: &BenchOptions, dev: &candle_core::Device, runs: usize) -> Result<()> {
-    use diffuse_models::kernels::tune::{read_table, table_path, Algo, Table};
-    let path = table_path()
+    use diffuse_models::kernels::tune;
+    let path = tune::table_path()
         .context("--tune-convs: no place for the table: set DIFFUSE_CONV_TABLE or HOME")?;
     let entries = bench::tune_convs(opts, dev, runs, &mut |line| eprintln!("{line}"))?;
-    let mut table = if path.exists() {
-        read_table(&path).unwrap_or_default()
-    } else {
-        Table::default()
-    };
-    table.cpu = diffuse_bench::machine_peak(1).cpu_model;
-    println!("| pass | b | ci→co | h×w | threads | im2col ms | F(2×2) ms | F(4×4) ms | chosen |");
-    println!("|---|---:|---|---|---:|---:|---:|---:|---|");
-    for e in &entries {
-        let chosen = match e.algo {
-            Algo::Im2col => "im2col".to_string(),
-            Algo::Winograd(v) => format!("F({0}×{0}, 3×3)", v.tile()),
-        };
-        println!(
-            "| {:?} | {} | {}→{} | {}×{} | {} | {:.3} | {:.3} | {:.3} | {chosen} |",
-            e.pass, e.b, e.ci, e.co, e.h, e.w, e.threads, e.ms[0], e.ms[1], e.ms[2]
-        );
-    }
-    table.merge(entries);
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    diffuse_data::fs::write_atomic(&path, serde_json::to_string_pretty(&table)?.as_bytes())?;
+    print!("{}", tune::markdown(&entries));
+    let n = tune::save(entries, &diffuse_bench::machine_peak(1).cpu_model, &path)?;
     eprintln!(
-        "wrote {} ({} entries); remove it to go back to the built-in rule",
-        path.display(),
-        table.entries.len()
+        "wrote {} ({n} entries); remove it to go back to the built-in rule",
+        path.display()
     );
     Ok(())
 }

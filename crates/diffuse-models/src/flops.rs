@@ -164,13 +164,12 @@ pub fn forward_flops(cfg: &UNet2DConfig, h: usize, w: usize) -> FlopCount {
             }
         };
     // The down/up sampler of a block, at its output size: a ResNet or a 3×3 conv.
-    let resample = |f: &mut FlopCount, prefix: &str, resnet: bool, c: usize, h, w| {
+    // `stride` is the conv's: 2 for a downsampler, 1 for the conv after an upsampling.
+    let resample = |f: &mut FlopCount, prefix: &str, resnet: bool, c: usize, h, w, stride| {
         if resnet {
             rn(f, prefix, c, c, h, w);
-        } else if prefix.contains("down") {
-            f.conv_strided(c, c, 3, h, w, 2);
         } else {
-            f.conv(c, c, 3, h, w);
+            f.conv_strided(c, c, 3, h, w, stride);
         }
     };
     f.conv(cfg.in_channels, ch[0], 3, h, w);
@@ -201,6 +200,7 @@ pub fn forward_flops(cfg: &UNet2DConfig, h: usize, w: usize) -> FlopCount {
                 out,
                 hh,
                 ww,
+                2,
             );
         }
     }
@@ -246,6 +246,7 @@ pub fn forward_flops(cfg: &UNet2DConfig, h: usize, w: usize) -> FlopCount {
                 out,
                 hh,
                 ww,
+                1,
             );
         }
     }

@@ -15,6 +15,12 @@ pub fn enabled() -> bool {
 
 static TABLE: Mutex<Vec<(&'static str, u64, f64)>> = Mutex::new(Vec::new());
 
+thread_local! {
+    /// Whether an op on this thread is being timed: an op that calls another `ops` entry
+    /// (the bf16 paths call their f32 selves) is counted once, under the outer label.
+    static TIMING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// Times one op until dropped.
 pub struct Scope {
     label: &'static str,
@@ -23,6 +29,7 @@ pub struct Scope {
 
 impl Drop for Scope {
     fn drop(&mut self) {
+        TIMING.with(|t| t.set(false));
         let s = self.start.elapsed().as_secs_f64();
         let mut t = TABLE.lock().expect("profile lock");
         match t.iter_mut().find(|e| e.0 == self.label) {
@@ -35,10 +42,13 @@ impl Drop for Scope {
     }
 }
 
-/// A timer for `label` when profiling is on.
+/// A timer for `label` when profiling is on and no outer op on this thread is being timed.
 #[inline]
 pub fn scope(label: &'static str) -> Option<Scope> {
-    enabled().then(|| Scope {
+    if !enabled() || TIMING.with(|t| t.replace(true)) {
+        return None;
+    }
+    Some(Scope {
         label,
         start: Instant::now(),
     })

@@ -91,9 +91,13 @@ impl Ema {
     }
 
     /// Restores shadow weights (from a checkpoint).
-    pub fn set_shadow(&mut self, shadow: Vec<Tensor>, optimization_step: u64) {
+    pub fn set_shadow(&mut self, shadow: Vec<Tensor>, optimization_step: u64) -> Result<()> {
         // Copies of their own: `step` updates the shadow in place.
-        self.shadow = shadow.into_iter().map(|t| t.copy().unwrap_or(t)).collect();
+        self.shadow = shadow
+            .iter()
+            .map(|t| t.copy())
+            .collect::<candle_core::Result<_>>()?;
         self.optimization_step = optimization_step;
+        Ok(())
     }
 }

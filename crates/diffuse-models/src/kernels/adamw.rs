@@ -5,9 +5,7 @@
 //! same f32 operations in the same order as the tensor path (`diffuse_train::optim`), so both
 //! give the same bits.
 
-use candle_core::{
-    bail, CpuStorage, DType, InplaceOp2, InplaceOp3, Layout, Result, Storage, Tensor,
-};
+use candle_core::{bail, CpuStorage, DType, InplaceOp2, InplaceOp3, Layout, Result, Tensor};
 
 /// The scalars of one AdamW step, already in the f32 form the tensor path multiplies by.
 #[derive(Debug, Clone, Copy)]
@@ -38,38 +36,27 @@ fn slice_mut<'a>(s: &'a mut CpuStorage, l: &Layout) -> Result<&'a mut [f32]> {
     }
 }
 
-/// m ← m + (1 − β1)(g − m).
-struct FirstMoment(f32);
-/// v ← β2 v + (1 − β2) g².
-struct SecondMoment(f32, f32);
+/// `dst[i] = f(dst[i], src[i])` in place: the moment and EMA updates.
+struct Update<F: Fn(f32, f32) -> f32> {
+    name: &'static str,
+    f: F,
+}
+
+impl<F: Fn(f32, f32) -> f32> InplaceOp2 for Update<F> {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+    fn cpu_fwd(&self, d: &mut CpuStorage, ld: &Layout, s: &CpuStorage, ls: &Layout) -> Result<()> {
+        let (d, s) = (slice_mut(d, ld)?, super::f32_slice(s, ls)?);
+        for (d, s) in d.iter_mut().zip(s) {
+            *d = (self.f)(*d, *s);
+        }
+        Ok(())
+    }
+}
+
 /// p ← p (1 − lr λ) − lr/(1 − β1ᵗ) · m / (√v / √(1 − β2ᵗ) + ε).
 struct Param(AdamWStep);
-
-impl InplaceOp2 for FirstMoment {
-    fn name(&self) -> &'static str {
-        "diffuse-adamw-m"
-    }
-    fn cpu_fwd(&self, m: &mut CpuStorage, lm: &Layout, g: &CpuStorage, lg: &Layout) -> Result<()> {
-        let (m, g) = (slice_mut(m, lm)?, super::f32_slice(g, lg)?);
-        for (m, g) in m.iter_mut().zip(g) {
-            *m += (g - *m) * self.0;
-        }
-        Ok(())
-    }
-}
-
-impl InplaceOp2 for SecondMoment {
-    fn name(&self) -> &'static str {
-        "diffuse-adamw-v"
-    }
-    fn cpu_fwd(&self, v: &mut CpuStorage, lv: &Layout, g: &CpuStorage, lg: &Layout) -> Result<()> {
-        let (v, g) = (slice_mut(v, lv)?, super::f32_slice(g, lg)?);
-        for (v, g) in v.iter_mut().zip(g) {
-            *v = (*v * self.0 + 0.0) + ((g * g) * self.1 + 0.0);
-        }
-        Ok(())
-    }
-}
 
 impl InplaceOp3 for Param {
     fn name(&self) -> &'static str {
@@ -95,26 +82,18 @@ impl InplaceOp3 for Param {
     }
 }
 
-/// shadow ← shadow − (shadow − p)(1 − d): an EMA update.
-struct Ema(f32);
-
-impl InplaceOp2 for Ema {
-    fn name(&self) -> &'static str {
-        "diffuse-ema"
-    }
-    fn cpu_fwd(&self, s: &mut CpuStorage, ls: &Layout, p: &CpuStorage, lp: &Layout) -> Result<()> {
-        let (s, p) = (slice_mut(s, ls)?, super::f32_slice(p, lp)?);
-        for (s, p) in s.iter_mut().zip(p) {
-            *s -= (*s - p) * self.0 + 0.0;
-        }
-        Ok(())
-    }
-}
-
 /// One EMA step of `shadow` towards `p` with `one_minus_decay` = 1 − d, in place (callers
 /// check [`applies`]; `shadow` must not share storage with anything else).
 pub fn ema_step(shadow: &Tensor, p: &Tensor, one_minus_decay: f32) -> Result<()> {
-    shadow.inplace_op2(p, &Ema(one_minus_decay))
+    // shadow ← shadow − (shadow − p)(1 − d)
+    let f = |s: f32, p: f32| s - ((s - p) * one_minus_decay + 0.0);
+    shadow.inplace_op2(
+        p,
+        &Update {
+            name: "diffuse-ema",
+            f,
+        },
+    )
 }
 
 /// Whether the in-place passes apply: every tensor f32, contiguous and on the CPU, with one shape.
@@ -131,36 +110,37 @@ pub fn applies(ts: &[&Tensor]) -> bool {
 /// One AdamW step of parameter `p` with gradient `g` and moments `m`, `v`, all updated in place
 /// (callers check [`applies`] first; `m` and `v` must not share storage with anything else).
 pub fn step(p: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor, c: AdamWStep) -> Result<()> {
-    m.inplace_op2(g, &FirstMoment(c.one_minus_beta1))?;
-    v.inplace_op2(g, &SecondMoment(c.beta2, c.one_minus_beta2))?;
+    // m ← m + (1 − β1)(g − m)
+    let first = |m: f32, g: f32| m + (g - m) * c.one_minus_beta1;
+    m.inplace_op2(
+        g,
+        &Update {
+            name: "diffuse-adamw-m",
+            f: first,
+        },
+    )?;
+    // v ← β2 v + (1 − β2) g²
+    let second = |v: f32, g: f32| (v * c.beta2 + 0.0) + ((g * g) * c.one_minus_beta2 + 0.0);
+    v.inplace_op2(
+        g,
+        &Update {
+            name: "diffuse-adamw-v",
+            f: second,
+        },
+    )?;
     p.inplace_op3(m, v, &Param(c))
 }
 
-/// Σ g² of a CPU f32 tensor, accumulated in f64 (the gradient-clipping norm), or None where the
-/// tensor is elsewhere.
+/// Σ g² of a CPU f32 tensor, accumulated in f64 over chunks (the gradient-clipping norm), or
+/// None where the tensor is elsewhere.
 pub fn sum_squares(g: &Tensor) -> Result<Option<f64>> {
     if !applies(&[g]) {
         return Ok(None);
     }
-    let (s, l) = g.storage_and_layout();
-    let Storage::Cpu(s) = &*s else {
-        return Ok(None);
-    };
-    let x = super::f32_slice(s, l)?;
-    // 8 f32 lanes per chunk, each chunk's sum added in f64.
-    let mut total = 0f64;
-    for c in x.chunks(1024) {
-        let mut acc = [0f32; 8];
-        let lanes = c.chunks_exact(8);
-        let rest: f32 = lanes.remainder().iter().map(|v| v * v).sum();
-        for q in lanes {
-            for k in 0..8 {
-                acc[k] += q[k] * q[k];
-            }
-        }
-        total += acc.iter().map(|&a| a as f64).sum::<f64>() + rest as f64;
-    }
-    Ok(Some(total))
+    super::with_f32(g, |x| {
+        let sq = |c: &[f32]| super::group_norm::sum_sq(c, 0.0) as f64;
+        Ok(Some(x.chunks(1024).map(sq).sum()))
+    })
 }
 
 #[cfg(test)]

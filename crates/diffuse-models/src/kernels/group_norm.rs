@@ -48,7 +48,7 @@ fn sum(x: &[f32]) -> f32 {
 
 /// Σ (x − m)² over a row, in 8 lanes.
 #[inline(always)]
-fn sum_sq(x: &[f32], m: f32) -> f32 {
+pub(super) fn sum_sq(x: &[f32], m: f32) -> f32 {
     let mut acc = [0f32; 8];
     let chunks = x.chunks_exact(8);
     let rest: f32 = chunks.remainder().iter().map(|v| (v - m) * (v - m)).sum();

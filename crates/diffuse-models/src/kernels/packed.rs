@@ -3,7 +3,8 @@
 //! whose input tracks no gradient, kept across calls instead of re-transformed per forward.
 //!
 //! Entries are keyed by the weight tensor's id and the tile size, and carry a 64-bit hash of the
-//! weight's contents that is checked on every hit, so a weight changed in place (a detached
+//! weight's contents (a sample of it for large weights, `fingerprint_lanes`) that is checked on
+//! every hit, so a weight changed in place (a detached
 //! view of a variable that an optimizer then updated) is transformed again, never served stale.
 //! The cache holds at most `CAP_BYTES`; the oldest entries go first.
 

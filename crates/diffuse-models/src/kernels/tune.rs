@@ -139,6 +139,40 @@ impl Table {
     }
 }
 
+/// Merges `entries` into the table file at `path` (a missing or unreadable one starts empty)
+/// with `cpu` named, and writes it atomically; returns the table's entry count.
+pub fn save(entries: Vec<Entry>, cpu: &str, path: &std::path::Path) -> crate::Result<usize> {
+    let mut table = read_table(path).unwrap_or_default();
+    table.cpu = cpu.to_string();
+    table.merge(entries);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(crate::Error::io(dir))?;
+    }
+    let text = serde_json::to_string_pretty(&table).expect("a table serializes");
+    diffuse_data::fs::write_atomic(path, text.as_bytes())
+        .map_err(|e| crate::Error::Config(e.to_string()))?;
+    Ok(table.entries.len())
+}
+
+/// `entries` as a markdown table: each candidate's time and the one chosen.
+pub fn markdown(entries: &[Entry]) -> String {
+    let mut s = String::from(
+        "| pass | b | ci→co | h×w | threads | im2col ms | F(2×2) ms | F(4×4) ms | chosen |\n\
+         |---|---:|---|---|---:|---:|---:|---:|---|\n",
+    );
+    for e in entries {
+        let chosen = match e.algo {
+            Algo::Im2col => "im2col".to_string(),
+            Algo::Winograd(v) => format!("F({0}×{0}, 3×3)", v.tile()),
+        };
+        s.push_str(&format!(
+            "| {:?} | {} | {}→{} | {}×{} | {} | {:.3} | {:.3} | {:.3} | {chosen} |\n",
+            e.pass, e.b, e.ci, e.co, e.h, e.w, e.threads, e.ms[0], e.ms[1], e.ms[2]
+        ));
+    }
+    s
+}
+
 /// Where the measured table lives: `$DIFFUSE_CONV_TABLE`, else the user's cache directory.
 pub fn table_path() -> Option<std::path::PathBuf> {
     if let Some(p) = std::env::var_os("DIFFUSE_CONV_TABLE") {

@@ -54,10 +54,6 @@ impl Variant {
     pub fn xis(self) -> usize {
         (self.tile() + 2).pow(2)
     }
-    /// Multiplies per output pixel and channel pair, against direct convolution's 9.
-    pub fn mults_per_output(self) -> f64 {
-        self.xis() as f64 / (self.tile() * self.tile()) as f64
-    }
 }
 
 /// A mutable slice that several threads write disjoint parts of.
@@ -284,6 +280,55 @@ fn output(
     }
 }
 
+/// dM[ξ][o][col0 + t] = (A dY Aᵀ)[ξ] for every M×M tile t of one image's output gradient, for
+/// the output channels `os` (tiles past the image's edge read zeros), given A (the output
+/// transform's adjoint) on M lane vectors: each tile row is split into its M column phases,
+/// A runs along the rows, then down the columns, 8 tiles at a time.
+#[inline(always)]
+#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+fn output_grad_tiles<const M: usize, const A: usize>(
+    a: impl Fn([&Lanes; M]) -> [Lanes; A],
+    dy: &[f32],
+    d: &Dims,
+    os: Range<usize>,
+    dm: &Shared,
+    ld: usize,
+    col0: usize,
+) {
+    let len = d.tw + L;
+    let mut ph = vec![0f32; M * M * len]; // [row k][phase q][tile]
+    for o in os {
+        let yo = &dy[o * d.h * d.w..(o + 1) * d.h * d.w];
+        for ty in 0..d.th {
+            for k in 0..M {
+                let yy = M * ty + k;
+                let row = (yy < d.h).then(|| &yo[yy * d.w..(yy + 1) * d.w]);
+                phases::<M>(row, 0, &mut ph[k * M * len..(k + 1) * M * len], len);
+            }
+            for tx0 in (0..d.tw).step_by(L) {
+                let n = L.min(d.tw - tx0);
+                let lane = |k: usize, q: usize| -> &Lanes {
+                    ph[(k * M + q) * len + tx0..][..L]
+                        .try_into()
+                        .expect("L lanes")
+                };
+                // z[k][j] = Σ_q dY[k][q] Aᵀ[q][j]
+                let z: [[Lanes; A]; M] =
+                    std::array::from_fn(|k| a(std::array::from_fn(|q| lane(k, q))));
+                let t0 = col0 + ty * d.tw + tx0;
+                for j in 0..A {
+                    let col = a(std::array::from_fn(|k| &z[k][j]));
+                    for (i, vals) in col.iter().enumerate() {
+                        // SAFETY: each caller writes a disjoint range of output channels.
+                        let dst = unsafe { dm.slice(((i * A + j) * d.co + o) * ld + t0, n) };
+                        put(dst, vals);
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[inline(always)]
 fn output_grad(
     var: Variant,
@@ -295,8 +340,8 @@ fn output_grad(
     col0: usize,
 ) {
     match var {
-        Variant::F2 => f2::output_grad(dy, d, os, dm, ld, col0),
-        Variant::F4 => f4::output_grad(dy, d, os, dm, ld, col0),
+        Variant::F2 => output_grad_tiles::<2, 4>(f2::a, dy, d, os, dm, ld, col0),
+        Variant::F4 => output_grad_tiles::<4, 6>(f4::a, dy, d, os, dm, ld, col0),
     }
 }
 

@@ -272,7 +272,7 @@ pub(super) fn load_checkpoint(
     ema.set_shadow(
         shadow,
         num(&meta["ema_optimization_step"], "ema_optimization_step")?,
-    );
+    )?;
     Ok(TrainingState {
         step: num(&meta["step"], "step")?,
         position: Position {

@@ -29,7 +29,7 @@ impl Net {
         device: &Device,
         path: &Path,
     ) -> Result<Vec<(String, f64)>> {
-        let tensors = ema_tensors(varmap, names, ema);
+        let tensors = ema_tensors(varmap, names, ema)?;
         let (grid, cols, metrics) = match self {
             Net::Unet(u) => {
                 let model: Network =
@@ -116,20 +116,16 @@ pub(super) fn ema_tensors(
     varmap: &candle_nn::VarMap,
     names: &[String],
     ema: &Ema,
-) -> HashMap<String, Tensor> {
+) -> Result<HashMap<String, Tensor>> {
     let mut tensors = diffuse_models::weights::detached_tensors(varmap);
-    tensors.extend(
-        names
-            .iter()
-            .cloned()
-            // Copies: the EMA updates its shadow in place while these may live on.
-            .zip(
-                ema.shadow()
-                    .iter()
-                    .map(|s| s.copy().unwrap_or_else(|_| s.detach())),
-            ),
-    );
-    tensors
+    // Copies: the EMA updates its shadow in place while these may live on.
+    let shadow = ema
+        .shadow()
+        .iter()
+        .map(|s| s.copy())
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    tensors.extend(names.iter().cloned().zip(shadow));
+    Ok(tensors)
 }
 
 /// The sampler of grids and evaluations: `name` (a scheduler class or alias) over the training

@@ -117,7 +117,7 @@ impl Session<'_> {
                 let names: Vec<String> = self.vars.iter().map(|(k, _)| k.clone()).collect();
                 let model: Network = diffuse_models::weights::from_tensors(
                     &u.cfg,
-                    ema_tensors(&self.varmap, &names, &self.ema),
+                    ema_tensors(&self.varmap, &names, &self.ema)?,
                     device,
                 )?;
                 let size = u.cfg.sample_hw().unwrap_or((d.size, d.size));

@@ -146,7 +146,7 @@ pub(super) fn output(
 
 /// A applied to two lane vectors: (Aᵀ)ᵀ y, the adjoint of the output transform.
 #[inline(always)]
-fn a(y0: &Lanes, y1: &Lanes) -> [Lanes; 4] {
+pub(super) fn a([y0, y1]: [&Lanes; 2]) -> [Lanes; 4] {
     let mut r = [[0f32; L]; 4];
     for l in 0..L {
         r[0][l] = y0[l];
@@ -155,48 +155,4 @@ fn a(y0: &Lanes, y1: &Lanes) -> [Lanes; 4] {
         r[3][l] = -y1[l];
     }
     r
-}
-
-/// dM[ξ][o][col0 + t] = (A dY Aᵀ)[ξ] for every 2×2 tile t of one image's output gradient,
-/// output channels `os` (tiles past the image's edge read zeros).
-#[inline(always)]
-#[allow(clippy::needless_range_loop)]
-pub(super) fn output_grad(
-    dy: &[f32],
-    d: &Dims,
-    os: std::ops::Range<usize>,
-    dm: &Shared,
-    ld: usize,
-    col0: usize,
-) {
-    let len = d.tw + L;
-    let mut ph = vec![0f32; 2 * 2 * len]; // [row k][phase q][tile]
-    for o in os {
-        let yo = &dy[o * d.h * d.w..(o + 1) * d.h * d.w];
-        for ty in 0..d.th {
-            for k in 0..2 {
-                let yy = 2 * ty + k;
-                let row = (yy < d.h).then(|| &yo[yy * d.w..(yy + 1) * d.w]);
-                phases::<2>(row, 0, &mut ph[k * 2 * len..(k + 1) * 2 * len], len);
-            }
-            for tx0 in (0..d.tw).step_by(L) {
-                let n = L.min(d.tw - tx0);
-                let lane = |k: usize, q: usize| -> &Lanes {
-                    ph[(k * 2 + q) * len + tx0..][..L]
-                        .try_into()
-                        .expect("L lanes")
-                };
-                let z0 = a(lane(0, 0), lane(0, 1));
-                let z1 = a(lane(1, 0), lane(1, 1));
-                let t0 = col0 + ty * d.tw + tx0;
-                for j in 0..4 {
-                    for (i, vals) in a(&z0[j], &z1[j]).iter().enumerate() {
-                        // SAFETY: each caller writes a disjoint range of output channels.
-                        let dst = unsafe { dm.slice(((i * 4 + j) * d.co + o) * ld + t0, n) };
-                        super::put(dst, vals);
-                    }
-                }
-            }
-        }
-    }
 }

@@ -45,7 +45,7 @@ fn at(m: [&Lanes; 6]) -> [Lanes; 4] {
 
 /// (Aᵀ)ᵀ = A applied to four lane vectors: the adjoint of `at` (the weight gradient's dY).
 #[inline(always)]
-fn a(y: [&Lanes; 4]) -> [Lanes; 6] {
+pub(super) fn a(y: [&Lanes; 4]) -> [Lanes; 6] {
     let mut r = [[0f32; L]; 6];
     for l in 0..L {
         let (y0, y1, y2, y3) = (y[0][l], y[1][l], y[2][l], y[3][l]);
@@ -229,54 +229,6 @@ pub(super) fn output(
                                 out[xx] = rq[l] + b;
                             }
                         }
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// dM[ξ][o][col0 + t] = (A dY Aᵀ)[ξ] for every 4×4 tile t of one image's output gradient, for
-/// the output channels `os` (tiles past the image's edge read zeros).
-#[inline(always)]
-#[allow(clippy::needless_range_loop)]
-pub(super) fn output_grad(
-    dy: &[f32],
-    d: &Dims,
-    os: std::ops::Range<usize>,
-    dm: &Shared,
-    ld: usize,
-    col0: usize,
-) {
-    let len = d.tw + L;
-    let mut ph = vec![0f32; 4 * 4 * len]; // [row k][phase q][tile]
-    for o in os {
-        let yo = &dy[o * d.h * d.w..(o + 1) * d.h * d.w];
-        for ty in 0..d.th {
-            for k in 0..4 {
-                let yy = 4 * ty + k;
-                let row = (yy < d.h).then(|| &yo[yy * d.w..(yy + 1) * d.w]);
-                phases::<4>(row, 0, &mut ph[k * 4 * len..(k + 1) * 4 * len], len);
-            }
-            for tx0 in (0..d.tw).step_by(L) {
-                let n = L.min(d.tw - tx0);
-                let lane = |k: usize, q: usize| -> &Lanes {
-                    ph[(k * 4 + q) * len + tx0..][..L]
-                        .try_into()
-                        .expect("L lanes")
-                };
-                // z[k][j] = Σ_q dY[k][q] Aᵀ[q][j]
-                let mut z = [[[0f32; L]; 6]; 4];
-                for (k, zk) in z.iter_mut().enumerate() {
-                    *zk = a([lane(k, 0), lane(k, 1), lane(k, 2), lane(k, 3)]);
-                }
-                let t0 = col0 + ty * d.tw + tx0;
-                for j in 0..6 {
-                    let col = a([&z[0][j], &z[1][j], &z[2][j], &z[3][j]]);
-                    for (i, vals) in col.iter().enumerate() {
-                        // SAFETY: each caller writes a disjoint range of output channels.
-                        let dst = unsafe { dm.slice(((i * 6 + j) * d.co + o) * ld + t0, n) };
-                        super::put(dst, vals);
                     }
                 }
             }

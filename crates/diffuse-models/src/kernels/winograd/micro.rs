@@ -53,8 +53,8 @@ fn tile(panel: &[f32], v: &[f32], ld: usize, ci: usize) -> [[f32; NR]; MR] {
     acc
 }
 
-/// M[o][t] for all o and the columns `cols` of one ξ: `panels` of U, V `[ci][ld]`, M `[co][ld]`
-/// written through `put(o, t0, values)`.
+/// M[o][t] for all o and the columns `cols` of one ξ: `panels` of U, V `[ci][ld]`, and M
+/// `[co][ld]` written into `m` from `m0`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub(super) fn gemm(
@@ -67,7 +67,7 @@ pub(super) fn gemm(
     m: &super::Shared,
     m0: usize,
 ) {
-    let mut pad = vec![0f32; ci * NR];
+    let mut pad = Vec::new(); // allocated only for a tail tile
     let mut t = cols.start;
     while t < cols.end {
         let n = NR.min(cols.end - t);
@@ -75,6 +75,7 @@ pub(super) fn gemm(
         let (src, sld) = if n == NR && t + NR <= ld {
             (&v[t..], ld)
         } else {
+            pad.resize(ci * NR, 0.0);
             for c in 0..ci {
                 pad[c * NR..c * NR + n].copy_from_slice(&v[c * ld + t..][..n]);
                 pad[c * NR + n..(c + 1) * NR].fill(0.0);
