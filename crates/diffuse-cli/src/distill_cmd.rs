@@ -4,13 +4,17 @@
 //! `diffuse train` into OUTPUT (a pipeline folder that records its step count).
 //! `progressive` (Salimans & Ho 2022, `diffuse_train::progressive`): rounds that halve the
 //! DDIM step count, each student the next round's teacher, in OUTPUT/steps-N.
+//! `consistency` and `ect` (`diffuse_train::consistency`): a consistency student (one-step and
+//! multistep) distilled from a teacher or tuned from a pretrained model, in OUTPUT.
 
+mod consistency;
 mod progressive;
 mod reflow;
 
 use anyhow::{Context, Result};
 use std::path::Path;
 
+use consistency::{CdArgs, EctArgs};
 use progressive::ProgressiveArgs;
 use reflow::ReflowArgs;
 
@@ -23,12 +27,21 @@ pub enum Command {
     /// teacher takes two (e.g. 8 → 4 → 2 → 1 steps), trained on the teacher's data; rerun to
     /// continue.
     Progressive(ProgressiveArgs),
+    /// Consistency distillation (CD): a student whose one step maps noise to the end of the
+    /// teacher's ODE (skip-step teacher solves, EMA target, pseudo-Huber loss); rerun to
+    /// continue.
+    Consistency(CdArgs),
+    /// Easy consistency tuning (ECT): a pretrained model tuned into a consistency model
+    /// without a teacher (shrinking Δt curriculum, log-normal noise); rerun to continue.
+    Ect(EctArgs),
 }
 
 pub fn run(cmd: Command) -> Result<()> {
     match cmd {
         Command::Reflow(a) => reflow::reflow(a),
         Command::Progressive(a) => progressive::progressive(a),
+        Command::Consistency(a) => consistency::cd(a),
+        Command::Ect(a) => consistency::ect(a),
     }
 }
 

@@ -106,9 +106,25 @@ impl ModelSampler {
         (self.size.0 * f, self.size.1 * f)
     }
 
-    /// The scheduler config with `sampler` (a class name or alias) swapped in.
+    /// The scheduler config with `sampler` (a class name or alias, optionally with its
+    /// timesteps: `lcm@999/499`) swapped in.
     pub fn scheduler(&self, sampler: Option<&str>) -> Result<SchedulerConfig> {
-        Ok(self.pipe.scheduler_config(sampler)?)
+        let (name, _) = split_timesteps(sampler)?;
+        Ok(self.pipe.scheduler_config(name)?)
+    }
+
+    /// The planned sampler of `sampler` at `steps`, or over its own `@t1/t2/…` timesteps.
+    pub fn sampler(
+        &self,
+        sampler: Option<&str>,
+        steps: usize,
+    ) -> Result<diffuse_core::sampler::Sampler> {
+        Ok(match split_timesteps(sampler)? {
+            (name, Some(t)) => self.pipe.sampler_at(name, &t, SamplerOptions::default())?,
+            (name, None) => self
+                .pipe
+                .sampler(name, Some(steps), SamplerOptions::default())?,
+        })
     }
 
     /// `n` images (classes 0…k−1 in turn unless `class_label`), decoded when latent, quantized
@@ -129,9 +145,7 @@ impl ModelSampler {
         bar: &ProgressBar,
     ) -> Result<Generated> {
         let config = self.scheduler(sampler)?;
-        let sampler = self
-            .pipe
-            .sampler(sampler, Some(steps), SamplerOptions::default())?;
+        let sampler = self.sampler(sampler, steps)?;
         let labels = self.pipe.labels_in_turn(n, class_label)?;
         let opts = GenerateOptions {
             num_images: n,
@@ -195,4 +209,21 @@ fn generate_from_model(a: &RunArgs, dev: &Device) -> Result<(MemoryImages, Optio
     )?;
     b.finish_and_clear();
     Ok((g.images, g.labels))
+}
+
+/// A sampler spec `name` or `name@t1/t2/…` (chosen timesteps, noisiest first) split in two.
+pub fn split_timesteps(spec: Option<&str>) -> Result<(Option<&str>, Option<Vec<f64>>)> {
+    let Some((name, ts)) = spec.and_then(|s| s.split_once('@')) else {
+        return Ok((spec, None));
+    };
+    let t = ts
+        .split('/')
+        .map(|v| v.trim().parse::<f64>())
+        .collect::<std::result::Result<Vec<f64>, _>>()
+        .ok()
+        .filter(|t| !t.is_empty())
+        .with_context(|| {
+            format!("sampler {spec:?}: after @ come timesteps separated by / (lcm@999/499)")
+        })?;
+    Ok((Some(name), Some(t)))
 }

@@ -20,7 +20,7 @@ pub struct Args {
     /// and vae/ for latent diffusion) or a UNet or DiT model folder.
     #[arg(long)]
     model: PathBuf,
-    /// Sampler: ddpm, ddim, plms, euler, euler_a, heun, dpmpp_2m, unipc, flow_euler, flow_heun,
+    /// Sampler: ddpm, ddim, plms, euler, euler_a, heun, dpmpp_2m, unipc, lcm, flow_euler, flow_heun,
     /// edm_euler, edm_dpmpp_2m (or a diffusers scheduler class name). Default: the pipeline's
     /// scheduler. Which samplers drive which models (ε, x₀, v, flow, EDM): docs/samplers.md; a sampler that cannot drive the
     /// model is refused with the list of those that can.
@@ -33,6 +33,11 @@ pub struct Args {
     /// a distilled student records, else 50).
     #[arg(long)]
     steps: Option<usize>,
+    /// The timesteps themselves, noisiest first (LCM: training timesteps such as 999,499;
+    /// flow: σ·1000 such as 1000,500): a consistency model's intermediate times. Instead of
+    /// --steps.
+    #[arg(long, value_delimiter = ',', conflicts_with = "steps")]
+    timesteps: Option<Vec<f64>>,
     /// DDIM η (0 = deterministic).
     #[arg(long, default_value_t = 0.0)]
     eta: f64,
@@ -212,14 +217,14 @@ pub fn run(args: Args) -> Result<()> {
                 .to_string_lossy()
         );
     }
-    let sampler = pipe.sampler(
-        None,
-        args.steps,
-        SamplerOptions {
-            eta: args.eta,
-            ..Default::default()
-        },
-    )?;
+    let opts = SamplerOptions {
+        eta: args.eta,
+        ..Default::default()
+    };
+    let sampler = match &args.timesteps {
+        Some(t) => pipe.sampler_at(None, t, opts)?,
+        None => pipe.sampler(None, args.steps, opts)?,
+    };
     // Images are `f` times larger than what the network denoises.
     let f = pipe.downscale();
     let size = match (args.size, pipe.sample_hw()) {

@@ -20,7 +20,7 @@ pub struct Args {
     #[arg(long)]
     json: bool,
     /// Scheduler class: a diffusers class name or ddpm, ddim, plms, euler, euler_a, heun,
-    /// dpmpp_2m, unipc, flow_euler, flow_heun, edm_euler, edm_dpmpp_2m.
+    /// dpmpp_2m, unipc, lcm, flow_euler, flow_heun, edm_euler, edm_dpmpp_2m.
     #[arg(long = "class")]
     class_name: Option<String>,
     #[arg(long)]

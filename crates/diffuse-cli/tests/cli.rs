@@ -2282,6 +2282,195 @@ fn progressive_distillation_halves_the_steps() {
     assert_one_line_error(&o, "distill reflow");
 }
 
+/// `diffuse distill consistency` and `diffuse distill ect` end to end on tiny teachers: an ε
+/// teacher's CD student is an LCMScheduler pipeline that records its steps and samples in them,
+/// its EMA target network is checkpointed, a run stopped at step 3 and continued to 5 equals
+/// one run to 5 (weights and target); a flow model's ECT student is a stochastic FlowMatch
+/// pipeline; bad arguments are one-line errors.
+#[test]
+fn consistency_students_distil_and_tune() {
+    let dir = tempfile::tempdir().unwrap();
+    let tiny = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/tiny.toml");
+    let train = |out: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "--config",
+            tiny.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+            "--max-steps",
+            "2",
+            "--quiet",
+        ];
+        args.extend_from_slice(extra);
+        let o = diffuse(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+    };
+    let teacher = dir.path().join("teacher");
+    train(&teacher, &[]);
+    let cd = |out: &Path, steps: &str, extra: &[&str]| {
+        let mut args = vec![
+            "distill",
+            "consistency",
+            "--teacher",
+            teacher.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+            "--max-steps",
+            steps,
+            "--set",
+            "data.batch_size=4",
+            "--set",
+            "train.checkpoint_every=3",
+            "--quiet",
+        ];
+        args.extend_from_slice(extra);
+        diffuse(&args)
+    };
+    let student = dir.path().join("cd");
+    let o = cd(&student, "3", &["--steps", "2", "--guidance-scale", "2"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let sched: Value = serde_json::from_str(
+        &std::fs::read_to_string(student.join("scheduler/scheduler_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(sched["_class_name"], "LCMScheduler", "{sched}");
+    assert_eq!(sched["prediction_type"], "epsilon", "{sched}");
+    assert_eq!(sched["num_inference_steps"], 2, "{sched}");
+    assert_eq!(sched["original_inference_steps"], 50, "{sched}");
+    let toml = std::fs::read_to_string(student.join("train.toml")).unwrap();
+    for key in [
+        "[consistency]",
+        "method = \"cd\"",
+        "target_ema_decay = 0.95",
+        "guidance_scale = 2.0",
+    ] {
+        assert!(toml.contains(key), "{key}: {toml}");
+    }
+    assert!(student
+        .join("checkpoints/step-3/consistency_target.safetensors")
+        .exists());
+    let png = dir.path().join("s.png");
+    let o = diffuse(&[
+        "sample",
+        "--model",
+        student.to_str().unwrap(),
+        "--class",
+        "3",
+        "--num-images",
+        "2",
+        "--output",
+        png.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("1 × 2 model calls"), "{}", stderr(&o));
+    // Chosen intermediate times.
+    let o = diffuse(&[
+        "sample",
+        "--model",
+        student.to_str().unwrap(),
+        "--timesteps",
+        "999,759,259",
+        "--class",
+        "1",
+        "--num-images",
+        "2",
+        "--output",
+        png.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("1 × 3 model calls"), "{}", stderr(&o));
+
+    // Exact resume, the target network included.
+    let weights = |d: &Path, f: &str| std::fs::read(d.join(f)).unwrap();
+    let straight = dir.path().join("straight");
+    assert!(cd(&straight, "5", &[]).status.success());
+    let split = dir.path().join("split");
+    assert!(cd(&split, "3", &[]).status.success());
+    let o = cd(&split, "5", &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for f in [
+        "unet/diffusion_pytorch_model.safetensors",
+        "unet_ema/diffusion_pytorch_model.safetensors",
+    ] {
+        assert_eq!(weights(&split, f), weights(&straight, f), "{f}");
+    }
+    let target = "checkpoints/step-5/consistency_target.safetensors";
+    assert_eq!(weights(&split, target), weights(&straight, target));
+
+    // ECT of a flow model: a stochastic FlowMatch student.
+    let flow = dir.path().join("flow");
+    train(&flow, &["--set", "train.prediction_type=\"flow\""]);
+    let ect = dir.path().join("ect");
+    let o = diffuse(&[
+        "distill",
+        "ect",
+        "--model",
+        flow.to_str().unwrap(),
+        "--output",
+        ect.to_str().unwrap(),
+        "--max-steps",
+        "2",
+        "--steps",
+        "4",
+        "--set",
+        "data.batch_size=4",
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let sched: Value = serde_json::from_str(
+        &std::fs::read_to_string(ect.join("scheduler/scheduler_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(sched["_class_name"], "FlowMatchEulerDiscreteScheduler");
+    assert_eq!(sched["stochastic_sampling"], true);
+    assert_eq!(sched["num_inference_steps"], 4);
+    let log = std::fs::read_to_string(ect.join("metrics.jsonl")).unwrap();
+    assert!(log.contains("ect_stage"), "{log}");
+
+    // Errors, each one line.
+    let uncond = dir.path().join("uncond");
+    train(&uncond, &["--set", "data.class_conditional=false"]);
+    let o = diffuse(&[
+        "distill",
+        "consistency",
+        "--teacher",
+        uncond.to_str().unwrap(),
+        "--output",
+        dir.path().join("x").to_str().unwrap(),
+        "--guidance-scale",
+        "2",
+        "--set",
+        "data.class_conditional=false",
+        "--quiet",
+    ]);
+    assert_one_line_error(&o, "needs a class-conditional teacher");
+    assert_one_line_error(
+        &cd(
+            &dir.path().join("y"),
+            "1",
+            &["--set", "consistency.num_timesteps=3"],
+        ),
+        "must divide num_train_timesteps = 1000",
+    );
+    assert_one_line_error(
+        &cd(&dir.path().join("z"), "1", &["--steps", "60"]),
+        "at most original_inference_steps = 50",
+    );
+    let cfg = dir.path().join("student.toml");
+    std::fs::write(&cfg, "[train]\nprediction_type = \"v_prediction\"\n").unwrap();
+    assert_one_line_error(
+        &cd(
+            &dir.path().join("w"),
+            "1",
+            &["--train-config", cfg.to_str().unwrap()],
+        ),
+        "keeps its model's prediction type",
+    );
+}
+
 /// Decodes a written .onnx file with diffuse's prost messages.
 fn onnx_model(path: &Path) -> diffuse_models::onnx::proto::ModelProto {
     let bytes = std::fs::read(path).unwrap();

@@ -108,7 +108,7 @@ impl fmt::Display for Objective {
 
 /// The sampler names users type, in table order. A diffusers class name means the same as its
 /// short name (`EulerDiscreteScheduler` is `euler`).
-pub const SAMPLERS: [&str; 13] = [
+pub const SAMPLERS: [&str; 14] = [
     "ddpm",
     "ddim",
     "plms",
@@ -117,6 +117,7 @@ pub const SAMPLERS: [&str; 13] = [
     "heun",
     "dpmpp_2m",
     "unipc",
+    "lcm",
     "flow_euler",
     "flow_heun",
     "edm_euler",
@@ -325,6 +326,10 @@ pub fn cell(sampler: &str, objective: Objective) -> Option<Cell> {
             None,
             Outcome::Refused("PNDMScheduler takes epsilon or v_prediction, not flow_prediction"),
         ),
+        C::Lcm if flow => (
+            None,
+            Outcome::Refused("LCMScheduler takes epsilon, sample or v_prediction, not flow_prediction"),
+        ),
         C::EulerAncestral if flow => (
             None,
             Outcome::Refused(
@@ -339,7 +344,7 @@ pub fn cell(sampler: &str, objective: Objective) -> Option<Cell> {
                 to: PredictionType::Epsilon,
             }),
         ),
-        C::Ddpm | C::Ddim | C::Pndm | C::Euler | C::EulerAncestral | C::Heun => {
+        C::Ddpm | C::Ddim | C::Pndm | C::Euler | C::EulerAncestral | C::Heun | C::Lcm => {
             (Some(class), Outcome::Supported)
         }
     };
@@ -597,7 +602,7 @@ mod tests {
     }
 
     /// The table, written out: S supported, C converted, R refused (columns ε, x₀, v, flow, EDM).
-    const EXPECTED: [(&str, [char; 5]); 13] = [
+    const EXPECTED: [(&str, [char; 5]); 14] = [
         ("ddpm", ['S', 'S', 'S', 'R', 'R']),
         ("ddim", ['S', 'S', 'S', 'R', 'R']),
         ("plms", ['S', 'C', 'S', 'R', 'R']),
@@ -606,6 +611,7 @@ mod tests {
         ("heun", ['S', 'S', 'S', 'S', 'S']),
         ("dpmpp_2m", ['S', 'S', 'S', 'S', 'S']),
         ("unipc", ['S', 'S', 'S', 'S', 'R']),
+        ("lcm", ['S', 'S', 'S', 'R', 'R']),
         ("flow_euler", ['R', 'R', 'R', 'S', 'R']),
         ("flow_heun", ['R', 'R', 'R', 'S', 'R']),
         ("edm_euler", ['R', 'R', 'R', 'R', 'S']),
@@ -647,7 +653,7 @@ mod tests {
                 "flow_heun"
             ]
         );
-        assert_eq!(working_samplers(Objective::Sample).len(), 8);
+        assert_eq!(working_samplers(Objective::Sample).len(), 9);
         assert_eq!(cell("dpm++", Objective::Epsilon), None);
     }
 
@@ -872,6 +878,6 @@ mod tests {
         assert!(md.contains("converted¹") && md.contains("x₀ → ε"));
         assert!(md.contains("yes (DPMSolverMultistepScheduler, flow σ)"));
         assert!(md.contains("yes (EDMEulerScheduler)") && md.contains("yes (EDMHeunScheduler)"));
-        assert_eq!(md.lines().filter(|l| l.starts_with("| `")).count(), 13);
+        assert_eq!(md.lines().filter(|l| l.starts_with("| `")).count(), 14);
     }
 }

@@ -6,8 +6,8 @@
 //! - [`schedule`]: β → ᾱ → σ and timestep spacing.
 //! - [`noising`]: q(x_t|x₀), ε/x₀/v conversions, SNR and Min-SNR-γ weights.
 //! - [`sampler`]: DDPM, DDIM, PNDM/PLMS, Euler, Euler-ancestral, Heun, DPM-Solver++(2M), UniPC
-//!   (the last two also on flow-matching σ), flow-matching Euler/Heun and the EDM Euler and
-//!   DPM-Solver++ schedulers, each a plan plus an explicit per-request state.
+//!   (the last two also on flow-matching σ), flow-matching Euler/Heun, the EDM Euler and
+//!   DPM-Solver++ schedulers and LCM, each a plan plus an explicit per-request state.
 //! - [`edm`]: EDM preconditioning (c_in, c_noise, c_skip, c_out) and its training σ.
 //! - [`rng`]: seeded noise, one stream per sample (sample i is the same whatever the batch).
 //! - [`denoiser`]: the model seam and classifier-free guidance.

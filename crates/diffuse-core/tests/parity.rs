@@ -109,11 +109,20 @@ fn compare(
 /// `set_timesteps(n)` of `cfg` against a recorded case: timesteps, σ and init_noise_sigma to
 /// [`SCHEDULE_RTOL`]; the mismatches, each named by `name`.
 fn check_plan(cfg: &SchedulerConfig, n: usize, case: &Value, name: &str) -> Vec<String> {
-    let s = match Sampler::new(cfg, n) {
+    check_planned(Sampler::new(cfg, n), case, name)
+}
+
+/// [`check_plan`] for a plan made any way (`Sampler::with_timesteps` too); `sigmas` null in the
+/// case means the class has none.
+fn check_planned(s: diffuse_core::Result<Sampler>, case: &Value, name: &str) -> Vec<String> {
+    let s = match s {
         Ok(s) => s,
         Err(e) => return vec![format!("{name}: {e}")],
     };
     let mut failures = Vec::new();
+    if case["sigmas"].is_null() && s.sigmas().is_some() {
+        failures.push(format!("{name}: σ planned where diffusers has none"));
+    }
     for (what, got, want) in [
         (
             "timesteps",
@@ -122,8 +131,12 @@ fn check_plan(cfg: &SchedulerConfig, n: usize, case: &Value, name: &str) -> Vec<
         ),
         (
             "sigmas",
-            s.sigmas().unwrap().to_vec(),
-            floats(&case["sigmas"]),
+            s.sigmas().map(<[f64]>::to_vec).unwrap_or_default(),
+            if case["sigmas"].is_null() {
+                vec![]
+            } else {
+                floats(&case["sigmas"])
+            },
         ),
         (
             "init_noise_sigma",
@@ -358,7 +371,18 @@ fn run_trajectory(case: &Value, perturb: Option<(usize, usize)>) -> Result<(), S
         s_churn: kw["s_churn"].as_f64().unwrap_or(0.0),
         ..Default::default()
     };
-    let sampler = Sampler::with_options(&cfg, n, options).map_err(|e| format!("{name}: {e}"))?;
+    // gen_lcm.py's cases with `custom_timesteps` ran set_timesteps(timesteps=...).
+    let sampler = match case.get("custom_timesteps") {
+        Some(ts) => Sampler::with_timesteps(&cfg, &floats(ts), options),
+        None => Sampler::with_options(&cfg, n, options),
+    }
+    .map_err(|e| format!("{name}: {e}"))?;
+    if sampler.num_inference_steps() != n {
+        return Err(format!(
+            "{name}: {} inference steps, diffusers {n}",
+            sampler.num_inference_steps()
+        ));
+    }
     let shape: Vec<usize> = floats(&case["shape"]).iter().map(|&x| x as usize).collect();
     let mu = floats(&case["data_mean"]);
     let std = case["data_std"].as_f64().unwrap();
@@ -612,6 +636,90 @@ fn edm_schedulers_match_diffusers() {
     }
 }
 
+/// LCMScheduler and custom timesteps (`tools/fixtures/gen_lcm.py`): `set_timesteps(N)` of
+/// LCMScheduler over linear/scaled_linear β, T = 1000 and 100, `original_inference_steps` 50 and
+/// 20, `set_alpha_to_one` and `steps_offset` both ways, N = 1, 2, 3, 4, 8, 50 (timesteps and
+/// init_noise_sigma to 1e-6, no σ); `set_timesteps(timesteps=[...])` of LCMScheduler and
+/// FlowMatchEulerDiscreteScheduler (shift 1 and 3: σ to 1e-6); every N and list diffusers
+/// raises on refused in one line; closed-loop trajectories to 1e-5: LCM ε/x₀/v at 1, 2, 4 steps,
+/// custom timesteps (one with c_skip = 0.5 at the last), clipping, thresholding, T = 100, and
+/// FlowMatch Euler on custom timesteps and with `stochastic_sampling`, with recorded noise.
+#[test]
+fn lcm_and_custom_timesteps_match_diffusers() {
+    let f = load("lcm.json");
+    let mut failures = Vec::new();
+    take_worst();
+    let cases = f["timesteps"].as_array().unwrap();
+    assert_eq!(cases.len(), 176);
+    for case in cases {
+        let cfg = config_of(&case["config"]);
+        assert_eq!(cfg.class, SchedulerClass::Lcm);
+        assert!(cfg.ignored_keys.is_empty(), "{:?}", cfg.ignored_keys);
+        let n = case["num_inference_steps"].as_u64().unwrap() as usize;
+        let name = format!(
+            "lcm {} T={} original={} alpha_one={} offset={} N={n}",
+            cfg.beta_schedule.name(),
+            cfg.num_train_timesteps,
+            cfg.original_inference_steps,
+            cfg.set_alpha_to_one,
+            cfg.steps_offset
+        );
+        failures.extend(check_plan(&cfg, n, case, &name));
+    }
+    let custom = f["custom"].as_array().unwrap();
+    assert_eq!(custom.len(), 10);
+    for case in custom {
+        let cfg = config_of(&case["config"]);
+        let ts = floats(&case["custom_timesteps"]);
+        let name = format!("{} custom {ts:?}", cfg.class.short_name());
+        let s = Sampler::with_timesteps(&cfg, &ts, SamplerOptions::default());
+        if let Ok(s) = &s {
+            assert_eq!(s.num_inference_steps(), ts.len(), "{name}");
+        }
+        failures.extend(check_planned(s, case, &name));
+    }
+    // What diffusers raises on, refused here in one line: N above original_inference_steps,
+    // custom timesteps out of order or from T on.
+    let rejected = f["rejected"].as_array().unwrap();
+    assert_eq!(rejected.len(), 19);
+    for r in rejected {
+        let cfg = config_of(&r["config"]);
+        let got = match r.get("custom_timesteps") {
+            Some(ts) => Sampler::with_timesteps(&cfg, &floats(ts), SamplerOptions::default()),
+            None => Sampler::new(&cfg, r["num_inference_steps"].as_u64().unwrap() as usize),
+        };
+        match got {
+            Ok(_) => failures.push(format!("accepted what diffusers rejects: {}", r["error"])),
+            Err(e) => assert!(!e.to_string().contains('\n'), "{e}"),
+        }
+    }
+    let cases = f["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 19);
+    check_trajectories("lcm.json", cases, failures);
+    // LCM draws noise at every step but the last (none for one step); FlowMatch's stochastic
+    // sampling at every step. A perturbed value is caught.
+    let draws = |name: &str| -> Vec<usize> {
+        let case = cases.iter().find(|c| c["name"] == name).unwrap();
+        case["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["noises"].as_array().unwrap().len())
+            .collect()
+    };
+    assert_eq!(draws("lcm_epsilon_n4"), [1, 1, 1, 0]);
+    assert_eq!(draws("lcm_sample_n1"), [0]);
+    assert_eq!(draws("flow_euler_custom_4_shift3_stochastic"), [1, 1, 1, 1]);
+    for name in [
+        "lcm_v_prediction_n4",
+        "flow_euler_custom_4_shift3_stochastic",
+    ] {
+        let case = cases.iter().find(|c| c["name"] == name).unwrap();
+        let err = run_trajectory(case, Some((2, 5))).unwrap_err();
+        assert!(err.contains("step 2"), "{err}");
+    }
+}
+
 /// `scheduler_config.json` as diffusers' `save_config` writes it for the two flow-sigma
 /// classes reads back as the same scheduler, without ignored keys; the `__init__` keys
 /// `compat::resolve_sampler` carries over are diffusers' own.
@@ -645,7 +753,14 @@ fn saved_flow_solver_configs_and_init_keys_match_diffusers() {
         assert_eq!(euler.class, SchedulerClass::FlowMatchEuler);
         assert_eq!(euler.shift, shift);
     }
-    let keys = f["init_keys"].as_array().unwrap();
+    // LCMScheduler's keys are in lcm.json (gen_lcm.py).
+    let lcm = load("lcm.json");
+    let keys: Vec<&Value> = f["init_keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(lcm["init_keys"].as_array().unwrap())
+        .collect();
     let in_diffusers = SchedulerClass::ALL
         .iter()
         .filter(|c| c.in_diffusers())
@@ -668,12 +783,22 @@ fn saved_flow_solver_configs_and_init_keys_match_diffusers() {
 #[test]
 fn default_configs_as_diffusers_saves_them_load_and_plan_the_same_steps() {
     let f = load("saved_configs.json");
-    let saved = f["configs"].as_array().unwrap();
-    let in_diffusers = SchedulerClass::ALL
+    // LCMScheduler's (default and with other keys) are in lcm.json (gen_lcm.py).
+    let lcm = load("lcm.json");
+    let saved: Vec<&Value> = f["configs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(lcm["saved_configs"].as_array().unwrap())
+        .collect();
+    let classes: std::collections::BTreeSet<&str> =
+        saved.iter().map(|s| s["class"].as_str().unwrap()).collect();
+    let in_diffusers: std::collections::BTreeSet<&str> = SchedulerClass::ALL
         .iter()
         .filter(|c| c.in_diffusers())
-        .count();
-    assert_eq!(saved.len(), in_diffusers);
+        .map(|c| c.class_name())
+        .collect();
+    assert_eq!(classes, in_diffusers);
     let mut failures = Vec::new();
     for s in saved {
         let text = s["text"].as_str().unwrap();
@@ -740,6 +865,7 @@ fn every_sampler_and_prediction_type_is_covered() {
     let heun = load("flow_heun.json");
     let solvers = load("flow_solvers.json");
     let edm = load("edm.json");
+    let lcm = load("lcm.json");
     let mut seen = std::collections::BTreeSet::new();
     for c in f["cases"]
         .as_array()
@@ -748,6 +874,7 @@ fn every_sampler_and_prediction_type_is_covered() {
         .chain(heun["cases"].as_array().unwrap())
         .chain(solvers["cases"].as_array().unwrap())
         .chain(edm["cases"].as_array().unwrap())
+        .chain(lcm["cases"].as_array().unwrap())
     {
         let cfg = config_of(&c["config"]);
         seen.insert((cfg.class.short_name(), cfg.prediction_type.name()));

@@ -18,6 +18,7 @@
 //!   (threads, TCP, NCCL), batch sharding, the torchrun environment.
 
 pub mod amp;
+pub mod consistency;
 pub mod dist;
 pub mod ema;
 pub mod eval_hook;
@@ -28,6 +29,7 @@ pub mod phema;
 pub mod progressive;
 pub mod quality;
 pub mod reflow;
+pub mod teacher;
 pub mod tensorboard;
 pub mod trainer;
 

@@ -19,13 +19,13 @@
 //! sampler it is used with.
 
 use crate::objective::{drop_labels, ObjectiveConfig, TrainRng};
+use crate::teacher::Teacher;
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor};
 use diffuse_core::config::{PredictionType, SchedulerClass, SchedulerConfig};
 use diffuse_core::noising::{self, per_row};
 use diffuse_core::sampler::Sampler;
 use diffuse_core::schedule::NoiseSchedule;
-use diffuse_models::pipeline::{LoadOptions, Pipeline};
 use diffuse_models::Network;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -224,10 +224,7 @@ pub fn student_target(
 
 /// A loaded teacher and the student's step grid: the progressive loss of a batch.
 pub struct Progressive {
-    teacher: Network,
-    teacher_prediction: PredictionType,
-    guidance: f64,
-    teacher_null: Option<u32>,
+    teacher: Teacher,
     steps: Vec<StepTimes>,
 }
 
@@ -241,12 +238,6 @@ impl Progressive {
         student_classes: Option<usize>,
         device: &Device,
     ) -> Result<Self> {
-        if !(section.guidance_scale.is_finite() && section.guidance_scale >= 1.0) {
-            return Err(Error::Invalid(format!(
-                "distill.guidance_scale must be ≥ 1, got {}",
-                section.guidance_scale
-            )));
-        }
         let Some(n) = student_sched.num_inference_steps else {
             return Err(Error::Invalid(
                 "[distill]: set [scheduler] num_inference_steps = N, the student's step count (the teacher takes 2N)".into(),
@@ -258,87 +249,27 @@ impl Progressive {
             ));
         }
         let steps = step_times(student_sched, n)?;
-        let dir = Path::new(&section.teacher);
-        let err = |e: &dyn std::fmt::Display| {
-            Error::Invalid(format!("distill.teacher {}: {e}", dir.display()))
-        };
-        // Checked before the weights load.
-        let folder = diffuse_models::weights::resolve_model_folder(dir).map_err(|e| err(&e))?;
-        if folder.scheduler_config.is_none() {
-            return Err(err(
-                &"no scheduler/scheduler_config.json: give the teacher's pipeline folder",
-            ));
+        let teacher = Teacher::load(
+            "distill.teacher",
+            Path::new(&section.teacher),
+            section.teacher_no_ema,
+            section.guidance_scale,
+            student_classes,
+            device,
+        )?;
+        if teacher.scheduler().uses_flow_sigmas() {
+            return Err(Error::Invalid(format!(
+                "distill.teacher {}: a flow-matching teacher: distil it with `diffuse distill reflow` or `diffuse distill consistency`",
+                section.teacher
+            )));
         }
-        let opts = LoadOptions {
-            no_ema: section.teacher_no_ema,
-            ..Default::default()
-        };
-        let pipe = Pipeline::load(dir, &opts, device).map_err(|e| err(&e))?;
-        let teacher_sched = pipe.scheduler_config(None).map_err(|e| err(&e))?;
-        if teacher_sched.uses_flow_sigmas() {
-            return Err(err(
-                &"a flow-matching teacher: distil it with `diffuse distill reflow`",
-            ));
-        }
-        let teacher_schedule = NoiseSchedule::from_config(&teacher_sched)?;
-        let same = teacher_schedule.alphas_cumprod.len() == student_schedule.alphas_cumprod.len()
-            && teacher_schedule
-                .alphas_cumprod
-                .iter()
-                .zip(&student_schedule.alphas_cumprod)
-                .all(|(a, b)| (a - b).abs() <= 1e-7 * a.abs().max(1e-30));
-        if !same {
-            return Err(err(&"its noise schedule (betas, num_train_timesteps) differs from the student's [scheduler]"));
-        }
-        let teacher = pipe.net;
-        let teacher_null = match (student_classes, teacher.num_classes()) {
-            (None, _) if teacher.is_class_conditional() => return Err(err(
-                &"the teacher is class-conditional and the student is not (data.class_conditional)",
-            )),
-            (None, _) => None,
-            (Some(k), Some(rows)) if rows == k + 1 => Some(k as u32),
-            (Some(k), rows) => {
-                return Err(err(&format!(
-                "the student has {k} classes (+ null) and the teacher's class table {rows:?} rows"
-            )))
-            }
-        };
-        Ok(Progressive {
-            teacher,
-            teacher_prediction: teacher_sched.prediction_type,
-            guidance: section.guidance_scale,
-            teacher_null,
-            steps,
-        })
+        teacher.check_schedule("distill.teacher", student_schedule)?;
+        Ok(Progressive { teacher, steps })
     }
 
     /// The student's steps (t, midpoint, ᾱ's).
     pub fn steps(&self) -> &[StepTimes] {
         &self.steps
-    }
-
-    /// The teacher's raw output with classifier-free guidance (cond and null rows in one call).
-    fn teacher_output(&self, z: &Tensor, t: &[f32], labels: Option<&[u32]>) -> Result<Tensor> {
-        let dev = z.device();
-        match (labels, self.teacher_null) {
-            (Some(l), Some(null)) if self.guidance != 1.0 => {
-                let b = l.len();
-                let mut both = l.to_vec();
-                both.extend(std::iter::repeat_n(null, b));
-                let lt = Tensor::from_vec(both, 2 * b, dev)?;
-                let tt: Vec<f32> = t.iter().chain(t).copied().collect();
-                let out = self
-                    .teacher
-                    .predict(&Tensor::cat(&[z, z], 0)?, &tt, Some(&lt))?;
-                let (c, u) = (out.narrow(0, 0, b)?, out.narrow(0, b, b)?);
-                Ok((&u + ((c - &u)? * self.guidance)?)?)
-            }
-            (Some(l), _) => {
-                let lt = Tensor::from_vec(l.to_vec(), l.len(), dev)?;
-                Ok(self.teacher.predict(z, t, Some(&lt))?)
-            }
-            (None, _) => Ok(self.teacher.predict(z, t, None)?),
-        }
     }
 
     /// The loss of a batch x₀ (`[b, c, h, w]`) for the student `model` of prediction type
@@ -368,9 +299,9 @@ impl Progressive {
         let target = student_target(
             &rows,
             &z_t,
-            self.teacher_prediction,
+            self.teacher.prediction(),
             cfg.prediction,
-            &mut |z, t| self.teacher_output(z, t, labels.as_deref()),
+            &mut |z, t| self.teacher.output(z, t, labels.as_deref()),
         )?
         .detach();
         let t: Vec<f32> = rows.iter().map(|r| r.t as f32).collect();
@@ -415,33 +346,7 @@ pub fn student_config(
     steps: usize,
     guidance_scale: f64,
 ) -> Result<crate::trainer::TrainConfig> {
-    let mut table: toml::Table = toml::from_str(STUDENT_DEFAULTS).expect("valid defaults");
-    let err =
-        |e: &dyn std::fmt::Display| Error::Invalid(format!("teacher {}: {e}", teacher.display()));
-    let folder = diffuse_models::weights::resolve_model_folder(teacher).map_err(|e| err(&e))?;
-    let Some(sched_path) = &folder.scheduler_config else {
-        return Err(err(
-            &"no scheduler/scheduler_config.json: give the teacher's pipeline folder",
-        ));
-    };
-    // The teacher's data, as `diffuse train` recorded it.
-    if let Ok(text) = std::fs::read_to_string(teacher.join("train.toml")) {
-        let t: toml::Table = toml::from_str(&text).map_err(|e| err(&format!("train.toml: {e}")))?;
-        if let Some(toml::Value::Table(d)) = t.get("data") {
-            crate::reflow::merge(
-                &mut table,
-                toml::Table::from_iter([("data".to_string(), toml::Value::Table(d.clone()))]),
-            );
-        }
-    }
     let user = crate::reflow::user_table(user_toml)?;
-    if user
-        .get("data")
-        .and_then(|d| d.as_table())
-        .is_some_and(|d| d.contains_key("pairs"))
-    {
-        return Err(Error::Invalid("data.pairs: a progressive student trains on images or latents (data.name, data.latents)".into()));
-    }
     if let Some(p) = user
         .get("train")
         .and_then(|t| t.get("prediction_type"))
@@ -451,36 +356,14 @@ pub fn student_config(
             return Err(Error::Invalid("train.prediction_type \"flow\": a progressive student is a DDIM model (v_prediction, sample or epsilon)".into()));
         }
     }
-    let user_scheduler = crate::reflow::user_scheduler(&user);
-    crate::reflow::merge(&mut table, user);
-    table.remove("scheduler");
-    table.remove("distill");
-    if !table
-        .get("data")
-        .and_then(|d| d.as_table())
-        .is_some_and(|d| d.contains_key("name") || d.contains_key("latents"))
-    {
-        return Err(err(&"its folder has no train.toml with a [data] section: give the student's data in --train-config ([data] name = …)"));
-    }
-    let user_model = table
-        .get("model")
-        .and_then(|m| m.as_table())
-        .is_some_and(|m| !m.is_empty());
-    if user_model {
-        return Err(Error::Invalid("[model]: a progressive student has its teacher's architecture and starts from its weights; remove [model]".into()));
-    }
-    table.insert("model".into(), toml::Value::Table(Default::default()));
-    let mut config = crate::reflow::into_config(table)?;
-    let text = std::fs::read_to_string(sched_path).map_err(|e| err(&e))?;
-    let teacher_sched: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_str(&text).map_err(|e| err(&format!("{}: {e}", sched_path.display())))?;
-    let mut sched = crate::reflow::scheduler_entries(&teacher_sched);
+    let mut base =
+        crate::teacher::StudentBase::new(teacher, STUDENT_DEFAULTS, user, "a progressive student")?;
+    base.table_mut().remove("consistency");
+    let mut sched = base.teacher_scheduler.clone();
     sched.insert("_class_name".into(), "DDIMScheduler".into());
     sched.insert("timestep_spacing".into(), "trailing".into());
     sched.insert("num_inference_steps".into(), steps.into());
-    sched.extend(user_scheduler);
-    config.scheduler = sched;
-    config.train.init_from = Some(teacher.display().to_string());
+    let mut config = base.into_config(sched)?;
     config.train.sample_steps = steps;
     config.distill = Some(DistillSection {
         method: DistillMethod::Progressive,

@@ -222,7 +222,7 @@ impl Teacher {
         let cfg = compat::resolve_sampler(name, &model).map_err(invalid)?;
         use SchedulerClass as C;
         let stochastic = match cfg.class {
-            C::Ddpm | C::EulerAncestral => true,
+            C::Ddpm | C::EulerAncestral | C::Lcm => true,
             C::DpmSolverMultistep => cfg.algorithm_type == DpmAlgorithm::SdeDpmSolverPP,
             C::FlowMatchEuler => cfg.stochastic_sampling,
             _ => false,

@@ -65,9 +65,14 @@ pub struct SweepArgs {
 fn parse_runs(s: &str) -> Result<Vec<(String, usize)>> {
     let mut out = Vec::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        // `sampler@t1/t2/…`: chosen timesteps, as many steps as there are.
+        if let (_, Some(t)) = crate::eval_cmd::split_timesteps(Some(part))? {
+            out.push((part.to_string(), t.len()));
+            continue;
+        }
         let (name, steps) = part
             .split_once(':')
-            .with_context(|| format!("--runs: {part:?} is not sampler:steps"))?;
+            .with_context(|| format!("--runs: {part:?} is not sampler:steps or sampler@t1/t2/…"))?;
         let steps: usize = steps
             .parse()
             .ok()
@@ -196,15 +201,14 @@ pub fn run_sweep(a: SweepArgs) -> Result<()> {
             &b,
         )?;
         let grid = class_grid(&g.images, g.labels.as_deref(), 8)?;
+        let file = sampler.replace(['/', '@'], "_");
         let grid_name = match ema {
-            Some(w) => format!("grid-{sampler}-{steps}-ema{w}.png"),
-            None => format!("grid-{sampler}-{steps}.png"),
+            Some(w) => format!("grid-{file}-{steps}-ema{w}.png"),
+            None => format!("grid-{file}-{steps}.png"),
         };
         diffuse_data::image_io::save_png(&grid, &out.join(grid_name))?;
         let report = measure(&g.images, g.labels.as_deref())?;
-        let nfe = ms
-            .scheduler(Some(sampler))
-            .and_then(|c| Ok(diffuse_core::sampler::Sampler::new(&c, *steps)?.len()))?;
+        let nfe = ms.sampler(Some(sampler), *steps)?.len();
         row.nfe = Some(nfe);
         row.gflops = Some(ms.gflops());
         row.sample_s = Some(g.seconds);

@@ -20,10 +20,13 @@ pub enum SchedulerClass {
     /// EDM's Heun sampler (Karras et al. 2022, Alg. 1/2; k-diffusion `sample_heun`): diffuse's
     /// own, diffusers has no such class ([`SchedulerClass::in_diffusers`]).
     EdmHeun,
+    /// Latent Consistency Models' multistep sampler (Luo et al. 2023), diffusers
+    /// `LCMScheduler`: the consistency function's x₀ at each timestep, noised again to the next.
+    Lcm,
 }
 
 impl SchedulerClass {
-    pub const ALL: [SchedulerClass; 13] = [
+    pub const ALL: [SchedulerClass; 14] = [
         SchedulerClass::Ddpm,
         SchedulerClass::Ddim,
         SchedulerClass::Pndm,
@@ -37,6 +40,7 @@ impl SchedulerClass {
         SchedulerClass::EdmEuler,
         SchedulerClass::EdmDpmSolverMultistep,
         SchedulerClass::EdmHeun,
+        SchedulerClass::Lcm,
     ];
 
     /// The diffusers class name.
@@ -55,6 +59,7 @@ impl SchedulerClass {
             SchedulerClass::EdmEuler => "EDMEulerScheduler",
             SchedulerClass::EdmDpmSolverMultistep => "EDMDPMSolverMultistepScheduler",
             SchedulerClass::EdmHeun => "EDMHeunScheduler",
+            SchedulerClass::Lcm => "LCMScheduler",
         }
     }
 
@@ -74,6 +79,7 @@ impl SchedulerClass {
             SchedulerClass::EdmEuler => "edm_euler",
             SchedulerClass::EdmDpmSolverMultistep => "edm_dpmpp_2m",
             SchedulerClass::EdmHeun => "edm_heun",
+            SchedulerClass::Lcm => "lcm",
         }
     }
 
@@ -216,6 +222,12 @@ impl SchedulerClass {
                 "prediction_type", "rho", "solver_order", "thresholding", "dynamic_thresholding_ratio",
                 "sample_max_value", "algorithm_type", "solver_type", "lower_order_final",
                 "euler_at_final", "final_sigmas_type",
+            ],
+            C::Lcm => &[
+                "num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
+                "original_inference_steps", "clip_sample", "clip_sample_range", "set_alpha_to_one",
+                "steps_offset", "prediction_type", "thresholding", "dynamic_thresholding_ratio",
+                "sample_max_value", "timestep_spacing", "timestep_scaling", "rescale_betas_zero_snr",
             ],
         }
     }

@@ -64,6 +64,12 @@ pub struct SchedulerConfig {
     pub sigma_schedule: SigmaSchedule,
     /// EDM: the ρ of the Karras ramp (default 7).
     pub rho: f64,
+    /// LCM: the length of the distillation's timestep grid (default 50): the skipping step is
+    /// k = T // original_inference_steps and the grid k−1, 2k−1, …, T−1.
+    pub original_inference_steps: usize,
+    /// LCM: the factor on the timestep in the consistency boundary scalings c_skip, c_out
+    /// (default 10).
+    pub timestep_scaling: f64,
     /// diffuse's own key: the step count the model was made for (a reflowed or distilled
     /// student); `diffuse sample` uses it as its default `--steps`. Not a diffusers key:
     /// diffusers ignores it when it loads the config.

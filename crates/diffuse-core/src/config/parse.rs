@@ -16,7 +16,7 @@ impl SchedulerConfig {
             used: BTreeSet::new(),
         };
         let (bs, be) = match class {
-            C::Heun => (0.00085, 0.012),
+            C::Heun | C::Lcm => (0.00085, 0.012),
             _ => (0.0001, 0.02),
         };
         let num_train_timesteps = r.usize("num_train_timesteps", 1000)?;
@@ -30,7 +30,12 @@ impl SchedulerConfig {
         let beta_start = r.f64("beta_start", bs)?;
         let beta_end = r.f64("beta_end", be)?;
         let beta_schedule = {
-            let s = r.choice("beta_schedule", "linear", &BetaSchedule::NAMES)?;
+            let default = if class == C::Lcm {
+                "scaled_linear"
+            } else {
+                "linear"
+            };
+            let s = r.choice("beta_schedule", default, &BetaSchedule::NAMES)?;
             BetaSchedule::from_name(&s).expect("checked")
         };
         let trained_betas = r.opt_f64_list("trained_betas")?;
@@ -58,7 +63,7 @@ impl SchedulerConfig {
         }
         let rescale_betas_zero_snr = r.bool("rescale_betas_zero_snr", false)?;
         let default_spacing = match class {
-            C::Ddpm | C::Ddim | C::Pndm => "leading",
+            C::Ddpm | C::Ddim | C::Pndm | C::Lcm => "leading",
             _ => "linspace",
         };
         let timestep_spacing = match r
@@ -82,7 +87,7 @@ impl SchedulerConfig {
                 ),
             ));
         }
-        let set_alpha_to_one = r.bool("set_alpha_to_one", class == C::Ddim)?;
+        let set_alpha_to_one = r.bool("set_alpha_to_one", matches!(class, C::Ddim | C::Lcm))?;
         let clip_sample = r.bool("clip_sample", matches!(class, C::Ddpm | C::Ddim))?;
         let clip_sample_range = r.f64("clip_sample_range", 1.0)?;
         let thresholding = r.bool("thresholding", false)?;
@@ -101,7 +106,9 @@ impl SchedulerConfig {
             C::DpmSolverMultistep | C::UniPcMultistep => {
                 &["epsilon", "sample", "v_prediction", "flow_prediction"]
             }
-            C::Euler | C::Heun | C::Ddpm | C::Ddim => &["epsilon", "sample", "v_prediction"],
+            C::Euler | C::Heun | C::Ddpm | C::Ddim | C::Lcm => {
+                &["epsilon", "sample", "v_prediction"]
+            }
             // EDM's "epsilon" is its F-prediction (`precondition_outputs`); diffusers lists
             // "sample" for the DPM class but raises on it.
             C::EdmEuler | C::EdmDpmSolverMultistep | C::EdmHeun => &["epsilon", "v_prediction"],
@@ -192,6 +199,28 @@ impl SchedulerConfig {
             (sigma_data, schedule, rho)
         } else {
             (0.5, SigmaSchedule::Karras, 7.0)
+        };
+        let (original_inference_steps, timestep_scaling) = if class == C::Lcm {
+            let steps = r.usize("original_inference_steps", 50)?;
+            // diffusers divides by it (k = T // steps) and raises in set_timesteps above T.
+            if !(1..=num_train_timesteps).contains(&steps) {
+                return Err(Error::config(
+                    "original_inference_steps",
+                    format!(
+                        "must be in 1..=num_train_timesteps ({num_train_timesteps}), got {steps}"
+                    ),
+                ));
+            }
+            let scaling = r.f64("timestep_scaling", 10.0)?;
+            if !(scaling > 0.0 && scaling.is_finite()) {
+                return Err(Error::config(
+                    "timestep_scaling",
+                    format!("must be > 0, got {scaling}"),
+                ));
+            }
+            (steps, scaling)
+        } else {
+            (50, 10.0)
         };
         let final_sigmas_type = match r
             .choice("final_sigmas_type", "zero", &["zero", "sigma_min"])?
@@ -410,6 +439,8 @@ impl SchedulerConfig {
             sigma_data,
             sigma_schedule,
             rho,
+            original_inference_steps,
+            timestep_scaling,
             num_inference_steps,
             extra,
             ignored_keys,

@@ -37,7 +37,7 @@ impl Sampler {
     pub fn is_deterministic(&self) -> bool {
         use SchedulerClass as C;
         match self.config.class {
-            C::Ddpm | C::EulerAncestral => false,
+            C::Ddpm | C::EulerAncestral | C::Lcm => false,
             C::Ddim => self.options.eta == 0.0,
             C::Euler | C::Heun | C::EdmEuler | C::EdmHeun => self.options.s_churn == 0.0,
             C::DpmSolverMultistep | C::EdmDpmSolverMultistep => {
@@ -67,7 +67,7 @@ impl Sampler {
             )));
         }
         Ok(match self.config.class {
-            C::Ddpm | C::Ddim | C::Pndm => {
+            C::Ddpm | C::Ddim | C::Pndm | C::Lcm => {
                 let abar = match self.timesteps.get(index) {
                     Some(&t) => self.alpha_cumprod(t)?,
                     None => self.final_alpha(),

@@ -4,7 +4,7 @@
 
 use super::{lin, Plan, StepIn, StepOutput};
 use crate::config::SchedulerConfig;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::rng::NoiseSource;
 use crate::schedule::{f32r, linspace};
 
@@ -42,6 +42,48 @@ pub(super) fn plan(config: &SchedulerConfig, n: usize) -> Result<Plan> {
     Ok(Plan::unit_noise(timesteps, sigmas))
 }
 
+/// `set_timesteps(timesteps=[...])` without `sigmas` (diffusers 0.42.1): the timesteps as
+/// float32, σ = timesteps/T and then the shift, all in float32 numpy arithmetic (a float32
+/// array with Python scalars stays float32), final σ 0. The model is called at the timesteps
+/// as given, not at σ·T: with a shift the two disagree (diffusers warns so). diffusers checks
+/// nothing more; here the timesteps must be in (0, T] and strictly descending.
+pub(super) fn custom_plan(config: &SchedulerConfig, timesteps: &[f64]) -> Result<Plan> {
+    let t_max = config.num_train_timesteps as f64;
+    for (i, &t) in timesteps.iter().enumerate() {
+        if !(t > 0.0 && t <= t_max) {
+            return Err(Error::Sampler(format!(
+                "FlowMatchEulerDiscreteScheduler custom timesteps must be in (0, {t_max}], got {t} \
+                 at position {i}"
+            )));
+        }
+        if i > 0 && t >= timesteps[i - 1] {
+            return Err(Error::Sampler(format!(
+                "FlowMatchEulerDiscreteScheduler custom timesteps must be strictly descending, got \
+                 {t} after {} at position {i}",
+                timesteps[i - 1]
+            )));
+        }
+    }
+    let t32: Vec<f32> = timesteps.iter().map(|&t| t as f32).collect();
+    let (k, k1, n) = (
+        config.shift as f32,
+        (config.shift - 1.0) as f32,
+        config.num_train_timesteps as f32,
+    );
+    let mut sigmas: Vec<f64> = t32
+        .iter()
+        .map(|&t| {
+            let s = t / n;
+            (k * s / (1.0 + k1 * s)) as f64
+        })
+        .collect();
+    sigmas.push(0.0);
+    Ok(Plan::unit_noise(
+        t32.into_iter().map(f64::from).collect(),
+        sigmas,
+    ))
+}
+
 pub(super) fn step(x: StepIn, noise: &mut dyn NoiseSource) -> Result<StepOutput> {
     let StepIn(s, i, model_output, sample) = x;
     let sigmas = s.planned_sigmas();
@@ -54,4 +96,41 @@ pub(super) fn step(x: StepIn, noise: &mut dyn NoiseSource) -> Result<StepOutput>
         lin(1.0, sample, next - sigma, model_output)?
     };
     StepOutput::with_x0(prev, x0)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{SchedulerClass, SchedulerConfig};
+    use crate::sampler::Sampler;
+
+    #[test]
+    fn custom_timesteps_shift_sigma_and_keep_the_timesteps() {
+        let c = SchedulerConfig::from_json_str(
+            r#"{"_class_name": "FlowMatchEulerDiscreteScheduler", "shift": 3.0}"#,
+        )
+        .unwrap();
+        let s = Sampler::with_timesteps(&c, &[1000.0, 750.0, 500.0], Default::default()).unwrap();
+        assert_eq!(s.timesteps(), [1000.0, 750.0, 500.0]);
+        // 3σ/(1 + 2σ) at σ = 1, 0.75, 0.5 (float32), then 0.
+        assert_eq!(s.sigmas().unwrap(), [1.0, 0.9f32 as f64, 0.75, 0.0]);
+        assert_eq!(s.num_inference_steps(), 3);
+        let d = SchedulerConfig::default_for(SchedulerClass::FlowMatchEuler);
+        for (ts, needle) in [
+            (&[500.0, 1000.0][..], "strictly descending"),
+            (&[1001.0, 500.0][..], "(0, 1000]"),
+            (&[1000.0, 0.0][..], "(0, 1000]"),
+            (&[1000.0, f64::NAN][..], "(0, 1000]"),
+            (&[][..], "empty"),
+        ] {
+            let e = Sampler::with_timesteps(&d, ts, Default::default())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(needle) && !e.contains('\n'), "{ts:?}: {e}");
+        }
+        let heun = SchedulerConfig::default_for(SchedulerClass::FlowMatchHeun);
+        let e = Sampler::with_timesteps(&heun, &[1000.0], Default::default()).unwrap_err();
+        assert!(e
+            .to_string()
+            .contains("FlowMatchHeunDiscreteScheduler does not take custom timesteps"));
+    }
 }

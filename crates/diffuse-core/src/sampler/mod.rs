@@ -18,6 +18,8 @@ mod flow_heun;
 
 pub use flow::shift_sigma;
 mod heun;
+mod lcm;
+pub use lcm::lcm_boundary;
 mod parts;
 mod plms;
 mod unipc;
@@ -152,6 +154,70 @@ impl Sampler {
                 config.num_train_timesteps
             )));
         }
+        let n = num_inference_steps;
+        Self::planned(config, n, options, |schedule| match config.class {
+            SchedulerClass::Ddpm => ddpm::plan(config, n),
+            SchedulerClass::Ddim => ddim::plan(config, schedule, n),
+            SchedulerClass::Pndm => plms::plan(config, schedule, n),
+            SchedulerClass::Euler => euler::plan(config, schedule, n),
+            SchedulerClass::EulerAncestral => euler_a::plan(config, schedule, n),
+            SchedulerClass::Heun => heun::plan(config, schedule, n),
+            SchedulerClass::DpmSolverMultistep => dpmpp_2m::plan(config, schedule, n),
+            SchedulerClass::UniPcMultistep => unipc::plan(config, schedule, n),
+            SchedulerClass::FlowMatchEuler => flow::plan(config, n),
+            SchedulerClass::FlowMatchHeun => flow_heun::plan(config, n),
+            SchedulerClass::EdmEuler | SchedulerClass::EdmDpmSolverMultistep => {
+                edm::plan(config, n)
+            }
+            SchedulerClass::EdmHeun => edm::heun_plan(config, n),
+            SchedulerClass::Lcm => lcm::plan(config, n),
+        })
+    }
+
+    /// Plans the given timesteps instead of `num_inference_steps` evenly chosen ones
+    /// (diffusers `set_timesteps(timesteps=[...])`), for the classes in
+    /// [`Sampler::CUSTOM_TIMESTEP_CLASSES`]: LCMScheduler (integer training timesteps, strictly
+    /// descending, below `num_train_timesteps`) and FlowMatchEulerDiscreteScheduler (σ =
+    /// timestep/T, shifted as the config says, the model called at the timesteps as given,
+    /// final σ 0). `num_inference_steps()` is the list's length.
+    pub fn with_timesteps(
+        config: &SchedulerConfig,
+        timesteps: &[f64],
+        options: SamplerOptions,
+    ) -> Result<Self> {
+        if !Self::CUSTOM_TIMESTEP_CLASSES.contains(&config.class) {
+            let names: Vec<_> = Self::CUSTOM_TIMESTEP_CLASSES
+                .iter()
+                .map(|c| format!("{} ({})", c.class_name(), c.short_name()))
+                .collect();
+            return Err(Error::Sampler(format!(
+                "{} does not take custom timesteps; the classes that do: {}",
+                config.class.class_name(),
+                names.join(", ")
+            )));
+        }
+        if timesteps.is_empty() {
+            return Err(Error::Sampler(
+                "custom timesteps: the list is empty; give at least one".into(),
+            ));
+        }
+        Self::planned(config, timesteps.len(), options, |_| match config.class {
+            SchedulerClass::Lcm => lcm::custom_plan(config, timesteps),
+            _ => flow::custom_plan(config, timesteps),
+        })
+    }
+
+    /// The classes [`Sampler::with_timesteps`] plans custom timesteps for.
+    pub const CUSTOM_TIMESTEP_CLASSES: [SchedulerClass; 2] =
+        [SchedulerClass::Lcm, SchedulerClass::FlowMatchEuler];
+
+    /// The options' checks, the β schedule, then the plan `plan` makes on it.
+    fn planned(
+        config: &SchedulerConfig,
+        n: usize,
+        options: SamplerOptions,
+        plan: impl FnOnce(&NoiseSchedule) -> Result<Plan>,
+    ) -> Result<Self> {
         if options.eta < 0.0 || !options.eta.is_finite() {
             return Err(Error::Sampler(format!(
                 "eta must be >= 0, got {}",
@@ -166,23 +232,7 @@ impl Sampler {
         } else {
             NoiseSchedule::from_config(config)?
         };
-        let n = num_inference_steps;
-        let plan = match config.class {
-            SchedulerClass::Ddpm => ddpm::plan(config, n),
-            SchedulerClass::Ddim => ddim::plan(config, &schedule, n),
-            SchedulerClass::Pndm => plms::plan(config, &schedule, n),
-            SchedulerClass::Euler => euler::plan(config, &schedule, n),
-            SchedulerClass::EulerAncestral => euler_a::plan(config, &schedule, n),
-            SchedulerClass::Heun => heun::plan(config, &schedule, n),
-            SchedulerClass::DpmSolverMultistep => dpmpp_2m::plan(config, &schedule, n),
-            SchedulerClass::UniPcMultistep => unipc::plan(config, &schedule, n),
-            SchedulerClass::FlowMatchEuler => flow::plan(config, n),
-            SchedulerClass::FlowMatchHeun => flow_heun::plan(config, n),
-            SchedulerClass::EdmEuler | SchedulerClass::EdmDpmSolverMultistep => {
-                edm::plan(config, n)
-            }
-            SchedulerClass::EdmHeun => edm::heun_plan(config, n),
-        }?;
+        let plan = plan(&schedule)?;
         Ok(Sampler {
             config: config.clone(),
             schedule,
@@ -313,6 +363,7 @@ impl Sampler {
             SchedulerClass::EdmEuler => edm::euler_step(x, noise),
             SchedulerClass::EdmHeun => edm::heun_step(x, state, noise),
             SchedulerClass::EdmDpmSolverMultistep => dpmpp_2m::step(x, state, noise),
+            SchedulerClass::Lcm => lcm::step(x, noise),
         }?;
         state.index += 1;
         Ok(out)
@@ -331,7 +382,10 @@ impl Sampler {
     ) -> Result<Tensor> {
         use crate::config::PredictionType as P;
         let (x, alpha, sigma) = match self.config.class {
-            SchedulerClass::Ddpm | SchedulerClass::Ddim | SchedulerClass::Pndm => {
+            SchedulerClass::Ddpm
+            | SchedulerClass::Ddim
+            | SchedulerClass::Pndm
+            | SchedulerClass::Lcm => {
                 let abar = self.alpha_cumprod(self.timesteps[index])?;
                 (sample.clone(), abar.sqrt(), (1.0 - abar).sqrt())
             }

@@ -220,6 +220,18 @@ impl Pipeline {
         Ok(Sampler::with_options(&config, steps, opts)?)
     }
 
+    /// A sampler over chosen timesteps (diffusers' `set_timesteps(timesteps=…)`): the
+    /// intermediate times of multistep consistency sampling (LCMScheduler, FlowMatch Euler).
+    pub fn sampler_at(
+        &self,
+        sampler: Option<&str>,
+        timesteps: &[f64],
+        opts: SamplerOptions,
+    ) -> Result<Sampler> {
+        let config = self.scheduler_config(sampler)?;
+        Ok(Sampler::with_timesteps(&config, timesteps, opts)?)
+    }
+
     /// What the network generates (latents for a latent pipeline), `[K, C, h, w]`: see
     /// [`super::generate`].
     pub fn generate_latents(

@@ -338,6 +338,10 @@ pub struct TrainConfig {
     /// latent cache as data; `[scheduler]` DDIM with the student's `num_inference_steps`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub distill: Option<crate::progressive::DistillSection>,
+    /// Train as a consistency model: distilled from a teacher (CD) or tuned from the model's
+    /// own weights (ECT); `[scheduler]` LCMScheduler or a flow scheduler.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consistency: Option<crate::consistency::ConsistencySection>,
 }
 
 impl TrainConfig {

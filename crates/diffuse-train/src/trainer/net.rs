@@ -41,6 +41,8 @@ pub(super) struct UnetTask {
     pub(super) vae: Option<(AutoencoderKL, Files)>,
     /// `[distill]`: the teacher whose two DDIM steps each student step learns.
     pub(super) distill: Option<crate::progressive::Progressive>,
+    /// `[consistency]`: CD or ECT.
+    pub(super) consistency: Option<crate::consistency::Consistency>,
     /// The credit the training data's licence asks for, kept in `model_index.json`
     /// (`_diffuse_data_attribution`).
     pub(super) attribution: Option<String>,
@@ -206,9 +208,17 @@ pub(super) fn unet_task(
         )?),
         None => None,
     };
-    // Grids sample flow and EDM models with the pipeline's own scheduler (others with DDIM),
-    // so their step count is a default for the pipeline only then.
-    let own_sampler = sched_cfg.class.is_flow() || sched_cfg.class.is_edm();
+    let consistency = match &config.consistency {
+        Some(section) => Some(crate::consistency::Consistency::new(
+            section, &sched_cfg, classes, device,
+        )?),
+        None => None,
+    };
+    // Grids sample flow, EDM and consistency (LCM) models with the pipeline's own scheduler
+    // (others with DDIM), so their step count is a default for the pipeline only then.
+    let own_sampler = sched_cfg.class.is_flow()
+        || sched_cfg.class.is_edm()
+        || sched_cfg.class == diffuse_core::config::SchedulerClass::Lcm;
     let sampling = diffuse_models::weights::SamplingDefaults {
         num_inference_steps: own_sampler.then_some(t.sample_steps),
         guidance_scale: classes.map(|_| t.sample_guidance),
@@ -217,6 +227,7 @@ pub(super) fn unet_task(
     let task = UnetTask {
         sampling,
         distill,
+        consistency,
         attribution: None,
         model,
         cfg: unet_cfg,
@@ -354,6 +365,10 @@ impl Net {
         step: u64,
     ) -> Result<(Tensor, Vec<(String, f64)>)> {
         match self {
+            Net::Unet(u) if u.consistency.is_some() => {
+                let c = u.consistency.as_ref().expect("consistency");
+                c.loss(low.unwrap_or(&u.model), x0, labels, &u.objective, rng, step)
+            }
             Net::Unet(u) if u.distill.is_some() => {
                 let p = u.distill.as_ref().expect("distill");
                 let model = low.unwrap_or(&u.model);

@@ -67,6 +67,13 @@ impl<'a> Session<'a> {
             Source::Pairs(set) => set.vae_dir.as_deref(),
             Source::Images(_) => None,
         };
+        if config.consistency.is_some()
+            && (config.vae.is_some() || d.pairs.is_some() || config.distill.is_some())
+        {
+            return Err(Error::Invalid(
+                "[consistency] trains a diffusion student on images or latents (data.name or data.latents); it cannot go with [vae], data.pairs or [distill]".into(),
+            ));
+        }
         if config.distill.is_some() && (config.vae.is_some() || d.pairs.is_some()) {
             return Err(Error::Invalid(
                 "[distill] trains a diffusion student on images or latents (data.name or data.latents), not a VAE or reflow pairs".into(),
@@ -164,6 +171,7 @@ impl<'a> Session<'a> {
         let mut position = Position::default();
         let mut rng = TrainRng::new(t.seed);
         let mut budget_state = None;
+        let mut target_state = None;
         if resume {
             // Rank 0 picks the checkpoint; every rank loads that one.
             let newest = if root {
@@ -186,6 +194,7 @@ impl<'a> Session<'a> {
                     )));
                 }
                 let st = load_checkpoint(&dir, net.component(), &vars, &mut opt, &mut ema)?;
+                target_state = consistency_target(&net, &dir, device)?;
                 step = st.step;
                 position = st.position;
                 rng = TrainRng::from_state(st.rng_seed, st.rng_word_pos);
@@ -204,6 +213,11 @@ impl<'a> Session<'a> {
                 if let (Some(s), Some((scale, tracker))) = (&mut scaler, st.scaler) {
                     *s = GradScaler::from_state(scale, tracker);
                 }
+            }
+        }
+        if let Net::Unet(u) = &mut net {
+            if let Some(c) = &mut u.consistency {
+                c.attach_target(&u.cfg, &varmap, &vars, target_state.as_ref(), device)?;
             }
         }
         let batches = open_batches(config, source, position, rank, world)?;
@@ -311,4 +325,27 @@ fn model_config(
         }
     }
     Ok(model_map)
+}
+
+/// The EMA target network's weights in a checkpoint, when the run has one (CD with
+/// `target_ema_decay > 0`); a missing file is an error naming the fix.
+fn consistency_target(
+    net: &Net,
+    dir: &Path,
+    device: &Device,
+) -> Result<Option<HashMap<String, Tensor>>> {
+    let wants =
+        matches!(net, Net::Unet(u) if u.consistency.as_ref().is_some_and(|c| c.has_target()));
+    if !wants {
+        return Ok(None);
+    }
+    let path = dir.join(crate::consistency::TARGET_FILE);
+    candle_core::safetensors::load(&path, device)
+        .map(Some)
+        .map_err(|e| {
+            Error::Invalid(format!(
+                "{}: {e} (consistency.target_ema_decay was set after this checkpoint; resume with 0 or start over)",
+                path.display()
+            ))
+        })
 }

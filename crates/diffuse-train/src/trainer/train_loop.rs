@@ -79,6 +79,11 @@ impl Session<'_> {
             None => self.nonfinite = 0,
         }
         self.ema.step(&self.plain)?;
+        if let Net::Unet(u) = &self.net {
+            if let Some(c) = &u.consistency {
+                c.update_target(&self.vars)?;
+            }
+        }
         self.step += 1;
         let step = self.step;
         if let Some(p) = &mut self.phema {
@@ -297,6 +302,14 @@ impl Session<'_> {
                 self.step,
                 &names,
             )?;
+        }
+        if let Net::Unet(u) = &self.net {
+            if let Some(state) = u.consistency.as_ref().and_then(|c| c.target_state()) {
+                files.push((
+                    crate::consistency::TARGET_FILE.to_string(),
+                    diffuse_models::weights::serialize_tensors(state)?,
+                ));
+            }
         }
         let parts = CheckpointParts {
             component: self.net.component(),
