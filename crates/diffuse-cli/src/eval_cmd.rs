@@ -106,24 +106,29 @@ impl ModelSampler {
         (self.size.0 * f, self.size.1 * f)
     }
 
-    /// The scheduler config with `sampler` (a class name or alias, optionally with its
-    /// timesteps: `lcm@999/499`) swapped in.
+    /// The scheduler config with `sampler` (a class name or alias, as a [`SamplerSpec`])
+    /// swapped in.
     pub fn scheduler(&self, sampler: Option<&str>) -> Result<SchedulerConfig> {
-        let (name, _) = split_timesteps(sampler)?;
-        Ok(self.pipe.scheduler_config(name)?)
+        Ok(self
+            .pipe
+            .scheduler_config(SamplerSpec::parse(sampler)?.name)?)
     }
 
-    /// The planned sampler of `sampler` at `steps`, or over its own `@t1/t2/…` timesteps.
+    /// The planned sampler of `sampler` ([`SamplerSpec`]) at `steps`, or over its own
+    /// `@t1/t2/…` timesteps.
     pub fn sampler(
         &self,
         sampler: Option<&str>,
         steps: usize,
     ) -> Result<diffuse_core::sampler::Sampler> {
-        Ok(match split_timesteps(sampler)? {
-            (name, Some(t)) => self.pipe.sampler_at(name, &t, SamplerOptions::default())?,
-            (name, None) => self
-                .pipe
-                .sampler(name, Some(steps), SamplerOptions::default())?,
+        let spec = SamplerSpec::parse(sampler)?;
+        let opts = SamplerOptions {
+            gamma: spec.gamma,
+            ..Default::default()
+        };
+        Ok(match &spec.timesteps {
+            Some(t) => self.pipe.sampler_at(spec.name, t, opts)?,
+            None => self.pipe.sampler(spec.name, Some(steps), opts)?,
         })
     }
 
@@ -211,19 +216,58 @@ fn generate_from_model(a: &RunArgs, dev: &Device) -> Result<(MemoryImages, Optio
     Ok((g.images, g.labels))
 }
 
-/// A sampler spec `name` or `name@t1/t2/…` (chosen timesteps, noisiest first) split in two.
-pub fn split_timesteps(spec: Option<&str>) -> Result<(Option<&str>, Option<Vec<f64>>)> {
-    let Some((name, ts)) = spec.and_then(|s| s.split_once('@')) else {
-        return Ok((spec, None));
-    };
-    let t = ts
-        .split('/')
-        .map(|v| v.trim().parse::<f64>())
-        .collect::<std::result::Result<Vec<f64>, _>>()
-        .ok()
-        .filter(|t| !t.is_empty())
-        .with_context(|| {
-            format!("sampler {spec:?}: after @ come timesteps separated by / (lcm@999/499)")
-        })?;
-    Ok((Some(name), Some(t)))
+/// A sampler as an evaluation names it: `name`, `name@t1/t2/…` (chosen timesteps, noisiest
+/// first) and/or `name~γ` (consistency γ-sampling), e.g. `lcm@999/499~0.5`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplerSpec<'a> {
+    pub name: Option<&'a str>,
+    pub timesteps: Option<Vec<f64>>,
+    pub gamma: f64,
+}
+
+impl<'a> SamplerSpec<'a> {
+    pub fn parse(spec: Option<&'a str>) -> Result<Self> {
+        let Some(text) = spec else {
+            return Ok(SamplerSpec {
+                name: None,
+                timesteps: None,
+                gamma: 1.0,
+            });
+        };
+        let (rest, gamma) = match text.split_once('~') {
+            Some((r, g)) => (
+                r,
+                g.trim()
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|g| (0.0..=1.0).contains(g))
+                    .with_context(|| {
+                        format!("sampler {text:?}: after ~ comes γ in [0, 1] (lcm:2~0.5)")
+                    })?,
+            ),
+            None => (text, 1.0),
+        };
+        let (name, timesteps) = match rest.split_once('@') {
+            Some((name, ts)) => {
+                let t = ts
+                    .split('/')
+                    .map(|v| v.trim().parse::<f64>())
+                    .collect::<std::result::Result<Vec<f64>, _>>()
+                    .ok()
+                    .filter(|t| !t.is_empty())
+                    .with_context(|| {
+                        format!(
+                            "sampler {text:?}: after @ come timesteps separated by / (lcm@999/499)"
+                        )
+                    })?;
+                (name, Some(t))
+            }
+            None => (rest, None),
+        };
+        Ok(SamplerSpec {
+            name: Some(name),
+            timesteps,
+            gamma,
+        })
+    }
 }

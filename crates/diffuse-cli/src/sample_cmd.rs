@@ -38,6 +38,11 @@ pub struct Args {
     /// --steps.
     #[arg(long, value_delimiter = ',', conflicts_with = "steps")]
     timesteps: Option<Vec<f64>>,
+    /// Consistency γ-sampling (lcm, stochastic flow_euler): each step jumps to (1 − γ)·t_next
+    /// and is noised to t_next; 1 re-noises from x̂₀ (diffusers' LCMScheduler), 0 is
+    /// deterministic.
+    #[arg(long, default_value_t = 1.0)]
+    gamma: f64,
     /// DDIM η (0 = deterministic).
     #[arg(long, default_value_t = 0.0)]
     eta: f64,
@@ -219,6 +224,7 @@ pub fn run(args: Args) -> Result<()> {
     }
     let opts = SamplerOptions {
         eta: args.eta,
+        gamma: args.gamma,
         ..Default::default()
     };
     let sampler = match &args.timesteps {

@@ -76,7 +76,12 @@ pub struct Request {
     pub steps: Option<usize>,
     /// The server's step limit (caps the default).
     pub max_steps: usize,
+    /// Given timesteps, noisiest first (diffusers' `set_timesteps(timesteps=…)`): the plan
+    /// instead of `steps` evenly chosen ones; only LCMScheduler and FlowMatch Euler take them.
+    pub timesteps: Option<Vec<f64>>,
     pub eta: f64,
+    /// Consistency γ-sampling (LCM, stochastic FlowMatch Euler), in [0, 1]; default 1.
+    pub gamma: f64,
     pub seed: u64,
     pub response_format: String,
     pub stream: bool,
@@ -95,7 +100,7 @@ pub struct EditUpload {
 }
 
 /// The fields of `POST /v1/images/generations`; the edit endpoints add [`EDIT_FIELDS`].
-pub const FIELDS: [&str; 12] = [
+pub const FIELDS: [&str; 14] = [
     "model",
     "n",
     "class_label",
@@ -103,7 +108,9 @@ pub const FIELDS: [&str; 12] = [
     "guidance_interval",
     "sampler",
     "steps",
+    "timesteps",
     "eta",
+    "gamma",
     "seed",
     "response_format",
     "stream",
@@ -144,6 +151,37 @@ fn number(
             )),
         },
     }
+}
+
+/// `timesteps`: a non-empty array of at most `max` finite, non-negative numbers (the sampler
+/// checks the rest: order, range, whether its class takes them at all).
+fn timesteps(m: &Map<String, Value>, max: usize) -> Result<Option<Vec<f64>>, ApiError> {
+    let k = "timesteps";
+    let v = match m.get(k) {
+        None | Some(Value::Null) => return Ok(None),
+        Some(v) => v,
+    };
+    let shape = || {
+        format!("`{k}` must be an array of numbers, noisiest first (e.g. [999, 759, 499, 259]), got {v}")
+    };
+    let items = v.as_array().ok_or_else(|| ApiError::bad(k, shape()))?;
+    if items.is_empty() || items.len() > max {
+        return Err(ApiError::bad(
+            k,
+            format!("`{k}` must hold 1..={max} timesteps, got {}", items.len()),
+        ));
+    }
+    items
+        .iter()
+        .map(|x| match x.as_f64() {
+            Some(t) if t.is_finite() && t >= 0.0 => Ok(t),
+            _ => Err(ApiError::bad(
+                k,
+                format!("`{k}` must hold non-negative numbers, got {x}"),
+            )),
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
 }
 
 fn string(m: &Map<String, Value>, k: &str) -> Result<Option<String>, ApiError> {
@@ -216,6 +254,17 @@ pub(crate) fn parse_fields(m: &Map<String, Value>, cfg: &ServeConfig) -> Result<
             )
         })?,
     };
+    let steps = match m.get("steps") {
+        None | Some(Value::Null) => None,
+        Some(_) => Some(uint(m, "steps", 1, 1, cfg.max_steps as u64)? as usize),
+    };
+    let timesteps = timesteps(m, cfg.max_steps)?;
+    if steps.is_some() && timesteps.is_some() {
+        return Err(ApiError::bad(
+            "timesteps",
+            "give `steps` or `timesteps`, not both: `timesteps` sets the plan, its length the steps",
+        ));
+    }
     Ok(Request {
         model: string(m, "model")?.unwrap_or_default(),
         n: uint(m, "n", 1, 1, cfg.max_n as u64)? as usize,
@@ -238,12 +287,11 @@ pub(crate) fn parse_fields(m: &Map<String, Value>, cfg: &ServeConfig) -> Result<
             })?)),
         },
         sampler: string(m, "sampler")?,
-        steps: match m.get("steps") {
-            None | Some(Value::Null) => None,
-            Some(_) => Some(uint(m, "steps", 1, 1, cfg.max_steps as u64)? as usize),
-        },
+        steps,
         max_steps: cfg.max_steps,
+        timesteps,
         eta: number(m, "eta", 0.0, 0.0, 10.0)?,
+        gamma: number(m, "gamma", 1.0, 0.0, 1.0)?,
         seed,
         response_format,
         stream,
@@ -283,18 +331,23 @@ pub fn plan(req: &Request, entry: &ModelEntry, cfg: &ServeConfig) -> Result<Plan
     let name = req.sampler.as_deref().unwrap_or(entry.default_sampler);
     let config =
         compat::resolve_sampler(name, &entry.model_scheduler).map_err(ApiError::sampler)?;
-    let steps = req
-        .steps
-        .unwrap_or_else(|| entry.default_steps.min(req.max_steps).max(1));
-    let sampler = Sampler::with_options(
-        &config,
-        steps,
-        SamplerOptions {
-            eta: req.eta,
-            ..Default::default()
-        },
-    )
-    .map_err(|e| ApiError::bad("steps", e.to_string()))?;
+    let options = SamplerOptions {
+        eta: req.eta,
+        gamma: req.gamma,
+        ..Default::default()
+    };
+    let sampler = match &req.timesteps {
+        // The plan is the given timesteps (a class that takes none says which do).
+        Some(ts) => Sampler::with_timesteps(&config, ts, options)
+            .map_err(|e| ApiError::bad("timesteps", e.to_string()))?,
+        None => {
+            let steps = req
+                .steps
+                .unwrap_or_else(|| entry.default_steps.min(req.max_steps).max(1));
+            Sampler::with_options(&config, steps, options)
+                .map_err(|e| ApiError::bad("steps", e.to_string()))?
+        }
+    };
     let classes = entry.num_classes();
     // The last class is the null ("unconditional") one.
     let null_class = classes.map(|k| k as u32 - 1).unwrap_or(0);

@@ -80,6 +80,9 @@ pub async fn parse(
                     .map_err(|_| ApiError::bad(&name, format!("`{name}` is not UTF-8 text")))?;
                 let v = if TEXT_FIELDS.contains(&name.as_str()) {
                     Value::String(s)
+                } else if name == "timesteps" && !s.trim_start().starts_with('[') {
+                    // `999,759,499` as well as `[999, 759, 499]`.
+                    serde_json::from_str(&format!("[{}]", s.trim())).unwrap_or(Value::String(s))
                 } else {
                     serde_json::from_str(s.trim()).unwrap_or(Value::String(s))
                 };
@@ -143,12 +146,18 @@ mod tests {
                 ("sampler", None, b"ddim"),
                 ("model", None, b"123"),
                 ("stream", None, b"true"),
+                ("timesteps", None, b"999, 499"),
+                ("gamma", None, b"0.5"),
             ],
             Endpoint::Edits,
         )
         .await
         .unwrap();
         assert_eq!((r.n, r.class_label, r.stream), (3, Some(7), true));
+        assert_eq!(
+            (r.timesteps.as_deref(), r.gamma),
+            (Some(&[999.0, 499.0][..]), 0.5)
+        );
         assert_eq!(
             (r.sampler.as_deref(), r.model.as_str()),
             (Some("ddim"), "123")
@@ -189,6 +198,14 @@ mod tests {
         assert_eq!(
             field(parse_parts(&[img, ("colour", None, b"red")], Endpoint::Edits).await),
             "colour"
+        );
+        assert_eq!(
+            field(parse_parts(&[img, ("timesteps", None, b"999,x")], Endpoint::Edits).await),
+            "timesteps"
+        );
+        assert_eq!(
+            field(parse_parts(&[img, ("gamma", None, b"2")], Endpoint::Edits).await),
+            "gamma"
         );
         assert_eq!(
             field(parse_parts(&[img, img], Endpoint::Edits).await),

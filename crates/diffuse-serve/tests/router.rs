@@ -836,3 +836,188 @@ async fn a_guidance_interval_guides_only_there_as_the_library_does() {
         expect_error(&app, post(with(g)), bad, Some("guidance_interval")).await;
     }
 }
+
+/// `pipeline_basic` (an ε UNet) with an LCMScheduler config: what a consistency-distilled
+/// student's folder looks like.
+fn lcm_pipeline(root: &std::path::Path) -> PathBuf {
+    let m = root.join("lcm");
+    for part in ["unet", "scheduler"] {
+        std::fs::create_dir_all(m.join(part)).unwrap();
+        for f in std::fs::read_dir(fixtures().join("pipeline_basic").join(part)).unwrap() {
+            let f = f.unwrap().path();
+            std::fs::copy(&f, m.join(part).join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    let index = fixtures().join("pipeline_basic/model_index.json");
+    let mut index: Value = serde_json::from_str(&std::fs::read_to_string(index).unwrap()).unwrap();
+    index["scheduler"][1] = json!("LCMScheduler");
+    std::fs::write(m.join("model_index.json"), index.to_string()).unwrap();
+    let p = m.join("scheduler/scheduler_config.json");
+    let mut sched: Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    sched["_class_name"] = json!("LCMScheduler");
+    std::fs::write(&p, sched.to_string()).unwrap();
+    m
+}
+
+/// The progress events of a streamed request and its result.
+async fn streamed(app: &Router, body: Value) -> (usize, Value) {
+    let (st, _, b) = call(app, post(body.clone())).await;
+    let text = String::from_utf8_lossy(&b);
+    assert_eq!(st, StatusCode::OK, "{body}: {text}");
+    let result = text
+        .split("event: result\ndata: ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no result event: {text}"));
+    let r = serde_json::from_str(result.lines().next().unwrap()).unwrap();
+    (text.matches("event: progress").count(), r)
+}
+
+/// Chosen timesteps plan an LCM (or FlowMatch Euler) request: as many model calls as
+/// timesteps, the library's images with the request's γ, and batched with any request of as
+/// many calls; classes that take none, γ outside [0, 1], and `steps` with `timesteps` are 400s
+/// naming the field.
+#[tokio::test]
+async fn timesteps_and_gamma_plan_consistency_sampling() {
+    use diffuse_core::sampler::SamplerOptions;
+    use diffuse_models::pipeline::{generate, GenerateOptions, LoadOptions, Pipeline};
+    let tmp = tempfile::tempdir().unwrap();
+    let mut s = AppState::new(
+        ServeConfig {
+            max_wait: Duration::from_millis(300),
+            ..Default::default()
+        },
+        Arc::new(Metrics::default()),
+    );
+    let lcm = lcm_pipeline(tmp.path());
+    s.add_model(&lcm, &Device::Cpu).unwrap();
+    s.add_model(&flow_pipeline(tmp.path()), &Device::Cpu)
+        .unwrap();
+    s.add_model(&fixtures().join("pipeline_basic"), &Device::Cpu)
+        .unwrap();
+    let app = app(Arc::new(s));
+    let (_, _, b) = call(&app, get("/v1/models")).await;
+    let models = json_of(&b);
+    assert_eq!(models["data"][1]["id"], "lcm");
+    assert_eq!(models["data"][1]["default_sampler"], "lcm");
+
+    let ts = [999.0, 759.0, 499.0, 259.0];
+    let body =
+        json!({"model": "lcm", "n": 2, "timesteps": ts, "gamma": 0.3, "seed": 4, "stream": true});
+    let (calls, r) = streamed(&app, body).await;
+    assert_eq!(calls, 4);
+    // The library's LCM sampling over the same timesteps and γ.
+    let pipe = Pipeline::load(&lcm, &LoadOptions::default(), &Device::Cpu).unwrap();
+    let opts = SamplerOptions {
+        gamma: 0.3,
+        ..Default::default()
+    };
+    let sampler = pipe.sampler_at(None, &ts, opts).unwrap();
+    let gen = GenerateOptions {
+        num_images: 2,
+        seed: 4,
+        size: (16, 16),
+        ..Default::default()
+    };
+    let want = generate(&pipe.net, &sampler, &gen, &Device::Cpu, &mut |_| {
+        std::ops::ControlFlow::Continue(())
+    })
+    .unwrap();
+    for i in 0..2 {
+        let img = decode_png(r["data"][i]["b64_json"].as_str().unwrap()).to_rgb8();
+        let w: Vec<f32> = want
+            .get(i)
+            .unwrap()
+            .permute((1, 2, 0))
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let d = img
+            .as_raw()
+            .iter()
+            .zip(&w)
+            .map(|(&p, &x)| (p as f32 - (x.clamp(-1.0, 1.0) + 1.0) * 127.5).abs())
+            .fold(0f32, f32::max);
+        assert!(d <= 1.0, "image {i} differs from the library by {d} levels");
+    }
+    // γ reaches the sampler: γ = 0 (deterministic) gives other images.
+    let body =
+        json!({"model": "lcm", "n": 2, "timesteps": ts, "gamma": 0.0, "seed": 4, "stream": true});
+    let (_, r0) = streamed(&app, body).await;
+    assert_ne!(r0["data"], r["data"]);
+
+    // Three timesteps batch with a three-step request (of another sampler) and keep their
+    // images whatever shares the batch.
+    let three = json!({"model": "lcm", "timesteps": [999, 499, 99], "seed": 8});
+    let (_, _, alone) = call(&app, post(three.clone())).await;
+    let ddim = json!({"model": "lcm", "n": 2, "steps": 3, "sampler": "ddim", "seed": 9});
+    let (a, b) = tokio::join!(call(&app, post(three)), call(&app, post(ddim)));
+    assert_eq!((a.0, b.0), (StatusCode::OK, StatusCode::OK));
+    let together = json_of(&a.2);
+    assert_eq!(together["timings"]["batch_images"], 3, "{together}");
+    assert_eq!(together["data"], json_of(&alone)["data"]);
+
+    // FlowMatch Euler takes timesteps too (σ = t / 1000).
+    let body = json!({"model": "flow", "class_label": 1, "timesteps": [1000, 600, 200], "seed": 1, "stream": true});
+    assert_eq!(streamed(&app, body).await.0, 3);
+
+    let bad = StatusCode::BAD_REQUEST;
+    // DDIM takes no timesteps: the library's line, naming the classes that do.
+    let e = expect_error(
+        &app,
+        post(json!({"model": "pipeline_basic", "timesteps": [999, 499]})),
+        bad,
+        Some("timesteps"),
+    )
+    .await;
+    let m = e["error"]["message"].as_str().unwrap();
+    assert!(
+        m.contains("DDIMScheduler does not take custom timesteps")
+            && m.contains("LCMScheduler")
+            && !m.contains('\n'),
+        "{m}"
+    );
+    // Nor does an LCM model driven by another sampler.
+    expect_error(
+        &app,
+        post(json!({"model": "lcm", "sampler": "ddim", "timesteps": [999, 499]})),
+        bad,
+        Some("timesteps"),
+    )
+    .await;
+    let e = expect_error(
+        &app,
+        post(json!({"model": "lcm", "steps": 4, "timesteps": ts})),
+        bad,
+        Some("timesteps"),
+    )
+    .await;
+    let m = e["error"]["message"].as_str().unwrap();
+    assert!(m.contains("`steps`") && m.contains("`timesteps`"), "{m}");
+    for g in [json!(2), json!(-0.5), json!("1")] {
+        expect_error(
+            &app,
+            post(json!({"model": "lcm", "gamma": g})),
+            bad,
+            Some("gamma"),
+        )
+        .await;
+    }
+    for t in [
+        json!([]),
+        json!("999,499"),
+        json!([999, "x"]),
+        json!([499, 999]),
+        json!([1000, 500]),
+        json!(vec![1; 201]),
+    ] {
+        expect_error(
+            &app,
+            post(json!({"model": "lcm", "timesteps": t})),
+            bad,
+            Some("timesteps"),
+        )
+        .await;
+    }
+}

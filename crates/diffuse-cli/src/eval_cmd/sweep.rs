@@ -66,13 +66,20 @@ fn parse_runs(s: &str) -> Result<Vec<(String, usize)>> {
     let mut out = Vec::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         // `sampler@t1/t2/…`: chosen timesteps, as many steps as there are.
-        if let (_, Some(t)) = crate::eval_cmd::split_timesteps(Some(part))? {
+        if let Some(t) = crate::eval_cmd::SamplerSpec::parse(Some(part))?.timesteps {
             out.push((part.to_string(), t.len()));
             continue;
         }
-        let (name, steps) = part
-            .split_once(':')
-            .with_context(|| format!("--runs: {part:?} is not sampler:steps or sampler@t1/t2/…"))?;
+        // `sampler:steps~γ`: the γ stays with the sampler's name.
+        let (head, gamma) = match part.split_once('~') {
+            Some((h, g)) => (h, format!("~{g}")),
+            None => (part, String::new()),
+        };
+        let (name, steps) = head.split_once(':').with_context(|| {
+            format!("--runs: {part:?} is not sampler:steps, sampler:steps~γ or sampler@t1/t2/…")
+        })?;
+        crate::eval_cmd::SamplerSpec::parse(Some(part))?;
+        let name = format!("{name}{gamma}");
         let steps: usize = steps
             .parse()
             .ok()
@@ -201,7 +208,7 @@ pub fn run_sweep(a: SweepArgs) -> Result<()> {
             &b,
         )?;
         let grid = class_grid(&g.images, g.labels.as_deref(), 8)?;
-        let file = sampler.replace(['/', '@'], "_");
+        let file = sampler.replace(['/', '@', '~'], "_");
         let grid_name = match ema {
             Some(w) => format!("grid-{file}-{steps}-ema{w}.png"),
             None => format!("grid-{file}-{steps}.png"),
@@ -256,5 +263,22 @@ mod tests {
             .to_string()
             .contains("positive"));
         assert!(parse_runs("").is_err());
+        // Consistency rows: chosen timesteps, γ.
+        assert_eq!(
+            parse_runs("lcm@999/499,lcm:4~0.3,flow_euler@1000/500~0").unwrap(),
+            vec![
+                ("lcm@999/499".into(), 2),
+                ("lcm~0.3".into(), 4),
+                ("flow_euler@1000/500~0".into(), 2)
+            ]
+        );
+        let spec = crate::eval_cmd::SamplerSpec::parse(Some("lcm@999/499~0.5")).unwrap();
+        assert_eq!(
+            (spec.name, spec.timesteps, spec.gamma),
+            (Some("lcm"), Some(vec![999.0, 499.0]), 0.5)
+        );
+        for bad in ["lcm:2~2", "lcm@999/x", "lcm@"] {
+            assert!(parse_runs(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -89,7 +89,21 @@ pub(super) fn step(x: StepIn, noise: &mut dyn NoiseSource) -> Result<StepOutput>
     let sigmas = s.planned_sigmas();
     let (sigma, next) = (sigmas[i], sigmas[i + 1]);
     let x0 = lin(1.0, sample, -sigma, model_output)?;
-    let prev = if s.config.stochastic_sampling {
+    let gamma = s.options.gamma;
+    let prev = if s.config.stochastic_sampling && gamma < 1.0 {
+        // γ-sampling: Euler to σ_s = (1 − γ)·σ_next (x_s = x + (σ_s − σ)u), then forward
+        // noise from σ_s to σ_next: x' = r·x_s + √(σ_next² − r²σ_s²)·z, r = (1 − σ_next)/(1 − σ_s).
+        let to = (1.0 - gamma) * next;
+        let x_s = lin(1.0, sample, to - sigma, model_output)?;
+        let r = (1.0 - next) / (1.0 - to);
+        let var = next * next - r * r * to * to;
+        if var <= 0.0 {
+            x_s
+        } else {
+            let z = noise.randn(sample.shape(), sample.dtype(), sample.device())?;
+            lin(r, &x_s, var.sqrt(), &z)?
+        }
+    } else if s.config.stochastic_sampling {
         let z = noise.randn(sample.shape(), sample.dtype(), sample.device())?;
         lin(1.0 - next, &x0, next, &z)?
     } else {

@@ -133,7 +133,28 @@ pub(super) fn step(x: StepIn, noise: &mut dyn NoiseSource) -> Result<StepOutput>
     let x0 = clip_or_threshold(&s.config, x0)?;
     let denoised = lin(c_out, &x0, c_skip, sample)?;
     // No noise at the last step (nor, so, for one-step sampling).
-    let prev = if i + 1 != s.num_inference_steps {
+    let gamma = s.options.gamma;
+    let prev = if i + 1 != s.num_inference_steps && gamma < 1.0 {
+        // γ-sampling: the DDIM jump to s = ⌊(1 − γ)·t_next⌋ with ε̂ = (x − √ᾱ_t·denoised)/√(1 − ᾱ_t),
+        // then forward noise from s to t_next (γ = 0: a deterministic DDIM step).
+        let next = s.timesteps[i + 1];
+        let to = ((1.0 - gamma) * next).floor();
+        let (a_t, a_s, a_n) = (ap as f64, s.alpha_cumprod(to)?, s.alpha_cumprod(next)?);
+        let eps = lin(
+            1.0 / (1.0 - a_t).sqrt(),
+            sample,
+            -(a_t / (1.0 - a_t)).sqrt(),
+            &denoised,
+        )?;
+        let x_s = lin(a_s.sqrt(), &denoised, (1.0 - a_s).sqrt(), &eps)?;
+        let r = a_n / a_s;
+        if r >= 1.0 {
+            x_s
+        } else {
+            let z = noise.randn(sample.shape(), sample.dtype(), sample.device())?;
+            lin(r.sqrt(), &x_s, (1.0 - r).sqrt(), &z)?
+        }
+    } else if i + 1 != s.num_inference_steps {
         let ap_prev = s.alpha_cumprod(s.timesteps[i + 1])? as f32;
         let z = noise.randn(sample.shape(), sample.dtype(), sample.device())?;
         lin(
@@ -289,5 +310,62 @@ mod tests {
                 .to_string();
             assert!(e.contains(&format!("`{key}`")), "{json}: {e}");
         }
+    }
+
+    /// γ-sampling: γ = 0 is the deterministic DDIM jump (no noise drawn), γ = ½ jumps to
+    /// ⌊t_next/2⌋ and noises from there with the one recorded draw; on flow, γ = 0 is the
+    /// Euler step.
+    #[test]
+    fn gamma_zero_is_ddim_and_gamma_half_noises_from_the_midpoint() {
+        use crate::sampler::SamplerOptions;
+        let c = lcm(r#"{"prediction_type": "sample"}"#);
+        let dev = Device::Cpu;
+        let x = Tensor::new(&[[[[0.8f32]]]], &dev).unwrap();
+        let out = Tensor::new(&[[[[0.3f32]]]], &dev).unwrap();
+        let opts = |gamma| SamplerOptions {
+            gamma,
+            ..Default::default()
+        };
+        let abar = |t: f64| Sampler::new(&c, 2).unwrap().schedule().alphas_cumprod[t as usize];
+        let s0 = Sampler::with_options(&c, 2, opts(0.0)).unwrap();
+        let (t, next) = (s0.timesteps()[0], s0.timesteps()[1]);
+        assert_eq!((t, next), (999.0, 499.0));
+        let (c_skip, c_out) = boundary_f32(t, 10.0);
+        let d = c_out * 0.3 + c_skip * 0.8;
+        let eps = (0.8 - abar(t).sqrt() * d) / (1.0 - abar(t)).sqrt();
+        let mut st = s0.new_state();
+        let y = s0
+            .step(&mut st, &out, &x, &mut ReplayNoise::new(vec![]))
+            .unwrap();
+        let want = abar(next).sqrt() * d + (1.0 - abar(next)).sqrt() * eps;
+        assert!((scalar(&y.prev_sample) - want).abs() < 1e-5);
+        // γ = ½: DDIM to s = 249, then √(ᾱ_n/ᾱ_s)·x_s + √(1 − ᾱ_n/ᾱ_s)·z with z = 2.
+        let sh = Sampler::with_options(&c, 2, opts(0.5)).unwrap();
+        let z = Tensor::new(&[[[[2f32]]]], &dev).unwrap();
+        let mut st = sh.new_state();
+        let y = sh
+            .step(&mut st, &out, &x, &mut ReplayNoise::new(vec![z]))
+            .unwrap();
+        let x_s = abar(249.0).sqrt() * d + (1.0 - abar(249.0)).sqrt() * eps;
+        let r = abar(next) / abar(249.0);
+        let want = r.sqrt() * x_s + (1.0 - r).sqrt() * 2.0;
+        assert!(
+            (scalar(&y.prev_sample) - want).abs() < 1e-5,
+            "{}",
+            scalar(&y.prev_sample)
+        );
+        assert!(Sampler::with_options(&c, 2, opts(1.5)).is_err());
+        // Stochastic FlowMatch Euler at γ = 0: the deterministic Euler step x + (σ' − σ)u.
+        let f = SchedulerConfig::from_json_str(
+            r#"{"_class_name": "FlowMatchEulerDiscreteScheduler", "stochastic_sampling": true}"#,
+        )
+        .unwrap();
+        let sf = Sampler::with_timesteps(&f, &[1000.0, 500.0], opts(0.0)).unwrap();
+        let mut st = sf.new_state();
+        let y = sf
+            .step(&mut st, &out, &x, &mut ReplayNoise::new(vec![]))
+            .unwrap();
+        assert!((scalar(&y.prev_sample) - (0.8 - 0.5 * 0.3)).abs() < 1e-6);
+        let _ = SchedulerClass::Lcm;
     }
 }

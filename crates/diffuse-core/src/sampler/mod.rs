@@ -44,6 +44,11 @@ pub struct SamplerOptions {
     pub s_tmin: f64,
     pub s_tmax: f64,
     pub s_noise: f64,
+    /// Consistency γ-sampling (Kim et al. 2024, "Consistency Trajectory Models"; diffusers'
+    /// `TCDScheduler` calls it `gamma`) for LCM and stochastic FlowMatch Euler: each step jumps
+    /// deterministically to s = (1 − γ)·t_next and is noised from s to t_next. 1 (the default)
+    /// re-noises from x̂₀ as diffusers' LCMScheduler does; 0 is deterministic (DDIM-like).
+    pub gamma: f64,
 }
 
 impl Default for SamplerOptions {
@@ -55,6 +60,7 @@ impl Default for SamplerOptions {
             s_tmin: 0.0,
             s_tmax: f64::INFINITY,
             s_noise: 1.0,
+            gamma: 1.0,
         }
     }
 }
@@ -218,6 +224,12 @@ impl Sampler {
         options: SamplerOptions,
         plan: impl FnOnce(&NoiseSchedule) -> Result<Plan>,
     ) -> Result<Self> {
+        if !(0.0..=1.0).contains(&options.gamma) {
+            return Err(Error::Sampler(format!(
+                "gamma must be in [0, 1], got {}",
+                options.gamma
+            )));
+        }
         if options.eta < 0.0 || !options.eta.is_finite() {
             return Err(Error::Sampler(format!(
                 "eta must be >= 0, got {}",
