@@ -2429,6 +2429,29 @@ fn consistency_students_distil_and_tune() {
     assert_eq!(sched["num_inference_steps"], 4);
     let log = std::fs::read_to_string(ect.join("metrics.jsonl")).unwrap();
     assert!(log.contains("ect_stage"), "{log}");
+    // Its 4 steps at σ = 1, ¾, ½, ¼ (diffusers' FlowMatch spacing would end at σ = 0.001),
+    // which `sample` uses with no flags.
+    let index: Value =
+        serde_json::from_str(&std::fs::read_to_string(ect.join("model_index.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        index["_diffuse_sampling"]["timesteps"],
+        serde_json::json!([1000.0, 750.0, 500.0, 250.0])
+    );
+    let o = diffuse(&[
+        "sample",
+        "--model",
+        ect.to_str().unwrap(),
+        "--class",
+        "2",
+        "--num-images",
+        "2",
+        "--output",
+        png.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("1 × 4 model calls"), "{}", stderr(&o));
 
     // Errors, each one line.
     let uncond = dir.path().join("uncond");

@@ -43,7 +43,7 @@ pub const SAMPLING_KEY: &str = "_diffuse_sampling";
 
 /// Sampling defaults a pipeline records (`model_index.json`, [`SAMPLING_KEY`]): what `sample`,
 /// `serve` and its web page use when the caller gives nothing.
-#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SamplingDefaults {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub num_inference_steps: Option<usize>,
@@ -52,6 +52,11 @@ pub struct SamplingDefaults {
     /// `[σ_lo, σ_hi]`: guide only at these noise levels.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guidance_interval: Option<diffuse_core::denoiser::GuidanceInterval>,
+    /// The timesteps of the pipeline's own sampler when it has no good spacing of its own for
+    /// `num_inference_steps` (a multistep flow consistency student: σ·T evenly spaced, where
+    /// diffusers' FlowMatch spacing of 2 steps is σ = 1, 0.001).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timesteps: Option<Vec<f64>>,
 }
 
 impl SamplingDefaults {

@@ -101,6 +101,8 @@ pub struct ModelEntry {
     /// The sampler, steps and guidance a request without them gets.
     pub default_sampler: &'static str,
     pub default_steps: usize,
+    /// The recorded timesteps of its own sampler (a multistep flow consistency student).
+    pub default_timesteps: Option<Vec<f64>>,
     pub default_guidance: f64,
     pub default_guidance_interval: Option<diffuse_core::denoiser::GuidanceInterval>,
     /// Default image size (for a latent pipeline: the UNet's sample_size times the VAE's downscale).
@@ -159,6 +161,7 @@ impl AppState {
         let size = (h * f, w * f);
         let (default_steps, default_guidance) = (pipe.default_steps(), pipe.default_guidance());
         let default_guidance_interval = pipe.default_guidance_interval();
+        let default_timesteps = pipe.default_timesteps().map(<[f64]>::to_vec);
         let Pipeline {
             net: model,
             vae,
@@ -205,6 +208,7 @@ impl AppState {
                 model_scheduler,
                 default_sampler,
                 default_steps,
+                default_timesteps,
                 default_guidance,
                 default_guidance_interval,
                 size,

@@ -336,7 +336,12 @@ pub fn plan(req: &Request, entry: &ModelEntry, cfg: &ServeConfig) -> Result<Plan
         gamma: req.gamma,
         ..Default::default()
     };
-    let sampler = match &req.timesteps {
+    // A request without sampler, steps and timesteps gets the model's recorded timesteps.
+    let recorded = match (&req.sampler, req.steps) {
+        (None, None) => entry.default_timesteps.as_ref(),
+        _ => None,
+    };
+    let sampler = match req.timesteps.as_ref().or(recorded) {
         // The plan is the given timesteps (a class that takes none says which do).
         Some(ts) => Sampler::with_timesteps(&config, ts, options)
             .map_err(|e| ApiError::bad("timesteps", e.to_string()))?,

@@ -614,6 +614,7 @@ fn flow_pipeline(root: &std::path::Path) -> PathBuf {
         num_inference_steps: Some(20),
         guidance_scale: Some(2.0),
         guidance_interval: Some(diffuse_core::denoiser::GuidanceInterval::new(0.3, 5.0).unwrap()),
+        timesteps: None,
     }
     .write_into(&mut index);
     std::fs::write(pipe.join("model_index.json"), index.to_string()).unwrap();

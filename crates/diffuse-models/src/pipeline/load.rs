@@ -216,8 +216,17 @@ impl Pipeline {
         opts: SamplerOptions,
     ) -> Result<Sampler> {
         let config = self.scheduler_config(sampler)?;
+        if let (None, None, Some(t)) = (sampler, steps, self.default_timesteps()) {
+            return Ok(Sampler::with_timesteps(&config, t, opts)?);
+        }
         let steps = steps.unwrap_or_else(|| self.default_steps());
         Ok(Sampler::with_options(&config, steps, opts)?)
+    }
+
+    /// The recorded timesteps of the pipeline's own sampler (a multistep flow consistency
+    /// student), used when the caller gives neither sampler nor steps.
+    pub fn default_timesteps(&self) -> Option<&[f64]> {
+        self.folder.sampling.timesteps.as_deref()
     }
 
     /// A sampler over chosen timesteps (diffusers' `set_timesteps(timesteps=…)`): the

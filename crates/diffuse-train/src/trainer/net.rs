@@ -223,6 +223,15 @@ pub(super) fn unet_task(
         num_inference_steps: own_sampler.then_some(t.sample_steps),
         guidance_scale: classes.map(|_| t.sample_guidance),
         guidance_interval: classes.and(t.sample_guidance_interval),
+        // A flow consistency student's N > 1 steps at σ = 1, (N−1)/N, …, 1/N.
+        timesteps: (consistency.is_some() && sched_cfg.class.is_flow() && t.sample_steps > 1).then(
+            || {
+                let (n, big_t) = (t.sample_steps, sched_cfg.num_train_timesteps as f64);
+                (0..n)
+                    .map(|k| big_t * (1.0 - k as f64 / n as f64))
+                    .collect()
+            },
+        ),
     };
     let task = UnetTask {
         sampling,
