@@ -50,3 +50,26 @@ fn read_train_config(path: Option<&Path>) -> Result<Option<String>> {
     path.map(|p| std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display())))
         .transpose()
 }
+
+/// A student's config as built from the teacher (an error not about the teacher named with the
+/// `--train-config` file it came from), then the `--set` overrides and the step count.
+fn student_overrides(
+    built: diffuse_train::Result<diffuse_train::trainer::TrainConfig>,
+    train_config: Option<&Path>,
+    set: &[String],
+    max_steps: Option<u64>,
+) -> Result<diffuse_train::trainer::TrainConfig> {
+    let mut config = built.map_err(|e| match train_config {
+        Some(p) if !e.to_string().starts_with("teacher") => {
+            anyhow::anyhow!("{}: {e}", p.display())
+        }
+        _ => e.into(),
+    })?;
+    for s in set {
+        config.set(s)?;
+    }
+    if let Some(n) = max_steps {
+        config.train.max_steps = n;
+    }
+    Ok(config)
+}

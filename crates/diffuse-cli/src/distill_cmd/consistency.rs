@@ -77,19 +77,12 @@ fn train(method: ConsistencyMethod, model: PathBuf, guidance: f64, a: StudentArg
     };
     let device = crate::common::device(&a.device)?;
     let user_toml = super::read_train_config(a.train_config.as_deref())?;
-    let mut config = student_config(method, &model, user_toml.as_deref(), a.steps, guidance)
-        .map_err(|e| match &a.train_config {
-            Some(p) if !e.to_string().starts_with("teacher") => {
-                anyhow::anyhow!("{}: {e}", p.display())
-            }
-            _ => e.into(),
-        })?;
-    for s in &a.set {
-        config.set(s)?;
-    }
-    if let Some(n) = a.max_steps {
-        config.train.max_steps = n;
-    }
+    let config = super::student_overrides(
+        student_config(method, &model, user_toml.as_deref(), a.steps, guidance),
+        a.train_config.as_deref(),
+        &a.set,
+        a.max_steps,
+    )?;
     let RoundState { newest, done } = round_state(&a.output, config.train.max_steps);
     if done {
         eprintln!(

@@ -66,24 +66,17 @@ pub(super) fn progressive(a: ProgressiveArgs) -> Result<()> {
         } else {
             1.0
         };
-        let mut config = diffuse_train::progressive::student_config(
-            &teacher,
-            user_toml.as_deref(),
-            steps,
-            guidance,
-        )
-        .map_err(|e| match &a.train_config {
-            Some(p) if !e.to_string().starts_with("teacher") => {
-                anyhow::anyhow!("{}: {e}", p.display())
-            }
-            _ => e.into(),
-        })?;
-        for s in &a.set {
-            config.set(s)?;
-        }
-        if let Some(n) = a.steps_per_round {
-            config.train.max_steps = n;
-        }
+        let config = super::student_overrides(
+            diffuse_train::progressive::student_config(
+                &teacher,
+                user_toml.as_deref(),
+                steps,
+                guidance,
+            ),
+            a.train_config.as_deref(),
+            &a.set,
+            a.steps_per_round,
+        )?;
         let RoundState { newest, done } = round_state(&out, config.train.max_steps);
         if done {
             if !a.quiet {
