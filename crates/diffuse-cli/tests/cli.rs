@@ -2482,6 +2482,13 @@ fn consistency_students_distil_and_tune() {
         &cd(&dir.path().join("z"), "1", &["--steps", "20"]),
         "at most original_inference_steps = 10",
     );
+    // Checked before the output folder is made.
+    let v = dir.path().join("v");
+    assert_one_line_error(
+        &cd(&v, "1", &["--set", "consistency.target_ema_decay=1.0"]),
+        "target_ema_decay must be in [0, 1)",
+    );
+    assert!(!v.exists());
     let cfg = dir.path().join("student.toml");
     std::fs::write(&cfg, "[train]\nprediction_type = \"v_prediction\"\n").unwrap();
     assert_one_line_error(

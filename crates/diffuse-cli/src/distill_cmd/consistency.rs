@@ -83,6 +83,10 @@ fn train(method: ConsistencyMethod, model: PathBuf, guidance: f64, a: StudentArg
         &a.set,
         a.max_steps,
     )?;
+    // Checked before OUTPUT is claimed: a bad value leaves no folder behind.
+    if let Some(c) = &config.consistency {
+        c.check()?;
+    }
     let RoundState { newest, done } = round_state(&a.output, config.train.max_steps);
     if done {
         eprintln!(

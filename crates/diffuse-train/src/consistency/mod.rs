@@ -157,6 +157,31 @@ pub struct ConsistencySection {
 }
 
 impl ConsistencySection {
+    /// The section's values against each other and their ranges (before any folder is made).
+    pub fn check(&self) -> Result<()> {
+        if !(0.0..1.0).contains(&self.target_ema_decay) {
+            return Err(Error::Invalid(format!(
+                "consistency.target_ema_decay must be in [0, 1), got {}",
+                self.target_ema_decay
+            )));
+        }
+        if self.huber_c.is_some_and(|c| !(c >= 0.0 && c.is_finite())) {
+            return Err(Error::Invalid("consistency.huber_c must be ≥ 0".into()));
+        }
+        if self.method == ConsistencyMethod::Ect
+            && !(self.p_std > 0.0
+                && self.p_mean.is_finite()
+                && self.q > 1.0
+                && self.stage_steps > 0)
+        {
+            return Err(Error::Invalid(format!(
+                "[consistency] ECT: need p_std > 0, q > 1 and stage_steps ≥ 1 (got {}, {}, {})",
+                self.p_std, self.q, self.stage_steps
+            )));
+        }
+        Ok(())
+    }
+
     /// A section of `method` with every other key at its default.
     pub fn new(method: ConsistencyMethod) -> Self {
         ConsistencySection {
@@ -205,16 +230,8 @@ impl Consistency {
         device: &Device,
     ) -> Result<Self> {
         let s = section;
+        s.check()?;
         let family = Family::of(student_sched)?;
-        if !(0.0..1.0).contains(&s.target_ema_decay) {
-            return Err(Error::Invalid(format!(
-                "consistency.target_ema_decay must be in [0, 1), got {}",
-                s.target_ema_decay
-            )));
-        }
-        if s.huber_c.is_some_and(|c| !(c >= 0.0 && c.is_finite())) {
-            return Err(Error::Invalid("consistency.huber_c must be ≥ 0".into()));
-        }
         let (teacher, solver, grid) = match s.method {
             ConsistencyMethod::Cd => {
                 let Some(dir) = &s.teacher else {
@@ -266,12 +283,6 @@ impl Consistency {
                     return Err(Error::Invalid(
                         "consistency.teacher: ECT trains without a teacher (it starts from the model's own weights, train.init_from); remove teacher or use method = \"cd\"".into(),
                     ));
-                }
-                if !(s.p_std > 0.0 && s.p_mean.is_finite() && s.q > 1.0 && s.stage_steps > 0) {
-                    return Err(Error::Invalid(format!(
-                        "[consistency] ECT: need p_std > 0, q > 1 and stage_steps ≥ 1 (got {}, {}, {})",
-                        s.p_std, s.q, s.stage_steps
-                    )));
                 }
                 (None, Solver::Ddim, Vec::new())
             }
