@@ -65,21 +65,18 @@ pub struct SweepArgs {
 fn parse_runs(s: &str) -> Result<Vec<(String, usize)>> {
     let mut out = Vec::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let spec = crate::eval_cmd::SamplerSpec::parse(Some(part))?;
         // `sampler@t1/t2/…`: chosen timesteps, as many steps as there are.
-        if let Some(t) = crate::eval_cmd::SamplerSpec::parse(Some(part))?.timesteps {
+        if let Some(t) = spec.timesteps {
             out.push((part.to_string(), t.len()));
             continue;
         }
-        // `sampler:steps~γ`: the γ stays with the sampler's name.
-        let (head, gamma) = match part.split_once('~') {
-            Some((h, g)) => (h, format!("~{g}")),
-            None => (part, String::new()),
-        };
+        // `sampler:steps~γ`: the row is named `sampler~γ`, the γ staying with the sampler.
+        let head = spec.name.unwrap_or(part);
         let (name, steps) = head.split_once(':').with_context(|| {
             format!("--runs: {part:?} is not sampler:steps, sampler:steps~γ or sampler@t1/t2/…")
         })?;
-        crate::eval_cmd::SamplerSpec::parse(Some(part))?;
-        let name = format!("{name}{gamma}");
+        let name = format!("{name}{}", &part[head.len()..]);
         let steps: usize = steps
             .parse()
             .ok()

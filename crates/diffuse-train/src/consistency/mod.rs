@@ -181,26 +181,6 @@ impl ConsistencySection {
         }
         Ok(())
     }
-
-    /// A section of `method` with every other key at its default.
-    pub fn new(method: ConsistencyMethod) -> Self {
-        ConsistencySection {
-            method,
-            teacher: None,
-            guidance_scale: default_guidance(),
-            teacher_no_ema: false,
-            solver: None,
-            num_timesteps: default_num_timesteps(),
-            target_ema_decay: 0.0,
-            huber_c: None,
-            p_mean: default_p_mean(),
-            p_std: default_p_std(),
-            q: default_q(),
-            k: default_k(),
-            b: default_b(),
-            stage_steps: default_stage_steps(),
-        }
-    }
 }
 
 /// The EMA target network (μ > 0): the student's architecture over its own weights.
@@ -301,11 +281,6 @@ impl Consistency {
     /// Whether the run keeps an EMA target network (μ > 0).
     pub fn has_target(&self) -> bool {
         self.section.target_ema_decay > 0.0
-    }
-
-    /// The teacher's solver (CD).
-    pub fn solver(&self) -> Solver {
-        self.solver
     }
 
     /// Makes the EMA target network (μ > 0) from the student's current weights, or from a
@@ -412,7 +387,7 @@ impl Consistency {
         let c = self.section.huber_c.unwrap_or(0.00054 * (d as f64).sqrt());
         let noised =
             |p: &[Point]| lin(&[(&col(p, |q| q.alpha), &x0), (&col(p, |q| q.sigma), &noise)]);
-        let (t_pts, target, weight, parts) = match self.section.method {
+        let (t_pts, x_t, target, weight, parts) = match self.section.method {
             ConsistencyMethod::Cd => {
                 let teacher = self.teacher.as_ref().expect("CD has a teacher");
                 let rows = rng.row_index(b, self.grid.len());
@@ -448,7 +423,7 @@ impl Consistency {
                 )?
                 .detach();
                 let target = self.target_fn(model, &x_s, &s_pts, label_t.as_ref())?;
-                (t_pts, target, vec![1.0; b], vec![])
+                (t_pts, x_t, target, vec![1.0; b], vec![])
             }
             ConsistencyMethod::Ect => {
                 let s = &self.section;
@@ -458,10 +433,13 @@ impl Consistency {
                     .iter()
                     .map(|z| self.family.at_ve_sigma((s.p_mean + s.p_std * z).exp()))
                     .collect();
-                let r_pts: Vec<Point> = t_pts
+                let r_ve: Vec<f64> = t_pts
                     .iter()
-                    .map(|p| {
-                        let r = ect_r(p.ve_sigma(), stage, s.q, s.k, s.b);
+                    .map(|p| ect_r(p.ve_sigma(), stage, s.q, s.k, s.b))
+                    .collect();
+                let r_pts: Vec<Point> = r_ve
+                    .iter()
+                    .map(|&r| {
                         if r > 0.0 {
                             self.family.at_ve_sigma(r)
                         } else {
@@ -470,10 +448,7 @@ impl Consistency {
                     })
                     .collect();
                 // Rows at r = 0 take x₀ itself as the target (the diffusion loss).
-                let at_zero: Vec<f64> = t_pts
-                    .iter()
-                    .map(|p| (ect_r(p.ve_sigma(), stage, s.q, s.k, s.b) == 0.0) as u8 as f64)
-                    .collect();
+                let at_zero: Vec<f64> = r_ve.iter().map(|&r| (r == 0.0) as u8 as f64).collect();
                 let x_r = noised(&r_pts)?;
                 let f_r = self.target_fn(model, &x_r, &r_pts, label_t.as_ref())?;
                 let other: Vec<f64> = at_zero.iter().map(|z| 1.0 - z).collect();
@@ -488,8 +463,10 @@ impl Consistency {
                     })
                     .collect();
                 let frac = at_zero.iter().sum::<f64>() / b as f64;
+                let x_t = noised(&t_pts)?;
                 (
                     t_pts,
+                    x_t,
                     target,
                     weight,
                     vec![
@@ -499,7 +476,6 @@ impl Consistency {
                 )
             }
         };
-        let x_t = noised(&t_pts)?;
         let out = model.predict(&x_t, &times(&t_pts), label_t.as_ref())?;
         let f = consistency_fn(self.prediction, &out.to_dtype(DType::F32)?, &x_t, &t_pts)?;
         let per_row_loss = pseudo_huber(&f, &target, c)?;

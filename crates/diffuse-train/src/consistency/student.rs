@@ -75,11 +75,10 @@ pub fn student_config(
             )))
         }
     };
-    let method_name = match method {
-        ConsistencyMethod::Cd => "cd",
-        ConsistencyMethod::Ect => "ect",
-    };
-    section.insert("method".into(), method_name.into());
+    section.insert(
+        "method".into(),
+        toml::Value::try_from(method).expect("a unit variant serializes"),
+    );
     if method == ConsistencyMethod::Cd {
         section.insert("teacher".into(), model.display().to_string().into());
         section.insert("guidance_scale".into(), guidance_scale.into());
@@ -125,12 +124,7 @@ pub fn student_config(
     }
     sched.insert("num_inference_steps".into(), steps.into());
     let mut config = base.into_config(sched)?;
-    config.train.prediction_type = match prediction {
-        PredictionType::Epsilon => Prediction::Epsilon,
-        PredictionType::Sample => Prediction::Sample,
-        PredictionType::VPrediction => Prediction::VPrediction,
-        PredictionType::Flow => Prediction::Flow,
-    };
+    config.train.prediction_type = Prediction::from_core(prediction);
     config.train.sample_steps = steps;
     config.consistency = Some(parsed);
     Ok(config)

@@ -8,9 +8,11 @@ use diffuse_core::schedule::NoiseSchedule;
 /// Where on its schedule the student is: the β schedule of an LCM student, or flow σ.
 #[derive(Debug, Clone)]
 pub enum Family {
-    /// ᾱ per training timestep and LCM's `timestep_scaling`.
+    /// ᾱ per training timestep, ln √((1 − ᾱ)/ᾱ) (EDM's log σ, ascending) per timestep, and
+    /// LCM's `timestep_scaling`.
     Beta {
         alphas_cumprod: Vec<f64>,
+        log_sigmas: Vec<f64>,
         timestep_scaling: f64,
     },
     /// Flow matching with diffusers' σ shift over `num_train_timesteps`.
@@ -55,8 +57,14 @@ impl Family {
                 sched.class.class_name()
             )));
         }
+        let alphas_cumprod = NoiseSchedule::from_config(sched)?.alphas_cumprod;
+        let log_sigmas = alphas_cumprod
+            .iter()
+            .map(|a| ((1.0 - a) / a).sqrt().ln())
+            .collect();
         Ok(Family::Beta {
-            alphas_cumprod: NoiseSchedule::from_config(sched)?.alphas_cumprod,
+            alphas_cumprod,
+            log_sigmas,
             timestep_scaling: sched.timestep_scaling,
         })
     }
@@ -67,6 +75,7 @@ impl Family {
             Family::Beta {
                 alphas_cumprod,
                 timestep_scaling,
+                ..
             } => {
                 let abar = alphas_cumprod[(t.max(0.0) as usize).min(alphas_cumprod.len() - 1)];
                 let (c_skip, c_out) = diffuse_core::sampler::lcm_boundary(t, *timestep_scaling);
@@ -100,13 +109,10 @@ impl Family {
     pub fn at_ve_sigma(&self, ve: f64) -> Point {
         match self {
             Family::Beta {
-                alphas_cumprod,
+                log_sigmas: log_s,
                 timestep_scaling,
+                ..
             } => {
-                let log_s: Vec<f64> = alphas_cumprod
-                    .iter()
-                    .map(|a| ((1.0 - a) / a).sqrt().ln())
-                    .collect();
                 let ls = ve.max(1e-30).ln();
                 let n = log_s.len();
                 let t = if ls <= log_s[0] {

@@ -92,6 +92,17 @@ impl Prediction {
             Prediction::Flow => PredictionType::Flow,
         }
     }
+
+    /// The training objective of a model whose scheduler predicts `p` (not EDM, whose scheduler
+    /// says `epsilon`).
+    pub fn from_core(p: PredictionType) -> Self {
+        match p {
+            PredictionType::Epsilon => Prediction::Epsilon,
+            PredictionType::Sample => Prediction::Sample,
+            PredictionType::VPrediction => Prediction::VPrediction,
+            PredictionType::Flow => Prediction::Flow,
+        }
+    }
 }
 
 /// `data.fit`: how images of another aspect or size become `data.size`².
