@@ -165,6 +165,7 @@ impl ModelSampler {
             ),
             guidance_scale,
             null_class: None,
+            prompt_embeds: None,
             initial_noise: None,
             edit: None,
         };

@@ -282,6 +282,7 @@ pub fn run(args: Args) -> Result<()> {
             .unwrap_or_else(|| pipe.default_guidance()),
         guidance_interval: GuidanceChoice::resolve(args.guidance_interval, &pipe),
         null_class: args.null_class,
+        prompt_embeds: None,
         initial_noise,
         edit,
     };

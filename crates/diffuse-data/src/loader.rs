@@ -37,6 +37,8 @@ pub struct Batch {
     pub pixels: Vec<f32>,
     pub shape: [usize; 4],
     pub labels: Option<Vec<u32>>,
+    /// The data set's index of each row (for what else the set says about it: captions).
+    pub indices: Vec<usize>,
     /// The position this batch was at.
     pub position: Position,
     /// Samples skipped as unreadable (with `skip_bad`).
@@ -298,6 +300,7 @@ fn build(ds: &dyn Dataset, cfg: &LoaderConfig, job: Job) -> Result<Batch> {
     let per = c * t.size * t.size;
     let mut pixels = Vec::with_capacity(job.items.len() * per);
     let mut labels = Vec::with_capacity(job.items.len());
+    let mut indices = Vec::with_capacity(job.items.len());
     let mut skipped = Vec::new();
     for (i, flip) in job.items {
         match ds.get(i) {
@@ -310,6 +313,7 @@ fn build(ds: &dyn Dataset, cfg: &LoaderConfig, job: Job) -> Result<Batch> {
                 }
                 pixels.extend(t.apply(&s, flip));
                 labels.push(s.label);
+                indices.push(i);
             }
             Err(e) if cfg.skip_bad => skipped.push(e.to_string()),
             Err(e) => return Err(e),
@@ -325,6 +329,7 @@ fn build(ds: &dyn Dataset, cfg: &LoaderConfig, job: Job) -> Result<Batch> {
         pixels,
         shape: [n, c, t.size, t.size],
         labels,
+        indices,
         position: job.position,
         skipped,
     })

@@ -1,6 +1,6 @@
 //! Spatial self-attention of the UNet (diffusers `Attention` with `AttnProcessor2_0`,
 //! `residual_connection=True`, as built by `AttnDownBlock2D` and friends), and the DiT's
-//! self-attention over token sequences.
+//! attention (self and cross) over token sequences.
 
 use crate::ops;
 use candle_core::{Result, Tensor};
@@ -80,11 +80,12 @@ impl SpatialAttention {
     }
 }
 
-/// Multi-head self-attention over a token sequence `[b, L, dim]` (diffusers `Attention` as
-/// `BasicTransformerBlock.attn1` builds it: no norm, no residual; `to_q/k/v` biased when
-/// `bias`, `to_out.0` always biased).
+/// Multi-head attention over a token sequence `[b, L, dim]` (diffusers `Attention` as
+/// `BasicTransformerBlock` builds it: no norm, no residual; `to_q/k/v` biased when `bias`,
+/// `to_out.0` always biased). Self-attention (`attn1`), or cross-attention (`attn2`) whose keys
+/// and values come from a context of `context_dim` channels (a text encoder's hidden states).
 #[derive(Debug, Clone)]
-pub struct SelfAttention {
+pub struct Attention {
     pub(crate) to_q: candle_nn::Linear,
     pub(crate) to_k: candle_nn::Linear,
     pub(crate) to_v: candle_nn::Linear,
@@ -93,7 +94,8 @@ pub struct SelfAttention {
     pub(crate) head_dim: usize,
 }
 
-impl SelfAttention {
+impl Attention {
+    /// Self-attention over `dim` channels.
     pub fn new(
         dim: usize,
         heads: usize,
@@ -101,29 +103,48 @@ impl SelfAttention {
         bias: bool,
         vb: VarBuilder,
     ) -> Result<Self> {
+        Self::cross(dim, dim, heads, head_dim, bias, vb)
+    }
+
+    /// Queries from `dim` channels, keys and values from `context_dim` channels.
+    pub fn cross(
+        dim: usize,
+        context_dim: usize,
+        heads: usize,
+        head_dim: usize,
+        bias: bool,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         let inner = heads * head_dim;
-        Ok(SelfAttention {
+        Ok(Attention {
             to_q: candle_nn::linear_b(dim, inner, bias, vb.pp("to_q"))?,
-            to_k: candle_nn::linear_b(dim, inner, bias, vb.pp("to_k"))?,
-            to_v: candle_nn::linear_b(dim, inner, bias, vb.pp("to_v"))?,
+            to_k: candle_nn::linear_b(context_dim, inner, bias, vb.pp("to_k"))?,
+            to_v: candle_nn::linear_b(context_dim, inner, bias, vb.pp("to_v"))?,
             to_out: candle_nn::linear(inner, dim, vb.pp("to_out").pp("0"))?,
             heads,
             head_dim,
         })
     }
 
-    /// `x`: [b, L, dim] → [b, L, dim].
+    /// `x`: [b, L, dim] → [b, L, dim]; self-attention.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, l, _) = x.dims3()?;
+        self.forward_context(x, x)
+    }
+
+    /// `x`: [b, L, dim], `context`: [b, Lc, context_dim] → [b, L, dim].
+    pub fn forward_context(&self, x: &Tensor, context: &Tensor) -> Result<Tensor> {
+        let b = x.dim(0)?;
         let split = |t: Tensor| -> Result<Tensor> {
             // [b, L, heads·d] → [b, heads, L, d]
+            let l = t.dim(1)?;
             t.reshape((b, l, self.heads, self.head_dim))?
                 .transpose(1, 2)
         };
         let q = split(ops::linear(x, &self.to_q)?)?;
-        let k = split(ops::linear(x, &self.to_k)?)?;
-        let v = split(ops::linear(x, &self.to_v)?)?;
+        let k = split(ops::linear(context, &self.to_k)?)?;
+        let v = split(ops::linear(context, &self.to_v)?)?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let l = x.dim(1)?;
         let o = ops::attention(&q, &k, &v, scale)?
             .transpose(1, 2)?
             .reshape((b, l, self.heads * self.head_dim))?;

@@ -1,13 +1,16 @@
 //! UNet blocks, diffusers `models/unets/unet_2d_blocks.py`: `DownBlock2D`, `AttnDownBlock2D`,
-//! `ResnetDownsampleBlock2D`, their up twins, `UNetMidBlock2D`, and the VAE's
-//! `DownEncoderBlock2D` / `UpDecoderBlock2D` (no time embedding, no skip connections). One
-//! struct per direction: the types differ only in whether attention follows each ResNet, how
-//! they resample and whether up blocks take skips.
+//! `ResnetDownsampleBlock2D`, their up twins, `UNetMidBlock2D`, the VAE's
+//! `DownEncoderBlock2D` / `UpDecoderBlock2D` (no time embedding, no skip connections), and
+//! `UNet2DConditionModel`'s `CrossAttnDownBlock2D` / `CrossAttnUpBlock2D` /
+//! `UNetMidBlock2DCrossAttn` (a [`Transformer2D`] after each ResNet). One struct per direction:
+//! the types differ only in which attention follows each ResNet, how they resample and whether
+//! up blocks take skips.
 
 use crate::attention::SpatialAttention;
 use crate::checkpoint::{checkpoint, checkpoint2};
 use crate::config::ResampleType;
 use crate::resnet::{Downsample2D, Resample, ResnetBlock2D, ResnetOptions, Upsample2D};
+use crate::transformer_2d::{Transformer2D, TransformerSpec};
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
@@ -38,13 +41,39 @@ fn resnet_skip(
     })
 }
 
-/// An attention's forward, recomputed in backward when `ckpt`.
-fn attention(ckpt: bool, a: &SpatialAttention, x: &Tensor) -> Result<Tensor> {
+/// The attention after a ResNet: the UNet's spatial self-attention, or a cross-attention
+/// transformer over a context (the text encoder's hidden states).
+#[derive(Debug, Clone)]
+pub(crate) enum BlockAttention {
+    Spatial(SpatialAttention),
+    Transformer(Transformer2D),
+}
+
+impl BlockAttention {
+    fn forward(&self, x: &Tensor, context: Option<&Tensor>) -> Result<Tensor> {
+        match (self, context) {
+            (BlockAttention::Spatial(a), _) => a.forward(x),
+            (BlockAttention::Transformer(t), Some(c)) => t.forward(x, c),
+            (BlockAttention::Transformer(_), None) => candle_core::bail!(
+                "a cross-attention block needs encoder hidden states (prompt embeddings)"
+            ),
+        }
+    }
+}
+
+/// An attention's forward, recomputed in backward when `ckpt` (the context's gradient, e.g. to
+/// a jointly trained text encoder, included).
+fn attention(
+    ckpt: bool,
+    a: &BlockAttention,
+    x: &Tensor,
+    context: Option<&Tensor>,
+) -> Result<Tensor> {
     if !ckpt {
-        return a.forward(x);
+        return a.forward(x, context);
     }
     let a = a.clone();
-    checkpoint(x, None, move |x, _| a.forward(x))
+    checkpoint(x, context, move |x, c| a.forward(x, c))
 }
 
 #[derive(Debug, Clone)]
@@ -68,6 +97,8 @@ pub struct BlockSpec<'a> {
     pub prev_output_channels: usize,
     /// Whether self-attention follows each ResNet (the Attn blocks).
     pub attention: bool,
+    /// A cross-attention transformer after each ResNet instead (the CrossAttn blocks).
+    pub transformer: Option<TransformerSpec>,
     /// How the block changes resolution; None for the last down / last up block.
     pub resampler: Option<ResampleType>,
     /// Up blocks: whether the ResNets take the down path's skip states (all but the VAE's
@@ -92,15 +123,29 @@ impl BlockSpec<'_> {
 
     /// The self-attention after each ResNet of an Attn block (one head per `attention_head_dim`
     /// channels, all channels when it is null).
-    fn attention_layer(&self, opts: ResnetOptions, vb: VarBuilder) -> Result<SpatialAttention> {
-        SpatialAttention::new(
+    fn attention_layer(
+        &self,
+        opts: ResnetOptions,
+        vb: VarBuilder,
+    ) -> Result<Option<BlockAttention>> {
+        if let Some(t) = &self.transformer {
+            return Ok(Some(BlockAttention::Transformer(Transformer2D::new(
+                self.out_channels,
+                t,
+                vb,
+            )?)));
+        }
+        if !self.attention {
+            return Ok(None);
+        }
+        Ok(Some(BlockAttention::Spatial(SpatialAttention::new(
             self.out_channels,
             self.attention_head_dim.unwrap_or(self.out_channels),
             Some(opts.groups),
             opts.eps,
             1.0,
             vb,
-        )
+        )?)))
     }
 }
 
@@ -108,7 +153,7 @@ impl BlockSpec<'_> {
 #[derive(Debug, Clone)]
 pub struct DownBlock {
     pub(crate) resnets: Vec<ResnetBlock2D>,
-    pub(crate) attentions: Vec<SpatialAttention>,
+    pub(crate) attentions: Vec<BlockAttention>,
     pub(crate) down: Option<Down>,
     gradient_checkpointing: bool,
 }
@@ -131,8 +176,8 @@ impl DownBlock {
                 Resample::None,
                 vb.pp("resnets").pp(i),
             )?);
-            if spec.attention {
-                attentions.push(spec.attention_layer(opts, vb.pp("attentions").pp(i))?);
+            if let Some(a) = spec.attention_layer(opts, vb.pp("attentions").pp(i))? {
+                attentions.push(a);
             }
         }
         let vbd = vb.pp("downsamplers").pp(0);
@@ -162,13 +207,23 @@ impl DownBlock {
 
     /// Returns the output and the skip states it leaves for the up path.
     pub fn forward(&self, x: &Tensor, temb: Option<&Tensor>) -> Result<(Tensor, Vec<Tensor>)> {
+        self.forward_context(x, temb, None)
+    }
+
+    /// [`Self::forward`] with the context of cross-attention blocks.
+    pub fn forward_context(
+        &self,
+        x: &Tensor,
+        temb: Option<&Tensor>,
+        context: Option<&Tensor>,
+    ) -> Result<(Tensor, Vec<Tensor>)> {
         let mut h = x.clone();
         let ck = self.gradient_checkpointing;
         let mut states = Vec::with_capacity(self.resnets.len() + 1);
         for (i, r) in self.resnets.iter().enumerate() {
             h = resnet(ck, r, &h, temb)?;
             if let Some(a) = self.attentions.get(i) {
-                h = attention(ck, a, &h)?;
+                h = attention(ck, a, &h, context)?;
             }
             states.push(h.clone());
         }
@@ -203,7 +258,7 @@ impl DownBlock {
 #[derive(Debug, Clone)]
 pub struct UpBlock {
     pub(crate) resnets: Vec<ResnetBlock2D>,
-    pub(crate) attentions: Vec<SpatialAttention>,
+    pub(crate) attentions: Vec<BlockAttention>,
     pub(crate) up: Option<Up>,
     pub(crate) takes_skips: bool,
     gradient_checkpointing: bool,
@@ -235,8 +290,8 @@ impl UpBlock {
                 Resample::None,
                 vb.pp("resnets").pp(i),
             )?);
-            if spec.attention {
-                attentions.push(spec.attention_layer(opts, vb.pp("attentions").pp(i))?);
+            if let Some(a) = spec.attention_layer(opts, vb.pp("attentions").pp(i))? {
+                attentions.push(a);
             }
         }
         let vbu = vb.pp("upsamplers").pp(0);
@@ -272,6 +327,17 @@ impl UpBlock {
 
     /// `skips`: this block's skip states, in the order they were produced (the last is used first).
     pub fn forward(&self, x: &Tensor, skips: &[Tensor], temb: Option<&Tensor>) -> Result<Tensor> {
+        self.forward_context(x, skips, temb, None)
+    }
+
+    /// [`Self::forward`] with the context of cross-attention blocks.
+    pub fn forward_context(
+        &self,
+        x: &Tensor,
+        skips: &[Tensor],
+        temb: Option<&Tensor>,
+        context: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let ck = self.gradient_checkpointing;
         let mut h = x.clone();
         for (i, r) in self.resnets.iter().enumerate() {
@@ -281,7 +347,7 @@ impl UpBlock {
                 resnet(ck, r, &h, temb)?
             };
             if let Some(a) = self.attentions.get(i) {
-                h = attention(ck, a, &h)?;
+                h = attention(ck, a, &h, context)?;
             }
         }
         if let Some(u) = &self.up {
@@ -304,11 +370,12 @@ impl UpBlock {
     }
 }
 
-/// `UNetMidBlock2D` with one layer: ResNet → attention → ResNet.
+/// `UNetMidBlock2D` (or `UNetMidBlock2DCrossAttn`) with one layer: ResNet → attention →
+/// ResNet.
 #[derive(Debug, Clone)]
 pub struct MidBlock {
     pub(crate) resnets: Vec<ResnetBlock2D>,
-    pub(crate) attention: Option<SpatialAttention>,
+    pub(crate) attention: Option<BlockAttention>,
     gradient_checkpointing: bool,
 }
 
@@ -330,6 +397,44 @@ impl MidBlock {
         attention: Option<(usize, Option<usize>)>,
         vb: VarBuilder,
     ) -> Result<Self> {
+        let attention = match attention {
+            Some((head_dim, groups)) => Some(BlockAttention::Spatial(SpatialAttention::new(
+                channels,
+                head_dim,
+                groups,
+                opts.eps,
+                opts.output_scale_factor,
+                vb.pp("attentions").pp(0),
+            )?)),
+            None => None,
+        };
+        Self::assemble(channels, inner, opts, attention, vb)
+    }
+
+    /// `UNetMidBlock2DCrossAttn` with one layer: ResNet → cross-attention transformer → ResNet.
+    pub fn cross_attn(
+        channels: usize,
+        opts: ResnetOptions,
+        spec: &TransformerSpec,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let t = Transformer2D::new(channels, spec, vb.pp("attentions").pp(0))?;
+        Self::assemble(
+            channels,
+            [channels; 2],
+            opts,
+            Some(BlockAttention::Transformer(t)),
+            vb,
+        )
+    }
+
+    fn assemble(
+        channels: usize,
+        inner: [usize; 2],
+        opts: ResnetOptions,
+        attention: Option<BlockAttention>,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         let r0 = ResnetBlock2D::with_inner(
             channels,
             inner[0],
@@ -338,17 +443,6 @@ impl MidBlock {
             Resample::None,
             vb.pp("resnets").pp(0),
         )?;
-        let attention = match attention {
-            Some((head_dim, groups)) => Some(SpatialAttention::new(
-                channels,
-                head_dim,
-                groups,
-                opts.eps,
-                opts.output_scale_factor,
-                vb.pp("attentions").pp(0),
-            )?),
-            None => None,
-        };
         let r1 = ResnetBlock2D::with_inner(
             channels,
             inner[1],
@@ -365,10 +459,20 @@ impl MidBlock {
     }
 
     pub fn forward(&self, x: &Tensor, temb: Option<&Tensor>) -> Result<Tensor> {
+        self.forward_context(x, temb, None)
+    }
+
+    /// [`Self::forward`] with the context of a cross-attention mid block.
+    pub fn forward_context(
+        &self,
+        x: &Tensor,
+        temb: Option<&Tensor>,
+        context: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let ck = self.gradient_checkpointing;
         let mut h = resnet(ck, &self.resnets[0], x, temb)?;
         if let Some(a) = &self.attention {
-            h = attention(ck, a, &h)?;
+            h = attention(ck, a, &h, context)?;
         }
         resnet(ck, &self.resnets[1], &h, temb)
     }

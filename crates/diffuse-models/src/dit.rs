@@ -21,7 +21,7 @@
 //! LayerNorm ([`ops::layer_norm`]), softmax ([`ops::attention`]) and GELU are candle ops with a
 //! backward, so the model trains.
 
-use crate::attention::SelfAttention;
+use crate::attention::Attention;
 use crate::config::{DiTActivation, DiTTransformer2DConfig};
 use crate::embeddings::{timestep_embedding, TimestepEmbedding};
 use crate::ops;
@@ -124,7 +124,7 @@ pub(crate) struct DiTBlock {
     pub(crate) emb: Conditioning,
     /// `norm1.linear`: silu(cond) → 6 × dim modulation.
     pub(crate) ada: candle_nn::Linear,
-    pub(crate) attn: SelfAttention,
+    pub(crate) attn: Attention,
     /// `norm3` weight and bias when `norm_elementwise_affine`.
     pub(crate) norm3: Option<(Tensor, Tensor)>,
     pub(crate) norm_eps: f64,
@@ -150,7 +150,7 @@ impl DiTBlock {
         Ok(DiTBlock {
             emb: Conditioning::new(c.num_classes(), d, vb.pp("norm1").pp("emb"))?,
             ada: candle_nn::linear(d, 6 * d, vb.pp("norm1").pp("linear"))?,
-            attn: SelfAttention::new(
+            attn: Attention::new(
                 d,
                 c.num_attention_heads,
                 c.attention_head_dim,

@@ -1,4 +1,5 @@
-//! Analytic forward FLOPs of a network config (UNet2DModel, DiTTransformer2DModel):
+//! Analytic forward FLOPs of a network config (UNet2DModel, DiTTransformer2DModel,
+//! UNet2DConditionModel):
 //! convolutions, linears and the two attention matmuls, 2 FLOPs per multiply-add; norms and
 //! element-wise ops are left out (< 1 % of the total). Equal to PyTorch's
 //! `torch.utils.flop_counter.FlopCounterMode` on diffusers' models of the same configs.
@@ -91,7 +92,107 @@ pub fn net_forward_flops(cfg: &crate::net::NetworkConfig, h: usize, w: usize) ->
     match cfg {
         crate::net::NetworkConfig::UNet(c) => forward_flops(c, h, w),
         crate::net::NetworkConfig::DiT(c) => dit_forward_flops(c, h, w),
+        crate::net::NetworkConfig::UNetCond(c) => {
+            cond_forward_flops(c, h, w, CLIP_CONTEXT_LEN).unwrap_or_default()
+        }
     }
+}
+
+/// Prompt length in tokens counted for a text-conditioned UNet's cross-attention: CLIP's
+/// `model_max_length` (SD pads every prompt to it).
+pub const CLIP_CONTEXT_LEN: usize = 77;
+
+/// Forward FLOPs of one latent of size h×w through a `UNet2DConditionModel` with a prompt of
+/// `context_len` tokens: the UNet2DModel parts, plus per transformer `proj_in`/`proj_out` and per
+/// transformer block self-attention over h·w positions, cross-attention (k/v over the prompt)
+/// and the GEGLU feed-forward (dim → 8·dim, 4·dim → dim). None for a config that does not
+/// validate.
+pub fn cond_forward_flops(
+    cfg: &crate::UNet2DConditionConfig,
+    h: usize,
+    w: usize,
+    context_len: usize,
+) -> Option<FlopCount> {
+    use crate::config::{CondDownBlockType, CondUpBlockType};
+    let (layers, tl, cross) = (
+        cfg.layers().ok()?,
+        cfg.transformer_layers().ok()?,
+        cfg.cross_attention_dims().ok()?,
+    );
+    let mut f = FlopCount::default();
+    let ch = &cfg.block_out_channels;
+    let n = ch.len();
+    let temb = cfg.time_embed_dim();
+    let rn = |f: &mut FlopCount, cin: usize, cout: usize, h: usize, w: usize| {
+        f.resnet_convs(cin, cout, cout, h, w);
+        f.linear(temb, cout, 1);
+    };
+    // One Transformer2DModel over c channels at h×w (inner = c: heads · c/heads).
+    let transformer = |f: &mut FlopCount, c: usize, level: usize, h: usize, w: usize| {
+        let l = h * w;
+        for _ in 0..2 {
+            if cfg.use_linear_projection {
+                f.linear(c, c, l);
+            } else {
+                f.conv(c, c, 1, h, w);
+            }
+        }
+        for _ in 0..tl[level] {
+            f.attention(c, c, h, w);
+            f.linear(c, c, 2 * l); // cross q, out
+            f.linear(cross[level], c, 2 * context_len); // cross k, v
+            f.attention += 2 * 2 * (l * context_len * c) as u64;
+            f.linear(c, 8 * c, l); // GEGLU in
+            f.linear(4 * c, c, l); // GEGLU out
+        }
+    };
+    f.conv(cfg.in_channels, ch[0], 3, h, w);
+    f.linear(ch[0], temb, 1);
+    f.linear(temb, temb, 1);
+    let (mut hh, mut ww) = (h, w);
+    let mut out = ch[0];
+    for (i, t) in cfg.down_block_types.iter().enumerate() {
+        let input = out;
+        out = ch[i];
+        for j in 0..layers[i] {
+            rn(&mut f, if j == 0 { input } else { out }, out, hh, ww);
+            if *t == CondDownBlockType::CrossAttnDownBlock2D {
+                transformer(&mut f, out, i, hh, ww);
+            }
+        }
+        if i != n - 1 {
+            (hh, ww) = (hh / 2, ww / 2);
+            f.conv_strided(out, out, 3, hh, ww, 2);
+        }
+    }
+    if cfg.mid_block_type.is_some() {
+        let last = ch[n - 1];
+        rn(&mut f, last, last, hh, ww);
+        transformer(&mut f, last, n - 1, hh, ww);
+        rn(&mut f, last, last, hh, ww);
+    }
+    let mut out = ch[n - 1];
+    for (i, t) in cfg.up_block_types.iter().enumerate() {
+        let level = n - 1 - i;
+        let prev = out;
+        out = ch[level];
+        let input = ch[level.saturating_sub(1)];
+        let num = layers[level] + 1;
+        for j in 0..num {
+            let skip = if j == num - 1 { input } else { out };
+            let cin = if j == 0 { prev } else { out };
+            rn(&mut f, cin + skip, out, hh, ww);
+            if *t == CondUpBlockType::CrossAttnUpBlock2D {
+                transformer(&mut f, out, level, hh, ww);
+            }
+        }
+        if i != n - 1 {
+            (hh, ww) = (hh * 2, ww * 2);
+            f.conv(out, out, 3, hh, ww);
+        }
+    }
+    f.conv(ch[0], cfg.out_channels, 3, h, w);
+    Some(f)
 }
 
 /// Forward FLOPs of one image of size h×w through a DiT (diffusers' `DiTTransformer2DModel`):

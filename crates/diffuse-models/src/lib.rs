@@ -3,7 +3,9 @@
 //!
 //! - [`unet_2d::UNet2DModel`] and its parts ([`blocks`], [`resnet`], [`attention`],
 //!   [`embeddings`]); [`vae::AutoencoderKL`] (latent diffusion's VAE) from the same parts;
-//!   [`dit::DiTTransformer2DModel`] (the Diffusion Transformer).
+//!   [`dit::DiTTransformer2DModel`] (the Diffusion Transformer);
+//!   [`unet_2d_condition::UNet2DConditionModel`] (Stable Diffusion's text-conditioned UNet, its
+//!   cross-attention blocks in [`transformer_2d`]).
 //! - [`net::Network`]: a UNet or a DiT, the one network type pipelines, the server and the
 //!   trainer take.
 //! - [`weights`]: `diffusion_pytorch_model.safetensors` in and out (f32/f16/bf16 on disk), and
@@ -40,14 +42,19 @@ pub mod prune;
 pub mod quant;
 pub mod resnet;
 pub mod torch_bin;
+pub mod transformer_2d;
 pub mod unet_2d;
+pub mod unet_2d_condition;
 pub mod vae;
 pub mod weights;
 
-pub use config::{AutoencoderKLConfig, DiTTransformer2DConfig, UNet2DConfig};
+pub use config::{
+    AutoencoderKLConfig, DiTTransformer2DConfig, UNet2DConditionConfig, UNet2DConfig,
+};
 pub use dit::DiTTransformer2DModel;
 pub use net::{Network, NetworkConfig};
 pub use unet_2d::UNet2DModel;
+pub use unet_2d_condition::UNet2DConditionModel;
 pub use vae::AutoencoderKL;
 
 /// Errors of model building, loading and running.

@@ -1,15 +1,19 @@
-//! One type for "the denoising network" of a pipeline: a [`UNet2DModel`] or a
-//! [`DiTTransformer2DModel`]. Generation, serving, sampling and training take a
+//! One type for "the denoising network" of a pipeline: a [`UNet2DModel`], a
+//! [`DiTTransformer2DModel`] or a text-conditioned [`UNet2DConditionModel`]. Generation, serving, sampling and training take a
 //! [`Network`]; its config ([`NetworkConfig`]) is read from `config.json` by
 //! `_class_name`, so the generic `weights::{load, save, build}` handle both.
 //!
-//! The two differ only in what the rest of the code asks of them: channels, sample size, the
-//! size multiple, the class table (both keep the null class of guidance as their last label),
-//! and the pipeline component they live in (`unet/` or `transformer/`).
+//! They differ only in what the rest of the code asks of them: channels, sample size, the
+//! size multiple, the conditioning (a class table whose last label is the null class of
+//! guidance, or a text encoder's hidden states), and the pipeline component they live in
+//! (`unet/` or `transformer/`).
 
 use crate::config::TimeEmbeddingType;
 use crate::dit::{split_learned_sigma, DiTTransformer2DModel};
-use crate::{DiTTransformer2DConfig, Error, Result, UNet2DConfig, UNet2DModel};
+use crate::{
+    DiTTransformer2DConfig, Error, Result, UNet2DConditionConfig, UNet2DConditionModel,
+    UNet2DConfig, UNet2DModel,
+};
 use candle_core::Tensor;
 use candle_nn::{VarBuilder, VarMap};
 use serde::Serialize;
@@ -23,6 +27,13 @@ use serde::Serialize;
 pub enum NetworkConfig {
     UNet(UNet2DConfig),
     DiT(DiTTransformer2DConfig),
+    UNetCond(UNet2DConditionConfig),
+}
+
+impl From<UNet2DConditionConfig> for NetworkConfig {
+    fn from(c: UNet2DConditionConfig) -> Self {
+        NetworkConfig::UNetCond(c)
+    }
 }
 
 impl From<UNet2DConfig> for NetworkConfig {
@@ -51,9 +62,10 @@ impl NetworkConfig {
                 Ok(DiTTransformer2DConfig::from_json_str(text)?.into())
             }
             None | Some("UNet2DModel") => Ok(UNet2DConfig::from_json_str(text)?.into()),
+            Some("UNet2DConditionModel") => Ok(UNet2DConditionConfig::from_json_str(text)?.into()),
             Some(c) => Err(Error::Config(format!(
                 "config key `_class_name`: {c:?} is not a denoising network diffuse implements; \
-                 allowed: UNet2DModel, DiTTransformer2DModel"
+                 allowed: UNet2DModel, DiTTransformer2DModel, UNet2DConditionModel"
             ))),
         }
     }
@@ -65,7 +77,7 @@ impl NetworkConfig {
     /// The pipeline component (and folder) that holds this network: `unet` or `transformer`.
     pub fn component(&self) -> &'static str {
         match self {
-            NetworkConfig::UNet(_) => "unet",
+            NetworkConfig::UNet(_) | NetworkConfig::UNetCond(_) => "unet",
             NetworkConfig::DiT(_) => "transformer",
         }
     }
@@ -75,6 +87,7 @@ impl NetworkConfig {
         match self {
             NetworkConfig::UNet(_) => "UNet2DModel",
             NetworkConfig::DiT(_) => "DiTTransformer2DModel",
+            NetworkConfig::UNetCond(_) => "UNet2DConditionModel",
         }
     }
 
@@ -82,6 +95,7 @@ impl NetworkConfig {
         match self {
             NetworkConfig::UNet(c) => c.in_channels,
             NetworkConfig::DiT(c) => c.in_channels,
+            NetworkConfig::UNetCond(c) => c.in_channels,
         }
     }
 
@@ -89,6 +103,7 @@ impl NetworkConfig {
         match self {
             NetworkConfig::UNet(c) => c.out_channels,
             NetworkConfig::DiT(c) => c.out_channels(),
+            NetworkConfig::UNetCond(c) => c.out_channels,
         }
     }
 
@@ -97,6 +112,7 @@ impl NetworkConfig {
         match self {
             NetworkConfig::UNet(c) => c.sample_hw(),
             NetworkConfig::DiT(c) => Some((c.sample_size, c.sample_size)),
+            NetworkConfig::UNetCond(c) => c.sample_hw(),
         }
     }
 
@@ -106,7 +122,7 @@ impl NetworkConfig {
             NetworkConfig::UNet(c) => {
                 name != "time_proj.weight" || c.time_embedding_type != TimeEmbeddingType::Fourier
             }
-            NetworkConfig::DiT(_) => true,
+            NetworkConfig::DiT(_) | NetworkConfig::UNetCond(_) => true,
         }
     }
 
@@ -114,7 +130,9 @@ impl NetworkConfig {
     /// code does (PyTorch layer defaults for the UNet; the DiT paper's adaLN-Zero init).
     pub fn seeded_init(&self, varmap: &VarMap, seed: u64) -> Result<()> {
         match self {
-            NetworkConfig::UNet(_) => crate::weights::seeded_init(varmap, seed),
+            NetworkConfig::UNet(_) | NetworkConfig::UNetCond(_) => {
+                crate::weights::seeded_init(varmap, seed)
+            }
             NetworkConfig::DiT(_) => crate::dit::seeded_init(varmap, seed),
         }
     }
@@ -126,6 +144,13 @@ impl NetworkConfig {
 pub enum Network {
     UNet(UNet2DModel),
     DiT(DiTTransformer2DModel),
+    UNetCond(UNet2DConditionModel),
+}
+
+impl From<UNet2DConditionModel> for Network {
+    fn from(m: UNet2DConditionModel) -> Self {
+        Network::UNetCond(m)
+    }
 }
 
 impl From<UNet2DModel> for Network {
@@ -145,6 +170,7 @@ impl Network {
         Ok(match config {
             NetworkConfig::UNet(c) => Network::UNet(UNet2DModel::new(c, vb)?),
             NetworkConfig::DiT(c) => Network::DiT(DiTTransformer2DModel::new(c, vb)?),
+            NetworkConfig::UNetCond(c) => Network::UNetCond(UNet2DConditionModel::new(c, vb)?),
         })
     }
 
@@ -154,6 +180,7 @@ impl Network {
         match self {
             Network::UNet(m) => m.set_gradient_checkpointing(on),
             Network::DiT(m) => m.set_gradient_checkpointing(on),
+            Network::UNetCond(m) => m.set_gradient_checkpointing(on),
         }
     }
 
@@ -162,11 +189,14 @@ impl Network {
         match self {
             Network::UNet(m) => m.config().clone().into(),
             Network::DiT(m) => m.config().clone().into(),
+            Network::UNetCond(m) => m.config().clone().into(),
         }
     }
 
     /// The full network output `[b, out_channels, h, w]` (a DiT's learned-variance half
-    /// included). `class_labels`: `[b]` integer labels; a DiT without labels uses its null class.
+    /// included). `class_labels`: the conditioning — `[b]` integer labels (a DiT without labels
+    /// uses its null class), or for a text-conditioned UNet the prompt embeddings
+    /// `[b, L, cross_attention_dim]` (required).
     /// A network with bf16/f16 weights takes and returns `x`'s dtype: the input is cast down
     /// and the output back up (torch.autocast's boundary), so samplers and losses stay f32.
     pub fn forward(
@@ -183,6 +213,12 @@ impl Network {
         match self {
             Network::UNet(m) => m.forward(x, timesteps, class_labels),
             Network::DiT(m) => m.forward(x, timesteps, class_labels),
+            Network::UNetCond(m) => match class_labels {
+                Some(ctx) => m.forward(x, timesteps, ctx),
+                None => Err(Error::Input(
+                    "this model is text-conditional: prompt embeddings are required".into(),
+                )),
+            },
         }
     }
 
@@ -191,6 +227,7 @@ impl Network {
         match self {
             Network::UNet(m) => m.dtype(),
             Network::DiT(m) => m.dtype(),
+            Network::UNetCond(m) => m.dtype(),
         }
     }
 
@@ -211,6 +248,7 @@ impl Network {
         match self {
             Network::UNet(m) => m.config().in_channels,
             Network::DiT(m) => m.config().in_channels,
+            Network::UNetCond(m) => m.config().in_channels,
         }
     }
 
@@ -218,6 +256,7 @@ impl Network {
         match self {
             Network::UNet(m) => m.config().out_channels,
             Network::DiT(m) => m.config().out_channels(),
+            Network::UNetCond(m) => m.config().out_channels,
         }
     }
 
@@ -226,6 +265,7 @@ impl Network {
         match self {
             Network::UNet(m) => m.config().sample_hw(),
             Network::DiT(m) => Some((m.config().sample_size, m.config().sample_size)),
+            Network::UNetCond(m) => m.config().sample_hw(),
         }
     }
 
@@ -234,6 +274,7 @@ impl Network {
         match self {
             Network::UNet(m) => m.size_multiple(),
             Network::DiT(m) => m.size_multiple(),
+            Network::UNetCond(m) => m.size_multiple(),
         }
     }
 
@@ -242,6 +283,16 @@ impl Network {
         match self {
             Network::UNet(m) => m.is_class_conditional(),
             Network::DiT(m) => m.is_class_conditional(),
+            Network::UNetCond(_) => false,
+        }
+    }
+
+    /// The width of the prompt embeddings a text-conditioned UNet reads
+    /// (`cross_attention_dim`); None for the class-conditional and unconditional networks.
+    pub fn context_dim(&self) -> Option<usize> {
+        match self {
+            Network::UNetCond(m) => Some(m.config().context_dim()),
+            Network::UNet(_) | Network::DiT(_) => None,
         }
     }
 
@@ -257,13 +308,14 @@ impl Network {
             Network::DiT(m) => m
                 .is_class_conditional()
                 .then(|| m.config().num_classes() + 1),
+            Network::UNetCond(_) => None,
         }
     }
 
     /// The pipeline component that holds this network: `unet` or `transformer`.
     pub fn component(&self) -> &'static str {
         match self {
-            Network::UNet(_) => "unet",
+            Network::UNet(_) | Network::UNetCond(_) => "unet",
             Network::DiT(_) => "transformer",
         }
     }

@@ -4,7 +4,7 @@
 //! guidance. Latent diffusion: the same loop over an AutoencoderKL's latents, then
 //! [`decode_latents`]. [`Pipeline`] loads a folder (network, VAE, scheduler config) for it.
 
-use crate::denoise::{NetDenoiser, SoftClassGuidance};
+use crate::denoise::{NetDenoiser, PairGuidance, SoftClassGuidance};
 use crate::net::{Network, NetworkConfig};
 use crate::{AutoencoderKL, AutoencoderKLConfig, Error, Result, UNet2DConfig};
 use candle_core::{DType, Device, Shape, Tensor};
@@ -40,10 +40,23 @@ pub struct GenerateOptions {
     pub guidance_interval: Option<GuidanceInterval>,
     /// The "no class" label for guidance; default: the model's last class.
     pub null_class: Option<u32>,
+    /// Prompt embeddings, for text-conditioned models ([`Pipeline::encode_prompts`]).
+    pub prompt_embeds: Option<PromptEmbeds>,
     /// A given x_T of shape [K, C, H, W] (unit variance, before init_noise_sigma).
     pub initial_noise: Option<Tensor>,
     /// Start from given images instead of pure noise (image-to-image, inpainting).
     pub edit: Option<Edit>,
+}
+
+/// A text-conditioned model's prompt embeddings (the text encoder's last hidden states), one
+/// row per image or one row for all.
+#[derive(Debug, Clone)]
+pub struct PromptEmbeds {
+    /// `[1 or K, L, d]`.
+    pub cond: Tensor,
+    /// The negative (or empty) prompt's, the same shape: the unconditional half of
+    /// classifier-free guidance (required when guiding).
+    pub uncond: Option<Tensor>,
 }
 
 /// Images to edit, in the space the network denoises (latents for a latent pipeline:
@@ -72,6 +85,7 @@ impl Default for GenerateOptions {
             guidance_scale: 1.0,
             guidance_interval: None,
             null_class: None,
+            prompt_embeds: None,
             initial_noise: None,
             edit: None,
         }
@@ -118,7 +132,9 @@ pub fn generate(
             ));
         }
     }
+    let text = check_prompts(model, opts, k)?;
     let labels = match &opts.class_weights {
+        None if text.is_some() => None,
         None => labels_for(model, opts.class_labels.as_deref(), k)?,
         Some(w) => {
             check_weights(model, w, k, opts.class_labels.is_some())?;
@@ -126,7 +142,7 @@ pub fn generate(
         }
     };
     let guided = opts.guidance_scale != 1.0;
-    let null = if guided {
+    let null = if guided && text.is_none() {
         let classes = match model.num_classes() {
             Some(n) => n,
             None => return Err(Error::Input(
@@ -170,8 +186,31 @@ pub fn generate(
         };
         let cfg_den;
         let soft_den;
-        let den: &dyn Denoiser = match (null, &chunk_labels, &opts.class_weights) {
-            (_, _, Some(w)) => {
+        let text_den;
+        // This chunk's rows of a `[1 or K, L, d]` prompt tensor, on the device.
+        let rows = |t: &Tensor| -> Result<Tensor> {
+            let t = match t.dim(0)? {
+                1 => t.repeat((n, 1, 1))?,
+                _ => t.narrow(0, start, n)?,
+            };
+            Ok(t.to_dtype(DType::F32)?.to_device(device)?)
+        };
+        let den: &dyn Denoiser = match (null, &chunk_labels, &opts.class_weights, text) {
+            (_, _, _, Some(p)) => {
+                let cond = rows(&p.cond)?;
+                text_den = PairGuidance {
+                    model,
+                    uncond: match &p.uncond {
+                        Some(u) => rows(u)?,
+                        None => cond.clone(),
+                    },
+                    cond,
+                    scale: opts.guidance_scale,
+                    guided: guided_timesteps.clone(),
+                };
+                &text_den
+            }
+            (_, _, Some(w), None) => {
                 soft_den = SoftClassGuidance {
                     model,
                     weights: w.narrow(0, start, n)?.to_device(device)?,
@@ -185,7 +224,7 @@ pub fn generate(
                 };
                 &soft_den
             }
-            (Some(null_label), Some(l), None) => {
+            (Some(null_label), Some(l), None, None) => {
                 cfg_den = ClassifierFreeGuidance {
                     model,
                     labels: l.clone(),
@@ -290,6 +329,49 @@ pub fn invert_images(
         out.push((x_t / sampler.init_noise_sigma())?);
     }
     Ok(Tensor::cat(&out, 0)?)
+}
+
+/// The prompt embeddings of a text-conditioned `model` (None for another model): present,
+/// `[1 or K, L, cross_attention_dim]`, with an unconditional half when guiding, and no class
+/// labels beside them.
+fn check_prompts<'a>(
+    model: &Network,
+    opts: &'a GenerateOptions,
+    k: usize,
+) -> Result<Option<&'a PromptEmbeds>> {
+    let (d, p) = match (model.context_dim(), &opts.prompt_embeds) {
+        (None, None) => return Ok(None),
+        (None, Some(_)) => {
+            return Err(Error::Input(
+                "the model is not text-conditional: it takes no prompt".into(),
+            ))
+        }
+        (Some(_), None) => {
+            return Err(Error::Input(
+                "the model is text-conditional: give a prompt".into(),
+            ))
+        }
+        (Some(d), Some(p)) => (d, p),
+    };
+    if opts.class_labels.is_some() || opts.class_weights.is_some() {
+        return Err(Error::Input(
+            "a text-conditional model takes a prompt, not class labels".into(),
+        ));
+    }
+    let fits = |t: &Tensor| matches!(t.dims(), &[r, _, w] if (r == 1 || r == k) && w == d);
+    if !fits(&p.cond) || p.uncond.as_ref().is_some_and(|u| u.dims() != p.cond.dims()) {
+        return Err(Error::Input(format!(
+            "prompt embeddings have shape {:?} (negative {:?}); expected [1 or {k}, L, {d}] for both",
+            p.cond.dims(),
+            p.uncond.as_ref().map(|u| u.dims().to_vec())
+        )));
+    }
+    if opts.guidance_scale != 1.0 && p.uncond.is_none() {
+        return Err(Error::Input(
+            "classifier-free guidance needs the negative (or empty) prompt's embeddings".into(),
+        ));
+    }
+    Ok(Some(p))
 }
 
 /// One class label per image from one or K given, as the model takes them.
@@ -405,7 +487,7 @@ pub fn check_latent_channels(net: &NetworkConfig, vae: &AutoencoderKLConfig) -> 
     let learn_sigma = matches!(net, NetworkConfig::DiT(_)) && o == 2 * l;
     if i != l || (o != l && !learn_sigma) {
         let (c, name) = match net {
-            NetworkConfig::UNet(_) => ("unet", "UNet"),
+            NetworkConfig::UNet(_) | NetworkConfig::UNetCond(_) => ("unet", "UNet"),
             NetworkConfig::DiT(_) => ("transformer", "DiT"),
         };
         return Err(Error::Config(format!(

@@ -86,6 +86,7 @@ pub fn pipeline_index(
 ) -> serde_json::Value {
     match net {
         NetworkConfig::UNet(_) => model_index(scheduler_class, with_vae),
+        NetworkConfig::UNetCond(_) => sd_model_index(scheduler_class),
         NetworkConfig::DiT(_) => serde_json::json!({
             "_class_name": DIT_PIPELINE_CLASS,
             "_diffusers_version": "0.42.1",
@@ -98,6 +99,29 @@ pub fn pipeline_index(
             },
         }),
     }
+}
+
+/// `_class_name` of a text-to-image pipeline (`text_encoder/` + `tokenizer/` + `unet/` +
+/// `vae/` + `scheduler/`): diffusers' own.
+pub const SD_PIPELINE_CLASS: &str = "StableDiffusionPipeline";
+
+/// `model_index.json` of a [`SD_PIPELINE_CLASS`] folder, as diffusers writes it without a
+/// safety checker (`requires_safety_checker: false`, null `safety_checker` and
+/// `feature_extractor`).
+pub fn sd_model_index(scheduler_class: &str) -> serde_json::Value {
+    serde_json::json!({
+        "_class_name": SD_PIPELINE_CLASS,
+        "_diffusers_version": "0.42.1",
+        "feature_extractor": [null, null],
+        "image_encoder": [null, null],
+        "requires_safety_checker": false,
+        "safety_checker": [null, null],
+        "scheduler": ["diffusers", scheduler_class],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+    })
 }
 
 /// `model_index.json` of a UNet pipeline folder: `DDPMPipeline`, or [`LATENT_PIPELINE_CLASS`]
@@ -132,6 +156,10 @@ pub struct ModelFolder {
     pub ema_net_dir: Option<PathBuf>,
     /// `vae/` of a latent pipeline: the UNet denoises this AutoencoderKL's latents.
     pub vae_dir: Option<PathBuf>,
+    /// `text_encoder/` of a text-to-image pipeline (transformers' `CLIPTextModel`).
+    pub text_encoder_dir: Option<PathBuf>,
+    /// `tokenizer/` of a text-to-image pipeline (`CLIPTokenizer`: vocab.json + merges.txt).
+    pub tokenizer_dir: Option<PathBuf>,
     /// The sampling defaults `model_index.json` records (all None for a bare model folder).
     pub sampling: SamplingDefaults,
 }
@@ -200,17 +228,23 @@ pub fn resolve_model_folder(dir: &Path) -> Result<ModelFolder> {
                 ))
             })?;
         let net_dir = dir.join(component);
-        let vae_dir = if !names_component(v.get("vae")) {
-            None
-        } else if dir.join("vae").join(CONFIG_NAME).exists() {
-            Some(dir.join("vae"))
-        } else {
-            return Err(Error::Config(format!(
-                "{}: the pipeline names a `vae` component but {} has no config.json",
-                index.display(),
-                dir.join("vae").display()
-            )));
+        // A component the index names must be there, with the file that makes it loadable.
+        let component_dir = |name: &str, file: &str| -> Result<Option<PathBuf>> {
+            if !names_component(v.get(name)) {
+                Ok(None)
+            } else if dir.join(name).join(file).exists() {
+                Ok(Some(dir.join(name)))
+            } else {
+                Err(Error::Config(format!(
+                    "{}: the pipeline names a `{name}` component but {} has no {file}",
+                    index.display(),
+                    dir.join(name).display()
+                )))
+            }
         };
+        let vae_dir = component_dir("vae", CONFIG_NAME)?;
+        let text_encoder_dir = component_dir("text_encoder", CONFIG_NAME)?;
+        let tokenizer_dir = component_dir("tokenizer", "vocab.json")?;
         let sched = dir.join("scheduler").join("scheduler_config.json");
         let ema = dir.join(format!("{component}_ema"));
         return Ok(ModelFolder {
@@ -219,6 +253,8 @@ pub fn resolve_model_folder(dir: &Path) -> Result<ModelFolder> {
             vae_dir,
             ema_net_dir: ema.join(CONFIG_NAME).exists().then_some(ema),
             scheduler_config: sched.exists().then_some(sched),
+            text_encoder_dir,
+            tokenizer_dir,
             pipeline_class: v
                 .get("_class_name")
                 .and_then(|c| c.as_str())
@@ -234,6 +270,8 @@ pub fn resolve_model_folder(dir: &Path) -> Result<ModelFolder> {
             pipeline_class: None,
             ema_net_dir: None,
             vae_dir: None,
+            text_encoder_dir: None,
+            tokenizer_dir: None,
             sampling: SamplingDefaults::default(),
         });
     }

@@ -244,6 +244,7 @@ impl EvalHook {
             guidance_interval: None,
             guidance_scale: self.guidance,
             null_class: None,
+            prompt_embeds: None,
             initial_noise: None,
             edit: None,
         };

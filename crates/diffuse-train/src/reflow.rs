@@ -412,6 +412,7 @@ pub fn generate_pairs(
                 guidance_interval: None,
                 guidance_scale: spec.guidance_scale,
                 null_class: None,
+                prompt_embeds: None,
                 initial_noise: Some(z.clone()),
                 edit: None,
             };

@@ -30,6 +30,16 @@ pub struct Sample {
     pub label: Option<u32>,
 }
 
+/// What a data set says about one image in words: a caption and keywords (for text-to-image
+/// training, which builds its prompts from them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caption {
+    /// The caption ("red apple").
+    pub text: String,
+    /// Keywords, most specific first as the data lists them ("fruit", "food").
+    pub tags: Vec<String>,
+}
+
 /// A data set the loader can draw from (shared by its worker threads).
 pub trait Dataset: Send + Sync {
     fn len(&self) -> usize;
@@ -52,6 +62,10 @@ pub trait Dataset: Send + Sync {
     fn describe(&self) -> String;
     /// The credit the data's licence asks for, to print and to write into what is trained on it.
     fn attribution(&self) -> Option<&str> {
+        None
+    }
+    /// Sample `i`'s caption, for captioned sets.
+    fn caption(&self, _i: usize) -> Option<Caption> {
         None
     }
 }

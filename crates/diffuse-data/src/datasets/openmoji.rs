@@ -4,7 +4,7 @@
 //! 2,418 people-body emoji), so no class is mostly one face in five shades. The raster is
 //! cached beside the data (`cache/rgba-SIZEpx-N.bin`), so a second run starts at once.
 
-use super::{Dataset, Sample};
+use super::{Caption, Dataset, Sample};
 use crate::image_io::{self, Background};
 use crate::{Error, Result};
 use std::path::{Path, PathBuf};
@@ -34,6 +34,8 @@ pub struct OpenMoji {
     size: usize,
     labels: Vec<u32>,
     hexcodes: Vec<String>,
+    /// `annotation` and `tags` of each emoji.
+    captions: Vec<Caption>,
     background: Background,
     dir: PathBuf,
 }
@@ -91,8 +93,10 @@ impl OpenMoji {
             })
         };
         let (hex_c, group_c, skin_c) = (col("hexcode")?, col("group")?, col("skintone")?);
+        let (annotation_c, tags_c) = (col("annotation")?, col("tags")?);
         let mut hexcodes = Vec::new();
         let mut labels = Vec::new();
+        let mut captions = Vec::new();
         for (i, row) in reader.records().enumerate() {
             let row = row.map_err(|e| {
                 Error::Invalid(format!("{}: row {}: {e}", csv_path.display(), i + 2))
@@ -104,6 +108,14 @@ impl OpenMoji {
             if let Some(label) = GROUPS.iter().position(|g| *g == group) {
                 hexcodes.push(hex.to_string());
                 labels.push(label as u32);
+                captions.push(Caption {
+                    text: row[annotation_c].trim().to_string(),
+                    tags: row[tags_c]
+                        .split(',')
+                        .map(|t| t.trim().to_string())
+                        .filter(|t| !t.is_empty())
+                        .collect(),
+                });
             }
         }
         if hexcodes.is_empty() {
@@ -133,6 +145,7 @@ impl OpenMoji {
             size,
             labels,
             hexcodes,
+            captions,
             background,
             dir: dir.to_path_buf(),
         })
@@ -230,6 +243,10 @@ impl Dataset for OpenMoji {
     fn attribution(&self) -> Option<&str> {
         Some(ATTRIBUTION)
     }
+
+    fn caption(&self, i: usize) -> Option<Caption> {
+        self.captions.get(i).cloned()
+    }
 }
 
 #[cfg(test)]
@@ -267,7 +284,7 @@ mod tests {
              a,1F600,smileys-emotion,face,\"grinning, face\",x,\n\
              b,1F44B-1F3FB,people-body,hand,wave,x,1\n\
              c,1F3FB,component,skin,light,x,\n\
-             d,1F34E,food-drink,fruit,apple,x,\n",
+             d,1F34E,food-drink,fruit,red apple,\"fruit, food\",\n",
         )
         .unwrap();
         for hex in ["1F600", "1F44B-1F3FB", "1F3FB", "1F34E"] {
@@ -279,6 +296,10 @@ mod tests {
         assert_eq!((ds.hexcode(0), ds.hexcode(1)), ("1F600", "1F34E"));
         let s = ds.get(1).unwrap();
         assert_eq!((s.label, s.channels, s.width), (Some(3), 3, 8));
+        let c = ds.caption(1).unwrap();
+        assert_eq!(c.text, "red apple");
+        assert_eq!(c.tags, ["fruit", "food"]);
+        assert_eq!(ds.caption(0).unwrap().text, "grinning, face");
         // Transparent bottom half on white.
         assert_eq!(&s.pixels[(7 * 8) * 3..(7 * 8) * 3 + 3], &[255, 255, 255]);
         assert!(dir.path().join("cache/rgba-8px-2.bin").exists());

@@ -1,4 +1,5 @@
 //! `config.json` of `UNet2DModel` (`src/diffusers/models/unets/unet_2d.py`), of
+//! `UNet2DConditionModel` (`unet_2d_condition.py`), of
 //! `AutoencoderKL` (`models/autoencoders/autoencoder_kl.py`) and of `DiTTransformer2DModel`
 //! (`models/transformers/dit_transformer_2d.py`), with diffusers' keys and defaults. Unknown keys
 //! are kept and written back (diffusers ignores them).
@@ -13,12 +14,16 @@
 
 mod dit;
 mod unet;
+mod unet_condition;
 mod vae;
 
 pub use dit::{DiTActivation, DiTNormType, DiTTransformer2DConfig};
 pub use unet::{
     ClassEmbedType, ClassEmbedding, DownBlockType, MidBlockType, ResampleType,
     ResnetTimeScaleShift, TimeEmbeddingType, UNet2DConfig, UpBlockType, RESNET_INNER_KEY,
+};
+pub use unet_condition::{
+    CondDownBlockType, CondMidBlockType, CondUpBlockType, PerBlock, UNet2DConditionConfig,
 };
 pub use vae::{AutoencoderKLConfig, VaeDownBlockType, VaeUpBlockType};
 

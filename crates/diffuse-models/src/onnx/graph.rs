@@ -435,7 +435,7 @@ impl Graph {
         &mut self,
         name: &str,
         seq: &str,
-        attn: &crate::attention::SelfAttention,
+        attn: &crate::attention::Attention,
     ) -> Result<String> {
         self.attention_core(
             name,

@@ -77,6 +77,11 @@ pub fn export_net(net: &Network) -> Result<ModelProto> {
     match net {
         Network::UNet(m) => export_unet(m),
         Network::DiT(m) => export_dit(m),
+        Network::UNetCond(_) => Err(Error::Input(
+            "ONNX export of a UNet2DConditionModel (text-conditioned) is not supported yet; \
+             export a UNet2DModel, DiT or VAE decoder"
+                .into(),
+        )),
     }
 }
 
@@ -213,7 +218,8 @@ pub fn export_folder(dir: &Path, component: Component, no_ema: bool) -> Result<E
     let net_dir = folder.net_dir_to_load(no_ema).to_path_buf();
     let (net, _) = weights::load_net(&net_dir, &dev)?;
     let what = match (&net, component) {
-        (Network::DiT(_), Component::Unet) | (Network::UNet(_), Component::Transformer) => {
+        (Network::DiT(_), Component::Unet)
+        | (Network::UNet(_) | Network::UNetCond(_), Component::Transformer) => {
             let (has, want) = match component {
                 Component::Unet => ("a DiTTransformer2DModel", "unet"),
                 _ => ("a UNet2DModel", "transformer"),
@@ -226,6 +232,7 @@ pub fn export_folder(dir: &Path, component: Component, no_ema: bool) -> Result<E
         }
         (Network::UNet(_), _) => "UNet2DModel",
         (Network::DiT(_), _) => "DiTTransformer2DModel",
+        (Network::UNetCond(_), _) => "UNet2DConditionModel",
     };
     Ok(Exported {
         model: export_net(&net)?,

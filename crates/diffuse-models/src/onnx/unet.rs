@@ -7,12 +7,12 @@
 use super::graph::{Attr, Dim, Graph};
 use super::proto::{ModelProto, FLOAT, INT64};
 use crate::attention::SpatialAttention;
-use crate::blocks::{Down, DownBlock, MidBlock, Up, UpBlock};
+use crate::blocks::{BlockAttention, Down, DownBlock, MidBlock, Up, UpBlock};
 use crate::config::TimeEmbeddingType;
 use crate::embeddings::{TimeProjection, TimestepEmbedding};
 use crate::resnet::{Resample, ResnetBlock2D, TimeNorm};
 use crate::unet_2d::{ClassEmb, UNet2DModel};
-use crate::Result;
+use crate::{Error, Result};
 
 /// `ResnetBlock2D`; `temb_silu` is SiLU of the UNet's embedding [b, temb] (None in the VAE).
 pub(crate) fn resnet(
@@ -97,6 +97,18 @@ fn spatial_attention(g: &mut Graph, name: &str, x: &str, a: &SpatialAttention) -
     })
 }
 
+/// The attention after a ResNet. Only the spatial self-attention of UNet2DModel and the VAE is
+/// exported; a cross-attention transformer (UNet2DConditionModel) is refused.
+fn block_attention(g: &mut Graph, name: &str, x: &str, a: &BlockAttention) -> Result<String> {
+    match a {
+        BlockAttention::Spatial(a) => spatial_attention(g, name, x, a),
+        BlockAttention::Transformer(_) => Err(Error::Input(format!(
+            "{name}: ONNX export of cross-attention transformer blocks (UNet2DConditionModel) \
+             is not supported; export a UNet2DModel, DiT or VAE decoder"
+        ))),
+    }
+}
+
 /// A down block: returns the output and the skip states it leaves.
 pub(crate) fn down_block(
     g: &mut Graph,
@@ -110,7 +122,7 @@ pub(crate) fn down_block(
     for (i, r) in d.resnets.iter().enumerate() {
         h = resnet(g, &format!("{name}.resnets.{i}"), &h, r, temb_silu)?;
         if let Some(a) = d.attentions.get(i) {
-            h = spatial_attention(g, &format!("{name}.attentions.{i}"), &h, a)?;
+            h = block_attention(g, &format!("{name}.attentions.{i}"), &h, a)?;
         }
         states.push(h.clone());
     }
@@ -146,7 +158,7 @@ pub(crate) fn up_block(
         }
         h = resnet(g, &format!("{name}.resnets.{i}"), &h, r, temb_silu)?;
         if let Some(a) = u.attentions.get(i) {
-            h = spatial_attention(g, &format!("{name}.attentions.{i}"), &h, a)?;
+            h = block_attention(g, &format!("{name}.attentions.{i}"), &h, a)?;
         }
     }
     if let Some(up) = &u.up {
@@ -172,7 +184,7 @@ pub(crate) fn mid_block(
 ) -> Result<String> {
     let mut h = resnet(g, &format!("{name}.resnets.0"), x, &m.resnets[0], temb_silu)?;
     if let Some(a) = &m.attention {
-        h = spatial_attention(g, &format!("{name}.attentions.0"), &h, a)?;
+        h = block_attention(g, &format!("{name}.attentions.0"), &h, a)?;
     }
     resnet(
         g,

@@ -196,6 +196,7 @@ pub(super) fn sample_grid(
         },
         guidance_interval: t.sample_guidance_interval,
         null_class: None,
+        prompt_embeds: None,
         initial_noise: None,
         edit: None,
     };
