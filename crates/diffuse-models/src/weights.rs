@@ -229,22 +229,24 @@ pub fn resolve_model_folder(dir: &Path) -> Result<ModelFolder> {
             })?;
         let net_dir = dir.join(component);
         // A component the index names must be there, with the file that makes it loadable.
-        let component_dir = |name: &str, file: &str| -> Result<Option<PathBuf>> {
+        let component_dir = |name: &str, files: &[&str]| -> Result<Option<PathBuf>> {
             if !names_component(v.get(name)) {
                 Ok(None)
-            } else if dir.join(name).join(file).exists() {
+            } else if files.iter().any(|f| dir.join(name).join(f).exists()) {
                 Ok(Some(dir.join(name)))
             } else {
                 Err(Error::Config(format!(
-                    "{}: the pipeline names a `{name}` component but {} has no {file}",
+                    "{}: the pipeline names a `{name}` component but {} has no {}",
                     index.display(),
-                    dir.join(name).display()
+                    dir.join(name).display(),
+                    files.join(" or ")
                 )))
             }
         };
-        let vae_dir = component_dir("vae", CONFIG_NAME)?;
-        let text_encoder_dir = component_dir("text_encoder", CONFIG_NAME)?;
-        let tokenizer_dir = component_dir("tokenizer", "vocab.json")?;
+        let vae_dir = component_dir("vae", &[CONFIG_NAME])?;
+        let text_encoder_dir = component_dir("text_encoder", &[CONFIG_NAME])?;
+        // Hub folders ship vocab.json + merges.txt; transformers 5 saves tokenizer.json only.
+        let tokenizer_dir = component_dir("tokenizer", &["vocab.json", "tokenizer.json"])?;
         let sched = dir.join("scheduler").join("scheduler_config.json");
         let ema = dir.join(format!("{component}_ema"));
         return Ok(ModelFolder {
