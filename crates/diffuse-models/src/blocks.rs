@@ -338,6 +338,19 @@ impl UpBlock {
         temb: Option<&Tensor>,
         context: Option<&Tensor>,
     ) -> Result<Tensor> {
+        self.forward_sized(x, skips, temb, context, None)
+    }
+
+    /// [`Self::forward_context`], a conv upsampler resizing to `upsample_to` instead of 2× when
+    /// given (inputs that are not a multiple of the overall downscale).
+    pub fn forward_sized(
+        &self,
+        x: &Tensor,
+        skips: &[Tensor],
+        temb: Option<&Tensor>,
+        context: Option<&Tensor>,
+        upsample_to: Option<(usize, usize)>,
+    ) -> Result<Tensor> {
         let ck = self.gradient_checkpointing;
         let mut h = x.clone();
         for (i, r) in self.resnets.iter().enumerate() {
@@ -354,9 +367,15 @@ impl UpBlock {
             h = match u {
                 Up::Conv(c) if ck => {
                     let c = c.clone();
-                    checkpoint(&h, None, move |x, _| c.forward(x))?
+                    checkpoint(&h, None, move |x, _| match upsample_to {
+                        Some(size) => c.forward_to(x, size),
+                        None => c.forward(x),
+                    })?
                 }
-                Up::Conv(c) => c.forward(&h)?,
+                Up::Conv(c) => match upsample_to {
+                    Some(size) => c.forward_to(&h, size)?,
+                    None => c.forward(&h)?,
+                },
                 Up::Resnet(r) => resnet(ck, r, &h, temb)?,
             };
         }

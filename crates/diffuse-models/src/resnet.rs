@@ -212,4 +212,15 @@ impl Upsample2D {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         ops::conv2d(&ops::upsample_nearest2x(x)?, &self.conv)
     }
+
+    /// Nearest upsampling to `(h, w)` (torch's `F.interpolate(size=…)`, floor indexing), then
+    /// the conv: what `UNet2DConditionModel` does when the input is not a multiple of its
+    /// overall downscale, so each up block meets its skip states at their size.
+    pub fn forward_to(&self, x: &Tensor, (h, w): (usize, usize)) -> Result<Tensor> {
+        let (_, _, xh, xw) = x.dims4()?;
+        if (h, w) == (2 * xh, 2 * xw) {
+            return self.forward(x);
+        }
+        ops::conv2d(&x.upsample_nearest2d(h, w)?, &self.conv)
+    }
 }

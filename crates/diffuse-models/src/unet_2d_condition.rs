@@ -158,7 +158,8 @@ impl UNet2DConditionModel {
         self.conv_in.weight().dtype()
     }
 
-    /// Height and width must divide by this (2 per downsampling block).
+    /// Sizes that divide by this take the plain 2× path (2 per downsampling block); others are
+    /// resized to the skip states on the way up, as diffusers does.
     pub fn size_multiple(&self) -> usize {
         1 << (self.config.block_out_channels.len() - 1)
     }
@@ -192,13 +193,9 @@ impl UNet2DConditionModel {
                 self.config.in_channels
             )));
         }
+        // Not a multiple of the overall downscale: each up block resizes to its skips' size.
         let m = self.size_multiple();
-        if h % m != 0 || w % m != 0 {
-            return Err(Error::Input(format!(
-                "sample size {h}×{w} must be a multiple of {m} for {} resolution levels",
-                self.config.block_out_channels.len()
-            )));
-        }
+        let resize_up = h % m != 0 || w % m != 0;
         let ctx_dim = self.config.context_dim();
         match encoder_hidden_states.dims() {
             &[bc, _, d] if bc == b && d == ctx_dim => {}
@@ -239,7 +236,11 @@ impl UNet2DConditionModel {
         for u in &self.up_blocks {
             let k = u.num_states();
             let mine = skips.split_off(skips.len() - k);
-            h = u.forward_context(&h, &mine, temb, ctx)?;
+            let to = match skips.last() {
+                Some(s) if resize_up => Some((s.dim(2)?, s.dim(3)?)),
+                _ => None,
+            };
+            h = u.forward_sized(&h, &mine, temb, ctx, to)?;
         }
         h = ops::group_norm(&h, &self.conv_norm_out, true)?;
         Ok(ops::conv2d(&h, &self.conv_out)?)

@@ -30,4 +30,18 @@ fn cross_attention_unets_match_diffusers() {
         eprintln!("unet_{name}: max abs error {abs:e}, relative {rel:e}");
         assert!(abs <= 1e-4, "unet_{name}: max abs error {abs:e}");
     }
+    // 11×14: not a multiple of 4, so the up blocks resize to their skips (3×4 → 6×7 → 11×14).
+    let dir = fixtures().join("sd/unet_sd_layers2");
+    let (net, _) = weights::load::<Network>(&dir, &Device::Cpu).unwrap();
+    let io = load_st(&dir.join("io_odd.safetensors"));
+    let out = net
+        .forward(
+            &io["sample"],
+            &timesteps(&io["timestep"]),
+            Some(&io["encoder_hidden_states"]),
+        )
+        .unwrap();
+    let abs = max_abs_err(&out, &io["output"]);
+    eprintln!("unet_sd_layers2 at 11×14: max abs error {abs:e}");
+    assert!(abs <= 1e-4, "odd size: max abs error {abs:e}");
 }
