@@ -18,6 +18,8 @@
 //! - [`denoise`]: a loaded model as a `diffuse_core` denoiser; [`pipeline`]: the one folder
 //!   loader ([`pipeline::Pipeline`]) and batched generation (pixel or latent);
 //!   [`latent_cache`]: a data set encoded once into latent shards.
+//! - [`text`]: Stable Diffusion's text side under transformers' names: the CLIP tokenizer
+//!   ([`text::ClipTokenizer`]) and text encoder ([`text::ClipTextModel`]).
 //! - [`quant`]: int8 weights with per-channel scales (`diffuse quantize`); [`prune`]:
 //!   structured pruning of the ResNet blocks' inner channels (`diffuse prune`).
 
@@ -41,6 +43,7 @@ pub mod profile;
 pub mod prune;
 pub mod quant;
 pub mod resnet;
+pub mod text;
 pub mod torch_bin;
 pub mod transformer_2d;
 pub mod unet_2d;

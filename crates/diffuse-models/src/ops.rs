@@ -208,7 +208,22 @@ const ATTENTION_CHUNK_BYTES: usize = 128 << 20;
 /// candle's composed one, which has a backward (`softmax_last_dim` has none).
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
     let _t = crate::profile::scope("attention (q·kᵀ, softmax, ·v)");
-    attention_with_budget(q, k, v, scale, ATTENTION_CHUNK_BYTES)
+    attention_with_budget(q, k, v, scale, None, ATTENTION_CHUNK_BYTES)
+}
+
+/// [`attention`] with an additive bias on the scores, softmax(q kᵀ · scale + bias) v: a causal
+/// mask, a padding mask (large negative where a key is masked, as transformers' `finfo.min`) or
+/// both. `bias` broadcasts to `[b, heads, Lq, Lk]` (e.g. `[Lq, Lk]`, `[b, 1, 1, Lk]`,
+/// `[b, 1, Lq, Lk]`); it is taken in the scores' dtype (f32 for bf16/f16 inputs).
+pub fn attention_with_bias(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    bias: &Tensor,
+) -> Result<Tensor> {
+    let _t = crate::profile::scope("attention (q·kᵀ, softmax, ·v)");
+    attention_with_budget(q, k, v, scale, Some(bias), ATTENTION_CHUNK_BYTES)
 }
 
 fn attention_with_budget(
@@ -216,6 +231,7 @@ fn attention_with_budget(
     k: &Tensor,
     v: &Tensor,
     scale: f64,
+    bias: Option<&Tensor>,
     budget_bytes: usize,
 ) -> Result<Tensor> {
     let (b, h, l, _) = q.dims4()?;
@@ -225,24 +241,49 @@ fn attention_with_budget(
     // the bf16/f16 q and k, probabilities cast down for the product with v.
     let low = is_low_precision(q);
     let kt = if low { kt.to_dtype(DType::F32)? } else { kt };
+    // The bias as [·, ·, Lq or 1, Lk] in the scores' dtype.
+    let bias = match bias {
+        None => None,
+        Some(m) => {
+            let mut m = m.to_dtype(kt.dtype())?;
+            while m.rank() < 4 {
+                m = m.unsqueeze(0)?;
+            }
+            if m.rank() > 4 || m.dim(3)? != lk || (m.dim(2)? != l && m.dim(2)? != 1) {
+                candle_core::bail!(
+                    "attention bias of shape {:?} does not broadcast to [{b}, {h}, {l}, {lk}]",
+                    m.dims()
+                );
+            }
+            Some(m)
+        }
+    };
     let per_query = b * h * lk * q.dtype().size_in_bytes().max(4);
     let chunk = (budget_bytes / per_query.max(1)).clamp(1, l);
-    let one = |q: &Tensor| -> Result<Tensor> {
+    let one = |q: &Tensor, start: usize| -> Result<Tensor> {
+        let lq = q.dim(2)?;
+        let add_bias = |scores: Tensor| -> Result<Tensor> {
+            match &bias {
+                None => Ok(scores),
+                Some(m) if m.dim(2)? == 1 || lq == l => scores.broadcast_add(m),
+                Some(m) => scores.broadcast_add(&m.narrow(2, start, lq)?),
+            }
+        };
         if low {
-            let scores = (q.to_dtype(DType::F32)?.contiguous()?.matmul(&kt)? * scale)?;
+            let scores = add_bias((q.to_dtype(DType::F32)?.contiguous()?.matmul(&kt)? * scale)?)?;
             let p = candle_nn::ops::softmax(&scores, D::Minus1)?.to_dtype(v.dtype())?;
             return p.matmul(&v.contiguous()?);
         }
-        let scores = (q.contiguous()?.matmul(&kt)? * scale)?; // [b, h, Lq, Lk]
+        let scores = add_bias((q.contiguous()?.matmul(&kt)? * scale)?)?; // [b, h, Lq, Lk]
         let p = candle_nn::ops::softmax(&scores, D::Minus1)?;
         p.matmul(&v.contiguous()?)
     };
     if chunk >= l {
-        return one(q);
+        return one(q, 0);
     }
     let parts = (0..l)
         .step_by(chunk)
-        .map(|s| one(&q.narrow(2, s, chunk.min(l - s))?))
+        .map(|s| one(&q.narrow(2, s, chunk.min(l - s))?, s))
         .collect::<Result<Vec<_>>>()?;
     Tensor::cat(&parts, 2)
 }
@@ -319,7 +360,7 @@ mod tests {
         let want = reference(&q, &k, &v, 0.3);
         let got = attention(&q, &k, &v, 0.3).unwrap();
         // A budget of 5 query rows' scores: 4 chunks of 5, 5, 5 and 2 queries.
-        let chunked = attention_with_budget(&q, &k, &v, 0.3, 5 * 2 * 3 * 17 * 4).unwrap();
+        let chunked = attention_with_budget(&q, &k, &v, 0.3, None, 5 * 2 * 3 * 17 * 4).unwrap();
         for t in [&got, &chunked] {
             let d: f32 = (&want - t)
                 .unwrap()
@@ -333,5 +374,48 @@ mod tests {
         }
         let grads = got.sum_all().unwrap().backward().unwrap();
         assert!(grads.get(&q).is_some(), "attention must be differentiable");
+    }
+
+    #[test]
+    fn biased_attention_masks_and_chunks() {
+        let dev = Device::Cpu;
+        let q = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 3, 7, 8), &dev).unwrap()).unwrap();
+        let k = Tensor::randn(0f32, 1.0, (2, 3, 7, 8), &dev).unwrap();
+        let v = Tensor::randn(0f32, 1.0, (2, 3, 7, 8), &dev).unwrap();
+        // Causal [L, L]: row i sees keys 0..=i.
+        let causal: Vec<f32> = (0..7)
+            .flat_map(|i| (0..7).map(move |j| if j > i { f32::MIN } else { 0.0 }))
+            .collect();
+        let causal = Tensor::from_vec(causal, (7, 7), &dev).unwrap();
+        let got = attention_with_bias(&q, &k, &v, 0.3, &causal).unwrap();
+        let chunked =
+            attention_with_budget(&q, &k, &v, 0.3, Some(&causal), 2 * 2 * 3 * 7 * 4).unwrap();
+        // Reference: row i of the output is plain attention over the first i + 1 keys.
+        for i in [0usize, 3, 6] {
+            let want = reference(
+                &q.narrow(2, i, 1).unwrap(),
+                &k.narrow(2, 0, i + 1).unwrap(),
+                &v.narrow(2, 0, i + 1).unwrap(),
+                0.3,
+            );
+            for t in [&got, &chunked] {
+                let d: f32 = (&want - t.narrow(2, i, 1).unwrap())
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar()
+                    .unwrap();
+                assert!(d < 1e-5, "row {i}: {d}");
+            }
+        }
+        let grads = got.sum_all().unwrap().backward().unwrap();
+        assert!(
+            grads.get(&q).is_some(),
+            "biased attention must be differentiable"
+        );
+        let bad = Tensor::zeros((7, 6), DType::F32, &dev).unwrap();
+        assert!(attention_with_bias(&q, &k, &v, 0.3, &bad).is_err());
     }
 }

@@ -541,7 +541,7 @@ fn sharded(dir: &Path, name: &str) -> Result<Option<Vec<PathBuf>>> {
 }
 
 /// The files of an index's `weight_map` (beside the index), if the index exists.
-fn sharded_index(index: &Path) -> Result<Option<Vec<PathBuf>>> {
+pub(crate) fn sharded_index(index: &Path) -> Result<Option<Vec<PathBuf>>> {
     let dir = index.parent().unwrap_or(Path::new("."));
     let index = index.to_path_buf();
     if !index.exists() {
@@ -565,23 +565,44 @@ fn sharded_index(index: &Path) -> Result<Option<Vec<PathBuf>>> {
 /// (`crate::quant`) dequantised. Returns the names of tensors in the files that the model does
 /// not use.
 pub fn load_into(varmap: &VarMap, files: &[PathBuf]) -> Result<Vec<String>> {
+    let tensors = read_weight_files(files, &varmap_device(varmap))?;
+    assign(varmap, &tensors, files)
+}
+
+/// The device of a `VarMap`'s variables (the CPU when it has none).
+pub(crate) fn varmap_device(varmap: &VarMap) -> Device {
+    let data = varmap.data().lock().expect("varmap lock");
+    data.values()
+        .next()
+        .map(|v| v.device().clone())
+        .unwrap_or(Device::Cpu)
+}
+
+/// Every tensor of the weight files (safetensors, or `.bin` through [`crate::torch_bin`]), by
+/// name, on `device`; int8 weights (`crate::quant`) dequantised.
+pub(crate) fn read_weight_files(
+    files: &[PathBuf],
+    device: &Device,
+) -> Result<HashMap<String, Tensor>> {
     let mut tensors: HashMap<String, Tensor> = HashMap::new();
-    let device = {
-        let data = varmap.data().lock().expect("varmap lock");
-        data.values()
-            .next()
-            .map(|v| v.device().clone())
-            .unwrap_or(Device::Cpu)
-    };
     for f in files {
         if f.extension().is_some_and(|e| e == "bin") {
-            tensors.extend(crate::torch_bin::read(f, &device)?);
+            tensors.extend(crate::torch_bin::read(f, device)?);
             continue;
         }
         let bytes = std::fs::read(f).map_err(Error::io(f))?;
         // int8 weights of `diffuse quantize` come back dequantised to f32 (crate::quant).
-        tensors.extend(crate::quant::read_safetensors(&bytes, f, &device)?);
+        tensors.extend(crate::quant::read_safetensors(&bytes, f, device)?);
     }
+    Ok(tensors)
+}
+
+/// Sets every variable from `tensors` (read from `files`, named in errors): see [`load_into`].
+pub(crate) fn assign(
+    varmap: &VarMap,
+    tensors: &HashMap<String, Tensor>,
+    files: &[PathBuf],
+) -> Result<Vec<String>> {
     let data = varmap.data().lock().expect("varmap lock");
     let mut names: Vec<&String> = data.keys().collect();
     names.sort();

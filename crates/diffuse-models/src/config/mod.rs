@@ -59,7 +59,7 @@ pub enum ActFn {
 
 /// Parses a model's `config.json` text: `_class_name` first (a config of another model says
 /// so), then each key into its typed field, with errors that name the key.
-fn parse<T: DeserializeOwned>(text: &str, model: &str, classes: &[&str]) -> Result<T> {
+pub(crate) fn parse<T: DeserializeOwned>(text: &str, model: &str, classes: &[&str]) -> Result<T> {
     let mut value: Value = diffuse_core::pyjson::parse(text)
         .map_err(|e| Error::Config(format!("{model} config: {e}")))?;
     legacy(&mut value);
@@ -150,7 +150,7 @@ fn check_quantization(v: Option<&Value>) -> Result<()> {
 }
 
 /// A config error that names the key.
-fn key_error(key: &str, msg: String) -> Error {
+pub(crate) fn key_error(key: &str, msg: String) -> Error {
     Error::Config(format!("config key `{key}`: {msg}"))
 }
 
