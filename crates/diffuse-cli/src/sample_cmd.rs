@@ -1,6 +1,7 @@
 //! `diffuse sample`: generate images from a diffusers pipeline or model folder (UNet or DiT);
 //! for a latent pipeline (`vae/` beside `unet/` or `transformer/`) the network denoises latents
-//! and the VAE decodes them.
+//! and the VAE decodes them; a text-to-image pipeline (StableDiffusionPipeline) draws
+//! `--prompt`.
 
 use crate::common::GuidanceChoice;
 use anyhow::{bail, Context, Result};
@@ -49,8 +50,17 @@ pub struct Args {
     /// Class label for class-conditional models.
     #[arg(long = "class")]
     class_label: Option<u32>,
-    /// Classifier-free guidance scale (1 = off); the null class is the model's last class.
-    /// Default: the scale the pipeline records (`diffuse train`'s `sample_guidance`), else 1.
+    /// Text-to-image pipelines (StableDiffusionPipeline): what to draw. Once for all images, or
+    /// once per image.
+    #[arg(long)]
+    prompt: Vec<String>,
+    /// Text-to-image: what to steer away from (the unconditional half of guidance; default the
+    /// empty prompt). Once for all images, or once per image.
+    #[arg(long)]
+    negative_prompt: Vec<String>,
+    /// Classifier-free guidance scale (1 = off); the null class is the model's last class, or
+    /// the negative prompt. Default: the scale the pipeline records (`diffuse train`'s
+    /// `sample_guidance`), else 7.5 for text-to-image (as diffusers) and 1 for others.
     #[arg(long)]
     guidance_scale: Option<f64>,
     /// The null ("unconditional") class for guidance.
@@ -270,6 +280,28 @@ pub fn run(args: Args) -> Result<()> {
         Some(e) if e.images.dim(0)? > 1 => e.images.dim(0)?,
         _ => num_images,
     };
+    let guidance_scale = args
+        .guidance_scale
+        .unwrap_or_else(|| pipe.default_guidance());
+    let prompt_embeds = match (&pipe.text, args.prompt.is_empty()) {
+        (Some(_), _) => Some(
+            pipe.prompt_embeds(
+                &args.prompt,
+                &args.negative_prompt,
+                num_images,
+                guidance_scale,
+            )
+            .context("--prompt")?,
+        ),
+        (None, false) => bail!(
+            "--prompt: {} is not a text-to-image pipeline (its network takes no prompt)",
+            args.model.display()
+        ),
+        (None, true) if !args.negative_prompt.is_empty() => {
+            bail!("--negative-prompt goes with --prompt and a text-to-image pipeline")
+        }
+        (None, true) => None,
+    };
     let opts = GenerateOptions {
         num_images,
         batch_size: args.batch_size,
@@ -277,12 +309,10 @@ pub fn run(args: Args) -> Result<()> {
         size,
         class_labels: args.class_label.map(|c| vec![c]),
         class_weights: None,
-        guidance_scale: args
-            .guidance_scale
-            .unwrap_or_else(|| pipe.default_guidance()),
+        guidance_scale,
         guidance_interval: GuidanceChoice::resolve(args.guidance_interval, &pipe),
         null_class: args.null_class,
-        prompt_embeds: None,
+        prompt_embeds,
         initial_noise,
         edit,
     };

@@ -17,7 +17,9 @@ use std::ops::ControlFlow;
 mod load;
 pub use diffuse_core::denoiser::GuidanceInterval;
 pub use diffuse_core::sampler::edit::Inpaint;
-pub use load::{LoadOptions, Pipeline, DEFAULT_SCHEDULER, DEFAULT_STEPS};
+pub use load::{
+    LoadOptions, Pipeline, PromptEncoder, DEFAULT_SCHEDULER, DEFAULT_STEPS, SD_GUIDANCE,
+};
 
 /// What to generate.
 #[derive(Debug, Clone)]

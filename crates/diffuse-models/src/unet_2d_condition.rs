@@ -219,7 +219,10 @@ impl UNet2DConditionModel {
         } else {
             sample.clone()
         };
-        let t_emb = self.time_proj.forward(&ts, sample.device())?.to_dtype(dtype)?;
+        let t_emb = self
+            .time_proj
+            .forward(&ts, sample.device())?
+            .to_dtype(dtype)?;
         let emb = self.time_embedding.forward(&t_emb)?; // [b, temb]
         let temb = Some(&emb);
 
@@ -278,7 +281,9 @@ mod tests {
         let dev = Device::Cpu;
         let x = Tensor::randn(0f32, 1., (2, 4, 8, 8), &dev).unwrap();
         let ctx = Var::from_tensor(&Tensor::randn(0f32, 1., (2, 5, 12), &dev).unwrap()).unwrap();
-        let out = net.forward(&x, &[10.0, 500.0], Some(ctx.as_tensor())).unwrap();
+        let out = net
+            .forward(&x, &[10.0, 500.0], Some(ctx.as_tensor()))
+            .unwrap();
         assert_eq!(out.dims(), [2, 4, 8, 8]);
         let other = (ctx.as_tensor() * 2.0).unwrap();
         let moved = net.forward(&x, &[10.0, 500.0], Some(&other)).unwrap();
@@ -293,14 +298,29 @@ mod tests {
         let grads = out.sqr().unwrap().sum_all().unwrap().backward().unwrap();
         let data = varmap.data().lock().unwrap();
         for (name, v) in data.iter() {
-            let g = grads.get(v.as_tensor()).unwrap_or_else(|| panic!("{name}: no gradient"));
-            assert!(g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.0, "{name}");
+            let g = grads
+                .get(v.as_tensor())
+                .unwrap_or_else(|| panic!("{name}: no gradient"));
+            assert!(
+                g.abs()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap()
+                    > 0.0,
+                "{name}"
+            );
         }
-        let g_ctx = grads.get(ctx.as_tensor()).expect("the context gets a gradient");
+        let g_ctx = grads
+            .get(ctx.as_tensor())
+            .expect("the context gets a gradient");
         // Gradient checkpointing recomputes the blocks: same context gradient.
         drop(data);
         net.set_gradient_checkpointing(true);
-        let out2 = net.forward(&x, &[10.0, 500.0], Some(ctx.as_tensor())).unwrap();
+        let out2 = net
+            .forward(&x, &[10.0, 500.0], Some(ctx.as_tensor()))
+            .unwrap();
         let grads2 = out2.sqr().unwrap().sum_all().unwrap().backward().unwrap();
         let g2 = grads2.get(ctx.as_tensor()).unwrap();
         let d = (g_ctx - g2).unwrap().abs().unwrap().max_all().unwrap();

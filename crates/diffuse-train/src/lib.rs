@@ -31,6 +31,7 @@ pub mod quality;
 pub mod reflow;
 pub mod teacher;
 pub mod tensorboard;
+pub mod text;
 pub mod trainer;
 
 #[derive(Debug, thiserror::Error)]

@@ -298,10 +298,50 @@ pub fn diffusion_loss_with_noise(
         Some(l) => Some(Tensor::from_vec(l.clone(), b, dev)?),
         None => None,
     };
+    loss_given(model, schedule, x0, &noise, label_t.as_ref(), cfg, rng)
+}
+
+/// [`diffusion_loss_with_noise`] of a text-conditioned UNet: `context` `[b, L, d]` are the
+/// rows' prompt embeddings (caption dropout is the caller's: it replaces captions with the
+/// empty prompt before encoding).
+pub fn diffusion_loss_with_context(
+    model: &Network,
+    schedule: &NoiseSchedule,
+    x0: &Tensor,
+    noise: Option<&Tensor>,
+    context: &Tensor,
+    cfg: &ObjectiveConfig,
+    rng: &mut TrainRng,
+) -> Result<LossParts> {
+    let b = x0.dim(0)?;
+    let noise = match noise {
+        Some(n) => n.to_dtype(x0.dtype())?,
+        None => Tensor::from_vec(
+            rng.row_normal(b, x0.elem_count() / b),
+            x0.shape(),
+            x0.device(),
+        )?,
+    };
+    loss_given(model, schedule, x0, &noise, Some(context), cfg, rng)
+}
+
+/// The loss at the noise drawn, with the conditioning tensor (labels or prompt embeddings).
+fn loss_given(
+    model: &Network,
+    schedule: &NoiseSchedule,
+    x0: &Tensor,
+    noise: &Tensor,
+    cond: Option<&Tensor>,
+    cfg: &ObjectiveConfig,
+    rng: &mut TrainRng,
+) -> Result<LossParts> {
+    let b = x0.dim(0)?;
+    let dev = x0.device();
     let per_row = |v: &[f32]| -> Result<Tensor> {
         Ok(Tensor::from_vec(v.to_vec(), (b, 1, 1, 1), dev)?.to_dtype(x0.dtype())?)
     };
-    let (x_t, target, model_t, weights) = if let Some(edm) = &cfg.edm {
+    let (x_t, target, model_t, weights): (Tensor, Tensor, Vec<f32>, _) = if let Some(edm) = &cfg.edm
+    {
         let sigmas: Vec<f64> = rng.rows(b, |r| {
             let z: f64 = r.sample(StandardNormal);
             diffuse_core::edm::lognormal_sigma(edm.p_mean, edm.p_std, z)
@@ -324,22 +364,22 @@ pub fn diffusion_loss_with_noise(
         let s = per_row(&sigmas)?;
         let one_minus = per_row(&sigmas.iter().map(|s| 1.0 - s).collect::<Vec<_>>())?;
         let x_t = (x0.broadcast_mul(&one_minus)? + noise.broadcast_mul(&s)?)?;
-        let target = (&noise - x0)?;
+        let target = (noise - x0)?;
         let big_t = cfg.flow_num_train_timesteps as f32;
         let t: Vec<f32> = sigmas.iter().map(|s| s * big_t).collect();
         (x_t, target, t, None)
     } else {
         let n = schedule.len();
         let ts: Vec<usize> = rng.row_index(b, n);
-        let x_t = noising::add_noise(schedule, x0, &noise, &ts)?;
-        let target = noising::target(schedule, cfg.prediction, x0, &noise, &ts)?;
+        let x_t = noising::add_noise(schedule, x0, noise, &ts)?;
+        let target = noising::target(schedule, cfg.prediction, x0, noise, &ts)?;
         let weights = match cfg.min_snr_gamma {
             Some(g) => Some(noising::min_snr_weights(schedule, &ts, g, cfg.prediction)?),
             None => None,
         };
         (x_t, target, ts.iter().map(|&t| t as f32).collect(), weights)
     };
-    let pred = model.predict(&x_t, &model_t, label_t.as_ref())?;
+    let pred = model.predict(&x_t, &model_t, cond)?;
     let mse = noising::mse_per_sample(&pred.to_dtype(DType::F32)?, &target.to_dtype(DType::F32)?)?; // [b]
     let loss = match weights {
         Some(w) => {

@@ -164,18 +164,36 @@ const DEFAULT_ONLY: [(&str, &str); 15] = [
     ("num_class_embeds", "class embeddings"),
     ("addition_embed_type", "SDXL's added text/time embeddings"),
     ("addition_time_embed_dim", "SDXL's added time embeddings"),
-    ("encoder_hid_dim", "a projection of the encoder's hidden states"),
-    ("encoder_hid_dim_type", "a projection of the encoder's hidden states"),
+    (
+        "encoder_hid_dim",
+        "a projection of the encoder's hidden states",
+    ),
+    (
+        "encoder_hid_dim_type",
+        "a projection of the encoder's hidden states",
+    ),
     ("time_cond_proj_dim", "LCM's guidance embedding"),
-    ("time_embedding_act_fn", "an activation after the time embedding"),
-    ("timestep_post_act", "an activation inside the time embedding"),
+    (
+        "time_embedding_act_fn",
+        "an activation after the time embedding",
+    ),
+    (
+        "timestep_post_act",
+        "an activation inside the time embedding",
+    ),
     (
         "projection_class_embeddings_input_dim",
         "projected class embeddings",
     ),
     ("class_embeddings_concat", "class embeddings"),
-    ("mid_block_only_cross_attention", "cross-attention-only blocks"),
-    ("cross_attention_norm", "a norm of the encoder's hidden states"),
+    (
+        "mid_block_only_cross_attention",
+        "cross-attention-only blocks",
+    ),
+    (
+        "cross_attention_norm",
+        "a norm of the encoder's hidden states",
+    ),
     (
         "reverse_transformer_layers_per_block",
         "per-layer transformer depths",
@@ -191,6 +209,17 @@ const FIXED: [(&str, &str); 3] = [
 ];
 
 impl UNet2DConditionConfig {
+    /// Every key this config takes, sorted: those diffuse reads and those it accepts at their
+    /// defaults. A user's own config (`diffuse train`'s `[model]`) may use only these.
+    pub fn known_keys() -> Vec<String> {
+        let also: Vec<&str> = DEFAULT_ONLY
+            .iter()
+            .chain(FIXED.iter())
+            .map(|(k, _)| *k)
+            .collect();
+        super::keys_of::<Self>(&also)
+    }
+
     /// Parses `config.json` text and validates it.
     pub fn from_json_str(text: &str) -> Result<Self> {
         let cfg: UNet2DConditionConfig = parse(text, "UNet2DConditionModel", &[CLASS_NAME])?;
@@ -225,7 +254,9 @@ impl UNet2DConditionConfig {
     pub fn heads(&self) -> Result<Vec<usize>> {
         match &self.num_attention_heads {
             Some(h) => h.values(self.n(), "num_attention_heads"),
-            None => self.attention_head_dim.values(self.n(), "attention_head_dim"),
+            None => self
+                .attention_head_dim
+                .values(self.n(), "attention_head_dim"),
         }
     }
 
@@ -295,7 +326,11 @@ impl UNet2DConditionConfig {
                 "two text encoders' cross-attention (versatile diffusion) is not supported; allowed: false".into(),
             );
         }
-        if self.only_cross_attention.values(n, "only_cross_attention")?.contains(&true) {
+        if self
+            .only_cross_attention
+            .values(n, "only_cross_attention")?
+            .contains(&true)
+        {
             return bad(
                 "only_cross_attention",
                 "cross-attention-only blocks are not supported; allowed: false".into(),
@@ -335,7 +370,9 @@ impl UNet2DConditionConfig {
                 Some(v) => {
                     return bad(
                         key,
-                        format!("{v} needs {what}, which diffuse does not implement; allowed: null"),
+                        format!(
+                            "{v} needs {what}, which diffuse does not implement; allowed: null"
+                        ),
                     )
                 }
             }
@@ -378,7 +415,10 @@ mod tests {
         assert_eq!(c.context_dim(), 1024);
         assert_eq!(c.sample_hw(), Some((96, 96)));
         let back: Value = serde_json::from_str(&c.to_json_string()).unwrap();
-        assert_eq!(back["attention_head_dim"], serde_json::json!([5, 10, 20, 20]));
+        assert_eq!(
+            back["attention_head_dim"],
+            serde_json::json!([5, 10, 20, 20])
+        );
         assert_eq!(back["_diffusers_version"], "0.8.0");
         assert_eq!(back["down_block_types"][0], "CrossAttnDownBlock2D");
         let d = UNet2DConditionConfig::default();
@@ -395,17 +435,26 @@ mod tests {
                 .to_string()
         };
         let e = with("addition_embed_type", r#""text_time""#);
-        assert!(e.contains("addition_embed_type") && e.contains("SDXL"), "{e}");
+        assert!(
+            e.contains("addition_embed_type") && e.contains("SDXL"),
+            "{e}"
+        );
         let e = with("time_cond_proj_dim", "256");
         assert!(e.contains("time_cond_proj_dim"), "{e}");
         let e = with("attention_type", r#""gated""#);
         assert!(e.contains("attention_type"), "{e}");
         let e = with("attention_head_dim", "[5, 10]");
-        assert!(e.contains("attention_head_dim") && e.contains("2 values"), "{e}");
+        assert!(
+            e.contains("attention_head_dim") && e.contains("2 values"),
+            "{e}"
+        );
         let e = with("attention_head_dim", "7");
         assert!(e.contains("number of heads"), "{e}");
         let e = with("down_block_types", r#"["SimpleCrossAttnDownBlock2D"]"#);
-        assert!(e.contains("down_block_types") && e.contains("CrossAttnDownBlock2D"), "{e}");
+        assert!(
+            e.contains("down_block_types") && e.contains("CrossAttnDownBlock2D"),
+            "{e}"
+        );
         let e = with("mid_block_type", r#""UNetMidBlock2DSimpleCrossAttn""#);
         assert!(e.contains("mid_block_type"), "{e}");
         // Defaults written out by diffusers are fine.

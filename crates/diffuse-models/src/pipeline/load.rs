@@ -7,7 +7,8 @@
 //! on the model's objective, converted, or is refused in one line. `diffuse sample`, `eval`, `serve` and
 //! the distillation teachers load through it.
 
-use super::{decode_latents, generate, GenerateOptions, GuidanceInterval, Progress};
+use super::{decode_latents, generate, GenerateOptions, GuidanceInterval, Progress, PromptEmbeds};
+use crate::text::{ClipTextModel, ClipTokenizer};
 use crate::weights::{resolve_model_folder, ModelFolder};
 use crate::{AutoencoderKL, Error, Network, Result};
 use candle_core::{DType, Device, Tensor};
@@ -50,6 +51,59 @@ impl Default for LoadOptions {
     }
 }
 
+/// diffusers' `StableDiffusionPipeline.__call__` default `guidance_scale`.
+pub const SD_GUIDANCE: f64 = 7.5;
+
+/// The text side of a text-to-image pipeline: `tokenizer/` and `text_encoder/`.
+pub struct PromptEncoder {
+    pub tokenizer: ClipTokenizer,
+    pub encoder: ClipTextModel,
+}
+
+impl PromptEncoder {
+    /// Loads `tokenizer_dir` and `encoder_dir` and checks that they fit each other.
+    pub fn load(tokenizer_dir: &Path, encoder_dir: &Path, device: &Device) -> Result<Self> {
+        let tokenizer = ClipTokenizer::from_folder(tokenizer_dir)?;
+        let (encoder, _) = ClipTextModel::load(encoder_dir, device)?;
+        let c = encoder.config();
+        if tokenizer.id_limit() as usize > c.vocab_size {
+            return Err(Error::Config(format!(
+                "{}: the tokenizer has ids up to {} but the text encoder's vocab_size is {} ({}): they do not belong together",
+                tokenizer_dir.display(),
+                tokenizer.id_limit() - 1,
+                c.vocab_size,
+                encoder_dir.display()
+            )));
+        }
+        Ok(PromptEncoder { tokenizer, encoder })
+    }
+
+    /// Prompt embeddings `[K, L, d]` of `prompts` (the text encoder's last hidden states, as
+    /// SD 1.x/2.x pipelines take them): each distinct prompt is encoded once.
+    pub fn encode(&self, prompts: &[String], device: &Device) -> Result<Tensor> {
+        let mut distinct: Vec<&String> = Vec::new();
+        let rows: Vec<u32> = prompts
+            .iter()
+            .map(|p| match distinct.iter().position(|d| *d == p) {
+                Some(i) => i as u32,
+                None => {
+                    distinct.push(p);
+                    (distinct.len() - 1) as u32
+                }
+            })
+            .collect();
+        let l = self.tokenizer.model_max_length();
+        let mut ids = Vec::with_capacity(distinct.len() * l);
+        for p in &distinct {
+            ids.extend(self.tokenizer.encode_padded(p, l)?.0);
+        }
+        let ids = Tensor::from_vec(ids, (distinct.len(), l), device)?;
+        let emb = self.encoder.forward(&ids)?.last_hidden_state; // [distinct, L, d]
+        let rows = Tensor::from_vec(rows, prompts.len(), device)?;
+        Ok(emb.index_select(&rows, 0)?)
+    }
+}
+
 /// A loaded pipeline: network, VAE, scheduler config and the device they live on.
 pub struct Pipeline {
     /// What the folder turned out to be.
@@ -58,6 +112,8 @@ pub struct Pipeline {
     pub net: Network,
     /// The VAE of a latent pipeline: the network denoises its latents.
     pub vae: Option<AutoencoderKL>,
+    /// The tokenizer and text encoder of a text-to-image pipeline.
+    pub text: Option<PromptEncoder>,
     /// The folder's scheduler config as written (validated).
     pub scheduler: Map<String, Value>,
     /// The same, parsed: the model's own scheduler, whose prediction type is the objective.
@@ -92,6 +148,33 @@ impl Pipeline {
     pub fn load(dir: &Path, opts: &LoadOptions, device: &Device) -> Result<Self> {
         let folder = resolve_model_folder(dir)?;
         let (net, vae) = crate::precision::load_as(&folder, opts.no_ema, opts.dtype, device)?;
+        let text = match (net.context_dim(), &folder.tokenizer_dir, &folder.text_encoder_dir) {
+            (None, _, _) => None,
+            (Some(d), Some(tok), Some(enc)) => {
+                // diffuse's trained pipelines keep the EMA text encoder beside, as the UNet's.
+                let ema = enc.with_file_name("text_encoder_ema");
+                let enc = if !opts.no_ema && ema.join(crate::weights::CONFIG_NAME).exists() {
+                    ema
+                } else {
+                    enc.clone()
+                };
+                let p = PromptEncoder::load(tok, &enc, device)?;
+                if p.encoder.hidden_size() != d {
+                    return Err(Error::Config(format!(
+                        "{}: the text encoder's hidden_size is {} but the UNet's cross_attention_dim is {d}",
+                        enc.display(),
+                        p.encoder.hidden_size()
+                    )));
+                }
+                Some(p)
+            }
+            (Some(_), _, _) => {
+                return Err(Error::Config(format!(
+                    "{}: a UNet2DConditionModel reads prompts: the pipeline needs tokenizer/ and text_encoder/ (model_index.json naming them), as a StableDiffusionPipeline has",
+                    folder.root.display()
+                )))
+            }
+        };
         let scheduler = match (&opts.scheduler, &folder.scheduler_config) {
             (Some(m), _) => m.clone(),
             (None, Some(p)) => read_json_object(p)?,
@@ -117,6 +200,7 @@ impl Pipeline {
             folder,
             net,
             vae,
+            text,
             scheduler,
             model_scheduler,
             default_sampler,
@@ -186,12 +270,58 @@ impl Pipeline {
     }
 
     /// Classifier-free guidance when the caller gives none: the folder's recorded scale for a
-    /// class-conditional model with a class table, else 1 (off).
+    /// class-conditional model with a class table or a text-to-image model (there diffusers'
+    /// 7.5 when none is recorded), else 1 (off).
     pub fn default_guidance(&self) -> f64 {
-        match self.net.num_classes() {
-            Some(_) => self.folder.sampling.guidance_scale.unwrap_or(1.0),
-            None => 1.0,
+        let recorded = self.folder.sampling.guidance_scale;
+        match (self.net.num_classes(), &self.text) {
+            (_, Some(_)) => recorded.unwrap_or(SD_GUIDANCE),
+            (Some(_), None) => recorded.unwrap_or(1.0),
+            (None, None) => 1.0,
         }
+    }
+
+    /// Prompt embeddings for `k` images from one or `k` prompts and (for guidance) one or `k`
+    /// negative prompts — the empty prompt when none is given, as diffusers does.
+    pub fn prompt_embeds(
+        &self,
+        prompts: &[String],
+        negative: &[String],
+        k: usize,
+        guidance_scale: f64,
+    ) -> Result<PromptEmbeds> {
+        let Some(text) = &self.text else {
+            return Err(Error::Input(
+                "the model is not text-conditional: it takes no prompt".into(),
+            ));
+        };
+        let per_image = |v: &[String], what: &str| -> Result<Vec<String>> {
+            match v.len() {
+                0 => Ok(vec![String::new(); k]),
+                1 => Ok(vec![v[0].clone(); k]),
+                n if n == k => Ok(v.to_vec()),
+                n => Err(Error::Input(format!(
+                    "{n} {what} for {k} images (give one or {k})"
+                ))),
+            }
+        };
+        if prompts.is_empty() {
+            return Err(Error::Input(
+                "the model is text-conditional: give a prompt".into(),
+            ));
+        }
+        let cond = text.encode(&per_image(prompts, "prompts")?, &self.device)?;
+        let uncond = if guidance_scale != 1.0 {
+            Some(text.encode(&per_image(negative, "negative prompts")?, &self.device)?)
+        } else if !negative.is_empty() {
+            return Err(Error::Input(
+                "a negative prompt needs classifier-free guidance (a guidance scale other than 1)"
+                    .into(),
+            ));
+        } else {
+            None
+        };
+        Ok(PromptEmbeds { cond, uncond })
     }
 
     /// The guidance interval when the caller gives none: the folder's recorded one, if any.

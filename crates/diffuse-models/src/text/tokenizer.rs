@@ -639,22 +639,31 @@ impl ClipTokenizer {
     /// and [`Self::from_folder`] load.
     pub fn save(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
-        let write = |name: &str, text: String| -> Result<()> {
-            diffuse_data::fs::write_atomic(&dir.join(name), text.as_bytes())
-                .map_err(|e| Error::Weights(e.to_string()))
-        };
+        for (name, bytes) in self.files() {
+            diffuse_data::fs::write_atomic(&dir.join(&name), &bytes)
+                .map_err(|e| Error::Weights(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// The files [`Self::save`] writes, as (name, bytes): for a folder written elsewhere (a
+    /// training checkpoint).
+    pub fn files(&self) -> Vec<(String, Vec<u8>)> {
+        let mut files: Vec<(String, Vec<u8>)> = Vec::new();
+        let mut write =
+            |name: &str, text: String| files.push((name.to_string(), text.into_bytes()));
         let mut by_id: Vec<(&String, &u32)> = self.vocab.iter().collect();
         by_id.sort_by_key(|(t, id)| (**id, t.as_str()));
         let vocab: Map<String, Value> = by_id
             .into_iter()
             .map(|(t, id)| (t.clone(), Value::from(*id)))
             .collect();
-        write(VOCAB_FILE, pretty(&Value::Object(vocab)))?;
+        write(VOCAB_FILE, pretty(&Value::Object(vocab)));
         let mut merges = String::from("#version: 0.2\n");
         for (a, b) in &self.merges {
             merges.push_str(&format!("{a} {b}\n"));
         }
-        write(MERGES_FILE, merges)?;
+        write(MERGES_FILE, merges);
 
         let added_tokens = self.added_tokens();
         let added = |content: &str| {
@@ -684,7 +693,7 @@ impl ClipTokenizer {
         config
             .entry("clean_up_tokenization_spaces")
             .or_insert(false.into());
-        write(CONFIG_FILE, pretty(&Value::Object(config)))?;
+        write(CONFIG_FILE, pretty(&Value::Object(config)));
 
         let mut map = Map::new();
         for (key, content) in self.special.keyed() {
@@ -692,7 +701,8 @@ impl ClipTokenizer {
             t.as_object_mut().expect("object").remove("special");
             map.insert(key.into(), t);
         }
-        write(SPECIAL_TOKENS_FILE, pretty(&Value::Object(map)))
+        write(SPECIAL_TOKENS_FILE, pretty(&Value::Object(map)));
+        files
     }
 
     /// `tokenizer(text)["input_ids"]`: `[bos] + tokens + [eos]`, not truncated.

@@ -137,16 +137,31 @@ fn write_checkpoint(root: &Path, parts: &CheckpointParts) -> Result<PathBuf> {
         .zip(ema.shadow())
         .map(|((k, _), t)| (k.clone(), t.clone()))
         .collect();
-    let mut all = vec![
-        (
-            format!("{component}/diffusion_pytorch_model.safetensors"),
-            weights(model_tensors)?,
-        ),
-        (
-            format!("{component}_ema/diffusion_pytorch_model.safetensors"),
-            weights(ema_tensors)?,
-        ),
-    ];
+    let mut all = Vec::new();
+    for (suffix, tensors) in [("", model_tensors), ("_ema", ema_tensors)] {
+        // A text-to-image run's text encoder goes to its own folder, under transformers' names.
+        let (text, net): (Vec<_>, Vec<_>) = tensors
+            .into_iter()
+            .partition(|(k, _)| k.starts_with(crate::text::PREFIX));
+        all.push((
+            format!("{component}{suffix}/diffusion_pytorch_model.safetensors"),
+            weights(net)?,
+        ));
+        if !text.is_empty() {
+            let text = text
+                .into_iter()
+                .map(|(k, t)| (k[crate::text::PREFIX.len()..].to_string(), t))
+                .collect();
+            all.push((
+                format!(
+                    "{}{suffix}/{}",
+                    crate::text::COMPONENT,
+                    crate::text::WEIGHTS_NAME
+                ),
+                weights(text)?,
+            ));
+        }
+    }
     all.extend(files.iter().cloned());
     for (rel, bytes) in &all {
         let path = tmp.join(rel);
@@ -245,8 +260,19 @@ pub(super) fn load_checkpoint(
         })
     };
     let weights = "diffusion_pytorch_model.safetensors";
-    let model = read(dir.join(component).join(weights))?;
-    let shadow_map = read(dir.join(format!("{component}_ema")).join(weights))?;
+    let mut model = read(dir.join(component).join(weights))?;
+    let mut shadow_map = read(dir.join(format!("{component}_ema")).join(weights))?;
+    // A text-to-image run's text encoder, back under the trainer's names.
+    if vars.iter().any(|(k, _)| k.starts_with(crate::text::PREFIX)) {
+        for (suffix, map) in [("", &mut model), ("_ema", &mut shadow_map)] {
+            let file = dir
+                .join(format!("{}{suffix}", crate::text::COMPONENT))
+                .join(crate::text::WEIGHTS_NAME);
+            for (k, t) in read(file)? {
+                map.insert(format!("{}{k}", crate::text::PREFIX), t);
+            }
+        }
+    }
     let mut shadow = Vec::with_capacity(vars.len());
     for (k, v) in vars {
         let get = |m: &HashMap<String, Tensor>, what: &str| -> Result<Tensor> {

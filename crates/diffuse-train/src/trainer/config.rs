@@ -11,6 +11,8 @@ use diffuse_models::{AutoencoderKLConfig, DiTTransformer2DConfig, UNet2DConfig};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+/// `[model] type` of a text-conditioned UNet (`UNet2DConditionModel`).
+pub const TEXT_UNET: &str = "unet2d_condition";
 pub const DEFAULT_SIZE: usize = 32;
 pub const DEFAULT_BATCH_SIZE: usize = 32;
 pub const DEFAULT_WORKERS: usize = 2;
@@ -175,6 +177,11 @@ pub struct DataSection {
     /// pairs carry their VAE; `size`, `fit`, `hflip`, `workers` and `skip_bad` do not apply).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pairs: Option<String>,
+    /// With `name`: an AutoencoderKL folder whose encoder turns each batch of images into
+    /// latents as it is drawn (as diffusers' `train_text_to_image.py` does); the output is a
+    /// latent pipeline with this VAE. Required for text-to-image (a StableDiffusionPipeline).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vae: Option<String>,
     #[serde(default = "default_size")]
     pub size: usize,
     #[serde(default)]
@@ -353,6 +360,13 @@ pub struct TrainConfig {
     /// own weights (ECT); `[scheduler]` LCMScheduler or a flow scheduler.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consistency: Option<crate::consistency::ConsistencySection>,
+    /// Text-to-image (`[model] type = "unet2d_condition"`): the CLIP text encoder trained with
+    /// the UNet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_encoder: Option<crate::text::TextEncoderSection>,
+    /// Text-to-image: how prompts are made from the data set's captions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub captions: Option<crate::text::CaptionsSection>,
 }
 
 impl TrainConfig {
@@ -376,6 +390,10 @@ impl TrainConfig {
             }
             (None, None) => ("unet", UNet2DConfig::known_keys()),
             (None, Some(Value::String(t))) if t == "unet" => ("unet", UNet2DConfig::known_keys()),
+            (None, Some(Value::String(t))) if t == TEXT_UNET => (
+                TEXT_UNET,
+                diffuse_models::UNet2DConditionConfig::known_keys(),
+            ),
             // A bad `type` gets its own error when the network is built.
             (None, Some(_)) => return Ok(()),
         };

@@ -28,14 +28,16 @@ pub(super) enum Batches {
 }
 
 impl Batches {
-    /// The next micro-batch: x₀, the paired noise (reflow) and the labels, of this rank's rows
-    /// when `shard` is given (the image loader hands out only those already).
+    /// The next micro-batch: x₀, the paired noise (reflow), the labels and — from images —
+    /// the data set's items of the rows, of this rank's rows when `shard` is given (the image
+    /// loader hands out only those already).
+    #[allow(clippy::type_complexity)]
     pub(super) fn next(
         &mut self,
         rng: &mut TrainRng,
         device: &Device,
         shard: Option<RowShard>,
-    ) -> Result<(Tensor, Option<Tensor>, Option<Vec<u32>>)> {
+    ) -> Result<(Tensor, Option<Tensor>, Option<Vec<u32>>, Option<Vec<usize>>)> {
         let (x0, noise, batch_labels) = match self {
             Batches::Images(loader) => {
                 let batch = loader
@@ -44,7 +46,7 @@ impl Batches {
                 let x0 = batch
                     .to_tensor(device)
                     .map_err(|e| Error::Invalid(e.to_string()))?;
-                (x0, None, batch.labels)
+                return Ok((x0, None, batch.labels, Some(batch.indices)));
             }
             // z = mean + std·ε draws ε from the run's own (checkpointed) stream.
             Batches::Latents(lb) => {
@@ -58,14 +60,15 @@ impl Batches {
             }
         };
         // Data parallel: this rank's rows (the image loader hands out only those).
-        Ok(match (&*self, shard) {
-            (Batches::Images(_), _) | (_, None) => (x0, noise, batch_labels),
-            (_, Some(RowShard { offset, rows, .. })) => {
+        Ok(match shard {
+            None => (x0, noise, batch_labels, None),
+            Some(RowShard { offset, rows, .. }) => {
                 let narrow = |t: Tensor| t.narrow(0, offset, rows);
                 (
                     narrow(x0)?,
                     noise.map(narrow).transpose()?,
                     batch_labels.map(|l| l[offset..offset + rows].to_vec()),
+                    None,
                 )
             }
         })

@@ -32,9 +32,14 @@ impl Net {
         let tensors = ema_tensors(varmap, names, ema)?;
         let (grid, cols, metrics) = match self {
             Net::Unet(u) => {
+                let prompts = match &u.text {
+                    Some(text) => Some(grid_prompts(text, &tensors, device)?),
+                    None => None,
+                };
                 let model: Network =
                     diffuse_models::weights::from_tensors(&u.cfg, tensors, device)?;
-                let (mut images, cols) = sample_grid(&model, &u.sched_cfg, classes, t, device)?;
+                let (mut images, cols) =
+                    sample_grid(&model, &u.sched_cfg, classes, prompts, t, device)?;
                 if let Some((vae, _)) = &u.vae {
                     images = diffuse_models::pipeline::decode_latents(vae, &images, 16)?;
                 }
@@ -160,17 +165,58 @@ pub(crate) fn preview_scheduler(
     Ok(SchedulerConfig::from_json_map(&map)?)
 }
 
-/// Samples for a grid from `model` (the EMA weights): one row per class (or 8×8
+/// Rows of a text-to-image grid: 8 training captions, each 8 times, embedded by the EMA text
+/// encoder, with the empty prompt's embeddings for guidance.
+fn grid_prompts(
+    text: &crate::text::TextConditioning,
+    tensors: &HashMap<String, Tensor>,
+    device: &Device,
+) -> Result<diffuse_models::pipeline::PromptEmbeds> {
+    let encoder = text.encoder_from(tensors, device)?;
+    let prompts: Vec<String> = text
+        .grid_prompts(8)
+        .into_iter()
+        .flat_map(|p| std::iter::repeat_n(p, 8))
+        .collect();
+    let embed = |p: &[String]| -> Result<Tensor> {
+        Ok(encoder.forward(&text.ids(p, device)?)?.last_hidden_state)
+    };
+    Ok(diffuse_models::pipeline::PromptEmbeds {
+        cond: embed(&prompts)?,
+        uncond: Some(embed(&[String::new()])?.repeat((prompts.len(), 1, 1))?),
+    })
+}
+
+/// Samples for a grid from `model` (the EMA weights): one row per class or prompt (or 8×8
 /// unconditional), fixed seed. Returns the images and the grid's column count.
 pub(super) fn sample_grid(
     model: &Network,
     sched_cfg: &SchedulerConfig,
     classes: Option<usize>,
+    prompts: Option<diffuse_models::pipeline::PromptEmbeds>,
     t: &TrainSection,
     device: &Device,
 ) -> Result<(Tensor, usize)> {
     let sched = preview_scheduler(sched_cfg, None)?;
     let sampler = diffuse_core::sampler::Sampler::new(&sched, t.sample_steps)?;
+    if let Some(p) = prompts {
+        let n = p.cond.dim(0)?;
+        let opts = diffuse_models::pipeline::GenerateOptions {
+            num_images: n,
+            batch_size: n.min(32),
+            seed: 1234,
+            size: model.sample_hw().unwrap_or((32, 32)),
+            guidance_scale: t.sample_guidance,
+            guidance_interval: t.sample_guidance_interval,
+            prompt_embeds: Some(p),
+            ..Default::default()
+        };
+        let images =
+            diffuse_models::pipeline::generate(model, &sampler, &opts, device, &mut |_| {
+                std::ops::ControlFlow::Continue(())
+            })?;
+        return Ok((images, 8));
+    }
     let (labels, cols) = match classes {
         Some(k) => (
             (0..k as u32)

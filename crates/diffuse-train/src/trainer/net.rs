@@ -46,6 +46,10 @@ pub(super) struct UnetTask {
     /// The credit the training data's licence asks for, kept in `model_index.json`
     /// (`_diffuse_data_attribution`).
     pub(super) attribution: Option<String>,
+    /// `data.vae`: images are encoded into the VAE's latents as they are drawn.
+    pub(super) encode_images: bool,
+    /// Text-to-image: captions, tokenizer and the jointly trained text encoder.
+    pub(super) text: Option<crate::text::TextConditioning>,
 }
 
 pub(super) struct VaeTask {
@@ -83,7 +87,7 @@ pub(super) fn unet_task(
         Some(Value::String(s)) => s,
         Some(v) => {
             return Err(Error::Invalid(format!(
-                "model.type: expected a string (unet, dit), got {v}"
+                "model.type: expected a string (unet, dit, {TEXT_UNET}), got {v}"
             )))
         }
     };
@@ -96,6 +100,22 @@ pub(super) fn unet_task(
                 model_map.insert("num_class_embeds".into(), (k + 1).into());
             }
         }
+        TEXT_UNET => {
+            model_map.remove("_class_name");
+            model_map.insert("_class_name".into(), "UNet2DConditionModel".into());
+            let width = config.text_encoder.clone().unwrap_or_default().hidden_size;
+            match model_map.get("cross_attention_dim") {
+                None => {
+                    model_map.insert("cross_attention_dim".into(), width.into());
+                }
+                Some(v) if v.as_u64() == Some(width as u64) => {}
+                Some(v) => {
+                    return Err(Error::Invalid(format!(
+                        "[model] cross_attention_dim = {v} must equal text_encoder.hidden_size = {width} (the UNet reads the encoder's hidden states); leave it out"
+                    )))
+                }
+            }
+        }
         "dit" => {
             model_map
                 .entry("_class_name")
@@ -105,7 +125,7 @@ pub(super) fn unet_task(
         }
         other => {
             return Err(Error::Invalid(format!(
-                "model.type: unknown value {other:?}; allowed: unet, dit"
+                "model.type: unknown value {other:?}; allowed: unet, dit, {TEXT_UNET}"
             )))
         }
     }
@@ -238,6 +258,8 @@ pub(super) fn unet_task(
         distill,
         consistency,
         attribution: None,
+        encode_images: false,
+        text: None,
         model,
         cfg: unet_cfg,
         schedule,
@@ -307,8 +329,9 @@ impl Net {
     }
 
     /// Files beside the weights in every checkpoint and the output: configs, and for a UNet or
-    /// DiT the scheduler and `model_index.json` of a pipeline.
-    pub(super) fn files(&self) -> Files {
+    /// DiT the scheduler and `model_index.json` of a pipeline (and a text-to-image model's
+    /// tokenizer and text encoder config).
+    pub(super) fn files(&self) -> Result<Files> {
         let text = |v: &Value| diffuse_core::pyjson::to_string_pretty(v).into_bytes();
         let config = match self {
             Net::Unet(u) => u.cfg.to_json_string().into_bytes(),
@@ -332,15 +355,25 @@ impl Net {
             if let Some((_, vae_files)) = &u.vae {
                 files.extend(vae_files.iter().cloned());
             }
+            if let Some(text) = &u.text {
+                files.extend(text.files()?);
+            }
         }
-        files
+        Ok(files)
     }
 
     /// Seeded initialization of the fresh weights: PyTorch's layer defaults (UNet, VAE), the
     /// DiT paper's adaLN-Zero init for a DiT.
     pub(super) fn seeded_init(&self, varmap: &candle_nn::VarMap, seed: u64) -> Result<()> {
         match self {
-            Net::Unet(u) => Ok(u.cfg.seeded_init(varmap, seed)?),
+            Net::Unet(u) => {
+                u.cfg.seeded_init(varmap, seed)?;
+                // The generic init ran over the text encoder too: give it its own.
+                match &u.text {
+                    Some(text) => text.reinit(varmap, seed),
+                    None => Ok(()),
+                }
+            }
             Net::Vae(_) => Ok(diffuse_models::weights::seeded_init(varmap, seed)?),
         }
     }
@@ -364,16 +397,50 @@ impl Net {
 
     /// The loss of one batch at optimizer step `step`, and named parts of it; `low` is the
     /// network's low-precision copy under mixed precision.
+    /// `indices`: the data set's items of the rows (captions of a text-to-image run).
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn loss(
         &self,
         low: Option<&Network>,
         x0: &Tensor,
         noise: Option<&Tensor>,
         labels: Option<&[u32]>,
+        indices: Option<&[usize]>,
         rng: &mut TrainRng,
         step: u64,
     ) -> Result<(Tensor, Vec<(String, f64)>)> {
+        // data.vae: the rows' latents, z = mean + std·ε (ε from the run's stream), scaled as
+        // the pipeline's diffusion model sees them; the VAE itself is not trained.
+        let encoded;
+        let x0 = match self {
+            Net::Unet(u) if u.encode_images => {
+                let (vae, _) = u.vae.as_ref().expect("data.vae loads the VAE");
+                let z = vae.encode(x0)?.sample(rng)?;
+                encoded = vae.scale_latents(&z)?.detach();
+                &encoded
+            }
+            _ => x0,
+        };
         match self {
+            Net::Unet(u) if u.text.is_some() => {
+                let text = u.text.as_ref().expect("text");
+                let indices = indices.ok_or_else(|| {
+                    Error::Invalid(
+                        "text-to-image training draws captioned images (data.name)".into(),
+                    )
+                })?;
+                let context = text.embeddings(indices, rng, x0.device())?;
+                let parts = crate::objective::diffusion_loss_with_context(
+                    &u.model,
+                    &u.schedule,
+                    x0,
+                    noise,
+                    &context,
+                    &u.objective,
+                    rng,
+                )?;
+                Ok((parts.loss, vec![]))
+            }
             Net::Unet(u) if u.consistency.is_some() => {
                 let c = u.consistency.as_ref().expect("consistency");
                 c.loss(low.unwrap_or(&u.model), x0, labels, &u.objective, rng, step)

@@ -135,6 +135,9 @@ impl Session<'_> {
                 format!("{c}_ema"),
                 "scheduler".into(),
                 "vae".into(),
+                "tokenizer".into(),
+                crate::text::COMPONENT.into(),
+                format!("{}_ema", crate::text::COMPONENT),
             ] {
                 if last.join(&part).is_dir() {
                     copy_dir(&last.join(&part), &output.join(&part))?;

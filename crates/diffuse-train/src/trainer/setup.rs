@@ -54,9 +54,42 @@ impl<'a> Session<'a> {
                 config_name(&amp)
             )));
         }
-        let source = open_source(config, device)?;
-        let (ch, sample_size, num_classes) = data_shape(&source, d.size);
-        let classes = if d.class_conditional && config.vae.is_none() {
+        let text = check_text(config)?;
+        let mut source = open_source(config, device)?;
+        if text {
+            // Captions held out as whole strings leave training with their images.
+            if let Source::Images(ds) = source {
+                let holdout = config.captions.clone().unwrap_or_default().holdout;
+                source = Source::Images(std::sync::Arc::new(
+                    crate::text::Subset::without_captions(ds, &holdout)?,
+                ));
+            }
+        }
+        // Images encoded on the fly (data.vae): the network sees the VAE's latents.
+        let encode_vae = match (&d.vae, &source) {
+            (Some(dir), Source::Images(_)) => Some(Path::new(dir)),
+            (Some(_), _) => {
+                return Err(Error::Invalid(
+                    "data.vae encodes images as they are drawn: it goes with data.name, not a latent cache or reflow pairs".into(),
+                ))
+            }
+            (None, _) => None,
+        };
+        let (mut ch, mut sample_size, num_classes) = data_shape(&source, d.size);
+        if let Some(dir) = encode_vae {
+            let v = diffuse_models::weights::read_vae_config(dir)?;
+            let f = v.downscale();
+            if v.in_channels != ch || !d.size.is_multiple_of(f) {
+                return Err(Error::Invalid(format!(
+                    "data.vae {}: it takes {} channels at sizes divisible by {f}; the data has {ch} channels at data.size {}",
+                    dir.display(),
+                    v.in_channels,
+                    d.size
+                )));
+            }
+            (ch, sample_size) = (v.latent_channels, Value::from(d.size / f));
+        }
+        let classes = if d.class_conditional && config.vae.is_none() && !text {
             num_classes
         } else {
             None
@@ -65,7 +98,7 @@ impl<'a> Session<'a> {
         let latent_vae = match &source {
             Source::Latents(_, vae) => Some(vae.as_path()),
             Source::Pairs(set) => set.vae_dir.as_deref(),
-            Source::Images(_) => None,
+            Source::Images(_) => encode_vae,
         };
         if config.consistency.is_some()
             && (config.vae.is_some() || d.pairs.is_some() || config.distill.is_some())
@@ -84,6 +117,18 @@ impl<'a> Session<'a> {
             Some(v) => vae_task(config, v, model_map, device)?,
         };
         if let Net::Unet(u) = &mut net {
+            u.encode_images = encode_vae.is_some();
+            if let (true, Source::Images(ds)) = (text, &source) {
+                u.text = Some(crate::text::TextConditioning::new(
+                    &config.text_encoder.clone().unwrap_or_default(),
+                    &config.captions.clone().unwrap_or_default(),
+                    ds.as_ref(),
+                    t.cond_dropout,
+                    t.seed,
+                    &varmap,
+                    device,
+                )?);
+            }
             u.attribution = match &source {
                 Source::Images(ds) => ds.attribution().map(str::to_string),
                 Source::Latents(set, _) => set.index.attribution.clone(),
@@ -325,6 +370,46 @@ fn model_config(
         }
     }
     Ok(model_map)
+}
+
+/// Whether the run trains a text-to-image model (`[model] type = "unet2d_condition"`), and
+/// that what it needs is there and what cannot go with it is not.
+fn check_text(config: &TrainConfig) -> Result<bool> {
+    let text = config.model.get("type").and_then(Value::as_str) == Some(TEXT_UNET);
+    let d = &config.data;
+    if !text {
+        if config.text_encoder.is_some() || config.captions.is_some() {
+            return Err(Error::Invalid(format!(
+                "[text_encoder] and [captions] train a text-to-image model: set [model] type = \"{TEXT_UNET}\""
+            )));
+        }
+        return Ok(false);
+    }
+    let refuse = |what: &str| {
+        Err(Error::Invalid(format!(
+            "[model] type = \"{TEXT_UNET}\" (text-to-image) cannot go with {what}"
+        )))
+    };
+    if config.vae.is_some() {
+        return refuse("[vae]");
+    }
+    if config.distill.is_some() || config.consistency.is_some() {
+        return refuse("[distill] or [consistency]");
+    }
+    if config.eval.is_some() {
+        return refuse(
+            "[eval] (its metrics sample classes; evaluate prompts with `diffuse sample --prompt`)",
+        );
+    }
+    if config.train.mixed_precision != crate::amp::MixedPrecision::No {
+        return refuse("train.mixed_precision (the text encoder trains in f32)");
+    }
+    if d.name.is_empty() || d.vae.is_none() {
+        return Err(Error::Invalid(format!(
+            "[model] type = \"{TEXT_UNET}\" trains on a captioned image set through a VAE, as Stable Diffusion: give data.name (e.g. \"openmoji\") and data.vae (an AutoencoderKL folder, e.g. the vae/ of `diffuse data encode`, which records the data's scaling factor)"
+        )));
+    }
+    Ok(true)
 }
 
 /// The EMA target network's weights in a checkpoint, when the run has one (CD with

@@ -197,7 +197,7 @@ impl Session<'_> {
             comm,
             &mut || {
                 let waited = std::time::Instant::now();
-                let (x0, noise, batch_labels) =
+                let (x0, noise, batch_labels, indices) =
                     batches.next(rng, device, sync.then_some(row_shard))?;
                 data_wait_s += waited.elapsed().as_secs_f64();
                 images += x0.dim(0)? * world;
@@ -212,6 +212,7 @@ impl Session<'_> {
                     &x0,
                     noise.as_ref(),
                     labels.as_deref(),
+                    indices.as_deref(),
                     rng,
                     step,
                 );
@@ -289,7 +290,7 @@ impl Session<'_> {
             scaler: self.scaler.as_ref().map(|s| s.state()),
             budget: self.budget.as_ref().map(|b| b.state()),
         };
-        let mut files = self.net.files();
+        let mut files = self.net.files()?;
         if let Some(p) = &self.phema {
             // The profiles for resume, and this step's snapshot for `diffuse ema`.
             let names: Vec<String> = self.vars.iter().map(|(k, _)| k.clone()).collect();
