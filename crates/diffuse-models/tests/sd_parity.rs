@@ -45,3 +45,93 @@ fn cross_attention_unets_match_diffusers() {
     eprintln!("unet_sd_layers2 at 11×14: max abs error {abs:e}");
     assert!(abs <= 1e-4, "odd size: max abs error {abs:e}");
 }
+
+/// `pipeline_sd/` with the `unet/` and `text_encoder/` gen_sd.py removed after checking they
+/// equal `unet_sd1/` and `text_encoder_sd1/` (byte for byte).
+fn sd_pipeline() -> tempfile::TempDir {
+    let sd = fixtures().join("sd");
+    let dir = tempfile::tempdir().unwrap();
+    let copy = |from: &std::path::Path, to: &std::path::Path| {
+        std::fs::create_dir_all(to).unwrap();
+        for f in std::fs::read_dir(from).unwrap().flatten() {
+            if f.path().is_file() && f.file_name() != "io.safetensors" {
+                std::fs::copy(f.path(), to.join(f.file_name())).unwrap();
+            }
+        }
+    };
+    for part in ["scheduler", "tokenizer", "vae"] {
+        copy(&sd.join("pipeline_sd").join(part), &dir.path().join(part));
+    }
+    std::fs::copy(
+        sd.join("pipeline_sd/model_index.json"),
+        dir.path().join("model_index.json"),
+    )
+    .unwrap();
+    copy(&sd.join("unet_sd1"), &dir.path().join("unet"));
+    copy(&sd.join("text_encoder_sd1"), &dir.path().join("text_encoder"));
+    dir
+}
+
+#[test]
+fn a_stable_diffusion_pipeline_draws_what_diffusers_draws() {
+    use diffuse_core::sampler::SamplerOptions;
+    use diffuse_models::pipeline::{GenerateOptions, LoadOptions, Pipeline};
+    let dir = sd_pipeline();
+    let s = load_st(&fixtures().join("sd/pipeline_sd/samples.safetensors"));
+    let pipe = Pipeline::load(dir.path(), &LoadOptions::default(), &Device::Cpu).unwrap();
+    assert_eq!(pipe.default_sampler, "ddim");
+    assert_eq!(pipe.image_size(), Some((16, 16)));
+    let prompts = ["a red apple".to_string(), "grinning face".to_string()];
+    let negative = ["blurry".to_string(), String::new()];
+    let embeds = pipe.prompt_embeds(&prompts, &negative, 2, 3.0).unwrap();
+    let e = max_abs_err(&embeds.cond, &s["prompt_embeds"]);
+    let e_neg = max_abs_err(embeds.uncond.as_ref().unwrap(), &s["negative_prompt_embeds"]);
+    eprintln!("prompt embeddings: max abs error {e:e} (negative {e_neg:e})");
+    assert!(e <= 1e-4 && e_neg <= 1e-4);
+    for (key, sampler, guidance) in [
+        ("ddim", "ddim", 3.0),
+        ("dpm", "dpmpp_2m", 3.0),
+        ("ddim_nocfg", "ddim", 1.0),
+    ] {
+        let embeds = pipe
+            .prompt_embeds(
+                &prompts,
+                if guidance == 1.0 { &[] } else { &negative },
+                2,
+                guidance,
+            )
+            .unwrap();
+        let plan = pipe
+            .sampler(Some(sampler), Some(4), SamplerOptions::default())
+            .unwrap();
+        let want_t: Vec<f32> = timesteps(&s[&format!("{key}_timesteps")]);
+        let got_t: Vec<f32> = plan.timesteps().iter().map(|&t| t as f32).collect();
+        assert_eq!(got_t, want_t, "{key} timesteps");
+        let opts = GenerateOptions {
+            num_images: 2,
+            batch_size: 2,
+            size: (8, 8),
+            guidance_scale: guidance,
+            prompt_embeds: Some(embeds),
+            initial_noise: Some(s["latents_init"].clone()),
+            ..Default::default()
+        };
+        let latents = pipe
+            .generate_latents(&plan, &opts, &mut |_| std::ops::ControlFlow::Continue(()))
+            .unwrap();
+        let e = max_abs_err(&latents, &s[&format!("{key}_latents")]);
+        let r = rel_err(&latents, &s[&format!("{key}_latents")]);
+        eprintln!("{key}: 4-step latents max abs error {e:e} (relative {r:e})");
+        assert!(r <= 1e-3, "{key}: relative error {r:e}");
+        if let Some(images) = s.get(&format!("{key}_images")) {
+            // diffusers' output_type="pt": (decoded / 2 + 0.5) clamped to [0, 1].
+            let ours = ((pipe.decode(&latents, 0).unwrap() / 2.0).unwrap() + 0.5)
+                .unwrap()
+                .clamp(0f32, 1f32)
+                .unwrap();
+            let e = max_abs_err(&ours, images);
+            eprintln!("{key}: decoded images max abs error {e:e}");
+            assert!(e <= 1e-3, "{key}: images {e:e}");
+        }
+    }
+}

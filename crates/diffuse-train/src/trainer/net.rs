@@ -241,8 +241,10 @@ pub(super) fn unet_task(
         || sched_cfg.class == diffuse_core::config::SchedulerClass::Lcm;
     let sampling = diffuse_models::weights::SamplingDefaults {
         num_inference_steps: own_sampler.then_some(t.sample_steps),
-        guidance_scale: classes.map(|_| t.sample_guidance),
-        guidance_interval: classes.and(t.sample_guidance_interval),
+        guidance_scale: (classes.is_some() || kind == TEXT_UNET).then_some(t.sample_guidance),
+        guidance_interval: (classes.is_some() || kind == TEXT_UNET)
+            .then_some(t.sample_guidance_interval)
+            .flatten(),
         // A flow consistency student's N > 1 steps at σ = 1, (N−1)/N, …, 1/N.
         timesteps: (consistency.is_some() && sched_cfg.class.is_flow() && t.sample_steps > 1).then(
             || {
