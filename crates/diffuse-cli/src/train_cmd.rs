@@ -114,6 +114,8 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(s) = args.seed {
         config.train.seed = s;
     }
+    // What can be checked without the data, before the output folder is claimed.
+    config.check_text()?;
     let start_as = match (resume, args.overwrite) {
         (true, _) => Start::Resume,
         (false, true) => Start::Overwrite,

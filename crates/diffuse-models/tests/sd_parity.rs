@@ -68,7 +68,10 @@ fn sd_pipeline() -> tempfile::TempDir {
     )
     .unwrap();
     copy(&sd.join("unet_sd1"), &dir.path().join("unet"));
-    copy(&sd.join("text_encoder_sd1"), &dir.path().join("text_encoder"));
+    copy(
+        &sd.join("text_encoder_sd1"),
+        &dir.path().join("text_encoder"),
+    );
     dir
 }
 
@@ -85,7 +88,10 @@ fn a_stable_diffusion_pipeline_draws_what_diffusers_draws() {
     let negative = ["blurry".to_string(), String::new()];
     let embeds = pipe.prompt_embeds(&prompts, &negative, 2, 3.0).unwrap();
     let e = max_abs_err(&embeds.cond, &s["prompt_embeds"]);
-    let e_neg = max_abs_err(embeds.uncond.as_ref().unwrap(), &s["negative_prompt_embeds"]);
+    let e_neg = max_abs_err(
+        embeds.uncond.as_ref().unwrap(),
+        &s["negative_prompt_embeds"],
+    );
     eprintln!("prompt embeddings: max abs error {e:e} (negative {e_neg:e})");
     assert!(e <= 1e-4 && e_neg <= 1e-4);
     for (key, sampler, guidance) in [

@@ -54,7 +54,7 @@ impl<'a> Session<'a> {
                 config_name(&amp)
             )));
         }
-        let text = check_text(config)?;
+        let text = config.check_text()?;
         let mut source = open_source(config, device)?;
         if text {
             // Captions held out as whole strings leave training with their images.
@@ -370,46 +370,6 @@ fn model_config(
         }
     }
     Ok(model_map)
-}
-
-/// Whether the run trains a text-to-image model (`[model] type = "unet2d_condition"`), and
-/// that what it needs is there and what cannot go with it is not.
-fn check_text(config: &TrainConfig) -> Result<bool> {
-    let text = config.model.get("type").and_then(Value::as_str) == Some(TEXT_UNET);
-    let d = &config.data;
-    if !text {
-        if config.text_encoder.is_some() || config.captions.is_some() {
-            return Err(Error::Invalid(format!(
-                "[text_encoder] and [captions] train a text-to-image model: set [model] type = \"{TEXT_UNET}\""
-            )));
-        }
-        return Ok(false);
-    }
-    let refuse = |what: &str| {
-        Err(Error::Invalid(format!(
-            "[model] type = \"{TEXT_UNET}\" (text-to-image) cannot go with {what}"
-        )))
-    };
-    if config.vae.is_some() {
-        return refuse("[vae]");
-    }
-    if config.distill.is_some() || config.consistency.is_some() {
-        return refuse("[distill] or [consistency]");
-    }
-    if config.eval.is_some() {
-        return refuse(
-            "[eval] (its metrics sample classes; evaluate prompts with `diffuse sample --prompt`)",
-        );
-    }
-    if config.train.mixed_precision != crate::amp::MixedPrecision::No {
-        return refuse("train.mixed_precision (the text encoder trains in f32)");
-    }
-    if d.name.is_empty() || d.vae.is_none() {
-        return Err(Error::Invalid(format!(
-            "[model] type = \"{TEXT_UNET}\" trains on a captioned image set through a VAE, as Stable Diffusion: give data.name (e.g. \"openmoji\") and data.vae (an AutoencoderKL folder, e.g. the vae/ of `diffuse data encode`, which records the data's scaling factor)"
-        )));
-    }
-    Ok(true)
 }
 
 /// The EMA target network's weights in a checkpoint, when the run has one (CD with
