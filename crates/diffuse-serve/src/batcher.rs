@@ -1,9 +1,10 @@
 //! The batching queue: requests for one model that need the same number of model calls (and
 //! image size) are denoised together, up to `max_batch` images, waiting at most `max_wait`.
-//! Each request keeps its own sampler plan, sampler state, noise streams, labels and guidance
-//! scale; only the network call (UNet or DiT) is shared (it takes a timestep per row). Inference runs on a
-//! plain thread per model, off the async runtime. A latent pipeline's VAE decodes each job's
-//! latents after the loop.
+//! Each request keeps its own sampler plan, sampler state, noise streams, labels or prompt
+//! embeddings and guidance scale; only the network call (UNet or DiT) is shared (it takes a
+//! timestep and a label or embedding per row). Inference runs on a plain thread per model, off
+//! the async runtime. A text-to-image job's prompts are encoded there once, when it starts; a
+//! latent pipeline's VAE decodes each job's latents after the loop.
 //!
 //! An edit ([`JobEdit`]) starts mid-plan from its image noised to the strength's level and,
 //! with a mask, puts the known region back after every step, as
@@ -16,6 +17,7 @@ use diffuse_core::denoiser::GuidanceInterval;
 use diffuse_core::rng::{NoiseSource, SeededNoise};
 use diffuse_core::sampler::edit::blend_known;
 use diffuse_core::sampler::{Sampler, SamplerState};
+use diffuse_models::pipeline::PromptEncoder;
 use diffuse_models::{AutoencoderKL, Network};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -29,6 +31,8 @@ pub struct Job {
     pub seed: u64,
     /// One label per image (class-conditional models).
     pub labels: Option<Vec<u32>>,
+    /// The prompts of a text-to-image model, for all n images.
+    pub prompt: Option<JobPrompt>,
     pub guidance_scale: f64,
     /// Guide only at noise levels in this interval.
     pub guidance_interval: Option<GuidanceInterval>,
@@ -44,6 +48,14 @@ pub struct Job {
     pub admission: Admission,
     /// Start from an image instead of pure noise.
     pub edit: Option<JobEdit>,
+}
+
+/// A text-to-image job's prompts, encoded by the worker when the job starts.
+#[derive(Debug, Clone)]
+pub struct JobPrompt {
+    pub prompt: String,
+    /// The unconditional half of guidance ("" when none was given); encoded only when guided.
+    pub negative: String,
 }
 
 /// An image to edit, at image (pixel) size, on the CPU; a latent pipeline's worker encodes it.
@@ -165,10 +177,12 @@ pub struct BatchConfig {
 }
 
 impl Batcher {
-    /// Starts the worker thread for `model` (and `vae`, for a latent pipeline).
+    /// Starts the worker thread for `model` (and `vae`, for a latent pipeline; `text`, for a
+    /// text-to-image one).
     pub fn start(
         model: Arc<Network>,
         vae: Option<Arc<AutoencoderKL>>,
+        text: Option<Arc<PromptEncoder>>,
         device: Device,
         config: BatchConfig,
         metrics: Arc<Metrics>,
@@ -185,7 +199,7 @@ impl Batcher {
         };
         std::thread::Builder::new()
             .name("diffuse-batcher".into())
-            .spawn(move || worker(shared, model, vae, device, config, metrics))
+            .spawn(move || worker(shared, model, vae, text, device, config, metrics))
             .expect("spawn batcher thread");
         b
     }
@@ -222,10 +236,19 @@ fn key(j: &Job) -> (usize, (usize, usize)) {
     (j.calls(), j.size)
 }
 
+/// What a worker runs: the network and, for a latent or text-to-image pipeline, the VAE and
+/// the prompt encoder.
+struct Parts<'a> {
+    model: &'a Network,
+    vae: Option<&'a AutoencoderKL>,
+    text: Option<&'a PromptEncoder>,
+}
+
 fn worker(
     shared: Arc<Shared>,
     model: Arc<Network>,
     vae: Option<Arc<AutoencoderKL>>,
+    text: Option<Arc<PromptEncoder>>,
     device: Device,
     config: BatchConfig,
     metrics: Arc<Metrics>,
@@ -274,7 +297,12 @@ fn worker(
         }
         metrics.queue_depth_add(-(batch.len() as i64));
         drop(q);
-        run_batch(&model, vae.as_deref(), &device, batch, &metrics);
+        let parts = Parts {
+            model: &model,
+            vae: vae.as_deref(),
+            text: text.as_deref(),
+        };
+        run_batch(&parts, &device, batch, &metrics);
     }
 }
 
@@ -285,6 +313,44 @@ struct Running {
     x: Tensor,
     /// Inpainting: the known region put back after every step.
     blend: Option<Blend>,
+    /// A text-to-image job's prompt embeddings.
+    embeds: Option<Embeds>,
+}
+
+/// A job's prompt embeddings, `[n, L, d]` each: the conditional rows, and the unconditional
+/// ones (the negative prompt's) when it is guided.
+struct Embeds {
+    cond: Tensor,
+    uncond: Option<Tensor>,
+}
+
+/// Encodes a job's prompts once (prompt and negative in one call when guided), repeated for
+/// its n images.
+fn embed(
+    job: &Job,
+    text: Option<&PromptEncoder>,
+    device: &Device,
+) -> diffuse_models::Result<Option<Embeds>> {
+    let (p, text) = match (&job.prompt, text) {
+        (None, _) => return Ok(None),
+        (Some(p), Some(t)) => (p, t),
+        (Some(_), None) => {
+            return Err(diffuse_models::Error::Input(
+                "the model is not text-conditional: it takes no prompt".into(),
+            ))
+        }
+    };
+    let guided = job.guidance_scale != 1.0;
+    let mut prompts = vec![p.prompt.clone()];
+    if guided {
+        prompts.push(p.negative.clone());
+    }
+    let emb = text.encode(&prompts, device)?; // [1 or 2, L, d]
+    let rows = |i: usize| emb.narrow(0, i, 1)?.repeat((job.n, 1, 1));
+    Ok(Some(Embeds {
+        cond: rows(0)?,
+        uncond: if guided { Some(rows(1)?) } else { None },
+    }))
 }
 
 /// The known sample, its noise (drawn once, as diffusers' inpaint pipelines) and the mask.
@@ -337,13 +403,8 @@ fn start(
     Ok((x, sampler.state_at(e.begin), blend))
 }
 
-fn run_batch(
-    model: &Network,
-    vae: Option<&AutoencoderKL>,
-    device: &Device,
-    jobs: Vec<Job>,
-    metrics: &Metrics,
-) {
+fn run_batch(parts: &Parts, device: &Device, jobs: Vec<Job>, metrics: &Metrics) {
+    let Parts { model, vae, text } = *parts;
     let start_time = Instant::now();
     let batch_images: usize = jobs.iter().map(|j| j.n).sum();
     metrics.observe_batch(batch_images);
@@ -355,13 +416,16 @@ fn run_batch(
             continue;
         }
         let mut noise = SeededNoise::from_streams((0..job.n as u64).map(|i| (job.seed, i)));
-        match start(&job, c, vae, device, &mut noise) {
-            Ok((x, state, blend)) => running.push(Running {
+        let started = start(&job, c, vae, device, &mut noise)
+            .and_then(|s| Ok((s, embed(&job, text, device)?)));
+        match started {
+            Ok(((x, state, blend), embeds)) => running.push(Running {
                 state,
                 job,
                 noise,
                 x,
                 blend,
+                embeds,
             }),
             Err(e) => {
                 job.finish(Err(e.into()));
@@ -419,12 +483,15 @@ fn run_batch(
 }
 
 /// One model call for every running job, each at its own call of its plan, then each job's
-/// own sampler step (and blend).
+/// own sampler step (and blend). The conditioning (labels, or a text model's prompt
+/// embeddings) is stacked in the inputs' order: `[cond n, uncond n]` for a guided job.
 fn step_all(model: &Network, running: &mut [Running]) -> diffuse_models::Result<()> {
     let mut inputs = Vec::new();
     let mut ts: Vec<f32> = Vec::new();
     let mut labels: Vec<u32> = Vec::new();
+    let mut contexts: Vec<Tensor> = Vec::new();
     let conditional = model.is_class_conditional();
+    let text = model.context_dim().is_some();
     let mut guided_rows = Vec::with_capacity(running.len());
     for r in running.iter() {
         let j = &r.job;
@@ -445,10 +512,30 @@ fn step_all(model: &Network, running: &mut [Running]) -> diffuse_models::Result<
                     labels.extend(std::iter::repeat_n(j.null_class, j.n));
                 }
             }
+            if text {
+                let e = r.embeds.as_ref().ok_or_else(|| {
+                    diffuse_models::Error::Input(
+                        "the model is text-conditional: a job without a prompt".into(),
+                    )
+                })?;
+                let rows = if copy == 0 {
+                    Some(&e.cond)
+                } else {
+                    e.uncond.as_ref()
+                };
+                contexts.push(rows.cloned().ok_or_else(|| {
+                    diffuse_models::Error::Input(
+                        "a guided job without the negative prompt's embeddings".into(),
+                    )
+                })?);
+            }
         }
     }
     let x_all = Tensor::cat(&inputs, 0)?;
-    let label_tensor = if conditional {
+    let cond = if text {
+        // Every prompt of one tokenizer is padded to the same length: the rows stack.
+        Some(Tensor::cat(&contexts, 0)?)
+    } else if conditional {
         Some(Tensor::from_vec(
             labels.clone(),
             labels.len(),
@@ -457,7 +544,7 @@ fn step_all(model: &Network, running: &mut [Running]) -> diffuse_models::Result<
     } else {
         None
     };
-    let out = model.predict(&x_all, &ts, label_tensor.as_ref())?;
+    let out = model.predict(&x_all, &ts, cond.as_ref())?;
     let mut row = 0;
     for (r, guided) in running.iter_mut().zip(guided_rows) {
         let n = r.job.n;

@@ -1,5 +1,5 @@
 //! diffuse-serve: an HTTP image-generation service over diffusers pipelines (UNet2DModel or
-//! DiTTransformer2DModel, pixel or latent).
+//! DiTTransformer2DModel, pixel or latent; text-to-image StableDiffusionPipelines).
 //!
 //! `app(state)` is the whole service as an axum `Router` (tested without a socket, as in axum's
 //! `examples/testing`): `POST /v1/images/generations` (JSON or server-sent events),
@@ -25,7 +25,7 @@ use batcher::{Admission, BatchConfig, Batcher, Job, JobResult, SubmitError};
 use candle_core::Device;
 use diffuse_core::compat::{self, Objective};
 use diffuse_core::config::SchedulerConfig;
-use diffuse_models::pipeline::{LoadOptions, Pipeline};
+use diffuse_models::pipeline::{LoadOptions, Pipeline, PromptEncoder};
 use metrics::Metrics;
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, VecDeque};
@@ -109,12 +109,27 @@ pub struct ModelEntry {
     pub size: (usize, usize),
     /// The VAE of a latent pipeline: the UNet denoises its latents, the batcher decodes them.
     pub vae: Option<Arc<diffuse_models::AutoencoderKL>>,
+    /// The tokenizer and text encoder of a text-to-image pipeline: its requests need a
+    /// `prompt`, which the batcher encodes.
+    pub text: Option<Arc<PromptEncoder>>,
     pub batcher: Batcher,
 }
 
 impl ModelEntry {
     fn num_classes(&self) -> Option<usize> {
         self.model.num_classes()
+    }
+
+    /// What a request conditions the model with: `"text"` (a `prompt`), `"class"` (a
+    /// `class_label`) or `"none"`.
+    pub fn conditioning(&self) -> &'static str {
+        if self.text.is_some() {
+            "text"
+        } else if self.model.is_class_conditional() {
+            "class"
+        } else {
+            "none"
+        }
     }
 }
 
@@ -165,12 +180,14 @@ impl AppState {
         let Pipeline {
             net: model,
             vae,
+            text,
             scheduler,
             model_scheduler,
             default_sampler,
             ..
         } = pipe;
         let vae = vae.map(Arc::new);
+        let text = text.map(Arc::new);
         // A folder's name, or a hub id's NAME (its snapshot folder is named by a hash).
         let id = dir
             .canonicalize()
@@ -191,6 +208,7 @@ impl AppState {
         let batcher = Batcher::start(
             model.clone(),
             vae.clone(),
+            text.clone(),
             device.clone(),
             BatchConfig {
                 max_batch: self.config.max_batch,
@@ -213,6 +231,7 @@ impl AppState {
                 default_guidance_interval,
                 size,
                 vae,
+                text,
                 batcher,
             },
         );
@@ -298,6 +317,7 @@ async fn list_models(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Resp
                 "network": m.model.config().class_name(),
                 "latent": m.vae.is_some(),
                 "class_conditional": m.model.is_class_conditional(),
+                "conditioning": m.conditioning(),
                 "num_classes": m.num_classes(),
                 "scheduler": m.scheduler.get("_class_name"),
                 "prediction_type": m.model_scheduler.prediction_type.name(),
@@ -499,6 +519,7 @@ async fn generate_inner(s: &Arc<AppState>, req: request::Request, started: Insta
         n: req.n,
         seed: req.seed,
         labels: planned.labels,
+        prompt: planned.prompt,
         guidance_scale: planned.guidance_scale,
         guidance_interval: planned.guidance_interval,
         null_class: planned.null_class,

@@ -1,7 +1,7 @@
 //! The generation request: parsed by hand from JSON (or, for edits, from the form fields of
 //! [`crate::upload`]) so that every error names its field.
 
-use crate::batcher::JobEdit;
+use crate::batcher::{JobEdit, JobPrompt};
 use crate::{ModelEntry, ServeConfig};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -64,7 +64,12 @@ pub struct Request {
     pub model: String,
     pub n: usize,
     pub class_label: Option<u32>,
-    /// Given guidance; default: the model's recorded scale (1 for an unconditional model).
+    /// Text-to-image: the prompt (required there; "" is a prompt) and the negative prompt
+    /// (the unconditional half of guidance; default "").
+    pub prompt: Option<String>,
+    pub negative_prompt: Option<String>,
+    /// Given guidance; default: the model's recorded scale (7.5 for a text-to-image model, 1
+    /// for an unconditional one).
     pub guidance_scale: Option<f64>,
     /// Given interval of noise levels to guide at (`Some(None)`: every step, from JSON null);
     /// default: the model's recorded one.
@@ -100,10 +105,12 @@ pub struct EditUpload {
 }
 
 /// The fields of `POST /v1/images/generations`; the edit endpoints add [`EDIT_FIELDS`].
-pub const FIELDS: [&str; 14] = [
+pub const FIELDS: [&str; 16] = [
     "model",
     "n",
     "class_label",
+    "prompt",
+    "negative_prompt",
     "guidance_scale",
     "guidance_interval",
     "sampler",
@@ -192,6 +199,25 @@ fn string(m: &Map<String, Value>, k: &str) -> Result<Option<String>, ApiError> {
     }
 }
 
+/// The longest `prompt` or `negative_prompt`, in characters: the text encoder reads only its
+/// first tokens (77 for Stable Diffusion), and a client must not make the server tokenize
+/// megabytes.
+pub const MAX_PROMPT_CHARS: usize = 1000;
+
+/// A prompt field: a string of at most [`MAX_PROMPT_CHARS`] characters.
+fn prompt(m: &Map<String, Value>, k: &str) -> Result<Option<String>, ApiError> {
+    let p = string(m, k)?;
+    match p.as_ref().map(|s| s.chars().count()) {
+        Some(n) if n > MAX_PROMPT_CHARS => Err(ApiError::bad(
+            k,
+            format!(
+                "`{k}` has {n} characters, over the limit of {MAX_PROMPT_CHARS}: the text encoder reads only its first tokens (77 for Stable Diffusion) anyway; shorten it"
+            ),
+        )),
+        _ => Ok(p),
+    }
+}
+
 /// What the edit endpoints take besides [`FIELDS`] (`mask` on `/edits` only).
 pub const EDIT_FIELDS: [&str; 3] = ["image", "mask", "strength"];
 
@@ -272,6 +298,8 @@ pub(crate) fn parse_fields(m: &Map<String, Value>, cfg: &ServeConfig) -> Result<
             None | Some(Value::Null) => None,
             Some(_) => Some(uint(m, "class_label", 0, 0, u32::MAX as u64)? as u32),
         },
+        prompt: prompt(m, "prompt")?,
+        negative_prompt: prompt(m, "negative_prompt")?,
         guidance_scale: match m.get("guidance_scale") {
             None | Some(Value::Null) => None,
             Some(_) => Some(number(m, "guidance_scale", 1.0, 0.0, 100.0)?),
@@ -308,13 +336,15 @@ pub(crate) fn strength(m: &Map<String, Value>, masked: bool) -> Result<f64, ApiE
     number(m, "strength", if masked { 1.0 } else { 0.8 }, 0.0, 1.0)
 }
 
-/// The model-specific part: sampler plan, labels, guidance, size (of what the UNet denoises),
-/// and an edit's decoded image.
+/// The model-specific part: sampler plan, labels or prompts, guidance, size (of what the UNet
+/// denoises), and an edit's decoded image.
 pub struct Planned {
     pub sampler: Sampler,
     pub guidance_scale: f64,
     pub guidance_interval: Option<GuidanceInterval>,
     pub labels: Option<Vec<u32>>,
+    /// A text-to-image model's prompts (encoded by the batcher when the job starts).
+    pub prompt: Option<JobPrompt>,
     pub null_class: u32,
     pub size: (usize, usize),
     pub edit: Option<JobEdit>,
@@ -357,6 +387,38 @@ pub fn plan(req: &Request, entry: &ModelEntry, cfg: &ServeConfig) -> Result<Plan
     // The last class is the null ("unconditional") one.
     let null_class = classes.map(|k| k as u32 - 1).unwrap_or(0);
     let conditional = entry.model.is_class_conditional();
+    // A text-to-image model takes a prompt ("" is one) and no class; the others no prompt.
+    let text = entry.text.is_some();
+    if text && req.class_label.is_some() {
+        return Err(ApiError::bad(
+            "class_label",
+            "this model is text-to-image: it takes a `prompt`, not a `class_label`",
+        ));
+    }
+    if text && req.prompt.is_none() {
+        return Err(ApiError::bad(
+            "prompt",
+            "this model is text-to-image: `prompt` is required (\"\" is a valid prompt)",
+        ));
+    }
+    if !text {
+        let takes = if conditional {
+            "it takes a `class_label`"
+        } else {
+            "it is unconditional"
+        };
+        for (k, given) in [
+            ("prompt", &req.prompt),
+            ("negative_prompt", &req.negative_prompt),
+        ] {
+            if given.is_some() {
+                return Err(ApiError::bad(
+                    k,
+                    format!("this model is not text-to-image ({takes}): omit `{k}`"),
+                ));
+            }
+        }
+    }
     let labels = match (req.class_label, conditional) {
         (Some(l), true) => {
             if let Some(k) = classes {
@@ -393,10 +455,10 @@ pub fn plan(req: &Request, entry: &ModelEntry, cfg: &ServeConfig) -> Result<Plan
         }
         (None, false) => None,
     };
-    if req.guidance_scale.is_some_and(|g| g != 1.0) && classes.is_none() {
+    if req.guidance_scale.is_some_and(|g| g != 1.0) && classes.is_none() && !text {
         return Err(ApiError::bad(
             "guidance_scale",
-            "classifier-free guidance needs a class-conditional model with a class table",
+            "classifier-free guidance needs a text-to-image model or a class-conditional one with a class table",
         ));
     }
     // Image size; the batcher denoises at latent size (image / f) for a latent pipeline.
@@ -420,10 +482,21 @@ pub fn plan(req: &Request, entry: &ModelEntry, cfg: &ServeConfig) -> Result<Plan
         None => None,
     };
     let guidance_scale = match (classes, req.class_label, &edit) {
+        _ if text => req.guidance_scale.unwrap_or(entry.default_guidance),
         (None, _, _) => 1.0,
         (Some(_), None, Some(_)) => 1.0,
         (Some(_), _, _) => req.guidance_scale.unwrap_or(entry.default_guidance),
     };
+    if req.negative_prompt.is_some() && guidance_scale == 1.0 {
+        return Err(ApiError::bad(
+            "negative_prompt",
+            "`negative_prompt` steers classifier-free guidance, which is off at `guidance_scale` 1: give another scale or omit `negative_prompt`",
+        ));
+    }
+    let prompt = req.prompt.as_ref().filter(|_| text).map(|p| JobPrompt {
+        prompt: p.clone(),
+        negative: req.negative_prompt.clone().unwrap_or_default(),
+    });
     Ok(Planned {
         sampler,
         guidance_scale,
@@ -431,6 +504,7 @@ pub fn plan(req: &Request, entry: &ModelEntry, cfg: &ServeConfig) -> Result<Plan
             .guidance_interval
             .unwrap_or(entry.default_guidance_interval),
         labels,
+        prompt,
         null_class,
         size,
         edit,
@@ -543,4 +617,36 @@ pub fn check_work(
             req.n, cfg.max_request_pixel_steps
         ),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(body: Value) -> Result<Request, ApiError> {
+        parse(body.to_string().as_bytes(), &ServeConfig::default())
+    }
+
+    #[test]
+    fn prompts_are_strings_of_bounded_length() {
+        let r = parsed(json!({"prompt": "", "negative_prompt": "blurry"})).unwrap();
+        assert_eq!(
+            (r.prompt.as_deref(), r.negative_prompt.as_deref()),
+            (Some(""), Some("blurry"))
+        );
+        let r = parsed(json!({"prompt": null})).unwrap();
+        assert_eq!(r.prompt, None);
+        let field = |r: Result<Request, ApiError>| r.unwrap_err().field.unwrap();
+        assert_eq!(field(parsed(json!({"prompt": 3}))), "prompt");
+        assert_eq!(
+            field(parsed(json!({"negative_prompt": ["a"]}))),
+            "negative_prompt"
+        );
+        // The limit counts characters, not bytes.
+        let at = "é".repeat(MAX_PROMPT_CHARS);
+        assert!(parsed(json!({"prompt": at})).is_ok());
+        let e = parsed(json!({"negative_prompt": at + "x"})).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("negative_prompt"));
+        assert!(e.message.contains("1001 characters"), "{}", e.message);
+    }
 }

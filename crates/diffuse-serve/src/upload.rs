@@ -1,6 +1,6 @@
 //! The form of `POST /v1/images/edits` and `/v1/images/variations` (multipart/form-data, as
 //! OpenAI's image edit API): the files `image` and `mask`, and the generation request's fields as
-//! text (`n=2`, `class_label=3`, `strength=0.6`). Parsed with `multer`, the parser axum's own
+//! text (`n=2`, `class_label=3`, `strength=0.6`, `prompt=a red apple`). Parsed with `multer`, the parser axum's own
 //! `Multipart` extractor wraps, from the body already read under the upload limit.
 
 use crate::request::{self, ApiError, EditUpload, Request, EDIT_FIELDS, FIELDS};
@@ -31,7 +31,13 @@ impl Endpoint {
 
 /// Fields whose text is a string as sent; the others are read as JSON values (`2`, `0.5`,
 /// `true`), so that one parser checks both bodies.
-const TEXT_FIELDS: [&str; 3] = ["model", "sampler", "response_format"];
+const TEXT_FIELDS: [&str; 5] = [
+    "model",
+    "sampler",
+    "response_format",
+    "prompt",
+    "negative_prompt",
+];
 
 /// Parses a multipart body into a [`Request`] with its [`EditUpload`]; every error is a 400
 /// naming its field (`body` for a form that does not parse).
@@ -148,6 +154,9 @@ mod tests {
                 ("stream", None, b"true"),
                 ("timesteps", None, b"999, 499"),
                 ("gamma", None, b"0.5"),
+                // Prompts are text as sent, whatever JSON they look like.
+                ("prompt", None, b"42"),
+                ("negative_prompt", None, b"null"),
             ],
             Endpoint::Edits,
         )
@@ -161,6 +170,10 @@ mod tests {
         assert_eq!(
             (r.sampler.as_deref(), r.model.as_str()),
             (Some("ddim"), "123")
+        );
+        assert_eq!(
+            (r.prompt.as_deref(), r.negative_prompt.as_deref()),
+            (Some("42"), Some("null"))
         );
         let e = r.edit.unwrap();
         assert_eq!(

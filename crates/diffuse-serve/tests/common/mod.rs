@@ -106,3 +106,69 @@ pub fn latent_app(root: &std::path::Path) -> (Router, PathBuf, serde_json::Map<S
     s.add_model(&dir, &Device::Cpu).unwrap();
     (diffuse_serve::app(Arc::new(s)), dir, sched)
 }
+
+/// A tiny random text-to-image pipeline folder `root/sd` (a StableDiffusionPipeline):
+/// `unet/` (a UNet2DConditionModel, cross_attention_dim 12, sample_size 8), `vae/` (the
+/// RGB fixture, 4 latent channels, downscale 2: 16 px images), `tokenizer/` (BPE learnt from
+/// two captions, 8 tokens long), `text_encoder/` (a 1-layer CLIP, hidden_size 12) and a DDIM
+/// `scheduler/`.
+pub fn text_pipeline(root: &std::path::Path) -> PathBuf {
+    use candle_core::DType;
+    use diffuse_models::text::{ClipTextConfig, ClipTextModel, ClipTokenizer};
+    use diffuse_models::{weights, Network, NetworkConfig};
+    let dir = root.join("sd");
+    let sd = fixtures().join("sd/pipeline_sd");
+    let unet = r#"{"_class_name":"UNet2DConditionModel","sample_size":8,"in_channels":4,"out_channels":4,"block_out_channels":[16,32],"down_block_types":["CrossAttnDownBlock2D","DownBlock2D"],"up_block_types":["UpBlock2D","CrossAttnUpBlock2D"],"layers_per_block":1,"attention_head_dim":[2,4],"cross_attention_dim":12,"norm_num_groups":8}"#;
+    let cfg = NetworkConfig::from_json_str(unet).unwrap();
+    let (_, varmap) = weights::build::<Network>(&cfg, &Device::Cpu).unwrap();
+    cfg.seeded_init(&varmap, 3).unwrap();
+    weights::save(&cfg, &varmap, &dir.join("unet"), DType::F32).unwrap();
+    weights::copy_model_folder(&sd.join("vae"), &dir.join("vae")).unwrap();
+    let tok = ClipTokenizer::train(["a red apple", "grinning face"], 20)
+        .unwrap()
+        .with_model_max_length(8)
+        .unwrap();
+    tok.save(&dir.join("tokenizer")).unwrap();
+    let text_cfg = ClipTextConfig {
+        vocab_size: tok.vocab_size(),
+        hidden_size: 12,
+        intermediate_size: 24,
+        num_hidden_layers: 1,
+        num_attention_heads: 2,
+        max_position_embeddings: 8,
+        eos_token_id: tok.eos_id(),
+        bos_token_id: Some(tok.bos_id()),
+        pad_token_id: Some(tok.pad_id()),
+        ..Default::default()
+    };
+    let (encoder, _) = ClipTextModel::build(&text_cfg, &Device::Cpu, 0).unwrap();
+    encoder.save(&dir.join("text_encoder")).unwrap();
+    std::fs::create_dir_all(dir.join("scheduler")).unwrap();
+    std::fs::copy(
+        sd.join("scheduler/scheduler_config.json"),
+        dir.join("scheduler/scheduler_config.json"),
+    )
+    .unwrap();
+    let index = weights::sd_model_index("DDIMScheduler");
+    std::fs::write(dir.join("model_index.json"), index.to_string()).unwrap();
+    dir
+}
+
+/// The largest difference, in 8-bit levels, between a PNG of the answer and an image
+/// `[C, H, W]` in [−1, 1].
+pub fn levels_off(b64: &str, want: &candle_core::Tensor) -> f32 {
+    let img = decode_png(b64).to_rgb8();
+    let w: Vec<f32> = want
+        .permute((1, 2, 0))
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    assert_eq!(img.as_raw().len(), w.len(), "image size");
+    img.as_raw()
+        .iter()
+        .zip(&w)
+        .map(|(&p, &x)| (p as f32 - ((x.clamp(-1.0, 1.0) + 1.0) * 127.5)).abs())
+        .fold(0f32, f32::max)
+}
