@@ -6,6 +6,7 @@
 mod args;
 mod measure;
 mod plot;
+mod prompts;
 mod sweep;
 mod tools;
 
@@ -42,6 +43,9 @@ enum Sub {
     /// Plots: a run's loss curve and `[eval]` metrics (--run), or a sweep's metrics against
     /// sampling steps (--sweep).
     Plot(plot::PlotArgs),
+    /// Text-to-image without CLIP: draw captions of a captioned set (seen or held out of
+    /// training) and check each image's nearest training image has the caption's class.
+    Prompts(Box<prompts::PromptsArgs>),
     /// Train the MNIST classifier (features for classifier-FID, class accuracy, IS) and write
     /// its weights and record where the build embeds them (rebuild afterwards).
     TrainClassifier(tools::TrainClassifierArgs),
@@ -54,6 +58,7 @@ pub fn run(args: Args) -> Result<()> {
         Some(Sub::TrainClassifier(a)) => tools::train_classifier(a),
         Some(Sub::Sweep(a)) => sweep::run_sweep(*a),
         Some(Sub::Plot(a)) => plot::run_plot(a),
+        Some(Sub::Prompts(a)) => prompts::run_prompts(*a),
         None => measure::run_eval(args.run),
     }
 }

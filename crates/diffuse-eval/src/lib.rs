@@ -11,6 +11,8 @@
 //!   [`features`]: a feature net over an image set, batched, with progress.
 //! - [`evaluate`]: the metrics asked for, from a reference and a generated set, as one report.
 //! - [`plot`]: PNG line charts (loss curves, metrics against training or sampling steps).
+//! - [`prompts`]: text-to-image without CLIP — each image's nearest real image and whether its
+//!   class is the prompt's.
 //! - [`sweep`]: sampler sweeps as typed rows ([`sweep::SweepRow`], `table.jsonl`), their
 //!   Markdown table, class grids and metric-vs-steps plots.
 
@@ -21,6 +23,7 @@ pub mod images;
 pub mod inception;
 pub mod metrics;
 pub mod plot;
+pub mod prompts;
 pub mod resize;
 pub mod stats;
 pub mod sweep;

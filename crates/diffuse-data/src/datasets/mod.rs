@@ -10,12 +10,14 @@ mod folder;
 mod idx;
 pub mod openmoji;
 pub mod pixel_cache;
+mod subset;
 
 pub use cifar::Cifar10;
 pub use folder::{images_in, ImageFolder};
 pub use idx::{read_idx, IdxDataset};
 pub use openmoji::OpenMoji;
 pub use pixel_cache::PixelCache;
+pub use subset::Subset;
 
 use crate::Result;
 use std::path::PathBuf;

@@ -61,7 +61,8 @@ impl<'a> Session<'a> {
             if let Source::Images(ds) = source {
                 let holdout = config.captions.clone().unwrap_or_default().holdout;
                 source = Source::Images(std::sync::Arc::new(
-                    crate::text::Subset::without_captions(ds, &holdout)?,
+                    diffuse_data::datasets::Subset::without_captions(ds, &holdout)
+                        .map_err(|e| Error::Invalid(e.to_string()))?,
                 ));
             }
         }
