@@ -16,6 +16,7 @@ pub const TARGETS: &[Target] = &[
     ("safetensors", targets::safetensors),
     ("pickle", targets::pickle),
     ("config_json", targets::config_json),
+    ("tokenizer", targets::tokenizer),
     ("train_toml", targets::train_toml),
     ("image", targets::image),
     ("idx", targets::idx),

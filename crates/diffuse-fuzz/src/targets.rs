@@ -57,7 +57,7 @@ pub fn pickle(data: &[u8]) {
 }
 
 /// Config JSON: Python-flavoured JSON, scheduler configs (and a plan of a few steps from them),
-/// UNet, DiT and VAE configs.
+/// UNet (also text-conditioned), DiT, VAE and CLIP text encoder configs.
 pub fn config_json(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
@@ -69,6 +69,34 @@ pub fn config_json(data: &[u8]) {
     }
     let _ = diffuse_models::NetworkConfig::from_json_str(text);
     let _ = diffuse_models::config::AutoencoderKLConfig::from_json_str(text);
+    let _ = diffuse_models::text::ClipTextConfig::from_json_str(text);
+}
+
+/// A tokenizer folder's files: the bytes as `tokenizer.json` (transformers 5), else split at
+/// the first NUL into `vocab.json` and `merges.txt` (hub folders); what loads must tokenize.
+pub fn tokenizer(data: &[u8]) {
+    let dir = scratch().join("tokenizer");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch");
+    match data.iter().position(|&b| b == 0) {
+        None => {
+            put(&dir, "tokenizer.json", data);
+        }
+        Some(i) => {
+            put(&dir, "vocab.json", &data[..i]);
+            put(&dir, "merges.txt", &data[i + 1..]);
+        }
+    }
+    if let Ok(t) = diffuse_models::text::ClipTokenizer::from_folder(&dir) {
+        for text in [
+            "a red apple, fruit",
+            "  CAFÉ 🍎 日本!",
+            "<|startoftext|>x<|endoftext|>",
+            "",
+        ] {
+            let _ = t.encode_padded(text, t.model_max_length().min(64));
+        }
+    }
 }
 
 /// The user's TOML training config.
