@@ -19,7 +19,7 @@ use candle_nn::{VarBuilder, VarMap};
 use diffuse_data::datasets::{Caption, Dataset};
 use diffuse_models::text::{ClipTextConfig, ClipTextModel, ClipTokenizer, HiddenAct};
 use rand::seq::IndexedRandom;
-use rand::Rng;
+use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
@@ -203,13 +203,15 @@ impl TextConditioning {
         p
     }
 
-    /// Prompts for training items `indices` (one draw per row from the run's stream).
+    /// Prompts for training items `indices`: one seed per row from the run's stream (all rows
+    /// of a data-parallel batch draw theirs alike), each row's choices from its seed.
     pub fn prompts(&self, indices: &[usize], rng: &mut TrainRng) -> Vec<String> {
-        let mut it = indices.iter();
-        rng.rows(indices.len(), |r| {
-            let i = *it.next().expect("one index per row");
-            self.prompt(i, r)
-        })
+        let seeds = rng.rows(indices.len(), |r| r.random::<u64>());
+        indices
+            .iter()
+            .zip(seeds)
+            .map(|(&i, seed)| self.prompt(i, &mut rand_chacha::ChaCha8Rng::seed_from_u64(seed)))
+            .collect()
     }
 
     /// Token ids `[b, max_length]` of `prompts`.

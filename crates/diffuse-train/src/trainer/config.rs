@@ -450,6 +450,9 @@ impl TrainConfig {
         if config.train.mixed_precision != crate::amp::MixedPrecision::No {
             return refuse("train.mixed_precision (the text encoder trains in f32)");
         }
+        if config.train.init_from.is_some() {
+            return refuse("train.init_from (resume a text-to-image run with --resume)");
+        }
         if d.name.is_empty() || d.vae.as_deref().is_none_or(str::is_empty) {
             return Err(Error::Invalid(format!(
                 "[model] type = \"{TEXT_UNET}\" trains on a captioned image set through a VAE, as Stable Diffusion: give data.name (e.g. \"openmoji\") and data.vae (an AutoencoderKL folder, e.g. the vae/ of `diffuse data encode`, which records the data's scaling factor)"
