@@ -1,5 +1,5 @@
-//! `diffuse export onnx`: a model or pipeline folder's network as an ONNX file written by
-//! diffuse itself (`diffuse_models::onnx`).
+//! `diffuse export onnx`: a model or pipeline folder's network (denoiser, VAE decoder or text
+//! encoder) as an ONNX file written by diffuse itself (`diffuse_models::onnx`).
 
 use anyhow::{Context, Result};
 use diffuse_models::onnx::{export_folder, signature, to_bytes, Component};
@@ -7,21 +7,24 @@ use std::path::PathBuf;
 
 #[derive(clap::Subcommand)]
 pub enum Command {
-    /// Write the denoising network (UNet or DiT) or a latent pipeline's VAE decoder as one
-    /// self-contained .onnx file (opset 17, dynamic batch, time embedding in the graph).
+    /// Write the denoising network (UNet, text-conditional UNet or DiT), a latent pipeline's
+    /// VAE decoder or a Stable Diffusion pipeline's text encoder as one self-contained .onnx
+    /// file (opset 17, dynamic batch, time embedding in the graph).
     Onnx(OnnxArgs),
 }
 
 #[derive(clap::Args)]
 pub struct OnnxArgs {
-    /// A diffusers pipeline folder or model folder (UNet, DiT, or AutoencoderKL).
+    /// A diffusers pipeline folder or model folder (UNet, DiT, AutoencoderKL or
+    /// CLIPTextModel).
     #[arg(long)]
     model: PathBuf,
     /// The .onnx file to write.
     #[arg(long)]
     output: PathBuf,
     /// What to export: denoiser (the pipeline's UNet or DiT; a bare AutoencoderKL folder's
-    /// decoder), unet, transformer (dit) or vae-decoder.
+    /// decoder, a bare CLIPTextModel folder's encoder), unet, transformer (dit), vae-decoder
+    /// or text-encoder (a Stable Diffusion pipeline's text_encoder/).
     #[arg(long, default_value = "denoiser")]
     component: String,
     /// Export unet/ (transformer/) even when the folder has EMA weights in unet_ema/.

@@ -2615,6 +2615,40 @@ fn export_onnx_writes_parseable_graphs_of_pipelines() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(std::fs::read(&bare).unwrap() == std::fs::read(&dec).unwrap());
 
+    // Stable Diffusion's parts: the text-conditional UNet and the text encoder, whose
+    // signatures name the new inputs and outputs.
+    let sd = model_fixtures().join("sd");
+    for (model, component, want) in [
+        ("unet_sd1", "denoiser", "(UNet2DConditionModel, "),
+        ("text_encoder_sd1", "text_encoder", "(CLIPTextModel, "),
+        (
+            "unet_sd1",
+            "unet",
+            "encoder_hidden_states [batch, sequence, 32] f32 → out_sample [batch, 4, height, \
+             width] f32",
+        ),
+        (
+            "text_encoder_sd1",
+            "text-encoder",
+            "input_ids [batch, sequence] i64 → last_hidden_state [batch, sequence, 32] f32, \
+             pooler_output [batch, 32] f32",
+        ),
+    ] {
+        let out = dir.path().join(format!("{model}.onnx"));
+        let o = diffuse(&[
+            "export",
+            "onnx",
+            "--model",
+            sd.join(model).to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+            "--component",
+            component,
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(stderr(&o).contains(want), "{}", stderr(&o));
+    }
+
     // A pixel DiT pipeline: fixed sample size, class labels; no VAE, not a UNet.
     let dit = dir.path().join("dit");
     std::fs::create_dir_all(dit.join("scheduler")).unwrap();
@@ -2668,7 +2702,11 @@ fn export_onnx_writes_parseable_graphs_of_pipelines() {
     );
     assert_one_line_error(&run(&dit, &["--component", "vae-decoder"]), "no vae/");
     assert_one_line_error(&run(&vae, &["--component", "unet"]), "AutoencoderKL");
-    assert_one_line_error(&run(&dit, &["--component", "text-encoder"]), "vae-decoder");
+    assert_one_line_error(
+        &run(&dit, &["--component", "text-encoder"]),
+        "no text_encoder/",
+    );
+    assert_one_line_error(&run(&dit, &["--component", "clip"]), "text-encoder");
     assert_one_line_error(&run(Path::new("/no/such/model"), &[]), "/no/such/model");
     let empty = dir.path().join("empty");
     std::fs::create_dir_all(&empty).unwrap();

@@ -277,8 +277,7 @@ fn bad_text_configs_fail_with_one_line() {
         for s in set {
             extra.extend(["--set", s]);
         }
-        let o = train(&cfg, &out, &extra);
-        o
+        train(&cfg, &out, &extra)
     };
     assert_one_line_error(
         &run(&[r#"captions.holdout=["purple square"]"#]),

@@ -17,7 +17,7 @@ use candle_nn::{Init, VarBuilder};
 /// eps of the GroupNorm before `proj_in` (fixed in diffusers' UNet blocks).
 const GROUP_NORM_EPS: f64 = 1e-6;
 /// eps of the blocks' LayerNorms (`Transformer2DModel`'s `norm_eps` default).
-const LAYER_NORM_EPS: f64 = 1e-5;
+pub(crate) const LAYER_NORM_EPS: f64 = 1e-5;
 /// `FeedForward`'s `mult`: the GEGLU inner width is 4 · dim.
 const FF_MULT: usize = 4;
 

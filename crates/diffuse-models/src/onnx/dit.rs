@@ -58,35 +58,13 @@ fn block(g: &mut Graph, name: &str, x: &str, cond: &str, blk: &DiTBlock) -> Resu
     let ff = format!("{name}.ff.net");
     let h = g.linear(&format!("{ff}.0.proj"), &h, &blk.ff_in, 3)?;
     let h = if blk.exact_gelu {
-        gelu_erf(g, &ff, &h)
+        g.gelu_erf(&ff, &h)
     } else {
-        gelu_tanh(g, &ff, &h)
+        g.gelu_tanh(&ff, &h)
     };
     let f = g.linear(&format!("{ff}.2"), &h, &blk.ff_out, 3)?;
     let f = g.mul(name, &f, &p[5]);
     Ok(g.add(name, &f, &x))
-}
-
-/// torch's `gelu(approximate="tanh")`: 0.5·x·(1 + tanh(√(2/π)·x·(1 + 0.044715·x²))).
-fn gelu_tanh(g: &mut Graph, scope: &str, x: &str) -> String {
-    let x2 = g.mul(scope, x, x);
-    let inner = g.mul_scalar(scope, &x2, 0.044715);
-    let inner = g.add_scalar(scope, &inner, 1.0);
-    let inner = g.mul(scope, x, &inner);
-    let inner = g.mul_scalar(scope, &inner, (2.0 / std::f64::consts::PI).sqrt() as f32);
-    let th = g.op("Tanh", scope, &[&inner], &[]);
-    let th = g.add_scalar(scope, &th, 1.0);
-    let y = g.mul(scope, x, &th);
-    g.mul_scalar(scope, &y, 0.5)
-}
-
-/// Exact GELU: 0.5·x·(1 + erf(x/√2)).
-fn gelu_erf(g: &mut Graph, scope: &str, x: &str) -> String {
-    let s = g.mul_scalar(scope, x, std::f32::consts::FRAC_1_SQRT_2);
-    let e = g.op("Erf", scope, &[&s], &[]);
-    let e = g.add_scalar(scope, &e, 1.0);
-    let y = g.mul(scope, x, &e);
-    g.mul_scalar(scope, &y, 0.5)
 }
 
 /// The graph of a `DiTTransformer2DModel`: inputs `sample` [batch, in, S, S] f32 (S =

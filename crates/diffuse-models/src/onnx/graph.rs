@@ -6,7 +6,8 @@
 //!   InstanceNormalization (scale 1, bias 0) → Reshape back → Mul γ → Add β.
 //! - SiLU: `x · Sigmoid(x)`; GELU: the tanh formula or `Erf` (opset 17 has no `Gelu`).
 //! - Linear: `Gemm(transB=1)` on 2-D inputs, `MatMul(x, Wᵀ) + b` on 3-D ones.
-//! - Attention: `Softmax(q kᵀ · scale) v` with `MatMul`s over `[b, heads, L, d]`.
+//! - Attention: `Softmax(q kᵀ · scale [+ mask]) v` with `MatMul`s over `[b, heads, L, d]`, keys
+//!   and values from the same sequence or another (cross-attention).
 //!
 //! Names are deterministic (a counter in call order), so the same model gives the same bytes.
 
@@ -18,6 +19,32 @@ use crate::ops;
 use crate::{Error, Result};
 use candle_core::{DType, Tensor};
 use std::collections::{HashMap, HashSet};
+
+/// The weights of one multi-head attention: the q, k, v and output projections under their
+/// names (the prefix of `.weight` / `.bias`), and the head layout.
+pub(crate) struct AttentionWeights<'a> {
+    pub(crate) names: [String; 4],
+    pub(crate) proj: [&'a candle_nn::Linear; 4],
+    pub(crate) heads: usize,
+    pub(crate) head_dim: usize,
+}
+
+impl<'a> AttentionWeights<'a> {
+    /// diffusers' names: `{name}.to_q`, `{name}.to_k`, `{name}.to_v`, `{name}.to_out.0`.
+    pub(crate) fn diffusers(
+        name: &str,
+        proj: [&'a candle_nn::Linear; 4],
+        heads: usize,
+        head_dim: usize,
+    ) -> Self {
+        AttentionWeights {
+            names: ["to_q", "to_k", "to_v", "to_out.0"].map(|p| format!("{name}.{p}")),
+            proj,
+            heads,
+            head_dim,
+        }
+    }
+}
 
 /// An attribute value.
 pub(crate) enum Attr {
@@ -219,20 +246,44 @@ impl Graph {
     /// The graph with these inputs and outputs; the value `result` (made by the last node) is
     /// renamed `output_name`, the name of the graph's output.
     pub(crate) fn finish(
-        mut self,
+        self,
         name: &str,
         result: &str,
         output_name: &str,
         inputs: Vec<ValueInfoProto>,
         outputs: Vec<ValueInfoProto>,
     ) -> GraphProto {
-        let last = self.nodes.last_mut().expect("a graph with nodes");
-        let slot = last
-            .output
-            .iter_mut()
-            .find(|o| *o == result)
-            .expect("the result is the last node's output");
-        *slot = output_name.to_string();
+        assert!(
+            self.nodes
+                .last()
+                .is_some_and(|n| n.output.iter().any(|o| o == result)),
+            "the result is the last node's output"
+        );
+        self.finish_many(name, &[(result, output_name)], inputs, outputs)
+    }
+
+    /// The graph with several outputs: each `(value, output name)` renames a node output
+    /// (wherever later nodes read it too) to the name of a graph output.
+    pub(crate) fn finish_many(
+        mut self,
+        name: &str,
+        results: &[(&str, &str)],
+        inputs: Vec<ValueInfoProto>,
+        outputs: Vec<ValueInfoProto>,
+    ) -> GraphProto {
+        for &(value, output_name) in results {
+            let mut made = false;
+            for node in &mut self.nodes {
+                for o in node.output.iter_mut().filter(|o| *o == value) {
+                    *o = output_name.to_string();
+                    made = true;
+                }
+                for i in node.input.iter_mut().filter(|i| *i == value) {
+                    *i = output_name.to_string();
+                }
+            }
+            assert!(made, "graph output {output_name}: no node makes {value}");
+        }
         GraphProto {
             node: self.nodes,
             name: Some(name.into()),
@@ -275,6 +326,50 @@ impl Graph {
     pub(crate) fn silu(&mut self, scope: &str, x: &str) -> String {
         let s = self.op("Sigmoid", scope, &[x], &[]);
         self.mul(scope, x, &s)
+    }
+
+    /// Exact GELU: 0.5·x·(1 + erf(x/√2)) (torch's `F.gelu`, opset 17 has no `Gelu`).
+    pub(crate) fn gelu_erf(&mut self, scope: &str, x: &str) -> String {
+        let s = self.mul_scalar(scope, x, std::f32::consts::FRAC_1_SQRT_2);
+        let e = self.op("Erf", scope, &[&s], &[]);
+        let e = self.add_scalar(scope, &e, 1.0);
+        let y = self.mul(scope, x, &e);
+        self.mul_scalar(scope, &y, 0.5)
+    }
+
+    /// torch's `gelu(approximate="tanh")`: 0.5·x·(1 + tanh(√(2/π)·x·(1 + 0.044715·x²))).
+    pub(crate) fn gelu_tanh(&mut self, scope: &str, x: &str) -> String {
+        let x2 = self.mul(scope, x, x);
+        let inner = self.mul_scalar(scope, &x2, 0.044715);
+        let inner = self.add_scalar(scope, &inner, 1.0);
+        let inner = self.mul(scope, x, &inner);
+        let inner = self.mul_scalar(scope, &inner, (2.0 / std::f64::consts::PI).sqrt() as f32);
+        let th = self.op("Tanh", scope, &[&inner], &[]);
+        let th = self.add_scalar(scope, &th, 1.0);
+        let y = self.mul(scope, x, &th);
+        self.mul_scalar(scope, &y, 0.5)
+    }
+
+    /// CLIP's quick GELU: `x · Sigmoid(1.702·x)`.
+    pub(crate) fn quick_gelu(&mut self, scope: &str, x: &str) -> String {
+        let z = self.mul_scalar(scope, x, 1.702);
+        let s = self.op("Sigmoid", scope, &[&z], &[]);
+        self.mul(scope, x, &s)
+    }
+
+    /// `Shape(x)[start..end]` (opset 15's `start`/`end` attributes; `end` None: to the last).
+    pub(crate) fn shape_range(
+        &mut self,
+        scope: &str,
+        x: &str,
+        start: i64,
+        end: Option<i64>,
+    ) -> String {
+        let mut attrs = vec![("start", Attr::Int(start))];
+        if let Some(e) = end {
+            attrs.push(("end", Attr::Int(e)));
+        }
+        self.op("Shape", scope, &[x], &attrs)
     }
 
     /// `Reshape(x, shape)` (0 copies the input's size, −1 infers one).
@@ -437,16 +532,29 @@ impl Graph {
         seq: &str,
         attn: &crate::attention::Attention,
     ) -> Result<String> {
-        self.attention_core(
+        self.cross_attention(name, seq, seq, attn)
+    }
+
+    /// [`Self::self_attention`] with keys and values from `context` [b, Lc, c_ctx] (diffusers'
+    /// `attn2` over the text encoder's hidden states).
+    pub(crate) fn cross_attention(
+        &mut self,
+        name: &str,
+        seq: &str,
+        context: &str,
+        attn: &crate::attention::Attention,
+    ) -> Result<String> {
+        let w = AttentionWeights::diffusers(
             name,
-            seq,
             [&attn.to_q, &attn.to_k, &attn.to_v, &attn.to_out],
             attn.heads,
             attn.head_dim,
-        )
+        );
+        self.attention(name, &w, seq, context, None)
     }
 
-    /// softmax(q kᵀ / √d) v with the projections `[to_q, to_k, to_v, to_out]`.
+    /// softmax(q kᵀ / √d) v over one sequence with diffusers' projections `[to_q, to_k, to_v,
+    /// to_out]` (weights `{name}.to_q`, …, `{name}.to_out.0`).
     pub(crate) fn attention_core(
         &mut self,
         name: &str,
@@ -455,24 +563,44 @@ impl Graph {
         heads: usize,
         head_dim: usize,
     ) -> Result<String> {
-        let (h, d) = (heads as i64, head_dim as i64);
-        let q = self.linear(&format!("{name}.to_q"), seq, proj[0], 3)?;
-        let k = self.linear(&format!("{name}.to_k"), seq, proj[1], 3)?;
-        let v = self.linear(&format!("{name}.to_v"), seq, proj[2], 3)?;
-        // [b, L, h·d] → [b, L, h, d] → [b, h, L, d] (kᵀ: [b, h, d, L])
-        let q = self.reshape(name, &q, &[0, 0, h, d]);
-        let q = self.transpose(name, &q, &[0, 2, 1, 3]);
-        let k = self.reshape(name, &k, &[0, 0, h, d]);
-        let kt = self.transpose(name, &k, &[0, 2, 3, 1]);
-        let v = self.reshape(name, &v, &[0, 0, h, d]);
-        let v = self.transpose(name, &v, &[0, 2, 1, 3]);
-        let s = self.op("MatMul", name, &[&q, &kt], &[]); // [b, h, L, L]
-        let s = self.mul_scalar(name, &s, (1.0 / (head_dim as f64).sqrt()) as f32);
-        let p = self.op("Softmax", name, &[&s], &[("axis", Attr::Int(-1))]);
-        let o = self.op("MatMul", name, &[&p, &v], &[]); // [b, h, L, d]
-        let o = self.transpose(name, &o, &[0, 2, 1, 3]);
-        let o = self.reshape(name, &o, &[0, 0, h * d]); // [b, L, h·d]
-        self.linear(&format!("{name}.to_out.0"), &o, proj[3], 3)
+        let w = AttentionWeights::diffusers(name, proj, heads, head_dim);
+        self.attention(name, &w, seq, seq, None)
+    }
+
+    /// Multi-head attention: queries from `q_in` [b, Lq, ·], keys and values from `kv_in` [b,
+    /// Lk, ·] (the same value for self-attention), softmax(q kᵀ / √d + mask) v, then the output
+    /// projection; `mask` an additive bias broadcasting to [b, heads, Lq, Lk]. Returns
+    /// [b, Lq, c_out]. Nodes are scoped `scope`.
+    pub(crate) fn attention(
+        &mut self,
+        scope: &str,
+        w: &AttentionWeights,
+        q_in: &str,
+        kv_in: &str,
+        mask: Option<&str>,
+    ) -> Result<String> {
+        let (h, d) = (w.heads as i64, w.head_dim as i64);
+        let q = self.linear(&w.names[0], q_in, w.proj[0], 3)?;
+        let k = self.linear(&w.names[1], kv_in, w.proj[1], 3)?;
+        let v = self.linear(&w.names[2], kv_in, w.proj[2], 3)?;
+        // [b, L, h·d] → [b, L, h, d] → [b, h, L, d] (kᵀ: [b, h, d, Lk])
+        let q = self.reshape(scope, &q, &[0, 0, h, d]);
+        let q = self.transpose(scope, &q, &[0, 2, 1, 3]);
+        let k = self.reshape(scope, &k, &[0, 0, h, d]);
+        let kt = self.transpose(scope, &k, &[0, 2, 3, 1]);
+        let v = self.reshape(scope, &v, &[0, 0, h, d]);
+        let v = self.transpose(scope, &v, &[0, 2, 1, 3]);
+        let s = self.op("MatMul", scope, &[&q, &kt], &[]); // [b, h, Lq, Lk]
+        let s = self.mul_scalar(scope, &s, (1.0 / (w.head_dim as f64).sqrt()) as f32);
+        let s = match mask {
+            Some(m) => self.add(scope, &s, m),
+            None => s,
+        };
+        let p = self.op("Softmax", scope, &[&s], &[("axis", Attr::Int(-1))]);
+        let o = self.op("MatMul", scope, &[&p, &v], &[]); // [b, h, Lq, d]
+        let o = self.transpose(scope, &o, &[0, 2, 1, 3]);
+        let o = self.reshape(scope, &o, &[0, 0, h * d]); // [b, Lq, h·d]
+        self.linear(&w.names[3], &o, w.proj[3], 3)
     }
 
     /// Nearest-neighbour 2× upsampling of [b, c, h, w] (torch.onnx's `upsample_nearest2d`).
@@ -482,6 +610,23 @@ impl Graph {
             "Resize",
             scope,
             &[x, "", &scales],
+            &[
+                ("coordinate_transformation_mode", Attr::Str("asymmetric")),
+                ("mode", Attr::Str("nearest")),
+                ("nearest_mode", Attr::Str("floor")),
+            ],
+        )
+    }
+
+    /// Nearest-neighbour upsampling of [b, c, h, w] to the spatial size `hw` (an int64 [2]
+    /// value), torch's `F.interpolate(size=…)`: source index ⌊i · in/out⌋ (asymmetric, floor).
+    pub(crate) fn upsample_nearest_to(&mut self, scope: &str, x: &str, hw: &str) -> String {
+        let bc = self.shape_range(scope, x, 0, Some(2));
+        let sizes = self.op("Concat", scope, &[&bc, hw], &[("axis", Attr::Int(0))]);
+        self.op(
+            "Resize",
+            scope,
+            &[x, "", "", &sizes],
             &[
                 ("coordinate_transformation_mode", Attr::Str("asymmetric")),
                 ("mode", Attr::Str("nearest")),

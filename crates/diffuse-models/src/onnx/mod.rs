@@ -1,27 +1,35 @@
 //! ONNX export written by diffuse itself: the denoising network of a model or pipeline folder
-//! (`UNet2DModel`, `DiTTransformer2DModel`) or a latent pipeline's `AutoencoderKL` decoder,
-//! as one self-contained `.onnx` file (ONNX IR 8, opset 17, weights as little-endian f32
-//! `raw_data` initializers under diffusers' names).
+//! (`UNet2DModel`, `UNet2DConditionModel`, `DiTTransformer2DModel`), a latent pipeline's
+//! `AutoencoderKL` decoder or a Stable Diffusion pipeline's `CLIPTextModel`, as one
+//! self-contained `.onnx` file (ONNX IR 8, opset 17, weights as little-endian f32 `raw_data`
+//! initializers under diffusers' (transformers') names).
 //!
 //! - [`proto`]: the messages of `onnx/onnx.proto` that are written (prost, no protoc).
 //! - `graph`: the builder and the shared layers (GroupNorm as torch.onnx decomposes it,
-//!   SiLU, Linear, attention, resampling).
-//! - `unet`, `dit`, `vae`: one exporter per model, each mirroring the candle forward.
+//!   SiLU, GELU, Linear, LayerNorm, self- and cross-attention, resampling).
+//! - `unet`, `unet_cond`, `dit`, `vae`, `clip`: one exporter per model, each mirroring the
+//!   candle forward.
 //!
 //! Graph inputs: `sample` with a symbolic `batch` dimension (and symbolic `height`/`width` for
-//! the UNet and the VAE decoder; a DiT is fixed to its `sample_size`), `timestep` float32
+//! the UNets and the VAE decoder; a DiT is fixed to its `sample_size`), `timestep` float32
 //! `[batch]` — the time embedding is computed inside the graph — and `class_labels` for
-//! class-conditional models. Output: `out_sample` (the decoder: `latent_sample` → `sample`).
-//! Writing the same model twice gives the same bytes.
+//! class-conditional models or `encoder_hidden_states` `[batch, sequence, cross_attention_dim]`
+//! for a text-conditional UNet. Output: `out_sample` (the decoder: `latent_sample` → `sample`;
+//! the text encoder: `input_ids` int64 `[batch, sequence]` → `last_hidden_state`,
+//! `pooler_output`). Writing the same model twice gives the same bytes.
 
 pub mod proto;
 
+mod clip;
 mod dit;
 mod graph;
 mod unet;
+mod unet_cond;
 mod vae;
 
 use crate::net::Network;
+use crate::text::ClipTextModel;
+use crate::unet_2d_condition::UNet2DConditionModel;
 use crate::weights::{self, resolve_model_folder, CONFIG_NAME};
 use crate::{AutoencoderKL, DiTTransformer2DModel, Error, Result, UNet2DModel};
 use candle_core::Device;
@@ -33,8 +41,18 @@ pub const IR_VERSION: i64 = 8;
 /// The default-domain opset the graphs use.
 pub const OPSET: i64 = 17;
 
-/// The ModelProto around a finished graph.
+/// The ModelProto around a finished graph of a diffusers model.
 fn model(graph: GraphProto, component: &str, config_json: &str, doc: &str) -> ModelProto {
+    model_with(graph, component, ("diffusers.config", config_json), doc)
+}
+
+/// The ModelProto around a finished graph; `config`: the metadata key and the config's JSON.
+fn model_with(
+    graph: GraphProto,
+    component: &str,
+    (config_key, config_json): (&str, &str),
+    doc: &str,
+) -> ModelProto {
     let entry = |k: &str, v: &str| StringStringEntryProto {
         key: Some(k.into()),
         value: Some(v.into()),
@@ -51,7 +69,7 @@ fn model(graph: GraphProto, component: &str, config_json: &str, doc: &str) -> Mo
         }],
         metadata_props: vec![
             entry("diffuse.component", component),
-            entry("diffusers.config", config_json),
+            entry(config_key, config_json),
         ],
         ..Default::default()
     }
@@ -60,6 +78,16 @@ fn model(graph: GraphProto, component: &str, config_json: &str, doc: &str) -> Mo
 /// A UNet2DModel's graph (see the module docs for its inputs).
 pub fn export_unet(model: &UNet2DModel) -> Result<ModelProto> {
     unet::export(model)
+}
+
+/// A UNet2DConditionModel's graph (inputs `sample`, `timestep`, `encoder_hidden_states`).
+pub fn export_unet_cond(model: &UNet2DConditionModel) -> Result<ModelProto> {
+    unet_cond::export(model)
+}
+
+/// A CLIPTextModel's graph (`input_ids` → `last_hidden_state`, `pooler_output`).
+pub fn export_text_encoder(model: &ClipTextModel) -> Result<ModelProto> {
+    clip::export(model)
 }
 
 /// A DiTTransformer2DModel's graph.
@@ -72,16 +100,12 @@ pub fn export_vae_decoder(vae: &AutoencoderKL) -> Result<ModelProto> {
     vae::export_decoder(vae)
 }
 
-/// A denoising network's graph, UNet or DiT.
+/// A denoising network's graph, UNet (unconditional, class- or text-conditional) or DiT.
 pub fn export_net(net: &Network) -> Result<ModelProto> {
     match net {
         Network::UNet(m) => export_unet(m),
         Network::DiT(m) => export_dit(m),
-        Network::UNetCond(_) => Err(Error::Input(
-            "ONNX export of a UNet2DConditionModel (text-conditioned) is not supported yet; \
-             export a UNet2DModel, DiT or VAE decoder"
-                .into(),
-        )),
+        Network::UNetCond(m) => export_unet_cond(m),
     }
 }
 
@@ -130,14 +154,17 @@ pub fn signature(model: &ModelProto) -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Component {
     /// The folder's denoising network (`unet/` or `transformer/`); for a bare AutoencoderKL
-    /// folder, its decoder.
+    /// folder its decoder, for a bare CLIPTextModel folder the text encoder.
     Denoiser,
-    /// The denoiser, which must be a UNet2DModel.
+    /// The denoiser, which must be a UNet (UNet2DModel or UNet2DConditionModel).
     Unet,
     /// The denoiser, which must be a DiTTransformer2DModel.
     Transformer,
     /// The `vae/` decoder of a latent pipeline (or of a bare AutoencoderKL folder).
     VaeDecoder,
+    /// The `text_encoder/` (CLIPTextModel) of a text-to-image pipeline (or a bare
+    /// CLIPTextModel folder).
+    TextEncoder,
 }
 
 impl std::str::FromStr for Component {
@@ -148,8 +175,10 @@ impl std::str::FromStr for Component {
             "unet" => Ok(Component::Unet),
             "transformer" | "dit" => Ok(Component::Transformer),
             "vae-decoder" | "vae_decoder" => Ok(Component::VaeDecoder),
+            "text-encoder" | "text_encoder" => Ok(Component::TextEncoder),
             _ => Err(Error::Config(format!(
-                "unknown component {s:?}; allowed: denoiser, unet, transformer (dit), vae-decoder"
+                "unknown component {s:?}; allowed: denoiser, unet, transformer (dit), \
+                 vae-decoder, text-encoder"
             ))),
         }
     }
@@ -161,19 +190,34 @@ pub struct Exported {
     pub model: ModelProto,
     /// The model folder the weights came from.
     pub source: PathBuf,
-    /// "UNet2DModel", "DiTTransformer2DModel" or "AutoencoderKL decoder".
+    /// "UNet2DModel", "UNet2DConditionModel", "DiTTransformer2DModel", "AutoencoderKL
+    /// decoder" or "CLIPTextModel".
     pub what: &'static str,
 }
 
-/// `_class_name` of a model folder's config.json, if it has one.
-fn class_name(dir: &Path) -> Result<Option<String>> {
+/// What a bare model folder holds besides a denoising network, from its config.json.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Bare {
+    Vae,
+    TextEncoder,
+    Other,
+}
+
+/// A bare model folder's kind: an AutoencoderKL by `_class_name`, a CLIPTextModel by
+/// transformers' `model_type`.
+fn bare_kind(dir: &Path) -> Result<Bare> {
     let path = dir.join(CONFIG_NAME);
     let text = std::fs::read_to_string(&path).map_err(Error::io(&path))?;
     let v: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| Error::Config(format!("{}: malformed JSON: {e}", path.display())))?;
-    Ok(v.get("_class_name")
-        .and_then(|c| c.as_str())
-        .map(String::from))
+    let key = |k: &str| v.get(k).and_then(|c| c.as_str());
+    Ok(if key("_class_name") == Some("AutoencoderKL") {
+        Bare::Vae
+    } else if key("model_type") == Some(crate::text::clip::MODEL_TYPE) {
+        Bare::TextEncoder
+    } else {
+        Bare::Other
+    })
 }
 
 /// Loads `component` of a pipeline or model folder (`no_ema`: the plain weights even when
@@ -181,59 +225,87 @@ fn class_name(dir: &Path) -> Result<Option<String>> {
 pub fn export_folder(dir: &Path, component: Component, no_ema: bool) -> Result<Exported> {
     let folder = resolve_model_folder(dir)?;
     let dev = Device::Cpu;
-    let bare_vae = folder.pipeline_class.is_none()
-        && class_name(&folder.net_dir)?.as_deref() == Some("AutoencoderKL");
-    let vae_dir = if bare_vae {
-        Some(folder.net_dir.clone())
+    let bare = if folder.pipeline_class.is_none() {
+        bare_kind(&folder.net_dir)?
     } else {
-        folder.vae_dir.clone()
+        Bare::Other
     };
-    let decoder = match component {
-        Component::VaeDecoder => true,
-        Component::Denoiser => bare_vae,
-        Component::Unet | Component::Transformer if bare_vae => {
+    let vae_dir = match bare {
+        Bare::Vae => Some(folder.net_dir.clone()),
+        _ => folder.vae_dir.clone(),
+    };
+    let text_encoder_dir = match bare {
+        Bare::TextEncoder => Some(folder.net_dir.clone()),
+        _ => folder.text_encoder_dir.clone(),
+    };
+    let component = match (component, bare) {
+        (Component::Denoiser, Bare::Vae) => Component::VaeDecoder,
+        (Component::Denoiser, Bare::TextEncoder) => Component::TextEncoder,
+        (Component::Unet | Component::Transformer, Bare::Vae | Bare::TextEncoder) => {
+            let (what, with) = match bare {
+                Bare::Vae => ("an AutoencoderKL", "vae-decoder"),
+                _ => ("a CLIPTextModel", "text-encoder"),
+            };
             return Err(Error::Config(format!(
-                "{} is an AutoencoderKL folder: it has no denoising network; export its \
-                 decoder with component vae-decoder",
+                "{} is {what} folder: it has no denoising network; export it with component \
+                 {with}",
                 dir.display()
-            )))
+            )));
         }
-        _ => false,
+        (c, _) => c,
     };
-    if decoder {
-        let vae_dir = vae_dir.ok_or_else(|| {
-            Error::Config(format!(
-                "{} has no vae/ component (a pixel-space pipeline or a bare network folder): \
-                 there is no VAE decoder to export",
-                dir.display()
-            ))
-        })?;
-        let (vae, _) = weights::load_vae(&vae_dir, &dev)?;
-        return Ok(Exported {
-            model: export_vae_decoder(&vae)?,
-            source: vae_dir,
-            what: "AutoencoderKL decoder",
-        });
+    match component {
+        Component::VaeDecoder => {
+            let vae_dir = vae_dir.ok_or_else(|| {
+                Error::Config(format!(
+                    "{} has no vae/ component (a pixel-space pipeline or a bare network \
+                     folder): there is no VAE decoder to export",
+                    dir.display()
+                ))
+            })?;
+            let (vae, _) = weights::load_vae(&vae_dir, &dev)?;
+            return Ok(Exported {
+                model: export_vae_decoder(&vae)?,
+                source: vae_dir,
+                what: "AutoencoderKL decoder",
+            });
+        }
+        Component::TextEncoder => {
+            let te_dir = text_encoder_dir.ok_or_else(|| {
+                Error::Config(format!(
+                    "{} has no text_encoder/ component (only a text-to-image pipeline such as \
+                     StableDiffusionPipeline has one): there is no text encoder to export",
+                    dir.display()
+                ))
+            })?;
+            let (te, _) = ClipTextModel::load(&te_dir, &dev)?;
+            return Ok(Exported {
+                model: export_text_encoder(&te)?,
+                source: te_dir,
+                what: "CLIPTextModel",
+            });
+        }
+        _ => {}
     }
     let net_dir = folder.net_dir_to_load(no_ema).to_path_buf();
     let (net, _) = weights::load_net(&net_dir, &dev)?;
-    let what = match (&net, component) {
-        (Network::DiT(_), Component::Unet)
-        | (Network::UNet(_) | Network::UNetCond(_), Component::Transformer) => {
-            let (has, want) = match component {
-                Component::Unet => ("a DiTTransformer2DModel", "unet"),
-                _ => ("a UNet2DModel", "transformer"),
-            };
-            return Err(Error::Config(format!(
-                "{}: the denoising network is {has}, not the requested {want}; use component \
-                 denoiser",
-                net_dir.display()
-            )));
-        }
-        (Network::UNet(_), _) => "UNet2DModel",
-        (Network::DiT(_), _) => "DiTTransformer2DModel",
-        (Network::UNetCond(_), _) => "UNet2DConditionModel",
+    let what = match &net {
+        Network::UNet(_) => "UNet2DModel",
+        Network::DiT(_) => "DiTTransformer2DModel",
+        Network::UNetCond(_) => "UNet2DConditionModel",
     };
+    let wrong = match (&net, component) {
+        (Network::DiT(_), Component::Unet) => Some("unet"),
+        (Network::UNet(_) | Network::UNetCond(_), Component::Transformer) => Some("transformer"),
+        _ => None,
+    };
+    if let Some(want) = wrong {
+        return Err(Error::Config(format!(
+            "{}: the denoising network is a {what}, not the requested {want}; use component \
+             denoiser",
+            net_dir.display()
+        )));
+    }
     Ok(Exported {
         model: export_net(&net)?,
         source: net_dir,
@@ -254,8 +326,32 @@ mod tests {
             "vae-decoder".parse::<Component>().unwrap(),
             Component::VaeDecoder
         );
+        assert_eq!(
+            "text_encoder".parse::<Component>().unwrap(),
+            Component::TextEncoder
+        );
         let e = "vae".parse::<Component>().unwrap_err().to_string();
-        assert!(e.contains("vae-decoder"), "{e}");
+        assert!(
+            e.contains("vae-decoder") && e.contains("text-encoder"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_text_encoder_with_another_activation_is_refused_in_one_line() {
+        let config = crate::text::ClipTextConfig::from_json_str(
+            r#"{"model_type": "clip_text_model", "hidden_size": 8, "intermediate_size": 8,
+                "num_hidden_layers": 1, "num_attention_heads": 2, "vocab_size": 10,
+                "max_position_embeddings": 4, "hidden_act": "gelu_new"}"#,
+        )
+        .unwrap();
+        let (m, _) = ClipTextModel::build(&config, &Device::Cpu, 1).unwrap();
+        let e = export_text_encoder(&m).unwrap_err().to_string();
+        assert!(
+            e.contains("\"gelu_new\"") && e.contains("quick_gelu"),
+            "{e}"
+        );
+        assert!(!e.contains('\n'), "{e}");
     }
 
     #[test]

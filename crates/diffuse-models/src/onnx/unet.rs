@@ -2,7 +2,8 @@
 //! decoder shares with it: `ResnetBlock2D` (`models/resnet.py`), the spatial `Attention`, the
 //! down/up/mid blocks (`unet_2d_blocks.py`) and the time projections (`embeddings.py`:
 //! `get_timestep_embedding`, `GaussianFourierProjection`). Each function mirrors the candle
-//! `forward` of the same module, op for op.
+//! `forward` of the same module, op for op. The blocks also carry `UNet2DConditionModel`'s
+//! cross-attention transformers (`super::unet_cond`), reading the text states of [`Cond`].
 
 use super::graph::{Attr, Dim, Graph};
 use super::proto::{ModelProto, FLOAT, INT64};
@@ -13,6 +14,15 @@ use crate::embeddings::{TimeProjection, TimestepEmbedding};
 use crate::resnet::{Resample, ResnetBlock2D, TimeNorm};
 use crate::unet_2d::{ClassEmb, UNet2DModel};
 use crate::{Error, Result};
+
+/// What a block's layers read besides the feature map: SiLU of the UNet's embedding [b, temb]
+/// for its ResNets (None in the VAE), and the encoder hidden states [b, L, ctx] for its
+/// cross-attention transformers (None but in a `UNet2DConditionModel`).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Cond<'a> {
+    pub(crate) temb_silu: Option<&'a str>,
+    pub(crate) context: Option<&'a str>,
+}
 
 /// `ResnetBlock2D`; `temb_silu` is SiLU of the UNet's embedding [b, temb] (None in the VAE).
 pub(crate) fn resnet(
@@ -97,14 +107,22 @@ fn spatial_attention(g: &mut Graph, name: &str, x: &str, a: &SpatialAttention) -
     })
 }
 
-/// The attention after a ResNet. Only the spatial self-attention of UNet2DModel and the VAE is
-/// exported; a cross-attention transformer (UNet2DConditionModel) is refused.
-fn block_attention(g: &mut Graph, name: &str, x: &str, a: &BlockAttention) -> Result<String> {
-    match a {
-        BlockAttention::Spatial(a) => spatial_attention(g, name, x, a),
-        BlockAttention::Transformer(_) => Err(Error::Input(format!(
-            "{name}: ONNX export of cross-attention transformer blocks (UNet2DConditionModel) \
-             is not supported; export a UNet2DModel, DiT or VAE decoder"
+/// The attention after a ResNet: the spatial self-attention of UNet2DModel and the VAE, or a
+/// cross-attention transformer of UNet2DConditionModel over `context`.
+fn block_attention(
+    g: &mut Graph,
+    name: &str,
+    x: &str,
+    a: &BlockAttention,
+    context: Option<&str>,
+) -> Result<String> {
+    match (a, context) {
+        (BlockAttention::Spatial(a), _) => spatial_attention(g, name, x, a),
+        (BlockAttention::Transformer(t), Some(ctx)) => {
+            super::unet_cond::transformer_2d(g, name, x, t, ctx)
+        }
+        (BlockAttention::Transformer(_), None) => Err(Error::Input(format!(
+            "{name}: a cross-attention block needs encoder hidden states (an exporter bug)"
         ))),
     }
 }
@@ -115,14 +133,15 @@ pub(crate) fn down_block(
     name: &str,
     x: &str,
     d: &DownBlock,
-    temb_silu: Option<&str>,
+    cond: Cond,
 ) -> Result<(String, Vec<String>)> {
+    let temb_silu = cond.temb_silu;
     let mut h = x.to_string();
     let mut states = Vec::new();
     for (i, r) in d.resnets.iter().enumerate() {
         h = resnet(g, &format!("{name}.resnets.{i}"), &h, r, temb_silu)?;
         if let Some(a) = d.attentions.get(i) {
-            h = block_attention(g, &format!("{name}.attentions.{i}"), &h, a)?;
+            h = block_attention(g, &format!("{name}.attentions.{i}"), &h, a, cond.context)?;
         }
         states.push(h.clone());
     }
@@ -141,15 +160,19 @@ pub(crate) fn down_block(
     Ok((h, states))
 }
 
-/// An up block; `skips` are its own skip states in the order they were made.
+/// An up block; `skips` are its own skip states in the order they were made. `upsample_to`:
+/// the spatial size [h, w] (an int64 value) its conv upsampler resizes to instead of 2×, as
+/// `UNet2DConditionModel` meets the next block's skip states.
 pub(crate) fn up_block(
     g: &mut Graph,
     name: &str,
     x: &str,
     skips: &[String],
     u: &UpBlock,
-    temb_silu: Option<&str>,
+    cond: Cond,
+    upsample_to: Option<&str>,
 ) -> Result<String> {
+    let temb_silu = cond.temb_silu;
     let mut h = x.to_string();
     for (i, r) in u.resnets.iter().enumerate() {
         if u.takes_skips {
@@ -158,14 +181,17 @@ pub(crate) fn up_block(
         }
         h = resnet(g, &format!("{name}.resnets.{i}"), &h, r, temb_silu)?;
         if let Some(a) = u.attentions.get(i) {
-            h = block_attention(g, &format!("{name}.attentions.{i}"), &h, a)?;
+            h = block_attention(g, &format!("{name}.attentions.{i}"), &h, a, cond.context)?;
         }
     }
     if let Some(up) = &u.up {
         let n = format!("{name}.upsamplers.0");
         h = match up {
             Up::Conv(c) => {
-                let h = g.upsample_nearest2x(&n, &h);
+                let h = match upsample_to {
+                    Some(hw) => g.upsample_nearest_to(&n, &h, hw),
+                    None => g.upsample_nearest2x(&n, &h),
+                };
                 g.conv(&format!("{n}.conv"), &h, &c.conv, None)?
             }
             Up::Resnet(r) => resnet(g, &n, &h, r, temb_silu)?,
@@ -180,11 +206,12 @@ pub(crate) fn mid_block(
     name: &str,
     x: &str,
     m: &MidBlock,
-    temb_silu: Option<&str>,
+    cond: Cond,
 ) -> Result<String> {
+    let temb_silu = cond.temb_silu;
     let mut h = resnet(g, &format!("{name}.resnets.0"), x, &m.resnets[0], temb_silu)?;
     if let Some(a) = &m.attention {
-        h = block_attention(g, &format!("{name}.attentions.0"), &h, a)?;
+        h = block_attention(g, &format!("{name}.attentions.0"), &h, a, cond.context)?;
     }
     resnet(
         g,
@@ -237,7 +264,7 @@ pub(crate) fn sinusoid(
 
 /// The UNet's time projection of float32 values `t` [b] (`time_proj`, weights shared between
 /// the timestep and a `timestep` class embedding).
-fn time_projection(g: &mut Graph, t: &str, p: &TimeProjection) -> Result<String> {
+pub(crate) fn time_projection(g: &mut Graph, t: &str, p: &TimeProjection) -> Result<String> {
     let scope = "time_proj";
     Ok(match p {
         TimeProjection::Positional {
@@ -349,22 +376,25 @@ pub(crate) fn export(m: &UNet2DModel) -> Result<ModelProto> {
         emb = g.add("class_embedding", &emb, &cl);
     }
     let temb = g.silu("time_embedding", &emb); // every ResNet takes SiLU(emb)
-    let temb = Some(temb.as_str());
+    let cond = Cond {
+        temb_silu: Some(&temb),
+        context: None,
+    };
 
     let mut h = g.conv("conv_in", &x, &m.conv_in, None)?;
     let mut skips = vec![h.clone()];
     for (i, d) in m.down_blocks.iter().enumerate() {
-        let (o, states) = down_block(&mut g, &format!("down_blocks.{i}"), &h, d, temb)?;
+        let (o, states) = down_block(&mut g, &format!("down_blocks.{i}"), &h, d, cond)?;
         h = o;
         skips.extend(states);
     }
     if let Some(mid) = &m.mid_block {
-        h = mid_block(&mut g, "mid_block", &h, mid, temb)?;
+        h = mid_block(&mut g, "mid_block", &h, mid, cond)?;
     }
     for (i, u) in m.up_blocks.iter().enumerate() {
         let k = u.num_states();
         let mine = skips.split_off(skips.len() - k);
-        h = up_block(&mut g, &format!("up_blocks.{i}"), &h, &mine, u, temb)?;
+        h = up_block(&mut g, &format!("up_blocks.{i}"), &h, &mine, u, cond, None)?;
     }
     h = g.group_norm("conv_norm_out", &h, &m.conv_norm_out, true)?;
     h = g.conv("conv_out", &h, &m.conv_out, None)?;

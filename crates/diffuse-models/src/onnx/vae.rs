@@ -5,7 +5,7 @@
 
 use super::graph::{value_info, Dim, Graph};
 use super::proto::{ModelProto, FLOAT};
-use super::unet::{mid_block, up_block};
+use super::unet::{mid_block, up_block, Cond};
 use crate::{AutoencoderKL, Result};
 
 /// The graph of `vae.decode(latent_sample).sample`: input `latent_sample` [batch, latent,
@@ -32,9 +32,16 @@ pub(crate) fn export_decoder(vae: &AutoencoderKL) -> Result<ModelProto> {
         None => "latent_sample".to_string(),
     };
     let mut h = g.conv("decoder.conv_in", &z, &dec.conv_in, None)?;
-    h = mid_block(&mut g, "decoder.mid_block", &h, &dec.mid_block, None)?;
+    h = mid_block(
+        &mut g,
+        "decoder.mid_block",
+        &h,
+        &dec.mid_block,
+        Cond::default(),
+    )?;
     for (i, u) in dec.up_blocks.iter().enumerate() {
-        h = up_block(&mut g, &format!("decoder.up_blocks.{i}"), &h, &[], u, None)?;
+        let name = format!("decoder.up_blocks.{i}");
+        h = up_block(&mut g, &name, &h, &[], u, Cond::default(), None)?;
     }
     h = g.group_norm("decoder.conv_norm_out", &h, &dec.conv_norm_out, true)?;
     h = g.conv("decoder.conv_out", &h, &dec.conv_out, None)?;

@@ -215,9 +215,9 @@ pub struct ClipOutput {
 
 /// LayerNorm weight and bias.
 #[derive(Debug, Clone)]
-struct Norm {
-    weight: Tensor,
-    bias: Tensor,
+pub(crate) struct Norm {
+    pub(crate) weight: Tensor,
+    pub(crate) bias: Tensor,
 }
 
 impl Norm {
@@ -235,15 +235,15 @@ impl Norm {
 
 /// `CLIPEncoderLayer`: pre-LN self-attention and MLP, each with a residual.
 #[derive(Debug, Clone)]
-struct EncoderLayer {
-    layer_norm1: Norm,
-    q_proj: candle_nn::Linear,
-    k_proj: candle_nn::Linear,
-    v_proj: candle_nn::Linear,
-    out_proj: candle_nn::Linear,
-    layer_norm2: Norm,
-    fc1: candle_nn::Linear,
-    fc2: candle_nn::Linear,
+pub(crate) struct EncoderLayer {
+    pub(crate) layer_norm1: Norm,
+    pub(crate) q_proj: candle_nn::Linear,
+    pub(crate) k_proj: candle_nn::Linear,
+    pub(crate) v_proj: candle_nn::Linear,
+    pub(crate) out_proj: candle_nn::Linear,
+    pub(crate) layer_norm2: Norm,
+    pub(crate) fc1: candle_nn::Linear,
+    pub(crate) fc2: candle_nn::Linear,
 }
 
 impl EncoderLayer {
@@ -310,13 +310,13 @@ impl EncoderLayer {
 /// transformers' `CLIPTextModel`.
 #[derive(Debug, Clone)]
 pub struct ClipTextModel {
-    config: ClipTextConfig,
+    pub(crate) config: ClipTextConfig,
     /// `[vocab_size, d]`.
-    token_embedding: Tensor,
+    pub(crate) token_embedding: Tensor,
     /// `[max_position_embeddings, d]`.
-    position_embedding: Tensor,
-    layers: Vec<EncoderLayer>,
-    final_layer_norm: Norm,
+    pub(crate) position_embedding: Tensor,
+    pub(crate) layers: Vec<EncoderLayer>,
+    pub(crate) final_layer_norm: Norm,
 }
 
 impl ClipTextModel {
