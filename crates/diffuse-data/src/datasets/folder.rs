@@ -1,14 +1,22 @@
 //! A folder of images (PNG, JPEG, WebP): one subfolder per class (sorted names = labels 0..k),
 //! or images directly in the folder (unconditional). Files are decoded when asked for, upright
 //! by their EXIF orientation, alpha composited onto the background or kept.
+//!
+//! Captions, for text-to-image training, as Hugging Face `datasets`' ImageFolder and diffusers'
+//! `train_text_to_image.py` take them: `metadata.jsonl` in the folder, one
+//! `{"file_name": "cat.png", "text": "a black cat", "tags": [...]}` per line (`file_name`
+//! relative to the folder; `tags` a list or a comma-separated string, optional), or else a
+//! `.txt` beside each image holding its caption.
 
-use super::{Dataset, Sample};
+use super::{Caption, Dataset, Sample};
 use crate::image_io::{self, Background};
 use crate::{Error, Result};
 use std::path::{Path, PathBuf};
 
 pub struct ImageFolder {
     files: Vec<(PathBuf, Option<u32>)>,
+    /// One per file when the folder has captions.
+    captions: Option<Vec<Caption>>,
     classes: Vec<String>,
     channels: usize,
     background: Background,
@@ -96,8 +104,10 @@ impl ImageFolder {
             } else {
                 3
             });
+        let captions = read_captions(root, &files)?;
         Ok(ImageFolder {
             files,
+            captions,
             classes,
             channels,
             background,
@@ -106,9 +116,104 @@ impl ImageFolder {
     }
 }
 
+/// The file of folder captions.
+const METADATA: &str = "metadata.jsonl";
+
+/// The captions of `files`: from `metadata.jsonl` (every image must have a line), else from a
+/// `.txt` beside each image (all or none), else none.
+fn read_captions(root: &Path, files: &[(PathBuf, Option<u32>)]) -> Result<Option<Vec<Caption>>> {
+    let meta = root.join(METADATA);
+    if meta.is_file() {
+        let text = std::fs::read_to_string(&meta).map_err(|source| Error::Io {
+            path: meta.display().to_string(),
+            source,
+        })?;
+        let bad = |line: usize, m: String| {
+            Error::Invalid(format!("{}: line {line}: {m}", meta.display()))
+        };
+        let mut by_file = std::collections::HashMap::new();
+        for (i, line) in text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
+            let v: serde_json::Value =
+                serde_json::from_str(line).map_err(|e| bad(i + 1, e.to_string()))?;
+            let field = |k: &str| v.get(k).and_then(|x| x.as_str());
+            let (Some(name), Some(caption)) = (field("file_name"), field("text")) else {
+                return Err(bad(
+                    i + 1,
+                    "expected an object with string fields `file_name` and `text`".into(),
+                ));
+            };
+            let tags = match v.get("tags") {
+                Some(serde_json::Value::Array(a)) => a
+                    .iter()
+                    .filter_map(|t| t.as_str())
+                    .map(str::to_string)
+                    .collect(),
+                Some(serde_json::Value::String(t)) => t
+                    .split(',')
+                    .map(|t| t.trim().to_string())
+                    .filter(|t| !t.is_empty())
+                    .collect(),
+                _ => Vec::new(),
+            };
+            by_file.insert(
+                root.join(name),
+                Caption {
+                    text: caption.trim().to_string(),
+                    tags,
+                },
+            );
+        }
+        return files
+            .iter()
+            .map(|(p, _)| {
+                by_file.remove(p).ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "{}: no line for {} (give every image a caption)",
+                        meta.display(),
+                        p.display()
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(Some);
+    }
+    let sidecar = |p: &Path| p.with_extension("txt");
+    let with_txt = files.iter().filter(|(p, _)| sidecar(p).is_file()).count();
+    if with_txt == 0 {
+        return Ok(None);
+    }
+    files
+        .iter()
+        .map(|(p, _)| {
+            let t = sidecar(p);
+            let text = std::fs::read_to_string(&t).map_err(|_| {
+                Error::Invalid(format!(
+                    "{}: {with_txt} of {} images have a caption .txt but {} has none",
+                    root.display(),
+                    files.len(),
+                    p.display()
+                ))
+            })?;
+            Ok(Caption {
+                text: text.trim().to_string(),
+                tags: Vec::new(),
+            })
+        })
+        .collect::<Result<Vec<_>>>()
+        .map(Some)
+}
+
 impl Dataset for ImageFolder {
     fn len(&self) -> usize {
         self.files.len()
+    }
+
+    fn caption(&self, i: usize) -> Option<Caption> {
+        self.captions.as_ref().map(|c| c[i].clone())
     }
 
     fn get(&self, i: usize) -> Result<Sample> {
@@ -150,5 +255,59 @@ impl Dataset for ImageFolder {
             },
             self.root.display()
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn png(path: &Path) {
+        image::RgbImage::from_pixel(4, 4, image::Rgb([200, 10, 10]))
+            .save(path)
+            .unwrap();
+    }
+
+    #[test]
+    fn captions_come_from_metadata_jsonl_or_txt_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        png(&root.join("a.png"));
+        png(&root.join("b.png"));
+        assert!(ImageFolder::open(root).unwrap().caption(0).is_none());
+        // One .txt beside one image of two: named.
+        std::fs::write(root.join("a.txt"), "a red square\n").unwrap();
+        let e = ImageFolder::open(root).err().unwrap().to_string();
+        assert!(e.contains("1 of 2 images") && e.contains("b.png"), "{e}");
+        std::fs::write(root.join("b.txt"), " another one ").unwrap();
+        let f = ImageFolder::open(root).unwrap();
+        assert_eq!(f.caption(0).unwrap().text, "a red square");
+        assert_eq!(f.caption(1).unwrap().text, "another one");
+        // metadata.jsonl wins, tags as a list or a string.
+        std::fs::write(
+            root.join(METADATA),
+            "{\"file_name\": \"b.png\", \"text\": \"blue\", \"tags\": \"x, y\"}\n\n\
+             {\"file_name\": \"a.png\", \"text\": \"red\", \"tags\": [\"z\"]}\n",
+        )
+        .unwrap();
+        let f = ImageFolder::open(root).unwrap();
+        assert_eq!(
+            f.caption(0).unwrap(),
+            Caption {
+                text: "red".into(),
+                tags: vec!["z".into()]
+            }
+        );
+        assert_eq!(f.caption(1).unwrap().tags, ["x", "y"]);
+        std::fs::write(
+            root.join(METADATA),
+            "{\"file_name\": \"a.png\", \"text\": \"red\"}\n",
+        )
+        .unwrap();
+        let e = ImageFolder::open(root).err().unwrap().to_string();
+        assert!(e.contains("no line for") && e.contains("b.png"), "{e}");
+        std::fs::write(root.join(METADATA), "{\"file_name\": \"a.png\"}\n").unwrap();
+        let e = ImageFolder::open(root).err().unwrap().to_string();
+        assert!(e.contains("line 1") && e.contains("`text`"), "{e}");
     }
 }
