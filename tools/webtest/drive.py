@@ -2,7 +2,8 @@
 dpmpp_2m; wait for the images, check each is not blank (the quick-start model once gave black
 squares there). Then the editor: upload a generated image as a file, paint its right half with
 the mouse, inpaint it as another class, and check that the results are not blank and that the
-unpainted left part is kept; take a screenshot."""
+unpainted left part is kept; take a screenshot. A text-to-image model gets prompts instead of
+classes (argv[3] and argv[4], default "red apple" and "blue heart")."""
 import base64
 import os
 import sys
@@ -14,6 +15,8 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 url, shot = sys.argv[1], sys.argv[2]
+PROMPT = sys.argv[3] if len(sys.argv) > 3 else "red apple"
+EDIT_PROMPT = sys.argv[4] if len(sys.argv) > 4 else "blue heart"
 opts = webdriver.ChromeOptions()
 opts.binary_location = "/usr/bin/chromium"
 for a in ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -72,7 +75,10 @@ def edit(driver, wait, fill):
             .click_and_hold().move_by_offset(0, int(0.9 * h)).release().perform()
     strength = driver.find_element(By.ID, "strength").get_attribute("value")
     assert strength == "1", f"painting a mask sets strength 1, not {strength}"
-    fill("edit_class", 8)
+    if TEXT:
+        fill("edit_prompt", EDIT_PROMPT)
+    else:
+        fill("edit_class", 8)
     fill("edit_n", 4)
     driver.find_element(By.ID, "edit-go").click()
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#edit-grid img")) == 5
@@ -122,9 +128,14 @@ try:
         print(f"ok {label}: {status}; grey mean/std per image: "
               + ", ".join(f"{m:.0f}/{s:.0f}" for m, s in stats))
 
+    TEXT = driver.find_element(By.ID, "prompt-box").is_displayed()
     fill("seed", 7)
     fill("n", 8)
-    fill("class_label", 3)
+    if TEXT:
+        fill("prompt", PROMPT)
+        print(f"text-to-image model: prompt {PROMPT!r}")
+    else:
+        fill("class_label", 3)
     generate(f"{default} (preselected)")
     if "dpmpp_2m" in offered and default != "dpmpp_2m":
         sampler.select_by_value("dpmpp_2m")

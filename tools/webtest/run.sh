@@ -6,7 +6,8 @@
 # the painted part redrawn; screenshot docs/web-editor.png. Installs what
 # it needs (Debian chromium and chromium-driver; selenium into tools/webtest/.venv). Not part of
 # CI (it needs apt).
-# Usage: bash tools/webtest/run.sh [MODEL_DIR]
+# Usage: [SHOT=docs/web-page.png] bash tools/webtest/run.sh [MODEL_DIR [PROMPT EDIT_PROMPT]]
+# (the prompts for a text-to-image model; the editor screenshot is SHOT with web-editor for web-page)
 # Without MODEL_DIR it trains the README quick start's config (examples/mnist.toml) for 300
 # steps into runs/webtest-quickstart (once) and serves that: the model a new user opens the
 # page with.
@@ -43,4 +44,4 @@ for _ in $(seq 1 100); do
   sleep 0.2
 done
 [ -n "$ADDR" ] || { cat "$LOG"; echo "server did not start" >&2; exit 1; }
-"$HERE/.venv/bin/python" "$HERE/drive.py" "http://$ADDR/" "$ROOT/docs/web-page.png"
+"$HERE/.venv/bin/python" "$HERE/drive.py" "http://$ADDR/" "${SHOT:-$ROOT/docs/web-page.png}" "${@:2}"
