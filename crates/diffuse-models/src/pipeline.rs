@@ -42,7 +42,7 @@ pub struct GenerateOptions {
     pub guidance_interval: Option<GuidanceInterval>,
     /// The "no class" label for guidance; default: the model's last class.
     pub null_class: Option<u32>,
-    /// Prompt embeddings, for text-conditioned models ([`Pipeline::encode_prompts`]).
+    /// Prompt embeddings, for text-conditioned models ([`Pipeline::prompt_embeds`]).
     pub prompt_embeds: Option<PromptEmbeds>,
     /// A given x_T of shape [K, C, H, W] (unit variance, before init_noise_sigma).
     pub initial_noise: Option<Tensor>,
