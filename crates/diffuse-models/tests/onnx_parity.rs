@@ -13,7 +13,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 mod common;
-use common::{fixtures, load_st, rel_err, timesteps};
+use common::{fixtures, load_st, rel_err, sd_pipeline, timesteps};
 
 fn hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes)
@@ -81,35 +81,6 @@ fn exports_are_the_files_onnxruntime_ran_and_match_diffuse() {
             }
         }
     }
-}
-
-/// Stable Diffusion's `pipeline_sd/` with `unet_sd1/` and `text_encoder_sd1/` as its `unet/` and
-/// `text_encoder/` (as `sd_parity.rs` assembles it).
-fn sd_pipeline() -> tempfile::TempDir {
-    let sd = fixtures().join("sd");
-    let dir = tempfile::tempdir().unwrap();
-    let copy = |from: &std::path::Path, to: &std::path::Path| {
-        std::fs::create_dir_all(to).unwrap();
-        for f in std::fs::read_dir(from).unwrap().flatten() {
-            if f.path().is_file() && !f.file_name().to_string_lossy().starts_with("io") {
-                std::fs::copy(f.path(), to.join(f.file_name())).unwrap();
-            }
-        }
-    };
-    for part in ["scheduler", "tokenizer", "vae"] {
-        copy(&sd.join("pipeline_sd").join(part), &dir.path().join(part));
-    }
-    std::fs::copy(
-        sd.join("pipeline_sd/model_index.json"),
-        dir.path().join("model_index.json"),
-    )
-    .unwrap();
-    copy(&sd.join("unet_sd1"), &dir.path().join("unet"));
-    copy(
-        &sd.join("text_encoder_sd1"),
-        &dir.path().join("text_encoder"),
-    );
-    dir
 }
 
 #[test]

@@ -7,7 +7,7 @@ use diffuse_models::net::Network;
 use diffuse_models::weights;
 
 mod common;
-use common::{fixtures, load_st, max_abs_err, rel_err, timesteps};
+use common::{fixtures, load_st, max_abs_err, rel_err, sd_pipeline, timesteps};
 
 #[test]
 fn cross_attention_unets_match_diffusers() {
@@ -44,35 +44,6 @@ fn cross_attention_unets_match_diffusers() {
     let abs = max_abs_err(&out, &io["output"]);
     eprintln!("unet_sd_layers2 at 11×14: max abs error {abs:e}");
     assert!(abs <= 1e-4, "odd size: max abs error {abs:e}");
-}
-
-/// `pipeline_sd/` with the `unet/` and `text_encoder/` gen_sd.py removed after checking they
-/// equal `unet_sd1/` and `text_encoder_sd1/` (byte for byte).
-fn sd_pipeline() -> tempfile::TempDir {
-    let sd = fixtures().join("sd");
-    let dir = tempfile::tempdir().unwrap();
-    let copy = |from: &std::path::Path, to: &std::path::Path| {
-        std::fs::create_dir_all(to).unwrap();
-        for f in std::fs::read_dir(from).unwrap().flatten() {
-            if f.path().is_file() && f.file_name() != "io.safetensors" {
-                std::fs::copy(f.path(), to.join(f.file_name())).unwrap();
-            }
-        }
-    };
-    for part in ["scheduler", "tokenizer", "vae"] {
-        copy(&sd.join("pipeline_sd").join(part), &dir.path().join(part));
-    }
-    std::fs::copy(
-        sd.join("pipeline_sd/model_index.json"),
-        dir.path().join("model_index.json"),
-    )
-    .unwrap();
-    copy(&sd.join("unet_sd1"), &dir.path().join("unet"));
-    copy(
-        &sd.join("text_encoder_sd1"),
-        &dir.path().join("text_encoder"),
-    );
-    dir
 }
 
 #[test]
