@@ -1,6 +1,7 @@
 //! `diffuse convert`: load a diffusers UNet or DiT (or pipeline, latent ones with their VAE)
 //! folder and write it back out in the diffusers layout, optionally in another dtype. Proves the
-//! round trip and halves sizes.
+//! round trip and halves sizes. A text-to-image pipeline's `tokenizer/` and `text_encoder/` are
+//! copied as they are.
 
 use anyhow::{Context, Result};
 use candle_core::Device;
@@ -61,6 +62,14 @@ pub fn run(args: Args) -> Result<()> {
     let mut n = resave::<Network>(&folder.net_dir, &unet_out, &layout)?;
     if let Some(vae) = &folder.vae_dir {
         n += resave::<AutoencoderKL>(vae, &args.output.join("vae"), &layout)?;
+    }
+    // A text-to-image pipeline's tokenizer and text encoder (transformers' files) as they are.
+    for dir in [&folder.tokenizer_dir, &folder.text_encoder_dir]
+        .into_iter()
+        .flatten()
+    {
+        let name = dir.file_name().context("a pipeline component")?;
+        diffuse_data::fs::copy_files(dir, &args.output.join(name))?;
     }
     eprintln!(
         "wrote {} ({n} parameters, {})",

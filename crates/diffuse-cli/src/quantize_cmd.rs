@@ -96,19 +96,24 @@ pub(crate) fn derive_folder<T>(
             diffuse_data::fs::write_atomic(&tmp.join("model_index.json"), &std::fs::read(&index)?)?;
             let sched = model.join("scheduler");
             if sched.is_dir() {
-                std::fs::create_dir_all(tmp.join("scheduler"))?;
-                for e in std::fs::read_dir(&sched)?.flatten() {
-                    if e.path().is_file() {
-                        let bytes = std::fs::read(e.path())?;
-                        diffuse_data::fs::write_atomic(
-                            &tmp.join("scheduler").join(e.file_name()),
-                            &bytes,
-                        )?;
-                    }
-                }
+                diffuse_data::fs::copy_files(&sched, &tmp.join("scheduler"))?;
             }
             if let Some(vae) = &folder.vae_dir {
                 copy_model_folder(vae, &tmp.join("vae"))?;
+            }
+            // A text-to-image pipeline's tokenizer, and its text encoder with the same choice of
+            // EMA weights as the network.
+            if let Some(tok) = &folder.tokenizer_dir {
+                diffuse_data::fs::copy_files(tok, &tmp.join("tokenizer"))?;
+            }
+            if let Some(enc) = &folder.text_encoder_dir {
+                let ema = enc.with_file_name("text_encoder_ema");
+                let src = if !no_ema && ema.is_dir() {
+                    ema
+                } else {
+                    enc.clone()
+                };
+                diffuse_data::fs::copy_files(&src, &tmp.join("text_encoder"))?;
             }
             PathBuf::from(folder.net_dir.file_name().context("a pipeline component")?)
         } else {

@@ -216,6 +216,71 @@ fn a_text_to_image_model_trains_resumes_exactly_and_samples_prompts() {
         );
     }
 
+    // convert keeps the text side: the converted pipeline (f16 UNet) still takes prompts.
+    let conv = dir.path().join("conv");
+    let o = diffuse(&[
+        "convert",
+        "--model",
+        full.to_str().unwrap(),
+        "--output",
+        conv.to_str().unwrap(),
+        "--dtype",
+        "f16",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for f in [
+        "tokenizer/vocab.json",
+        "text_encoder/model.safetensors",
+        "unet/config.json",
+    ] {
+        assert!(conv.join(f).exists(), "convert dropped {f}");
+    }
+    let o = diffuse(&[
+        "sample",
+        "--model",
+        conv.to_str().unwrap(),
+        "--prompt",
+        "red square",
+        "--steps",
+        "2",
+        "--num-images",
+        "1",
+        "--quiet",
+        "--output",
+        dir.path().join("conv.png").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    // quantize keeps it too (int8 UNet, the EMA text encoder as text_encoder/).
+    let q = dir.path().join("int8");
+    let o = diffuse(&[
+        "quantize",
+        "--model",
+        full.to_str().unwrap(),
+        "--output",
+        q.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read(q.join("text_encoder/model.safetensors")).unwrap(),
+        std::fs::read(full.join("text_encoder_ema/model.safetensors")).unwrap()
+    );
+    let o = diffuse(&[
+        "sample",
+        "--model",
+        q.to_str().unwrap(),
+        "--prompt",
+        "red square",
+        "--steps",
+        "2",
+        "--num-images",
+        "1",
+        "--quiet",
+        "--output",
+        dir.path().join("q.png").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+
     let png = dir.path().join("apple.png");
     let o = diffuse(&[
         "sample",

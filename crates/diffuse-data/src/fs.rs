@@ -24,6 +24,26 @@ pub fn free_bytes(path: &Path) -> Option<u64> {
     Some(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
+/// Copies the files directly in `src` (not its subfolders) into `dst`, each atomically;
+/// returns how many.
+pub fn copy_files(src: &Path, dst: &Path) -> Result<usize> {
+    let io = |p: &Path| {
+        let path = p.display().to_string();
+        move |source| Error::Io { path, source }
+    };
+    std::fs::create_dir_all(dst).map_err(io(dst))?;
+    let mut n = 0;
+    for e in std::fs::read_dir(src).map_err(io(src))?.flatten() {
+        let p = e.path();
+        if p.is_file() {
+            let bytes = std::fs::read(&p).map_err(io(&p))?;
+            write_atomic(&dst.join(e.file_name()), &bytes)?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
 /// Writes `bytes` to `path` atomically.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let io = |source| Error::Io {
