@@ -106,14 +106,8 @@ pub(crate) fn derive_folder<T>(
             if let Some(tok) = &folder.tokenizer_dir {
                 diffuse_data::fs::copy_files(tok, &tmp.join("tokenizer"))?;
             }
-            if let Some(enc) = &folder.text_encoder_dir {
-                let ema = enc.with_file_name("text_encoder_ema");
-                let src = if !no_ema && ema.is_dir() {
-                    ema
-                } else {
-                    enc.clone()
-                };
-                diffuse_data::fs::copy_files(&src, &tmp.join("text_encoder"))?;
+            if let Some(enc) = folder.text_encoder_dir_to_load(no_ema) {
+                diffuse_data::fs::copy_files(enc, &tmp.join("text_encoder"))?;
             }
             PathBuf::from(folder.net_dir.file_name().context("a pipeline component")?)
         } else {

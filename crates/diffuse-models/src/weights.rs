@@ -158,6 +158,8 @@ pub struct ModelFolder {
     pub vae_dir: Option<PathBuf>,
     /// `text_encoder/` of a text-to-image pipeline (transformers' `CLIPTextModel`).
     pub text_encoder_dir: Option<PathBuf>,
+    /// `text_encoder_ema/` beside it, as `diffuse train` writes it.
+    pub ema_text_encoder_dir: Option<PathBuf>,
     /// `tokenizer/` of a text-to-image pipeline (`CLIPTokenizer`: vocab.json + merges.txt).
     pub tokenizer_dir: Option<PathBuf>,
     /// The sampling defaults `model_index.json` records (all None for a bare model folder).
@@ -171,6 +173,17 @@ impl ModelFolder {
         match (&self.ema_net_dir, no_ema) {
             (Some(ema), false) => ema,
             _ => &self.net_dir,
+        }
+    }
+
+    /// The text encoder folder to load: `text_encoder_ema/` beside `text_encoder/` (a pipeline
+    /// diffuse trained keeps both, as for the UNet) unless `no_ema`; None without a text
+    /// encoder.
+    pub fn text_encoder_dir_to_load(&self, no_ema: bool) -> Option<&Path> {
+        let enc = self.text_encoder_dir.as_deref()?;
+        match &self.ema_text_encoder_dir {
+            Some(ema) if !no_ema => Some(ema),
+            _ => Some(enc),
         }
     }
 
@@ -255,6 +268,10 @@ pub fn resolve_model_folder(dir: &Path) -> Result<ModelFolder> {
             vae_dir,
             ema_net_dir: ema.join(CONFIG_NAME).exists().then_some(ema),
             scheduler_config: sched.exists().then_some(sched),
+            ema_text_encoder_dir: text_encoder_dir
+                .as_ref()
+                .map(|d| d.with_file_name("text_encoder_ema"))
+                .filter(|d| d.join(CONFIG_NAME).exists()),
             text_encoder_dir,
             tokenizer_dir,
             pipeline_class: v
@@ -273,6 +290,7 @@ pub fn resolve_model_folder(dir: &Path) -> Result<ModelFolder> {
             ema_net_dir: None,
             vae_dir: None,
             text_encoder_dir: None,
+            ema_text_encoder_dir: None,
             tokenizer_dir: None,
             sampling: SamplingDefaults::default(),
         });

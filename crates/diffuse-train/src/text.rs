@@ -280,12 +280,9 @@ impl TextConditioning {
 
 /// Token ids `[b, max_length]` of `prompts`, padded and truncated as SD's pipelines do.
 pub fn ids(tokenizer: &ClipTokenizer, prompts: &[String], device: &Device) -> Result<Tensor> {
-    let l = tokenizer.model_max_length();
-    let mut all = Vec::with_capacity(prompts.len() * l);
-    for p in prompts {
-        all.extend(tokenizer.encode_padded(p, l)?.0);
-    }
-    Ok(Tensor::from_vec(all, (prompts.len(), l), device)?)
+    Ok(tokenizer
+        .encode_batch(prompts, tokenizer.model_max_length(), device)?
+        .0)
 }
 
 /// Puts the variables of `own` into `varmap` under [`PREFIX`].

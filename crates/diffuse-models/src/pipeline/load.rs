@@ -93,11 +93,7 @@ impl PromptEncoder {
             })
             .collect();
         let l = self.tokenizer.model_max_length();
-        let mut ids = Vec::with_capacity(distinct.len() * l);
-        for p in &distinct {
-            ids.extend(self.tokenizer.encode_padded(p, l)?.0);
-        }
-        let ids = Tensor::from_vec(ids, (distinct.len(), l), device)?;
+        let (ids, _) = self.tokenizer.encode_batch(&distinct, l, device)?;
         let emb = self.encoder.forward(&ids)?.last_hidden_state; // [distinct, L, d]
         let rows = Tensor::from_vec(rows, prompts.len(), device)?;
         Ok(emb.index_select(&rows, 0)?)
@@ -150,15 +146,11 @@ impl Pipeline {
         let (net, vae) = crate::precision::load_as(&folder, opts.no_ema, opts.dtype, device)?;
         let text = match (net.context_dim(), &folder.tokenizer_dir, &folder.text_encoder_dir) {
             (None, _, _) => None,
-            (Some(d), Some(tok), Some(enc)) => {
-                // diffuse's trained pipelines keep the EMA text encoder beside, as the UNet's.
-                let ema = enc.with_file_name("text_encoder_ema");
-                let enc = if !opts.no_ema && ema.join(crate::weights::CONFIG_NAME).exists() {
-                    ema
-                } else {
-                    enc.clone()
-                };
-                let p = PromptEncoder::load(tok, &enc, device)?;
+            (Some(d), Some(tok), Some(_)) => {
+                let enc = folder
+                    .text_encoder_dir_to_load(opts.no_ema)
+                    .expect("a text encoder");
+                let p = PromptEncoder::load(tok, enc, device)?;
                 if p.encoder.hidden_size() != d {
                     return Err(Error::Config(format!(
                         "{}: the text encoder's hidden_size is {} but the UNet's cross_attention_dim is {d}",
