@@ -79,5 +79,9 @@ fn the_patch_is_in_effect_first_contributions_are_not_copied() {
     let grads = loss.backward().unwrap();
     let (ga, gb) = (grads.get(&a).unwrap(), grads.get(&b).unwrap());
     close(ga, &[3., 3., 3.]);
-    assert_eq!(ga.id(), gb.id(), "third_party/candle-core's backprop patch is not in use");
+    assert_eq!(
+        ga.id(),
+        gb.id(),
+        "third_party/candle-core's backprop patch is not in use"
+    );
 }

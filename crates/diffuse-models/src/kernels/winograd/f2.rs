@@ -54,7 +54,7 @@ pub(super) fn input(
             for (i, r) in rows.chunks_exact_mut(2 * n).enumerate() {
                 let yy = (2 * ty + i) as isize - 1;
                 let row = (yy >= 0 && yy < d.h as isize).then(|| &xc[yy as usize * d.w..][..d.w]);
-                phases::<2>(row, 1, r, n);
+                phases::<2>(row, 1, d.w, r, n);
             }
             // Bᵀ over the 4 rows (both halves at once).
             let (r0, rest) = rows.split_at(2 * n);

@@ -125,7 +125,7 @@ pub(super) fn input(
                 let yy = (4 * ty + i) as isize - 1;
                 let row = (yy >= 0 && (yy as usize) < d.h)
                     .then(|| &xc[yy as usize * d.w..(yy as usize + 1) * d.w]);
-                phases::<4>(row, 1, &mut ph[i * 4 * len..(i + 1) * 4 * len], len);
+                phases::<4>(row, 1, d.w, &mut ph[i * 4 * len..(i + 1) * 4 * len], len);
             }
             for tx0 in (0..d.tw).step_by(L) {
                 let n = L.min(d.tw - tx0);
