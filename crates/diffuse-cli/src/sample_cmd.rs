@@ -58,6 +58,10 @@ pub struct Args {
     /// empty prompt). Once for all images, or once per image.
     #[arg(long)]
     negative_prompt: Vec<String>,
+    /// Text-to-image: take the prompt embeddings this many layers before the text encoder's
+    /// last (diffusers' `clip_skip`; 0: the last layer, as SD 1.x/2.x were trained).
+    #[arg(long, default_value_t = 0)]
+    clip_skip: usize,
     /// Classifier-free guidance scale (1 = off); the null class is the model's last class, or
     /// the negative prompt. Default: the scale the pipeline records (`diffuse train`'s
     /// `sample_guidance`), else 7.5 for text-to-image (as diffusers) and 1 for others.
@@ -284,12 +288,19 @@ pub fn run(args: Args) -> Result<()> {
         .guidance_scale
         .unwrap_or_else(|| pipe.default_guidance());
     let prompt_embeds = match (&pipe.text, args.prompt.is_empty()) {
+        (Some(text), _) if args.clip_skip > text.layers() => bail!(
+            "--clip-skip {}: the text encoder has {} layers; use 0..={}",
+            args.clip_skip,
+            text.layers(),
+            text.layers()
+        ),
         (Some(_), _) => Some(
             pipe.prompt_embeds(
                 &args.prompt,
                 &args.negative_prompt,
                 num_images,
                 guidance_scale,
+                args.clip_skip,
             )
             .context("--prompt")?,
         ),
@@ -299,6 +310,9 @@ pub fn run(args: Args) -> Result<()> {
         ),
         (None, true) if !args.negative_prompt.is_empty() => {
             bail!("--negative-prompt goes with --prompt and a text-to-image pipeline")
+        }
+        (None, true) if args.clip_skip > 0 => {
+            bail!("--clip-skip goes with --prompt and a text-to-image pipeline")
         }
         (None, true) => None,
     };

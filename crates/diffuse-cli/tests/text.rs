@@ -300,6 +300,40 @@ fn a_text_to_image_model_trains_resumes_exactly_and_samples_prompts() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(png.exists());
+    // --clip-skip: the embeddings of an earlier layer draw another image from the same seed.
+    let at_skip = |k: &str| {
+        let png = dir.path().join(format!("skip{k}.png"));
+        let o = diffuse(&[
+            "sample",
+            "--model",
+            full.to_str().unwrap(),
+            "--prompt",
+            "blue heart",
+            "--clip-skip",
+            k,
+            "--steps",
+            "2",
+            "--num-images",
+            "1",
+            "--quiet",
+            "--output",
+            png.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        std::fs::read(png).unwrap()
+    };
+    assert_ne!(at_skip("0"), at_skip("1"), "--clip-skip 1 changed nothing");
+    let o = diffuse(&[
+        "sample",
+        "--model",
+        full.to_str().unwrap(),
+        "--prompt",
+        "blue heart",
+        "--clip-skip",
+        "99",
+        "--quiet",
+    ]);
+    assert_one_line_error(&o, "--clip-skip 99: the text encoder has");
     let o = diffuse(&[
         "sample",
         "--model",

@@ -57,7 +57,7 @@ fn a_stable_diffusion_pipeline_draws_what_diffusers_draws() {
     assert_eq!(pipe.image_size(), Some((16, 16)));
     let prompts = ["a red apple".to_string(), "grinning face".to_string()];
     let negative = ["blurry".to_string(), String::new()];
-    let embeds = pipe.prompt_embeds(&prompts, &negative, 2, 3.0).unwrap();
+    let embeds = pipe.prompt_embeds(&prompts, &negative, 2, 3.0, 0).unwrap();
     let e = max_abs_err(&embeds.cond, &s["prompt_embeds"]);
     let e_neg = max_abs_err(
         embeds.uncond.as_ref().unwrap(),
@@ -76,6 +76,7 @@ fn a_stable_diffusion_pipeline_draws_what_diffusers_draws() {
                 if guidance == 1.0 { &[] } else { &negative },
                 2,
                 guidance,
+                0,
             )
             .unwrap();
         let plan = pipe

@@ -56,6 +56,8 @@ pub struct JobPrompt {
     pub prompt: String,
     /// The unconditional half of guidance ("" when none was given); encoded only when guided.
     pub negative: String,
+    /// diffusers' `clip_skip` (0: the text encoder's last layer).
+    pub clip_skip: usize,
 }
 
 /// An image to edit, at image (pixel) size, on the CPU; a latent pipeline's worker encodes it.
@@ -345,7 +347,7 @@ fn embed(
     if guided {
         prompts.push(p.negative.clone());
     }
-    let emb = text.encode(&prompts, device)?; // [1 or 2, L, d]
+    let emb = text.encode(&prompts, p.clip_skip, device)?; // [1 or 2, L, d]
     let rows = |i: usize| emb.narrow(0, i, 1)?.repeat((job.n, 1, 1));
     Ok(Some(Embeds {
         cond: rows(0)?,

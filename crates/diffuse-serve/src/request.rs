@@ -68,6 +68,8 @@ pub struct Request {
     /// (the unconditional half of guidance; default "").
     pub prompt: Option<String>,
     pub negative_prompt: Option<String>,
+    /// Text-to-image: diffusers' `clip_skip` (default 0, the text encoder's last layer).
+    pub clip_skip: Option<usize>,
     /// Given guidance; default: the model's recorded scale (7.5 for a text-to-image model, 1
     /// for an unconditional one).
     pub guidance_scale: Option<f64>,
@@ -105,12 +107,13 @@ pub struct EditUpload {
 }
 
 /// The fields of `POST /v1/images/generations`; the edit endpoints add [`EDIT_FIELDS`].
-pub const FIELDS: [&str; 16] = [
+pub const FIELDS: [&str; 17] = [
     "model",
     "n",
     "class_label",
     "prompt",
     "negative_prompt",
+    "clip_skip",
     "guidance_scale",
     "guidance_interval",
     "sampler",
@@ -300,6 +303,10 @@ pub(crate) fn parse_fields(m: &Map<String, Value>, cfg: &ServeConfig) -> Result<
         },
         prompt: prompt(m, "prompt")?,
         negative_prompt: prompt(m, "negative_prompt")?,
+        clip_skip: match m.get("clip_skip") {
+            None | Some(Value::Null) => None,
+            Some(_) => Some(uint(m, "clip_skip", 0, 0, u32::MAX as u64)? as usize),
+        },
         guidance_scale: match m.get("guidance_scale") {
             None | Some(Value::Null) => None,
             Some(_) => Some(number(m, "guidance_scale", 1.0, 0.0, 100.0)?),
@@ -493,9 +500,30 @@ pub fn plan(req: &Request, entry: &ModelEntry, cfg: &ServeConfig) -> Result<Plan
             "`negative_prompt` steers classifier-free guidance, which is off at `guidance_scale` 1: give another scale or omit `negative_prompt`",
         ));
     }
+    let clip_skip = req.clip_skip.unwrap_or(0);
+    match &entry.text {
+        None if req.clip_skip.is_some() => {
+            return Err(ApiError::bad(
+                "clip_skip",
+                "`clip_skip` chooses the text encoder's layer: this model is not text-to-image",
+            ))
+        }
+        Some(t) if clip_skip > t.layers() => {
+            return Err(ApiError::bad(
+                "clip_skip",
+                format!(
+                    "`clip_skip` {clip_skip}: the text encoder has {} layers; use 0..={}",
+                    t.layers(),
+                    t.layers()
+                ),
+            ))
+        }
+        _ => {}
+    }
     let prompt = req.prompt.as_ref().filter(|_| text).map(|p| JobPrompt {
         prompt: p.clone(),
         negative: req.negative_prompt.clone().unwrap_or_default(),
+        clip_skip,
     });
     Ok(Planned {
         sampler,

@@ -45,12 +45,33 @@ fn library(
     seed: u64,
     steps: usize,
 ) -> Tensor {
+    library_skipping(pipe, prompt, negative, guidance_scale, n, seed, steps, 0)
+}
+
+/// `library` with the prompt embeddings `clip_skip` layers early.
+#[allow(clippy::too_many_arguments)]
+fn library_skipping(
+    pipe: &Pipeline,
+    prompt: &str,
+    negative: Option<&str>,
+    guidance_scale: f64,
+    n: usize,
+    seed: u64,
+    steps: usize,
+    clip_skip: usize,
+) -> Tensor {
     let sampler = pipe
         .sampler(Some("ddim"), Some(steps), Default::default())
         .unwrap();
     let negative: Vec<String> = negative.map(String::from).into_iter().collect();
     let embeds = pipe
-        .prompt_embeds(&[prompt.to_string()], &negative, n, guidance_scale)
+        .prompt_embeds(
+            &[prompt.to_string()],
+            &negative,
+            n,
+            guidance_scale,
+            clip_skip,
+        )
         .unwrap();
     let opts = GenerateOptions {
         num_images: n,
@@ -156,6 +177,26 @@ async fn a_negative_prompt_steers_guidance_as_the_library_does() {
 }
 
 #[tokio::test]
+async fn clip_skip_takes_an_earlier_layer_as_the_library_does() {
+    let tmp = tempfile::tempdir().unwrap();
+    let app = text_app(tmp.path(), ServeConfig::default());
+    let pipe = load(&tmp.path().join("sd"));
+    let req = json!({"model": "sd", "prompt": "a red apple", "clip_skip": 1, "guidance_scale": 4.0, "steps": 3, "seed": 2, "sampler": "ddim"});
+    let (s, _, b) = call(&app, post(req)).await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    let skipped = json_of(&b)["data"][0]["b64_json"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let want = library_skipping(&pipe, "a red apple", None, 4.0, 1, 2, 3, 1);
+    let d = levels_off(&skipped, &want.get(0).unwrap());
+    assert!(d <= 1.0, "differs from the library by {d} levels");
+    let last_layer = library(&pipe, "a red apple", None, 4.0, 1, 2, 3);
+    let d = levels_off(&skipped, &last_layer.get(0).unwrap());
+    assert!(d > 2.0, "clip_skip changed nothing ({d} levels)");
+}
+
+#[tokio::test]
 async fn different_prompts_share_a_batch_and_keep_their_images() {
     let tmp = tempfile::tempdir().unwrap();
     let app = text_app(
@@ -245,6 +286,7 @@ fn batched_prompt_jobs_equal_their_solo_runs_within_1e_5() {
             prompt: Some(JobPrompt {
                 prompt: prompt.into(),
                 negative: negative.into(),
+                clip_skip: 0,
             }),
             guidance_scale,
             guidance_interval: interval,
@@ -327,6 +369,21 @@ async fn prompt_errors_are_400s_naming_the_field() {
         (
             json!({"model": "pipeline_basic", "negative_prompt": "a"}),
             "negative_prompt",
+            "not text-to-image",
+        ),
+        (
+            json!({"model": "sd", "prompt": "a", "clip_skip": 99}),
+            "clip_skip",
+            "layers; use 0..=",
+        ),
+        (
+            json!({"model": "sd", "prompt": "a", "clip_skip": -1}),
+            "clip_skip",
+            "clip_skip",
+        ),
+        (
+            json!({"model": "unet_class_cond", "class_label": 1, "clip_skip": 1}),
+            "clip_skip",
             "not text-to-image",
         ),
     ];

@@ -130,6 +130,7 @@ pub fn run_prompts(a: PromptsArgs) -> Result<()> {
                 &[],
                 a.per_prompt,
                 guidance,
+                0,
             )?),
             ..Default::default()
         };

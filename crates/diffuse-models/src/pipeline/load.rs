@@ -78,9 +78,15 @@ impl PromptEncoder {
         Ok(PromptEncoder { tokenizer, encoder })
     }
 
+    /// The text encoder's layer count: the largest `clip_skip`.
+    pub fn layers(&self) -> usize {
+        self.encoder.config().num_hidden_layers
+    }
+
     /// Prompt embeddings `[K, L, d]` of `prompts` (the text encoder's last hidden states, as
-    /// SD 1.x/2.x pipelines take them): each distinct prompt is encoded once.
-    pub fn encode(&self, prompts: &[String], device: &Device) -> Result<Tensor> {
+    /// SD 1.x/2.x pipelines take them, or with diffusers' `clip_skip` k ≥ 1 the normed output
+    /// of layer N − k): each distinct prompt is encoded once.
+    pub fn encode(&self, prompts: &[String], clip_skip: usize, device: &Device) -> Result<Tensor> {
         let mut distinct: Vec<&String> = Vec::new();
         let rows: Vec<u32> = prompts
             .iter()
@@ -94,7 +100,7 @@ impl PromptEncoder {
             .collect();
         let l = self.tokenizer.model_max_length();
         let (ids, _) = self.tokenizer.encode_batch(&distinct, l, device)?;
-        let emb = self.encoder.forward(&ids)?.last_hidden_state; // [distinct, L, d]
+        let emb = self.encoder.prompt_embeds(&ids, None, clip_skip)?; // [distinct, L, d]
         let rows = Tensor::from_vec(rows, prompts.len(), device)?;
         Ok(emb.index_select(&rows, 0)?)
     }
@@ -274,13 +280,15 @@ impl Pipeline {
     }
 
     /// Prompt embeddings for `k` images from one or `k` prompts and (for guidance) one or `k`
-    /// negative prompts — the empty prompt when none is given, as diffusers does.
+    /// negative prompts — the empty prompt when none is given, as diffusers does — with
+    /// diffusers' `clip_skip` (0: the last layer).
     pub fn prompt_embeds(
         &self,
         prompts: &[String],
         negative: &[String],
         k: usize,
         guidance_scale: f64,
+        clip_skip: usize,
     ) -> Result<PromptEmbeds> {
         let Some(text) = &self.text else {
             return Err(Error::Input(
@@ -302,9 +310,10 @@ impl Pipeline {
                 "the model is text-conditional: give a prompt".into(),
             ));
         }
-        let cond = text.encode(&per_image(prompts, "prompts")?, &self.device)?;
+        let encode = |v: Vec<String>| text.encode(&v, clip_skip, &self.device);
+        let cond = encode(per_image(prompts, "prompts")?)?;
         let uncond = if guidance_scale != 1.0 {
-            Some(text.encode(&per_image(negative, "negative prompts")?, &self.device)?)
+            Some(encode(per_image(negative, "negative prompts")?)?)
         } else if !negative.is_empty() {
             return Err(Error::Input(
                 "a negative prompt needs classifier-free guidance (a guidance scale other than 1)"
