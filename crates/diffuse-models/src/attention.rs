@@ -55,7 +55,9 @@ impl SpatialAttention {
             Some(n) => ops::group_norm(x, n, false)?,
             None => x.clone(),
         };
-        let seq = normed.reshape((b, c, l))?.transpose(1, 2)?; // [b, L, c]
+        // [b, L, c], made contiguous once here rather than by each of the three projections
+        // (`ops::linear` copies a transposed input, see there).
+        let seq = normed.reshape((b, c, l))?.transpose(1, 2)?.contiguous()?;
         let split = |t: Tensor| -> Result<Tensor> {
             // [b, L, heads·d] → [b, heads, L, d]
             t.reshape((b, l, self.heads, self.head_dim))?
