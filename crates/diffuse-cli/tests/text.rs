@@ -155,6 +155,13 @@ fn train(cfg: &Path, out: &Path, extra: &[&str]) -> Output {
     diffuse(&args)
 }
 
+/// `diffuse sample --model MODEL --quiet ARGS…`.
+fn sample(model: &Path, args: &[&str]) -> Output {
+    let mut all = vec!["sample", "--model", model.to_str().unwrap(), "--quiet"];
+    all.extend_from_slice(args);
+    diffuse(&all)
+}
+
 #[test]
 fn a_text_to_image_model_trains_resumes_exactly_and_samples_prompts() {
     let dir = tempfile::tempdir().unwrap();
@@ -235,20 +242,19 @@ fn a_text_to_image_model_trains_resumes_exactly_and_samples_prompts() {
     ] {
         assert!(conv.join(f).exists(), "convert dropped {f}");
     }
-    let o = diffuse(&[
-        "sample",
-        "--model",
-        conv.to_str().unwrap(),
-        "--prompt",
-        "red square",
-        "--steps",
-        "2",
-        "--num-images",
-        "1",
-        "--quiet",
-        "--output",
-        dir.path().join("conv.png").to_str().unwrap(),
-    ]);
+    let o = sample(
+        &conv,
+        &[
+            "--prompt",
+            "red square",
+            "--steps",
+            "2",
+            "--num-images",
+            "1",
+            "--output",
+            dir.path().join("conv.png").to_str().unwrap(),
+        ],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
 
     // quantize keeps it too (int8 UNet, the EMA text encoder as text_encoder/).
@@ -265,100 +271,80 @@ fn a_text_to_image_model_trains_resumes_exactly_and_samples_prompts() {
         std::fs::read(q.join("text_encoder/model.safetensors")).unwrap(),
         std::fs::read(full.join("text_encoder_ema/model.safetensors")).unwrap()
     );
-    let o = diffuse(&[
-        "sample",
-        "--model",
-        q.to_str().unwrap(),
-        "--prompt",
-        "red square",
-        "--steps",
-        "2",
-        "--num-images",
-        "1",
-        "--quiet",
-        "--output",
-        dir.path().join("q.png").to_str().unwrap(),
-    ]);
+    let o = sample(
+        &q,
+        &[
+            "--prompt",
+            "red square",
+            "--steps",
+            "2",
+            "--num-images",
+            "1",
+            "--output",
+            dir.path().join("q.png").to_str().unwrap(),
+        ],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
 
     let png = dir.path().join("apple.png");
-    let o = diffuse(&[
-        "sample",
-        "--model",
-        full.to_str().unwrap(),
-        "--prompt",
-        "blue heart",
-        "--negative-prompt",
-        "red",
-        "--steps",
-        "2",
-        "--num-images",
-        "2",
-        "--quiet",
-        "--output",
-        png.to_str().unwrap(),
-    ]);
+    let o = sample(
+        &full,
+        &[
+            "--prompt",
+            "blue heart",
+            "--negative-prompt",
+            "red",
+            "--steps",
+            "2",
+            "--num-images",
+            "2",
+            "--output",
+            png.to_str().unwrap(),
+        ],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(png.exists());
     // --clip-skip: the embeddings of an earlier layer draw another image from the same seed.
     let at_skip = |k: &str| {
         let png = dir.path().join(format!("skip{k}.png"));
-        let o = diffuse(&[
-            "sample",
-            "--model",
-            full.to_str().unwrap(),
-            "--prompt",
-            "blue heart",
-            "--clip-skip",
-            k,
-            "--steps",
-            "2",
-            "--num-images",
-            "1",
-            "--quiet",
-            "--output",
-            png.to_str().unwrap(),
-        ]);
+        let o = sample(
+            &full,
+            &[
+                "--prompt",
+                "blue heart",
+                "--clip-skip",
+                k,
+                "--steps",
+                "2",
+                "--num-images",
+                "1",
+                "--output",
+                png.to_str().unwrap(),
+            ],
+        );
         assert!(o.status.success(), "{}", stderr(&o));
         std::fs::read(png).unwrap()
     };
     assert_ne!(at_skip("0"), at_skip("1"), "--clip-skip 1 changed nothing");
-    let o = diffuse(&[
-        "sample",
-        "--model",
-        full.to_str().unwrap(),
-        "--prompt",
-        "blue heart",
-        "--clip-skip",
-        "99",
-        "--quiet",
-    ]);
+    let o = sample(&full, &["--prompt", "blue heart", "--clip-skip", "99"]);
     assert_one_line_error(&o, "--clip-skip 99: the text encoder has");
-    let o = diffuse(&[
-        "sample",
-        "--model",
-        full.to_str().unwrap(),
-        "--steps",
-        "2",
-        "--quiet",
-    ]);
+    let o = sample(&full, &["--steps", "2"]);
     assert_one_line_error(&o, "give a prompt");
-    let o = diffuse(&[
-        "sample",
-        "--model",
-        full.to_str().unwrap(),
-        "--prompt",
-        "a",
-        "--prompt",
-        "b",
-        "--prompt",
-        "c",
-        "--num-images",
-        "2",
-        "--steps",
-        "2",
-        "--quiet",
-    ]);
+    let o = sample(
+        &full,
+        &[
+            "--prompt",
+            "a",
+            "--prompt",
+            "b",
+            "--prompt",
+            "c",
+            "--num-images",
+            "2",
+            "--steps",
+            "2",
+        ],
+    );
     assert_one_line_error(&o, "3 prompts for 2 images");
 }
 

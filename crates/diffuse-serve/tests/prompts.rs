@@ -35,22 +35,10 @@ fn load(dir: &Path) -> Pipeline {
     Pipeline::load(dir, &LoadOptions::default(), &Device::Cpu).unwrap()
 }
 
-/// The library's images for `n` images of `prompt` with DDIM in `steps` steps.
-fn library(
-    pipe: &Pipeline,
-    prompt: &str,
-    negative: Option<&str>,
-    guidance_scale: f64,
-    n: usize,
-    seed: u64,
-    steps: usize,
-) -> Tensor {
-    library_skipping(pipe, prompt, negative, guidance_scale, n, seed, steps, 0)
-}
-
-/// `library` with the prompt embeddings `clip_skip` layers early.
+/// The library's images for `n` images of `prompt` with DDIM in `steps` steps, the prompt
+/// embeddings `clip_skip` layers early.
 #[allow(clippy::too_many_arguments)]
-fn library_skipping(
+fn library(
     pipe: &Pipeline,
     prompt: &str,
     negative: Option<&str>,
@@ -137,6 +125,7 @@ async fn a_prompt_generates_the_library_images() {
         2,
         5,
         3,
+        0,
     );
     for i in 0..2 {
         let d = levels_off(
@@ -167,11 +156,11 @@ async fn a_negative_prompt_steers_guidance_as_the_library_does() {
         .as_str()
         .unwrap()
         .to_string();
-    let want = library(&pipe, "a red apple", Some("grinning face"), 4.0, 1, 2, 3);
+    let want = library(&pipe, "a red apple", Some("grinning face"), 4.0, 1, 2, 3, 0);
     let d = levels_off(&steered, &want.get(0).unwrap());
     assert!(d <= 1.0, "differs from the library by {d} levels");
     // Against the empty prompt instead, the image is another one.
-    let plain = library(&pipe, "a red apple", None, 4.0, 1, 2, 3);
+    let plain = library(&pipe, "a red apple", None, 4.0, 1, 2, 3, 0);
     let d = levels_off(&steered, &plain.get(0).unwrap());
     assert!(d > 2.0, "the negative prompt changed nothing ({d} levels)");
 }
@@ -188,10 +177,10 @@ async fn clip_skip_takes_an_earlier_layer_as_the_library_does() {
         .as_str()
         .unwrap()
         .to_string();
-    let want = library_skipping(&pipe, "a red apple", None, 4.0, 1, 2, 3, 1);
+    let want = library(&pipe, "a red apple", None, 4.0, 1, 2, 3, 1);
     let d = levels_off(&skipped, &want.get(0).unwrap());
     assert!(d <= 1.0, "differs from the library by {d} levels");
-    let last_layer = library(&pipe, "a red apple", None, 4.0, 1, 2, 3);
+    let last_layer = library(&pipe, "a red apple", None, 4.0, 1, 2, 3, 0);
     let d = levels_off(&skipped, &last_layer.get(0).unwrap());
     assert!(d > 2.0, "clip_skip changed nothing ({d} levels)");
 }

@@ -460,19 +460,9 @@ impl ClipTokenizer {
             return;
         }
         let chars: Vec<char> = word.bytes().map(|b| self.byte_chars[b as usize]).collect();
-        let last = chars.len().saturating_sub(1);
-        // Each character (the last with `</w>`); one unk per unknown one (fuse_unk=False).
-        let mut syms: Vec<u32> = chars
-            .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                let s = if i == last {
-                    format!("{c}{END_OF_WORD}")
-                } else {
-                    c.to_string()
-                };
-                self.vocab.get(&s).copied().unwrap_or(self.unk_id)
-            })
+        // One unk per unknown character (fuse_unk=False).
+        let mut syms: Vec<u32> = word_symbols(&chars)
+            .map(|s| self.vocab.get(&s).copied().unwrap_or(self.unk_id))
             .collect();
         // The tokenizers library's merge order: the adjacent pair of lowest (rank, position).
         loop {
@@ -537,6 +527,18 @@ impl ClipTokenizer {
     pub fn merges(&self) -> &[(String, String)] {
         &self.merges
     }
+}
+
+/// A word's symbols before any merge: each character, the last with `</w>`.
+fn word_symbols(chars: &[char]) -> impl Iterator<Item = String> + '_ {
+    let last = chars.len().saturating_sub(1);
+    chars.iter().enumerate().map(move |(i, c)| {
+        if i == last {
+            format!("{c}{END_OF_WORD}")
+        } else {
+            c.to_string()
+        }
+    })
 }
 
 /// Splits `text` at each occurrence of a special token's content (the longest at a position).

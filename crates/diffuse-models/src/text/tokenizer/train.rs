@@ -60,19 +60,7 @@ impl ClipTokenizer {
                 .into_iter()
                 .map(|(w, n)| {
                     let chars: Vec<char> = w.chars().collect();
-                    let last = chars.len() - 1;
-                    let ids = chars
-                        .iter()
-                        .enumerate()
-                        .map(|(i, c)| {
-                            let s = if i == last {
-                                format!("{c}{END_OF_WORD}")
-                            } else {
-                                c.to_string()
-                            };
-                            index[&s]
-                        })
-                        .collect();
+                    let ids = word_symbols(&chars).map(|s| index[&s]).collect();
                     (ids, n)
                 })
                 .collect()
