@@ -2,7 +2,7 @@
 //! `models.py`) as an ONNX graph, op for op as `crate::dit`'s forward: patch embedding + the
 //! fixed 2-D sin-cos positions, adaLN-Zero blocks, the final modulation, unpatchify.
 
-use super::graph::{value_info, Attr, Dim, Graph};
+use super::graph::{image_value, value_info, Attr, Dim, Graph};
 use super::proto::{ModelProto, FLOAT, INT64};
 use super::unet::{sinusoid, timestep_mlp};
 use crate::dit::{DiTBlock, DiTTransformer2DModel, ADA_LN_EPS, TIME_PROJ_DIM};
@@ -80,15 +80,11 @@ pub(crate) fn export(m: &DiTTransformer2DModel) -> Result<ModelProto> {
     let (d, p) = (c.inner_dim(), c.patch_size);
     let grid = s / p;
     let mut inputs = vec![
-        value_info(
+        image_value(
             "sample",
-            FLOAT,
-            &[
-                batch.clone(),
-                Dim::Fixed(c.in_channels),
-                Dim::Fixed(s),
-                Dim::Fixed(s),
-            ],
+            &batch,
+            c.in_channels,
+            [Dim::Fixed(s), Dim::Fixed(s)],
         ),
         value_info("timestep", FLOAT, std::slice::from_ref(&batch)),
     ];
@@ -134,15 +130,11 @@ pub(crate) fn export(m: &DiTTransformer2DModel) -> Result<ModelProto> {
     let x = g.reshape("unpatchify", &x, &[0, gi, gi, pi, pi, co]);
     let x = g.transpose("unpatchify", &x, &[0, 5, 1, 3, 2, 4]);
     let x = g.reshape("unpatchify", &x, &[0, co, gi * pi, gi * pi]);
-    let outputs = vec![value_info(
+    let outputs = vec![image_value(
         "out_sample",
-        FLOAT,
-        &[
-            batch,
-            Dim::Fixed(c.out_channels()),
-            Dim::Fixed(s),
-            Dim::Fixed(s),
-        ],
+        &batch,
+        c.out_channels(),
+        [Dim::Fixed(s), Dim::Fixed(s)],
     )];
     let graph = g.finish("DiTTransformer2DModel", &x, "out_sample", inputs, outputs);
     Ok(super::model(

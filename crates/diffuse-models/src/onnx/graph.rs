@@ -88,6 +88,19 @@ pub(crate) enum Dim {
     Named(&'static str),
 }
 
+/// The spatial sizes of a graph that takes any image size.
+pub(crate) const ANY_HW: [Dim; 2] = [Dim::Named("height"), Dim::Named("width")];
+
+/// A float32 NCHW image input or output, `[batch, channels, h, w]`.
+pub(crate) fn image_value(
+    name: &str,
+    batch: &Dim,
+    channels: usize,
+    [h, w]: [Dim; 2],
+) -> ValueInfoProto {
+    value_info(name, FLOAT, &[batch.clone(), Dim::Fixed(channels), h, w])
+}
+
 /// A graph input or output of element type `elem` ([`FLOAT`], [`INT64`]).
 pub(crate) fn value_info(name: &str, elem: i32, dims: &[Dim]) -> ValueInfoProto {
     let dim = dims

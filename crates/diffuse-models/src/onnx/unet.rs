@@ -5,7 +5,7 @@
 //! `forward` of the same module, op for op. The blocks also carry `UNet2DConditionModel`'s
 //! cross-attention transformers (`super::unet_cond`), reading the text states of [`Cond`].
 
-use super::graph::{Attr, Dim, Graph};
+use super::graph::{image_value, Attr, Dim, Graph, ANY_HW};
 use super::proto::{ModelProto, FLOAT, INT64};
 use crate::attention::SpatialAttention;
 use crate::blocks::{BlockAttention, Down, DownBlock, MidBlock, Up, UpBlock};
@@ -312,16 +312,7 @@ pub(crate) fn export(m: &UNet2DModel) -> Result<ModelProto> {
     let mut g = Graph::default();
     let batch = Dim::Named("batch");
     let mut inputs = vec![
-        super::graph::value_info(
-            "sample",
-            FLOAT,
-            &[
-                batch.clone(),
-                Dim::Fixed(c.in_channels),
-                Dim::Named("height"),
-                Dim::Named("width"),
-            ],
-        ),
+        image_value("sample", &batch, c.in_channels, ANY_HW),
         super::graph::value_info("timestep", FLOAT, std::slice::from_ref(&batch)),
     ];
     let x = if c.center_input_sample {
@@ -403,16 +394,7 @@ pub(crate) fn export(m: &UNet2DModel) -> Result<ModelProto> {
         let t = g.reshape("out_sample", "timestep", &[-1, 1, 1, 1]);
         h = g.op("Div", "out_sample", &[&h, &t], &[]);
     }
-    let outputs = vec![super::graph::value_info(
-        "out_sample",
-        FLOAT,
-        &[
-            batch,
-            Dim::Fixed(c.out_channels),
-            Dim::Named("height"),
-            Dim::Named("width"),
-        ],
-    )];
+    let outputs = vec![image_value("out_sample", &batch, c.out_channels, ANY_HW)];
     let graph = g.finish("UNet2DModel", &h, "out_sample", inputs, outputs);
     Ok(super::model(
         graph,

@@ -9,7 +9,7 @@
 //! of the skip states it meets next, read in the graph (`Shape` → `Resize` with `sizes`), so
 //! one graph serves every height and width.
 
-use super::graph::{value_info, Attr, Dim, Graph};
+use super::graph::{image_value, value_info, Attr, Dim, Graph, ANY_HW};
 use super::proto::{ModelProto, FLOAT};
 use super::unet::{down_block, mid_block, time_projection, timestep_mlp, up_block, Cond};
 use crate::transformer_2d::{BasicTransformerBlock, Projection, Transformer2D, LAYER_NORM_EPS};
@@ -129,16 +129,7 @@ pub(crate) fn export(m: &UNet2DConditionModel) -> Result<ModelProto> {
     let mut g = Graph::default();
     let batch = Dim::Named("batch");
     let inputs = vec![
-        value_info(
-            "sample",
-            FLOAT,
-            &[
-                batch.clone(),
-                Dim::Fixed(c.in_channels),
-                Dim::Named("height"),
-                Dim::Named("width"),
-            ],
-        ),
+        image_value("sample", &batch, c.in_channels, ANY_HW),
         value_info("timestep", FLOAT, std::slice::from_ref(&batch)),
         value_info(
             "encoder_hidden_states",
@@ -188,16 +179,7 @@ pub(crate) fn export(m: &UNet2DConditionModel) -> Result<ModelProto> {
     }
     h = g.group_norm("conv_norm_out", &h, &m.conv_norm_out, true)?;
     h = g.conv("conv_out", &h, &m.conv_out, None)?;
-    let outputs = vec![value_info(
-        "out_sample",
-        FLOAT,
-        &[
-            batch,
-            Dim::Fixed(c.out_channels),
-            Dim::Named("height"),
-            Dim::Named("width"),
-        ],
-    )];
+    let outputs = vec![image_value("out_sample", &batch, c.out_channels, ANY_HW)];
     let graph = g.finish("UNet2DConditionModel", &h, "out_sample", inputs, outputs);
     Ok(super::model(
         graph,

@@ -3,8 +3,8 @@
 //! built from the UNet's ResNet, attention and block exporters as `crate::vae` is built from
 //! the UNet's modules.
 
-use super::graph::{value_info, Dim, Graph};
-use super::proto::{ModelProto, FLOAT};
+use super::graph::{image_value, Dim, Graph, ANY_HW};
+use super::proto::ModelProto;
 use super::unet::{mid_block, up_block, Cond};
 use crate::{AutoencoderKL, Result};
 
@@ -17,15 +17,11 @@ pub(crate) fn export_decoder(vae: &AutoencoderKL) -> Result<ModelProto> {
     let dec = &vae.decoder;
     let mut g = Graph::default();
     let batch = Dim::Named("batch");
-    let inputs = vec![value_info(
+    let inputs = vec![image_value(
         "latent_sample",
-        FLOAT,
-        &[
-            batch.clone(),
-            Dim::Fixed(c.latent_channels),
-            Dim::Named("height"),
-            Dim::Named("width"),
-        ],
+        &batch,
+        c.latent_channels,
+        ANY_HW,
     )];
     let z = match &vae.post_quant_conv {
         Some(p) => g.conv("post_quant_conv", "latent_sample", p, None)?,
@@ -45,15 +41,11 @@ pub(crate) fn export_decoder(vae: &AutoencoderKL) -> Result<ModelProto> {
     }
     h = g.group_norm("decoder.conv_norm_out", &h, &dec.conv_norm_out, true)?;
     h = g.conv("decoder.conv_out", &h, &dec.conv_out, None)?;
-    let outputs = vec![value_info(
+    let outputs = vec![image_value(
         "sample",
-        FLOAT,
-        &[
-            batch,
-            Dim::Fixed(c.out_channels),
-            Dim::Named("image_height"),
-            Dim::Named("image_width"),
-        ],
+        &batch,
+        c.out_channels,
+        [Dim::Named("image_height"), Dim::Named("image_width")],
     )];
     let graph = g.finish("AutoencoderKLDecoder", &h, "sample", inputs, outputs);
     Ok(super::model(
