@@ -242,20 +242,24 @@ fn a_text_to_image_model_trains_resumes_exactly_and_samples_prompts() {
     ] {
         assert!(conv.join(f).exists(), "convert dropped {f}");
     }
-    let o = sample(
-        &conv,
-        &[
+    // One image of "red square" from a converted or quantized folder.
+    let red_square = |model: &Path, png: &str| {
+        let png = dir.path().join(png);
+        let args = [
             "--prompt",
             "red square",
             "--steps",
             "2",
             "--num-images",
             "1",
-            "--output",
-            dir.path().join("conv.png").to_str().unwrap(),
-        ],
-    );
-    assert!(o.status.success(), "{}", stderr(&o));
+        ];
+        let o = sample(
+            model,
+            &[&args[..], &["--output", png.to_str().unwrap()]].concat(),
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+    };
+    red_square(&conv, "conv.png");
 
     // quantize keeps it too (int8 UNet, the EMA text encoder as text_encoder/).
     let q = dir.path().join("int8");
@@ -271,20 +275,7 @@ fn a_text_to_image_model_trains_resumes_exactly_and_samples_prompts() {
         std::fs::read(q.join("text_encoder/model.safetensors")).unwrap(),
         std::fs::read(full.join("text_encoder_ema/model.safetensors")).unwrap()
     );
-    let o = sample(
-        &q,
-        &[
-            "--prompt",
-            "red square",
-            "--steps",
-            "2",
-            "--num-images",
-            "1",
-            "--output",
-            dir.path().join("q.png").to_str().unwrap(),
-        ],
-    );
-    assert!(o.status.success(), "{}", stderr(&o));
+    red_square(&q, "q.png");
 
     let png = dir.path().join("apple.png");
     let o = sample(
