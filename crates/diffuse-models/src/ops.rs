@@ -204,8 +204,10 @@ pub fn upsample_nearest2x(x: &Tensor) -> Result<Tensor> {
 const ATTENTION_CHUNK_BYTES: usize = 128 << 20;
 
 /// Scaled dot-product attention, softmax(q kᵀ · scale) v, over `[b, heads, L, d]` tensors.
-/// Queries are processed in chunks so the score matrix never exceeds ~128 MiB; the softmax is
-/// candle's composed one, which has a backward (`softmax_last_dim` has none).
+/// On the CPU in f32 our fused kernel runs it (`kernels::attention`: no score tensor, the
+/// result a view of a `[b, L, heads, d]` buffer). Otherwise queries are processed in chunks so
+/// the score matrix never exceeds ~128 MiB; the softmax is candle's composed one, which has a
+/// backward (`softmax_last_dim` has none).
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
     let _t = crate::profile::scope("attention (q·kᵀ, softmax, ·v)");
     attention_with_budget(q, k, v, scale, None, ATTENTION_CHUNK_BYTES)
@@ -234,6 +236,18 @@ fn attention_with_budget(
     bias: Option<&Tensor>,
     budget_bytes: usize,
 ) -> Result<Tensor> {
+    let small_heads = q
+        .dims()
+        .last()
+        .is_some_and(|&d| d <= kernels::attention::MAX_HEAD_DIM);
+    if bias.is_none()
+        && small_heads
+        && use_kernels(q)
+        && k.dtype() == DType::F32
+        && v.dtype() == DType::F32
+    {
+        return kernels::attention::attention(q, k, v, scale);
+    }
     let (b, h, l, _) = q.dims4()?;
     let kt = k.transpose(2, 3)?.contiguous()?; // [b, h, d, Lk]
     let lk = k.dim(2)?;

@@ -10,7 +10,7 @@ use rayon::prelude::*;
 /// `e^x` for f32 (Cephes `expf`: range reduction by ln 2 and a degree-6 polynomial, ~1 ulp),
 /// written so that the loops around it vectorize.
 #[inline(always)]
-fn exp(x: f32) -> f32 {
+pub(super) fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
@@ -24,7 +24,9 @@ fn exp(x: f32) -> f32 {
     let p = p * r + 1.666_666_5e-1;
     let p = p * r + 0.5;
     let e = p * r * r + r + 1.0;
-    e * f32::from_bits(((n as i32 + 127) << 23) as u32)
+    // 2ⁿ from the float's bits, not through `n as i32` (a saturating, NaN-checking conversion
+    // that keeps the loop scalar): 2²³ + n + 127 holds n + 127 in its low mantissa bits.
+    e * f32::from_bits((n + (8_388_608.0 + 127.0)).to_bits() << 23)
 }
 
 #[inline(always)]

@@ -37,6 +37,7 @@ macro_rules! multiversion {
 pub(crate) use multiversion;
 
 pub mod adamw;
+pub mod attention;
 pub mod conv2d;
 pub mod group_norm;
 mod packed;
