@@ -157,8 +157,13 @@ pub fn group_norm(x: &Tensor, norm: &GroupNorm, then_silu: bool) -> Result<Tenso
 /// Affine layer over the last dimension. The input is made contiguous first: candle 0.11.1's
 /// `Linear` on a transposed 3-D input (its broadcast-weight matmul path) returns wrong values
 /// on the CPU (found by the UNet parity tests: attention over `[b, c, L]ᵀ`).
+/// On the CPU in f32 our kernel runs it (`kernels::linear`: candle's matmul threads small
+/// `x · Wᵀ` products badly, and adds the bias in a pass of its own).
 pub fn linear(x: &Tensor, l: &candle_nn::Linear) -> Result<Tensor> {
     let _t = crate::profile::scope("linear");
+    if use_kernels(x) && l.weight().dtype() == DType::F32 {
+        return kernels::linear::linear(x, l.weight(), l.bias());
+    }
     if x.is_contiguous() {
         l.forward(x)
     } else {

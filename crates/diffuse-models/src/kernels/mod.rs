@@ -40,6 +40,7 @@ pub mod adamw;
 pub mod attention;
 pub mod conv2d;
 pub mod group_norm;
+pub mod linear;
 mod packed;
 pub mod tune;
 pub mod winograd;
