@@ -291,7 +291,18 @@ impl DiTTransformer2DModel {
     /// class), `[b, num_embeds_ada_norm + 1]` weights over them (soft labels), or None for the
     /// null class everywhere. Returns [b, out_channels, h, w], the
     /// learned-variance half included (see [`split_learned_sigma`]).
+    /// Runs on rayon's pool (see [`crate::kernels::on_pool`]).
     pub fn forward(
+        &self,
+        sample: &Tensor,
+        timesteps: &[f32],
+        class_labels: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        crate::kernels::on_pool(|| self.forward_here(sample, timesteps, class_labels))
+    }
+
+    /// [`Self::forward`] on the calling thread.
+    fn forward_here(
         &self,
         sample: &Tensor,
         timesteps: &[f32],

@@ -256,7 +256,18 @@ impl UNet2DModel {
     /// `class_labels`: `[b]` integer labels or `[b, classes]` weights over them (table; see
     /// [`soft_embedding`]), `[b]` numbers (timestep type) or [b, time_embed_dim] (identity).
     /// Returns [b, out_channels, h, w].
+    /// Runs on rayon's pool (see [`crate::kernels::on_pool`]).
     pub fn forward(
+        &self,
+        sample: &Tensor,
+        timesteps: &[f32],
+        class_labels: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        crate::kernels::on_pool(|| self.forward_here(sample, timesteps, class_labels))
+    }
+
+    /// [`Self::forward`] on the calling thread.
+    fn forward_here(
         &self,
         sample: &Tensor,
         timesteps: &[f32],

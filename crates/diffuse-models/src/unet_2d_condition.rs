@@ -180,7 +180,18 @@ impl UNet2DConditionModel {
     /// `sample`: [b, in_channels, h, w]; `timesteps`: b values (or one, broadcast);
     /// `encoder_hidden_states`: [b, L, cross_attention_dim] (a text encoder's last hidden
     /// states). Returns [b, out_channels, h, w].
+    /// Runs on rayon's pool (see [`crate::kernels::on_pool`]).
     pub fn forward(
+        &self,
+        sample: &Tensor,
+        timesteps: &[f32],
+        encoder_hidden_states: &Tensor,
+    ) -> Result<Tensor> {
+        crate::kernels::on_pool(|| self.forward_here(sample, timesteps, encoder_hidden_states))
+    }
+
+    /// [`Self::forward`] on the calling thread.
+    fn forward_here(
         &self,
         sample: &Tensor,
         timesteps: &[f32],
