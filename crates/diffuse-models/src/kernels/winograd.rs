@@ -102,17 +102,32 @@ fn phases<const P: usize>(row: Option<&[f32]>, off: usize, w: usize, ph: &mut [f
     debug_assert!(row.is_none_or(|r| r.len() == w));
     match row {
         #[cfg(target_arch = "x86_64")]
-        Some(row) if P == 4 && w >= 4 * L && has_avx2() => {
-            let whole = w - w % (4 * L);
-            for (i, chunk) in row[..whole].chunks_exact(4 * L).enumerate() {
-                // SAFETY: the CPU has AVX2 (checked above).
-                let q = unsafe { deinterleave4x8(chunk.try_into().expect("32 columns")) };
+        Some(row) if P == 4 && w >= 16 => {
+            let mut whole = 0;
+            if has_avx2() {
+                whole = w - w % (4 * L);
+                for (i, chunk) in row[..whole].chunks_exact(4 * L).enumerate() {
+                    // SAFETY: the CPU has AVX2 (checked above).
+                    let q = unsafe { deinterleave4x8(chunk.try_into().expect("32 columns")) };
+                    for (r, qr) in q.iter().enumerate() {
+                        // Row column 4k + r is padded column 4k + r + off.
+                        let (p, s) = ((r + off) % 4, (r + off) / 4);
+                        let dst: &mut Lanes =
+                            (&mut ph[p * len + i * L + s..][..L]).try_into().unwrap();
+                        *dst = *qr;
+                    }
+                }
+            }
+            while whole + 16 <= w {
+                let q = deinterleave4x4(row[whole..whole + 16].try_into().expect("16 columns"));
                 for (r, qr) in q.iter().enumerate() {
-                    // Row column 4k + r is padded column 4k + r + off.
                     let (p, s) = ((r + off) % 4, (r + off) / 4);
-                    let dst: &mut Lanes = (&mut ph[p * len + i * L + s..][..L]).try_into().unwrap();
+                    let dst: &mut [f32; 4] = (&mut ph[p * len + whole / 4 + s..][..4])
+                        .try_into()
+                        .unwrap();
                     *dst = *qr;
                 }
+                whole += 16;
             }
             for (x, v) in row.iter().enumerate().skip(whole) {
                 let j = x + off;
@@ -138,6 +153,33 @@ fn phases<const P: usize>(row: Option<&[f32]>, off: usize, w: usize, ph: &mut [f
 #[inline(always)]
 fn has_avx2() -> bool {
     std::arch::is_x86_feature_detected!("avx2")
+}
+
+/// `q[r][k] = s[4k + r]` for 4 groups of 4: a 4×4 transpose in SSE registers (part of every
+/// x86-64 CPU).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn deinterleave4x4(s: &[f32; 16]) -> [[f32; 4]; 4] {
+    use std::arch::x86_64::*;
+    let mut out = [[0f32; 4]; 4];
+    // SAFETY: SSE is part of the x86-64 baseline; loads and stores stay inside `s` and `out`.
+    unsafe {
+        let p = s.as_ptr();
+        let (a, b) = (_mm_loadu_ps(p), _mm_loadu_ps(p.add(4)));
+        let (c, d) = (_mm_loadu_ps(p.add(8)), _mm_loadu_ps(p.add(12)));
+        let (t0, t1) = (_mm_unpacklo_ps(a, b), _mm_unpackhi_ps(a, b));
+        let (t2, t3) = (_mm_unpacklo_ps(c, d), _mm_unpackhi_ps(c, d));
+        let q = [
+            _mm_movelh_ps(t0, t2),
+            _mm_movehl_ps(t2, t0),
+            _mm_movelh_ps(t1, t3),
+            _mm_movehl_ps(t3, t1),
+        ];
+        for (o, v) in out.iter_mut().zip(q) {
+            _mm_storeu_ps(o.as_mut_ptr(), v);
+        }
+    }
+    out
 }
 
 /// `q[r][k] = s[4k + r]`: 8 groups of 4 split into 4 vectors of 8, with unpacks, shuffles and
@@ -822,7 +864,7 @@ mod tests {
     #[test]
     fn phases_match_the_scalar_split() {
         // Row widths around the 32-column chunks, both offsets the transforms use.
-        for w in [1usize, 3, 4, 8, 13, 16, 31, 32, 33, 40, 64, 70] {
+        for w in [1usize, 3, 4, 8, 13, 16, 20, 31, 32, 33, 40, 48, 52, 64, 70] {
             for off in [0usize, 1] {
                 let row: Vec<f32> = (0..w).map(|x| x as f32 + 1.0).collect();
                 let len = w.div_ceil(4) + 1 + L;
