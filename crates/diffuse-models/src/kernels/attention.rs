@@ -454,7 +454,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tenso
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::testutil::{gradcheck, max_rel, rand_tensor};
+    use crate::kernels::testutil::{assert_matches, gradcheck, max_rel, rand_tensor};
 
     fn reference(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Tensor {
         let s = (q.matmul(&k.transpose(2, 3).unwrap()).unwrap() * scale).unwrap();
@@ -493,16 +493,13 @@ mod tests {
             let scale = 1.0 / (d as f64).sqrt();
             let ours = attention(&q, &k, &v, scale).unwrap();
             let theirs = reference(&q, &k, &v, scale);
-            assert_eq!(ours.dims(), theirs.dims());
-            let e = max_rel(&ours, &theirs);
-            assert!(e < 1e-5, "case {i} forward: {e}");
-            let proj = rand_tensor(&[b, h, l, d], seed + 3);
-            let grads = |y: Tensor| (y * &proj).unwrap().sum_all().unwrap().backward().unwrap();
-            let (go, gt) = (grads(ours), grads(theirs));
-            for (name, t) in [("q", &q), ("k", &k), ("v", &v)] {
-                let e = max_rel(go.get(t).unwrap(), gt.get(t).unwrap());
-                assert!(e < 2e-5, "case {i} d{name}: {e}");
-            }
+            assert_matches(
+                i,
+                ours,
+                theirs,
+                &[("q", &q), ("k", &k), ("v", &v)],
+                seed + 3,
+            );
         }
     }
 

@@ -390,7 +390,7 @@ pub fn group_norm(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::testutil::{gradcheck, max_rel, rand_tensor};
+    use crate::kernels::testutil::{assert_matches, gradcheck, rand_tensor};
 
     fn reference(x: &Tensor, g: &Tensor, b: &Tensor, groups: usize, silu: bool) -> Tensor {
         let c = x.dim(1).unwrap();
@@ -431,15 +431,8 @@ mod tests {
             let b = candle_core::Var::from_tensor(&rand_tensor(&[c], 20 + i as u64)).unwrap();
             let ours = group_norm(&x, &g, &b, groups, 1e-5, silu).unwrap();
             let theirs = reference(&x, &g, &b, groups, silu);
-            let e = max_rel(&ours, &theirs);
-            assert!(e < 1e-5, "case {i} forward: {e}");
-            let proj = rand_tensor(shape, 30);
-            let grads = |y: Tensor| (y * &proj).unwrap().sum_all().unwrap().backward().unwrap();
-            let (go, gt) = (grads(ours), grads(theirs));
-            for (name, v) in [("x", &x), ("gamma", &g), ("beta", &b)] {
-                let e = max_rel(go.get(v).unwrap(), gt.get(v).unwrap());
-                assert!(e < 2e-5, "case {i} d{name}: {e}");
-            }
+            let inputs = [("x", &x), ("gamma", &g), ("beta", &b)];
+            assert_matches(i, ours, theirs, &inputs, 30);
         }
     }
 

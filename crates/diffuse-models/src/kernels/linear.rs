@@ -187,7 +187,7 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::testutil::{gradcheck, max_rel, rand_tensor};
+    use crate::kernels::testutil::{assert_matches, gradcheck, max_rel, rand_tensor};
 
     #[test]
     fn forward_and_backward_match_candle() {
@@ -211,16 +211,13 @@ mod tests {
                 candle_nn::Linear::new(w.as_tensor().clone(), Some(b.as_tensor().clone()));
             let ours = linear(&x, &w, Some(&b)).unwrap();
             let theirs = candle_nn::Module::forward(&reference, x.as_tensor()).unwrap();
-            assert_eq!(ours.dims(), theirs.dims());
-            let e = max_rel(&ours, &theirs);
-            assert!(e < 1e-5, "case {i} forward: {e}");
-            let proj = rand_tensor(ours.dims(), seed + 3);
-            let grads = |y: Tensor| (y * &proj).unwrap().sum_all().unwrap().backward().unwrap();
-            let (go, gt) = (grads(ours), grads(theirs));
-            for (name, t) in [("x", &x), ("w", &w), ("b", &b)] {
-                let e = max_rel(go.get(t).unwrap(), gt.get(t).unwrap());
-                assert!(e < 2e-5, "case {i} d{name}: {e}");
-            }
+            assert_matches(
+                i,
+                ours,
+                theirs,
+                &[("x", &x), ("w", &w), ("b", &b)],
+                seed + 3,
+            );
         }
     }
 

@@ -117,13 +117,23 @@ pub(crate) fn threads() -> usize {
 /// forward issues ~150 parallel kernels: called from a thread outside the pool, each is handed
 /// over and waited for (a futex wake-up each way); from inside, the calling thread works on it
 /// while the others steal. The batch-1 forward of the bench U-Net went 25.5 → 23.3 ms at
-/// 2 threads (`diffuse bench`, six alternated pairs).
+/// 2 threads (`diffuse bench`, six alternated pairs). The caller's convolution pinning and
+/// shape recording (`tune::pinned`, `tune::record`, thread-local) go along and come back.
 pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     if rayon::current_thread_index().is_some() {
-        f()
-    } else {
-        rayon::scope(|_| f())
+        return f();
     }
+    let ours = tune::Context::take();
+    let (r, ours) = rayon::scope(|_| {
+        let theirs = tune::Context::take();
+        ours.install();
+        let r = f();
+        let ours = tune::Context::take();
+        theirs.install();
+        (r, ours)
+    });
+    ours.install();
+    r
 }
 
 /// A `Vec<f32>` of `n` elements whose contents the caller overwrites entirely.
@@ -179,6 +189,28 @@ pub(crate) mod testutil {
             .zip(&b)
             .fold(0f32, |m, (x, y)| m.max((x - y).abs()))
             / scale
+    }
+
+    /// Asserts that a kernel's output `ours` matches the reference `theirs` (max relative
+    /// error 1e-5) and that the gradients of Σ y·proj (a random projection from `seed`) with
+    /// respect to each named input agree (2e-5). `case` labels the failure.
+    pub fn assert_matches(
+        case: usize,
+        ours: Tensor,
+        theirs: Tensor,
+        inputs: &[(&str, &candle_core::Var)],
+        seed: u64,
+    ) {
+        assert_eq!(ours.dims(), theirs.dims(), "case {case}");
+        let e = max_rel(&ours, &theirs);
+        assert!(e < 1e-5, "case {case} forward: {e}");
+        let proj = rand_tensor(ours.dims(), seed);
+        let grads = |y: Tensor| (y * &proj).unwrap().sum_all().unwrap().backward().unwrap();
+        let (go, gt) = (grads(ours), grads(theirs));
+        for (name, v) in inputs {
+            let e = max_rel(go.get(v).unwrap(), gt.get(v).unwrap());
+            assert!(e < 2e-5, "case {case} d{name}: {e}");
+        }
     }
 
     /// Central finite differences of `sum(f(inputs) * proj)` in f64-accumulated f32 against

@@ -93,6 +93,29 @@ pub fn record<R>(f: impl FnOnce() -> R) -> (R, Vec<(Geometry, Pass)>) {
     (out, seen)
 }
 
+/// This thread's pinned algorithm and shape recording. [`super::on_pool`] carries them onto the
+/// pool thread that runs a model's forward, and brings the recording back.
+pub(crate) struct Context {
+    pinned: Option<Algo>,
+    recording: Option<Vec<(Geometry, Pass)>>,
+}
+
+impl Context {
+    /// Takes this thread's context, leaving none.
+    pub(crate) fn take() -> Self {
+        Context {
+            pinned: PINNED.with(|p| p.replace(None)),
+            recording: RECORDING.with(|r| r.borrow_mut().take()),
+        }
+    }
+
+    /// Makes `self` this thread's context.
+    pub(crate) fn install(self) {
+        PINNED.with(|p| p.set(self.pinned));
+        RECORDING.with(|r| *r.borrow_mut() = self.recording);
+    }
+}
+
 /// One measured choice: the fastest algorithm for a pass of one shape at a thread count, and
 /// the median milliseconds of each candidate (im2col, F(2×2), F(4×4)).
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -378,6 +401,20 @@ mod tests {
         assert_eq!(t.lookup(&geo(1, 64, 64, 32), Pass::Forward, 2), None);
         let text = serde_json::to_string(&t).unwrap();
         assert_eq!(serde_json::from_str::<Table>(&text).unwrap(), t);
+    }
+
+    #[test]
+    fn recording_and_pinning_follow_a_forward_onto_the_pool() {
+        // Model forwards run on rayon's pool (`on_pool`); the tools that pin or record the
+        // caller's convolutions must still see them.
+        let g = geo(2, 8, 8, 16);
+        let (_, seen) = record(|| super::super::on_pool(|| choose(&g, Pass::Forward)));
+        assert_eq!(seen, vec![(g, Pass::Forward)]);
+        for algo in [Algo::Im2col, Algo::Winograd(Variant::F2)] {
+            let got = pinned(algo, || super::super::on_pool(|| choose(&g, Pass::Forward)));
+            assert!(got == algo, "{got:?}");
+        }
+        assert!(Context::take().recording.is_none(), "nothing left behind");
     }
 
     #[test]
