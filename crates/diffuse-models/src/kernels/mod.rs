@@ -89,17 +89,23 @@ pub(crate) fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Re
 
 /// Borrows this thread's scratch buffer `key`, grown to `n` elements (contents unspecified):
 /// kernels reuse their im2col / Winograd buffers across calls instead of allocating them.
+///
+/// A pool thread that waits inside a kernel may steal another forward's kernel (two threads'
+/// forwards on the pool at once: concurrent tests, data-parallel ranks); if that one wants the
+/// same buffer, it gets a fresh one instead of a second borrow.
 pub(crate) fn with_scratch<R>(
     key: &'static std::thread::LocalKey<std::cell::RefCell<Vec<f32>>>,
     n: usize,
     f: impl FnOnce(&mut [f32]) -> R,
 ) -> R {
-    key.with(|c| {
-        let mut v = c.borrow_mut();
-        if v.len() < n {
-            *v = uninit_vec(n);
+    key.with(|c| match c.try_borrow_mut() {
+        Ok(mut v) => {
+            if v.len() < n {
+                *v = uninit_vec(n);
+            }
+            f(&mut v[..n])
         }
-        f(&mut v[..n])
+        Err(_) => f(&mut uninit_vec(n)),
     })
 }
 
@@ -263,5 +269,26 @@ pub(crate) mod testutil {
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn scratch_buffers_survive_a_nested_borrow() {
+        // A pool thread waiting inside a kernel can steal another forward's kernel that wants
+        // the same thread-local buffer.
+        thread_local! {
+            static B: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        let outer = super::with_scratch(&B, 4, |a| {
+            a.fill(1.0);
+            let inner = super::with_scratch(&B, 8, |b| {
+                b.fill(2.0);
+                b.iter().sum::<f32>()
+            });
+            (a.iter().sum::<f32>(), inner)
+        });
+        assert_eq!(outer, (4.0, 16.0));
     }
 }
