@@ -1,25 +1,14 @@
 //! `ops::attention` on the models' head shapes, forward and forward+backward, wall-clock
-//! medians in ms at candle's thread count
-//! (arguments: runs, and a substring of the shapes to run). Run it twice to compare the fused kernel with
-//! candle's composed ops: `cargo run --release -p diffuse-models --example attention_shapes`
-//! and the same with `DIFFUSE_KERNELS=candle`.
+//! medians in ms at candle's thread count (arguments: runs, and a substring of the shapes to
+//! run). Run it twice to compare the fused kernel with candle's composed ops:
+//! `cargo run --release -p diffuse-models --example attention_shapes` and the same with
+//! `DIFFUSE_KERNELS=candle`.
 
 use candle_core::{Device, Tensor, Var};
 use diffuse_models::ops;
-use std::time::Instant;
-
-fn median_ms(runs: usize, mut f: impl FnMut()) -> f64 {
-    f();
-    let mut t: Vec<f64> = (0..runs)
-        .map(|_| {
-            let s = Instant::now();
-            f();
-            s.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
-    t.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    t[t.len() / 2]
-}
+#[path = "common/mod.rs"]
+mod common;
+use common::median_ms;
 
 fn main() -> candle_core::Result<()> {
     let runs: usize = std::env::args()

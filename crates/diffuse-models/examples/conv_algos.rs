@@ -5,20 +5,9 @@
 use diffuse_models::kernels::conv2d::{backward, forward, Geometry};
 use diffuse_models::kernels::tune::{pinned, Algo};
 use diffuse_models::kernels::winograd::{self, Variant};
-use std::time::Instant;
-
-fn median_ms(runs: usize, mut f: impl FnMut()) -> f64 {
-    f();
-    let mut t: Vec<f64> = (0..runs)
-        .map(|_| {
-            let s = Instant::now();
-            f();
-            s.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
-    t.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    t[t.len() / 2]
-}
+#[path = "common/mod.rs"]
+mod common;
+use common::median_ms;
 
 fn main() {
     let runs: usize = std::env::args()

@@ -10,6 +10,7 @@
 //! is free too.
 
 use super::group_norm::exp;
+use super::matmul::transpose;
 use super::{tensor_from, uninit_vec, with_scratch};
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
@@ -136,16 +137,6 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
         }
     }
     acc.iter().sum::<f32>() + rest
-}
-
-/// `dst` `[cols, rows]` = `src` `[rows, cols]`ᵀ.
-#[inline(always)]
-fn transpose(src: &[f32], dst: &mut [f32], rows: usize, cols: usize) {
-    for (r, row) in src.chunks_exact(cols).take(rows).enumerate() {
-        for (c, v) in row.iter().enumerate() {
-            dst[c * rows + r] = *v;
-        }
-    }
 }
 
 crate::kernels::multiversion!(
@@ -336,11 +327,11 @@ fn backward(
                     let dot = dot(pr, dr);
                     dr.iter_mut().zip(pr).for_each(|(g, p)| *g = p * (*g - dot));
                 }
-                transpose(p, t, n, lk);
+                transpose(p, n, lk, t);
                 mm_mv(t, dyb, dvh, lk, n, d, true); // dv += Pᵀ · dY
                 mm_mv(dp, kh, dqb, n, lk, d, false); // dq = dS · k
                 oq.put(bi, h, i0, dqb, scale);
-                transpose(dp, t, n, lk);
+                transpose(dp, n, lk, t);
                 mm_mv(t, qb, dkh, lk, n, d, true); // dk += dSᵀ · q
             }
             ok.put(bi, h, 0, dkh, scale);
@@ -400,12 +391,7 @@ impl CustomOp3 for Attention {
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         // dy is `[b, L, h, d]`; read it as `[b, h, L, d]` like q.
-        let dy = dy.transpose(1, 2)?;
-        let dy = if dy.stride()[3] == 1 {
-            dy
-        } else {
-            dy.contiguous()?
-        };
+        let dy = unit_stride(&dy.transpose(1, 2)?)?;
         let (b, h, d) = (q.dim(0)?, q.dim(1)?, q.dim(3)?);
         let (l, lk) = (q.dim(2)?, k.dim(2)?);
         let (sq, lq) = q.storage_and_layout();
@@ -436,19 +422,22 @@ impl CustomOp3 for Attention {
 /// softmax(q kᵀ · scale) v for f32 CPU `[b, h, L, d]` q and `[b, h, Lk, d]` k, v (any strides
 /// with `d` contiguous): `[b, h, L, d]`, a view of a token-major `[b, L, h, d]` buffer.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
-    let unit = |t: &Tensor| -> Result<Tensor> {
-        if t.rank() == 4 && t.stride()[3] == 1 {
-            Ok(t.clone())
-        } else {
-            t.contiguous()
-        }
-    };
     let op = Attention {
         scale: scale as f32,
     };
-    unit(q)?
-        .apply_op3(&unit(k)?, &unit(v)?, op)?
+    unit_stride(q)?
+        .apply_op3(&unit_stride(k)?, &unit_stride(v)?, op)?
         .transpose(1, 2)
+}
+
+/// `t` itself when it is 4-D with its last dimension contiguous (what [`View`] reads), else a
+/// contiguous copy.
+fn unit_stride(t: &Tensor) -> Result<Tensor> {
+    if t.rank() == 4 && t.stride()[3] == 1 {
+        Ok(t.clone())
+    } else {
+        t.contiguous()
+    }
 }
 
 #[cfg(test)]

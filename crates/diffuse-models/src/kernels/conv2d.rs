@@ -4,6 +4,7 @@
 //! candle's matmul uses). Batches split over threads image by image; a batch smaller than the
 //! thread count lets each GEMM use the threads instead. Scratch buffers are per thread and reused.
 
+use super::matmul::{matmul, matmul_strided, transpose, Mat};
 use super::tune::{Algo, Pass};
 use super::{
     f32_slice, split_range, tensor_from, threads, uninit_vec, winograd, with_f32, with_scratch,
@@ -161,102 +162,6 @@ fn col2im_add(col: &[f32], g: &Geometry, x: &mut [f32]) {
                             xr[x0 + k * s] += v;
                         }
                     }
-                }
-            }
-        }
-    }
-}
-
-/// A row-major `[rows, cols]` f32 matrix view for the GEMM: element (r, c) at `r·rs + c·cs`.
-#[derive(Clone, Copy)]
-struct Mat {
-    ptr: *const f32,
-    rs: isize,
-    cs: isize,
-}
-
-impl Mat {
-    fn rows(s: &[f32], cols: usize) -> Self {
-        Mat {
-            ptr: s.as_ptr(),
-            rs: cols as isize,
-            cs: 1,
-        }
-    }
-    /// The transpose of a row-major `[cols, rows]` matrix.
-    fn transposed(s: &[f32], rows: usize) -> Self {
-        Mat {
-            ptr: s.as_ptr(),
-            rs: 1,
-            cs: rows as isize,
-        }
-    }
-}
-
-/// `dst[m, n] (+)= a[m, k] · b[k, n]` with `dst` row-major; accumulates when `acc`.
-#[allow(clippy::too_many_arguments)]
-fn matmul(
-    dst: &mut [f32],
-    m: usize,
-    n: usize,
-    k: usize,
-    a: Mat,
-    b: Mat,
-    acc: bool,
-    par: Parallelism,
-) {
-    matmul_strided(dst, (n, 1), m, n, k, a, b, acc, par)
-}
-
-/// `matmul` with `dst` element (r, c) at `r·rs + c·cs`.
-#[allow(clippy::too_many_arguments)]
-fn matmul_strided(
-    dst: &mut [f32],
-    (rs, cs): (usize, usize),
-    m: usize,
-    n: usize,
-    k: usize,
-    a: Mat,
-    b: Mat,
-    acc: bool,
-    par: Parallelism,
-) {
-    assert!(m == 0 || n == 0 || dst.len() > (m - 1) * rs + (n - 1) * cs);
-    // SAFETY: dst covers every (r, c) (asserted); a and b come from slices sized by the
-    // callers' geometry (checked by the asserts in the callers and by `Geometry::new`).
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            cs as isize,
-            rs as isize,
-            acc,
-            a.ptr,
-            a.cs,
-            a.rs,
-            b.ptr,
-            b.cs,
-            b.rs,
-            1.0f32,
-            1.0f32,
-            false,
-            false,
-            false,
-            par,
-        )
-    }
-}
-
-/// Transposes `src` `[rows, cols]` into `dst` `[cols, rows]` (in 32×32 tiles).
-fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
-    const T: usize = 32;
-    for r0 in (0..rows).step_by(T) {
-        for c0 in (0..cols).step_by(T) {
-            for r in r0..(r0 + T).min(rows) {
-                for c in c0..(c0 + T).min(cols) {
-                    dst[c * rows + r] = src[r * cols + c];
                 }
             }
         }
@@ -560,14 +465,7 @@ pub fn conv2d(
     stride: usize,
     padding: usize,
 ) -> Result<Tensor> {
-    let zeros;
-    let bias = match bias {
-        Some(b) => b,
-        None => {
-            zeros = Tensor::zeros(w.dim(0)?, w.dtype(), w.device())?;
-            &zeros
-        }
-    };
+    let bias = super::bias_or_zeros(bias, w)?;
     // Inference (a constant weight, an input that tracks no gradient): the weight's
     // transformed form is packed once and reused.
     let packed = (!w.is_variable() && !x.track_op() && w.is_contiguous()).then(|| w.id());

@@ -6,6 +6,7 @@
 //! 268 µs against 22 µs; `[64, 128] · [128, 128]ᵀ` 96 µs against 23 µs), and then adds the
 //! bias in a broadcast pass of its own. Here the bias seeds the output.
 
+use super::matmul::{matmul, Mat};
 use super::{f32_slice, tensor_from, threads, uninit_vec, with_f32};
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
@@ -14,50 +15,25 @@ use rayon::prelude::*;
 /// Products of at least this many multiply-adds (m·n·k) split their rows over the threads.
 const PARALLEL_MACS: usize = 1 << 21;
 
-/// A row-major or strided operand: (data, row stride, column stride).
+/// A matrix operand, sendable to the threads: (data, row stride, column stride).
 type Operand<'a> = (&'a [f32], usize, usize);
 
 /// `dst (m × n, row-major) = [dst +] lhs (m × k) · rhs (k × n)`, rows split over the threads
 /// when the product is large.
-fn matmul(
+fn matmul_rows(
     dst: &mut [f32],
     (m, n, k): (usize, usize, usize),
     acc: bool,
     lhs: Operand,
     rhs: Operand,
 ) {
-    assert!(dst.len() >= m * n, "linear: destination too small");
     let one = |d: &mut [f32], rows: std::ops::Range<usize>| {
-        let rm = rows.len();
-        if rm == 0 {
+        if rows.is_empty() {
             return;
         }
-        let l = &lhs.0[rows.start * lhs.1..];
-        // SAFETY: `d` holds rm × n elements; lhs rows `rows` and all of rhs lie inside their
-        // slices for the strides given (the callers' shapes).
-        unsafe {
-            gemm::gemm(
-                rm,
-                n,
-                k,
-                d.as_mut_ptr(),
-                1,
-                n as isize,
-                acc,
-                l.as_ptr(),
-                lhs.2 as isize,
-                lhs.1 as isize,
-                rhs.0.as_ptr(),
-                rhs.2 as isize,
-                rhs.1 as isize,
-                1.0f32,
-                1.0f32,
-                false,
-                false,
-                false,
-                Parallelism::None,
-            )
-        }
+        let a = Mat::strided(&lhs.0[rows.start * lhs.1..], lhs.1, lhs.2);
+        let b = Mat::strided(rhs.0, rhs.1, rhs.2);
+        matmul(d, rows.len(), n, k, a, b, acc, Parallelism::None);
     };
     let parts = threads().min(m / 8).max(1);
     if parts == 1 || m * n * k < PARALLEL_MACS {
@@ -77,7 +53,7 @@ pub fn forward(x: &[f32], w: &[f32], b: &[f32], m: usize, n: usize, k: usize) ->
         row.copy_from_slice(b);
     }
     // y += x · wᵀ: wᵀ is w read with row stride 1 and column stride k.
-    matmul(&mut y, (m, n, k), true, (x, k, 1), (w, 1, k));
+    matmul_rows(&mut y, (m, n, k), true, (x, k, 1), (w, 1, k));
     y
 }
 
@@ -89,9 +65,9 @@ pub fn backward(
     (m, n, k): (usize, usize, usize),
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let mut dx = uninit_vec(m * k);
-    matmul(&mut dx, (m, k, n), false, (dy, n, 1), (w, k, 1)); // dy · w
+    matmul_rows(&mut dx, (m, k, n), false, (dy, n, 1), (w, k, 1)); // dy · w
     let mut dw = uninit_vec(n * k);
-    matmul(&mut dw, (n, k, m), false, (dy, 1, n), (x, k, 1)); // dyᵀ · x
+    matmul_rows(&mut dw, (n, k, m), false, (dy, 1, n), (x, k, 1)); // dyᵀ · x
     let mut db = vec![0f32; n];
     for row in dy.chunks_exact(n.max(1)) {
         db.iter_mut().zip(row).for_each(|(s, v)| *s += v);
@@ -166,17 +142,9 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     };
     let n = w.dim(0)?;
     let m: usize = lead.iter().product();
-    let zeros;
-    let bias = match b {
-        Some(b) => b,
-        None => {
-            zeros = Tensor::zeros(n, w.dtype(), w.device())?;
-            &zeros
-        }
-    };
     let y = x.contiguous()?.reshape((m, k))?.apply_op3(
         &w.contiguous()?,
-        &bias.contiguous()?,
+        &super::bias_or_zeros(b, w)?.contiguous()?,
         Linear { bias: b.is_some() },
     )?;
     let mut out = lead.to_vec();

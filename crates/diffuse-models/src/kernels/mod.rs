@@ -41,6 +41,7 @@ pub mod attention;
 pub mod conv2d;
 pub mod group_norm;
 pub mod linear;
+mod matmul;
 mod packed;
 pub mod tune;
 pub mod winograd;
@@ -112,6 +113,15 @@ pub(crate) fn with_scratch<R>(
 /// A new CPU f32 tensor from `data` with `dims`.
 pub(crate) fn tensor_from(data: Vec<f32>, dims: &[usize]) -> Result<Tensor> {
     Tensor::from_vec(data, dims, &candle_core::Device::Cpu)
+}
+
+/// `bias`, or zeros `[out]` for a layer without one (`w` is `[out, …]`): our conv and linear
+/// ops always take a bias argument.
+pub(crate) fn bias_or_zeros(bias: Option<&Tensor>, w: &Tensor) -> Result<Tensor> {
+    match bias {
+        Some(b) => Ok(b.clone()),
+        None => Tensor::zeros(w.dim(0)?, w.dtype(), w.device()),
+    }
 }
 
 /// Threads our kernels split work over (candle's own count: `RAYON_NUM_THREADS` or all cores).

@@ -18,6 +18,7 @@ mod f2;
 mod f4;
 mod micro;
 
+use super::matmul::{matmul, Mat};
 use super::uninit_vec;
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -549,46 +550,6 @@ fn per_image(r: Range<usize>, per: usize, mut f: impl FnMut(usize, Range<usize>)
     }
 }
 
-/// `dst (m × n) (+)= lhs (m × k) · rhs (k × n)`, each operand given by its row and column
-/// strides.
-#[allow(clippy::too_many_arguments)]
-fn gemm(
-    dst: &Shared,
-    dst_at: usize,
-    (m, n, k): (usize, usize, usize),
-    acc: bool,
-    lhs: (&[f32], isize, isize),
-    rhs: (&[f32], isize, isize),
-) {
-    // SAFETY: `dst_at` starts a row-major m×n block in bounds (checked by `slice`) that no other
-    // thread writes; lhs and rhs strides address their slices' elements only (the callers'
-    // geometry).
-    unsafe {
-        let d = dst.slice(dst_at, m * n);
-        gemm::gemm(
-            m,
-            n,
-            k,
-            d.as_mut_ptr(),
-            1,
-            n as isize,
-            acc,
-            lhs.0.as_ptr(),
-            lhs.2,
-            lhs.1,
-            rhs.0.as_ptr(),
-            rhs.2,
-            rhs.1,
-            1.0f32,
-            1.0f32,
-            false,
-            false,
-            false,
-            Parallelism::None,
-        )
-    }
-}
-
 /// V of images `n0 .. n0 + nb` of x (each `inl` long, `t` tiles) into `vs` (`ld` columns),
 /// channels split over `parts` threads.
 #[allow(clippy::too_many_arguments)]
@@ -720,9 +681,11 @@ pub fn grad_weight(
                 let dus = Shared::new(du);
                 split(xis, inner, |r| {
                     for xi in r {
-                        let lhs = (&m[xi * co * ld..], ld as isize, 1);
-                        let rhs = (&v[xi * ci * ld..], 1, ld as isize);
-                        gemm(&dus, xi * co * ci, (co, ci, ld), acc, lhs, rhs);
+                        let lhs = Mat::rows(&m[xi * co * ld..], ld);
+                        let rhs = Mat::transposed(&v[xi * ci * ld..], ld);
+                        // SAFETY: each ξ writes its own co × ci block of dU.
+                        let dst = unsafe { dus.slice(xi * co * ci, co * ci) };
+                        matmul(dst, co, ci, ld, lhs, rhs, acc, Parallelism::None);
                     }
                 });
             });
