@@ -1,6 +1,6 @@
 //! Each convolution algorithm on the 3×3 layer shapes of the bench and recipe U-Nets, per
 //! pass (forward, dX, dW), wall-clock medians in ms at the thread count candle uses:
-//! `cargo run --release -p diffuse-models --example conv_algos [-- runs]`.
+//! `cargo run --release -p diffuse-models --example conv_algos [-- runs [batch]]`.
 
 use diffuse_models::kernels::conv2d::{backward, forward, Geometry};
 use diffuse_models::kernels::tune::{pinned, Algo};
@@ -21,7 +21,12 @@ fn main() {
     ];
     println!("| b | ci→co | hw | pass | im2col | F(2×2) | F(4×4) |");
     println!("|---|---|---|---|---:|---:|---:|");
-    for b in [1usize, 8, 32] {
+    // An optional second argument times one batch size only.
+    let batches: Vec<usize> = match std::env::args().nth(2) {
+        Some(b) => vec![b.parse().unwrap()],
+        None => vec![1, 8, 32],
+    };
+    for b in batches {
         for &(ci, co, hw) in &[
             (64usize, 64usize, 32usize),
             (128, 128, 16),

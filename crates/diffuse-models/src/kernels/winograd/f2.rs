@@ -40,7 +40,7 @@ pub(super) fn input(
     d: &Dims,
     cs: std::ops::Range<usize>,
     v: &Shared,
-    ld: usize,
+    p: super::Planes,
     col0: usize,
 ) {
     let tw = d.tw;
@@ -75,7 +75,7 @@ pub(super) fn input(
                 let (a, b, cc, dd) = (&e[..tw], &o[..tw], &e[1..n], &o[1..n]);
                 // SAFETY: each caller writes a disjoint range of channels.
                 let (v0, v1, v2, v3) = unsafe {
-                    let at = |j: usize| v.slice(((i * 4 + j) * d.ci + c) * ld + t0, tw);
+                    let at = |j: usize| v.slice(p.at(i * 4 + j, c, t0), tw);
                     (at(0), at(1), at(2), at(3))
                 };
                 for tx in 0..tw {
@@ -97,7 +97,7 @@ pub(super) fn output(
     m: &[f32],
     d: &Dims,
     os: std::ops::Range<usize>,
-    ld: usize,
+    p: super::Planes,
     col0: usize,
     bias: Option<&[f32]>,
     y: &Shared,
@@ -112,7 +112,7 @@ pub(super) fn output(
         let b = bias.map_or(0.0, |b| b[o]);
         for ty in 0..d.th {
             let t0 = col0 + ty * tw;
-            let row = |xi: usize| &m[(xi * d.co + o) * ld + t0..][..tw];
+            let row = |xi: usize| &m[p.at(xi, o, t0)..][..tw];
             for j in 0..4 {
                 let (m0, m1, m2, m3) = (row(j), row(4 + j), row(8 + j), row(12 + j));
                 let (ra, rb) = r.split_at_mut(4 * tw);

@@ -113,7 +113,7 @@ pub(super) fn input(
     d: &Dims,
     cs: std::ops::Range<usize>,
     v: &Shared,
-    ld: usize,
+    p: super::Planes,
     col0: usize,
 ) {
     let len = d.tw + 1 + L;
@@ -154,7 +154,7 @@ pub(super) fn input(
                     let row = bt([&tk[0], &tk[1], &tk[2], &tk[3], &tk[4], &tk[5]]);
                     for (m, vals) in row.iter().enumerate() {
                         // SAFETY: each caller writes a disjoint range of channels.
-                        let dst = unsafe { v.slice(((k * 6 + m) * d.ci + c) * ld + t0, n) };
+                        let dst = unsafe { v.slice(p.at(k * 6 + m, c, t0), n) };
                         super::put(dst, vals);
                     }
                 }
@@ -165,14 +165,14 @@ pub(super) fn input(
 
 /// Gathers the lanes `m[ξ][row][t0 .. t0 + n]` (zero past n) for the 36 ξ.
 #[inline(always)]
-fn gather36(m: &[f32], rows: usize, row: usize, ld: usize, t0: usize, n: usize) -> [Lanes; 36] {
+fn gather36(m: &[f32], p: super::Planes, row: usize, t0: usize, n: usize) -> [Lanes; 36] {
     let mut mm = [[0f32; L]; 36];
     for (xi, lanes) in mm.iter_mut().enumerate() {
-        let src = &m[(xi * rows + row) * ld + t0..][..n];
+        let src = &m[p.at(xi, row, t0)..][..n];
         if let Ok(full) = <&Lanes>::try_from(src) {
             *lanes = *full; // a register move, not a memcpy call
         } else {
-            lanes[..n].copy_from_slice(src);
+            super::copy_short(&mut lanes[..n], src);
         }
     }
     mm
@@ -185,7 +185,7 @@ pub(super) fn output(
     m: &[f32],
     d: &Dims,
     os: std::ops::Range<usize>,
-    ld: usize,
+    p: super::Planes,
     col0: usize,
     bias: Option<&[f32]>,
     y: &Shared,
@@ -199,7 +199,7 @@ pub(super) fn output(
         for ty in 0..d.th {
             for tx0 in (0..d.tw).step_by(L) {
                 let n = L.min(d.tw - tx0);
-                let mm = gather36(m, d.co, o, ld, col0 + ty * d.tw + tx0, n);
+                let mm = gather36(m, p, o, col0 + ty * d.tw + tx0, n);
                 // s[k][j] = Σᵢ Aᵀ[k][i] m[i][j]
                 let mut s = [[[0f32; L]; 6]; 4];
                 for j in 0..6 {
