@@ -12,7 +12,9 @@
 //!
 //! Images are grouped so that every GEMM has at least ~64 columns; groups run on separate
 //! threads. A batch smaller than the thread count splits each group's transforms by channel
-//! and its GEMMs by ξ instead, so batch 1 uses every core.
+//! and its GEMMs by ξ instead, so batch 1 uses every core. The transforms run on 8 tiles of a
+//! row at once; for rows of fewer tiles (`narrow`) they take a channel's tiles across all of
+//! the group's images instead.
 
 mod f2;
 mod f4;
@@ -447,14 +449,38 @@ fn output(
     }
 }
 
-/// dM[ξ][o][col0 + t] = (A dY Aᵀ)[ξ] for every M×M tile t of one image's output gradient, for
-/// the output channels `os` (tiles past the image's edge read zeros), given A (the output
-/// transform's adjoint) on M lane vectors: each tile row is split into its M column phases,
-/// A runs along the rows, then down the columns, 8 tiles at a time.
+/// dM[ξ][o][t0 .. t0 + n] = (A dY Aᵀ)[ξ] for 8 tiles of the output gradient, `lane(k, q)`
+/// holding tile element (k, q) of each, given A (the output transform's adjoint) on M lane
+/// vectors: A runs along the rows, then down the columns.
 #[inline(always)]
 #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
-fn output_grad_tiles<const M: usize, const A: usize>(
+fn output_grad_lanes<'a, const M: usize, const A: usize>(
     a: impl Fn([&Lanes; M]) -> [Lanes; A],
+    lane: impl Fn(usize, usize) -> &'a Lanes,
+    dm: &Shared,
+    p: Planes,
+    o: usize,
+    t0: usize,
+    n: usize,
+) {
+    // z[k][j] = Σ_q dY[k][q] Aᵀ[q][j]
+    let z: [[Lanes; A]; M] = std::array::from_fn(|k| a(std::array::from_fn(|q| lane(k, q))));
+    for j in 0..A {
+        let col = a(std::array::from_fn(|k| &z[k][j]));
+        for (i, vals) in col.iter().enumerate() {
+            // SAFETY: each caller writes a disjoint range of output channels.
+            put(unsafe { dm.slice(p.at(i * A + j, o, t0), n) }, vals);
+        }
+    }
+}
+
+/// dM[ξ][o][col0 + t] = (A dY Aᵀ)[ξ] for every M×M tile t of one image's output gradient, for
+/// the output channels `os` (tiles past the image's edge read zeros): each tile row is split
+/// into its M column phases, then `output_grad_lanes` runs on 8 tiles at a time.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn output_grad_tiles<const M: usize, const A: usize>(
+    a: impl Fn([&Lanes; M]) -> [Lanes; A] + Copy,
     dy: &[f32],
     d: &Dims,
     os: Range<usize>,
@@ -473,25 +499,61 @@ fn output_grad_tiles<const M: usize, const A: usize>(
                 phases::<M>(row, 0, d.w, &mut ph[k * M * len..(k + 1) * M * len], len);
             }
             for tx0 in (0..d.tw).step_by(L) {
-                let n = L.min(d.tw - tx0);
                 let lane = |k: usize, q: usize| -> &Lanes {
                     ph[(k * M + q) * len + tx0..][..L]
                         .try_into()
                         .expect("L lanes")
                 };
-                // z[k][j] = Σ_q dY[k][q] Aᵀ[q][j]
-                let z: [[Lanes; A]; M] =
-                    std::array::from_fn(|k| a(std::array::from_fn(|q| lane(k, q))));
                 let t0 = col0 + ty * d.tw + tx0;
-                for j in 0..A {
-                    let col = a(std::array::from_fn(|k| &z[k][j]));
-                    for (i, vals) in col.iter().enumerate() {
-                        // SAFETY: each caller writes a disjoint range of output channels.
-                        let dst = unsafe { dm.slice(p.at(i * A + j, o, t0), n) };
-                        put(dst, vals);
+                output_grad_lanes(a, lane, dm, p, o, t0, L.min(d.tw - tx0));
+            }
+        }
+    }
+}
+
+/// `output_grad_tiles` for all tiles of `nb` images at once (dy `[nb, co, h, w]`), for rows of
+/// fewer than L tiles: each channel's M×M tiles are gathered into `dd[k][q][col]` (col = the
+/// tile's column of dM) first, so A runs on full lanes.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn output_grad_narrow<const M: usize, const A: usize>(
+    a: impl Fn([&Lanes; M]) -> [Lanes; A] + Copy,
+    dy: &[f32],
+    nb: usize,
+    d: &Dims,
+    os: Range<usize>,
+    dm: &Shared,
+    p: Planes,
+) {
+    let (hw, t, tw) = (d.h * d.w, d.tiles(), d.tw);
+    let ld = nb * t;
+    let ldp = ld.next_multiple_of(L);
+    let len = tw + L;
+    let mut ph = vec![0f32; M * len]; // [phase q][tile] of one row
+    let mut dd = vec![0f32; M * M * ldp]; // [k][q][col]
+    for o in os {
+        for n in 0..nb {
+            let yo = &dy[(n * d.co + o) * hw..][..hw];
+            for ty in 0..d.th {
+                let col = n * t + ty * tw;
+                for k in 0..M {
+                    let yy = M * ty + k;
+                    let row = (yy < d.h).then(|| &yo[yy * d.w..(yy + 1) * d.w]);
+                    phases::<M>(row, 0, d.w, &mut ph, len);
+                    for q in 0..M {
+                        let dst = &mut dd[(k * M + q) * ldp + col..][..tw];
+                        copy_short(dst, &ph[q * len..][..tw]);
                     }
                 }
             }
+        }
+        for t0 in (0..ld).step_by(L) {
+            let lane = |k: usize, q: usize| -> &Lanes {
+                dd[(k * M + q) * ldp + t0..][..L]
+                    .try_into()
+                    .expect("L lanes")
+            };
+            output_grad_lanes(a, lane, dm, p, o, t0, L.min(ld - t0));
         }
     }
 }
@@ -512,6 +574,74 @@ fn output_grad(
     }
 }
 
+/// Whether a layer's tile rows are narrower than the lanes (16 px and less for F(4×4)): its
+/// transforms then take all of a group's images at once (`*_narrow`), one channel at a time.
+fn narrow(d: &Dims) -> bool {
+    d.tw < L
+}
+
+/// `output_grad` for all tiles of `nb` images at once (`output_grad_narrow`).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn output_grad_group(
+    var: Variant,
+    dy: &[f32],
+    nb: usize,
+    d: &Dims,
+    os: Range<usize>,
+    dm: &Shared,
+    p: Planes,
+) {
+    match var {
+        Variant::F2 => output_grad_narrow::<2, 4>(f2::a, dy, nb, d, os, dm, p),
+        Variant::F4 => output_grad_narrow::<4, 6>(f4::a, dy, nb, d, os, dm, p),
+    }
+}
+
+#[inline(always)]
+fn input_group(x: &[f32], nb: usize, d: &Dims, cs: Range<usize>, v: &Shared, p: Planes) {
+    f4::input_narrow(x, nb, d, cs, v, p)
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn output_group(
+    m: &[f32],
+    nb: usize,
+    d: &Dims,
+    os: Range<usize>,
+    p: Planes,
+    bias: Option<&[f32]>,
+    n0: usize,
+    y: &Shared,
+) {
+    f4::output_narrow(m, nb, d, os, p, bias, n0, y)
+}
+
+crate::kernels::multiversion!(
+    output_grad_group,
+    output_grad_group_mv,
+    fn(var: Variant, dy: &[f32], nb: usize, d: &Dims, os: Range<usize>, dm: &Shared, p: Planes)
+);
+crate::kernels::multiversion!(
+    input_group,
+    input_group_mv,
+    fn(x: &[f32], nb: usize, d: &Dims, cs: Range<usize>, v: &Shared, p: Planes)
+);
+crate::kernels::multiversion!(
+    output_group,
+    output_group_mv,
+    fn(
+        m: &[f32],
+        nb: usize,
+        d: &Dims,
+        os: Range<usize>,
+        p: Planes,
+        bias: Option<&[f32]>,
+        n0: usize,
+        y: &Shared,
+    )
+);
 crate::kernels::multiversion!(
     input,
     input_mv,
@@ -615,6 +745,10 @@ fn transform_inputs(
     p: Planes,
     parts: usize,
 ) {
+    if var == Variant::F4 && narrow(d) {
+        let xg = &x[n0 * inl..(n0 + nb) * inl];
+        return split(d.ci, parts, |cs| input_group_mv(xg, nb, d, cs, vs, p));
+    }
     split(nb * d.ci, parts, |r| {
         per_image(r, d.ci, |i, cs| {
             let xi = &x[(n0 + i) * inl..(n0 + i + 1) * inl];
@@ -670,6 +804,11 @@ pub fn conv3x3(
                 });
                 // SAFETY: the GEMMs are done; from here M is only read.
                 let m = unsafe { ms.slice(0, mp.len(xis)) };
+                if var == Variant::F4 && narrow(&d) {
+                    return split(co, inner, |os| {
+                        output_group_mv(m, nb, &d, os, mp, bias, n0, &ys)
+                    });
+                }
                 split(nb * co, inner, |r| {
                     per_image(r, co, |i, os| {
                         let bias = bias.map(|b| super::conv2d::image_bias(b, n0 + i, co));
@@ -724,12 +863,19 @@ pub fn grad_weight(
             transform_inputs(var, x, &d, (n0, nb), (inl, t), &vs, vp, inner);
             super::with_scratch(&M, mp.len(xis), |m| {
                 let ms = Shared::new(m);
-                split(nb * co, inner, |r| {
-                    per_image(r, co, |i, os| {
-                        let dyi = &dy[(n0 + i) * outl..(n0 + i + 1) * outl];
-                        output_grad_mv(var, dyi, &d, os, &ms, mp, i * t)
-                    })
-                });
+                if narrow(&d) {
+                    let dyg = &dy[n0 * outl..(n0 + nb) * outl];
+                    split(co, inner, |os| {
+                        output_grad_group_mv(var, dyg, nb, &d, os, &ms, mp)
+                    });
+                } else {
+                    split(nb * co, inner, |r| {
+                        per_image(r, co, |i, os| {
+                            let dyi = &dy[(n0 + i) * outl..(n0 + i + 1) * outl];
+                            output_grad_mv(var, dyi, &d, os, &ms, mp, i * t)
+                        })
+                    });
+                }
                 // SAFETY: the transforms are done; from here V and dM are only read.
                 let (v, m) = unsafe { (vs.slice(0, vp.len(xis)), ms.slice(0, mp.len(xis))) };
                 let dus = Shared::new(du);
@@ -824,6 +970,26 @@ mod tests {
                     assert!(e < 1e-5, "{var:?} case {i} threads {threads}: {e}");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn per_image_bias_reaches_every_group() {
+        // 5 images in groups of 3 and 2 (2 threads): the second group starts at image 3.
+        let (b, ci, co, h, w) = (5, 3, 4, 8, 6);
+        let x = rand_tensor(&[b, ci, h, w], 1);
+        let wt = rand_tensor(&[co, ci, 3, 3], 2);
+        let bias = rand_tensor(&[b, co], 3);
+        let want = x
+            .conv2d(&wt, 1, 1, 1, 1)
+            .unwrap()
+            .broadcast_add(&bias.reshape((b, co, 1, 1)).unwrap())
+            .unwrap();
+        for var in [Variant::F2, Variant::F4] {
+            let u = prepare_weights(var, &vec(&wt), co, ci);
+            let y = conv3x3(var, &vec(&x), &u, Some(&vec(&bias)), b, ci, co, h, w, 2);
+            let got = Tensor::from_vec(y, (b, co, h, w), &Device::Cpu).unwrap();
+            assert!(max_rel(&got, &want) < 1e-5, "{var:?}");
         }
     }
 

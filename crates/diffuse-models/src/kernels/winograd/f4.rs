@@ -9,8 +9,13 @@
 //!
 //! The transforms run on 8 tiles at once (`Lanes`): each tile row is split into its four
 //! column phases first, so every lane load is a contiguous slice and the loops vectorize.
+//! Rows of fewer than 8 tiles (16 px and narrower) would leave lanes empty; there the
+//! `_narrow` transforms take the tiles of all of a group's images together, one channel at a
+//! time, since V's and M's columns run over the group's images.
 
-use super::{phases, Dims, Lanes, Shared, L};
+use super::{copy_short, phases, put, Dims, Lanes, Planes, Shared, L};
+use crate::kernels::conv2d::image_bias;
+use std::ops::Range;
 
 /// Bᵀ applied to six lane vectors.
 #[inline(always)]
@@ -104,27 +109,60 @@ pub fn weight_grad(d: &[f32]) -> [f32; 9] {
     super::filter_grad::<6>(d, gt_row)
 }
 
+/// V[ξ][c][t0 .. t0 + n] = (Bᵀ d B)[ξ] for 8 tiles' 6×6 input patches, `lane(i, j)` holding
+/// patch element (i, j) of each tile.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)]
+fn input_lanes<'a>(
+    lane: impl Fn(usize, usize) -> &'a Lanes,
+    v: &Shared,
+    p: Planes,
+    c: usize,
+    t0: usize,
+    n: usize,
+) {
+    // t[k][j] = Σᵢ Bᵀ[k][i] d[i][j]
+    let mut t = [[[0f32; L]; 6]; 6];
+    for j in 0..6 {
+        let col = bt([
+            lane(0, j),
+            lane(1, j),
+            lane(2, j),
+            lane(3, j),
+            lane(4, j),
+            lane(5, j),
+        ]);
+        for k in 0..6 {
+            t[k][j] = col[k];
+        }
+    }
+    for (k, tk) in t.iter().enumerate() {
+        let row = bt([&tk[0], &tk[1], &tk[2], &tk[3], &tk[4], &tk[5]]);
+        for (m, vals) in row.iter().enumerate() {
+            // SAFETY: each caller writes a disjoint range of channels.
+            put(unsafe { v.slice(p.at(k * 6 + m, c, t0), n) }, vals);
+        }
+    }
+}
+
+/// The padded input row `4ty + i − 1` of one channel (None above or below the image).
+#[inline(always)]
+fn input_row<'a>(xc: &'a [f32], d: &Dims, ty: usize, i: usize) -> Option<&'a [f32]> {
+    let yy = (4 * ty + i) as isize - 1;
+    (yy >= 0 && (yy as usize) < d.h).then(|| &xc[yy as usize * d.w..(yy as usize + 1) * d.w])
+}
+
 /// V[ξ][c][col0 + t] = (Bᵀ d B)[ξ] for the 6×6 input patch d of every tile t of one image,
 /// for the channels `cs`.
 #[inline(always)]
-#[allow(clippy::needless_range_loop)]
-pub(super) fn input(
-    x: &[f32],
-    d: &Dims,
-    cs: std::ops::Range<usize>,
-    v: &Shared,
-    p: super::Planes,
-    col0: usize,
-) {
+pub(super) fn input(x: &[f32], d: &Dims, cs: Range<usize>, v: &Shared, p: Planes, col0: usize) {
     let len = d.tw + 1 + L;
     let mut ph = vec![0f32; 6 * 4 * len]; // [row i][phase p][k]
     for c in cs {
         let xc = &x[c * d.h * d.w..(c + 1) * d.h * d.w];
         for ty in 0..d.th {
             for i in 0..6 {
-                let yy = (4 * ty + i) as isize - 1;
-                let row = (yy >= 0 && (yy as usize) < d.h)
-                    .then(|| &xc[yy as usize * d.w..(yy as usize + 1) * d.w]);
+                let row = input_row(xc, d, ty, i);
                 phases::<4>(row, 1, d.w, &mut ph[i * 4 * len..(i + 1) * 4 * len], len);
             }
             for tx0 in (0..d.tw).step_by(L) {
@@ -134,58 +172,104 @@ pub(super) fn input(
                     let s = &ph[(i * 4 + j % 4) * len + tx0 + j / 4..][..L];
                     s.try_into().expect("L lanes")
                 };
-                // t[k][j] = Σᵢ Bᵀ[k][i] d[i][j]
-                let mut t = [[[0f32; L]; 6]; 6];
-                for j in 0..6 {
-                    let col = bt([
-                        lane(0, j),
-                        lane(1, j),
-                        lane(2, j),
-                        lane(3, j),
-                        lane(4, j),
-                        lane(5, j),
-                    ]);
-                    for k in 0..6 {
-                        t[k][j] = col[k];
-                    }
-                }
-                let t0 = col0 + ty * d.tw + tx0;
-                for (k, tk) in t.iter().enumerate() {
-                    let row = bt([&tk[0], &tk[1], &tk[2], &tk[3], &tk[4], &tk[5]]);
-                    for (m, vals) in row.iter().enumerate() {
-                        // SAFETY: each caller writes a disjoint range of channels.
-                        let dst = unsafe { v.slice(p.at(k * 6 + m, c, t0), n) };
-                        super::put(dst, vals);
+                input_lanes(lane, v, p, c, col0 + ty * d.tw + tx0, n);
+            }
+        }
+    }
+}
+
+/// `input` for all tiles of `nb` images (x `[nb, ci, h, w]`) at once, for rows of fewer than
+/// L tiles: each channel's 6×6 patches are gathered into `dd[i][j][col]` (col = the tile's
+/// column of V) first, so every transform runs on full lanes.
+#[inline(always)]
+pub(super) fn input_narrow(
+    x: &[f32],
+    nb: usize,
+    d: &Dims,
+    cs: Range<usize>,
+    v: &Shared,
+    p: Planes,
+) {
+    let (hw, t, tw) = (d.h * d.w, d.tiles(), d.tw);
+    let ld = nb * t;
+    let ldp = ld.next_multiple_of(L);
+    let len = tw + 1 + L;
+    let mut ph = vec![0f32; 4 * len]; // [phase p][k] of one padded row
+    let mut dd = vec![0f32; 36 * ldp]; // [i][j][col]
+    for c in cs {
+        for n in 0..nb {
+            let xc = &x[(n * d.ci + c) * hw..][..hw];
+            for ty in 0..d.th {
+                let col = n * t + ty * tw;
+                for i in 0..6 {
+                    phases::<4>(input_row(xc, d, ty, i), 1, d.w, &mut ph, len);
+                    for j in 0..6 {
+                        let src = &ph[(j % 4) * len + j / 4..][..tw];
+                        copy_short(&mut dd[(i * 6 + j) * ldp + col..][..tw], src);
                     }
                 }
             }
+        }
+        for t0 in (0..ld).step_by(L) {
+            let lane = |i: usize, j: usize| -> &Lanes {
+                dd[(i * 6 + j) * ldp + t0..][..L]
+                    .try_into()
+                    .expect("L lanes")
+            };
+            input_lanes(lane, v, p, c, t0, L.min(ld - t0));
         }
     }
 }
 
 /// Gathers the lanes `m[ξ][row][t0 .. t0 + n]` (zero past n) for the 36 ξ.
 #[inline(always)]
-fn gather36(m: &[f32], p: super::Planes, row: usize, t0: usize, n: usize) -> [Lanes; 36] {
+fn gather36(m: &[f32], p: Planes, row: usize, t0: usize, n: usize) -> [Lanes; 36] {
     let mut mm = [[0f32; L]; 36];
     for (xi, lanes) in mm.iter_mut().enumerate() {
         let src = &m[p.at(xi, row, t0)..][..n];
         if let Ok(full) = <&Lanes>::try_from(src) {
             *lanes = *full; // a register move, not a memcpy call
         } else {
-            super::copy_short(&mut lanes[..n], src);
+            copy_short(&mut lanes[..n], src);
         }
     }
     mm
 }
 
+/// Aᵀ m A for 8 tiles: `r[k][q]` holds output row k, column q of each tile.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)]
+fn output_lanes(mm: &[Lanes; 36]) -> [[Lanes; 4]; 4] {
+    // s[k][j] = Σᵢ Aᵀ[k][i] m[i][j]
+    let mut s = [[[0f32; L]; 6]; 4];
+    for j in 0..6 {
+        let col = at([
+            &mm[j],
+            &mm[6 + j],
+            &mm[12 + j],
+            &mm[18 + j],
+            &mm[24 + j],
+            &mm[30 + j],
+        ]);
+        for k in 0..4 {
+            s[k][j] = col[k];
+        }
+    }
+    let mut r = [[[0f32; L]; 4]; 4];
+    for (rk, sk) in r.iter_mut().zip(&s) {
+        *rk = at([&sk[0], &sk[1], &sk[2], &sk[3], &sk[4], &sk[5]]);
+    }
+    r
+}
+
 /// y[o][4ty + i][4tx + j] = (Aᵀ m A)[i][j] + bias[o] for the output channels `os` of one image.
 #[inline(always)]
-#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+#[allow(clippy::too_many_arguments)]
 pub(super) fn output(
     m: &[f32],
     d: &Dims,
-    os: std::ops::Range<usize>,
-    p: super::Planes,
+    os: Range<usize>,
+    p: Planes,
     col0: usize,
     bias: Option<&[f32]>,
     y: &Shared,
@@ -199,36 +283,59 @@ pub(super) fn output(
         for ty in 0..d.th {
             for tx0 in (0..d.tw).step_by(L) {
                 let n = L.min(d.tw - tx0);
-                let mm = gather36(m, p, o, col0 + ty * d.tw + tx0, n);
-                // s[k][j] = Σᵢ Aᵀ[k][i] m[i][j]
-                let mut s = [[[0f32; L]; 6]; 4];
-                for j in 0..6 {
-                    let col = at([
-                        &mm[j],
-                        &mm[6 + j],
-                        &mm[12 + j],
-                        &mm[18 + j],
-                        &mm[24 + j],
-                        &mm[30 + j],
-                    ]);
-                    for k in 0..4 {
-                        s[k][j] = col[k];
-                    }
-                }
-                for (k, sk) in s.iter().enumerate() {
+                let r = output_lanes(&gather36(m, p, o, col0 + ty * d.tw + tx0, n));
+                for (k, rk) in r.iter().enumerate() {
                     let yy = 4 * ty + k;
                     if yy >= d.h {
                         break;
                     }
-                    let r = at([&sk[0], &sk[1], &sk[2], &sk[3], &sk[4], &sk[5]]);
                     let out = &mut yo[yy * d.w..(yy + 1) * d.w];
                     for l in 0..n {
-                        for (q, rq) in r.iter().enumerate() {
+                        for (q, rq) in rk.iter().enumerate() {
                             let xx = 4 * (tx0 + l) + q;
                             if xx < d.w {
                                 out[xx] = rq[l] + b;
                             }
                         }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `output` for all tiles of the group's `nb` images at once (y `[nb, co, h, w]`), for rows of
+/// fewer than L tiles: full lanes of M's columns, each lane's tile then written to its image.
+/// The group's first image is image `n0` of the batch (for a per-image `[b, co]` bias).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(super) fn output_narrow(
+    m: &[f32],
+    nb: usize,
+    d: &Dims,
+    os: Range<usize>,
+    p: Planes,
+    bias: Option<&[f32]>,
+    n0: usize,
+    y: &Shared,
+) {
+    let (t, tw) = (d.tiles(), d.tw);
+    let ld = nb * t;
+    for o in os {
+        for t0 in (0..ld).step_by(L) {
+            let n = L.min(ld - t0);
+            let r = output_lanes(&gather36(m, p, o, t0, n));
+            for l in 0..n {
+                let (img, tile) = ((t0 + l) / t, (t0 + l) % t);
+                let (ty, tx) = (tile / tw, tile % tw);
+                let b = bias.map_or(0.0, |b| image_bias(b, n0 + img, d.co)[o]);
+                let cols = 4.min(d.w - 4 * tx);
+                for (k, rk) in r.iter().enumerate().take(d.h - 4 * ty) {
+                    let at = ((img * d.co + o) * d.h + 4 * ty + k) * d.w + 4 * tx;
+                    // SAFETY: each caller writes a disjoint range of output channels.
+                    let out = unsafe { y.slice(at, cols) };
+                    for (q, v) in out.iter_mut().enumerate() {
+                        *v = rk[q][l] + b;
                     }
                 }
             }
