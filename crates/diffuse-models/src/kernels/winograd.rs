@@ -59,8 +59,10 @@ impl Variant {
     }
 }
 
-/// Floats between two planes beyond their `rows × ld`: one cache line.
+/// Floats between two planes beyond their `rows × ld`: one cache line. At least L, so that
+/// a lane read at a plane's last column stays in the buffer (`f4::m_lanes`).
 const PLANE_PAD: usize = 16;
+const _: () = assert!(PLANE_PAD >= L);
 
 /// Where the α² planes of V `[ξ][ci][ld]` or M `[ξ][co][ld]` lie in their buffer: `rows × ld`
 /// floats each, `stride` apart. Unpadded, the stride is a multiple of 4 KiB for most layers

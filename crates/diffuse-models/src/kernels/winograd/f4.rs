@@ -15,6 +15,7 @@
 
 use super::{copy_short, phases, put, Dims, Lanes, Planes, Shared, L};
 use crate::kernels::conv2d::image_bias;
+use std::mem::MaybeUninit;
 use std::ops::Range;
 
 /// Bᵀ applied to six lane vectors.
@@ -122,7 +123,7 @@ fn input_lanes<'a>(
     n: usize,
 ) {
     // t[k][j] = Σᵢ Bᵀ[k][i] d[i][j]
-    let mut t = [[[0f32; L]; 6]; 6];
+    let mut t = [[MaybeUninit::<Lanes>::uninit(); 6]; 6];
     for j in 0..6 {
         let col = bt([
             lane(0, j),
@@ -133,9 +134,12 @@ fn input_lanes<'a>(
             lane(5, j),
         ]);
         for k in 0..6 {
-            t[k][j] = col[k];
+            t[k][j].write(col[k]);
         }
     }
+    // SAFETY: every t[k][j] was written above (a zero-filled array was a memset call per
+    // 8 tiles).
+    let t: [[Lanes; 6]; 6] = unsafe { std::mem::transmute(t) };
     for (k, tk) in t.iter().enumerate() {
         let row = bt([&tk[0], &tk[1], &tk[2], &tk[3], &tk[4], &tk[5]]);
         for (m, vals) in row.iter().enumerate() {
@@ -221,40 +225,36 @@ pub(super) fn input_narrow(
     }
 }
 
-/// Gathers the lanes `m[ξ][row][t0 .. t0 + n]` (zero past n) for the 36 ξ.
+/// The lanes `m[ξ][row][t0 .. t0 + L]` of the 36 ξ, read in place: past a row's end they
+/// hold the next row's (or the plane padding's, `PLANE_PAD` ≥ L) values, which no caller
+/// writes out.
 #[inline(always)]
-fn gather36(m: &[f32], p: Planes, row: usize, t0: usize, n: usize) -> [Lanes; 36] {
-    let mut mm = [[0f32; L]; 36];
-    for (xi, lanes) in mm.iter_mut().enumerate() {
-        let src = &m[p.at(xi, row, t0)..][..n];
-        if let Ok(full) = <&Lanes>::try_from(src) {
-            *lanes = *full; // a register move, not a memcpy call
-        } else {
-            copy_short(&mut lanes[..n], src);
-        }
-    }
-    mm
+fn m_lanes<'a>(m: &'a [f32], p: Planes, row: usize, t0: usize) -> impl Fn(usize) -> &'a Lanes {
+    move |xi| m[p.at(xi, row, t0)..][..L].try_into().expect("L lanes")
 }
 
-/// Aᵀ m A for 8 tiles: `r[k][q]` holds output row k, column q of each tile.
+/// Aᵀ m A for 8 tiles, `mm(ξ)` holding element ξ of each: `r[k][q]` holds output row k,
+/// column q of each tile.
 #[inline(always)]
 #[allow(clippy::needless_range_loop)]
-fn output_lanes(mm: &[Lanes; 36]) -> [[Lanes; 4]; 4] {
+fn output_lanes<'a>(mm: impl Fn(usize) -> &'a Lanes) -> [[Lanes; 4]; 4] {
     // s[k][j] = Σᵢ Aᵀ[k][i] m[i][j]
-    let mut s = [[[0f32; L]; 6]; 4];
+    let mut s = [[MaybeUninit::<Lanes>::uninit(); 6]; 4];
     for j in 0..6 {
         let col = at([
-            &mm[j],
-            &mm[6 + j],
-            &mm[12 + j],
-            &mm[18 + j],
-            &mm[24 + j],
-            &mm[30 + j],
+            mm(j),
+            mm(6 + j),
+            mm(12 + j),
+            mm(18 + j),
+            mm(24 + j),
+            mm(30 + j),
         ]);
         for k in 0..4 {
-            s[k][j] = col[k];
+            s[k][j].write(col[k]);
         }
     }
+    // SAFETY: every s[k][j] was written above.
+    let s: [[Lanes; 6]; 4] = unsafe { std::mem::transmute(s) };
     let mut r = [[[0f32; L]; 4]; 4];
     for (rk, sk) in r.iter_mut().zip(&s) {
         *rk = at([&sk[0], &sk[1], &sk[2], &sk[3], &sk[4], &sk[5]]);
@@ -283,7 +283,7 @@ pub(super) fn output(
         for ty in 0..d.th {
             for tx0 in (0..d.tw).step_by(L) {
                 let n = L.min(d.tw - tx0);
-                let r = output_lanes(&gather36(m, p, o, col0 + ty * d.tw + tx0, n));
+                let r = output_lanes(m_lanes(m, p, o, col0 + ty * d.tw + tx0));
                 for (k, rk) in r.iter().enumerate() {
                     let yy = 4 * ty + k;
                     if yy >= d.h {
@@ -324,7 +324,7 @@ pub(super) fn output_narrow(
     for o in os {
         for t0 in (0..ld).step_by(L) {
             let n = L.min(ld - t0);
-            let r = output_lanes(&gather36(m, p, o, t0, n));
+            let r = output_lanes(m_lanes(m, p, o, t0));
             for l in 0..n {
                 let (img, tile) = ((t0 + l) / t, (t0 + l) % t);
                 let (ty, tx) = (tile / tw, tile % tw);

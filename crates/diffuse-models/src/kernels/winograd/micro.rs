@@ -37,20 +37,35 @@ pub fn pack(u: &[f32], xis: usize, co: usize, ci: usize) -> Vec<f32> {
     p
 }
 
-/// `acc[r][j] = Σ_c panel[c][r] · v[c·ld + j]` for one MR × NR tile.
+/// `acc[r][j] = Σ_c panel[c][r] · v[c·ld + j]` for one MR × NR tile, then `store(r, acc[r])`
+/// for each row.
+///
+/// The accumulators stay local until the loop ends and the loop indexes through raw
+/// pointers (bounds checked once, before it): returned by value, rows of the tile were
+/// stored to the stack on every iteration, and each index was bounds checked, ~30 µops per
+/// 12 FMAs.
 #[inline(always)]
-fn tile(panel: &[f32], v: &[f32], ld: usize, ci: usize) -> [[f32; NR]; MR] {
+fn tile(panel: &[f32], v: &[f32], ld: usize, ci: usize, mut store: impl FnMut(usize, &[f32; NR])) {
+    assert!(panel.len() >= ci * MR && (ci == 0 || v.len() >= (ci - 1) * ld + NR));
     let mut acc = [[0f32; NR]; MR];
+    let (pp, vp) = (panel.as_ptr(), v.as_ptr());
     for c in 0..ci {
-        let row: &[f32; NR] = v[c * ld..][..NR].try_into().expect("NR columns");
-        let col: &[f32; MR] = panel[c * MR..][..MR].try_into().expect("MR rows");
+        // SAFETY: c·ld + NR ≤ v.len() and c·MR + MR ≤ panel.len() (asserted above).
+        let (row, col) = unsafe {
+            (
+                &*(vp.add(c * ld) as *const [f32; NR]),
+                &*(pp.add(c * MR) as *const [f32; MR]),
+            )
+        };
         for r in 0..MR {
             for j in 0..NR {
                 acc[r][j] = col[r].mul_add(row[j], acc[r][j]);
             }
         }
     }
-    acc
+    for (r, row) in acc.iter().enumerate() {
+        store(r, row);
+    }
 }
 
 /// M[o][t] for all o and the columns `cols` of one ξ: `panels` of U, V `[ci][ld]`, and M
@@ -83,15 +98,23 @@ pub(super) fn gemm(
             (&pad[..], NR)
         };
         for pb in 0..co.div_ceil(MR) {
-            let acc = tile(&panels[pb * ci * MR..][..ci * MR], src, sld, ci);
-            for (r, row) in acc.iter().enumerate() {
-                let o = pb * MR + r;
-                if o < co {
-                    // SAFETY: each caller writes its own columns of M.
-                    let dst = unsafe { m.slice(m0 + o * ld + t, n) };
-                    dst.copy_from_slice(&row[..n]);
-                }
-            }
+            tile(
+                &panels[pb * ci * MR..][..ci * MR],
+                src,
+                sld,
+                ci,
+                |r, row| {
+                    let o = pb * MR + r;
+                    if o < co {
+                        // SAFETY: each caller writes its own columns of M.
+                        let dst = unsafe { m.slice(m0 + o * ld + t, n) };
+                        match <&mut [f32; NR]>::try_from(&mut *dst) {
+                            Ok(full) => *full = *row,
+                            Err(_) => dst.copy_from_slice(&row[..n]),
+                        }
+                    }
+                },
+            );
         }
         t += n;
     }
