@@ -133,7 +133,8 @@ fn main() -> candle_core::Result<()> {
         let gs = vec![1f32; c];
         let bs = vec![0f32; c];
         let raw = median_ms(runs, || {
-            group_norm::backward(&xs, &gs, &bs, &xs, &[b, c, hw, hw], 32, 1e-5, true).unwrap();
+            group_norm::backward(None, &xs, &gs, &bs, &xs, &[b, c, hw, hw], 32, 1e-5, true)
+                .unwrap();
         });
         let rawf = median_ms(runs, || {
             group_norm::forward(&xs, &gs, &bs, &[b, c, hw, hw], 32, 1e-5, true).unwrap();

@@ -320,7 +320,7 @@ pub fn backward(x: &[f32], w: &[f32], dy: &[f32], g: &Geometry) -> (Vec<f32>, Ve
             let dyn_ = &dy[n * g.co * p..(n + 1) * g.co * p];
             let dxn = &mut dxr[i * inl..(i + 1) * inl];
             for (o, row) in dyn_.chunks_exact(p).enumerate() {
-                db[o] = row.iter().sum::<f32>();
+                db[o] = super::sum_lanes(row);
             }
             if im2col_free {
                 continue;

@@ -6,6 +6,7 @@
 use super::{f32_slice, tensor_from, uninit_vec, with_f32};
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
+use std::sync::OnceLock;
 
 /// `e^x` for f32 (Cephes `expf`: range reduction by ln 2 and a degree-6 polynomial, ~1 ulp),
 /// written so that the loops around it vectorize.
@@ -34,20 +35,6 @@ fn sigmoid(z: f32) -> f32 {
     1.0 / (1.0 + exp(-z))
 }
 
-/// Σ x over a row, in 8 lanes.
-#[inline(always)]
-fn sum(x: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let chunks = x.chunks_exact(8);
-    let rest: f32 = chunks.remainder().iter().sum();
-    for c in chunks {
-        for i in 0..8 {
-            acc[i] += c[i];
-        }
-    }
-    acc.iter().sum::<f32>() + rest
-}
-
 /// Σ (x − m)² over a row, in 8 lanes.
 #[inline(always)]
 pub(super) fn sum_sq(x: &[f32], m: f32) -> f32 {
@@ -67,7 +54,11 @@ pub(super) fn sum_sq(x: &[f32], m: f32) -> f32 {
 #[inline(always)]
 fn stats(xg: &[f32], l: usize, eps: f64) -> (f32, f32) {
     let n = xg.len() as f64;
-    let mean = xg.chunks_exact(l).map(|r| sum(r) as f64).sum::<f64>() / n;
+    let mean = xg
+        .chunks_exact(l)
+        .map(|r| super::sum_lanes(r) as f64)
+        .sum::<f64>()
+        / n;
     let var = xg
         .chunks_exact(l)
         .map(|r| sum_sq(r, mean as f32) as f64)
@@ -85,7 +76,7 @@ fn fwd_group(
     l: usize,
     eps: f64,
     silu: bool,
-) {
+) -> (f32, f32) {
     let (mean, rstd) = stats(xg, l, eps);
     for (c, (xr, yr)) in xg.chunks_exact(l).zip(yg.chunks_exact_mut(l)).enumerate() {
         let a = rstd * gamma[c];
@@ -101,6 +92,7 @@ fn fwd_group(
             }
         }
     }
+    (mean, rstd)
 }
 
 /// dz = ∂L/∂(γ x̂ + β): dy, or dy·silu'(z) with silu'(z) = σ(z)(1 + z(1 − σ(z))).
@@ -115,10 +107,12 @@ fn dz_of(dy: f32, xh: f32, gamma: f32, beta: f32, silu: bool) -> f32 {
     }
 }
 
-/// One group's backward: writes dx and this image's dγ, dβ for the group's channels.
+/// One group's backward: writes dx and this image's dγ, dβ for the group's channels, given
+/// the forward's mean and 1/σ when it kept them (else they are computed again).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn bwd_group(
+    saved: Option<(f32, f32)>,
     xg: &[f32],
     dyg: &[f32],
     dxg: &mut [f32],
@@ -130,7 +124,7 @@ fn bwd_group(
     eps: f64,
     silu: bool,
 ) {
-    let (mean, rstd) = stats(xg, l, eps);
+    let (mean, rstd) = saved.unwrap_or_else(|| stats(xg, l, eps));
     // Pass 1: dz = dy·silu'(z) into dx; per channel Σ dz·x̂ and Σ dz.
     for c in 0..gamma.len() {
         let (xr, dyr) = (&xg[c * l..(c + 1) * l], &dyg[c * l..(c + 1) * l]);
@@ -193,12 +187,21 @@ fn bwd_group(
 crate::kernels::multiversion!(
     fwd_group,
     fwd_group_mv,
-    fn(xg: &[f32], yg: &mut [f32], gamma: &[f32], beta: &[f32], l: usize, eps: f64, silu: bool)
+    fn(
+        xg: &[f32],
+        yg: &mut [f32],
+        gamma: &[f32],
+        beta: &[f32],
+        l: usize,
+        eps: f64,
+        silu: bool,
+    ) -> (f32, f32)
 );
 crate::kernels::multiversion!(
     bwd_group,
     bwd_group_mv,
     fn(
+        saved: Option<(f32, f32)>,
         xg: &[f32],
         dyg: &[f32],
         dxg: &mut [f32],
@@ -237,7 +240,8 @@ fn dims(shape: &[usize], groups: usize) -> Result<Dims> {
     })
 }
 
-/// Forward: `silu?(γ·(x − μ_g)/σ_g + β)` for x `[b, c, …]`, γ and β `[c]`.
+/// Forward: `silu?(γ·(x − μ_g)/σ_g + β)` for x `[b, c, …]`, γ and β `[c]`; also each
+/// (image, group)'s mean and 1/σ, which the backward takes instead of a second statistics pass.
 pub fn forward(
     x: &[f32],
     gamma: &[f32],
@@ -246,17 +250,18 @@ pub fn forward(
     groups: usize,
     eps: f64,
     silu: bool,
-) -> Result<Vec<f32>> {
+) -> Result<(Vec<f32>, Vec<(f32, f32)>)> {
     let d = dims(shape, groups)?;
     let mut y = uninit_vec(x.len());
     let gl = d.cpg * d.l;
     if gl == 0 {
-        return Ok(y);
+        return Ok((y, Vec::new()));
     }
-    y.par_chunks_mut(gl)
+    let saved = y
+        .par_chunks_mut(gl)
         .zip(x.par_chunks(gl))
         .enumerate()
-        .for_each(|(j, (yg, xg))| {
+        .map(|(j, (yg, xg))| {
             let c0 = (j % groups) * d.cpg;
             fwd_group_mv(
                 xg,
@@ -267,13 +272,15 @@ pub fn forward(
                 eps,
                 silu,
             )
-        });
-    Ok(y)
+        })
+        .collect();
+    Ok((y, saved))
 }
 
-/// Backward: `(dx, dγ, dβ)`.
+/// Backward: `(dx, dγ, dβ)`, given the forward's statistics when it kept them.
 #[allow(clippy::too_many_arguments)]
 pub fn backward(
+    saved: Option<&[(f32, f32)]>,
     x: &[f32],
     gamma: &[f32],
     beta: &[f32],
@@ -298,7 +305,8 @@ pub fn backward(
             .for_each(|(j, ((((dxg, xg), dyg), dgp), dbp))| {
                 let c0 = (j % groups) * d.cpg;
                 let (g, b) = (&gamma[c0..c0 + d.cpg], &beta[c0..c0 + d.cpg]);
-                bwd_group_mv(xg, dyg, dxg, dgp, dbp, g, b, d.l, eps, silu)
+                let st = saved.map(|s| s[j]);
+                bwd_group_mv(st, xg, dyg, dxg, dgp, dbp, g, b, d.l, eps, silu)
             });
     }
     let reduce = |parts: &[f32]| -> Vec<f32> {
@@ -311,12 +319,14 @@ pub fn backward(
     Ok((dx, reduce(&dg_parts), reduce(&db_parts)))
 }
 
-/// The CustomOp: arguments `(x, γ, β)`.
-#[derive(Debug, Clone, Copy)]
+/// The CustomOp: arguments `(x, γ, β)`. The graph keeps the op between forward and backward,
+/// so it carries the forward's statistics to the backward.
+#[derive(Debug, Clone)]
 pub struct GroupNorm {
     pub groups: usize,
     pub eps: f64,
     pub silu: bool,
+    saved: OnceLock<Vec<(f32, f32)>>,
 }
 
 impl CustomOp3 for GroupNorm {
@@ -334,7 +344,7 @@ impl CustomOp3 for GroupNorm {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         super::count_forward();
-        let y = forward(
+        let (y, saved) = forward(
             f32_slice(s1, l1)?,
             f32_slice(s2, l2)?,
             f32_slice(s3, l3)?,
@@ -343,6 +353,8 @@ impl CustomOp3 for GroupNorm {
             self.eps,
             self.silu,
         )?;
+        // A second forward through the same op (none in this crate) keeps the first's.
+        let _ = self.saved.set(saved);
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -358,7 +370,18 @@ impl CustomOp3 for GroupNorm {
             with_f32(gamma, |g| {
                 with_f32(beta, |b| {
                     with_f32(dy, |dys| {
-                        backward(xs, g, b, dys, x.dims(), self.groups, self.eps, self.silu)
+                        let saved = self.saved.get().map(Vec::as_slice);
+                        backward(
+                            saved,
+                            xs,
+                            g,
+                            b,
+                            dys,
+                            x.dims(),
+                            self.groups,
+                            self.eps,
+                            self.silu,
+                        )
                     })
                 })
             })
@@ -383,7 +406,12 @@ pub fn group_norm(
     x.contiguous()?.apply_op3(
         &gamma.contiguous()?,
         &beta.contiguous()?,
-        GroupNorm { groups, eps, silu },
+        GroupNorm {
+            groups,
+            eps,
+            silu,
+            saved: OnceLock::new(),
+        },
     )
 }
 
@@ -434,6 +462,19 @@ mod tests {
             let inputs = [("x", &x), ("gamma", &g), ("beta", &b)];
             assert_matches(i, ours, theirs, &inputs, 30);
         }
+    }
+
+    #[test]
+    fn saved_statistics_give_the_recomputed_backward() {
+        let shape = [3usize, 8, 5, 5];
+        let v = |t: Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let (x, dy) = (v(rand_tensor(&shape, 1)), v(rand_tensor(&shape, 2)));
+        let (g, b) = (v(rand_tensor(&[8], 3)), v(rand_tensor(&[8], 4)));
+        let (_, saved) = forward(&x, &g, &b, &shape, 4, 1e-5, true).unwrap();
+        assert_eq!(saved.len(), 3 * 4);
+        let with = backward(Some(&saved), &x, &g, &b, &dy, &shape, 4, 1e-5, true).unwrap();
+        let without = backward(None, &x, &g, &b, &dy, &shape, 4, 1e-5, true).unwrap();
+        assert_eq!(with, without);
     }
 
     #[test]
