@@ -240,6 +240,9 @@ fn dims(shape: &[usize], groups: usize) -> Result<Dims> {
     })
 }
 
+/// Each (image, group)'s mean and 1/σ, in that order.
+pub type GroupStats = Vec<(f32, f32)>;
+
 /// Forward: `silu?(γ·(x − μ_g)/σ_g + β)` for x `[b, c, …]`, γ and β `[c]`; also each
 /// (image, group)'s mean and 1/σ, which the backward takes instead of a second statistics pass.
 pub fn forward(
@@ -250,7 +253,7 @@ pub fn forward(
     groups: usize,
     eps: f64,
     silu: bool,
-) -> Result<(Vec<f32>, Vec<(f32, f32)>)> {
+) -> Result<(Vec<f32>, GroupStats)> {
     let d = dims(shape, groups)?;
     let mut y = uninit_vec(x.len());
     let gl = d.cpg * d.l;
@@ -326,7 +329,7 @@ pub struct GroupNorm {
     pub groups: usize,
     pub eps: f64,
     pub silu: bool,
-    saved: OnceLock<Vec<(f32, f32)>>,
+    saved: OnceLock<GroupStats>,
 }
 
 impl CustomOp3 for GroupNorm {
