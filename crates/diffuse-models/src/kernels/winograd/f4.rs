@@ -139,7 +139,8 @@ fn input_lanes<'a>(
     }
     // SAFETY: every t[k][j] was written above (a zero-filled array was a memset call per
     // 8 tiles).
-    let t: [[Lanes; 6]; 6] = unsafe { std::mem::transmute(t) };
+    // (A reference, not a transmuted copy: that was a 1152-byte memcpy call.)
+    let t = unsafe { &*(&t as *const [[MaybeUninit<Lanes>; 6]; 6] as *const [[Lanes; 6]; 6]) };
     for (k, tk) in t.iter().enumerate() {
         let row = bt([&tk[0], &tk[1], &tk[2], &tk[3], &tk[4], &tk[5]]);
         for (m, vals) in row.iter().enumerate() {
@@ -254,9 +255,9 @@ fn output_lanes<'a>(mm: impl Fn(usize) -> &'a Lanes) -> [[Lanes; 4]; 4] {
         }
     }
     // SAFETY: every s[k][j] was written above.
-    let s: [[Lanes; 6]; 4] = unsafe { std::mem::transmute(s) };
+    let s = unsafe { &*(&s as *const [[MaybeUninit<Lanes>; 6]; 4] as *const [[Lanes; 6]; 4]) };
     let mut r = [[[0f32; L]; 4]; 4];
-    for (rk, sk) in r.iter_mut().zip(&s) {
+    for (rk, sk) in r.iter_mut().zip(s) {
         *rk = at([&sk[0], &sk[1], &sk[2], &sk[3], &sk[4], &sk[5]]);
     }
     r
