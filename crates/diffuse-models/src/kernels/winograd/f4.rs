@@ -114,7 +114,7 @@ pub fn weight_grad(d: &[f32]) -> [f32; 9] {
 /// patch element (i, j) of each tile.
 #[inline(always)]
 #[allow(clippy::needless_range_loop)]
-fn input_lanes<'a>(
+pub(super) fn input_lanes<'a>(
     lane: impl Fn(usize, usize) -> &'a Lanes,
     v: &Shared,
     p: Planes,

@@ -1,0 +1,282 @@
+//! The F(4×4) weight gradient on channels-last transforms, for layers whose channel counts
+//! are multiples of 8 (all but a U-Net's first and last convolution).
+//!
+//! `dU[ξ] (co × ci) = Σ_t dM[ξ][t][o] · V[ξ][t][c]` reduces over the tiles t. With V and dM
+//! laid out `[ξ][t][channel]` (t outermost), both GEMM operands are read in place by
+//! `micro::tile` (A = dM with stride co, B = V with stride ci), where the channels-innermost
+//! layout that the forward's GEMMs want made `gemm` pack both operands on every call (a third
+//! of the weight gradient's time at 64 channels). The transforms then run on 8 channels of one
+//! tile at a time, on x and dY moved to channels-last first, so their lanes are always full
+//! and need no column-phase split.
+
+use super::micro::{tile, MR, NR};
+use super::{f4, output_grad_lanes, split, Dims, Lanes, Planes, Shared, L};
+use std::ops::Range;
+
+/// Whether a layer's weight gradient takes this path.
+pub(super) fn applies(ci: usize, co: usize) -> bool {
+    ci.is_multiple_of(L) && co.is_multiple_of(L)
+}
+
+/// `[nb, c, hw]` → `[nb, hw, c]` for the images `imgs` (c a multiple of 8), in 8 × 8 blocks.
+fn channels_last(x: &[f32], c: usize, hw: usize, imgs: Range<usize>, xt: &Shared) {
+    for n in imgs {
+        let src = &x[n * c * hw..][..c * hw];
+        // SAFETY: each caller writes its own images.
+        let dst = unsafe { xt.slice(n * hw * c, hw * c) };
+        let whole = hw - hw % 8;
+        for c0 in (0..c).step_by(8) {
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx") {
+                for p0 in (0..whole).step_by(8) {
+                    // SAFETY: the CPU has AVX; rows c0..c0 + 8 and columns p0..p0 + 8 are
+                    // inside src, and positions p0..p0 + 8 of channels c0..c0 + 8 inside dst.
+                    unsafe { transpose8x8(&src[c0 * hw + p0..], hw, &mut dst[p0 * c + c0..], c) };
+                }
+            } else {
+                scalar(src, dst, (c, hw), c0, 0..whole);
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            scalar(src, dst, (c, hw), c0, 0..whole);
+            scalar(src, dst, (c, hw), c0, whole..hw);
+        }
+    }
+    fn scalar(src: &[f32], dst: &mut [f32], (c, hw): (usize, usize), c0: usize, ps: Range<usize>) {
+        for p in ps {
+            for k in c0..c0 + 8 {
+                dst[p * c + k] = src[k * hw + p];
+            }
+        }
+    }
+}
+
+/// `dst[j·lds + i] = src[i·ls + j]` for i, j < 8: eight rows transposed in AVX registers.
+///
+/// # Safety
+/// The CPU must have AVX; src must hold `7·ls + 8` floats and dst `7·lds + 8`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+unsafe fn transpose8x8(src: &[f32], ls: usize, dst: &mut [f32], lds: usize) {
+    use std::arch::x86_64::*;
+    debug_assert!(src.len() >= 7 * ls + 8 && dst.len() >= 7 * lds + 8);
+    let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
+    let mut r = [_mm256_setzero_ps(); 8];
+    for (i, ri) in r.iter_mut().enumerate() {
+        *ri = _mm256_loadu_ps(s.add(i * ls));
+    }
+    let t = [
+        _mm256_unpacklo_ps(r[0], r[1]),
+        _mm256_unpackhi_ps(r[0], r[1]),
+        _mm256_unpacklo_ps(r[2], r[3]),
+        _mm256_unpackhi_ps(r[2], r[3]),
+        _mm256_unpacklo_ps(r[4], r[5]),
+        _mm256_unpackhi_ps(r[4], r[5]),
+        _mm256_unpacklo_ps(r[6], r[7]),
+        _mm256_unpackhi_ps(r[6], r[7]),
+    ];
+    // u[0..4] from rows 0–3, u[4..8] from rows 4–7: column j (mod 4) of each 128-bit half.
+    let u = [
+        _mm256_shuffle_ps::<0x44>(t[0], t[2]),
+        _mm256_shuffle_ps::<0xEE>(t[0], t[2]),
+        _mm256_shuffle_ps::<0x44>(t[1], t[3]),
+        _mm256_shuffle_ps::<0xEE>(t[1], t[3]),
+        _mm256_shuffle_ps::<0x44>(t[4], t[6]),
+        _mm256_shuffle_ps::<0xEE>(t[4], t[6]),
+        _mm256_shuffle_ps::<0x44>(t[5], t[7]),
+        _mm256_shuffle_ps::<0xEE>(t[5], t[7]),
+    ];
+    for j in 0..4 {
+        _mm256_storeu_ps(
+            d.add(j * lds),
+            _mm256_permute2f128_ps::<0x20>(u[j], u[j + 4]),
+        );
+        _mm256_storeu_ps(
+            d.add((j + 4) * lds),
+            _mm256_permute2f128_ps::<0x31>(u[j], u[j + 4]),
+        );
+    }
+}
+
+/// The 6×6 patch element (i, j) of tile (ty, tx), channels c0..c0 + L, of image n of a
+/// channels-last `[nb, h, w, c]` input (zeros in the padding).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn patch<'a>(
+    xt: &'a [f32],
+    d: &Dims,
+    c: usize,
+    n: usize,
+    (ty, tx): (usize, usize),
+    c0: usize,
+    zero: &'a Lanes,
+) -> impl Fn(usize, usize) -> &'a Lanes {
+    let d = *d;
+    move |i, j| {
+        let (y, x) = ((4 * ty + i).wrapping_sub(1), (4 * tx + j).wrapping_sub(1));
+        if y < d.h && x < d.w {
+            xt[((n * d.h + y) * d.w + x) * c + c0..][..L]
+                .try_into()
+                .expect("L lanes")
+        } else {
+            zero
+        }
+    }
+}
+
+/// V `[ξ][t][ci]` for the group's tiles, channel blocks `cbs` (of L channels).
+#[inline(always)]
+fn input(xt: &[f32], nb: usize, d: &Dims, cbs: Range<usize>, v: &Shared, p: Planes) {
+    let zero = [0f32; L];
+    for n in 0..nb {
+        for ty in 0..d.th {
+            for tx in 0..d.tw {
+                let t = (n * d.th + ty) * d.tw + tx;
+                for cb in cbs.clone() {
+                    let lane = patch(xt, d, d.ci, n, (ty, tx), cb * L, &zero);
+                    f4::input_lanes(lane, v, p, t, cb * L, L);
+                }
+            }
+        }
+    }
+}
+
+/// dM `[ξ][t][co]` for the group's tiles, output channel blocks `obs`.
+#[inline(always)]
+fn output_grad(dyt: &[f32], nb: usize, d: &Dims, obs: Range<usize>, dm: &Shared, p: Planes) {
+    let zero = [0f32; L];
+    for n in 0..nb {
+        for ty in 0..d.th {
+            for tx in 0..d.tw {
+                let t = (n * d.th + ty) * d.tw + tx;
+                for ob in obs.clone() {
+                    let o0 = ob * L;
+                    let lane = |k: usize, q: usize| -> &Lanes {
+                        let (y, x) = (4 * ty + k, 4 * tx + q);
+                        if y < d.h && x < d.w {
+                            dyt[((n * d.h + y) * d.w + x) * d.co + o0..][..L]
+                                .try_into()
+                                .expect("L lanes")
+                        } else {
+                            &zero
+                        }
+                    };
+                    output_grad_lanes::<4, 6>(f4::a, lane, dm, p, t, o0, L);
+                }
+            }
+        }
+    }
+}
+
+/// dU[ξ] (+)= dM[ξ]ᵀ V[ξ] (co × ci over `tiles`) into `du` `[ξ][co][ci]` for the ξ in `xis`;
+/// adds when `acc`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn gemm(
+    (dm, mp): (&[f32], Planes),
+    (v, vp): (&[f32], Planes),
+    (co, ci, tiles): (usize, usize, usize),
+    xis: Range<usize>,
+    du: &Shared,
+    acc: bool,
+) {
+    for xi in xis {
+        // Rows past co (and columns past ci) read the next row's values, or the plane's
+        // padding (PLANE_PAD ≥ NR) after its last row: their sums are never stored.
+        let (a, b) = (&dm[mp.at(xi, 0, 0)..], &v[vp.at(xi, 0, 0)..]);
+        for o0 in (0..co).step_by(MR) {
+            for c0 in (0..ci).step_by(NR) {
+                let n = NR.min(ci - c0);
+                tile((&a[o0..], co), (&b[c0..], ci), tiles, |r, row| {
+                    let o = o0 + r;
+                    if o < co {
+                        // SAFETY: each caller writes its own ξ.
+                        let dst = unsafe { du.slice((xi * co + o) * ci + c0, n) };
+                        if acc {
+                            dst.iter_mut().zip(row).for_each(|(d, s)| *d += s);
+                        } else {
+                            dst.copy_from_slice(&row[..n]);
+                        }
+                    }
+                });
+            }
+        }
+    }
+}
+
+crate::kernels::multiversion!(
+    input,
+    input_mv,
+    fn(xt: &[f32], nb: usize, d: &Dims, cbs: Range<usize>, v: &Shared, p: Planes)
+);
+crate::kernels::multiversion!(
+    output_grad,
+    output_grad_mv,
+    fn(dyt: &[f32], nb: usize, d: &Dims, obs: Range<usize>, dm: &Shared, p: Planes)
+);
+crate::kernels::multiversion!(
+    gemm,
+    gemm_mv,
+    fn(
+        m: (&[f32], Planes),
+        v: (&[f32], Planes),
+        sizes: (usize, usize, usize),
+        xis: Range<usize>,
+        du: &Shared,
+        acc: bool,
+    )
+);
+
+thread_local! {
+    static XT: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    static DYT: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// One group's dU (`[ξ][co][ci]`, added to when `acc`): images `n0 .. n0 + nb` of x
+/// `[b, ci, h, w]` and dy `[b, co, h, w]`, the work split over `parts` threads.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn group(
+    x: &[f32],
+    dy: &[f32],
+    d: &Dims,
+    (n0, nb): (usize, usize),
+    du: &mut [f32],
+    acc: bool,
+    parts: usize,
+) {
+    let (hw, t) = (d.h * d.w, d.tiles());
+    let ld = nb * t;
+    let (vp, mp) = (Planes::new(ld, d.ci), Planes::new(ld, d.co));
+    let xg = &x[n0 * d.ci * hw..(n0 + nb) * d.ci * hw];
+    let dyg = &dy[n0 * d.co * hw..(n0 + nb) * d.co * hw];
+    let xis = 36;
+    super::super::with_scratch(&XT, nb * hw * d.ci, |xt| {
+        super::super::with_scratch(&DYT, nb * hw * d.co, |dyt| {
+            let (xts, dyts) = (Shared::new(xt), Shared::new(dyt));
+            split(nb, parts, |r| {
+                channels_last(xg, d.ci, hw, r.clone(), &xts);
+                channels_last(dyg, d.co, hw, r, &dyts);
+            });
+            // SAFETY: the transposes are done; from here both are only read.
+            let (xt, dyt) =
+                unsafe { (xts.slice(0, nb * hw * d.ci), dyts.slice(0, nb * hw * d.co)) };
+            super::super::with_scratch(&super::V, vp.len(xis), |v| {
+                vp.zero_pads(v, xis);
+                let vs = Shared::new(v);
+                split(d.ci / L, parts, |cbs| input_mv(xt, nb, d, cbs, &vs, vp));
+                super::super::with_scratch(&super::M, mp.len(xis), |m| {
+                    mp.zero_pads(m, xis);
+                    let ms = Shared::new(m);
+                    split(d.co / L, parts, |obs| {
+                        output_grad_mv(dyt, nb, d, obs, &ms, mp)
+                    });
+                    // SAFETY: the transforms are done; from here V and dM are only read.
+                    let (v, m) = unsafe { (vs.slice(0, vp.len(xis)), ms.slice(0, mp.len(xis))) };
+                    let dus = Shared::new(du);
+                    split(xis, parts, |r| {
+                        gemm_mv((m, mp), (v, vp), (d.co, d.ci, ld), r, &dus, acc)
+                    });
+                });
+            });
+        });
+    });
+}
