@@ -327,20 +327,31 @@ pub fn measure(shapes: &[(Geometry, Pass)], runs: usize) -> Vec<Entry> {
     out
 }
 
-/// The built-in rule, from `diffuse bench --tune-convs` on the bench U-Net and
-/// `examples/conv_algos.rs` on the 2-core development machine (docs/performance.md):
+/// The built-in rule, from `examples/conv_algos.rs` at batch 1, 16 and 32 on the 2-core
+/// development machine (docs/performance.md, "Fourth pass"), by the batch's F(4×4) tile count
+/// `t` (F(4×4)'s transforms fill their lanes across a group's images, so t, not the image
+/// size alone, says whether its 4× fewer multiplies pay):
 /// - im2col for a layer with ≤ 4 input or output channels (the image layers `conv_in` and
 ///   `conv_out`), whose Winograd transforms cost more than their tiny GEMMs;
-/// - F(4×4) where images are large enough for its tiles to be mostly inside the image;
-/// - F(2×2) below, and im2col for the gradients of 4×4 images, whose GEMMs have too few
-///   columns for the α² Winograd GEMMs to pay.
+/// - forward: F(4×4) from 16 tiles (a 16 px image, or 4 px images at batch 16), else F(2×2)
+///   above 4 px and im2col at 4 px;
+/// - weight gradient from 128 tiles (8 px at batch 32), input gradient from 256 (the input
+///   gradient also transforms its flipped weights every call); F(2×2) below that above 6 px,
+///   and im2col for 4 × 4 images, whose GEMMs have too few columns to pay.
 pub fn rule(g: &Geometry, pass: Pass) -> Algo {
     let side = g.h.min(g.w);
+    let tiles = g.b * g.h.div_ceil(4) * g.w.div_ceil(4);
+    let f4_from = match pass {
+        Pass::Forward => 16,
+        Pass::GradWeight => 128,
+        Pass::GradInput => 256,
+    };
     match pass {
         _ if g.ci.min(g.co) <= 4 => Algo::Im2col,
-        _ if side >= 24 => Algo::Winograd(Variant::F4),
-        Pass::Forward if side >= 16 => Algo::Winograd(Variant::F4),
-        Pass::Forward => Algo::Winograd(Variant::F2),
+        Pass::Forward if side >= 4 && tiles >= f4_from => Algo::Winograd(Variant::F4),
+        Pass::Forward if side > 4 => Algo::Winograd(Variant::F2),
+        Pass::Forward => Algo::Im2col,
+        _ if side > 6 && tiles >= f4_from => Algo::Winograd(Variant::F4),
         _ if side > 6 => Algo::Winograd(Variant::F2),
         _ => Algo::Im2col,
     }
@@ -361,8 +372,14 @@ mod tests {
         assert_eq!(rule(&geo(1, 64, 64, 32), Pass::Forward), f4);
         assert_eq!(rule(&geo(32, 64, 64, 32), Pass::GradWeight), f4);
         assert_eq!(rule(&geo(32, 128, 128, 16), Pass::Forward), f4);
-        assert_eq!(rule(&geo(32, 128, 128, 16), Pass::GradInput), f2);
+        assert_eq!(rule(&geo(32, 128, 128, 16), Pass::GradInput), f4);
+        assert_eq!(rule(&geo(1, 64, 64, 32), Pass::GradInput), f2);
+        assert_eq!(rule(&geo(32, 128, 128, 8), Pass::GradWeight), f4);
+        assert_eq!(rule(&geo(32, 128, 128, 8), Pass::GradInput), f2);
+        assert_eq!(rule(&geo(16, 128, 128, 8), Pass::Forward), f4);
         assert_eq!(rule(&geo(1, 128, 128, 8), Pass::Forward), f2);
+        assert_eq!(rule(&geo(1, 64, 64, 4), Pass::Forward), Algo::Im2col);
+        assert_eq!(rule(&geo(16, 64, 64, 4), Pass::Forward), f4);
         assert_eq!(rule(&geo(32, 64, 64, 4), Pass::GradWeight), Algo::Im2col);
         assert_eq!(rule(&geo(32, 1, 64, 32), Pass::Forward), Algo::Im2col);
         assert_eq!(rule(&geo(32, 64, 3, 32), Pass::GradInput), Algo::Im2col);
