@@ -79,8 +79,10 @@ impl BenchReport {
         ));
         let e = &f.conv_executed;
         s.push_str(&format!(
-            "conv FLOPs executed by the CPU kernels (Winograd-reduced) per image: forward {:.3} GFLOP \
-             of {:.3} nominal ({:.2}×), training step (forward + dX + dW) {:.3} of {:.3} ({:.2}×)\n",
+            "conv FLOPs executed by the CPU kernels (Winograd-reduced) per image at batch {}: \
+             forward {:.3} GFLOP of {:.3} nominal ({:.2}×), training step (forward + dX + dW) \
+             {:.3} of {:.3} ({:.2}×)\n",
+            f.executed_batch.max(1),
             e.forward as f64 / 1e9,
             f.conv as f64 / 1e9,
             f.conv as f64 / e.forward.max(1) as f64,

@@ -12,7 +12,7 @@ use diffuse_core::config::SchedulerConfig;
 use diffuse_core::rng::{NoiseSource, SeededNoise};
 use diffuse_core::sampler::{Sampler, SamplerOptions};
 use diffuse_models::config::ClassEmbedding;
-use diffuse_models::flops::forward_flops;
+use diffuse_models::flops::forward_flops_at;
 use diffuse_models::pipeline::{generate, GenerateOptions};
 use diffuse_models::weights::{
     build_unet, detached_tensors, inference_model, model_index, save_unet, seeded_init,
@@ -145,7 +145,8 @@ pub fn run(opts: &BenchOptions, device: &Device, log: &mut dyn FnMut(&str)) -> R
             device,
         )?,
     };
-    let flops = forward_flops(cfg, h, w);
+    // Executed conv FLOPs at the training batch (the algorithm choice depends on the batch).
+    let flops = forward_flops_at(cfg, h, w, opts.train_batch);
     let per_image = flops.total() as f64;
     let peak = machine_peak(opts.threads);
     let sched_json = scheduler_config_json();

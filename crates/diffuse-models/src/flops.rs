@@ -20,6 +20,8 @@ pub struct FlopCount {
     /// The convolutions' multiply-adds as diffuse's CPU kernels execute them (2 FLOPs each),
     /// per pass: Winograd-reduced where `kernels::tune` picks a Winograd tile, nominal else.
     pub conv_executed: ConvPasses,
+    /// The batch size `conv_executed` assumes: the algorithm choice depends on it (0 = 1).
+    pub executed_batch: usize,
 }
 
 /// Convolution FLOPs per pass of a training step.
@@ -50,7 +52,7 @@ impl FlopCount {
         self.conv += nominal;
         let pad = k / 2;
         let geometry = crate::kernels::conv2d::Geometry::new(
-            &[1, cin, h * s, w * s],
+            &[self.executed_batch.max(1), cin, h * s, w * s],
             &[cout, cin, k, k],
             s,
             pad,
@@ -233,7 +235,15 @@ pub fn dit_forward_flops(
 /// Forward FLOPs of one image of size h×w through `cfg` (the model's structure, as
 /// `UNet2DModel::new` builds it).
 pub fn forward_flops(cfg: &UNet2DConfig, h: usize, w: usize) -> FlopCount {
-    let mut f = FlopCount::default();
+    forward_flops_at(cfg, h, w, 1)
+}
+
+/// `forward_flops`, with `conv_executed` for the algorithms a batch of `batch` images runs.
+pub fn forward_flops_at(cfg: &UNet2DConfig, h: usize, w: usize, batch: usize) -> FlopCount {
+    let mut f = FlopCount {
+        executed_batch: batch,
+        ..FlopCount::default()
+    };
     let ch = &cfg.block_out_channels;
     let n = ch.len();
     let temb = cfg.time_embed_dim();
