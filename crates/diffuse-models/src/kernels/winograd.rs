@@ -522,6 +522,57 @@ fn output_grad_tiles<const M: usize, const A: usize>(
     }
 }
 
+/// A channel's R × J tile patches across a group's images, `dd[i][j][col]` (col = the tile's
+/// column of V or M, `ldp` apart), for the narrow transforms.
+struct Patches {
+    dd: Vec<f32>,
+    ldp: usize,
+    /// One padded row's column phases; positions no row writes stay zero.
+    ph: Vec<f32>,
+    len: usize,
+}
+
+impl Patches {
+    fn new(elements: usize, ld: usize, tw: usize) -> Self {
+        let (ldp, len) = (ld.next_multiple_of(L), tw + 1 + L);
+        Patches {
+            dd: vec![0f32; elements * ldp],
+            ldp,
+            ph: vec![0f32; 4 * len],
+            len,
+        }
+    }
+
+    /// Gathers channel c of `nb` images (x `[nb, chans, h, w]`): patch element (i, j) of tile
+    /// (ty, tx) is x[P·ty + i − off][P·tx + j − off] (zero outside the image), through each
+    /// row's P column phases.
+    #[inline(always)]
+    fn gather<const P: usize, const R: usize, const J: usize>(
+        &mut self,
+        (x, chans, c): (&[f32], usize, usize),
+        nb: usize,
+        d: &Dims,
+        off: usize,
+    ) {
+        let (hw, t, tw, len) = (d.h * d.w, d.tiles(), d.tw, self.len);
+        for n in 0..nb {
+            let xc = &x[(n * chans + c) * hw..][..hw];
+            for ty in 0..d.th {
+                let col = n * t + ty * tw;
+                for i in 0..R {
+                    let yy = (P * ty + i).wrapping_sub(off);
+                    let row = (yy < d.h).then(|| &xc[yy * d.w..(yy + 1) * d.w]);
+                    phases::<P>(row, off, d.w, &mut self.ph[..P * len], len);
+                    for j in 0..J {
+                        let src = &self.ph[(j % P) * len + j / P..][..tw];
+                        copy_short(&mut self.dd[(i * J + j) * self.ldp + col..][..tw], src);
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// `output_grad_tiles` for all tiles of `nb` images at once (dy `[nb, co, h, w]`), for rows of
 /// fewer than L tiles: each channel's M×M tiles are gathered into `dd[k][q][col]` (col = the
 /// tile's column of dM) first, so A runs on full lanes.
@@ -536,28 +587,12 @@ fn output_grad_narrow<const M: usize, const A: usize>(
     dm: &Shared,
     p: Planes,
 ) {
-    let (hw, t, tw) = (d.h * d.w, d.tiles(), d.tw);
-    let ld = nb * t;
-    let ldp = ld.next_multiple_of(L);
-    let len = tw + L;
-    let mut ph = vec![0f32; M * len]; // [phase q][tile] of one row
-    let mut dd = vec![0f32; M * M * ldp]; // [k][q][col]
+    let ld = nb * d.tiles();
+    let mut g = Patches::new(M * M, ld, d.tw);
     for o in os {
-        for n in 0..nb {
-            let yo = &dy[(n * d.co + o) * hw..][..hw];
-            for ty in 0..d.th {
-                let col = n * t + ty * tw;
-                for k in 0..M {
-                    let yy = M * ty + k;
-                    let row = (yy < d.h).then(|| &yo[yy * d.w..(yy + 1) * d.w]);
-                    phases::<M>(row, 0, d.w, &mut ph, len);
-                    for q in 0..M {
-                        let dst = &mut dd[(k * M + q) * ldp + col..][..tw];
-                        copy_short(dst, &ph[q * len..][..tw]);
-                    }
-                }
-            }
-        }
+        g.gather::<M, M, M>((dy, d.co, o), nb, d, 0);
+        let dd = &g.dd;
+        let ldp = g.ldp;
         for t0 in (0..ld).step_by(L) {
             let lane = |k: usize, q: usize| -> &Lanes {
                 dd[(k * M + q) * ldp + t0..][..L]

@@ -13,7 +13,7 @@
 //! `_narrow` transforms take the tiles of all of a group's images together, one channel at a
 //! time, since V's and M's columns run over the group's images.
 
-use super::{copy_short, phases, put, Dims, Lanes, Planes, Shared, L};
+use super::{phases, put, Dims, Lanes, Patches, Planes, Shared, L};
 use crate::kernels::conv2d::image_bias;
 use std::mem::MaybeUninit;
 use std::ops::Range;
@@ -195,26 +195,11 @@ pub(super) fn input_narrow(
     v: &Shared,
     p: Planes,
 ) {
-    let (hw, t, tw) = (d.h * d.w, d.tiles(), d.tw);
-    let ld = nb * t;
-    let ldp = ld.next_multiple_of(L);
-    let len = tw + 1 + L;
-    let mut ph = vec![0f32; 4 * len]; // [phase p][k] of one padded row
-    let mut dd = vec![0f32; 36 * ldp]; // [i][j][col]
+    let ld = nb * d.tiles();
+    let mut g = Patches::new(36, ld, d.tw);
     for c in cs {
-        for n in 0..nb {
-            let xc = &x[(n * d.ci + c) * hw..][..hw];
-            for ty in 0..d.th {
-                let col = n * t + ty * tw;
-                for i in 0..6 {
-                    phases::<4>(input_row(xc, d, ty, i), 1, d.w, &mut ph, len);
-                    for j in 0..6 {
-                        let src = &ph[(j % 4) * len + j / 4..][..tw];
-                        copy_short(&mut dd[(i * 6 + j) * ldp + col..][..tw], src);
-                    }
-                }
-            }
-        }
+        g.gather::<4, 6, 6>((x, d.ci, c), nb, d, 1);
+        let (dd, ldp) = (&g.dd, g.ldp);
         for t0 in (0..ld).step_by(L) {
             let lane = |i: usize, j: usize| -> &Lanes {
                 dd[(i * 6 + j) * ldp + t0..][..L]
