@@ -644,38 +644,19 @@ fn output_grad_group(
     }
 }
 
-#[inline(always)]
-fn input_group(x: &[f32], nb: usize, d: &Dims, cs: Range<usize>, v: &Shared, p: Planes) {
-    f4::input_narrow(x, nb, d, cs, v, p)
-}
-
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn output_group(
-    m: &[f32],
-    nb: usize,
-    d: &Dims,
-    os: Range<usize>,
-    p: Planes,
-    bias: Option<&[f32]>,
-    n0: usize,
-    y: &Shared,
-) {
-    f4::output_narrow(m, nb, d, os, p, bias, n0, y)
-}
-
 crate::kernels::multiversion!(
     output_grad_group,
     output_grad_group_mv,
     fn(var: Variant, dy: &[f32], nb: usize, d: &Dims, os: Range<usize>, dm: &Shared, p: Planes)
 );
+use f4::{input_narrow, output_narrow};
 crate::kernels::multiversion!(
-    input_group,
+    input_narrow,
     input_group_mv,
     fn(x: &[f32], nb: usize, d: &Dims, cs: Range<usize>, v: &Shared, p: Planes)
 );
 crate::kernels::multiversion!(
-    output_group,
+    output_narrow,
     output_group_mv,
     fn(
         m: &[f32],

@@ -97,24 +97,24 @@ unsafe fn transpose8x8(src: &[f32], ls: usize, dst: &mut [f32], lds: usize) {
     }
 }
 
-/// The 6×6 patch element (i, j) of tile (ty, tx), channels c0..c0 + L, of image n of a
-/// channels-last `[nb, h, w, c]` input (zeros in the padding).
+/// Element (i, j) of tile (ty, tx)'s patch, channels c0..c0 + L, of image n of a channels-last
+/// `[nb, h, w, c]` tensor: position (4ty + i − off, 4tx + j − off), zeros outside.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 fn patch<'a>(
-    xt: &'a [f32],
+    (xt, c, off): (&'a [f32], usize, usize),
     d: &Dims,
-    c: usize,
-    n: usize,
-    (ty, tx): (usize, usize),
+    (n, ty, tx): (usize, usize, usize),
     c0: usize,
     zero: &'a Lanes,
 ) -> impl Fn(usize, usize) -> &'a Lanes {
-    let d = *d;
+    let (h, w) = (d.h, d.w);
     move |i, j| {
-        let (y, x) = ((4 * ty + i).wrapping_sub(1), (4 * tx + j).wrapping_sub(1));
-        if y < d.h && x < d.w {
-            xt[((n * d.h + y) * d.w + x) * c + c0..][..L]
+        let (y, x) = (
+            (4 * ty + i).wrapping_sub(off),
+            (4 * tx + j).wrapping_sub(off),
+        );
+        if y < h && x < w {
+            xt[((n * h + y) * w + x) * c + c0..][..L]
                 .try_into()
                 .expect("L lanes")
         } else {
@@ -123,48 +123,40 @@ fn patch<'a>(
     }
 }
 
+/// `f(image, ty, tx, tile column)` for every tile of `nb` images.
+#[inline(always)]
+fn each_tile(nb: usize, d: &Dims, mut f: impl FnMut(usize, usize, usize, usize)) {
+    for n in 0..nb {
+        for ty in 0..d.th {
+            for tx in 0..d.tw {
+                f(n, ty, tx, (n * d.th + ty) * d.tw + tx);
+            }
+        }
+    }
+}
+
 /// V `[ξ][t][ci]` for the group's tiles, channel blocks `cbs` (of L channels).
 #[inline(always)]
 fn input(xt: &[f32], nb: usize, d: &Dims, cbs: Range<usize>, v: &Shared, p: Planes) {
     let zero = [0f32; L];
-    for n in 0..nb {
-        for ty in 0..d.th {
-            for tx in 0..d.tw {
-                let t = (n * d.th + ty) * d.tw + tx;
-                for cb in cbs.clone() {
-                    let lane = patch(xt, d, d.ci, n, (ty, tx), cb * L, &zero);
-                    f4::input_lanes(lane, v, p, t, cb * L, L);
-                }
-            }
+    each_tile(nb, d, |n, ty, tx, t| {
+        for c0 in cbs.clone().map(|cb| cb * L) {
+            let lane = patch((xt, d.ci, 1), d, (n, ty, tx), c0, &zero);
+            f4::input_lanes(lane, v, p, t, c0, L);
         }
-    }
+    });
 }
 
 /// dM `[ξ][t][co]` for the group's tiles, output channel blocks `obs`.
 #[inline(always)]
 fn output_grad(dyt: &[f32], nb: usize, d: &Dims, obs: Range<usize>, dm: &Shared, p: Planes) {
     let zero = [0f32; L];
-    for n in 0..nb {
-        for ty in 0..d.th {
-            for tx in 0..d.tw {
-                let t = (n * d.th + ty) * d.tw + tx;
-                for ob in obs.clone() {
-                    let o0 = ob * L;
-                    let lane = |k: usize, q: usize| -> &Lanes {
-                        let (y, x) = (4 * ty + k, 4 * tx + q);
-                        if y < d.h && x < d.w {
-                            dyt[((n * d.h + y) * d.w + x) * d.co + o0..][..L]
-                                .try_into()
-                                .expect("L lanes")
-                        } else {
-                            &zero
-                        }
-                    };
-                    output_grad_lanes::<4, 6>(f4::a, lane, dm, p, t, o0, L);
-                }
-            }
+    each_tile(nb, d, |n, ty, tx, t| {
+        for o0 in obs.clone().map(|ob| ob * L) {
+            let lane = patch((dyt, d.co, 0), d, (n, ty, tx), o0, &zero);
+            output_grad_lanes::<4, 6>(f4::a, lane, dm, p, t, o0, L);
         }
-    }
+    });
 }
 
 /// dU[ξ] (+)= dM[ξ]ᵀ V[ξ] (co × ci over `tiles`) into `du` `[ξ][co][ci]` for the ξ in `xis`;
