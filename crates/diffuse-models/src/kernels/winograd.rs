@@ -1059,23 +1059,28 @@ mod tests {
         }
     }
 
+    /// `grad_weight` against candle's autograd on each case, at 1, 2 and 3 threads.
+    fn check_weight_gradient(var: Variant, cases: &[(usize, usize, usize, usize, usize)]) {
+        for (i, &(b, ci, co, h, w)) in cases.iter().enumerate() {
+            let x = rand_tensor(&[b, ci, h, w], i as u64);
+            let wt = candle_core::Var::from_tensor(&rand_tensor(&[co, ci, 3, 3], 7)).unwrap();
+            let dy = rand_tensor(&[b, co, h, w], 30 + i as u64);
+            let loss = (x.conv2d(&wt, 1, 1, 1, 1).unwrap() * &dy).unwrap();
+            let grads = loss.sum_all().unwrap().backward().unwrap();
+            let want = grads.get(&wt).unwrap();
+            for threads in [1, 2, 3] {
+                let dw = grad_weight(var, &vec(&x), &vec(&dy), b, ci, co, h, w, threads);
+                let got = Tensor::from_vec(dw, (co, ci, 3, 3), &Device::Cpu).unwrap();
+                let e = max_rel(&got, want);
+                assert!(e < 1e-5, "{var:?} case {i} threads {threads}: {e}");
+            }
+        }
+    }
+
     #[test]
     fn weight_gradient_matches_candle() {
         for var in [Variant::F2, Variant::F4] {
-            for (i, &(b, ci, co, h, w)) in CASES.iter().enumerate() {
-                let x = rand_tensor(&[b, ci, h, w], i as u64);
-                let wt = candle_core::Var::from_tensor(&rand_tensor(&[co, ci, 3, 3], 7)).unwrap();
-                let dy = rand_tensor(&[b, co, h, w], 30 + i as u64);
-                let loss = (x.conv2d(&wt, 1, 1, 1, 1).unwrap() * &dy).unwrap();
-                let grads = loss.sum_all().unwrap().backward().unwrap();
-                let want = grads.get(&wt).unwrap();
-                for threads in [1, 2, 3] {
-                    let dw = grad_weight(var, &vec(&x), &vec(&dy), b, ci, co, h, w, threads);
-                    let got = Tensor::from_vec(dw, (co, ci, 3, 3), &Device::Cpu).unwrap();
-                    let e = max_rel(&got, want);
-                    assert!(e < 1e-5, "{var:?} case {i} threads {threads}: {e}");
-                }
-            }
+            check_weight_gradient(var, &CASES);
         }
     }
 
@@ -1093,24 +1098,9 @@ mod tests {
     fn channels_last_weight_gradient_matches_candle() {
         // `dw`'s path: channel counts multiples of 8, with a partial 6-row and 16-column
         // block (40 and 24), odd sizes, several groups per thread.
-        for (i, &(b, ci, co, h, w)) in [(5, 24, 40, 11, 13), (3, 64, 8, 4, 4), (34, 8, 8, 3, 5)]
-            .iter()
-            .enumerate()
-        {
-            assert!(dw::applies(ci, co));
-            let x = rand_tensor(&[b, ci, h, w], i as u64);
-            let wt = candle_core::Var::from_tensor(&rand_tensor(&[co, ci, 3, 3], 7)).unwrap();
-            let dy = rand_tensor(&[b, co, h, w], 30 + i as u64);
-            let loss = (x.conv2d(&wt, 1, 1, 1, 1).unwrap() * &dy).unwrap();
-            let grads = loss.sum_all().unwrap().backward().unwrap();
-            let want = grads.get(&wt).unwrap();
-            for threads in [1, 2, 3] {
-                let dw = grad_weight(Variant::F4, &vec(&x), &vec(&dy), b, ci, co, h, w, threads);
-                let got = Tensor::from_vec(dw, (co, ci, 3, 3), &Device::Cpu).unwrap();
-                let e = max_rel(&got, want);
-                assert!(e < 1e-5, "case {i} threads {threads}: {e}");
-            }
-        }
+        let cases = [(5, 24, 40, 11, 13), (3, 64, 8, 4, 4), (34, 8, 8, 3, 5)];
+        assert!(cases.iter().all(|&(_, ci, co, _, _)| dw::applies(ci, co)));
+        check_weight_gradient(Variant::F4, &cases);
     }
 
     #[test]
