@@ -3,14 +3,15 @@
 //! differences. `ops` decides when they run (CPU, f32, `DIFFUSE_KERNELS` not `candle`).
 
 /// Defines `$fast`, which runs the `#[inline(always)]` function `$generic` compiled for
-/// AVX-512, else AVX2+FMA, when the CPU has them (checked at run time), else as built.
+/// AVX-512, else AVX2+FMA, when the CPU has them (checked at run time), else as built;
+/// `$fast` may carry a visibility (`pub(super) name`).
 macro_rules! multiversion {
-    ($generic:ident, $fast:ident, fn($($a:ident: $t:ty),* $(,)?)) => {
-        crate::kernels::multiversion!($generic, $fast, fn($($a: $t),*) -> ());
+    ($generic:ident, $vis:vis $fast:ident, fn($($a:ident: $t:ty),* $(,)?)) => {
+        crate::kernels::multiversion!($generic, $vis $fast, fn($($a: $t),*) -> ());
     };
-    ($generic:ident, $fast:ident, fn($($a:ident: $t:ty),* $(,)?) -> $r:ty) => {
+    ($generic:ident, $vis:vis $fast:ident, fn($($a:ident: $t:ty),* $(,)?) -> $r:ty) => {
         #[allow(clippy::too_many_arguments, clippy::unused_unit)]
-        fn $fast($($a: $t),*) -> $r {
+        $vis fn $fast($($a: $t),*) -> $r {
             #[cfg(target_arch = "x86_64")]
             {
                 #[allow(clippy::too_many_arguments)]

@@ -16,11 +16,19 @@
 //! and its GEMMs by ξ instead, so batch 1 uses every core. The transforms run on 8 tiles of a
 //! row at once; for rows of fewer tiles (`narrow`) they take a channel's tiles across all of
 //! the group's images instead.
+//!
+//! `lanes` holds the data layout and lane primitives the transforms share, `grad` the weight
+//! gradient's dY transform, `micro` the GEMMs' register tile.
 
 mod dw;
 mod f2;
 mod f4;
+mod grad;
+mod lanes;
 mod micro;
+
+use grad::{output_grad_group_mv, output_grad_mv};
+use lanes::{Planes, Shared, L};
 
 use super::matmul::{matmul, Mat};
 use super::uninit_vec;
@@ -33,10 +41,6 @@ thread_local! {
     static V: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     static M: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
-
-/// Tiles the lane-batched transforms work on at once (an AVX2 register of f32).
-const L: usize = 8;
-type Lanes = [f32; L];
 
 /// The Winograd tile size.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -59,235 +63,6 @@ impl Variant {
     pub fn xis(self) -> usize {
         (self.tile() + 2).pow(2)
     }
-}
-
-/// Floats between two planes beyond their `rows × ld`: one cache line. At least L, so that
-/// a lane read at a plane's last column stays in the buffer (`f4::m_lanes`).
-const PLANE_PAD: usize = 16;
-const _: () = assert!(PLANE_PAD >= L);
-
-/// Where the α² planes of V `[ξ][ci][ld]` or M `[ξ][co][ld]` lie in their buffer: `rows × ld`
-/// floats each, `stride` apart. Unpadded, the stride is a multiple of 4 KiB for most layers
-/// (64 channels × 64 columns × 4 bytes), so the α² stores (or loads) of one tile's transform
-/// all met in one L1 cache set; one cache line of padding spreads them over α² sets.
-#[derive(Clone, Copy, Debug)]
-struct Planes {
-    ld: usize,
-    stride: usize,
-}
-
-impl Planes {
-    fn new(rows: usize, ld: usize) -> Self {
-        Planes {
-            ld,
-            stride: rows * ld + PLANE_PAD,
-        }
-    }
-    /// The offset of plane ξ's row `row`, column `col`.
-    #[inline(always)]
-    fn at(self, xi: usize, row: usize, col: usize) -> usize {
-        xi * self.stride + row * self.ld + col
-    }
-    /// The buffer length of `xis` planes.
-    fn len(self, xis: usize) -> usize {
-        xis * self.stride
-    }
-    /// Zeroes the padding after each of the `xis` planes of `buf`: lane reads past a plane's
-    /// last row (`f4::m_lanes`, `dw`) then see zeros, never uninitialised memory.
-    fn zero_pads(self, buf: &mut [f32], xis: usize) {
-        for xi in 0..xis {
-            buf[(xi + 1) * self.stride - PLANE_PAD..(xi + 1) * self.stride].fill(0.0);
-        }
-    }
-}
-
-/// A mutable slice that several threads write disjoint parts of.
-struct Shared<'a> {
-    ptr: *mut f32,
-    len: usize,
-    _data: std::marker::PhantomData<&'a mut [f32]>,
-}
-
-// SAFETY: threads only reach the data through `slice`, whose callers keep their parts disjoint.
-unsafe impl Sync for Shared<'_> {}
-
-impl<'a> Shared<'a> {
-    fn new(s: &'a mut [f32]) -> Self {
-        Shared {
-            ptr: s.as_mut_ptr(),
-            len: s.len(),
-            _data: std::marker::PhantomData,
-        }
-    }
-    /// `n` elements from `start`.
-    ///
-    /// # Safety
-    /// No other live reference may overlap the returned range.
-    #[allow(clippy::mut_from_ref)]
-    unsafe fn slice(&self, start: usize, n: usize) -> &mut [f32] {
-        assert!(start + n <= self.len, "winograd: write out of bounds");
-        std::slice::from_raw_parts_mut(self.ptr.add(start), n)
-    }
-}
-
-/// Splits a zero-padded row into its `P` column phases: `ph[p·len + k] = padded[P·k + p]`
-/// with `padded[j] = row[j − off]` (zero outside, and zero for a missing row), for rows of `w`
-/// columns.
-///
-/// Only the row's own positions are written (zeros for a missing row): the padding positions
-/// are the same for every row of the image, so they stay zero from the buffer's allocation.
-/// A per-row fill cost a `memset` call per row, 4 % of a sampling step.
-///
-/// For four phases on an AVX2 CPU, whole 32-column blocks (8 tiles) go through a register
-/// de-interleave ([`deinterleave4x8`]) instead of 32 scalar stores, which were ~45 % of the
-/// F(4×4) input transform's samples at 32 px. Narrower rows stay scalar: padding them into a
-/// block measured slower at 8 and 16 px.
-#[inline(always)]
-fn phases<const P: usize>(row: Option<&[f32]>, off: usize, w: usize, ph: &mut [f32], len: usize) {
-    debug_assert!(row.is_none_or(|r| r.len() == w));
-    match row {
-        #[cfg(target_arch = "x86_64")]
-        Some(row) if P == 4 && w >= 16 => {
-            let mut whole = 0;
-            if has_avx2() {
-                whole = w - w % (4 * L);
-                for (i, chunk) in row[..whole].chunks_exact(4 * L).enumerate() {
-                    // SAFETY: the CPU has AVX2 (checked above).
-                    let q = unsafe { deinterleave4x8(chunk.try_into().expect("32 columns")) };
-                    for (r, qr) in q.iter().enumerate() {
-                        // Row column 4k + r is padded column 4k + r + off.
-                        let (p, s) = ((r + off) % 4, (r + off) / 4);
-                        let dst: &mut Lanes =
-                            (&mut ph[p * len + i * L + s..][..L]).try_into().unwrap();
-                        *dst = *qr;
-                    }
-                }
-            }
-            while whole + 16 <= w {
-                let q = deinterleave4x4(row[whole..whole + 16].try_into().expect("16 columns"));
-                for (r, qr) in q.iter().enumerate() {
-                    let (p, s) = ((r + off) % 4, (r + off) / 4);
-                    let dst: &mut [f32; 4] = (&mut ph[p * len + whole / 4 + s..][..4])
-                        .try_into()
-                        .unwrap();
-                    *dst = *qr;
-                }
-                whole += 16;
-            }
-            for (x, v) in row.iter().enumerate().skip(whole) {
-                let j = x + off;
-                ph[(j % P) * len + j / P] = *v;
-            }
-        }
-        Some(row) => {
-            for (x, v) in row.iter().enumerate() {
-                let j = x + off;
-                ph[(j % P) * len + j / P] = *v;
-            }
-        }
-        None => {
-            for j in off..off + w {
-                ph[(j % P) * len + j / P] = 0.0;
-            }
-        }
-    }
-}
-
-/// Whether the CPU has AVX2 (cached by std after the first call).
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-fn has_avx2() -> bool {
-    std::arch::is_x86_feature_detected!("avx2")
-}
-
-/// `q[r][k] = s[4k + r]` for 4 groups of 4: a 4×4 transpose in SSE registers (part of every
-/// x86-64 CPU).
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-fn deinterleave4x4(s: &[f32; 16]) -> [[f32; 4]; 4] {
-    use std::arch::x86_64::*;
-    let mut out = [[0f32; 4]; 4];
-    // SAFETY: SSE is part of the x86-64 baseline; loads and stores stay inside `s` and `out`.
-    unsafe {
-        let p = s.as_ptr();
-        let (a, b) = (_mm_loadu_ps(p), _mm_loadu_ps(p.add(4)));
-        let (c, d) = (_mm_loadu_ps(p.add(8)), _mm_loadu_ps(p.add(12)));
-        let (t0, t1) = (_mm_unpacklo_ps(a, b), _mm_unpackhi_ps(a, b));
-        let (t2, t3) = (_mm_unpacklo_ps(c, d), _mm_unpackhi_ps(c, d));
-        let q = [
-            _mm_movelh_ps(t0, t2),
-            _mm_movehl_ps(t2, t0),
-            _mm_movelh_ps(t1, t3),
-            _mm_movehl_ps(t3, t1),
-        ];
-        for (o, v) in out.iter_mut().zip(q) {
-            _mm_storeu_ps(o.as_mut_ptr(), v);
-        }
-    }
-    out
-}
-
-/// `q[r][k] = s[4k + r]`: 8 groups of 4 split into 4 vectors of 8, with unpacks, shuffles and
-/// one cross-lane permute per vector.
-///
-/// # Safety
-/// The CPU must have AVX2.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn deinterleave4x8(s: &[f32; 4 * L]) -> [Lanes; 4] {
-    use std::arch::x86_64::*;
-    let p = s.as_ptr();
-    // a = groups 0, 1; b = 2, 3; c = 4, 5; d = 6, 7 (one group per 128-bit lane).
-    let (a, b) = (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)));
-    let (c, d) = (_mm256_loadu_ps(p.add(16)), _mm256_loadu_ps(p.add(24)));
-    let (t0, t1) = (_mm256_unpacklo_ps(a, b), _mm256_unpackhi_ps(a, b));
-    let (t2, t3) = (_mm256_unpacklo_ps(c, d), _mm256_unpackhi_ps(c, d));
-    // Each shuffle leaves groups in the order 0 2 4 6 | 1 3 5 7; the permute restores 0..8.
-    let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-    let q = [
-        _mm256_shuffle_ps::<0x44>(t0, t2),
-        _mm256_shuffle_ps::<0xEE>(t0, t2),
-        _mm256_shuffle_ps::<0x44>(t1, t3),
-        _mm256_shuffle_ps::<0xEE>(t1, t3),
-    ];
-    let mut out = [[0f32; L]; 4];
-    for (o, v) in out.iter_mut().zip(q) {
-        _mm256_storeu_ps(o.as_mut_ptr(), _mm256_permutevar8x32_ps(v, order));
-    }
-    out
-}
-
-/// Writes the first `dst.len()` (≤ L) lanes of `vals`: a full vector as one register move
-/// instead of a `memcpy` call per 32 bytes.
-#[inline(always)]
-fn put(dst: &mut [f32], vals: &Lanes) {
-    if let Ok(full) = <&mut Lanes>::try_from(&mut *dst) {
-        *full = *vals;
-    } else {
-        copy_short(dst, &vals[..dst.len()]);
-    }
-}
-
-/// `dst.copy_from_slice(src)` for fewer than 32 floats as at most five fixed-size moves.
-/// At 8 and 16 px a tile row is 2 or 4 tiles, and `copy_from_slice` there was a `memcpy` call
-/// per 8 or 16 bytes: 6 % of a training step's samples.
-#[inline(always)]
-fn copy_short(dst: &mut [f32], src: &[f32]) {
-    #[inline(always)]
-    fn mv<const N: usize>(dst: &mut [f32], src: &[f32], k: &mut usize) {
-        if dst.len() - *k >= N {
-            let d: &mut [f32; N] = (&mut dst[*k..*k + N]).try_into().expect("N floats");
-            *d = src[*k..*k + N].try_into().expect("N floats");
-            *k += N;
-        }
-    }
-    assert!(dst.len() == src.len() && dst.len() < 32);
-    let mut k = 0;
-    mv::<16>(dst, src, &mut k);
-    mv::<8>(dst, src, &mut k);
-    mv::<4>(dst, src, &mut k);
-    mv::<2>(dst, src, &mut k);
-    mv::<1>(dst, src, &mut k);
 }
 
 /// G g Gᵀ for one 3×3 filter g into `u` (α×α, row-major), given G on one filter column.
@@ -460,195 +235,12 @@ fn output(
     }
 }
 
-/// dM[ξ][o][t0 .. t0 + n] = (A dY Aᵀ)[ξ] for 8 tiles of the output gradient, `lane(k, q)`
-/// holding tile element (k, q) of each, given A (the output transform's adjoint) on M lane
-/// vectors: A runs along the rows, then down the columns.
-#[inline(always)]
-#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
-fn output_grad_lanes<'a, const M: usize, const A: usize>(
-    a: impl Fn([&Lanes; M]) -> [Lanes; A],
-    lane: impl Fn(usize, usize) -> &'a Lanes,
-    dm: &Shared,
-    p: Planes,
-    o: usize,
-    t0: usize,
-    n: usize,
-) {
-    // z[k][j] = Σ_q dY[k][q] Aᵀ[q][j]
-    let z: [[Lanes; A]; M] = std::array::from_fn(|k| a(std::array::from_fn(|q| lane(k, q))));
-    for j in 0..A {
-        let col = a(std::array::from_fn(|k| &z[k][j]));
-        for (i, vals) in col.iter().enumerate() {
-            // SAFETY: each caller writes a disjoint range of output channels.
-            put(unsafe { dm.slice(p.at(i * A + j, o, t0), n) }, vals);
-        }
-    }
-}
-
-/// dM[ξ][o][col0 + t] = (A dY Aᵀ)[ξ] for every M×M tile t of one image's output gradient, for
-/// the output channels `os` (tiles past the image's edge read zeros): each tile row is split
-/// into its M column phases, then `output_grad_lanes` runs on 8 tiles at a time.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn output_grad_tiles<const M: usize, const A: usize>(
-    a: impl Fn([&Lanes; M]) -> [Lanes; A] + Copy,
-    dy: &[f32],
-    d: &Dims,
-    os: Range<usize>,
-    dm: &Shared,
-    p: Planes,
-    col0: usize,
-) {
-    let len = d.tw + L;
-    let mut ph = vec![0f32; M * M * len]; // [row k][phase q][tile]
-    for o in os {
-        let yo = &dy[o * d.h * d.w..(o + 1) * d.h * d.w];
-        for ty in 0..d.th {
-            for k in 0..M {
-                let yy = M * ty + k;
-                let row = (yy < d.h).then(|| &yo[yy * d.w..(yy + 1) * d.w]);
-                phases::<M>(row, 0, d.w, &mut ph[k * M * len..(k + 1) * M * len], len);
-            }
-            for tx0 in (0..d.tw).step_by(L) {
-                let lane = |k: usize, q: usize| -> &Lanes {
-                    ph[(k * M + q) * len + tx0..][..L]
-                        .try_into()
-                        .expect("L lanes")
-                };
-                let t0 = col0 + ty * d.tw + tx0;
-                output_grad_lanes(a, lane, dm, p, o, t0, L.min(d.tw - tx0));
-            }
-        }
-    }
-}
-
-/// A channel's R × J tile patches across a group's images, `dd[i][j][col]` (col = the tile's
-/// column of V or M, `ldp` apart), for the narrow transforms.
-struct Patches {
-    dd: Vec<f32>,
-    ldp: usize,
-    /// One padded row's column phases; positions no row writes stay zero.
-    ph: Vec<f32>,
-    len: usize,
-}
-
-impl Patches {
-    fn new(elements: usize, ld: usize, tw: usize) -> Self {
-        let (ldp, len) = (ld.next_multiple_of(L), tw + 1 + L);
-        Patches {
-            dd: vec![0f32; elements * ldp],
-            ldp,
-            ph: vec![0f32; 4 * len],
-            len,
-        }
-    }
-
-    /// Gathers channel c of `nb` images (x `[nb, chans, h, w]`): patch element (i, j) of tile
-    /// (ty, tx) is x[P·ty + i − off][P·tx + j − off] (zero outside the image), through each
-    /// row's P column phases.
-    #[inline(always)]
-    fn gather<const P: usize, const R: usize, const J: usize>(
-        &mut self,
-        (x, chans, c): (&[f32], usize, usize),
-        nb: usize,
-        d: &Dims,
-        off: usize,
-    ) {
-        let (hw, t, tw, len) = (d.h * d.w, d.tiles(), d.tw, self.len);
-        for n in 0..nb {
-            let xc = &x[(n * chans + c) * hw..][..hw];
-            for ty in 0..d.th {
-                let col = n * t + ty * tw;
-                for i in 0..R {
-                    let yy = (P * ty + i).wrapping_sub(off);
-                    let row = (yy < d.h).then(|| &xc[yy * d.w..(yy + 1) * d.w]);
-                    phases::<P>(row, off, d.w, &mut self.ph[..P * len], len);
-                    for j in 0..J {
-                        let src = &self.ph[(j % P) * len + j / P..][..tw];
-                        copy_short(&mut self.dd[(i * J + j) * self.ldp + col..][..tw], src);
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// `output_grad_tiles` for all tiles of `nb` images at once (dy `[nb, co, h, w]`), for rows of
-/// fewer than L tiles: each channel's M×M tiles are gathered into `dd[k][q][col]` (col = the
-/// tile's column of dM) first, so A runs on full lanes.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn output_grad_narrow<const M: usize, const A: usize>(
-    a: impl Fn([&Lanes; M]) -> [Lanes; A] + Copy,
-    dy: &[f32],
-    nb: usize,
-    d: &Dims,
-    os: Range<usize>,
-    dm: &Shared,
-    p: Planes,
-) {
-    let ld = nb * d.tiles();
-    let mut g = Patches::new(M * M, ld, d.tw);
-    for o in os {
-        g.gather::<M, M, M>((dy, d.co, o), nb, d, 0);
-        let dd = &g.dd;
-        let ldp = g.ldp;
-        for t0 in (0..ld).step_by(L) {
-            let lane = |k: usize, q: usize| -> &Lanes {
-                dd[(k * M + q) * ldp + t0..][..L]
-                    .try_into()
-                    .expect("L lanes")
-            };
-            output_grad_lanes(a, lane, dm, p, o, t0, L.min(ld - t0));
-        }
-    }
-}
-
-#[inline(always)]
-fn output_grad(
-    var: Variant,
-    dy: &[f32],
-    d: &Dims,
-    os: Range<usize>,
-    dm: &Shared,
-    p: Planes,
-    col0: usize,
-) {
-    match var {
-        Variant::F2 => output_grad_tiles::<2, 4>(f2::a, dy, d, os, dm, p, col0),
-        Variant::F4 => output_grad_tiles::<4, 6>(f4::a, dy, d, os, dm, p, col0),
-    }
-}
-
 /// Whether a layer's tile rows are narrower than the lanes (16 px and less for F(4×4)): its
 /// transforms then take all of a group's images at once (`*_narrow`), one channel at a time.
 fn narrow(d: &Dims) -> bool {
     d.tw < L
 }
 
-/// `output_grad` for all tiles of `nb` images at once (`output_grad_narrow`).
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn output_grad_group(
-    var: Variant,
-    dy: &[f32],
-    nb: usize,
-    d: &Dims,
-    os: Range<usize>,
-    dm: &Shared,
-    p: Planes,
-) {
-    match var {
-        Variant::F2 => output_grad_narrow::<2, 4>(f2::a, dy, nb, d, os, dm, p),
-        Variant::F4 => output_grad_narrow::<4, 6>(f4::a, dy, nb, d, os, dm, p),
-    }
-}
-
-crate::kernels::multiversion!(
-    output_grad_group,
-    output_grad_group_mv,
-    fn(var: Variant, dy: &[f32], nb: usize, d: &Dims, os: Range<usize>, dm: &Shared, p: Planes)
-);
 use f4::{input_narrow, output_narrow};
 crate::kernels::multiversion!(
     input_narrow,
@@ -718,12 +310,6 @@ crate::kernels::multiversion!(
         m0: usize,
     )
 );
-crate::kernels::multiversion!(
-    output_grad,
-    output_grad_mv,
-    fn(var: Variant, dy: &[f32], d: &Dims, os: Range<usize>, dm: &Shared, p: Planes, col0: usize)
-);
-
 /// Columns (tiles) each group's GEMMs aim for: 64 keeps a group's V and M in L2 for 64
 /// channels (F(4×4): 36 · 64 · 64 floats = 590 kB each), measured 1.2–2× faster than 256 at
 /// batch 32 (`examples/conv_algos.rs`).
@@ -1085,41 +671,12 @@ mod tests {
     }
 
     #[test]
-    fn short_copies_copy_every_length() {
-        let src: Vec<f32> = (0..31).map(|i| i as f32).collect();
-        for n in 0..32 {
-            let mut dst = vec![-1f32; n];
-            copy_short(&mut dst, &src[..n]);
-            assert_eq!(dst, src[..n]);
-        }
-    }
-
-    #[test]
     fn channels_last_weight_gradient_matches_candle() {
         // `dw`'s path: channel counts multiples of 8, with a partial 6-row and 16-column
         // block (40 and 24), odd sizes, several groups per thread.
         let cases = [(5, 24, 40, 11, 13), (3, 64, 8, 4, 4), (34, 8, 8, 3, 5)];
         assert!(cases.iter().all(|&(_, ci, co, _, _)| dw::applies(ci, co)));
         check_weight_gradient(Variant::F4, &cases);
-    }
-
-    #[test]
-    fn phases_match_the_scalar_split() {
-        // Row widths around the 32-column chunks, both offsets the transforms use.
-        for w in [1usize, 3, 4, 8, 13, 16, 20, 31, 32, 33, 40, 48, 52, 64, 70] {
-            for off in [0usize, 1] {
-                let row: Vec<f32> = (0..w).map(|x| x as f32 + 1.0).collect();
-                let len = w.div_ceil(4) + 1 + L;
-                let mut got = vec![0f32; 4 * len];
-                phases::<4>(Some(&row), off, w, &mut got, len);
-                let mut want = vec![0f32; 4 * len];
-                for (x, v) in row.iter().enumerate() {
-                    let j = x + off;
-                    want[(j % 4) * len + j / 4] = *v;
-                }
-                assert_eq!(got, want, "w {w}, off {off}");
-            }
-        }
     }
 
     #[test]

@@ -9,8 +9,10 @@
 //! tile at a time, on x and dY moved to channels-last first, so their lanes are always full
 //! and need no column-phase split.
 
+use super::grad::output_grad_lanes;
+use super::lanes::{Lanes, Planes, Shared, L};
 use super::micro::{tile, MR, NR};
-use super::{f4, output_grad_lanes, split, Dims, Lanes, Planes, Shared, L};
+use super::{f4, split, Dims};
 use std::ops::Range;
 
 /// Whether a layer's weight gradient takes this path.

@@ -3,7 +3,8 @@
 //! G = [1 0 0; ½ ½ ½; ½ −½ ½; 0 0 1], Aᵀ = [1 1 1 0; 0 1 −1 −1]. Its rounding error is the
 //! smallest of the tile sizes; it wins on small images, where F(4×4)'s tiles are mostly padding.
 
-use super::{phases, Dims, Lanes, Shared, L};
+use super::lanes::{padded_row, phases, Lanes, Shared, L};
+use super::Dims;
 
 /// G applied to one filter column.
 #[inline(always)]
@@ -40,7 +41,7 @@ pub(super) fn input(
     d: &Dims,
     cs: std::ops::Range<usize>,
     v: &Shared,
-    p: super::Planes,
+    p: super::lanes::Planes,
     col0: usize,
 ) {
     let tw = d.tw;
@@ -52,8 +53,7 @@ pub(super) fn input(
         let xc = &x[c * d.h * d.w..(c + 1) * d.h * d.w];
         for ty in 0..d.th {
             for (i, r) in rows.chunks_exact_mut(2 * n).enumerate() {
-                let yy = (2 * ty + i) as isize - 1;
-                let row = (yy >= 0 && yy < d.h as isize).then(|| &xc[yy as usize * d.w..][..d.w]);
+                let row = padded_row(xc, d, 2 * ty + i, 1);
                 phases::<2>(row, 1, d.w, r, n);
             }
             // Bᵀ over the 4 rows (both halves at once).
@@ -97,7 +97,7 @@ pub(super) fn output(
     m: &[f32],
     d: &Dims,
     os: std::ops::Range<usize>,
-    p: super::Planes,
+    p: super::lanes::Planes,
     col0: usize,
     bias: Option<&[f32]>,
     y: &Shared,

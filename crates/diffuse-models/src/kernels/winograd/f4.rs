@@ -13,7 +13,8 @@
 //! `_narrow` transforms take the tiles of all of a group's images together, one channel at a
 //! time, since V's and M's columns run over the group's images.
 
-use super::{phases, put, Dims, Lanes, Patches, Planes, Shared, L};
+use super::lanes::{padded_row, phases, put, Lanes, Patches, Planes, Shared, L};
+use super::Dims;
 use crate::kernels::conv2d::image_bias;
 use std::mem::MaybeUninit;
 use std::ops::Range;
@@ -150,13 +151,6 @@ pub(super) fn input_lanes<'a>(
     }
 }
 
-/// The padded input row `4ty + i − 1` of one channel (None above or below the image).
-#[inline(always)]
-fn input_row<'a>(xc: &'a [f32], d: &Dims, ty: usize, i: usize) -> Option<&'a [f32]> {
-    let yy = (4 * ty + i) as isize - 1;
-    (yy >= 0 && (yy as usize) < d.h).then(|| &xc[yy as usize * d.w..(yy as usize + 1) * d.w])
-}
-
 /// V[ξ][c][col0 + t] = (Bᵀ d B)[ξ] for the 6×6 input patch d of every tile t of one image,
 /// for the channels `cs`.
 #[inline(always)]
@@ -167,7 +161,7 @@ pub(super) fn input(x: &[f32], d: &Dims, cs: Range<usize>, v: &Shared, p: Planes
         let xc = &x[c * d.h * d.w..(c + 1) * d.h * d.w];
         for ty in 0..d.th {
             for i in 0..6 {
-                let row = input_row(xc, d, ty, i);
+                let row = padded_row(xc, d, 4 * ty + i, 1);
                 phases::<4>(row, 1, d.w, &mut ph[i * 4 * len..(i + 1) * 4 * len], len);
             }
             for tx0 in (0..d.tw).step_by(L) {

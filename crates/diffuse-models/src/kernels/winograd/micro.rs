@@ -128,7 +128,7 @@ pub(super) fn gemm(
     v: &[f32],
     ld: usize,
     cols: std::ops::Range<usize>,
-    m: &super::Shared,
+    m: &super::lanes::Shared,
     m0: usize,
 ) {
     let mut pad = Vec::new(); // allocated only for a tail tile
