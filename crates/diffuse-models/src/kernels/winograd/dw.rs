@@ -10,9 +10,9 @@
 //! and need no column-phase split.
 
 use super::grad::output_grad_lanes;
-use super::lanes::{Lanes, Planes, Shared, L};
+use super::lanes::{Lanes, Planes, Shared, L, PLANE_PAD};
 use super::micro::{tile, MR, NR};
-use super::{f4, split, Dims};
+use super::{f4, split, Dims, Variant};
 use std::ops::Range;
 
 /// Whether a layer's weight gradient takes this path.
@@ -161,6 +161,10 @@ fn output_grad(dyt: &[f32], nb: usize, d: &Dims, obs: Range<usize>, dm: &Shared,
     });
 }
 
+// A tile's reads past a plane's last row: at most NR − L columns (ci is a multiple of L)
+// and MR − 1 rows.
+const _: () = assert!(PLANE_PAD >= NR - L && PLANE_PAD >= MR - 1);
+
 /// dU[ξ] (+)= dM[ξ]ᵀ V[ξ] (co × ci over `tiles`) into `du` `[ξ][co][ci]` for the ξ in `xis`;
 /// adds when `acc`.
 #[inline(always)]
@@ -175,7 +179,8 @@ fn gemm(
 ) {
     for xi in xis {
         // Rows past co (and columns past ci) read the next row's values, or the plane's
-        // padding (PLANE_PAD ≥ NR) after its last row: their sums are never stored.
+        // zeroed padding after its last row (asserted long enough below): their sums are
+        // never stored.
         let (a, b) = (&dm[mp.at(xi, 0, 0)..], &v[vp.at(xi, 0, 0)..]);
         for o0 in (0..co).step_by(MR) {
             for c0 in (0..ci).step_by(NR) {
@@ -242,7 +247,7 @@ pub(super) fn group(
     let (vp, mp) = (Planes::new(ld, d.ci), Planes::new(ld, d.co));
     let xg = &x[n0 * d.ci * hw..(n0 + nb) * d.ci * hw];
     let dyg = &dy[n0 * d.co * hw..(n0 + nb) * d.co * hw];
-    let xis = 36;
+    let xis = Variant::F4.xis();
     super::super::with_scratch(&XT, nb * hw * d.ci, |xt| {
         super::super::with_scratch(&DYT, nb * hw * d.co, |dyt| {
             let (xts, dyts) = (Shared::new(xt), Shared::new(dyt));

@@ -10,7 +10,8 @@ pub(super) const L: usize = 8;
 pub(super) type Lanes = [f32; L];
 
 /// Floats between two planes beyond their `rows × ld`: one cache line. At least L, so that
-/// a lane read at a plane's last column stays in the buffer (`f4::m_lanes`).
+/// a lane read at a plane's last column stays in the buffer (`f4::m_lanes`; `dw` asserts
+/// its own bound).
 pub(super) const PLANE_PAD: usize = 16;
 const _: () = assert!(PLANE_PAD >= L);
 
