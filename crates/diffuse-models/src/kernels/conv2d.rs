@@ -254,10 +254,6 @@ pub(crate) fn image_bias(bias: &[f32], n: usize, co: usize) -> &[f32] {
 /// dW is accumulated as dWᵀ `[K, co]` with dYₙ transposed first: every GEMM operand is then
 /// column-major and the `gemm` crate skips packing (measured 3.5× faster for 64 ch at 32×32
 /// than dW = dY·colᵀ on the row-major operands).
-///
-/// dW is accumulated as dWᵀ `[K, co]` with dYₙ transposed first: every GEMM operand is then
-/// column-major and the `gemm` crate skips packing (measured 3.5× faster for 64 ch at 32×32
-/// than dW = dY·colᵀ on the row-major operands).
 pub fn backward(x: &[f32], w: &[f32], dy: &[f32], g: &Geometry) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let (p, k, inl) = (g.p(), g.k(), g.in_len());
     assert_eq!(x.len(), g.b * inl);

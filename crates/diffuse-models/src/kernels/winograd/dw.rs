@@ -13,6 +13,7 @@ use super::grad::output_grad_lanes;
 use super::lanes::{Lanes, Planes, Shared, L, PLANE_PAD};
 use super::micro::{tile, MR, NR};
 use super::{f4, split, Dims, Variant};
+use crate::kernels::matmul::transpose;
 use std::ops::Range;
 
 /// Whether a layer's weight gradient takes this path.
@@ -20,82 +21,12 @@ pub(super) fn applies(ci: usize, co: usize) -> bool {
     ci.is_multiple_of(L) && co.is_multiple_of(L)
 }
 
-/// `[nb, c, hw]` → `[nb, hw, c]` for the images `imgs` (c a multiple of 8), in 8 × 8 blocks.
+/// `[nb, c, hw]` → `[nb, hw, c]` for the images `imgs`.
 fn channels_last(x: &[f32], c: usize, hw: usize, imgs: Range<usize>, xt: &Shared) {
     for n in imgs {
-        let src = &x[n * c * hw..][..c * hw];
         // SAFETY: each caller writes its own images.
         let dst = unsafe { xt.slice(n * hw * c, hw * c) };
-        let whole = hw - hw % 8;
-        for c0 in (0..c).step_by(8) {
-            #[cfg(target_arch = "x86_64")]
-            if std::arch::is_x86_feature_detected!("avx") {
-                for p0 in (0..whole).step_by(8) {
-                    // SAFETY: the CPU has AVX; rows c0..c0 + 8 and columns p0..p0 + 8 are
-                    // inside src, and positions p0..p0 + 8 of channels c0..c0 + 8 inside dst.
-                    unsafe { transpose8x8(&src[c0 * hw + p0..], hw, &mut dst[p0 * c + c0..], c) };
-                }
-            } else {
-                scalar(src, dst, (c, hw), c0, 0..whole);
-            }
-            #[cfg(not(target_arch = "x86_64"))]
-            scalar(src, dst, (c, hw), c0, 0..whole);
-            scalar(src, dst, (c, hw), c0, whole..hw);
-        }
-    }
-    fn scalar(src: &[f32], dst: &mut [f32], (c, hw): (usize, usize), c0: usize, ps: Range<usize>) {
-        for p in ps {
-            for k in c0..c0 + 8 {
-                dst[p * c + k] = src[k * hw + p];
-            }
-        }
-    }
-}
-
-/// `dst[j·lds + i] = src[i·ls + j]` for i, j < 8: eight rows transposed in AVX registers.
-///
-/// # Safety
-/// The CPU must have AVX; src must hold `7·ls + 8` floats and dst `7·lds + 8`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx")]
-unsafe fn transpose8x8(src: &[f32], ls: usize, dst: &mut [f32], lds: usize) {
-    use std::arch::x86_64::*;
-    debug_assert!(src.len() >= 7 * ls + 8 && dst.len() >= 7 * lds + 8);
-    let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
-    let mut r = [_mm256_setzero_ps(); 8];
-    for (i, ri) in r.iter_mut().enumerate() {
-        *ri = _mm256_loadu_ps(s.add(i * ls));
-    }
-    let t = [
-        _mm256_unpacklo_ps(r[0], r[1]),
-        _mm256_unpackhi_ps(r[0], r[1]),
-        _mm256_unpacklo_ps(r[2], r[3]),
-        _mm256_unpackhi_ps(r[2], r[3]),
-        _mm256_unpacklo_ps(r[4], r[5]),
-        _mm256_unpackhi_ps(r[4], r[5]),
-        _mm256_unpacklo_ps(r[6], r[7]),
-        _mm256_unpackhi_ps(r[6], r[7]),
-    ];
-    // u[0..4] from rows 0–3, u[4..8] from rows 4–7: column j (mod 4) of each 128-bit half.
-    let u = [
-        _mm256_shuffle_ps::<0x44>(t[0], t[2]),
-        _mm256_shuffle_ps::<0xEE>(t[0], t[2]),
-        _mm256_shuffle_ps::<0x44>(t[1], t[3]),
-        _mm256_shuffle_ps::<0xEE>(t[1], t[3]),
-        _mm256_shuffle_ps::<0x44>(t[4], t[6]),
-        _mm256_shuffle_ps::<0xEE>(t[4], t[6]),
-        _mm256_shuffle_ps::<0x44>(t[5], t[7]),
-        _mm256_shuffle_ps::<0xEE>(t[5], t[7]),
-    ];
-    for j in 0..4 {
-        _mm256_storeu_ps(
-            d.add(j * lds),
-            _mm256_permute2f128_ps::<0x20>(u[j], u[j + 4]),
-        );
-        _mm256_storeu_ps(
-            d.add((j + 4) * lds),
-            _mm256_permute2f128_ps::<0x31>(u[j], u[j + 4]),
-        );
+        transpose(&x[n * c * hw..][..c * hw], c, hw, dst);
     }
 }
 
